@@ -1,0 +1,114 @@
+"""Runs and jobs as plain JSON-able dicts: one shape for the API, the CLI's
+``--json`` and the event table's payloads.
+
+Times go out as ISO 8601 strings in UTC with a ``Z`` (``2026-11-28T06:15:00Z``);
+a reference time keeps whole seconds, other timestamps keep milliseconds.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from .model import Job, JobState, Run, RunCause, RunState
+
+
+def format_time(moment: datetime | float | None) -> str | None:
+    if moment is None:
+        return None
+    if isinstance(moment, (int, float)):
+        moment = datetime.fromtimestamp(moment, timezone.utc)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time as an aware UTC datetime; a time without zone is UTC.
+
+    Raises ValueError naming the text when it is not a time.
+    """
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        raise ValueError(f"not an ISO 8601 time: {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def run_to_dict(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "pipeline": run.pipeline,
+        "reference_time": format_time(run.reference_time),
+        "state": run.state.value,
+        "cause": run.cause.value,
+        "created_at": format_time(run.created_at),
+        "ended_at": format_time(run.ended_at),
+    }
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "run_id": job.run_id,
+        "pipeline": job.pipeline,
+        "step": job.step,
+        "index": job.index,
+        "count": job.count,
+        "executor": job.executor,
+        "state": job.state.value,
+        "exit_code": job.exit_code,
+        "failures": job.failures,
+        "predecessor": job.predecessor,
+        "successor": job.successor,
+        "not_before": format_time(job.not_before) if job.not_before else None,
+        "reason": job.reason,
+        "batch_id": job.batch_id,
+        "host": job.host,
+        "created_at": format_time(job.created_at),
+        "submitted_at": format_time(job.submitted_at),
+        "started_at": format_time(job.started_at),
+        "ended_at": format_time(job.ended_at),
+    }
+
+
+def _timestamp(text: str | None) -> float | None:
+    return None if text is None else parse_time(text).timestamp()
+
+
+def run_from_dict(data: dict[str, Any]) -> Run:
+    return Run(
+        id=data["id"],
+        pipeline=data["pipeline"],
+        reference_time=parse_time(data["reference_time"]),
+        state=RunState(data["state"]),
+        cause=RunCause(data["cause"]),
+        created_at=_timestamp(data["created_at"]) or 0.0,
+        ended_at=_timestamp(data["ended_at"]),
+    )
+
+
+def job_from_dict(data: dict[str, Any]) -> Job:
+    return Job(
+        id=data["id"],
+        run_id=data["run_id"],
+        pipeline=data["pipeline"],
+        step=data["step"],
+        index=data["index"],
+        count=data["count"],
+        executor=data["executor"],
+        state=JobState(data["state"]),
+        exit_code=data["exit_code"],
+        failures=data["failures"],
+        predecessor=data["predecessor"],
+        successor=data["successor"],
+        not_before=_timestamp(data["not_before"]) or 0.0,
+        reason=data["reason"],
+        batch_id=data["batch_id"],
+        host=data["host"],
+        created_at=_timestamp(data["created_at"]) or 0.0,
+        submitted_at=_timestamp(data["submitted_at"]),
+        started_at=_timestamp(data["started_at"]),
+        ended_at=_timestamp(data["ended_at"]),
+    )

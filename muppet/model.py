@@ -1,0 +1,264 @@
+"""MUPPET's value objects: configuration and state, frozen, no I/O.
+
+Every object here is an ``attrs.frozen`` class; a change is a new copy made with
+``attrs.evolve``. Times are UTC seconds since the epoch (``float``) except
+reference times, which are timezone-aware ``datetime`` objects in UTC: a
+reference time names a run (pipeline + reference time is unique), so it is kept
+exact and printable.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Mapping
+
+import attrs
+
+
+# --- configuration ----------------------------------------------------------
+
+
+@attrs.frozen
+class Stakeholder:
+    """A person or group who depends on data (MUPPET design, "the data model")."""
+
+    key: str
+    name: str
+    email: str = ""
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How often a failed job is tried, and how long its successor waits.
+
+    ``tries`` counts every execution, the first included: ``tries = 1`` means
+    no retry. The n-th successor (``failures == n``) waits
+    ``interval * factor ** (n - 1)`` seconds.
+    """
+
+    tries: int = 1
+    interval: float = 0.0
+    factor: float = 1.0
+
+    def delay(self, failures: int) -> float:
+        return self.interval * self.factor ** (failures - 1)
+
+
+class Depends(str, enum.Enum):
+    #: a job waits for every job of every parent step
+    ALL = "all"
+    #: a job waits for the parent jobs with the same index
+    EACH = "each"
+
+
+@attrs.frozen
+class Step:
+    """A node of a pipeline's graph."""
+
+    name: str
+    command: str
+    parents: tuple[str, ...] = ()
+    jobs: int = 1
+    depends: Depends = Depends.ALL
+    #: at most this many jobs of the step submitted or running, over all runs;
+    #: None for no limit
+    concurrency: int | None = None
+    #: steps of the same pipeline never running at the same time as this one
+    conflicts: tuple[str, ...] = ()
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=lambda m: dict(m))
+    executor: str = "local"
+    #: paths relative to the job's scratch directory, formatted with
+    #: ``reference_time`` (datetime, UTC) and ``index`` (int); the same path
+    #: relative to ``[daemon] output_dir`` is the destination
+    outputs: tuple[str, ...] = ()
+    retry: RetryPolicy = RetryPolicy()
+    #: executor-specific resources (queue, memory, ...); local ignores them
+    resources: Mapping[str, object] = attrs.field(factory=dict, converter=lambda m: dict(m))
+
+    def __hash__(self) -> int:  # dict fields are not hashable; the name is enough
+        return hash(self.name)
+
+
+@attrs.frozen
+class Pipeline:
+    name: str
+    owner: str
+    #: steps in a topological order (parents before children)
+    steps: Mapping[str, Step]
+    requires: tuple[str, ...] = ()
+    produces: tuple[str, ...] = ()
+    cron: tuple[str, ...] = ()
+    timezone: str = "UTC"
+    #: the file it was read from, for messages
+    source: str = ""
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def children(self, step: str) -> tuple[str, ...]:
+        return tuple(s.name for s in self.steps.values() if step in s.parents)
+
+    def descendants(self, step: str) -> frozenset[str]:
+        """Every step downstream of ``step``, not ``step`` itself."""
+        seen: set[str] = set()
+        todo = list(self.children(step))
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo.extend(self.children(name))
+        return frozenset(seen)
+
+
+@attrs.frozen
+class ExecutorConfig:
+    name: str
+    #: "local", "gridengine" or "slurm"
+    type: str
+    max_jobs: int = 8
+    #: type-specific settings (queue, partition, submit options, ...)
+    options: Mapping[str, object] = attrs.field(factory=dict, converter=lambda m: dict(m))
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+@attrs.frozen
+class DaemonConfig:
+    database: str
+    state_dir: str
+    output_dir: str
+    pipeline_globs: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ApiConfig:
+    listen: str = "127.0.0.1:8765"
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+@attrs.frozen
+class Config:
+    """Everything the daemon reads at start, validated."""
+
+    daemon: DaemonConfig
+    api: ApiConfig
+    executors: Mapping[str, ExecutorConfig]
+    pipelines: Mapping[str, Pipeline]
+    stakeholders: Mapping[str, Stakeholder]
+    #: the daemon's configuration file
+    source: str = ""
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+# --- state ---------------------------------------------------------------
+
+
+class JobState(str, enum.Enum):
+    WAITING = "waiting"  # dependencies, concurrency, conflicts or backoff not yet met
+    HELD = "held"  # waiting, and kept from starting by an operator
+    SUBMITTED = "submitted"  # handed to the executor, not yet seen running
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    KILLED = "killed"
+    SKIPPED = "skipped"  # downstream of a job that failed for good
+
+    @property
+    def active(self) -> bool:
+        """Holding a slot of the executor, the step's concurrency, conflicts."""
+        return self in (JobState.SUBMITTED, JobState.RUNNING)
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_JOB_STATES
+
+
+FINISHED_JOB_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.KILLED, JobState.SKIPPED}
+)
+
+
+class RunState(str, enum.Enum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class RunCause(str, enum.Enum):
+    CRON = "cron"
+    MANUAL = "manual"
+    DATA = "data"
+
+
+@attrs.frozen
+class Run:
+    """One activation of a pipeline for one reference time."""
+
+    id: int
+    pipeline: str
+    reference_time: datetime
+    state: RunState = RunState.RUNNING
+    cause: RunCause = RunCause.MANUAL
+    created_at: float = 0.0
+    ended_at: float | None = None
+
+
+@attrs.frozen
+class Job:
+    """One execution of a step in a run; a retry is a new Job.
+
+    The jobs of a run form slots ``(step, index)``; the slot's current job is
+    the one without a successor.
+    """
+
+    id: int
+    run_id: int
+    pipeline: str
+    step: str
+    index: int
+    count: int
+    executor: str
+    state: JobState = JobState.WAITING
+    failures: int = 0
+    predecessor: int | None = None
+    successor: int | None = None
+    #: a retry does not start before this time (its backoff)
+    not_before: float = 0.0
+    exit_code: int | None = None
+    #: why it failed, was killed or skipped, in words
+    reason: str = ""
+    #: pid of the local wrapper, or the batch system's job id
+    batch_id: str = ""
+    host: str = ""
+    created_at: float = 0.0
+    submitted_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    @property
+    def slot(self) -> tuple[str, int]:
+        return (self.step, self.index)
+
+
+@attrs.frozen
+class JobLog:
+    """The tail of a finished job's output, kept in the database."""
+
+    job_id: int
+    stdout: str
+    stderr: str
+
+
+#: how much of stdout and stderr the database keeps per job
+LOG_TAIL_BYTES = 64 * 1024
