@@ -1,0 +1,122 @@
+"""Time triggers: each pipeline's croniter expressions, in its time zone.
+
+The firing times are computed here without I/O (`next_firing`,
+`latest_firing`); the task `run` only sleeps until the next one and sends a
+`Trigger` whose reference time is the scheduled time, in UTC.
+
+Daylight saving time, as ISC cron does it: an expression with a fixed hour
+fires once on the day the clocks go back (at the first of the two wall-clock
+times that repeat), and a wall-clock time skipped when they go forward fires
+at the first moment after the gap (croniter gives that: 02:30 becomes 03:00).
+Expressions whose hour field is a wildcard (``*``, ``*/2``) follow absolute
+time and fire in both repeated hours. Whatever the clock does, the database
+refuses a second run of one pipeline for one reference time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Mapping
+from zoneinfo import ZoneInfo
+
+import trio
+from croniter import croniter
+
+from .messages import Trigger
+from .model import Pipeline, RunCause
+
+log = logging.getLogger("muppet.cron")
+
+#: a sleep is cut into pieces this long, so that a wall clock stepped by NTP
+#: or by hand is noticed within a minute
+MAX_SLEEP = 60.0
+
+
+def next_firing(pipeline: Pipeline, after: datetime) -> datetime | None:
+    """The first firing of any of the pipeline's expressions strictly after
+    ``after`` (aware), in UTC; None for a pipeline without cron."""
+    zone = ZoneInfo(pipeline.timezone)
+    firings = [_next(expr, zone, after) for expr in pipeline.cron]
+    return min(firings, default=None)
+
+
+def latest_firing(pipeline: Pipeline, after: datetime, until: datetime) -> datetime | None:
+    """The last firing in ``(after, until]``, in UTC, or None."""
+    zone = ZoneInfo(pipeline.timezone)
+    found = [_previous(expr, zone, until) for expr in pipeline.cron]
+    latest = max(found, default=None)
+    return latest if latest is not None and latest > after else None
+
+
+def _previous(expr: str, zone: ZoneInfo, until: datetime) -> datetime:
+    """The last firing at or before ``until``, in UTC."""
+    fixed_hour = not expr.split()[1].startswith("*")
+    moment = (until + timedelta(seconds=1)).astimezone(zone)
+    while True:
+        moment = croniter(expr, moment).get_prev(datetime)
+        if not (fixed_hour and _second_occurrence(moment, zone)):
+            return moment.astimezone(timezone.utc)
+
+
+def _next(expr: str, zone: ZoneInfo, after: datetime) -> datetime:
+    fixed_hour = not expr.split()[1].startswith("*")
+    moment = after.astimezone(zone)
+    while True:
+        moment = croniter(expr, moment).get_next(datetime)
+        in_utc = moment.astimezone(timezone.utc)
+        if fixed_hour and _second_occurrence(moment, zone):
+            continue
+        if in_utc > after:
+            return in_utc
+
+
+def _second_occurrence(moment: datetime, zone: ZoneInfo) -> bool:
+    """Whether a local time is the repeat of a wall-clock time on the day the
+    clocks go back."""
+    first = moment.replace(tzinfo=None).replace(tzinfo=zone, fold=0)
+    return first.astimezone(timezone.utc) != moment.astimezone(timezone.utc)
+
+
+def _now_utc(clock: Callable[[], float]) -> datetime:
+    return datetime.fromtimestamp(clock(), timezone.utc)
+
+
+async def run(
+    pipelines: Mapping[str, Pipeline],
+    to_scheduler: trio.MemorySendChannel,
+    *,
+    last_fired: Mapping[str, datetime],
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Send a `Trigger` (cause "cron") to the scheduler at each firing.
+
+    ``last_fired`` holds, per pipeline, the reference time of its newest cron
+    run in the database. At start, a pipeline that missed firings while no
+    daemon ran gets one run, for the latest missed firing (not one per missed
+    firing); a pipeline never fired before starts from now. Cancellation is
+    harmless at any await: a firing whose Trigger was not persisted is caught
+    up at the next start.
+    """
+    timed = {name: p for name, p in pipelines.items() if p.cron}
+    now = _now_utc(clock)
+    due: dict[str, datetime] = {}
+    for name, pipeline in timed.items():
+        last = last_fired.get(name)
+        if last is not None and last < now:
+            missed = latest_firing(pipeline, last, now)
+            if missed is not None:
+                log.info("catching up %s for %s", name, missed.isoformat())
+                await to_scheduler.send(Trigger(name, missed, RunCause.CRON.value))
+        due[name] = next_firing(pipeline, now)
+    while due:
+        name = min(due, key=due.__getitem__)
+        moment = due[name]
+        delay = moment.timestamp() - clock()
+        if delay > 0:
+            await trio.sleep(min(delay, MAX_SLEEP))
+            continue
+        log.info("firing %s for %s", name, moment.isoformat())
+        await to_scheduler.send(Trigger(name, moment, RunCause.CRON.value))
+        due[name] = next_firing(timed[name], moment)

@@ -1,0 +1,592 @@
+"""The scheduler's decisions, sans-I/O: events in, effects out.
+
+`Scheduler` is to the scheduler task what h11's `Connection` is to a socket
+loop: it holds the state, it never awaits, never reads a clock (``now`` comes in
+with every call) and never touches the database. The task feeds it events and
+carries out the effects it returns.
+
+The rule it is built on (MUPPET design, "the daemon"): *only persisted objects
+move on*. A decision produces a new copy of a job or run and a `Persist`
+effect; the scheduler keeps acting on the old copy until the database task sends
+the committed one back in `Persisted`. While a job has a write in flight it is
+*busy*: no other decision is taken on it, but it already counts against
+concurrency, conflicts and executor slots if either copy is active, so a
+submission in flight is never doubled.
+
+Slots: the jobs of a run are made all at once, one per ``(step, index)`` slot.
+A retry or a rerun is a new job in the same slot, linked both ways
+(predecessor/successor); the slot's *current* job is its newest one, and only
+current jobs count for dependencies and for the run's outcome.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from typing import Any, Iterable, Mapping
+
+import attrs
+
+from ..messages import (
+    Change,
+    Command,
+    JobFinished,
+    JobStarted,
+    KillJob,
+    NewRun,
+    Persist,
+    Persisted,
+    Reply,
+    StartJob,
+    Trigger,
+)
+from ..model import (
+    Depends,
+    ExecutorConfig,
+    Job,
+    JobLog,
+    JobState,
+    Pipeline,
+    Run,
+    RunCause,
+    RunState,
+)
+
+# JSON-RPC error codes the API relays (muppet/api/protocol.py defines them too)
+NOT_FOUND = -32001
+CONFLICT = -32002
+
+
+@attrs.frozen
+class Answer:
+    """Effect: send ``reply`` to the requester's ``to`` channel."""
+
+    to: Any
+    reply: Reply
+
+
+@attrs.frozen
+class WakeAt:
+    """Effect: feed the scheduler again at ``time`` (a backoff ends then)."""
+
+    time: float
+
+
+Effect = Persist | StartJob | KillJob | Answer | WakeAt
+Event = Trigger | Persisted | JobStarted | JobFinished | Command
+
+Slot = tuple[int, str, int]  # run id, step, index
+
+
+class Scheduler:
+    """The state of every unfinished run and its jobs, and the rules that move
+    them. Call `load` once, then `handle` for each batch of events."""
+
+    def __init__(
+        self,
+        pipelines: Mapping[str, Pipeline],
+        executors: Mapping[str, ExecutorConfig],
+        *,
+        next_run_id: int = 1,
+        next_job_id: int = 1,
+    ) -> None:
+        self.pipelines = dict(pipelines)
+        self.executors = dict(executors)
+        self.next_run_id = next_run_id
+        self.next_job_id = next_job_id
+        # persisted copies of unfinished runs and all of their jobs
+        self.runs: dict[int, Run] = {}
+        self.jobs: dict[int, Job] = {}
+        # the newest job of each slot
+        self.current: dict[Slot, int] = {}
+        # proposed copies not yet back from the database
+        self.pending_jobs: dict[int, Job] = {}
+        self.pending_runs: dict[int, Run] = {}
+        self.pending_new: dict[int, NewRun] = {}
+        # persisted WAITING jobs: the candidates of every scheduling pass
+        self.waiting: set[int] = set()
+        # jobs holding a slot (submitted or running in either copy)
+        self.active: set[int] = set()
+        # replies owed once a run / job write comes back
+        self.owed_run: dict[int, list[tuple[Any, Reply]]] = defaultdict(list)
+        self.owed_job: dict[int, list[tuple[Any, Reply]]] = defaultdict(list)
+        # jobs an operator asked to kill: their end is "killed", never retried
+        self.kill_requested: set[int] = set()
+        # steps that conflict, made symmetric
+        self.conflicts: dict[tuple[str, str], frozenset[str]] = {}
+        for pipeline in self.pipelines.values():
+            for step in pipeline.steps.values():
+                others = set(step.conflicts)
+                others.update(
+                    s.name for s in pipeline.steps.values() if step.name in s.conflicts
+                )
+                self.conflicts[(pipeline.name, step.name)] = frozenset(others)
+
+    # --- entry points ---------------------------------------------------------
+
+    def load(self, runs: Iterable[Run], jobs: Iterable[Job], now: float) -> list[Effect]:
+        """Take over the unfinished runs a previous daemon left in the database.
+
+        Jobs it had submitted or running are handed to the executor again: a
+        StartJob re-attaches to a job that is still running (or finished while
+        no daemon watched) and starts one that never began.
+        """
+        for run in runs:
+            self.runs[run.id] = run
+        for job in sorted(jobs, key=lambda j: j.id):
+            self._store_job(job)
+        effects: list[Effect] = []
+        changes: list[Change] = []
+        for job in sorted(self.jobs.values(), key=lambda j: j.id):
+            if job.state.active:
+                start = self._start_job(job, now, changes)
+                if start is not None:
+                    effects.append(start)
+        # a crash between a run's last job and the run's own end leaves it open
+        for run_id in list(self.runs):
+            self._maybe_finish_run(run_id, changes, now)
+        self._schedule(changes, now)
+        return self._finish(now, changes, effects)
+
+    def handle(self, events: Iterable[Event], now: float) -> list[Effect]:
+        """Apply a batch of events, then take one scheduling pass.
+
+        Returns the effects in the order they must be carried out; all writes
+        are merged into one Persist (one transaction), placed first.
+        """
+        changes: list[Change] = []
+        effects: list[Effect] = []
+        touched: set[int] = set()
+        for event in events:
+            if isinstance(event, Persisted):
+                effects.extend(self._persisted(event, changes, touched, now))
+            elif isinstance(event, Trigger):
+                effects.extend(self._trigger(event, changes, now))
+            elif isinstance(event, JobStarted):
+                self._job_started(event, changes)
+            elif isinstance(event, JobFinished):
+                self._job_finished(event, changes, now)
+            elif isinstance(event, Command):
+                effects.extend(self._command(event, changes, now))
+            else:
+                raise TypeError(f"the scheduler does not handle {event!r}")
+        for run_id in touched:
+            self._maybe_finish_run(run_id, changes, now)
+        self._schedule(changes, now)
+        return self._finish(now, changes, effects)
+
+    # --- events ---------------------------------------------------------------
+
+    def _trigger(self, event: Trigger, changes: list[Change], now: float) -> list[Effect]:
+        pipeline = self.pipelines.get(event.pipeline)
+        if pipeline is None:
+            return [_error(event.reply, NOT_FOUND, f"unknown pipeline {event.pipeline!r}")]
+        for run in (*self.runs.values(), *(n.run for n in self.pending_new.values())):
+            if run.pipeline == pipeline.name and run.reference_time == event.reference_time:
+                return [_error(event.reply, CONFLICT, _exists(run))]
+        run = Run(
+            id=self._new_run_id(),
+            pipeline=pipeline.name,
+            reference_time=event.reference_time,
+            cause=RunCause(event.cause),
+            created_at=now,
+        )
+        jobs = []
+        for step in pipeline.steps.values():
+            for index in range(step.jobs):
+                jobs.append(
+                    Job(
+                        id=self._new_job_id(),
+                        run_id=run.id,
+                        pipeline=pipeline.name,
+                        step=step.name,
+                        index=index,
+                        count=step.jobs,
+                        executor=step.executor,
+                        created_at=now,
+                    )
+                )
+        new = NewRun(run, tuple(jobs))
+        self.pending_new[run.id] = new
+        if event.reply is not None:
+            self.owed_run[run.id].append((event.reply, Reply(result={"run_id": run.id})))
+        changes.append(new)
+        return []
+
+    def _persisted(
+        self, event: Persisted, changes: list[Change], touched: set[int], now: float
+    ) -> list[Effect]:
+        effects: list[Effect] = []
+        for new in event.rejected:
+            self.pending_new.pop(new.run.id, None)
+            for to, _ in self.owed_run.pop(new.run.id, []):
+                effects.append(_error(to, CONFLICT, _exists(new.run, duplicate=True)))
+        for change in event.changes:
+            if isinstance(change, NewRun):
+                self.pending_new.pop(change.run.id, None)
+                self.runs[change.run.id] = change.run
+                for job in change.jobs:
+                    self._store_job(job)
+                touched.add(change.run.id)
+                effects.extend(self._pay(self.owed_run, change.run.id))
+            elif isinstance(change, Run):
+                if self.pending_runs.get(change.id) == change:
+                    del self.pending_runs[change.id]
+                effects.extend(self._pay(self.owed_run, change.id))
+                if change.state is RunState.RUNNING:
+                    self.runs[change.id] = change
+                elif change.id not in self.pending_runs:
+                    self._forget_run(change.id)
+            elif isinstance(change, Job):
+                before = self.jobs.get(change.id)
+                if self.pending_jobs.get(change.id) == change:
+                    del self.pending_jobs[change.id]
+                if change.run_id not in self.runs:
+                    continue  # its run ended meanwhile (cannot happen, kept safe)
+                self._store_job(change)
+                touched.add(change.run_id)
+                effects.extend(self._pay(self.owed_job, change.id))
+                newly_submitted = change.state is JobState.SUBMITTED and (
+                    before is None or before.state is not JobState.SUBMITTED
+                )
+                if newly_submitted:
+                    start = self._start_job(change, now, changes)
+                    if start is not None:
+                        effects.append(start)
+        return effects
+
+    def _job_started(self, event: JobStarted, changes: list[Change]) -> None:
+        job = self._latest(event.job_id)
+        if job is None or not job.state.active:
+            return
+        if job.state is JobState.SUBMITTED or job.batch_id != event.batch_id:
+            self._propose(
+                attrs.evolve(
+                    job,
+                    state=JobState.RUNNING,
+                    batch_id=event.batch_id,
+                    host=event.host,
+                    started_at=event.started_at,
+                ),
+                changes,
+            )
+
+    def _job_finished(self, event: JobFinished, changes: list[Change], now: float) -> None:
+        job = self._latest(event.job_id)
+        if job is None or job.state.finished:
+            return
+        common = dict(
+            exit_code=event.exit_code,
+            started_at=job.started_at if job.started_at is not None else event.started_at,
+            ended_at=event.ended_at,
+            reason=event.reason,
+        )
+        changes.append(JobLog(job.id, event.stdout_tail, event.stderr_tail))
+        if event.state == "succeeded" and job.id not in self.kill_requested:
+            self._propose(attrs.evolve(job, state=JobState.SUCCEEDED, **common), changes)
+            return
+        if event.state == "killed" or job.id in self.kill_requested:
+            self.kill_requested.discard(job.id)
+            reason = event.reason or "killed by operator"
+            self._propose(attrs.evolve(job, state=JobState.KILLED, **{**common, "reason": reason}), changes)
+            self._skip_downstream(job, changes, now)
+            return
+        step = self.pipelines[job.pipeline].steps[job.step]
+        failures = job.failures + 1
+        if failures < step.retry.tries:
+            retry = Job(
+                id=self._new_job_id(),
+                run_id=job.run_id,
+                pipeline=job.pipeline,
+                step=job.step,
+                index=job.index,
+                count=job.count,
+                executor=job.executor,
+                failures=failures,
+                predecessor=job.id,
+                not_before=now + step.retry.delay(failures),
+                created_at=now,
+            )
+            self._propose(attrs.evolve(job, state=JobState.FAILED, successor=retry.id, **common), changes)
+            self._propose(retry, changes)
+        else:
+            self._propose(attrs.evolve(job, state=JobState.FAILED, **common), changes)
+            self._skip_downstream(job, changes, now)
+
+    def _command(self, event: Command, changes: list[Change], now: float) -> list[Effect]:
+        job = self._latest(event.job_id)
+        if job is None and event.action == "rerun" and event.run is not None:
+            job = self._reopen(event.run, event.jobs, event.job_id, changes)
+        if job is None:
+            return [_error(event.reply, NOT_FOUND, f"job {event.job_id} is not in an unfinished run")]
+        if job.id in self.pending_jobs and event.action != "kill":
+            return [_error(event.reply, CONFLICT, f"job {job.id} is changing; try again")]
+        state = job.state
+        if event.action == "hold":
+            if state is not JobState.WAITING:
+                return [_error(event.reply, CONFLICT, f"job {job.id} is {state.value}; only a waiting job can be held")]
+            self._propose(attrs.evolve(job, state=JobState.HELD), changes)
+        elif event.action == "release":
+            if state is not JobState.HELD:
+                return [_error(event.reply, CONFLICT, f"job {job.id} is {state.value}, not held")]
+            self._propose(attrs.evolve(job, state=JobState.WAITING), changes)
+        elif event.action == "kill":
+            if state in (JobState.WAITING, JobState.HELD):
+                self._propose(
+                    attrs.evolve(job, state=JobState.KILLED, reason="killed by operator", ended_at=now),
+                    changes,
+                )
+                self._skip_downstream(job, changes, now)
+            elif state.active:
+                self.kill_requested.add(job.id)
+                return [KillJob(job.id), _answer(event.reply, {"job_id": job.id, "state": "killing"})]
+            else:
+                return [_error(event.reply, CONFLICT, f"job {job.id} has already ended ({state.value})")]
+        elif event.action == "rerun":
+            if not state.finished or job.successor is not None:
+                return [_error(event.reply, CONFLICT, f"job {job.id} is {state.value}; only the newest job of a slot that has ended can be rerun")]
+            fresh = self._rerun(job, changes, now)
+            self.owed_job[fresh.id].append((event.reply, Reply(result={"job_id": fresh.id})))
+            return []
+        else:
+            return [_error(event.reply, NOT_FOUND, f"unknown command {event.action!r}")]
+        self.owed_job[job.id].append((event.reply, Reply(result={"job_id": job.id, "state": self.pending_jobs[job.id].state.value})))
+        return []
+
+    # --- rules ------------------------------------------------------------------
+
+    def _schedule(self, changes: list[Change], now: float) -> None:
+        """Submit every waiting job whose dependencies, backoff, step concurrency,
+        conflicts and executor slots allow it, oldest first."""
+        if not self.waiting:
+            return
+        per_step: dict[tuple[str, str], int] = defaultdict(int)
+        per_executor: dict[str, int] = defaultdict(int)
+        for job_id in self.active:
+            job = self._latest(job_id)
+            per_step[(job.pipeline, job.step)] += 1
+            per_executor[job.executor] += 1
+        for job_id in sorted(self.waiting):
+            if job_id in self.pending_jobs:
+                continue
+            job = self.jobs[job_id]
+            if job.not_before > now:
+                continue
+            pipeline = self.pipelines.get(job.pipeline)
+            if pipeline is None or job.step not in pipeline.steps:
+                continue  # made fail in _start_job when it was configured away
+            step = pipeline.steps[job.step]
+            executor = self.executors.get(job.executor)
+            if executor is not None and per_executor[job.executor] >= executor.max_jobs:
+                continue
+            if step.concurrency is not None and per_step[(job.pipeline, job.step)] >= step.concurrency:
+                continue
+            if any(per_step[(job.pipeline, other)] for other in self.conflicts.get((job.pipeline, job.step), ())):
+                continue
+            if not self._dependencies_met(job, pipeline):
+                continue
+            self._propose(attrs.evolve(job, state=JobState.SUBMITTED, submitted_at=now), changes)
+            per_step[(job.pipeline, job.step)] += 1
+            per_executor[job.executor] += 1
+
+    def _dependencies_met(self, job: Job, pipeline: Pipeline) -> bool:
+        step = pipeline.steps[job.step]
+        for parent_name in step.parents:
+            parent = pipeline.steps[parent_name]
+            indexes = [job.index] if step.depends is Depends.EACH else range(parent.jobs)
+            for index in indexes:
+                current = self.current.get((job.run_id, parent_name, index))
+                if current is None or self.jobs[current].state is not JobState.SUCCEEDED:
+                    return False
+        return True
+
+    def _skip_downstream(self, failed: Job, changes: list[Change], now: float) -> None:
+        """A job that failed for good (or was killed) leaves every job that
+        depends on it, directly or not, without a way to run: they end skipped."""
+        pipeline = self.pipelines[failed.pipeline]
+        todo = [(failed.step, failed.index)]
+        seen: set[tuple[str, int]] = set()
+        while todo:
+            step_name, index = todo.pop()
+            for child_name in pipeline.children(step_name):
+                child = pipeline.steps[child_name]
+                indexes = [index] if child.depends is Depends.EACH else range(child.jobs)
+                for child_index in indexes:
+                    slot = (child_name, child_index)
+                    if slot not in seen:
+                        seen.add(slot)
+                        todo.append(slot)
+        for step_name, index in sorted(seen):
+            current = self.current.get((failed.run_id, step_name, index))
+            if current is None:
+                continue
+            job = self._latest(current)
+            if job.state in (JobState.WAITING, JobState.HELD):
+                self._propose(
+                    attrs.evolve(
+                        job,
+                        state=JobState.SKIPPED,
+                        ended_at=now,
+                        reason=f"upstream job {failed.id} ({failed.step}[{failed.index}]) did not succeed",
+                    ),
+                    changes,
+                )
+
+    def _rerun(self, job: Job, changes: list[Change], now: float) -> Job:
+        """A fresh job in the same slot (a full set of tries), and fresh jobs for
+        the slots downstream that were skipped because of it."""
+        fresh = self._successor(job, changes, now)
+        pipeline = self.pipelines[job.pipeline]
+        descendants = pipeline.descendants(job.step)
+        for (run_id, step_name, _), current in list(self.current.items()):
+            if run_id == job.run_id and step_name in descendants:
+                downstream = self._latest(current)
+                if downstream.state is JobState.SKIPPED and downstream.successor is None:
+                    self._successor(downstream, changes, now)
+        run = self.runs[job.run_id]
+        # a run whose end is still in flight is reopened too: the RUNNING
+        # proposal replaces the pending end, so the run is not forgotten
+        if run.state is not RunState.RUNNING or run.id in self.pending_runs:
+            self._propose_run(attrs.evolve(run, state=RunState.RUNNING, ended_at=None), changes)
+        return fresh
+
+    def _successor(self, job: Job, changes: list[Change], now: float) -> Job:
+        fresh = Job(
+            id=self._new_job_id(),
+            run_id=job.run_id,
+            pipeline=job.pipeline,
+            step=job.step,
+            index=job.index,
+            count=job.count,
+            executor=job.executor,
+            predecessor=job.id,
+            created_at=now,
+        )
+        self._propose(attrs.evolve(job, successor=fresh.id), changes)
+        self._propose(fresh, changes)
+        return fresh
+
+    def _reopen(self, run: Run, jobs: tuple[Job, ...], job_id: int, changes: list[Change]) -> Job | None:
+        """Bring a finished run back into memory for a rerun of one of its jobs."""
+        if run.id in self.runs or run.pipeline not in self.pipelines:
+            return None
+        self.runs[run.id] = run
+        for job in sorted(jobs, key=lambda j: j.id):
+            self._store_job(job)
+        return self.jobs.get(job_id)
+
+    def _maybe_finish_run(self, run_id: int, changes: list[Change], now: float) -> None:
+        """A run ends when every slot's current job has ended: succeeded when all
+        of them succeeded, failed otherwise (MUPPET issue 2, point 4)."""
+        run = self.runs.get(run_id)
+        if run is None or run.state is not RunState.RUNNING or run_id in self.pending_runs:
+            return
+        outcome = RunState.SUCCEEDED
+        for (slot_run, _, _), job_id in self.current.items():
+            if slot_run != run_id:
+                continue
+            if job_id in self.pending_jobs:
+                return
+            state = self.jobs[job_id].state
+            if not state.finished:
+                return
+            if state is not JobState.SUCCEEDED:
+                outcome = RunState.FAILED
+        self._propose_run(attrs.evolve(run, state=outcome, ended_at=now), changes)
+
+    def _start_job(self, job: Job, now: float, changes: list[Change]) -> StartJob | None:
+        run = self.runs[job.run_id]
+        pipeline = self.pipelines.get(job.pipeline)
+        if pipeline is None or job.step not in pipeline.steps:
+            self._propose(
+                attrs.evolve(
+                    job,
+                    state=JobState.FAILED,
+                    ended_at=now,
+                    reason=f"step {job.pipeline}.{job.step} is no longer configured",
+                ),
+                changes,
+            )
+            return None
+        return StartJob(job=job, step=pipeline.steps[job.step], reference_time=run.reference_time)
+
+    # --- bookkeeping --------------------------------------------------------------
+
+    def _finish(self, now: float, changes: list[Change], effects: list[Effect] | None = None) -> list[Effect]:
+        out: list[Effect] = []
+        if changes:
+            out.append(Persist(tuple(changes)))
+        out.extend(effects or ())
+        wake = min(
+            (self.jobs[j].not_before for j in self.waiting if self.jobs[j].not_before > now),
+            default=None,
+        )
+        if wake is not None:
+            out.append(WakeAt(wake))
+        return out
+
+    def _propose(self, job: Job, changes: list[Change]) -> None:
+        self.pending_jobs[job.id] = job
+        if job.state.active:
+            self.active.add(job.id)
+        changes.append(job)
+
+    def _propose_run(self, run: Run, changes: list[Change]) -> None:
+        self.pending_runs[run.id] = run
+        changes.append(run)
+
+    def _store_job(self, job: Job) -> None:
+        """Keep a persisted copy and the indexes derived from it."""
+        self.jobs[job.id] = job
+        slot = (job.run_id, job.step, job.index)
+        if self.current.get(slot, 0) < job.id:
+            self.current[slot] = job.id
+        if job.state is JobState.WAITING:
+            self.waiting.add(job.id)
+        else:
+            self.waiting.discard(job.id)
+        pending = self.pending_jobs.get(job.id)
+        if job.state.active or (pending is not None and pending.state.active):
+            self.active.add(job.id)
+        else:
+            self.active.discard(job.id)
+
+    def _forget_run(self, run_id: int) -> None:
+        self.runs.pop(run_id, None)
+        for slot in [s for s in self.current if s[0] == run_id]:
+            del self.current[slot]
+        for job_id in [j for j, job in self.jobs.items() if job.run_id == run_id]:
+            del self.jobs[job_id]
+            self.waiting.discard(job_id)
+            self.active.discard(job_id)
+            self.pending_jobs.pop(job_id, None)
+
+    def _latest(self, job_id: int) -> Job | None:
+        """The newest copy of a job: proposed if a write is in flight."""
+        return self.pending_jobs.get(job_id) or self.jobs.get(job_id)
+
+    def _pay(self, owed: dict[int, list[tuple[Any, Reply]]], key: int) -> list[Effect]:
+        return [Answer(to, reply) for to, reply in owed.pop(key, []) if to is not None]
+
+    def _new_run_id(self) -> int:
+        self.next_run_id += 1
+        return self.next_run_id - 1
+
+    def _new_job_id(self) -> int:
+        self.next_job_id += 1
+        return self.next_job_id - 1
+
+
+def _answer(to: Any, result: Any) -> Answer:
+    return Answer(to, Reply(result=result))
+
+
+def _error(to: Any, code: int, message: str) -> Answer:
+    return Answer(to, Reply(error=message, code=code))
+
+
+def _exists(run: Run, duplicate: bool = False) -> str:
+    from ..codec import format_time
+
+    which = "a run" if duplicate else f"run {run.id}"
+    return f"{which} of {run.pipeline} for {format_time(run.reference_time)} exists already"

@@ -1,0 +1,116 @@
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import trio
+
+from muppet import cron
+from muppet.model import Pipeline, Step
+
+UTC = timezone.utc
+OSLO = ZoneInfo("Europe/Oslo")
+
+
+def timed(*exprs: str, tz: str = "UTC") -> Pipeline:
+    return Pipeline(name="p", owner="ops", steps={"a": Step("a", "true")}, cron=exprs, timezone=tz)
+
+
+def firings(pipeline: Pipeline, start: datetime, count: int) -> list[datetime]:
+    out, moment = [], start
+    for _ in range(count):
+        moment = cron.next_firing(pipeline, moment)
+        out.append(moment)
+    return out
+
+
+def local(moments):
+    return [m.astimezone(OSLO).strftime("%m-%d %H:%M%z") for m in moments]
+
+
+def test_next_firing_is_strictly_after_and_in_utc():
+    p = timed("15 */6 * * *")
+    start = datetime(2026, 11, 28, 6, 15, tzinfo=UTC)
+    assert firings(p, start, 3) == [
+        datetime(2026, 11, 28, 12, 15, tzinfo=UTC),
+        datetime(2026, 11, 28, 18, 15, tzinfo=UTC),
+        datetime(2026, 11, 29, 0, 15, tzinfo=UTC),
+    ]
+
+
+def test_several_expressions_merge():
+    p = timed("0 6 * * *", "30 5 * * *")
+    got = firings(p, datetime(2026, 11, 28, tzinfo=UTC), 3)
+    assert [m.strftime("%d %H:%M") for m in got] == ["28 05:30", "28 06:00", "29 05:30"]
+
+
+def test_time_zone_is_the_pipelines():
+    p = timed("0 6 * * *", tz="Europe/Oslo")
+    [winter] = firings(p, datetime(2026, 11, 28, tzinfo=UTC), 1)
+    [summer] = firings(p, datetime(2026, 6, 1, tzinfo=UTC), 1)
+    assert winter == datetime(2026, 11, 28, 5, tzinfo=UTC)
+    assert summer == datetime(2026, 6, 1, 4, tzinfo=UTC)
+
+
+def test_daily_job_fires_once_when_clocks_go_back():
+    # 2026-10-25 03:00 CEST becomes 02:00 CET: 02:30 happens twice
+    p = timed("30 2 * * *", tz="Europe/Oslo")
+    got = firings(p, datetime(2026, 10, 24, 12, tzinfo=UTC), 3)
+    assert local(got) == ["10-25 02:30+0200", "10-26 02:30+0100", "10-27 02:30+0100"]
+
+
+def test_daily_job_in_the_skipped_hour_fires_after_the_gap():
+    # 2026-03-29 02:00 CET becomes 03:00 CEST: 02:30 does not exist
+    p = timed("30 2 * * *", tz="Europe/Oslo")
+    got = firings(p, datetime(2026, 3, 28, 12, tzinfo=UTC), 2)
+    assert local(got) == ["03-29 03:00+0200", "03-30 02:30+0200"]
+
+
+def test_wildcard_hours_follow_absolute_time_through_the_change():
+    p = timed("30 * * * *", tz="Europe/Oslo")
+    got = firings(p, datetime(2026, 10, 24, 23, 0, tzinfo=UTC), 4)
+    assert [b - a for a, b in zip(got, got[1:])] == [timedelta(hours=1)] * 3
+    assert local(got) == ["10-25 01:30+0200", "10-25 02:30+0200", "10-25 02:30+0100", "10-25 03:30+0100"]
+
+
+def test_latest_firing_in_a_window():
+    p = timed("15 */6 * * *")
+    after = datetime(2026, 11, 20, 0, 15, tzinfo=UTC)
+    until = datetime(2026, 11, 28, 13, 0, tzinfo=UTC)
+    assert cron.latest_firing(p, after, until) == datetime(2026, 11, 28, 12, 15, tzinfo=UTC)
+    assert cron.latest_firing(p, until, until + timedelta(hours=1)) is None
+    exact = datetime(2026, 11, 28, 12, 15, tzinfo=UTC)
+    assert cron.latest_firing(p, after, exact) == exact
+
+
+async def test_task_catches_up_once_then_fires_on_time(autojump_clock):
+    start = datetime(2026, 11, 28, 13, 0, tzinfo=UTC).timestamp()
+
+    def clock() -> float:
+        return start + trio.current_time()
+
+    p = timed("15 */6 * * *")
+    send, receive = trio.open_memory_channel(100)
+    # the daemon was down from 2026-11-26 (last cron run) until now: many
+    # missed firings, one catch-up run
+    last = {"p": datetime(2026, 11, 26, 0, 15, tzinfo=UTC)}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: cron.run({"p": p}, send, last_fired=last, clock=clock))
+        first = await receive.receive()
+        assert first.reference_time == datetime(2026, 11, 28, 12, 15, tzinfo=UTC)
+        assert first.cause == "cron"
+        second = await receive.receive()
+        assert second.reference_time == datetime(2026, 11, 28, 18, 15, tzinfo=UTC)
+        assert clock() >= second.reference_time.timestamp()
+        nursery.cancel_scope.cancel()
+
+
+async def test_task_does_not_catch_up_a_pipeline_never_fired(autojump_clock):
+    start = datetime(2026, 11, 28, 13, 0, tzinfo=UTC).timestamp()
+    p = timed("15 */6 * * *")
+    send, receive = trio.open_memory_channel(100)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: cron.run({"p": p}, send, last_fired={}, clock=lambda: start + trio.current_time())
+        )
+        first = await receive.receive()
+        assert first.reference_time == datetime(2026, 11, 28, 18, 15, tzinfo=UTC)
+        nursery.cancel_scope.cancel()

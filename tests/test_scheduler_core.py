@@ -1,0 +1,497 @@
+"""The sans-I/O scheduler core: plain function calls, no Trio, no database.
+
+`Harness` plays the other tasks' parts the way the daemon wires them: it
+holds back each Persist until the test commits it (so "only persisted objects
+move on" can be checked), then hands the committed copies back, refusing a
+second run of one pipeline and reference time as the database's unique key
+does. The database itself is tested in test_db.py and end to end in
+test_daemon.py.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import attrs
+import hypothesis.strategies as st
+from hypothesis import given, settings
+
+from muppet.messages import (
+    Command,
+    JobFinished,
+    JobStarted,
+    KillJob,
+    NewRun,
+    Persist,
+    Persisted,
+    Reply,
+    StartJob,
+    Trigger,
+)
+from muppet.model import (
+    Depends,
+    ExecutorConfig,
+    Job,
+    JobLog,
+    JobState,
+    Pipeline,
+    RetryPolicy,
+    Run,
+    RunState,
+    Step,
+)
+from muppet.scheduler.core import Answer, Scheduler, WakeAt
+
+T0 = datetime(2026, 11, 28, 6, tzinfo=timezone.utc)
+
+
+def pipeline(name: str, *steps: Step) -> Pipeline:
+    return Pipeline(name=name, owner="ops", steps={s.name: s for s in steps})
+
+
+class ReplyBox:
+    """Stands in for a requester's reply channel."""
+
+    def __init__(self) -> None:
+        self.replies: list[Reply] = []
+
+
+class Harness:
+    def __init__(self, *pipelines: Pipeline, max_jobs: int = 100, now: float = 1000.0):
+        self.pipelines = {p.name: p for p in pipelines}
+        self.core = Scheduler(
+            self.pipelines, {"local": ExecutorConfig("local", "local", max_jobs=max_jobs)}
+        )
+        self.now = now
+        self.unsent: list[Persist] = []
+        self.committed_keys: set[tuple[str, datetime]] = set()
+        self.db_runs: dict[int, Run] = {}
+        self.db_jobs: dict[int, Job] = {}
+        self.starts: list[StartJob] = []
+        self.kills: list[int] = []
+        self.wake: float | None = None
+        self.transactions = 0
+
+    def feed(self, *events) -> None:
+        self._take(self.core.handle(events, self.now))
+
+    def _take(self, effects) -> None:
+        self.wake = None
+        for effect in effects:
+            if isinstance(effect, Persist):
+                self.unsent.append(effect)
+            elif isinstance(effect, StartJob):
+                self.starts.append(effect)
+            elif isinstance(effect, KillJob):
+                self.kills.append(effect.job_id)
+            elif isinstance(effect, Answer):
+                effect.to.replies.append(effect.reply)
+            elif isinstance(effect, WakeAt):
+                self.wake = effect.time
+
+    def commit(self) -> None:
+        """The database task: one transaction per Persist waiting."""
+        batch, self.unsent = self.unsent, []
+        for persist in batch:
+            committed, rejected = [], []
+            for change in persist.changes:
+                if isinstance(change, NewRun):
+                    key = (change.run.pipeline, change.run.reference_time)
+                    if key in self.committed_keys:
+                        rejected.append(change)
+                        continue
+                    self.committed_keys.add(key)
+                    self.db_runs[change.run.id] = change.run
+                    self.db_jobs.update((j.id, j) for j in change.jobs)
+                elif isinstance(change, Run):
+                    self.db_runs[change.id] = change
+                elif isinstance(change, Job):
+                    self.db_jobs[change.id] = change
+                committed.append(change)
+            self.transactions += 1
+            self.feed(Persisted(tuple(committed), tuple(rejected)))
+
+    def settle(self) -> None:
+        while self.unsent:
+            self.commit()
+
+    def trigger(self, name: str, when: datetime = T0, reply=None) -> None:
+        self.feed(Trigger(name, when, "manual", reply))
+        self.settle()
+
+    def started_ids(self) -> list[int]:
+        return [s.job.id for s in self.starts]
+
+    def run_job(self, job_id: int, state: str = "succeeded", exit_code: int = 0) -> None:
+        self.feed(JobStarted(job_id, str(job_id), "host", self.now))
+        self.settle()
+        self.feed(JobFinished(job_id, state, exit_code, "" if exit_code == 0 else f"exit code {exit_code}", self.now, self.now, "out", "err"))
+        self.settle()
+
+    def drain(self, outcome=lambda start: ("succeeded", 0), limit: int = 1000) -> None:
+        """Finish every started job, over and over, until nothing starts."""
+        done: set[int] = set()
+        for _ in range(limit):
+            todo = [s for s in self.starts if s.job.id not in done]
+            if not todo:
+                if self.wake is not None:
+                    self.now = self.wake
+                    self.feed()
+                    self.settle()
+                    continue
+                return
+            for start in todo:
+                done.add(start.job.id)
+                self.run_job(start.job.id, *outcome(start))
+        raise AssertionError("did not settle")
+
+    def job(self, step: str, index: int = 0, run_id: int = 1) -> Job:
+        """The slot's current job, as committed."""
+        jobs = [j for j in self.db_jobs.values() if (j.run_id, j.step, j.index) == (run_id, step, index)]
+        return max(jobs, key=lambda j: j.id)
+
+    def run(self, run_id: int = 1) -> Run:
+        return self.db_runs[run_id]
+
+    def active_count(self, step: str | None = None) -> int:
+        return sum(
+            1
+            for j in self.db_jobs.values()
+            if j.state.active and (step is None or j.step == step)
+        )
+
+
+def test_trigger_creates_every_job_of_the_run_in_one_transaction():
+    h = Harness(pipeline("p", Step("a", "true"), Step("b", "true", parents=("a",), jobs=3)))
+    box = ReplyBox()
+    h.feed(Trigger("p", T0, "manual", box))
+    assert len(h.unsent) == 1
+    [new] = h.unsent[0].changes
+    assert isinstance(new, NewRun)
+    assert [(j.step, j.index, j.count) for j in new.jobs] == [("a", 0, 1), ("b", 0, 3), ("b", 1, 3), ("b", 2, 3)]
+    assert all(j.state is JobState.WAITING for j in new.jobs)
+    assert box.replies == []  # not before it is committed
+    h.commit()
+    assert box.replies == [Reply(result={"run_id": new.run.id})]
+
+
+def test_only_persisted_state_moves_jobs_on():
+    h = Harness(pipeline("p", Step("a", "true"), Step("b", "true", parents=("a",))))
+    h.feed(Trigger("p", T0, "manual"))
+    h.commit()  # the run and its jobs
+    assert h.started_ids() == []  # a is submitted, but not yet committed
+    h.commit()
+    assert h.started_ids() == [1]
+    h.feed(JobFinished(1, "succeeded", 0, "", 1.0, 2.0))
+    h.feed()  # a scheduling pass before the commit must not start b
+    assert h.started_ids() == [1]
+    h.settle()
+    assert h.started_ids() == [1, 2]
+
+
+def test_fan_out_and_fan_in():
+    h = Harness(
+        pipeline(
+            "p",
+            Step("fetch", "true"),
+            Step("convert", "true", parents=("fetch",), jobs=4),
+            Step("publish", "true", parents=("convert",)),
+        )
+    )
+    h.trigger("p")
+    assert [s.job.step for s in h.starts] == ["fetch"]
+    h.run_job(h.starts[0].job.id)
+    assert sorted(s.job.index for s in h.starts if s.job.step == "convert") == [0, 1, 2, 3]
+    converts = [s.job.id for s in h.starts if s.job.step == "convert"]
+    for job_id in converts[:3]:
+        h.run_job(job_id)
+        assert "publish" not in [s.job.step for s in h.starts]  # fan-in waits for all 4
+    h.run_job(converts[3])
+    assert h.starts[-1].job.step == "publish"
+    h.drain()
+    assert h.run().state is RunState.SUCCEEDED
+    assert h.run().ended_at == h.now
+
+
+def test_depends_each_follows_the_same_index():
+    h = Harness(
+        pipeline(
+            "p",
+            Step("a", "true", jobs=3),
+            Step("b", "true", parents=("a",), jobs=3, depends=Depends.EACH),
+        )
+    )
+    h.trigger("p")
+    h.run_job(h.job("a", 1).id)
+    assert [(s.job.step, s.job.index) for s in h.starts][-1] == ("b", 1)
+    assert ("b", 0) not in [(s.job.step, s.job.index) for s in h.starts]
+    h.drain()
+    assert h.run().state is RunState.SUCCEEDED
+
+
+def test_step_concurrency_counts_jobs_of_every_run():
+    h = Harness(pipeline("p", Step("a", "true", jobs=3, concurrency=2)))
+    h.trigger("p", T0)
+    h.trigger("p", T0 + timedelta(hours=1))
+    assert len(h.starts) == 2 and h.active_count("a") == 2
+    h.run_job(h.starts[0].job.id)
+    assert len(h.starts) == 3 and h.active_count("a") == 2
+    h.drain()
+    assert {r.state for r in h.db_runs.values()} == {RunState.SUCCEEDED}
+
+
+def test_executor_max_jobs():
+    h = Harness(pipeline("p", Step("a", "true", jobs=10)), max_jobs=3)
+    h.trigger("p")
+    assert len(h.starts) == 3
+    h.drain()
+    assert h.run().state is RunState.SUCCEEDED
+
+
+def test_conflicts_hold_both_ways():
+    # only "a" declares the conflict; "b" must still wait for "a"
+    h = Harness(pipeline("p", Step("a", "true", conflicts=("b",)), Step("b", "true")))
+    h.trigger("p")
+    assert [s.job.step for s in h.starts] == ["a"]
+    h.run_job(h.starts[0].job.id)
+    assert [s.job.step for s in h.starts] == ["a", "b"]
+    h2 = Harness(pipeline("q", Step("a", "true"), Step("b", "true", conflicts=("a",))))
+    h2.trigger("q")
+    assert [s.job.step for s in h2.starts] == ["a"]
+
+
+def test_retry_makes_a_linked_successor_after_backoff():
+    step = Step("a", "false", retry=RetryPolicy(tries=3, interval=5.0, factor=2.0))
+    h = Harness(pipeline("p", step, Step("b", "true", parents=("a",))))
+    h.trigger("p")
+    h.run_job(1, "failed", 1)
+    first, retry = h.db_jobs[1], h.job("a")
+    assert first.state is JobState.FAILED and first.successor == retry.id
+    assert retry.predecessor == 1 and retry.failures == 1 and retry.state is JobState.WAITING
+    assert retry.not_before == h.now + 5.0
+    assert h.wake == h.now + 5.0
+    assert h.started_ids() == [1]  # backoff not over
+    h.now += 4.9
+    h.feed()
+    h.settle()
+    assert h.started_ids() == [1]
+    h.now = h.wake
+    h.feed()
+    h.settle()
+    assert h.started_ids() == [1, retry.id]
+    h.run_job(retry.id, "failed", 1)
+    third = h.job("a")
+    assert third.failures == 2 and third.not_before == h.now + 10.0  # 5 * 2**(2-1)
+    h.now += 10
+    h.feed()
+    h.settle()
+    h.run_job(third.id)  # the third try succeeds: b runs
+    h.drain()
+    assert h.run().state is RunState.SUCCEEDED
+    assert h.db_jobs[1].state is JobState.FAILED  # history kept
+
+
+def test_failed_for_good_skips_downstream_and_fails_the_run_when_idle():
+    h = Harness(
+        pipeline(
+            "p",
+            Step("a", "false"),
+            Step("b", "true", parents=("a",), jobs=2),
+            Step("c", "true", parents=("b",)),
+            Step("slow", "sleep"),
+        )
+    )
+    h.trigger("p")
+    assert {s.job.step for s in h.starts} == {"a", "slow"}
+    h.run_job(h.job("a").id, "failed", 2)
+    assert [h.job("b", i).state for i in (0, 1)] == [JobState.SKIPPED] * 2
+    assert h.job("c").state is JobState.SKIPPED
+    assert "did not succeed" in h.job("c").reason
+    assert h.run().state is RunState.RUNNING  # "slow" still runs
+    h.run_job(h.job("slow").id)
+    assert h.run().state is RunState.FAILED
+
+
+def test_each_failure_skips_only_its_own_branch():
+    h = Harness(
+        pipeline(
+            "p",
+            Step("a", "true", jobs=2),
+            Step("b", "true", parents=("a",), jobs=2, depends=Depends.EACH),
+        )
+    )
+    h.trigger("p")
+    h.run_job(h.job("a", 0).id, "failed", 1)
+    assert h.job("b", 0).state is JobState.SKIPPED
+    assert h.job("b", 1).state is JobState.WAITING
+    h.drain()
+    assert h.job("b", 1).state is JobState.SUCCEEDED
+    assert h.run().state is RunState.FAILED
+
+
+def test_a_run_is_never_made_twice():
+    h = Harness(pipeline("p", Step("a", "true")))
+    box = ReplyBox()
+    h.trigger("p", T0, box)
+    h.trigger("p", T0, box)  # still in memory: refused at once
+    assert box.replies[1].error and "exists" in box.replies[1].error
+    h.drain()
+    assert h.run().state is RunState.SUCCEEDED
+    h.trigger("p", T0, box)  # finished and forgotten: the database refuses it
+    assert len(h.db_runs) == 1
+    assert box.replies[2].error and box.replies[2].code == -32002
+
+
+def test_unknown_pipeline():
+    h = Harness(pipeline("p", Step("a", "true")))
+    box = ReplyBox()
+    h.trigger("nope", T0, box)
+    assert box.replies[0].code == -32001 and h.db_runs == {}
+
+
+def test_finished_runs_leave_memory():
+    h = Harness(pipeline("p", Step("a", "true")))
+    h.trigger("p")
+    h.drain()
+    assert h.core.runs == {} and h.core.jobs == {} and h.core.current == {}
+
+
+def test_hold_and_release():
+    h = Harness(pipeline("p", Step("a", "true"), Step("b", "true", parents=("a",))))
+    h.trigger("p")
+    box = ReplyBox()
+    b = h.job("b").id
+    h.feed(Command("hold", b, box))
+    h.settle()
+    assert box.replies[-1].result == {"job_id": b, "state": "held"}
+    h.run_job(1)
+    assert h.started_ids() == [1]  # b is held
+    h.feed(Command("hold", 1, box))
+    assert box.replies[-1].code == -32002  # a finished job cannot be held
+    h.feed(Command("release", b, box))
+    h.settle()
+    assert h.started_ids() == [1, b]
+
+
+def test_kill_running_job_is_not_retried_and_skips_downstream():
+    step = Step("a", "sleep", retry=RetryPolicy(tries=5))
+    h = Harness(pipeline("p", step, Step("b", "true", parents=("a",))))
+    h.trigger("p")
+    box = ReplyBox()
+    h.feed(Command("kill", 1, box))
+    assert h.kills == [1] and box.replies[0].result["state"] == "killing"
+    # the executor's report says the process died of SIGTERM: still "killed"
+    h.feed(JobFinished(1, "failed", 143, "exit code 143", 1.0, 2.0))
+    h.settle()
+    assert h.db_jobs[1].state is JobState.KILLED and h.db_jobs[1].successor is None
+    assert h.job("b").state is JobState.SKIPPED
+    assert h.run().state is RunState.FAILED
+
+
+def test_kill_waiting_job():
+    h = Harness(pipeline("p", Step("a", "true"), Step("b", "true", parents=("a",))))
+    h.trigger("p")
+    h.feed(Command("kill", 2, ReplyBox()))
+    h.settle()
+    assert h.db_jobs[2].state is JobState.KILLED and h.kills == []
+    h.drain()
+    assert h.run().state is RunState.FAILED
+
+
+def test_rerun_of_a_finished_run_reopens_it_and_revives_skipped_jobs():
+    h = Harness(pipeline("p", Step("a", "false"), Step("b", "true", parents=("a",))))
+    h.trigger("p")
+    h.run_job(1, "failed", 1)
+    assert h.run().state is RunState.FAILED
+    assert h.core.runs == {}
+    # the API loads the finished run and passes it along
+    box = ReplyBox()
+    run = h.run()
+    jobs = tuple(j for j in h.db_jobs.values() if j.run_id == run.id)
+    h.feed(Command("rerun", 1, box, run=run, jobs=jobs))
+    h.settle()
+    fresh = h.job("a")
+    assert box.replies == [Reply(result={"job_id": fresh.id})]
+    assert fresh.predecessor == 1 and h.db_jobs[1].successor == fresh.id
+    assert fresh.failures == 0
+    assert h.run().state is RunState.RUNNING
+    assert h.job("b").state is JobState.WAITING and h.job("b").predecessor == 2
+    h.drain()
+    assert h.run().state is RunState.SUCCEEDED
+
+
+def test_rerun_refuses_a_job_that_has_not_ended():
+    h = Harness(pipeline("p", Step("a", "true")))
+    h.trigger("p")
+    box = ReplyBox()
+    h.feed(Command("rerun", 1, box))
+    assert box.replies[0].code == -32002
+
+
+def test_load_reattaches_active_jobs_and_closes_finished_runs():
+    p = pipeline("p", Step("a", "true"), Step("b", "true", parents=("a",)))
+    run = Run(1, "p", T0)
+    running = Job(1, 1, "p", "a", 0, 1, "local", state=JobState.RUNNING, batch_id="42")
+    waiting = Job(2, 1, "p", "b", 0, 1, "local")
+    done_run = Run(2, "p", T0 + timedelta(hours=1))
+    done_jobs = [
+        Job(3, 2, "p", "a", 0, 1, "local", state=JobState.SUCCEEDED),
+        Job(4, 2, "p", "b", 0, 1, "local", state=JobState.SUCCEEDED),
+    ]
+    core = Scheduler({"p": p}, {"local": ExecutorConfig("local", "local")}, next_run_id=3, next_job_id=5)
+    effects = core.load([run, done_run], [running, waiting, *done_jobs], now=5.0)
+    [persist] = [e for e in effects if isinstance(e, Persist)]
+    assert persist.changes == (attrs.evolve(done_run, state=RunState.SUCCEEDED, ended_at=5.0),)
+    assert [e.job for e in effects if isinstance(e, StartJob)] == [running]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    outcomes=st.lists(st.sampled_from(["succeeded", "failed", "killed"]), min_size=1, max_size=60),
+    jobs=st.integers(1, 4),
+    concurrency=st.integers(1, 3),
+    max_jobs=st.integers(1, 5),
+    depends=st.sampled_from([Depends.ALL, Depends.EACH]),
+    tries=st.integers(1, 3),
+    runs=st.integers(1, 3),
+)
+def test_any_outcomes_keep_the_invariants(outcomes, jobs, concurrency, max_jobs, depends, tries, runs):
+    """Whatever the jobs do: limits hold at every moment, no job starts twice,
+    every run ends, and a run succeeds exactly when every slot's newest job
+    succeeded."""
+    retry = RetryPolicy(tries=tries, interval=1.0, factor=2.0)
+    p = pipeline(
+        "p",
+        Step("a", "x", jobs=jobs, retry=retry),
+        Step("b", "x", parents=("a",), jobs=jobs, depends=depends, concurrency=concurrency, retry=retry),
+        Step("c", "x", parents=("b",), conflicts=("a",)),
+    )
+    h = Harness(p, max_jobs=max_jobs)
+    for n in range(runs):
+        h.trigger("p", T0 + timedelta(hours=n))
+    answers = iter(outcomes)
+    seen: set[int] = set()
+
+    def outcome(start: StartJob):
+        assert start.job.id not in seen
+        seen.add(start.job.id)
+        assert h.active_count() <= max_jobs
+        assert h.active_count("b") <= concurrency
+        assert not (h.active_count("a") and h.active_count("c"))
+        state = next(answers, "succeeded")
+        return (state, 0 if state == "succeeded" else 1)
+
+    h.drain(outcome)
+    assert len(h.db_runs) == runs
+    for run in h.db_runs.values():
+        current = {}
+        for job in h.db_jobs.values():
+            if job.run_id == run.id:
+                current[job.slot] = max(current.get(job.slot, job), job, key=lambda j: j.id)
+        assert all(j.state.finished for j in current.values())
+        ok = all(j.state is JobState.SUCCEEDED for j in current.values())
+        assert run.state is (RunState.SUCCEEDED if ok else RunState.FAILED)
+        for job in h.db_jobs.values():
+            if job.successor is not None:
+                assert h.db_jobs[job.successor].predecessor == job.id
+    assert h.core.runs == {} and h.core.pending_jobs == {}
