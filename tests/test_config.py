@@ -1,0 +1,819 @@
+"""muppet.config: TOML files -> the model, and every problem named by file, table, key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from muppet.config import (
+    ConfigError,
+    Problem,
+    default_config,
+    load_config,
+    sqlite_path,
+    validate_paths,
+)
+from muppet.model import Depends, ExecutorConfig, RetryPolicy
+
+REPO = Path(__file__).resolve().parent.parent
+
+GOOD_PIPELINE = """
+[stakeholders.ops]
+name = "Operations"
+email = "ops@example.org"
+
+[pipeline]
+name = "example"
+owner = "ops"
+requires = []
+produces = ["example-product"]
+cron = ["15 */6 * * *"]
+timezone = "UTC"
+
+[steps.fetch]
+command = "echo fetching"
+
+[steps.convert]
+parents = ["fetch"]
+jobs = 4
+depends = "all"
+concurrency = 2
+conflicts = ["cleanup"]
+command = "convert.sh $MUPPET_JOB_INDEX"
+env = { LEVEL = "surface" }
+executor = "local"
+outputs = ["out/{reference_time:%Y%m%dT%H}/part_{index:02d}.txt"]
+retry = { tries = 3, interval = 5.0, factor = 2.0 }
+
+[steps.cleanup]
+command = "echo cleaning"
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def setup(tmp_path: Path, pipeline: str | None = None, daemon: str = "", **more: str) -> Path:
+    """A daemon file listing pipelines/*.toml, with one pipeline file and more."""
+    conf = write(tmp_path / "muppet.toml", '[daemon]\npipelines = ["pipelines/*.toml"]\n' + textwrap.dedent(daemon))
+    if pipeline is not None:
+        write(tmp_path / "pipelines" / "p.toml", pipeline)
+    for name, text in more.items():
+        write(tmp_path / "pipelines" / f"{name}.toml", text)
+    return conf
+
+
+def problems_of(conf: Path) -> list[Problem]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(conf)
+    assert str(caught.value) == "\n".join(str(p) for p in caught.value.problems)
+    return caught.value.problems
+
+
+def find(problems: list[Problem], table: str, key: str, *words: str) -> Problem:
+    """The one problem at table/key whose message has every word; fails listing all."""
+    hits = [p for p in problems if p.table == table and p.key == key and all(w in p.message for w in words)]
+    assert len(hits) == 1, f"want [{table}] {key} {words} in:\n" + "\n".join(map(str, problems))
+    return hits[0]
+
+
+def pipeline_with(step_body: str, head: str = "") -> str:
+    """A valid pipeline with its [steps.convert] (child of fetch) replaced."""
+    return textwrap.dedent(
+        f"""
+        [stakeholders.ops]
+        name = "Operations"
+        [pipeline]
+        name = "p"
+        owner = "ops"
+        {head}
+        [steps.fetch]
+        command = "echo fetch"
+        jobs = 4
+        [steps.convert]
+        """
+    ) + textwrap.dedent(step_body)
+
+
+# --- loading what is right ------------------------------------------------------
+
+
+def test_contract_example_loads(tmp_path):
+    conf = setup(tmp_path, GOOD_PIPELINE)
+    config = load_config(conf)
+    assert config.source == str(conf)
+    p = config.pipelines["example"]
+    assert p.owner == "ops" and p.produces == ("example-product",) and p.requires == ()
+    assert p.cron == ("15 */6 * * *",) and p.timezone == "UTC"
+    assert p.source == str(tmp_path / "pipelines" / "p.toml")
+    convert = p.steps["convert"]
+    assert convert.parents == ("fetch",)
+    assert convert.jobs == 4 and convert.depends is Depends.ALL and convert.concurrency == 2
+    assert convert.conflicts == ("cleanup",)
+    assert convert.env == {"LEVEL": "surface"}
+    assert convert.executor == "local"
+    assert convert.outputs == ("out/{reference_time:%Y%m%dT%H}/part_{index:02d}.txt",)
+    assert convert.retry == RetryPolicy(tries=3, interval=5.0, factor=2.0)
+    assert isinstance(convert.retry.interval, float)
+    fetch = p.steps["fetch"]
+    assert fetch.jobs == 1 and fetch.concurrency is None and fetch.retry == RetryPolicy()
+    assert config.stakeholders["ops"].name == "Operations"
+    assert config.stakeholders["ops"].email == "ops@example.org"
+
+
+def test_steps_in_topological_order_ties_in_file_order(tmp_path):
+    conf = setup(
+        tmp_path,
+        """
+        [stakeholders.ops]
+        [pipeline]
+        name = "p"
+        owner = "ops"
+        [steps.publish]
+        parents = ["b", "a"]
+        command = "true"
+        [steps.b]
+        parents = ["root"]
+        command = "true"
+        [steps.lonely]
+        command = "true"
+        [steps.a]
+        parents = ["root"]
+        command = "true"
+        [steps.root]
+        command = "true"
+        """,
+    )
+    steps = list(load_config(conf).pipelines["p"].steps)
+    assert steps == ["lonely", "root", "b", "a", "publish"]
+
+
+def test_empty_file_gives_the_defaults(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    conf = write(tmp_path / "muppet.toml", "")
+    config = load_config(conf)
+    state = str(tmp_path / "xdg" / "muppet")
+    assert config.daemon.state_dir == state
+    assert config.daemon.output_dir == os.path.join(state, "output")
+    assert config.daemon.database == "sqlite:///" + os.path.join(state, "muppet.db")
+    assert sqlite_path(config.daemon.database) == os.path.join(state, "muppet.db")
+    assert config.api.listen == "127.0.0.1:8765"
+    assert config.api.host == "127.0.0.1" and config.api.port == 8765
+    assert config.executors == {"local": ExecutorConfig("local", "local", max_jobs=os.cpu_count() or 2)}
+    assert config.pipelines == {} and config.stakeholders == {}
+    assert default_config().daemon == config.daemon
+    assert default_config().executors == config.executors
+
+
+def test_default_state_dir_without_xdg(monkeypatch, tmp_path):
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_config().daemon.state_dir == str(tmp_path / ".local" / "state" / "muppet")
+    # The XDG spec says a relative value is invalid and is ignored.
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/dir")
+    assert default_config().daemon.state_dir == str(tmp_path / ".local" / "state" / "muppet")
+    assert default_config().pipelines == {}
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    conf = write(
+        tmp_path / "etc" / "muppet.toml",
+        """
+        [daemon]
+        state_dir = "state"
+        output_dir = "../out"
+        database = "sqlite:///db/muppet.db"
+        pipelines = ["pipelines/*.toml"]
+        """,
+    )
+    write(tmp_path / "etc" / "pipelines" / "p.toml", GOOD_PIPELINE)
+    monkeypatch.chdir(tmp_path / "etc" / "pipelines")  # the working directory must not matter
+    config = load_config(conf)
+    assert config.daemon.state_dir == str(tmp_path / "etc" / "state")
+    assert config.daemon.output_dir == str(tmp_path / "out")
+    assert config.daemon.database == "sqlite:///" + str(tmp_path / "etc" / "db" / "muppet.db")
+    assert config.daemon.pipeline_globs == (str(tmp_path / "etc" / "pipelines" / "*.toml"),)
+    assert list(config.pipelines) == ["example"]
+
+
+def test_defaults_follow_a_given_state_dir(tmp_path):
+    conf = write(tmp_path / "muppet.toml", '[daemon]\nstate_dir = "/srv/muppet"\n')
+    config = load_config(conf)
+    assert config.daemon.output_dir == "/srv/muppet/output"
+    assert config.daemon.database == "sqlite:////srv/muppet/muppet.db"
+
+
+def test_absolute_sqlite_and_postgresql_urls(tmp_path):
+    conf = write(tmp_path / "a.toml", '[daemon]\ndatabase = "sqlite:////var/lib/muppet/m.db"\n')
+    assert load_config(conf).daemon.database == "sqlite:////var/lib/muppet/m.db"
+    url = "postgresql://muppet@db.example.org:5433/muppet"
+    conf = write(tmp_path / "b.toml", f'[daemon]\ndatabase = "{url}"\n')
+    assert load_config(conf).daemon.database == url
+    assert sqlite_path(url) is None
+
+
+def test_home_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    conf = write(tmp_path / "muppet.toml", '[daemon]\nstate_dir = "~/muppet"\n')
+    assert load_config(conf).daemon.state_dir == str(tmp_path / "home" / "muppet")
+
+
+def test_executors(tmp_path):
+    conf = setup(
+        tmp_path,
+        None,
+        """
+        [api]
+        listen = "[::1]:0"
+        [executors.cluster]
+        type = "slurm"
+        max_jobs = 50
+        partition = "short"
+        cpus = 4
+        memory = "4G"
+        walltime = 3600
+        submit_options = ["--account=weather", "--qos=high"]
+        poll_interval = 2
+        account = "weather"
+        submit_timeout = 30
+        max_submit_backoff = 60.0
+        [executors.sge]
+        type = "gridengine"
+        queue = "all.q"
+        slots = 2
+        parallel_environment = "smp"
+        """,
+    )
+    config = load_config(conf)
+    assert config.api.host == "::1" and config.api.port == 0
+    assert set(config.executors) == {"local", "cluster", "sge"}
+    cluster = config.executors["cluster"]
+    assert cluster.type == "slurm" and cluster.max_jobs == 50
+    assert cluster.options == {
+        "partition": "short",
+        "cpus": 4,
+        "memory": "4G",
+        "walltime": 3600,
+        "submit_options": ["--account=weather", "--qos=high"],
+        "poll_interval": 2.0,
+        "account": "weather",
+        "submit_timeout": 30.0,
+        "max_submit_backoff": 60.0,
+    }
+    sge = config.executors["sge"]
+    assert sge.max_jobs == 8 and sge.options == {"queue": "all.q", "slots": 2, "parallel_environment": "smp"}
+
+
+def test_local_executor_can_be_redefined(tmp_path):
+    conf = setup(tmp_path, None, '[executors.local]\ntype = "local"\nmax_jobs = 3\n')
+    assert load_config(conf).executors == {"local": ExecutorConfig("local", "local", max_jobs=3)}
+
+
+def test_step_resources_and_other_executor(tmp_path):
+    conf = setup(
+        tmp_path,
+        pipeline_with(
+            """
+            command = "run"
+            executor = "cluster"
+            resources = { partition = "gpu", cpus = 8, memory = 16000, submit_options = ["-x"] }
+            """
+        ),
+        '[executors.cluster]\ntype = "slurm"\n',
+    )
+    step = load_config(conf).pipelines["p"].steps["convert"]
+    assert step.executor == "cluster"
+    assert step.resources == {"partition": "gpu", "cpus": 8, "memory": 16000, "submit_options": ["-x"]}
+
+
+def test_depends_each_with_equal_jobs(tmp_path):
+    conf = setup(tmp_path, pipeline_with('command = "x"\nparents = ["fetch"]\njobs = 4\ndepends = "each"\n'))
+    assert load_config(conf).pipelines["p"].steps["convert"].depends is Depends.EACH
+
+
+def test_stakeholders_are_shared_across_files(tmp_path):
+    conf = setup(
+        tmp_path,
+        None,
+        '[stakeholders.ops]\nname = "Operations"\nemail = "ops@example.org"\n',
+        a='[pipeline]\nname = "a"\nowner = "ops"\n[steps.s]\ncommand = "true"\n',
+        b='[stakeholders.ops]\nname = "Operations"\nemail = "ops@example.org"\n'
+        '[stakeholders.dev]\n[pipeline]\nname = "b"\nowner = "dev"\n[steps.s]\ncommand = "true"\n',
+    )
+    config = load_config(conf)
+    assert list(config.pipelines) == ["a", "b"]
+    assert config.stakeholders["dev"].name == "dev"  # the name defaults to the key
+    assert set(config.stakeholders) == {"ops", "dev"}
+
+
+def test_globs_sorted_deduplicated_and_literal(tmp_path):
+    conf = write(tmp_path / "muppet.toml", '[daemon]\npipelines = ["p/*.toml", "p/a.toml", "q/**/*.toml"]\n')
+    body = '[stakeholders.o]\n[pipeline]\nname = "{}"\nowner = "o"\n[steps.s]\ncommand = "true"\n'
+    for rel, name in [("p/b.toml", "b"), ("p/a.toml", "a"), ("q/x/y/c.toml", "c")]:
+        write(tmp_path / rel, body.format(name))
+    assert list(load_config(conf).pipelines) == ["a", "b", "c"]
+
+
+def test_glob_matching_nothing_is_fine_but_a_missing_file_is_not(tmp_path):
+    conf = write(tmp_path / "muppet.toml", '[daemon]\npipelines = ["none/*.toml"]\n')
+    assert load_config(conf).pipelines == {}
+    conf = write(tmp_path / "muppet.toml", '[daemon]\npipelines = ["missing.toml"]\n')
+    find(problems_of(conf), "daemon", "pipelines", '"missing.toml": no such file')
+
+
+# --- the shipped example ---------------------------------------------------------
+
+
+def test_shipped_example_configuration_loads():
+    config = load_config(REPO / "conf" / "muppet.toml")
+    assert set(config.pipelines) >= {"example", "summary"}
+    example = config.pipelines["example"]
+    assert list(example.steps) == ["fetch", "convert", "publish"]
+    assert example.steps["convert"].jobs == 3
+    assert any(s.retry.tries > 1 for p in config.pipelines.values() for s in p.steps.values())
+    assert validate_paths([str(REPO / "conf" / "muppet.toml")]) == []
+    pipeline_files = sorted(str(p) for p in (REPO / "conf" / "pipelines").glob("*.toml"))
+    assert validate_paths(pipeline_files) == []
+
+
+def test_shipped_example_commands_succeed_and_write_their_outputs(tmp_path):
+    """Each step's command, run by sh as a job would be, makes its declared outputs."""
+    reference_time = datetime(2026, 11, 28, 6, 15, tzinfo=timezone.utc)
+    config = load_config(REPO / "conf" / "muppet.toml")
+    for pipeline in config.pipelines.values():
+        for step in pipeline.steps.values():
+            for index in range(step.jobs):
+                scratch = tmp_path / pipeline.name / step.name / str(index)
+                scratch.mkdir(parents=True)
+                env = dict(
+                    os.environ,
+                    **step.env,
+                    MUPPET_SCRATCH=str(scratch),
+                    MUPPET_JOB_DIR=str(scratch),
+                    MUPPET_RUN_ID="1",
+                    MUPPET_JOB_ID="1",
+                    MUPPET_JOB_INDEX=str(index),
+                    MUPPET_JOB_COUNT=str(step.jobs),
+                    MUPPET_REFERENCE_TIME="2026-11-28T06:15:00Z",
+                )
+                done = subprocess.run(
+                    ["/bin/sh", "-e", "-c", step.command], env=env, cwd=scratch, capture_output=True, timeout=60
+                )
+                assert done.returncode == 0, (pipeline.name, step.name, done.stderr)
+                for pattern in step.outputs:
+                    out = scratch / pattern.format(reference_time=reference_time, index=index)
+                    assert out.is_file(), (pipeline.name, step.name, out)
+
+
+# --- problems: one kind at a time ----------------------------------------------------
+
+
+def test_problem_line_format():
+    p = Problem("pipelines/example.toml", "steps.convert", "retry.tries", 'must be an integer >= 1, got "three"')
+    assert str(p) == 'pipelines/example.toml: [steps.convert] retry.tries: must be an integer >= 1, got "three"'
+    assert str(Problem("a.toml", "", "", "invalid TOML")) == "a.toml: invalid TOML"
+    assert str(Problem("a.toml", "pipeline", "", "missing")) == "a.toml: [pipeline] missing"
+
+
+def test_the_brief_example_message(tmp_path):
+    conf = setup(tmp_path, pipeline_with('command = "x"\nretry = { tries = "three" }\n'))
+    problem = find(problems_of(conf), "steps.convert", "retry.tries")
+    assert str(problem) == (
+        f'{tmp_path}/pipelines/p.toml: [steps.convert] retry.tries: must be an integer >= 1, got "three"'
+    )
+
+
+def test_file_names_are_shown_as_the_user_gave_them(tmp_path, monkeypatch):
+    setup(tmp_path, pipeline_with('command = "x"\njobs = 0\n'))
+    monkeypatch.chdir(tmp_path)
+    problem = find(problems_of(Path("muppet.toml")), "steps.convert", "jobs")
+    assert problem.file == os.path.join("pipelines", "p.toml")
+
+
+def test_toml_syntax_error_names_the_line(tmp_path):
+    conf = setup(tmp_path, "[pipeline]\nname = \"p\"\nowner = \n")
+    (problem,) = problems_of(conf)
+    assert problem.file.endswith("p.toml") and "invalid TOML" in problem.message and "line 3" in problem.message
+    conf = write(tmp_path / "bad.toml", "[daemon\n")
+    (problem,) = problems_of(conf)
+    assert problem.file == str(conf) and "line 1" in problem.message
+
+
+def test_unreadable_files(tmp_path):
+    (problem,) = problems_of(tmp_path / "nothing.toml")
+    assert problem.message == "no such file"
+    (tmp_path / "latin1.toml").write_bytes(b'x = "\xe9"\n')
+    (problem,) = problems_of(tmp_path / "latin1.toml")
+    assert "UTF-8" in problem.message
+
+
+def test_unknown_keys_everywhere(tmp_path):
+    conf = setup(
+        tmp_path,
+        pipeline_with(
+            """
+            command = "x"
+            comand = "y"
+            retry = { tries = 2, intervall = 3 }
+            resources = { queue = "q", colour = "red" }
+            """,
+            head='shedule = "x"',
+        )
+        + '[extra]\nx = 1\n',
+        """
+        foo = 1
+        [api]
+        port = 1
+        [executors.local]
+        type = "local"
+        queue = "q"
+        [executors.cluster]
+        type = "slurm"
+        nodes = 4
+        [stakeholders.x]
+        phone = "1"
+        [database]
+        url = "x"
+        """,
+    )
+    problems = problems_of(conf)
+    find(problems, "daemon", "foo", "unknown key")
+    find(problems, "api", "port", "unknown key")
+    find(problems, "executors.local", "queue", "unknown key")
+    find(problems, "executors.cluster", "nodes", "unknown key")
+    find(problems, "stakeholders.x", "phone", "unknown key")
+    find(problems, "database", "", "unknown table")
+    find(problems, "steps.convert", "comand", 'did you mean "command"')
+    find(problems, "steps.convert", "retry.intervall", 'did you mean "interval"')
+    find(problems, "steps.convert", "resources.colour", "unknown key")
+    find(problems, "pipeline", "shedule", "unknown key")
+    find(problems, "extra", "", "unknown table")
+    daemon_file = str(tmp_path / "muppet.toml")
+    assert {p.file for p in problems if p.table in ("", "api", "database")} == {daemon_file}
+
+
+def test_pipeline_tables_in_the_daemon_file(tmp_path):
+    conf = write(tmp_path / "muppet.toml", 'x = 1\n[daemon]\n[pipeline]\nname = "p"\n[steps.a]\ncommand = "x"\n')
+    problems = problems_of(conf)
+    find(problems, "", "x", "unknown key at the top level")
+    find(problems, "pipeline", "", "belongs in a pipeline file")
+    find(problems, "steps", "", "belongs in a pipeline file")
+
+
+def test_a_pipeline_file_given_as_the_daemon_file(tmp_path):
+    write(tmp_path / "p.toml", GOOD_PIPELINE)
+    (problem,) = problems_of(tmp_path / "p.toml")
+    assert "pipeline file" in problem.message
+
+
+def test_missing_required_keys(tmp_path):
+    conf = setup(
+        tmp_path,
+        "[pipeline]\n[steps.a]\nparents = []\n",
+        '[executors.cluster]\nmax_jobs = 2\n',
+    )
+    problems = problems_of(conf)
+    find(problems, "pipeline", "name", "missing required key")
+    find(problems, "pipeline", "owner", "missing required key")
+    find(problems, "steps.a", "command", "missing required key")
+    find(problems, "executors.cluster", "type", "missing required key")
+
+
+def test_missing_pipeline_table_and_steps(tmp_path):
+    conf = setup(tmp_path, None, a='[steps.a]\ncommand = "x"\n', b='[stakeholders.o]\n[pipeline]\nname = "b"\nowner = "o"\n')
+    problems = problems_of(conf)
+    assert find(problems, "pipeline", "", "missing required table").file.endswith("a.toml")
+    assert find(problems, "steps", "", "at least one").file.endswith("b.toml")
+
+
+@pytest.mark.parametrize(
+    "line, key, words",
+    [
+        ('jobs = "4"', "jobs", ('an integer >= 1', 'got "4"')),
+        ("jobs = 4.0", "jobs", ("an integer", "got 4.0")),
+        ("jobs = true", "jobs", ("an integer", "got true")),
+        ("jobs = 0", "jobs", (">= 1", "got 0")),
+        ("jobs = 1000000", "jobs", ("<= 100000",)),
+        ("concurrency = 0", "concurrency", (">= 1",)),
+        ("concurrency = false", "concurrency", ("an integer",)),
+        ('depends = "some"', "depends", ('"all", "each"', 'got "some"')),
+        ("command = 5", "command", ("must be a string", "got 5")),
+        ('command = "  "', "command", ("must not be empty",)),
+        ('parents = "fetch"', "parents", ("list of strings",)),
+        ("parents = [1]", "parents", ("list of non-empty strings", "got 1")),
+        ('parents = ["fetch", "fetch"]', "parents", ('"fetch" more than once',)),
+        ("env = 3", "env", ("must be a table",)),
+        ("env = { N = 4 }", "env.N", ("must be a string", "got 4")),
+        ('env = { MUPPET_JOB_INDEX = "1" }', "env.MUPPET_JOB_INDEX", ("set by MUPPET",)),
+        ('env = { "1X" = "a" }', "env.1X", ("not a valid environment variable name",)),
+        ("executor = 3", "executor", ("must be a string",)),
+        ('outputs = "x.txt"', "outputs", ("list of strings",)),
+        ("retry = 3", "retry", ("must be a table",)),
+        ("retry = { tries = 0 }", "retry.tries", (">= 1", "got 0")),
+        ("retry = { tries = 2.5 }", "retry.tries", ("an integer", "got 2.5")),
+        ("retry = { interval = -1 }", "retry.interval", ("a number >= 0", "got -1")),
+        ('retry = { interval = "5s" }', "retry.interval", ("a number >= 0", 'got "5s"')),
+        ("retry = { interval = true }", "retry.interval", ("a number",)),
+        ("retry = { interval = nan }", "retry.interval", ("a number",)),
+        ("retry = { factor = 0.5 }", "retry.factor", ("a number >= 1", "got 0.5")),
+        ("resources = { cpus = 0 }", "resources.cpus", (">= 1",)),
+        ('resources = { cpus = "4" }', "resources.cpus", ("an integer",)),
+        ("resources = { queue = 3 }", "resources.queue", ("must be a string",)),
+        ("resources = { memory = 1.5 }", "resources.memory", ("a string or an integer",)),
+        ('resources = { submit_options = "-x" }', "resources.submit_options", ("list of strings",)),
+        ("resources = 1", "resources", ("must be a table",)),
+        ("resources = { poll_interval = 1 }", "resources.poll_interval", ("unknown key",)),
+        ("resources = { account = 1 }", "resources.account", ("must be a string",)),
+    ],
+)
+def test_step_values(tmp_path, line, key, words):
+    if line.startswith("command"):
+        body = line + "\n"
+    elif line.startswith("parents"):
+        body = 'command = "x"\n' + line + "\n"
+    else:
+        body = 'command = "x"\nparents = ["fetch"]\n' + line + "\n"
+    conf = setup(tmp_path, pipeline_with(body))
+    problems = problems_of(conf)
+    problem = find(problems, "steps.convert", key, *words)
+    assert problem.file == str(tmp_path / "pipelines" / "p.toml")
+
+
+@pytest.mark.parametrize(
+    "line, key, words",
+    [
+        ("name = 3", "name", ("must be a string",)),
+        ('name = "a b"', "name", ("may only contain",)),
+        ('name = "../x"', "name", ("may only contain",)),
+        ("owner = 1", "owner", ("must be a string",)),
+        ('requires = "x"', "requires", ("list of strings",)),
+        ("produces = [1]", "produces", ("list of non-empty strings",)),
+        ('cron = "0 * * * *"', "cron", ("list of strings",)),
+        ('cron = ["61 * * * *"]', "cron", ('"61 * * * *"', "not a valid cron expression")),
+        ('cron = ["* * *"]', "cron", ("5 fields",)),
+        ('cron = ["0 0 * * * 30"]', "cron", ("5 fields",)),
+        ('cron = ["0 0 30 2 *"]', "cron", ("never fires",)),
+        ('cron = ["@sometimes"]', "cron", ("aliases",)),
+        ('timezone = "Mars/Olympus_Mons"', "timezone", ('unknown time zone "Mars/Olympus_Mons"',)),
+        ('timezone = "../etc/passwd"', "timezone", ("unknown time zone",)),
+        ("timezone = 1", "timezone", ("must be a string",)),
+    ],
+)
+def test_pipeline_values(tmp_path, line, key, words):
+    text = pipeline_with('command = "x"\n').replace('name = "p"', line if line.startswith("name") else 'name = "p"\n' + line)
+    if line.startswith("owner"):
+        text = text.replace('owner = "ops"\n', "")
+    conf = setup(tmp_path, text)
+    find(problems_of(conf), "pipeline", key, *words)
+
+
+def test_every_bad_cron_expression_is_reported(tmp_path):
+    conf = setup(tmp_path, pipeline_with('command = "x"\n', head='cron = ["bad", "0 * * * *", "0 25 * * *"]'))
+    problems = [p for p in problems_of(conf) if p.key == "cron"]
+    assert len(problems) == 2
+    assert '"bad"' in problems[0].message and '"0 25 * * *"' in problems[1].message
+
+
+def test_cron_aliases_and_time_zones_accepted(tmp_path):
+    conf = setup(tmp_path, pipeline_with('command = "x"\n', head='cron = ["@hourly", "30 2 * * 1-5"]\ntimezone = "Europe/Oslo"'))
+    pipeline = load_config(conf).pipelines["p"]
+    # Aliases are stored as five fields, the one shape the cron task reads.
+    assert pipeline.cron == ("0 * * * *", "30 2 * * 1-5") and pipeline.timezone == "Europe/Oslo"
+
+
+@pytest.mark.parametrize(
+    "section, table, key, words",
+    [
+        ('[daemon]\ndatabase = "mysql://x"', "daemon", "database", ('"sqlite:///..." or "postgresql://..."', '"mysql://x"')),
+        ('[daemon]\ndatabase = "sqlite://x.db"', "daemon", "database", ("sqlite:///relative",)),
+        ('[daemon]\ndatabase = "sqlite:///"', "daemon", "database", ("must name a database file",)),
+        ('[daemon]\ndatabase = "sqlite:///:memory:"', "daemon", "database", ("must name a database file",)),
+        ('[daemon]\ndatabase = "postgresql://h:port/db"', "daemon", "database", ("not a valid PostgreSQL URL",)),
+        ('[daemon]\ndatabase = "postgres://h/db"', "daemon", "database", ("postgresql://",)),
+        ("[daemon]\ndatabase = 5", "daemon", "database", ("must be a string",)),
+        ("[daemon]\nstate_dir = 5", "daemon", "state_dir", ("must be a string",)),
+        ('[daemon]\noutput_dir = ""', "daemon", "output_dir", ("must not be empty",)),
+        ('[daemon]\npipelines = "*.toml"', "daemon", "pipelines", ("list of strings",)),
+        ("daemon = 3", "", "daemon", ("must be a table",)),
+        ('[api]\nlisten = "8765"', "api", "listen", ("HOST:PORT",)),
+        ('[api]\nlisten = "localhost:http"', "api", "listen", ("HOST:PORT",)),
+        ('[api]\nlisten = "localhost:70000"', "api", "listen", ("HOST:PORT",)),
+        ('[api]\nlisten = ":8765"', "api", "listen", ("HOST:PORT",)),
+        ('[api]\nlisten = "::1:8765"', "api", "listen", ("brackets",)),
+        ('[executors.x]\ntype = "kubernetes"', "executors.x", "type", ('"local", "gridengine", "slurm"', '"kubernetes"')),
+        ('[executors.x]\ntype = "local"\nmax_jobs = 0', "executors.x", "max_jobs", (">= 1", "got 0")),
+        ('[executors.x]\ntype = "slurm"\nmax_jobs = "8"', "executors.x", "max_jobs", ("an integer",)),
+        ('[executors.x]\ntype = "slurm"\npoll_interval = 0', "executors.x", "poll_interval", ("a number > 0",)),
+        ('[executors.x]\ntype = "slurm"\nsubmit_options = [1]', "executors.x", "submit_options", ("list of",)),
+        ('[executors.x]\ntype = "gridengine"\nslots = "2"', "executors.x", "slots", ("an integer",)),
+        ('[executors."a b"]\ntype = "local"', "executors.a b", "", ("may only contain",)),
+        ("[executors]\nx = 1", "executors", "x", ("must be a table",)),
+        ("[stakeholders]\nx = 1", "stakeholders", "x", ("must be a table",)),
+        ('[stakeholders.x]\nemail = "nobody"', "stakeholders.x", "email", ("not an e-mail address",)),
+        ("[stakeholders.x]\nname = 1", "stakeholders.x", "name", ("must be a string",)),
+    ],
+)
+def test_daemon_values(tmp_path, section, table, key, words):
+    conf = write(tmp_path / "muppet.toml", section + "\n")
+    problem = find(problems_of(conf), table, key, *words)
+    assert problem.file == str(conf)
+
+
+def test_references_to_steps(tmp_path):
+    conf = setup(
+        tmp_path,
+        pipeline_with(
+            """
+            command = "x"
+            parents = ["fetchh", "convert"]
+            conflicts = ["cleanup", "convert"]
+            """
+        ),
+    )
+    problems = problems_of(conf)
+    find(problems, "steps.convert", "parents", 'unknown step "fetchh"', 'did you mean "fetch"')
+    find(problems, "steps.convert", "parents", "cannot name itself")
+    find(problems, "steps.convert", "conflicts", 'unknown step "cleanup"')
+    find(problems, "steps.convert", "conflicts", "cannot name itself")
+
+
+def test_cycles_are_named_in_order(tmp_path):
+    conf = setup(
+        tmp_path,
+        """
+        [stakeholders.o]
+        [pipeline]
+        name = "p"
+        owner = "o"
+        [steps.start]
+        command = "x"
+        [steps.a]
+        parents = ["start", "c"]
+        command = "x"
+        [steps.b]
+        parents = ["a"]
+        command = "x"
+        [steps.c]
+        parents = ["b"]
+        command = "x"
+        [steps.d]
+        parents = ["e"]
+        command = "x"
+        [steps.e]
+        parents = ["d"]
+        command = "x"
+        """,
+    )
+    problems = problems_of(conf)
+    find(problems, "steps.a", "parents", "cycle", "a -> b -> c -> a")
+    find(problems, "steps.d", "parents", "cycle", "d -> e -> d")
+    assert len(problems) == 2
+
+
+def test_depends_each_needs_equal_job_counts(tmp_path):
+    conf = setup(tmp_path, pipeline_with('command = "x"\nparents = ["fetch"]\njobs = 3\ndepends = "each"\n'))
+    find(problems_of(conf), "steps.convert", "depends", "equal job counts", "jobs = 3", '"fetch" has jobs = 4')
+
+
+@pytest.mark.parametrize(
+    "pattern, words",
+    [
+        ("/abs/x.txt", ("must be relative",)),
+        ("../x.txt", ("'..'",)),
+        ("a/../../x.txt", ("'..'",)),
+        ("x_{member}.txt", ("{member}",)),
+        ("x_{}.txt", ("positional",)),
+        ("x_{0}.txt", ("{0}",)),
+        ("x_{index:%Y}.txt", ("cannot be formatted",)),
+        ("x_{reference_time.nope}.txt", ("cannot be formatted",)),
+        ("x_{index.txt", ("bad format string",)),
+        ("", ("list of non-empty strings",)),
+        ("{reference_time:}/", ("must name a file",)),
+    ],
+)
+def test_bad_outputs(tmp_path, pattern, words):
+    conf = setup(tmp_path, pipeline_with(f'command = "x"\noutputs = ["{pattern}"]\n'))
+    find(problems_of(conf), "steps.convert", "outputs", *words)
+
+
+def test_outputs_of_many_jobs_need_the_index(tmp_path):
+    conf = setup(tmp_path, pipeline_with('command = "x"\njobs = 2\noutputs = ["a/{reference_time:%H}.txt"]\n'))
+    find(problems_of(conf), "steps.convert", "outputs", "needs {index}")
+
+
+def test_outputs_with_the_same_destination(tmp_path):
+    other = GOOD_PIPELINE.replace('name = "example"', 'name = "other"')
+    conf = setup(tmp_path, GOOD_PIPELINE, q=other)
+    problem = find(problems_of(conf), "steps.convert", "outputs", "same destination", 'pipeline "example"')
+    assert problem.file.endswith("q.toml")
+
+
+def test_good_output_patterns(tmp_path):
+    conf = setup(
+        tmp_path,
+        pipeline_with(
+            'command = "x"\njobs = 2\n'
+            'outputs = ["{reference_time:%Y/%m/%d}/f_{index:03d}.nc", "a/{reference_time.hour}_{index}", "b/{{literal}}_{index}"]\n'
+        ),
+    )
+    assert len(load_config(conf).pipelines["p"].steps["convert"].outputs) == 3
+
+
+def test_unknown_executor_and_owner(tmp_path):
+    conf = setup(tmp_path, pipeline_with('command = "x"\nexecutor = "slurmm"\n').replace('owner = "ops"', 'owner = "opz"'))
+    problems = problems_of(conf)
+    find(problems, "steps.convert", "executor", 'unknown executor "slurmm"', "defined: local")
+    find(problems, "pipeline", "owner", 'unknown stakeholder "opz"', "known: ops")
+
+
+def test_an_executor_with_a_bad_type_does_not_cascade(tmp_path):
+    conf = setup(tmp_path, pipeline_with('command = "x"\nexecutor = "x"\n'), '[executors.x]\ntype = "pbs"\n')
+    (problem,) = problems_of(conf)
+    assert problem.table == "executors.x" and problem.key == "type"
+
+
+def test_duplicate_pipeline_names_across_files(tmp_path):
+    conf = setup(tmp_path, None, a=GOOD_PIPELINE, b=GOOD_PIPELINE.replace("out/", "other/"))
+    problem = find(problems_of(conf), "pipeline", "name", 'pipeline "example" is also defined in')
+    assert problem.file.endswith("b.toml") and problem.message.endswith("a.toml")
+
+
+def test_stakeholder_defined_twice_differently(tmp_path):
+    conf = setup(tmp_path, GOOD_PIPELINE, '[stakeholders.ops]\nname = "Ops"\n')
+    problem = find(problems_of(conf), "stakeholders.ops", "", "defined differently in")
+    assert problem.file.endswith("p.toml") and str(tmp_path / "muppet.toml") in problem.message
+
+
+def test_bad_names(tmp_path):
+    conf = setup(tmp_path, pipeline_with('command = "x"\n') + '[steps."a/b"]\ncommand = "x"\n')
+    find(problems_of(conf), "steps.a/b", "", "may only contain")
+
+
+def test_all_problems_at_once_in_file_order(tmp_path):
+    conf = setup(
+        tmp_path,
+        pipeline_with('command = "x"\njobs = 0\nretry = { tries = "three", factor = 0 }\ndepends = "x"\n'),
+        '[api]\nlisten = "nope"\n',
+    )
+    problems = problems_of(conf)
+    assert [(p.table, p.key) for p in problems] == [
+        ("api", "listen"),
+        ("steps.convert", "depends"),
+        ("steps.convert", "jobs"),
+        ("steps.convert", "retry.tries"),
+        ("steps.convert", "retry.factor"),
+    ]
+
+
+# --- validate_paths --------------------------------------------------------------------
+
+
+def test_validate_paths_daemon_file_with_its_pipelines(tmp_path):
+    conf = setup(tmp_path, pipeline_with('command = "x"\njobs = 0\n'))
+    problems = validate_paths([str(conf)])
+    find(problems, "steps.convert", "jobs", ">= 1")
+    # The same pipeline file named as well is reported once.
+    assert validate_paths([str(conf), str(tmp_path / "pipelines" / "p.toml")]) == problems
+
+
+def test_validate_paths_lone_pipeline_files(tmp_path):
+    # The owner and the executor may live in the daemon file: not errors here.
+    a = write(tmp_path / "a.toml", '[pipeline]\nname = "a"\nowner = "elsewhere"\n[steps.s]\ncommand = "x"\nexecutor = "cluster"\n')
+    assert validate_paths([str(a)]) == []
+    # Everything inside the files is still checked, and names must differ.
+    b = write(tmp_path / "b.toml", '[pipeline]\nname = "a"\nowner = "o"\n[steps.s]\ncommand = "x"\njobs = 0\n')
+    problems = validate_paths([str(a), str(b)])
+    assert {(p.file, p.table, p.key) for p in problems} == {
+        (str(b), "steps.s", "jobs"),
+        (str(b), "pipeline", "name"),
+    }
+
+
+def test_validate_paths_kinds_of_file(tmp_path):
+    daemon = write(tmp_path / "anything.toml", '[api]\nlisten = "x"\n')
+    syntax = write(tmp_path / "syntax.toml", "[pipeline\n")
+    steps_only = write(tmp_path / "steps.toml", '[steps.a]\ncommand = "x"\n')
+    problems = validate_paths([str(daemon), str(syntax), str(tmp_path / "gone.toml"), str(steps_only)])
+    assert [(p.file, p.table, p.key) for p in problems] == [
+        (str(daemon), "api", "listen"),
+        (str(syntax), "", ""),
+        (str(tmp_path / "gone.toml"), "", ""),
+        (str(steps_only), "pipeline", ""),
+    ]
+    assert "line 1" in problems[1].message and problems[2].message == "no such file"
+    assert validate_paths([]) == []
+
+
+def test_every_bad_output_is_reported(tmp_path):
+    conf = setup(tmp_path, pipeline_with('command = "x"\noutputs = ["/a", "ok.txt", "../b"]\n'))
+    problems = [p for p in problems_of(conf) if p.key == "outputs"]
+    assert len(problems) == 2
+    assert '"/a"' in problems[0].message and '"../b"' in problems[1].message
