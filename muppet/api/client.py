@@ -1,0 +1,202 @@
+"""A JSON-RPC 2.0 client for the MUPPET API, on Trio.
+
+    async with connect("ws://127.0.0.1:8765") as client:
+        run = await client.call("runs.trigger", {"pipeline": "ecmwf"})
+
+Calls may be made from many tasks at once on one connection: a reader task
+routes each reply to its caller by id, whatever order the server answers in.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import math
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Mapping, Sequence
+
+import attrs
+import trio
+import trio_websocket
+
+from . import protocol
+from .protocol import RpcError
+
+__all__ = ["Client", "ConnectionLost", "DaemonUnreachable", "RpcError", "connect", "DEFAULT_URL"]
+
+log = logging.getLogger("muppet.api.client")
+
+DEFAULT_URL = "ws://127.0.0.1:8765"
+
+
+class DaemonUnreachable(Exception):
+    """No websocket connection could be made to the daemon's API."""
+
+
+class ConnectionLost(Exception):
+    """The connection closed while a call was waiting for its reply."""
+
+
+@attrs.define
+class _Waiter:
+    done: trio.Event = attrs.field(factory=trio.Event)
+    response: protocol.Response | None = None
+
+
+class Client:
+    """One open connection to the API. Made by ``connect``; not reusable after
+    the ``async with`` block ends."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection, url: str) -> None:
+        self.url = url
+        self._ws = ws
+        self._ids = itertools.count(1)
+        self._waiting: dict[Any, _Waiter] = {}
+        self._lost: str | None = None
+
+    async def call(
+        self, method: str, params: Mapping[str, Any] | Sequence[Any] | None = None
+    ) -> Any:
+        """Call ``method`` and return its result.
+
+        Raises ``RpcError(code, message, data)`` when the server answers with
+        an error, ``ConnectionLost`` when the connection closes first.
+        Cancellable; a cancelled call's late reply is dropped.
+        """
+        if self._lost is not None:
+            raise ConnectionLost(self._lost)
+        request_id = next(self._ids)
+        waiter = self._waiting[request_id] = _Waiter()
+        try:
+            try:
+                await self._ws.send_message(protocol.request(method, params, request_id))
+            except trio_websocket.ConnectionClosed as exc:
+                raise ConnectionLost(self._lost or _closed(self.url, exc)) from None
+            await waiter.done.wait()
+        finally:
+            del self._waiting[request_id]
+        if waiter.response is None:
+            raise ConnectionLost(self._lost or f"connection to {self.url} closed")
+        if waiter.response.error is not None:
+            raise waiter.response.error
+        return waiter.response.result
+
+    async def notify(self, method: str, params: Mapping[str, Any] | Sequence[Any] | None = None) -> None:
+        """Send a notification: no reply comes back, not even an error (JSON-RPC 2.0, 4.1)."""
+        try:
+            await self._ws.send_message(protocol.notification(method, params))
+        except trio_websocket.ConnectionClosed as exc:
+            raise ConnectionLost(_closed(self.url, exc)) from None
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                message = await self._ws.get_message()
+                try:
+                    responses = protocol.parse_responses(message)
+                except ValueError as exc:
+                    log.warning("ignoring a message from %s: %s", self.url, exc)
+                    continue
+                for response in responses:
+                    waiter = self._waiting.get(_key(response.id))
+                    if waiter is None:
+                        # A cancelled call's reply, or an error with id null
+                        # (the server could not read our request): nobody to
+                        # hand it to.
+                        if response.error is not None:
+                            log.warning("error reply from %s: %s", self.url, response.error)
+                        continue
+                    waiter.response = response
+                    waiter.done.set()
+        except trio_websocket.ConnectionClosed as exc:
+            self._lost = _closed(self.url, exc)
+        finally:
+            if self._lost is None:
+                self._lost = f"connection to {self.url} closed"
+            for waiter in self._waiting.values():
+                waiter.done.set()
+
+
+def _key(request_id: Any) -> Any:
+    # JSON has one number type: an id sent as 7 may come back as 7.0.
+    if isinstance(request_id, float) and math.isfinite(request_id) and request_id.is_integer():
+        return int(request_id)
+    return request_id
+
+
+def _closed(url: str, exc: trio_websocket.ConnectionClosed) -> str:
+    reason = exc.reason
+    if reason is None:
+        return f"connection to {url} closed"
+    detail = f": {reason.reason}" if reason.reason else ""
+    return f"connection to {url} closed ({reason.code} {reason.name}{detail})"
+
+
+def _why(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, trio_websocket.ConnectionTimeout):
+        return f"no answer within {timeout:g} s"
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        return f"the server refused the websocket handshake (HTTP {exc.status_code})"
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    # The OSError that says why sits in the HandshakeError's cause; trio's
+    # connect puts one per address tried inside its own OSError's cause.
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError) or getattr(current, "errno", None) == errno.ECONNREFUSED:
+            return "connection refused"
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                todo.append(linked)
+    cause = exc.__cause__ or exc
+    return str(cause) or type(cause).__name__
+
+
+@asynccontextmanager
+async def connect(url: str = DEFAULT_URL, *, connect_timeout: float = 10.0) -> AsyncIterator[Client]:
+    """Open a connection to the API at ``url`` (``ws://HOST:PORT``).
+
+    Raises ``DaemonUnreachable`` ("cannot reach the MUPPET daemon at URL:
+    connection refused") when no connection can be made, ``ValueError`` for a
+    URL that is not ``ws://`` or ``wss://``. Leaving the block closes the
+    connection; calls still waiting then raise ``ConnectionLost``.
+    """
+    if not url.startswith(("ws://", "wss://")):
+        raise ValueError(f"the API URL must start with ws:// or wss://, got {url!r}")
+    opened = False
+    ws = None
+    try:
+        async with trio_websocket.open_websocket_url(url, connect_timeout=connect_timeout) as ws:
+            opened = True
+            client = Client(ws, url)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(client._reader)
+                    yield client
+                    nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                # The caller's own error comes out as itself, not wrapped in the
+                # group of our reader's nursery (the reader never raises).
+                if len(group.exceptions) == 1:
+                    raise group.exceptions[0] from None
+                raise
+    except (trio_websocket.HandshakeError, OSError) as exc:
+        if opened:
+            raise
+        raise DaemonUnreachable(
+            f"cannot reach the MUPPET daemon at {url}: {_why(exc, connect_timeout)}"
+        ) from exc
+    finally:
+        # trio-websocket 0.12.2: when the server closes first, the client side
+        # waits for the server's TCP close (RFC 6455, 7.1.1) and then never
+        # closes its own socket, which is left to the garbage collector.
+        stream = getattr(ws, "_stream", None)
+        if stream is not None:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()

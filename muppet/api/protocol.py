@@ -1,0 +1,467 @@
+"""JSON-RPC 2.0 for MUPPET's API, sans I/O: text in, calls out; results in, text out.
+
+Nothing here awaits, reads a clock or touches a socket: the websocket server
+(``muppet/api/server.py``) feeds each incoming message to ``parse_message``,
+runs the ``Call`` objects it gets back, and hands the replies to
+``encode_replies``. The tests drive this module with plain function calls.
+
+The rules cited as "spec" come from the JSON-RPC 2.0 specification,
+https://www.jsonrpc.org/specification (2013-01-04); the section names below
+are that document's.
+
+The method table (``METHODS``) declares each method's params: name, JSON type,
+required or default, allowed values, range. A later issue adds index queries
+and event subscriptions; adding a method is one ``MethodSpec`` here and one
+handler in the server.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+import attrs
+
+# --- error codes ---------------------------------------------------------------
+
+# spec, "5.1 Error object": the codes -32768..-32000 are reserved; these five are
+# defined there.
+PARSE_ERROR = -32700  # invalid JSON was received
+INVALID_REQUEST = -32600  # the JSON sent is not a valid Request object
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+# spec: -32000 to -32099 are "reserved for implementation-defined server-errors";
+# MUPPET's own take the top of that range.
+NOT_FOUND = -32001  # unknown pipeline, run or job
+CONFLICT = -32002  # run exists already, job not in a state that allows the command
+UNAVAILABLE = -32003  # the scheduler did not answer in time, or is gone
+
+ERROR_NAMES = {
+    PARSE_ERROR: "parse error",
+    INVALID_REQUEST: "invalid request",
+    METHOD_NOT_FOUND: "method not found",
+    INVALID_PARAMS: "invalid params",
+    INTERNAL_ERROR: "internal error",
+    NOT_FOUND: "not found",
+    CONFLICT: "conflict",
+    UNAVAILABLE: "unavailable",
+}
+
+
+class RpcError(Exception):
+    """A JSON-RPC error: raised by a method handler to answer with an error, and
+    by the client when the server answered with one.
+
+    ``data`` is optional extra detail (spec, "5.1 Error object"); MUPPET puts
+    ``{"param": NAME}`` there for -32602 so a program can tell which param.
+    """
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(code, message, data)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+# --- params schemas --------------------------------------------------------------
+
+#: JSON type names -> a test on the decoded Python value. bool is excluded from
+#: the numbers on purpose: Python's True is an int, JSON's true is not a number.
+_TYPE_TESTS = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+}
+
+_ARTICLES = {"integer": "an integer", "object": "an object", "array": "an array"}
+
+_MISSING = object()
+
+
+def _describe_value(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@attrs.frozen
+class Param:
+    """One declared param of a method.
+
+    ``type`` is a JSON type name: string, integer, number, boolean, object,
+    array. ``nullable`` lets ``null`` through (as "not given"). ``choices``
+    limits the value to a set; ``minimum``/``maximum`` bound numbers.
+    """
+
+    name: str
+    type: str
+    required: bool = False
+    default: Any = None
+    nullable: bool = False
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    doc: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if self.type not in _TYPE_TESTS:
+            raise ValueError(f"param {self.name!r}: unknown JSON type {self.type!r}")
+
+    def check(self, value: Any) -> Any:
+        """The value, or RpcError(-32602) naming the param and what it must be."""
+        if value is None and self.nullable and not self.required:
+            return self.default
+        if not _TYPE_TESTS[self.type](value):
+            raise self._invalid(f"must be {_ARTICLES.get(self.type, 'a ' + self.type)}", value)
+        if self.choices is not None and value not in self.choices:
+            allowed = ", ".join(json.dumps(c) for c in self.choices)
+            raise self._invalid(f"must be one of {allowed}", value)
+        if self.type in ("integer", "number"):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise self._invalid("must be a finite number", value)
+            low, high = self.minimum, self.maximum
+            if (low is not None and value < low) or (high is not None and value > high):
+                if low is not None and high is not None:
+                    bounds = f"from {low:g} to {high:g}"
+                elif low is not None:
+                    bounds = f">= {low:g}"
+                else:
+                    bounds = f"<= {high:g}"
+                raise self._invalid(f"must be {bounds}", value)
+        return value
+
+    def _invalid(self, what: str, value: Any) -> RpcError:
+        return RpcError(
+            INVALID_PARAMS,
+            f"invalid params: {self.name!r} {what}, got {_describe_value(value)}",
+            {"param": self.name},
+        )
+
+
+@attrs.frozen
+class MethodSpec:
+    """A method's name and its declared params, in positional order."""
+
+    name: str
+    params: tuple[Param, ...] = ()
+    doc: str = ""
+
+    def bind(self, params: Any) -> dict[str, Any]:
+        """The params as a dict with every declared name (defaults filled in).
+
+        spec, "4.2 Parameter Structures": params are by-position (an array, in
+        the declared order) or by-name (an object whose member names match the
+        declared names exactly, case-sensitively); absent means none.
+        Raises RpcError(-32602) naming the offending param.
+        """
+        by_name: dict[str, Any]
+        if params is None:
+            by_name = {}
+        elif isinstance(params, list):
+            if len(params) > len(self.params):
+                raise RpcError(
+                    INVALID_PARAMS,
+                    f"invalid params: {self.name} takes at most {len(self.params)} "
+                    f"positional params, got {len(params)}",
+                )
+            by_name = {p.name: v for p, v in zip(self.params, params)}
+        else:
+            by_name = params
+        declared = {p.name for p in self.params}
+        for name in by_name:
+            if name not in declared:
+                known = ", ".join(sorted(declared)) or "none"
+                raise RpcError(
+                    INVALID_PARAMS,
+                    f"invalid params: unknown param {name!r} for {self.name} (known: {known})",
+                    {"param": name},
+                )
+        bound: dict[str, Any] = {}
+        for param in self.params:
+            value = by_name.get(param.name, _MISSING)
+            if value is _MISSING:
+                if param.required:
+                    raise RpcError(
+                        INVALID_PARAMS,
+                        f"invalid params: missing param {param.name!r} for {self.name}",
+                        {"param": param.name},
+                    )
+                bound[param.name] = param.default
+            else:
+                bound[param.name] = param.check(value)
+        return bound
+
+
+def method_table(specs: Iterable[MethodSpec]) -> dict[str, MethodSpec]:
+    table: dict[str, MethodSpec] = {}
+    for spec in specs:
+        if spec.name in table:
+            raise ValueError(f"method {spec.name!r} declared twice")
+        # spec, "4. Request object": names beginning with "rpc." are reserved
+        # for rpc-internal methods.
+        if spec.name.startswith("rpc."):
+            raise ValueError(f"method {spec.name!r}: names starting with 'rpc.' are reserved")
+        table[spec.name] = spec
+    return table
+
+
+_JOB_ID = Param("job_id", "integer", required=True, minimum=1, doc="the job's id")
+_RUN_STATES = ("running", "succeeded", "failed")
+_JOB_STATES = ("waiting", "held", "submitted", "running", "succeeded", "failed", "killed", "skipped")
+
+#: MUPPET's methods. docs/api.md documents each with an example.
+METHODS: dict[str, MethodSpec] = method_table([
+    MethodSpec("daemon.status", (), "version, pipeline names, start time"),
+    MethodSpec("pipelines.list", (), "every configured pipeline and its steps"),
+    MethodSpec("runs.trigger", (
+        Param("pipeline", "string", required=True),
+        Param("reference_time", "string", nullable=True,
+              doc="ISO 8601; default now, whole seconds, UTC"),
+    ), "make a run of a pipeline now; replies with its id once persisted"),
+    MethodSpec("runs.list", (
+        Param("pipeline", "string", nullable=True),
+        Param("state", "string", nullable=True, choices=_RUN_STATES),
+        Param("limit", "integer", default=100, minimum=1, maximum=1000),
+        Param("before_id", "integer", nullable=True, minimum=1),
+    ), "runs, newest first"),
+    MethodSpec("runs.get", (
+        Param("run_id", "integer", required=True, minimum=1),
+    ), "one run with its jobs"),
+    MethodSpec("jobs.list", (
+        Param("run_id", "integer", nullable=True, minimum=1),
+        Param("state", "string", nullable=True, choices=_JOB_STATES),
+        Param("limit", "integer", default=1000, minimum=1, maximum=1000),
+    ), "jobs by id; without run_id the newest ones"),
+    MethodSpec("jobs.get", (_JOB_ID,), "one job"),
+    MethodSpec("jobs.logs", (
+        _JOB_ID,
+        Param("stream", "string", default="stdout", choices=("stdout", "stderr")),
+    ), "the kept tail of a job's stdout or stderr"),
+    MethodSpec("jobs.hold", (_JOB_ID,), "keep a waiting job from starting"),
+    MethodSpec("jobs.release", (_JOB_ID,), "let a held job start again"),
+    MethodSpec("jobs.kill", (_JOB_ID,), "kill a running job, or cancel a waiting one"),
+    MethodSpec("jobs.rerun", (_JOB_ID,), "run an ended job's slot again, as a new job"),
+])
+
+
+# --- incoming messages --------------------------------------------------------------
+
+
+@attrs.frozen
+class Call:
+    """A valid request to run: the method exists and its params are bound.
+
+    ``notification``: spec, "4.1 Notification": a Request object without an
+    "id" member; the server MUST NOT reply to it, not even with an error.
+    """
+
+    method: str
+    params: Mapping[str, Any]
+    id: Any = None
+    notification: bool = False
+
+
+@attrs.frozen
+class Rejected:
+    """An entry answered without running anything; ``reply`` is None when the
+    entry was a notification (no reply, spec 4.1)."""
+
+    reply: dict[str, Any] | None
+
+
+@attrs.frozen
+class Incoming:
+    """One websocket message, parsed. ``batch``: it was an array (spec, "6
+    Batch"), so the answer is an array too."""
+
+    batch: bool
+    entries: tuple[Call | Rejected, ...]
+
+    @property
+    def calls(self) -> tuple[Call, ...]:
+        return tuple(e for e in self.entries if isinstance(e, Call))
+
+
+def _valid_id(value: Any) -> bool:
+    # spec, "4. Request object": id is a String, Number, or Null. (Numbers
+    # SHOULD NOT have fractional parts, but may: accepted and echoed.)
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, (str, int))
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity, which are not JSON (RFC 8259 section
+    # 6): an id of NaN could not even be echoed back as valid JSON.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def error_reply(id: Any, error: RpcError) -> dict[str, Any]:
+    # spec, "5 Response object": exactly one of result and error; id is the
+    # request's, or null when it could not be determined.
+    return {"jsonrpc": "2.0", "error": error.to_dict(), "id": id}
+
+
+def result_reply(id: Any, result: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "result": result, "id": id}
+
+
+def _parse_entry(entry: Any, methods: Mapping[str, MethodSpec]) -> Call | Rejected:
+    if not isinstance(entry, dict):
+        return Rejected(error_reply(None, RpcError(
+            INVALID_REQUEST, "invalid request: a request must be a JSON object")))
+    has_id = "id" in entry
+    request_id = entry.get("id")
+    if has_id and not _valid_id(request_id):
+        return Rejected(error_reply(None, RpcError(
+            INVALID_REQUEST, "invalid request: 'id' must be a string, a number or null")))
+    # An entry that is not a valid Request is answered even without an id:
+    # spec, "7 Examples", "rpc call with invalid Batch" answers [1,2,3] with
+    # three errors. Its id is echoed when it was a valid one, null otherwise.
+    if entry.get("jsonrpc") != "2.0":
+        return Rejected(error_reply(request_id, RpcError(
+            INVALID_REQUEST, "invalid request: 'jsonrpc' must be exactly \"2.0\"")))
+    method = entry.get("method")
+    if not isinstance(method, str):
+        return Rejected(error_reply(request_id, RpcError(
+            INVALID_REQUEST, "invalid request: 'method' must be a string")))
+    params = entry.get("params")
+    # spec, "4.2 Parameter Structures": params, if present, MUST be an
+    # Array or an Object.
+    if "params" in entry and not isinstance(params, (dict, list)):
+        return Rejected(error_reply(request_id, RpcError(
+            INVALID_REQUEST, "invalid request: 'params' must be an object or an array")))
+    notification = not has_id
+    spec = methods.get(method)
+    try:
+        if spec is None:
+            raise RpcError(METHOD_NOT_FOUND, f"method not found: {method!r}", {"method": method})
+        bound = spec.bind(params)
+    except RpcError as error:
+        return Rejected(None if notification else error_reply(request_id, error))
+    return Call(method, bound, request_id, notification)
+
+
+def parse_message(
+    message: str | bytes, methods: Mapping[str, MethodSpec] = METHODS
+) -> Incoming:
+    """Parse one websocket message into calls to run and replies already known.
+
+    Never raises: anything that is not JSON gets a -32700 reply; anything that
+    is JSON but not a request gets -32600; an unknown method -32601; bad params
+    -32602 naming the param (spec, "5.1 Error object").
+    """
+    try:
+        if isinstance(message, (bytes, bytearray, memoryview)):
+            message = bytes(message).decode("utf-8")
+        data = json.loads(message, parse_constant=_reject_constant)
+    except (ValueError, TypeError, RecursionError) as exc:
+        # RecursionError: a few thousand nested brackets exhaust the decoder's
+        # stack; that is bad input, not a server fault.
+        detail = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
+        return Incoming(False, (Rejected(error_reply(None, RpcError(
+            PARSE_ERROR, f"parse error: {detail}"))),))
+    if isinstance(data, list):
+        # spec, "6 Batch": an empty array is an invalid Request, answered with
+        # one error object, not an array.
+        if not data:
+            return Incoming(False, (Rejected(error_reply(None, RpcError(
+                INVALID_REQUEST, "invalid request: empty batch"))),))
+        return Incoming(True, tuple(_parse_entry(e, methods) for e in data))
+    return Incoming(False, (_parse_entry(data, methods),))
+
+
+# --- outgoing ------------------------------------------------------------------------
+
+
+def encode(reply: dict[str, Any]) -> str:
+    """One reply as JSON text; a result that is not JSON-able becomes a -32603
+    for the same id rather than an exception out of the server."""
+    try:
+        return json.dumps(reply, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        return json.dumps(error_reply(reply.get("id"), RpcError(
+            INTERNAL_ERROR, f"internal error: result is not JSON: {exc}")))
+
+
+def encode_replies(incoming: Incoming, replies: Sequence[dict[str, Any] | None]) -> str | None:
+    """The text to send back for one message, or None when nothing is owed.
+
+    ``replies`` holds one entry per ``incoming.entries`` (None for
+    notifications). spec, "6 Batch": the answer to a batch is an array of the
+    replies (in any order; MUPPET keeps the request order), and when every
+    entry was a notification nothing at all is sent back, not an empty array.
+    """
+    texts = [encode(r) for r in replies if r is not None]
+    if not texts:
+        return None
+    if incoming.batch:
+        return "[" + ",".join(texts) + "]"
+    return texts[0]
+
+
+def request(method: str, params: Mapping[str, Any] | Sequence[Any] | None, id: Any) -> str:
+    """A request's text, for the client; ``id=None`` is sent as an id of null
+    (use ``notification`` for a request without reply)."""
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        message["params"] = params
+    message["id"] = id
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+def notification(method: str, params: Mapping[str, Any] | Sequence[Any] | None = None) -> str:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        message["params"] = params
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+@attrs.frozen
+class Response:
+    """A reply as the client reads it: ``error`` is None for a success."""
+
+    id: Any
+    result: Any = None
+    error: RpcError | None = None
+
+
+def parse_responses(message: str | bytes) -> list[Response]:
+    """The replies in one message from a server (single or batch).
+
+    Raises ValueError when the message is not a JSON-RPC 2.0 response.
+    """
+    if isinstance(message, (bytes, bytearray)):
+        message = bytes(message).decode("utf-8")
+    data = json.loads(message)
+    entries = data if isinstance(data, list) else [data]
+    responses = []
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("jsonrpc") != "2.0" or "id" not in entry:
+            raise ValueError(f"not a JSON-RPC 2.0 response: {message[:200]!r}")
+        if "error" in entry:
+            err = entry["error"]
+            if not isinstance(err, dict):
+                raise ValueError(f"malformed error object: {err!r}")
+            responses.append(Response(entry["id"], error=RpcError(
+                int(err.get("code", INTERNAL_ERROR)), str(err.get("message", "")), err.get("data"))))
+        elif "result" in entry:
+            responses.append(Response(entry["id"], result=entry["result"]))
+        else:
+            raise ValueError(f"response has neither result nor error: {message[:200]!r}")
+    return responses

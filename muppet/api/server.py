@@ -1,0 +1,342 @@
+"""The API task: a websocket server speaking JSON-RPC 2.0 (see protocol.py).
+
+Reads (runs, jobs, logs) go to the server's own read Store; commands (trigger,
+hold, release, kill, rerun) go to the scheduler as messages and wait for its
+Reply. The method names, their params and their errors are documented in
+docs/api.md.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import time
+from datetime import datetime, timezone
+from functools import partial
+from typing import Any, Awaitable, Callable, Mapping
+
+import attrs
+import trio
+import trio_websocket
+
+from .. import codec, messages, model
+from ..db.store import open_store
+from . import protocol
+from .protocol import CONFLICT, INTERNAL_ERROR, INVALID_PARAMS, NOT_FOUND, UNAVAILABLE, RpcError
+
+log = logging.getLogger("muppet.api")
+
+#: how long a command waits for the scheduler's Reply before answering -32003
+REPLY_TIMEOUT = 30.0
+#: messages of one connection handled at once; beyond it the server stops
+#: reading from that client until one finishes (back-pressure, not a queue)
+IN_FLIGHT_PER_CONNECTION = 64
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("muppet")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@attrs.define
+class _Context:
+    """What the handlers share: the configuration, the scheduler's inbox, the
+    read store and the one thread that may use it."""
+
+    config: model.Config
+    scheduler: trio.MemorySendChannel
+    store: Any
+    limiter: trio.CapacityLimiter
+    started_at: float
+    reply_timeout: float
+
+    async def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # A Store is synchronous and used by one thread at a time; the limiter
+        # queues readers instead of letting two threads share a connection.
+        return await trio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self.limiter)
+
+    async def ask(self, make: Callable[[Any], Any]) -> Any:
+        """Send ``make(reply_channel)`` to the scheduler and relay its Reply."""
+        send, receive = trio.open_memory_channel(1)
+        with trio.move_on_after(self.reply_timeout):
+            try:
+                await self.scheduler.send(make(send))
+                reply = await receive.receive()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
+                raise RpcError(UNAVAILABLE, "unavailable: the scheduler is not running") from None
+            if not isinstance(reply, messages.Reply):
+                raise RpcError(INTERNAL_ERROR, f"internal error: scheduler replied {reply!r}")
+            if reply.error is not None:
+                raise RpcError(reply.code or INTERNAL_ERROR, reply.error)
+            return reply.result
+        raise RpcError(
+            UNAVAILABLE,
+            f"unavailable: the scheduler did not answer within {self.reply_timeout:g} s",
+        )
+
+
+Handler = Callable[[_Context, Mapping[str, Any]], Awaitable[Any]]
+
+
+# --- handlers: one per method of protocol.METHODS --------------------------------
+
+
+async def _daemon_status(ctx: _Context, params: Mapping[str, Any]) -> Any:
+    return {
+        "version": _version(),
+        "pipelines": sorted(ctx.config.pipelines),
+        "started_at": codec.format_time(ctx.started_at),
+    }
+
+
+def _pipeline_to_dict(pipeline: model.Pipeline) -> dict[str, Any]:
+    return {
+        "name": pipeline.name,
+        "owner": pipeline.owner,
+        "cron": list(pipeline.cron),
+        "timezone": pipeline.timezone,
+        "requires": list(pipeline.requires),
+        "produces": list(pipeline.produces),
+        "steps": [
+            {"name": s.name, "parents": list(s.parents), "jobs": s.jobs, "executor": s.executor}
+            for s in pipeline.steps.values()
+        ],
+    }
+
+
+async def _pipelines_list(ctx: _Context, params: Mapping[str, Any]) -> Any:
+    return [_pipeline_to_dict(ctx.config.pipelines[name]) for name in sorted(ctx.config.pipelines)]
+
+
+async def _runs_trigger(ctx: _Context, params: Mapping[str, Any]) -> Any:
+    name = params["pipeline"]
+    if name not in ctx.config.pipelines:
+        raise RpcError(NOT_FOUND, f"unknown pipeline {name!r}", {"pipeline": name})
+    text = params["reference_time"]
+    if text is None:
+        reference_time = datetime.now(timezone.utc).replace(microsecond=0)
+    else:
+        try:
+            reference_time = codec.parse_time(text)
+        except ValueError as exc:
+            raise RpcError(
+                INVALID_PARAMS, f"invalid params: 'reference_time' {exc}", {"param": "reference_time"}
+            ) from None
+    return await ctx.ask(lambda reply: messages.Trigger(
+        name, reference_time, cause=model.RunCause.MANUAL.value, reply=reply))
+
+
+async def _runs_list(ctx: _Context, params: Mapping[str, Any]) -> Any:
+    runs = await ctx.read(
+        ctx.store.list_runs,
+        pipeline=params["pipeline"],
+        state=params["state"],
+        limit=params["limit"],
+        before_id=params["before_id"],
+    )
+    return [codec.run_to_dict(r) for r in runs]
+
+
+async def _runs_get(ctx: _Context, params: Mapping[str, Any]) -> Any:
+    found = await ctx.read(ctx.store.run_with_jobs, params["run_id"])
+    if found is None:
+        raise RpcError(NOT_FOUND, f"unknown run {params['run_id']}", {"run_id": params["run_id"]})
+    run, jobs = found
+    return {**codec.run_to_dict(run), "jobs": [codec.job_to_dict(j) for j in jobs]}
+
+
+async def _jobs_list(ctx: _Context, params: Mapping[str, Any]) -> Any:
+    jobs = await ctx.read(
+        ctx.store.list_jobs, run_id=params["run_id"], state=params["state"], limit=params["limit"]
+    )
+    return [codec.job_to_dict(j) for j in jobs]
+
+
+async def _load_job(ctx: _Context, job_id: int) -> model.Job:
+    job = await ctx.read(ctx.store.get_job, job_id)
+    if job is None:
+        raise RpcError(NOT_FOUND, f"unknown job {job_id}", {"job_id": job_id})
+    return job
+
+
+async def _jobs_get(ctx: _Context, params: Mapping[str, Any]) -> Any:
+    return codec.job_to_dict(await _load_job(ctx, params["job_id"]))
+
+
+async def _jobs_logs(ctx: _Context, params: Mapping[str, Any]) -> Any:
+    job = await _load_job(ctx, params["job_id"])
+    job_log = await ctx.read(ctx.store.get_job_log, job.id)
+    stream = params["stream"]
+    # A job still running has no tail in the database yet: empty, not an error.
+    text = "" if job_log is None else getattr(job_log, stream)
+    return {"job_id": job.id, "stream": stream, "text": text}
+
+
+def _command(action: str) -> Handler:
+    async def handle(ctx: _Context, params: Mapping[str, Any]) -> Any:
+        job = await _load_job(ctx, params["job_id"])
+        run, jobs = None, ()
+        if action == "rerun":
+            # The scheduler forgets a run once it has ended; a rerun brings it
+            # back, so it gets the run and all of its jobs from the database.
+            found = await ctx.read(ctx.store.run_with_jobs, job.run_id)
+            if found is None:
+                raise RpcError(CONFLICT, f"job {job.id}: its run {job.run_id} is missing")
+            run, jobs = found
+        return await ctx.ask(lambda reply: messages.Command(
+            action, job.id, reply=reply, run=run, jobs=tuple(jobs)))
+
+    handle.__name__ = f"_jobs_{action}"
+    return handle
+
+
+#: method name -> handler; the params each gets are declared in protocol.METHODS
+HANDLERS: dict[str, Handler] = {
+    "daemon.status": _daemon_status,
+    "pipelines.list": _pipelines_list,
+    "runs.trigger": _runs_trigger,
+    "runs.list": _runs_list,
+    "runs.get": _runs_get,
+    "jobs.list": _jobs_list,
+    "jobs.get": _jobs_get,
+    "jobs.logs": _jobs_logs,
+    "jobs.hold": _command("hold"),
+    "jobs.release": _command("release"),
+    "jobs.kill": _command("kill"),
+    "jobs.rerun": _command("rerun"),
+}
+
+if HANDLERS.keys() != protocol.METHODS.keys():  # a method declared without handler, or the reverse
+    raise ImportError(
+        f"muppet.api: methods and handlers differ: {sorted(HANDLERS.keys() ^ protocol.METHODS.keys())}"
+    )
+
+
+# --- the connection loop ------------------------------------------------------------
+
+
+async def _answer(ctx: _Context, call: protocol.Call) -> dict[str, Any] | None:
+    try:
+        result = await HANDLERS[call.method](ctx, call.params)
+        reply = protocol.result_reply(call.id, result)
+    except RpcError as error:
+        reply = protocol.error_reply(call.id, error)
+    except Exception as exc:
+        # A bug or a database failure answers this call; the connection and the
+        # other calls go on.
+        log.exception("API method %s failed", call.method)
+        reply = protocol.error_reply(call.id, RpcError(
+            INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}"))
+    return None if call.notification else reply
+
+
+async def _handle_message(
+    ctx: _Context, ws: trio_websocket.WebSocketConnection, message: str | bytes,
+    slot: trio.Semaphore,
+) -> None:
+    try:
+        incoming = protocol.parse_message(message, protocol.METHODS)
+        replies: list[dict[str, Any] | None] = [
+            None if isinstance(e, protocol.Call) else e.reply for e in incoming.entries
+        ]
+
+        async def run_one(i: int, call: protocol.Call) -> None:
+            replies[i] = await _answer(ctx, call)
+
+        calls = [(i, e) for i, e in enumerate(incoming.entries) if isinstance(e, protocol.Call)]
+        if len(calls) == 1:
+            await run_one(*calls[0])
+        elif calls:
+            # The calls of a batch run side by side (spec, "6 Batch": "in any
+            # order and with any width of parallelism").
+            async with trio.open_nursery() as nursery:
+                for i, call in calls:
+                    nursery.start_soon(run_one, i, call)
+        text = protocol.encode_replies(incoming, replies)
+        if text is not None:
+            await ws.send_message(text)
+    except trio_websocket.ConnectionClosed:
+        pass  # the client went away; nothing to answer to
+    except Exception:
+        log.exception("API: answering a message failed")
+    finally:
+        slot.release()
+
+
+async def _serve_connection(ctx: _Context, request: trio_websocket.WebSocketRequest) -> None:
+    # trio-websocket: a handler that raises takes the whole serve_websocket down
+    # (shared NOTES), so this is the error boundary of one connection.
+    try:
+        ws = await request.accept()
+        slot = trio.Semaphore(IN_FLIGHT_PER_CONNECTION)
+        async with trio.open_nursery() as nursery:
+            try:
+                while True:
+                    message = await ws.get_message()
+                    await slot.acquire()
+                    # Each message gets its own task, so a command waiting for
+                    # the scheduler does not hold up the reads behind it.
+                    nursery.start_soon(_handle_message, ctx, ws, message, slot)
+            except trio_websocket.ConnectionClosed:
+                pass
+            # Closed: nobody is left to read the answers still being worked on.
+            nursery.cancel_scope.cancel()
+    except trio_websocket.ConnectionClosed:
+        pass
+    except Exception:
+        log.exception("API: connection handler failed")
+
+
+async def run(
+    config: model.Config,
+    scheduler: trio.MemorySendChannel,
+    store_url: str,
+    *,
+    reply_timeout: float = REPLY_TIMEOUT,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The API task: serve JSON-RPC 2.0 over websocket on ``config.api.listen``.
+
+    Receives: nothing from channels; requests from websocket clients.
+    Sends: ``messages.Trigger`` and ``messages.Command`` to ``scheduler``, each
+    with the send end of a fresh one-slot channel on which it waits (at most
+    ``reply_timeout`` seconds, then -32003) for a ``messages.Reply``.
+    Reads runs, jobs and logs through its own Store opened on ``store_url``
+    (one worker thread at a time).
+
+    Calls ``task_status.started(port)`` once listening, with the bound port
+    (the one the kernel chose when the configured port is 0).
+
+    On cancellation: open connections and the calls in them are cancelled
+    (a call waiting for the scheduler stops waiting; what was already sent to
+    the scheduler still happens), the listener closes, the Store is closed.
+    Runs until cancelled; raises only when it cannot open the Store or bind.
+    """
+    store = await trio.to_thread.run_sync(open_store, store_url)
+    try:
+        ctx = _Context(
+            config=config,
+            scheduler=scheduler,
+            store=store,
+            limiter=trio.CapacityLimiter(1),
+            started_at=time.time(),
+            reply_timeout=reply_timeout,
+        )
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(partial(
+                trio_websocket.serve_websocket,
+                partial(_serve_connection, ctx),
+                config.api.host,
+                config.api.port,
+                ssl_context=None,
+            ))
+            port = server.listeners[0].port
+            log.debug("API listening on %s", ", ".join(
+                f"ws://{l.address}:{l.port}" if isinstance(l, trio_websocket.Endpoint) else str(l)
+                for l in server.listeners))
+            task_status.started(port)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(store.close)
