@@ -1,0 +1,264 @@
+"""The local backend: each job's wrapper is a process of its own session.
+
+The wrapper runs under ``setsid`` (``start_new_session``): its own session and
+process group, no controlling terminal, so that neither a Ctrl-C nor the
+daemon's death reaches it. It outlives the daemon; the next daemon finds it by
+the pid in its status file (checked against ``/proc/PID/cmdline``, since pids
+are reused) and watches it through a pidfd.
+
+Options (``[executors.NAME]``): ``kill_grace`` (seconds between SIGTERM and
+SIGKILL, default 10), ``poll_interval`` (seconds between liveness checks when
+pidfds are not available, default 0.25).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import subprocess
+
+import trio
+
+from ..messages import StartJob
+from ..model import ExecutorConfig
+from .backend import BackendError
+from .jobdir import JobDir, Status
+
+log = logging.getLogger("muppet.executor.local")
+
+BASH = "/bin/bash"
+
+#: children whose watcher was cancelled (the executor stopped, the daemon goes
+#: on, as in tests or an in-process restart): they must outlive the backend,
+#: and dropping the Popen would warn "still running". They are reaped here, by
+#: ``_sweep``, once they ended.
+_abandoned: set[subprocess.Popen] = set()
+
+
+def _sweep() -> None:
+    for process in list(_abandoned):
+        if process.poll() is not None:  # reaps it
+            _abandoned.discard(process)
+
+
+class LocalBackend:
+    """Runs wrappers as processes of this host. See ``backend.Backend``."""
+
+    runs_at_launch = True
+    #: ``launch`` prepares the job directory itself, in the worker thread that
+    #: spawns the wrapper: one thread hop per job instead of two
+    launch_prepares = True
+
+    def __init__(self, config: ExecutorConfig, state_dir: str) -> None:
+        self.config = config
+        self.state_dir = state_dir
+        try:
+            self.kill_grace = float(config.options.get("kill_grace", 10.0))  # type: ignore[arg-type]
+            self.poll_interval = float(config.options.get("poll_interval", 0.25))  # type: ignore[arg-type]
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"[executors.{config.name}] options: {error}") from None
+        #: wrappers this backend spawned, by pid: our children, reaped by ``wait``
+        self._children: dict[str, subprocess.Popen] = {}
+        #: wrapper path -> batch id of our children
+        self._by_wrapper: dict[str, str] = {}
+        #: wrapper path -> pid of every wrapper alive when first needed: the
+        #: orphans of a previous daemon (built once; see ``_orphan``)
+        self._orphans: dict[str, int] | None = None
+        self._orphans_lock = trio.Lock()
+
+    async def launch(self, job_dir: JobDir, spec: StartJob) -> str:
+        _sweep()
+        process = await trio.to_thread.run_sync(self._prepare_and_spawn, job_dir, spec)
+        batch_id = str(process.pid)
+        self._children[batch_id] = process
+        self._by_wrapper[job_dir.wrapper] = batch_id
+        return batch_id
+
+    @staticmethod
+    def _prepare_and_spawn(job_dir: JobDir, spec: StartJob) -> subprocess.Popen:
+        job_dir.prepare(spec)  # raises AlreadyStarted when the status file exists
+        try:
+            return subprocess.Popen(
+                [BASH, job_dir.wrapper],
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                # the wrapper redirects to the job directory itself
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=job_dir.root,
+            )
+        except OSError as error:
+            raise BackendError(f"cannot start {BASH} {job_dir.wrapper}: {error}") from None
+
+    async def wait(self, job_dir: JobDir, batch_id: str) -> None:
+        """Cancelling it leaves the process running (it must outlive us)."""
+        process = self._children.get(batch_id)
+        if process is None:
+            await _wait_foreign(int(batch_id), job_dir.wrapper, self.poll_interval)
+            _sweep()
+            return
+        try:
+            await _wait_child(process, self.poll_interval)
+        except BaseException:
+            if process.poll() is None:
+                _abandoned.add(process)
+            raise
+        finally:
+            self._children.pop(batch_id, None)
+            if self._by_wrapper.get(job_dir.wrapper) == batch_id:
+                del self._by_wrapper[job_dir.wrapper]
+
+    async def find(self, job_dir: JobDir, status: Status | None) -> str | None:
+        batch_id = self._by_wrapper.get(job_dir.wrapper)
+        if batch_id is not None and self._children[batch_id].poll() is None:
+            return batch_id
+        if status is not None and status.pid is not None:
+            return str(status.pid) if _is_wrapper(status.pid, job_dir.wrapper) else None
+        # No pid recorded: the wrapper may be between spawn and its first write.
+        pid = await self._orphan(job_dir.wrapper)
+        return str(pid) if pid is not None else None
+
+    async def kill(self, job_dir: JobDir, batch_id: str) -> None:
+        """SIGTERM to the wrapper's process group, SIGKILL after ``kill_grace``
+        seconds to what is left of it."""
+        pgid = int(batch_id)
+        if not (batch_id in self._children or _is_wrapper(pgid, job_dir.wrapper)):
+            # the wrapper is gone: signal the group only while it has members of
+            # the wrapper's session, so a reused pid is never hit
+            if not await trio.to_thread.run_sync(group_members, pgid):
+                return
+        if not _signal_group(pgid, signal.SIGTERM):
+            return
+        with trio.move_on_after(self.kill_grace):
+            while await trio.to_thread.run_sync(group_members, pgid):
+                await trio.sleep(0.1)
+            return
+        log.info("job %s: process group %d still there %.0f s after SIGTERM: SIGKILL", job_dir.job_id, pgid, self.kill_grace)
+        _signal_group(pgid, signal.SIGKILL)
+
+    async def _orphan(self, wrapper: str) -> int | None:
+        async with self._orphans_lock:
+            if self._orphans is None:
+                # One scan serves every job re-attached after a restart: a
+                # wrapper that is not in it was started by nobody but us, and
+                # ours are in ``_children``.
+                self._orphans = await trio.to_thread.run_sync(scan_wrappers, self.state_dir)
+        pid = self._orphans.get(wrapper)
+        if pid is not None and _is_wrapper(pid, wrapper):
+            return pid
+        return None
+
+
+def _signal_group(pgid: int, signum: int) -> bool:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# Reading a few bytes of /proc is a memory copy in the kernel, never a wait on
+# a disk: these single-pid checks run on the Trio loop. Scans of all of /proc
+# go to a worker thread.
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            data = file.read()
+    except OSError:
+        return []
+    return data.decode("utf-8", errors="replace").split("\0")
+
+
+def _is_wrapper(pid: int, wrapper: str) -> bool:
+    """Is ``pid`` alive and running this wrapper? (A zombie's cmdline is
+    empty, so a zombie is not.) The wrapper leads its session: its forks (the
+    subshell that runs the command) show the same command line but are not."""
+    return pid > 0 and wrapper in _cmdline(pid)[1:2] and _leads_session(pid)
+
+
+def _leads_session(pid: int) -> bool:
+    try:
+        return os.getsid(pid) == pid
+    except OSError:
+        return False
+
+
+def scan_wrappers(state_dir: str) -> dict[str, int]:
+    """wrapper path -> pid of every live process that runs a wrapper under
+    ``state_dir``. Blocking: a walk over /proc."""
+    prefix = os.path.join(state_dir, "jobs") + os.sep
+    found: dict[str, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            arguments = _cmdline(int(entry))
+            if (
+                len(arguments) > 1
+                and arguments[1].startswith(prefix)
+                and arguments[1].endswith("/wrapper.sh")
+                and _leads_session(int(entry))
+            ):
+                found[arguments[1]] = int(entry)
+    return found
+
+
+def group_members(pgid: int) -> list[int]:
+    """The pids of live (not zombie) processes in process group ``pgid``.
+    Blocking: a walk over /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as file:
+                stat = file.read().decode("utf-8", errors="replace")
+        except OSError:
+            continue
+        # the command name (2nd field) may hold spaces and parentheses
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
+async def _wait_child(process: subprocess.Popen, poll_interval: float) -> None:
+    """Wait for our child and reap it, without a thread: a pidfd becomes
+    readable when the process exits."""
+    try:
+        descriptor = os.pidfd_open(process.pid)
+    except OSError:
+        descriptor = None  # no pidfds (old kernel), or it is gone already
+    try:
+        while process.poll() is None:
+            if descriptor is not None:
+                await trio.lowlevel.wait_readable(descriptor)
+            else:
+                await trio.sleep(poll_interval)
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)
+
+
+async def _wait_foreign(pid: int, wrapper: str, poll_interval: float) -> None:
+    """Wait for a process that is not our child (a previous daemon's)."""
+    try:
+        descriptor = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError) as error:
+        if getattr(error, "errno", None) == errno.ESRCH:
+            return
+        # no pidfds (old kernel): poll
+        while _is_wrapper(pid, wrapper):
+            await trio.sleep(poll_interval)
+        return
+    try:
+        # checked after opening: the pidfd now pins this very process, so a
+        # pid reused in between cannot fool us
+        if _is_wrapper(pid, wrapper):
+            await trio.lowlevel.wait_readable(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,265 @@
+"""The whole daemon, end to end: real database (SQLite and PostgreSQL), real
+processes, the real API; in-process for the flow, as a separate process for
+kill -9 and SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from muppet import daemon
+from muppet.api.client import connect
+from muppet.config import load_config
+
+MUPPET = [sys.executable, "-m", "muppet.cli"]
+
+
+def write_config(tmp_path: Path, database_url: str, pipelines: dict[str, str], port: int = 0, max_jobs: int = 8) -> Path:
+    (tmp_path / "pipelines").mkdir(exist_ok=True)
+    for name, text in pipelines.items():
+        (tmp_path / "pipelines" / f"{name}.toml").write_text(textwrap.dedent(text))
+    config = tmp_path / "muppet.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [daemon]
+            database = "{database_url}"
+            state_dir = "{tmp_path / 'state'}"
+            output_dir = "{tmp_path / 'output'}"
+            pipelines = ["pipelines/*.toml"]
+            [api]
+            listen = "127.0.0.1:{port}"
+            [executors.local]
+            type = "local"
+            max_jobs = {max_jobs}
+            """
+        )
+    )
+    return config
+
+
+STAKEHOLDER = """
+[stakeholders.ops]
+name = "Operations"
+email = "ops@example.org"
+"""
+
+FAN = STAKEHOLDER + """
+[pipeline]
+name = "fan"
+owner = "ops"
+[steps.fetch]
+command = "echo fetching $MUPPET_REFERENCE_TIME"
+[steps.convert]
+parents = ["fetch"]
+jobs = 4
+concurrency = 2
+command = "mkdir -p out && echo part $MUPPET_JOB_INDEX $LEVEL > out/part_$MUPPET_JOB_INDEX.txt"
+env = { LEVEL = "surface" }
+outputs = ["out/part_{index}.txt"]
+[steps.publish]
+parents = ["convert"]
+command = "echo published >&2"
+"""
+
+
+async def start(nursery: trio.Nursery, config_path: Path) -> str:
+    config = load_config(config_path)
+    port = await nursery.start(daemon.serve, config)
+    return f"ws://127.0.0.1:{port}"
+
+
+async def wait_run(client, run_id: int, timeout: float = 60) -> dict:
+    with trio.fail_after(timeout):
+        while True:
+            run = await client.call("runs.get", {"run_id": run_id})
+            if run["state"] != "running":
+                return run
+            await trio.sleep(0.1)
+
+
+async def test_pipeline_runs_end_to_end(nursery, tmp_path, database_url):
+    url = await start(nursery, write_config(tmp_path, database_url, {"fan": FAN}))
+    async with connect(url) as client:
+        result = await client.call("runs.trigger", {"pipeline": "fan", "reference_time": "2026-11-28T06:00:00Z"})
+        run = await wait_run(client, result["run_id"])
+        assert run["state"] == "succeeded"
+        assert run["reference_time"] == "2026-11-28T06:00:00Z"
+        jobs = run["jobs"]
+        assert [(j["step"], j["index"]) for j in jobs] == [("fetch", 0)] + [("convert", i) for i in range(4)] + [("publish", 0)]
+        assert {j["state"] for j in jobs} == {"succeeded"} and {j["exit_code"] for j in jobs} == {0}
+        fetch = jobs[0]
+        log = await client.call("jobs.logs", {"job_id": fetch["id"]})
+        assert log["text"] == "fetching 2026-11-28T06:00:00Z\n"
+        publish = jobs[-1]
+        log = await client.call("jobs.logs", {"job_id": publish["id"], "stream": "stderr"})
+        assert log["text"] == "published\n"
+        # the fan-in started after the last convert ended, the fan-out after fetch
+        converts = jobs[1:5]
+        assert min(j["started_at"] for j in converts) >= fetch["ended_at"]
+        assert publish["started_at"] >= max(j["ended_at"] for j in converts)
+        with pytest.raises(Exception, match="exists"):
+            await client.call("runs.trigger", {"pipeline": "fan", "reference_time": "2026-11-28T06:00:00Z"})
+    for index in range(4):
+        assert (tmp_path / "output" / "out" / f"part_{index}.txt").read_text() == f"part {index} surface\n"
+
+
+RETRY = STAKEHOLDER + """
+[pipeline]
+name = "flaky"
+owner = "ops"
+[steps.try]
+command = "n=$(cat {marker} 2>/dev/null || echo 0); echo $((n+1)) > {marker}; [ $n -ge 2 ]"
+retry = {{ tries = 3, interval = 0.2, factor = 2.0 }}
+[steps.after]
+parents = ["try"]
+command = "true"
+"""
+
+
+async def test_retries_are_linked_jobs(nursery, tmp_path, database_url):
+    marker = tmp_path / "tries"
+    url = await start(nursery, write_config(tmp_path, database_url, {"flaky": RETRY.format(marker=marker)}))
+    async with connect(url) as client:
+        result = await client.call("runs.trigger", {"pipeline": "flaky"})
+        run = await wait_run(client, result["run_id"])
+        assert run["state"] == "succeeded"
+        tries = [j for j in run["jobs"] if j["step"] == "try"]
+        assert [(j["state"], j["failures"], j["exit_code"]) for j in tries] == [
+            ("failed", 0, 1),
+            ("failed", 1, 1),
+            ("succeeded", 2, 0),
+        ]
+        assert tries[0]["successor"] == tries[1]["id"] and tries[1]["predecessor"] == tries[0]["id"]
+        assert tries[1]["successor"] == tries[2]["id"] and tries[2]["predecessor"] == tries[1]["id"]
+    assert marker.read_text() == "3\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args: str, api: str) -> str:
+    out = subprocess.run(
+        [*MUPPET, *args], env={**os.environ, "MUPPET_API": api}, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+class Daemon:
+    """`muppet daemon` as a separate process."""
+
+    def __init__(self, config: Path, port: int, log: Path):
+        self.config, self.port, self.log = config, port, log
+        self.api = f"ws://127.0.0.1:{port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen([*MUPPET, "daemon", "--config", str(self.config)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                assert self.process.poll() is None, self.log.read_text()
+                time.sleep(0.1)
+        raise AssertionError("the daemon did not start listening:\n" + self.log.read_text())
+
+    def stop(self, sig: int) -> int:
+        self.process.send_signal(sig)
+        return self.process.wait(timeout=30)
+
+    def jobs(self, run_id: int) -> list[dict]:
+        return json.loads(cli("jobs", str(run_id), "--json", api=self.api))
+
+    def wait(self, run_id: int, timeout: float = 90) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = {r["id"]: r for r in json.loads(cli("runs", "--json", api=self.api))}
+            if runs[run_id]["state"] != "running":
+                return runs[run_id]
+            time.sleep(0.3)
+        raise AssertionError(f"run {run_id} did not end:\n" + self.log.read_text())
+
+
+SLOW = STAKEHOLDER + """
+[pipeline]
+name = "slow"
+owner = "ops"
+[steps.first]
+jobs = 4
+command = "echo $MUPPET_JOB_ID >> {ledger}; sleep $((MUPPET_JOB_INDEX % 2 * 3 + 1)); exit $((MUPPET_JOB_INDEX == 3 ? 5 : 0))"
+[steps.second]
+parents = ["first"]
+jobs = 4
+depends = "each"
+command = "echo $MUPPET_JOB_ID >> {ledger}; mkdir -p o; echo $MUPPET_JOB_INDEX > o/f$MUPPET_JOB_INDEX"
+outputs = ["o/f{{index}}"]
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_loses_nothing_and_starts_nothing_twice(tmp_path, database_url):
+    """kill -9 the daemon while jobs run; some end while no daemon watches; a
+    new daemon records their real exit codes and finishes the run."""
+    ledger = tmp_path / "ledger"
+    port = free_port()
+    config = write_config(tmp_path, database_url, {"slow": SLOW.format(ledger=ledger)}, port=port)
+    d = Daemon(config, port, tmp_path / "daemon.log")
+    d.start()
+    run_id = int(cli("trigger", "slow", api=d.api).strip())
+    deadline = time.monotonic() + 30
+    while sum(j["state"] == "running" for j in d.jobs(run_id)) < 4:
+        assert time.monotonic() < deadline, d.jobs(run_id)
+        time.sleep(0.1)
+    d.stop(signal.SIGKILL)
+    time.sleep(2.5)  # the 1 s jobs end while no daemon runs; the 4 s ones do not
+    d.start()
+    run = d.wait(run_id)
+    jobs = d.jobs(run_id)
+    by_slot = {(j["step"], j["index"]): j for j in jobs}
+    assert [by_slot[("first", i)]["exit_code"] for i in range(4)] == [0, 0, 0, 5]
+    assert [by_slot[("first", i)]["state"] for i in range(4)] == ["succeeded"] * 3 + ["failed"]
+    assert [by_slot[("second", i)]["state"] for i in range(4)] == ["succeeded"] * 3 + ["skipped"]
+    assert run["state"] == "failed"
+    assert len(jobs) == 8  # nothing was made twice
+    ran = ledger.read_text().split()
+    # each command ran exactly once (the skipped one never)
+    assert sorted(ran) == sorted(str(j["id"]) for j in jobs if j["state"] != "skipped")
+    assert (tmp_path / "output" / "o" / "f1").read_text() == "1\n"
+    d.stop(signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_and_jobs_go_on(tmp_path, database_url):
+    ledger = tmp_path / "ledger"
+    port = free_port()
+    config = write_config(tmp_path, database_url, {"slow": SLOW.format(ledger=ledger)}, port=port)
+    d = Daemon(config, port, tmp_path / "daemon.log")
+    d.start()
+    run_id = int(cli("trigger", "slow", "--reference-time", "2026-11-28T00:00:00Z", api=d.api).strip())
+    deadline = time.monotonic() + 30
+    while sum(j["state"] == "running" for j in d.jobs(run_id)) < 4:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert d.stop(signal.SIGTERM) == 0
+    assert "stopped" in d.log.read_text()
+    d.start()
+    assert d.wait(run_id)["state"] == "failed"  # index 3 exits 5, as designed
+    assert len(ledger.read_text().split()) == 7
+    d.stop(signal.SIGTERM)

@@ -1,0 +1,484 @@
+"""The executor with real processes: the wrapper, status file, re-attach, kill,
+outputs. Timeouts here are safety nets, never what a test measures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from muppet.executor import task as executor_task
+from muppet.executor.backend import BACKEND_TYPES, backend_factory, make_backends
+from muppet.executor.jobdir import CLAIMED_EXIT, JobDir, Status, parse_status
+from muppet.executor.local import _is_wrapper, group_members
+from muppet.executor.outputs import (
+    MissingOutput,
+    OutputError,
+    copy_then_rename,
+    move_into_place,
+    move_outputs,
+    output_paths,
+)
+from muppet.messages import JobFinished, JobStarted, KillJob, StartJob
+from muppet.model import LOG_TAIL_BYTES, ExecutorConfig, Job, JobState, Step
+
+REFERENCE_TIME = datetime(2026, 11, 28, 6, tzinfo=timezone.utc)
+SAFETY = 60  # seconds; only so that a broken test fails instead of hanging
+EXECUTORS = {"local": ExecutorConfig(name="local", type="local", options={"kill_grace": 5})}
+
+
+def make_spec(job_id: int, command: str, **step_fields) -> StartJob:
+    step = Step(name="make", command=command, **step_fields)
+    job = Job(
+        id=job_id, run_id=3, pipeline="forecast", step="make", index=2, count=4,
+        executor="local", state=JobState.SUBMITTED,
+    )
+    return StartJob(job=job, step=step, reference_time=REFERENCE_TIME)
+
+
+class Executor:
+    def __init__(self, send, receive, cancel_scope):
+        self.send, self.receive, self.cancel_scope = send, receive, cancel_scope
+
+    async def next(self, kind=None):
+        with trio.fail_after(SAFETY):
+            message = await self.receive.receive()
+        if kind is not None:
+            assert isinstance(message, kind), message
+        return message
+
+    async def run_job(self, spec: StartJob) -> tuple[JobStarted | None, JobFinished]:
+        await self.send.send(spec)
+        started = None
+        while True:
+            message = await self.next()
+            if isinstance(message, JobStarted):
+                assert started is None, "two JobStarted for one job"
+                started = message
+            else:
+                assert isinstance(message, JobFinished)
+                return started, message
+
+
+@asynccontextmanager
+async def executor(state_dir: Path, output_dir: Path):
+    """An executor task; leaving the block cancels it as a daemon's death
+    would (the jobs go on running)."""
+    to_executor, executor_inbox = trio.open_memory_channel(100)
+    reports, from_executor = trio.open_memory_channel(100)
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+
+        async def runner():
+            with scope:
+                await executor_task.run(
+                    executor_inbox, reports, executors=EXECUTORS,
+                    state_dir=str(state_dir), output_dir=str(output_dir),
+                )
+
+        nursery.start_soon(runner)
+        yield Executor(to_executor, from_executor, scope)
+        scope.cancel()
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    state, out = tmp_path / "state", tmp_path / "out"
+    state.mkdir()
+    out.mkdir()
+    return state, out
+
+
+async def wait_until(predicate, what: str):
+    with trio.fail_after(SAFETY):
+        while not predicate():
+            await trio.sleep(0.05)
+
+
+# --- a job from start to end ------------------------------------------------------
+
+
+async def test_success_sets_the_environment(dirs):
+    state, out = dirs
+    command = 'env | grep -E "^(MUPPET_|FOO=)" | sort; echo "cwd=$PWD"'
+    spec = make_spec(11, command, env={"FOO": "bar baz 'q'"})
+    async with executor(state, out) as ex:
+        started, finished = await ex.run_job(spec)
+    assert started is not None and started.job_id == 11 and started.batch_id.isdigit()
+    assert finished.state == "succeeded", finished
+    assert finished.exit_code == 0 and finished.reason == ""
+    assert finished.started_at <= finished.ended_at
+    lines = dict(line.split("=", 1) for line in finished.stdout_tail.splitlines())
+    job_dir = JobDir(str(state), 11)
+    assert lines == {
+        "FOO": "bar baz 'q'",
+        "MUPPET_SCRATCH": job_dir.scratch,
+        "MUPPET_JOB_DIR": job_dir.root,
+        "MUPPET_RUN_ID": "3",
+        "MUPPET_JOB_ID": "11",
+        "MUPPET_JOB_INDEX": "2",
+        "MUPPET_JOB_COUNT": "4",
+        "MUPPET_REFERENCE_TIME": "2026-11-28T06:00:00Z",
+        "MUPPET_PIPELINE": "forecast",
+        "MUPPET_STEP": "make",
+        "cwd": job_dir.scratch,
+    }
+    status = job_dir.read_status()
+    assert status.has_ended and status.exit_code == 0 and str(status.pid) == started.batch_id
+    assert not os.path.exists(job_dir.scratch), "scratch stays after a success"
+
+
+async def test_failure_reports_exit_code_and_tails(dirs):
+    state, out = dirs
+    spec = make_spec(12, "echo to-out; echo to-err >&2; exit 3")
+    async with executor(state, out) as ex:
+        _, finished = await ex.run_job(spec)
+    assert (finished.state, finished.exit_code, finished.reason) == ("failed", 3, "exit code 3")
+    assert finished.stdout_tail == "to-out\n" and finished.stderr_tail == "to-err\n"
+    assert os.path.isdir(JobDir(str(state), 12).scratch), "a failed job's scratch stays for a look"
+
+
+async def test_tails_keep_the_last_64_kib(dirs):
+    state, out = dirs
+    spec = make_spec(13, "head -c 100000 /dev/zero | tr '\\0' a; printf END; printf é >&2")
+    async with executor(state, out) as ex:
+        _, finished = await ex.run_job(spec)
+    assert finished.state == "succeeded"
+    assert len(finished.stdout_tail) == LOG_TAIL_BYTES
+    assert finished.stdout_tail.endswith("aaaEND")
+    assert finished.stderr_tail == "é"
+
+
+async def test_command_syntax_error_fails_the_job(dirs):
+    state, out = dirs
+    async with executor(state, out) as ex:
+        _, finished = await ex.run_job(make_spec(14, "if then fi ("))
+    assert finished.state == "failed" and finished.exit_code == 2
+    assert "syntax error" in finished.stderr_tail
+
+
+async def test_unknown_executor_fails_the_job(dirs):
+    state, out = dirs
+    async with executor(state, out) as ex:
+        started, finished = await ex.run_job(make_spec(15, "true", executor="cluster"))
+    assert started is None
+    assert finished.state == "failed" and "'cluster' is not configured" in finished.reason
+
+
+async def test_bad_env_name_names_the_key(dirs):
+    state, out = dirs
+    async with executor(state, out) as ex:
+        _, finished = await ex.run_job(make_spec(16, "true", env={"BAD-NAME": "x"}))
+    assert finished.state == "failed" and "'BAD-NAME'" in finished.reason
+
+
+# --- outputs ----------------------------------------------------------------
+
+
+async def test_outputs_are_moved_after_success(dirs):
+    state, out = dirs
+    command = 'mkdir -p d && echo one > d/a-$MUPPET_JOB_INDEX.txt && echo two > b.txt'
+    spec = make_spec(20, command, outputs=("d/a-{index}.txt", "{reference_time:%Y%m%dT%H}/../b.txt"))
+    with pytest.raises(OutputError, match=r"\.\."):
+        output_paths(spec.step.outputs, REFERENCE_TIME, 2)
+    spec = make_spec(20, command + " && mkdir -p 20261128T06 && mv b.txt 20261128T06/",
+                     outputs=("d/a-{index}.txt", "{reference_time:%Y%m%dT%H}/b.txt"))
+    async with executor(state, out) as ex:
+        _, finished = await ex.run_job(spec)
+    assert finished.state == "succeeded", finished
+    assert (out / "d" / "a-2.txt").read_text() == "one\n"
+    assert (out / "20261128T06" / "b.txt").read_text() == "two\n"
+    assert not os.path.exists(JobDir(str(state), 20).scratch)
+
+
+async def test_missing_output_fails_and_moves_nothing(dirs):
+    state, out = dirs
+    spec = make_spec(21, "echo x > a.txt", outputs=("a.txt", "b.txt"))
+    async with executor(state, out) as ex:
+        _, finished = await ex.run_job(spec)
+    assert finished.state == "failed" and finished.exit_code == 0
+    assert finished.reason == "missing output: b.txt"
+    assert list(out.iterdir()) == []
+    assert os.path.exists(os.path.join(JobDir(str(state), 21).scratch, "a.txt"))
+
+
+async def test_failed_job_moves_nothing(dirs):
+    state, out = dirs
+    spec = make_spec(22, "echo x > a.txt; exit 1", outputs=("a.txt",))
+    async with executor(state, out) as ex:
+        _, finished = await ex.run_job(spec)
+    assert finished.state == "failed" and finished.reason == "exit code 1"
+    assert list(out.iterdir()) == []
+
+
+def test_output_paths_refuse_escapes():
+    for bad in ("/etc/passwd", "../x", "a/../../x", "", ".", "{nope}", "{index:%Y}"):
+        with pytest.raises(OutputError):
+            output_paths([bad], REFERENCE_TIME, 0)
+    assert output_paths(["x/{index:03d}.nc"], REFERENCE_TIME, 7) == ["x/007.nc"]
+
+
+def test_move_outputs_resumes_after_a_crash(tmp_path):
+    scratch, out, plan = tmp_path / "scratch", tmp_path / "out", str(tmp_path / "plan.json")
+    scratch.mkdir()
+    (scratch / "a").write_text("A")
+    (scratch / "b").write_text("B")
+    # a crash after the plan was written and "a" moved, before "b"
+    (out).mkdir()
+    Path(plan).write_text('["a", "b"]')
+    os.rename(scratch / "a", out / "a")
+    moved = move_outputs(["a", "b"], str(scratch), str(out), REFERENCE_TIME, 0, plan=plan)
+    assert moved == [str(out / "a"), str(out / "b")]
+    assert (out / "a").read_text() == "A" and (out / "b").read_text() == "B"
+    # and once more (the report was lost): everything counts as moved
+    assert move_outputs(["a", "b"], str(scratch), str(out), REFERENCE_TIME, 0, plan=plan) == moved
+    # without a plan a missing source is missing, even if the destination exists
+    with pytest.raises(MissingOutput, match="missing output: a"):
+        move_outputs(["a"], str(scratch), str(out), REFERENCE_TIME, 0)
+
+
+def _other_device_dir(tmp_path: Path) -> Path | None:
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != tmp_path.stat().st_dev:
+        return Path(os.path.join(shm, f"muppet-test-{os.getpid()}-{tmp_path.name}"))
+    return None
+
+
+def test_move_across_file_systems(tmp_path):
+    other = _other_device_dir(tmp_path)
+    source_root = other if other is not None else tmp_path / "src"
+    source_root.mkdir()
+    try:
+        (source_root / "f.nc").write_bytes(b"x" * 3_000_000)
+        (source_root / "tree").mkdir()
+        (source_root / "tree" / "inner.txt").write_text("inner")
+        destination = tmp_path / "dest"
+        destination.mkdir()
+        (destination / "f.nc").write_text("old")  # replaced whole
+        if other is not None:
+            move_into_place(str(source_root / "f.nc"), str(destination / "f.nc"))  # real EXDEV
+        else:
+            copy_then_rename(str(source_root / "f.nc"), str(destination / "f.nc"))
+        copy_then_rename(str(source_root / "tree"), str(destination / "tree"))
+        assert (destination / "f.nc").read_bytes() == b"x" * 3_000_000
+        assert (destination / "tree" / "inner.txt").read_text() == "inner"
+        assert sorted(os.listdir(source_root)) == []
+        assert sorted(os.listdir(destination)) == ["f.nc", "tree"], "no temporary left beside it"
+    finally:
+        if other is not None:
+            subprocess.run(["rm", "-rf", str(other)], check=True)
+
+
+# --- kill, sessions -------------------------------------------------------------
+
+
+async def test_kill_a_running_job(dirs):
+    state, out = dirs
+    spec = make_spec(30, "sleep 60 & sleep 60; wait", outputs=("x",))
+    async with executor(state, out) as ex:
+        await ex.send.send(KillJob(999))  # unknown: nothing happens
+        await ex.send.send(spec)
+        started = await ex.next(JobStarted)
+        pid = int(started.batch_id)
+        await wait_until(lambda: len(group_members(pid)) >= 3, "the job's processes")
+        begin = time.monotonic()
+        await ex.send.send(KillJob(30))
+        finished = await ex.next(JobFinished)
+        took = time.monotonic() - begin
+    assert (finished.state, finished.reason) == ("killed", "killed by operator")
+    assert finished.exit_code == 143, "the wrapper's trap still wrote the end record"
+    assert took < 4.5, f"killed by SIGTERM, not by the SIGKILL after the grace period ({took:.1f} s)"
+    await wait_until(lambda: not group_members(pid), "the process group to be gone")
+
+
+async def test_kill_escalates_to_sigkill(dirs):
+    state, out = dirs
+    spec = make_spec(31, "trap '' TERM; sleep 60")
+    async with executor(state, out) as ex:
+        await ex.send.send(spec)
+        pid = int((await ex.next(JobStarted)).batch_id)
+        await wait_until(lambda: len(group_members(pid)) >= 2, "the job's processes")
+        await ex.send.send(KillJob(31))
+        finished = await ex.next(JobFinished)
+    assert finished.state == "killed"
+    await wait_until(lambda: not group_members(pid), "the process group to be gone")
+
+
+async def test_job_runs_in_its_own_session(dirs):
+    state, out = dirs
+    async with executor(state, out) as ex:
+        await ex.send.send(make_spec(32, "sleep 60"))
+        pid = int((await ex.next(JobStarted)).batch_id)
+        assert os.getsid(pid) == pid != os.getsid(0)
+        assert os.getpgid(pid) == pid
+        await ex.send.send(KillJob(32))
+        assert (await ex.next(JobFinished)).state == "killed"
+
+
+# --- restart: re-attach, never twice, never lost ------------------------------------
+
+
+async def test_reattach_to_a_running_job(dirs, tmp_path):
+    state, out = dirs
+    counter = tmp_path / "ran"
+    spec = make_spec(40, f"echo once >> {counter}; sleep 2; exit 7")
+    async with executor(state, out) as ex:
+        await ex.send.send(spec)
+        first = await ex.next(JobStarted)
+        await ex.send.send(spec)  # idempotent while in hand
+        # the daemon dies here
+    pid = int(first.batch_id)
+    wrapper = JobDir(str(state), 40).wrapper
+    assert _is_wrapper(pid, wrapper), "the job outlives the executor"
+    # what the scheduler sends after a restart for a job it saw running
+    running = attrs.evolve(spec, job=attrs.evolve(spec.job, state=JobState.RUNNING, batch_id=first.batch_id))
+    async with executor(state, out) as ex:
+        started, finished = await ex.run_job(running)
+    assert started is not None and started.batch_id == first.batch_id
+    assert started.started_at == pytest.approx(first.started_at, abs=1.0)
+    assert (finished.state, finished.exit_code) == ("failed", 7)
+    assert counter.read_text() == "once\n"
+
+
+async def test_reattach_to_a_job_that_ended_while_no_executor_ran(dirs, tmp_path):
+    state, out = dirs
+    counter = tmp_path / "ran"
+    spec = make_spec(41, f"echo once >> {counter}; echo done; sleep 0.5; exit 5")
+    async with executor(state, out) as ex:
+        await ex.send.send(spec)
+        first = await ex.next(JobStarted)
+    job_dir = JobDir(str(state), 41)
+    await wait_until(lambda: (job_dir.read_status() or Status("x")).has_ended, "the job to end")
+    async with executor(state, out) as ex:
+        _, finished = await ex.run_job(spec)
+    assert (finished.state, finished.exit_code, finished.stdout_tail) == ("failed", 5, "done\n")
+    assert finished.started_at == pytest.approx(first.started_at, abs=1.0)
+    assert counter.read_text() == "once\n"
+
+
+async def test_reattach_moves_outputs_of_a_success(dirs):
+    state, out = dirs
+    spec = make_spec(42, "sleep 0.5; echo r > r.txt", outputs=("r.txt",))
+    async with executor(state, out) as ex:
+        await ex.send.send(spec)
+        await ex.next(JobStarted)
+    job_dir = JobDir(str(state), 42)
+    await wait_until(lambda: (job_dir.read_status() or Status("x")).has_ended, "the job to end")
+    async with executor(state, out) as ex:
+        _, finished = await ex.run_job(spec)
+        assert finished.state == "succeeded"
+        # the report got lost (daemon died before persisting it): same answer again
+        _, again = await ex.run_job(spec)
+    assert again.state == "succeeded" and again.exit_code == 0
+    assert (out / "r.txt").read_text() == "r\n"
+
+
+async def test_started_but_dead_without_end_record_is_lost(dirs, tmp_path):
+    state, out = dirs
+    marker = tmp_path / "ran"
+    spec = make_spec(43, f"touch {marker}")
+    job_dir = JobDir(str(state), 43)
+    job_dir.prepare(spec)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with open(job_dir.status, "w") as file:
+        file.write(f'{{"state":"running","pid":{dead.pid},"host":"elsewhere","started":1795870000.5}}\n')
+    async with executor(state, out) as ex:
+        started, finished = await ex.run_job(spec)
+    assert started is not None and started.host == "elsewhere"
+    assert finished.state == "failed" and finished.exit_code is None
+    assert finished.reason.startswith("lost: ") and f"pid {dead.pid}" in finished.reason
+    assert finished.started_at == 1795870000.5
+    assert not marker.exists(), "a lost job is not run again"
+
+
+async def test_claimed_without_start_record_is_lost(dirs, tmp_path):
+    state, out = dirs
+    marker = tmp_path / "ran"
+    spec = make_spec(44, f"touch {marker}")
+    job_dir = JobDir(str(state), 44)
+    job_dir.prepare(spec)
+    with open(job_dir.status, "w") as file:
+        file.write('{"state":"runn')  # the wrapper died mid-write
+    async with executor(state, out) as ex:
+        _, finished = await ex.run_job(spec)
+    assert finished.state == "failed" and finished.reason.startswith("lost: ")
+    assert not marker.exists()
+
+
+async def test_spawned_wrapper_without_status_is_found(dirs, tmp_path):
+    """The window between spawn and the wrapper's first write: a previous
+    daemon's wrapper that has not written its status yet is found by its
+    command line and watched, not started again."""
+    state, out = dirs
+    counter = tmp_path / "ran"
+    gate = tmp_path / "gate"
+    spec = make_spec(45, f"echo once >> {counter}; exit 4")
+    job_dir = JobDir(str(state), 45)
+    job_dir.prepare(spec)
+    # hold the wrapper before its first line, as if caught right after the spawn
+    script = Path(job_dir.wrapper).read_text()
+    Path(job_dir.wrapper).write_text(
+        script.replace("#!/bin/bash\n", f"#!/bin/bash\nwhile [ ! -e {gate} ]; do read -t 0.05 <> <(:) || :; done\n", 1)
+    )
+    orphan = subprocess.Popen(["/bin/bash", job_dir.wrapper], start_new_session=True,
+                              stdin=subprocess.DEVNULL)
+    try:
+        async with executor(state, out) as ex:
+            await ex.send.send(spec)
+            started = await ex.next(JobStarted)
+            assert started.batch_id == str(orphan.pid)
+            gate.touch()
+            finished = await ex.next(JobFinished)
+        assert (finished.state, finished.exit_code) == ("failed", 4)
+        assert counter.read_text() == "once\n"
+    finally:
+        gate.touch()
+        orphan.wait(timeout=SAFETY)
+
+
+def test_wrapper_claims_the_job_once(dirs, tmp_path):
+    state, _ = dirs
+    counter = tmp_path / "ran"
+    spec = make_spec(46, f"echo once >> {counter}")
+    job_dir = JobDir(str(state), 46)
+    job_dir.prepare(spec)
+    first = subprocess.run(["/bin/bash", job_dir.wrapper], stdin=subprocess.DEVNULL)
+    second = subprocess.run(["/bin/bash", job_dir.wrapper], stdin=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    assert first.returncode == 0 and second.returncode == CLAIMED_EXIT
+    assert "started already" in second.stderr
+    assert counter.read_text() == "once\n"
+    assert job_dir.read_status().exit_code == 0
+
+
+# --- status parsing, registry ---------------------------------------------------
+
+
+def test_parse_status_is_defensive():
+    start = '{"state":"running","pid":7,"host":"h","started":1.5}\n'
+    end = '{"state":"ended","pid":7,"host":"h","started":1.5,"ended":2.5,"exit_code":3}\n'
+    assert parse_status("") == Status("claimed")
+    assert parse_status(start[:-1]) == Status("claimed"), "no newline: unfinished"
+    assert parse_status(start) == Status("running", 7, "h", 1.5)
+    assert parse_status(start + end) == Status("ended", 7, "h", 1.5, 2.5, 3)
+    assert parse_status(start + end[:30]).state == "running"
+    assert parse_status(start + "\0\0garbage\n").state == "running"
+    assert parse_status('{"state":"ended","pid":"7"}\n[1]\n"x"\n').state == "claimed"
+    assert parse_status('{"state":"running","pid":true,"host":"h","started":1}\n').state == "claimed"
+
+
+def test_backend_registry():
+    assert set(BACKEND_TYPES) >= {"local", "gridengine", "slurm"}
+    assert backend_factory("local").__name__ == "LocalBackend"
+    with pytest.raises(ValueError, match="unknown executor type 'pbs'"):
+        backend_factory("pbs")
+    with pytest.raises(ValueError, match=r"\[executors.big\] type"):
+        make_backends({"big": ExecutorConfig(name="big", type="pbs")}, "/tmp")
