@@ -42,6 +42,12 @@ class Lost(Exception):
     """
 
 
+class Ended(Lost):
+    """The batch system ended the job (a limit, qdel/scancel, a node failure,
+    an error state); the message is the whole reason, reported without
+    ``"lost: "``."""
+
+
 class BackendError(Exception):
     """The backend cannot tell or cannot do what was asked *right now* (the
     batch system's controller is down, ``qsub`` refused the job, ...).

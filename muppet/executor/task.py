@@ -19,7 +19,7 @@ import trio
 
 from ..messages import JobFinished, JobStarted, KillJob, StartJob
 from ..model import ExecutorConfig, JobState
-from .backend import Backend, BackendError, Lost, make_backends
+from .backend import Backend, BackendError, Ended, Lost, make_backends
 from .jobdir import AlreadyStarted, JobDir, Status
 from .outputs import OutputError, move_outputs
 
@@ -199,7 +199,7 @@ class _Job:
             try:
                 await self._retrying("wait", self.backend.wait, self.job_dir, batch_id)
             except Lost as error:
-                lost = f"lost: {error}"
+                lost = str(error) if isinstance(error, Ended) else f"lost: {error}"
             nursery.cancel_scope.cancel()
         return await self._conclude(lost=lost, batch_id=batch_id)
 
