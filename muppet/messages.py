@@ -132,6 +132,12 @@ class KillJob:
 # --- replies -------------------------------------------------------------------
 
 
+#: the JSON-RPC error codes a Reply may carry (MUPPET's own range, relayed
+#: by the API as they are)
+NOT_FOUND = -32001  # unknown pipeline, run or job
+CONFLICT = -32002  # run exists already, job not in a state that allows the command
+
+
 @attrs.frozen
 class Reply:
     """What an API command gets back on its reply channel."""

@@ -23,6 +23,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import attrs
 
+from ..messages import CONFLICT, NOT_FOUND  # noqa: F401 (part of this module's error codes)
+
 # --- error codes ---------------------------------------------------------------
 
 # spec, "5.1 Error object": the codes -32768..-32000 are reserved; these five are
@@ -34,8 +36,7 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 # spec: -32000 to -32099 are "reserved for implementation-defined server-errors";
 # MUPPET's own take the top of that range.
-NOT_FOUND = -32001  # unknown pipeline, run or job
-CONFLICT = -32002  # run exists already, job not in a state that allows the command
+# NOT_FOUND and CONFLICT come from the scheduler's replies (messages.py)
 UNAVAILABLE = -32003  # the scheduler did not answer in time, or is gone
 
 ERROR_NAMES = {

@@ -28,6 +28,8 @@ from typing import Any, Iterable, Mapping
 import attrs
 
 from ..messages import (
+    CONFLICT,
+    NOT_FOUND,
     Change,
     Command,
     JobFinished,
@@ -52,9 +54,6 @@ from ..model import (
     RunState,
 )
 
-# JSON-RPC error codes the API relays (muppet/api/protocol.py defines them too)
-NOT_FOUND = -32001
-CONFLICT = -32002
 
 
 @attrs.frozen
@@ -294,21 +293,15 @@ class Scheduler:
         step = self.pipelines[job.pipeline].steps[job.step]
         failures = job.failures + 1
         if failures < step.retry.tries:
-            retry = Job(
-                id=self._new_job_id(),
-                run_id=job.run_id,
-                pipeline=job.pipeline,
-                step=job.step,
-                index=job.index,
-                count=job.count,
-                executor=job.executor,
+            self._successor(
+                job,
+                changes,
+                now,
                 failures=failures,
-                predecessor=job.id,
                 not_before=now + step.retry.delay(failures),
-                created_at=now,
+                state=JobState.FAILED,
+                **common,
             )
-            self._propose(attrs.evolve(job, state=JobState.FAILED, successor=retry.id, **common), changes)
-            self._propose(retry, changes)
         else:
             self._propose(attrs.evolve(job, state=JobState.FAILED, **common), changes)
             self._skip_downstream(job, changes, now)
@@ -450,7 +443,11 @@ class Scheduler:
             self._propose_run(attrs.evolve(run, state=RunState.RUNNING, ended_at=None), changes)
         return fresh
 
-    def _successor(self, job: Job, changes: list[Change], now: float) -> Job:
+    def _successor(
+        self, job: Job, changes: list[Change], now: float, *, failures: int = 0, not_before: float = 0.0, **ended
+    ) -> Job:
+        """A new job in ``job``'s slot, linked both ways; ``ended`` holds what
+        changes in the old job besides its successor (its failure)."""
         fresh = Job(
             id=self._new_job_id(),
             run_id=job.run_id,
@@ -459,10 +456,12 @@ class Scheduler:
             index=job.index,
             count=job.count,
             executor=job.executor,
+            failures=failures,
             predecessor=job.id,
+            not_before=not_before,
             created_at=now,
         )
-        self._propose(attrs.evolve(job, successor=fresh.id), changes)
+        self._propose(attrs.evolve(job, successor=fresh.id, **ended), changes)
         self._propose(fresh, changes)
         return fresh
 
