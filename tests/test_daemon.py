@@ -263,3 +263,45 @@ def test_sigterm_stops_cleanly_and_jobs_go_on(tmp_path, database_url):
     assert d.wait(run_id)["state"] == "failed"  # index 3 exits 5, as designed
     assert len(ledger.read_text().split()) == 7
     d.stop(signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_readme_daemon_on_embedded_defaults_runs_the_examples(tmp_path):
+    """The README's first command on a fresh home directory: conf/muppet.toml
+    (embedded defaults, example pipelines), then a run of "example"."""
+    repo = Path(__file__).resolve().parent.parent
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_STATE_HOME", "MUPPET_API")}
+    env["HOME"] = str(home)
+    port = free_port()
+    config = tmp_path / "muppet.toml"
+    # the README's file, with only the port moved off 8765 so tests can run
+    # beside a real daemon
+    config.write_text(
+        (repo / "conf" / "muppet.toml").read_text().replace("[api]", f'[api]\nlisten = "127.0.0.1:{port}"', 1)
+    )
+    (tmp_path / "pipelines").symlink_to(repo / "conf" / "pipelines")
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([*MUPPET, "daemon", "--config", str(config)], stdout=out, stderr=out, env=env)
+    try:
+        d = Daemon(config, port, log)
+        d.process = process
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        run_id = int(cli("trigger", "example", "--reference-time", "2026-11-28T06:15:00Z", api=d.api).strip())
+        assert d.wait(run_id)["state"] == "succeeded", d.jobs(run_id)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    state = home / ".local" / "state" / "muppet"
+    assert (state / "muppet.db").exists()
+    outputs = sorted(p.relative_to(state / "output").as_posix() for p in (state / "output").rglob("*.txt"))
+    assert "example/20261128T0615/manifest.txt" in outputs
+    assert "example/20261128T0615/part_2.txt" in outputs

@@ -487,3 +487,13 @@ async def test_cancellation_waits_for_the_write_in_progress(tmp_path):
     assert store.get_run(1) == new_run(1, [1]).run
     assert counting.writes == 1
     store.close()
+
+
+def test_sqlite_parent_directory_is_made(tmp_path):
+    """The embedded default lives under a state directory a fresh machine lacks."""
+    path = tmp_path / "not" / "yet" / "muppet.db"
+    store = open_store(f"sqlite:///{path}")
+    try:
+        assert path.exists() and store.last_event_id() == 0
+    finally:
+        store.close()

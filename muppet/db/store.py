@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -232,6 +233,9 @@ class Store:
 
     def _connect(self) -> None:
         if self.kind == "sqlite":
+            # the embedded default lives in a state directory that may not
+            # exist yet on a fresh machine
+            os.makedirs(os.path.dirname(self._path) or ".", exist_ok=True)
             # isolation_level=None: the module never opens transactions behind our
             # back, we say BEGIN IMMEDIATE ourselves (take the write lock up front,
             # so a writer waits at BEGIN instead of failing halfway)
