@@ -74,8 +74,6 @@ class WakeAt:
 Effect = Persist | StartJob | KillJob | Answer | WakeAt
 Event = Trigger | Persisted | JobStarted | JobFinished | Command
 
-Slot = tuple[int, str, int]  # run id, step, index
-
 
 class Scheduler:
     """The state of every unfinished run and its jobs, and the rules that move
@@ -96,8 +94,8 @@ class Scheduler:
         # persisted copies of unfinished runs and all of their jobs
         self.runs: dict[int, Run] = {}
         self.jobs: dict[int, Job] = {}
-        # the newest job of each slot
-        self.current: dict[Slot, int] = {}
+        # per run, the newest job of each (step, index) slot
+        self.current: dict[int, dict[tuple[str, int], int]] = {}
         # proposed copies not yet back from the database
         self.pending_jobs: dict[int, Job] = {}
         self.pending_runs: dict[int, Run] = {}
@@ -359,6 +357,13 @@ class Scheduler:
             job = self._latest(job_id)
             per_step[(job.pipeline, job.step)] += 1
             per_executor[job.executor] += 1
+        def all_full() -> bool:
+            return all(per_executor[name] >= e.max_jobs for name, e in self.executors.items())
+
+        # every executor full: nothing can start, so skip the scan (it runs
+        # once per batch of events, over every waiting job)
+        if all_full():
+            return
         for job_id in sorted(self.waiting):
             if job_id in self.pending_jobs:
                 continue
@@ -381,6 +386,8 @@ class Scheduler:
             self._propose(attrs.evolve(job, state=JobState.SUBMITTED, submitted_at=now), changes)
             per_step[(job.pipeline, job.step)] += 1
             per_executor[job.executor] += 1
+            if executor is not None and per_executor[job.executor] >= executor.max_jobs and all_full():
+                break
 
     def _dependencies_met(self, job: Job, pipeline: Pipeline) -> bool:
         step = pipeline.steps[job.step]
@@ -388,7 +395,7 @@ class Scheduler:
             parent = pipeline.steps[parent_name]
             indexes = [job.index] if step.depends is Depends.EACH else range(parent.jobs)
             for index in indexes:
-                current = self.current.get((job.run_id, parent_name, index))
+                current = self.current[job.run_id].get((parent_name, index))
                 if current is None or self.jobs[current].state is not JobState.SUCCEEDED:
                     return False
         return True
@@ -410,7 +417,7 @@ class Scheduler:
                         seen.add(slot)
                         todo.append(slot)
         for step_name, index in sorted(seen):
-            current = self.current.get((failed.run_id, step_name, index))
+            current = self.current[failed.run_id].get((step_name, index))
             if current is None:
                 continue
             job = self._latest(current)
@@ -431,8 +438,8 @@ class Scheduler:
         fresh = self._successor(job, changes, now)
         pipeline = self.pipelines[job.pipeline]
         descendants = pipeline.descendants(job.step)
-        for (run_id, step_name, _), current in list(self.current.items()):
-            if run_id == job.run_id and step_name in descendants:
+        for (step_name, _), current in list(self.current[job.run_id].items()):
+            if step_name in descendants:
                 downstream = self._latest(current)
                 if downstream.state is JobState.SKIPPED and downstream.successor is None:
                     self._successor(downstream, changes, now)
@@ -481,9 +488,7 @@ class Scheduler:
         if run is None or run.state is not RunState.RUNNING or run_id in self.pending_runs:
             return
         outcome = RunState.SUCCEEDED
-        for (slot_run, _, _), job_id in self.current.items():
-            if slot_run != run_id:
-                continue
+        for job_id in self.current.get(run_id, {}).values():
             if job_id in self.pending_jobs:
                 return
             state = self.jobs[job_id].state
@@ -537,9 +542,9 @@ class Scheduler:
     def _store_job(self, job: Job) -> None:
         """Keep a persisted copy and the indexes derived from it."""
         self.jobs[job.id] = job
-        slot = (job.run_id, job.step, job.index)
-        if self.current.get(slot, 0) < job.id:
-            self.current[slot] = job.id
+        slots = self.current.setdefault(job.run_id, {})
+        if slots.get(job.slot, 0) < job.id:
+            slots[job.slot] = job.id
         if job.state is JobState.WAITING:
             self.waiting.add(job.id)
         else:
@@ -552,8 +557,7 @@ class Scheduler:
 
     def _forget_run(self, run_id: int) -> None:
         self.runs.pop(run_id, None)
-        for slot in [s for s in self.current if s[0] == run_id]:
-            del self.current[slot]
+        self.current.pop(run_id, None)
         for job_id in [j for j, job in self.jobs.items() if job.run_id == run_id]:
             del self.jobs[job_id]
             self.waiting.discard(job_id)
