@@ -155,9 +155,10 @@ def _operator_errors() -> tuple[type[BaseException], ...]:
 
     import psycopg
 
+    from .daemon import StateMismatch
     from .db.store import DatabaseUnavailable, StoreError
 
-    return (OSError, sqlite3.Error, psycopg.Error, StoreError, DatabaseUnavailable)
+    return (OSError, sqlite3.Error, psycopg.Error, StoreError, DatabaseUnavailable, StateMismatch)
 
 
 @main.command()

@@ -33,11 +33,16 @@ from .api import server as api_task
 from .db import task as database_task
 from .db.store import open_store
 from .executor import task as executor_task
+from .executor.jobdir import highest_job_id
 from .model import Config
 from .scheduler import task as scheduler_task
 from .scheduler.core import Scheduler
 
 log = logging.getLogger("muppet.daemon")
+
+class StateMismatch(Exception):
+    """The state directory and the database do not belong together."""
+
 
 #: Persist and StartJob messages queued towards the database and the executor
 #: before the scheduler waits (back-pressure)
@@ -49,6 +54,15 @@ async def serve(config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None
     port once every task runs and the API listens."""
     store = await trio.to_thread.run_sync(open_store, config.daemon.database)
     snapshot = await trio.to_thread.run_sync(store.load_snapshot)
+    highest = await trio.to_thread.run_sync(highest_job_id, config.daemon.state_dir)
+    if highest >= snapshot.next_job_id:
+        await trio.to_thread.run_sync(store.close)
+        raise StateMismatch(
+            f"{config.daemon.state_dir} holds job directories up to job {highest}, but the "
+            f"database {_safe_url(config.daemon.database)} has only reached job "
+            f"{snapshot.next_job_id - 1}: a new database with an old state_dir? Move "
+            f"{config.daemon.state_dir}/jobs away or set another state_dir"
+        )
     log.info(
         "database %s: %d unfinished runs, %d of their jobs",
         _safe_url(config.daemon.database),

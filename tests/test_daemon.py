@@ -305,3 +305,13 @@ def test_readme_daemon_on_embedded_defaults_runs_the_examples(tmp_path):
     outputs = sorted(p.relative_to(state / "output").as_posix() for p in (state / "output").rglob("*.txt"))
     assert "example/20261128T0615/manifest.txt" in outputs
     assert "example/20261128T0615/part_2.txt" in outputs
+
+
+def test_refuses_an_old_state_dir_with_a_new_database(tmp_path):
+    """Job ids restart at 1 in a new database: an old job directory would be
+    taken for the new job's and "re-attached". The daemon refuses to start."""
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'new.db'}", {"fan": FAN})
+    (tmp_path / "state" / "jobs" / "7").mkdir(parents=True)
+    out = subprocess.run([*MUPPET, "daemon", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "holds job directories up to job 7" in out.stderr and "has only reached job 0" in out.stderr

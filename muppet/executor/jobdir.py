@@ -133,6 +133,19 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def highest_job_id(state_dir: str) -> int:
+    """The highest job id with a job directory under ``state_dir`` (0 if none).
+
+    Blocking. A database that has not reached this id yet would hand the same
+    ids to new jobs, and their "re-attach" would find another job's status.
+    """
+    try:
+        names = os.listdir(os.path.join(state_dir, "jobs"))
+    except FileNotFoundError:
+        return 0
+    return max((int(name) for name in names if name.isdigit()), default=0)
+
+
 class JobDir:
     """The paths of one job; the methods do blocking file work: call them in a
     worker thread (``trio.to_thread.run_sync``)."""
