@@ -550,3 +550,68 @@ async def test_one_listing_serves_many_jobs(kind, dirs):
     # per job per interval would be about 20 * elapsed / 0.5
     assert backend.poller.polls <= elapsed / 0.5 + backend.submissions + 1, (backend.poller.polls, elapsed)
     assert backend.submissions == 20
+
+
+# --- the whole daemon -----------------------------------------------------------------------------
+
+CLUSTER_PIPELINE = """
+[stakeholders.ops]
+name = "Operations"
+[pipeline]
+name = "cluster"
+owner = "ops"
+[steps.a]
+jobs = 2
+executor = "cluster"
+command = "echo $MUPPET_JOB_ID >> {ledger}; sleep 4; mkdir -p o; echo $MUPPET_JOB_INDEX > o/f$MUPPET_JOB_INDEX"
+outputs = ["o/f{{index}}"]
+[steps.b]
+parents = ["a"]
+executor = "cluster"
+command = "echo $MUPPET_JOB_ID >> {ledger}"
+"""
+
+
+def test_kill_9_of_the_whole_daemon_while_cluster_jobs_run(kind, tmp_path):
+    """`muppet daemon` killed with -9 while its jobs run on the cluster: the
+    next daemon re-attaches by batch id and name, and nothing is submitted
+    twice."""
+    from test_daemon import Daemon, cli, free_port
+
+    ledger = tmp_path / "ledger"
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "cluster.toml").write_text(CLUSTER_PIPELINE.format(ledger=ledger))
+    port = free_port()
+    config = tmp_path / "muppet.toml"
+    config.write_text(
+        f'[daemon]\ndatabase = "sqlite:///{tmp_path / "m.db"}"\nstate_dir = "{tmp_path / "state"}"\n'
+        f'output_dir = "{tmp_path / "out"}"\npipelines = ["pipelines/*.toml"]\n'
+        f'[api]\nlisten = "127.0.0.1:{port}"\n'
+        f'[executors.cluster]\ntype = "{kind}"\npoll_interval = {POLL}\n'
+    )
+    # a fresh database numbers its jobs 1, 2, 3; the cluster's accounting may
+    # know those names from earlier runs already
+    before = {n: jobs_named(kind, f"muppet-{n}") for n in (1, 2, 3)}
+    d = Daemon(config, port, tmp_path / "daemon.log")
+    d.start()
+    try:
+        run_id = int(cli("trigger", "cluster", api=d.api).strip())
+        deadline = time.monotonic() + SAFETY
+        while sum(j["state"] == "running" for j in d.jobs(run_id)) < 2:
+            assert time.monotonic() < deadline, d.jobs(run_id)
+            time.sleep(0.2)
+        d.stop(signal.SIGKILL)
+        time.sleep(1)
+        d.start()
+        run = d.wait(run_id, timeout=SAFETY)
+        jobs = d.jobs(run_id)
+    finally:
+        if d.process.poll() is None:
+            d.stop(signal.SIGTERM)
+    assert run["state"] == "succeeded", jobs
+    assert len(jobs) == 3 and {j["exit_code"] for j in jobs} == {0}
+    assert sorted(ledger.read_text().split()) == sorted(str(j["id"]) for j in jobs)
+    assert sorted(j["id"] for j in jobs) == [1, 2, 3]
+    for job in jobs:
+        assert jobs_named(kind, f"muppet-{job['id']}") == before[job["id"]] + 1
+    assert (tmp_path / "out" / "o" / "f1").read_text() == "1\n"
