@@ -10,19 +10,13 @@ into a failure (CI sets it, so a broken setup cannot pass as green).
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
 
 import psycopg
 import pytest
 
 from pgserver import PG_BIN, PostgresServer
-
-
-def _service_missing(reason: str) -> None:
-    if os.environ.get("MUPPET_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{reason} (MUPPET_REQUIRE_SERVICES=1)", pytrace=False)
-    pytest.skip(reason)
+from services import service_missing
 
 
 @pytest.fixture(scope="session")
@@ -30,16 +24,16 @@ def postgres_server():
     """A PostgreSQL 15 server for the whole session (``.url(dbname)``,
     ``.ctl("stop"|"start")``, ``.host``, ``.port``, ``.user``)."""
     if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pg_ctl").exists():
-        _service_missing(f"PostgreSQL 15 is not installed ({PG_BIN} has no initdb/pg_ctl)")
+        service_missing(f"PostgreSQL 15 is not installed ({PG_BIN} has no initdb/pg_ctl)")
     try:
         server = PostgresServer()
     except (RuntimeError, OSError) as exc:
-        _service_missing(f"cannot set up PostgreSQL: {exc}")
+        service_missing(f"cannot set up PostgreSQL: {exc}")
     try:
         server.start()
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         server.stop()
-        _service_missing(f"PostgreSQL did not start: {exc}")
+        service_missing(f"PostgreSQL did not start: {exc}")
     try:
         yield server
     finally:

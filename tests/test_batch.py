@@ -36,6 +36,8 @@ from muppet.executor.jobdir import JobDir
 from muppet.messages import JobFinished, JobStarted, KillJob, StartJob
 from muppet.model import ExecutorConfig, Job, JobState, RetryPolicy, Step
 
+from services import service_missing
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ROOT / ".ci" / "services"
 REFERENCE_TIME = datetime(2026, 11, 28, 6, tzinfo=timezone.utc)
@@ -55,12 +57,6 @@ _ids = itertools.count(int(time.time() * 10) % 10**8 * 100)
 
 def new_id() -> int:
     return next(_ids)
-
-
-def _missing(reason: str) -> None:
-    if os.environ.get("MUPPET_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{reason} (MUPPET_REQUIRE_SERVICES=1)", pytrace=False)
-    pytest.skip(reason)
 
 
 def _answers(argv: list[str]) -> str | None:
@@ -85,7 +81,7 @@ def kind(request) -> str:
     name = request.param
     problem = _answers(KINDS[name]["probe"])
     if problem is not None:
-        _missing(f"{name}: {problem}")
+        service_missing(f"{name}: {problem}")
     return name
 
 
@@ -367,7 +363,7 @@ def _controller(kind: str, action: str) -> None:
 
 async def test_controller_down_leaves_the_job_waiting_then_submits(kind, dirs):
     if os.geteuid() != 0:
-        _missing("stopping and starting the batch system's controller needs root")
+        service_missing("stopping and starting the batch system's controller needs root")
     state, out = dirs
     job_id = new_id()
     spec = make_spec(job_id, "echo made it")

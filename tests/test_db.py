@@ -119,7 +119,8 @@ def test_sqlalchemy_spelling_of_an_absolute_path_is_accepted(tmp_path):
 
 
 def test_an_unreachable_database_is_named(tmp_path):
-    missing = tmp_path / "no" / "such" / "dir" / "muppet.db"
+    (tmp_path / "a-file").write_text("")  # a directory that cannot be made
+    missing = tmp_path / "a-file" / "dir" / "muppet.db"
     with pytest.raises(DatabaseUnavailable, match=str(missing)):
         open_store(f"sqlite:///{missing}")
     with socket.socket() as sock:  # a port where nothing listens

@@ -187,7 +187,7 @@ def open_store(url: str, *, busy_timeout: float = 5.0) -> Store:
     """
     try:
         store = Store(url, busy_timeout=busy_timeout)
-    except (sqlite3.OperationalError, psycopg.OperationalError) as exc:
+    except (sqlite3.OperationalError, psycopg.OperationalError, OSError) as exc:
         raise DatabaseUnavailable(f"{_describe(url)}: {exc}") from exc
     try:
         store.migrate()
