@@ -23,26 +23,23 @@ import subprocess
 import sys
 import textwrap
 import time
-from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 import trio
 
-from muppet.executor import task as executor_task
 from muppet.executor.backend import make_backends
 from muppet.executor.jobdir import JobDir
-from muppet.messages import JobFinished, JobStarted, KillJob, StartJob
+from muppet.messages import KillJob, StartJob
 from muppet.model import ExecutorConfig, Job, JobState, RetryPolicy, Step
 
+from executor_harness import SAFETY, make_dirs, running_executor
 from services import service_missing
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ROOT / ".ci" / "services"
 REFERENCE_TIME = datetime(2026, 11, 28, 6, tzinfo=timezone.utc)
-#: seconds; only so that a broken test fails instead of hanging
-SAFETY = 120
 POLL = 0.3
 
 KINDS = {
@@ -100,71 +97,16 @@ def make_spec(job_id: int, command: str, *, predecessor: int | None = None, fail
     return StartJob(job=job, step=step, reference_time=REFERENCE_TIME)
 
 
-class Executor:
-    def __init__(self, send, receive):
-        self.send, self.receive = send, receive
-        self.messages: list = []
-
-    async def next(self):
-        with trio.fail_after(SAFETY):
-            message = await self.receive.receive()
-        self.messages.append(message)
-        return message
-
-    async def until_finished(self, job_id: int) -> tuple[JobStarted | None, JobFinished]:
-        started = None
-        while True:
-            message = await self.next()
-            if message.job_id != job_id:
-                continue
-            if isinstance(message, JobStarted):
-                assert started is None, "two JobStarted for one job"
-                started = message
-            else:
-                assert isinstance(message, JobFinished)
-                return started, message
-
-    async def until_started(self, job_id: int) -> JobStarted:
-        while True:
-            message = await self.next()
-            if isinstance(message, JobFinished) and message.job_id == job_id:
-                raise AssertionError(f"finished before it started: {message}")
-            if isinstance(message, JobStarted) and message.job_id == job_id:
-                return message
-
-    async def run_job(self, spec: StartJob) -> tuple[JobStarted | None, JobFinished]:
-        await self.send.send(spec)
-        return await self.until_finished(spec.job.id)
-
-
-@asynccontextmanager
-async def executor(kind: str, state_dir: Path, output_dir: Path, **options):
+def executor(kind: str, state_dir: Path, output_dir: Path, **options):
     """The executor task; leaving the block cancels it as a daemon's death
     would (the jobs go on running on the cluster)."""
-    to_executor, inbox = trio.open_memory_channel(200)
-    reports, from_executor = trio.open_memory_channel(200)
-    async with trio.open_nursery() as nursery:
-        scope = trio.CancelScope()
-
-        async def runner():
-            with scope:
-                await executor_task.run(
-                    inbox, reports, executors=executors(kind, **options),
-                    state_dir=str(state_dir), output_dir=str(output_dir),
-                )
-
-        nursery.start_soon(runner)
-        yield Executor(to_executor, from_executor)
-        scope.cancel()
+    return running_executor(executors(kind, **options), state_dir, output_dir)
 
 
 @pytest.fixture
 def dirs(tmp_path):
     # /tmp is on this host: the batch jobs (root, same host) reach it
-    state, out = tmp_path / "state", tmp_path / "out"
-    state.mkdir()
-    out.mkdir()
-    return state, out
+    return make_dirs(tmp_path)
 
 
 def jobs_named(kind: str, name: str) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import attrs
 import pytest
 import trio
 
-from muppet.executor import task as executor_task
 from muppet.executor.backend import BACKEND_TYPES, backend_factory, make_backends
 from muppet.executor.jobdir import CLAIMED_EXIT, JobDir, Status, parse_status
 from muppet.executor.local import _is_wrapper, group_members
@@ -29,8 +27,9 @@ from muppet.executor.outputs import (
 from muppet.messages import JobFinished, JobStarted, KillJob, StartJob
 from muppet.model import LOG_TAIL_BYTES, ExecutorConfig, Job, JobState, Step
 
+from executor_harness import SAFETY, make_dirs, running_executor
+
 REFERENCE_TIME = datetime(2026, 11, 28, 6, tzinfo=timezone.utc)
-SAFETY = 60  # seconds; only so that a broken test fails instead of hanging
 EXECUTORS = {"local": ExecutorConfig(name="local", type="local", options={"kill_grace": 5})}
 
 
@@ -43,57 +42,13 @@ def make_spec(job_id: int, command: str, **step_fields) -> StartJob:
     return StartJob(job=job, step=step, reference_time=REFERENCE_TIME)
 
 
-class Executor:
-    def __init__(self, send, receive, cancel_scope):
-        self.send, self.receive, self.cancel_scope = send, receive, cancel_scope
-
-    async def next(self, kind=None):
-        with trio.fail_after(SAFETY):
-            message = await self.receive.receive()
-        if kind is not None:
-            assert isinstance(message, kind), message
-        return message
-
-    async def run_job(self, spec: StartJob) -> tuple[JobStarted | None, JobFinished]:
-        await self.send.send(spec)
-        started = None
-        while True:
-            message = await self.next()
-            if isinstance(message, JobStarted):
-                assert started is None, "two JobStarted for one job"
-                started = message
-            else:
-                assert isinstance(message, JobFinished)
-                return started, message
-
-
-@asynccontextmanager
-async def executor(state_dir: Path, output_dir: Path):
-    """An executor task; leaving the block cancels it as a daemon's death
-    would (the jobs go on running)."""
-    to_executor, executor_inbox = trio.open_memory_channel(100)
-    reports, from_executor = trio.open_memory_channel(100)
-    async with trio.open_nursery() as nursery:
-        scope = trio.CancelScope()
-
-        async def runner():
-            with scope:
-                await executor_task.run(
-                    executor_inbox, reports, executors=EXECUTORS,
-                    state_dir=str(state_dir), output_dir=str(output_dir),
-                )
-
-        nursery.start_soon(runner)
-        yield Executor(to_executor, from_executor, scope)
-        scope.cancel()
+def executor(state_dir: Path, output_dir: Path):
+    return running_executor(EXECUTORS, state_dir, output_dir)
 
 
 @pytest.fixture
 def dirs(tmp_path):
-    state, out = tmp_path / "state", tmp_path / "out"
-    state.mkdir()
-    out.mkdir()
-    return state, out
+    return make_dirs(tmp_path)
 
 
 async def wait_until(predicate, what: str):

@@ -22,7 +22,6 @@ current jobs count for dependencies and for the run's outcome.
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
 from typing import Any, Iterable, Mapping
 
 import attrs
