@@ -32,7 +32,6 @@ from muppet.model import (
     Depends,
     ExecutorConfig,
     Job,
-    JobLog,
     JobState,
     Pipeline,
     RetryPolicy,
