@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import ipaddress
 import json
 import math
 import os
@@ -37,15 +38,21 @@ import attrs
 from croniter import croniter
 
 from .model import (
+    ROLES,
     ApiConfig,
     Config,
     DaemonConfig,
+    DataFormat,
     Depends,
     ExecutorConfig,
+    IndexConfig,
     Pipeline,
+    Product,
     RetryPolicy,
+    ServiceBackend,
     Stakeholder,
     Step,
+    Token,
 )
 
 __all__ = [
@@ -185,6 +192,9 @@ def default_config() -> Config:
         executors=_default_executors(),
         pipelines={},
         stakeholders={},
+        formats=DEFAULT_FORMATS,
+        backends={"local": ServiceBackend("local", "This daemon's output_dir", "file://" + os.path.join(state_dir, "output"))},
+        index=IndexConfig(outputs_backend="local"),
         source="",
     )
 
@@ -409,7 +419,7 @@ def _resolve(base_dir: str, path: str) -> str:
 
 # --- the daemon file ---------------------------------------------------------
 
-_DAEMON_TABLES = ("daemon", "api", "executors", "stakeholders")
+_DAEMON_TABLES = ("daemon", "api", "executors", "stakeholders", "products", "formats", "backends", "index")
 _PIPELINE_TABLES = ("stakeholders", "pipeline", "steps")
 
 
@@ -521,6 +531,205 @@ def _stakeholders(f: _File, data: Mapping[str, Any]) -> list[tuple[Stakeholder, 
     return found
 
 
+# --- the API and its tokens -------------------------------------------------------
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"must be true or false, got {_show(value)}")
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (as in ``[api] listen``) only accepts connections from
+    this machine."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _readable_file(base_dir: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        path = _resolve(base_dir, _string(value))
+        if not os.path.isfile(path):
+            raise _Bad(f"no such file: {path}")
+        if not os.access(path, os.R_OK):
+            raise _Bad(f"cannot read {path}")
+        return path
+
+    return check
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def _tokens(path: str, problems: list[Problem]) -> dict[str, Token]:
+    """The ``[tokens.NAME]`` tables of a tokens file, by secret digest."""
+    data = _read_toml(path, path, problems)
+    if data is None:
+        return {}
+    f = _File(path, problems)
+    f.unknown(data, "", ("tokens",))
+    tokens: dict[str, Token] = {}
+    for name, body in f.table(data, "", "tokens").items():
+        table = f"tokens.{name}"
+        if not isinstance(body, dict):
+            f.problem("tokens", name, f"must be a table [{table}], got {_show(body)}")
+            continue
+        f.unknown(body, table, ("role", "sha256"))
+        role = f.get(body, table, "role", _choice(*ROLES), None, required=True)
+        digest = f.get(body, table, "sha256", _string, None, required=True)
+        if digest is not None and not _SHA256.match(digest.lower()):
+            f.problem(table, "sha256", "must be 64 hexadecimal digits: the SHA-256 of the secret (sha256sum), never the secret itself")
+            continue
+        if role is None or digest is None:
+            continue
+        digest = digest.lower()
+        if digest in tokens:
+            f.problem(table, "sha256", f"the same secret as [tokens.{tokens[digest].name}]")
+            continue
+        tokens[digest] = Token(name, role, digest)
+    return tokens
+
+
+def _api(f: _File, data: Mapping[str, Any], base_dir: str) -> ApiConfig:
+    section = f.table(data, "", "api")
+    f.unknown(section, "api", ("listen", "tokens_file", "open_reads", "tls_cert", "tls_key", "max_message_bytes"))
+    default = ApiConfig()
+    listen = f.get(section, "api", "listen", _listen, default.listen)
+    tokens_file = f.get(section, "api", "tokens_file", _readable_file(base_dir), "")
+    tokens = _tokens(tokens_file, f.problems) if tokens_file else {}
+    tls_cert = f.get(section, "api", "tls_cert", _readable_file(base_dir), "")
+    tls_key = f.get(section, "api", "tls_key", _readable_file(base_dir), "")
+    if bool(tls_cert) != bool(tls_key) and not (("tls_cert" in section) and ("tls_key" in section)):
+        f.problem("api", "tls_key" if tls_cert else "tls_cert", "tls_cert and tls_key go together")
+    api = ApiConfig(
+        listen=listen,
+        tokens_file=tokens_file,
+        tokens=tokens,
+        open_reads=f.get(section, "api", "open_reads", _boolean, False),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        max_message_bytes=f.get(section, "api", "max_message_bytes", _integer(1024, 1 << 30), default.max_message_bytes),
+    )
+    if "tokens_file" not in section and not is_loopback(api.host):
+        f.problem(
+            "api", "listen",
+            f"{_show(listen)} is reachable from other hosts, but without [api] tokens_file anyone "
+            "could write to the index and steer jobs; set tokens_file, or listen on 127.0.0.1",
+        )
+    return api
+
+
+# --- the index: products, formats, service backends ------------------------------
+
+#: the grid and time-step metadata a product may carry (Productstatus's fields)
+PRODUCT_METADATA_KEYS = (
+    "projection", "grid_resolution", "grid_resolution_units", "bounding_box",
+    "time_steps", "time_step_hours",
+)
+_PRODUCT_KEYS = ("name", "contact", "parents", "file_count", "operational", "lifetime_hours") + PRODUCT_METADATA_KEYS
+
+#: formats every daemon knows; [formats.X] may rename them or add more
+DEFAULT_FORMATS = {
+    "netcdf": DataFormat("netcdf", "NetCDF"),
+    "grib": DataFormat("grib", "GRIB"),
+}
+
+
+def _metadata_value(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float, list)):
+        raise _Bad(f"must be a string, a number or a list, got {_show(value)}")
+    return value
+
+
+def _url(value: Any) -> str:
+    value = _string(value)
+    parts = urlsplit(value)
+    if not parts.scheme or (parts.scheme != "file" and not parts.netloc):
+        raise _Bad(f"must be a URL such as \"file:///lustre/a\" or \"https://host/path\", got {_show(value)}")
+    if parts.scheme == "file" and not parts.path.startswith("/"):
+        raise _Bad(f"a file:// URL needs an absolute path, got {_show(value)}")
+    return value.rstrip("/") or value
+
+
+def _named_tables(f: _File, data: Mapping[str, Any], kind: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(slug, table, body) of each well-formed [KIND.SLUG] table."""
+    found = []
+    for slug, body in f.table(data, "", kind).items():
+        table = f"{kind}.{slug}"
+        if not _NAME.match(slug):
+            f.problem(table, "", f"{kind[:-1]} key may only contain {_NAME_RULE}")
+        elif not isinstance(body, dict):
+            f.problem(kind, slug, f"must be a table [{table}], got {_show(body)}")
+        else:
+            found.append((slug, table, body))
+    return found
+
+
+def _index(
+    f: _File, data: Mapping[str, Any], output_dir: str
+) -> tuple[dict[str, Product], dict[str, DataFormat], dict[str, ServiceBackend], IndexConfig]:
+    products: dict[str, Product] = {}
+    for slug, table, body in _named_tables(f, data, "products"):
+        f.unknown(body, table, _PRODUCT_KEYS)
+        metadata = {
+            key: f.get(body, table, key, _metadata_value) for key in PRODUCT_METADATA_KEYS if key in body
+        }
+        products[slug] = Product(
+            slug=slug,
+            name=f.get(body, table, "name", _string, slug, required=True),
+            contact=f.get(body, table, "contact", _string, ""),
+            parents=f.get(body, table, "parents", _string_list(), ()),
+            file_count=f.get(body, table, "file_count", _integer(1, 1_000_000), 1),
+            operational=f.get(body, table, "operational", _boolean, False),
+            lifetime_hours=f.get(body, table, "lifetime_hours", _number(0, exclusive=True), None),
+            metadata=metadata,
+        )
+    for slug, product in products.items():
+        for parent in product.parents:
+            if parent not in products:
+                f.problem(f"products.{slug}", "parents", f"unknown product {_show(parent)}")
+            elif parent == slug:
+                f.problem(f"products.{slug}", "parents", "a product cannot be its own parent")
+
+    formats = dict(DEFAULT_FORMATS)
+    for slug, table, body in _named_tables(f, data, "formats"):
+        f.unknown(body, table, ("name",))
+        formats[slug] = DataFormat(slug, f.get(body, table, "name", _string, slug, required=True))
+
+    backends: dict[str, ServiceBackend] = {}
+    for slug, table, body in _named_tables(f, data, "backends"):
+        f.unknown(body, table, ("name", "url"))
+        backends[slug] = ServiceBackend(
+            slug,
+            f.get(body, table, "name", _string, slug, required=True),
+            f.get(body, table, "url", _url, "", required=True),
+        )
+
+    section = f.table(data, "", "index")
+    f.unknown(section, "index", ("outputs_backend", "expiry_interval", "delete_expired_files"))
+    outputs_backend = f.get(section, "index", "outputs_backend", _string, "")
+    if outputs_backend and outputs_backend not in backends:
+        known = ", ".join(sorted(backends)) or "none"
+        f.problem("index", "outputs_backend", f"unknown backend {_show(outputs_backend)} (declared: {known})")
+    if not outputs_backend:
+        # the daemon's own outputs are always indexed somewhere: by default on
+        # a backend named after what it is, the output directory itself
+        outputs_backend = "local"
+        backends.setdefault("local", ServiceBackend("local", "This daemon's output_dir", "file://" + output_dir))
+    index = IndexConfig(
+        outputs_backend=outputs_backend,
+        expiry_interval=f.get(section, "index", "expiry_interval", _number(0.1), 60.0),
+        delete_expired_files=f.get(section, "index", "delete_expired_files", _boolean, False),
+    )
+    return products, formats, backends, index
+
+
 # --- pipeline files ----------------------------------------------------------
 
 _PIPELINE_KEYS = ("name", "owner", "requires", "produces", "cron", "timezone")
@@ -536,6 +745,7 @@ _STEP_KEYS = (
     "outputs",
     "retry",
     "resources",
+    "product",
 )
 
 
@@ -666,6 +876,7 @@ def _step(f: _File, name: str, body: Mapping[str, Any]) -> Step:
         outputs=_outputs(f, body, table),
         retry=_retry(f, body, table),
         resources=resources,
+        product=f.get(body, table, "product", _name("product"), ""),
     )
 
 
@@ -820,6 +1031,8 @@ class _Loader:
         self.problems: list[Problem] = []
         self.stakeholders: dict[str, tuple[Stakeholder, str]] = {}
         self.loaded: list[_Loaded] = []
+        #: the daemon file's products; None while checking pipeline files alone
+        self.products: Mapping[str, Product] | None = None
 
     def add_stakeholders(self, f: _File, found: list[tuple[Stakeholder, str]]) -> None:
         for stakeholder, display in found:
@@ -871,6 +1084,7 @@ class _Loader:
                     f"unknown stakeholder {_show(p.owner)}; define [stakeholders.{p.owner}] "
                     f"in this file or another (known: {known})",
                 )
+            self._products(f, p)
             for step in p.steps.values():
                 if executors is not None and step.executor not in executors:
                     f.problem(
@@ -881,6 +1095,19 @@ class _Loader:
                 if item.clean:
                     self._destinations(f, p, step, destinations)
         return pipelines
+
+    def _products(self, f: _File, p: Pipeline) -> None:
+        for key in ("requires", "produces"):
+            for slug in getattr(p, key):
+                if self.products is not None and slug not in self.products:
+                    known = ", ".join(sorted(self.products)) or "none"
+                    f.problem("pipeline", key, f"unknown product {_show(slug)}; declare [products.{slug}] in the daemon file (known: {known})")
+        for step in p.steps.values():
+            table = f"steps.{step.name}"
+            if step.product and step.product not in p.produces:
+                f.problem(table, "product", f"{_show(step.product)} is not in the pipeline's produces ({', '.join(p.produces) or 'none'})")
+            elif step.outputs and not step.product and len(p.produces) > 1:
+                f.problem(table, "product", f"the pipeline produces {len(p.produces)} products; say which one this step's outputs are")
 
     def _destinations(self, f: _File, p: Pipeline, step: Step, seen: dict[str, tuple[str, str, int]]) -> None:
         # Two jobs writing one destination would replace each other's file.
@@ -924,9 +1151,7 @@ def _daemon_file(loader: _Loader, path: str, display: str, data: dict[str, Any])
     )
     globs = f.get(section, "daemon", "pipelines", _string_list(), ())
 
-    api_section = f.table(data, "", "api")
-    f.unknown(api_section, "api", ("listen",))
-    api = ApiConfig(listen=f.get(api_section, "api", "listen", _listen, ApiConfig().listen))
+    api = _api(f, data, base_dir)
 
     executors = _executors(f, data)
     loader.add_stakeholders(f, _stakeholders(f, data))
@@ -955,7 +1180,13 @@ def _daemon_file(loader: _Loader, path: str, display: str, data: dict[str, Any])
             files.append(real)
             loader.pipeline_file(full, shown)
 
+    products, formats, backends, index = _index(f, data, output_dir)
+    loader.products = products
     pipelines = loader.cross_check(executors)
+    for key, product in products.items():
+        if product.contact and product.contact not in loader.stakeholders:
+            known = ", ".join(sorted(loader.stakeholders)) or "none"
+            f.problem(f"products.{key}", "contact", f"unknown stakeholder {_show(product.contact)} (known: {known})")
     config = Config(
         daemon=DaemonConfig(
             database=database,
@@ -967,6 +1198,10 @@ def _daemon_file(loader: _Loader, path: str, display: str, data: dict[str, Any])
         executors=executors,
         pipelines=pipelines,
         stakeholders={key: s for key, (s, _) in loader.stakeholders.items()},
+        products=products,
+        formats=formats,
+        backends=backends,
+        index=index,
         source=os.path.abspath(path),
     )
     return config, files

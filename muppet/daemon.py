@@ -3,12 +3,16 @@
 This is the whole flow-based network, drawn once::
 
     cron ──Trigger──────────────┐
-    api ───Trigger, Command─────┤
+    api ───Trigger, Command,────┤
+           IndexWrite           │
+    expiry ─IndexWrite──────────┤
     executor ─JobStarted/Finished┤──> inbox ──> scheduler ──Persist──> database
     database ─Persisted─────────┘                   └──StartJob, KillJob──> executor
-    api ──reads──> its own read connection to the database
+    database ─newest event number──> api (its event hub reads the new events)
+    api ──reads──> its own read connections to the database
 
-No task imports another; each gets only the channel ends it uses.
+No task imports another; each gets only the channel ends it uses. The
+expiry task is a small sixth one: a timer that asks for an index write.
 
 The scheduler's inbox is unbounded on purpose: scheduler -> database ->
 scheduler and scheduler -> executor -> scheduler are cycles, and two bounded
@@ -34,6 +38,8 @@ from .db import task as database_task
 from .db.store import open_store
 from .executor import task as executor_task
 from .executor.jobdir import highest_job_id
+from .index import expiry
+from .messages import DefineIndex
 from .model import Config
 from .scheduler import task as scheduler_task
 from .scheduler.core import Scheduler
@@ -63,6 +69,13 @@ async def serve(config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None
             f"{snapshot.next_job_id - 1}: a new database with an old state_dir? Move "
             f"{config.daemon.state_dir}/jobs away or set another state_dir"
         )
+    # the products, formats and backends of the configuration go into the
+    # index before anything may register files of them
+    await trio.to_thread.run_sync(store.write, [DefineIndex(
+        products=tuple(config.products.values()),
+        formats=tuple(config.formats.values()),
+        backends=tuple(config.backends.values()),
+    )])
     log.info(
         "database %s: %d unfinished runs, %d of their jobs",
         _safe_url(config.daemon.database),
@@ -74,13 +87,16 @@ async def serve(config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None
         config.executors,
         next_run_id=snapshot.next_run_id,
         next_job_id=snapshot.next_job_id,
+        outputs_backend=config.backends.get(config.index.outputs_backend),
     )
     to_inbox, inbox = trio.open_memory_channel(math.inf)
     to_database, database_inbox = trio.open_memory_channel(QUEUE)
     to_executor, executor_inbox = trio.open_memory_channel(QUEUE)
+    # one slot: a newer number supersedes a waiting one (see db/task.py)
+    to_api, committed = trio.open_memory_channel(1)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(database_task.run, store, database_inbox, to_inbox.clone())
+            nursery.start_soon(_database, store, database_inbox, to_inbox.clone(), to_api)
             nursery.start_soon(
                 _executor,
                 executor_inbox,
@@ -91,8 +107,9 @@ async def serve(config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None
                 _scheduler, core, inbox, to_database, to_executor, (snapshot.runs, snapshot.jobs)
             )
             nursery.start_soon(_cron, config, to_inbox.clone(), snapshot.last_cron)
-            port = await nursery.start(api_task.run, config, to_inbox.clone(), config.daemon.database)
-            log.info("API listening on ws://%s:%s", config.api.host, port)
+            nursery.start_soon(expiry.run, config.index, to_inbox.clone())
+            port = await nursery.start(_api, config, to_inbox.clone(), committed)
+            log.info("API listening on %s://%s:%s", config.api.scheme, config.api.host, port)
             task_status.started(port)
     finally:
         with trio.CancelScope(shield=True):
@@ -101,6 +118,14 @@ async def serve(config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None
 
 # Keyword arguments do not pass through nursery.start_soon; these say which
 # channel end goes where.
+async def _database(store, receive, send, committed) -> None:
+    await database_task.run(store, receive, send, committed=committed)
+
+
+async def _api(config: Config, send, committed, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    await api_task.run(config, send, config.daemon.database, committed=committed, task_status=task_status)
+
+
 async def _executor(receive, send, config: Config) -> None:
     await executor_task.run(
         receive,

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from .model import Job, JobLog, Run, Step
+from .model import DataFormat, Job, JobLog, Product, Run, ServiceBackend, Step
 
 
 # --- to the database task ------------------------------------------------------
@@ -31,9 +31,120 @@ class NewRun:
     jobs: tuple[Job, ...]
 
 
+# --- index changes (to the database task, through the scheduler) ---------------
+# Each carries a ``request`` number the scheduler gives it, so that its
+# committed copy (an ``IndexWritten``) finds the requester again.
+
+
+@attrs.frozen
+class NewFile:
+    """One file (a Productstatus DataInstance) to put in the index.
+
+    The instance is the newest version of (product, reference_time), or a new
+    version when that one already holds a file of the same name on the same
+    backend and format (a re-run made it again); ``version`` picks one
+    explicitly. The Data record is the instance's one of the same file name
+    (copies on other backends share it), or ``data_id``'s.
+    """
+
+    product: str
+    reference_time: datetime
+    backend: str
+    format: str
+    url: str
+    size: int
+    hash: str
+    hash_type: str = "sha256"
+    time_begin: datetime | None = None
+    time_end: datetime | None = None
+    variables: tuple[str, ...] = ()
+    expires: datetime | None = None
+    partial: bool = False
+    version: int | None = None
+    data_id: int | None = None
+
+
+@attrs.frozen
+class RegisterFiles:
+    """Index these files, all or none. ``define_formats``: a format not yet
+    known is declared on the way (for step outputs, whose format is found by
+    content and must not fail the job's commit)."""
+
+    files: tuple[NewFile, ...]
+    request: int = 0
+    define_formats: bool = False
+
+
+@attrs.frozen
+class DefineIndex:
+    """Declare (or update) products, formats and service backends."""
+
+    products: tuple[Product, ...] = ()
+    formats: tuple[DataFormat, ...] = ()
+    backends: tuple[ServiceBackend, ...] = ()
+    request: int = 0
+
+
+@attrs.frozen
+class DeleteFiles:
+    """Mark data instances deleted: these ids, or every one whose ``expires``
+    is at or before ``expired_at``."""
+
+    ids: tuple[int, ...] = ()
+    expired_at: datetime | None = None
+    reason: str = ""
+    request: int = 0
+
+
+@attrs.frozen
+class SetTorrent:
+    """Keep a file's BitTorrent info-hash and torrent (base64) beside it."""
+
+    data_instance_id: int
+    info_hash: str
+    torrent: str
+    request: int = 0
+
+
+IndexChange = RegisterFiles | DefineIndex | DeleteFiles | SetTorrent
+
+
+@attrs.frozen
+class CompletedInstance:
+    """An instance that became complete in a write: the first (backend,
+    format) pair reached the product's file_count."""
+
+    instance_id: int
+    product: str
+    reference_time: datetime
+    version: int
+    #: every product with a complete instance for this reference time
+    #: (this one included), for data-driven triggers
+    complete_products: frozenset[str]
+
+
+@attrs.frozen
+class IndexWritten:
+    """The committed copy of an IndexChange: ``result`` is what the API
+    answers (JSON-able), or ``error`` with a JSON-RPC ``code`` when the change
+    was refused and nothing of it written."""
+
+    request: int
+    result: Any = None
+    error: str | None = None
+    code: int = 0
+    completed: tuple[CompletedInstance, ...] = ()
+    #: the file paths of data instances deleted on a file:// backend, for
+    #: [index] delete_expired_files
+    deleted_paths: tuple[str, ...] = ()
+    #: the newest event number once the write committed (its own events are
+    #: at or below it)
+    event_id: int = 0
+
+
 #: what one Persist may carry: a new run (with its jobs), or the new state of an
-#: existing run or job, or a finished job's log tail
-Change = NewRun | Run | Job | JobLog
+#: existing run or job, or a finished job's log tail, or a change to the index
+Change = NewRun | Run | Job | JobLog | IndexChange
 
 
 @attrs.frozen
@@ -55,10 +166,23 @@ class Persist:
 @attrs.frozen
 class Persisted:
     """The committed copies, in the order they were sent; ``rejected`` holds the
-    NewRuns refused as duplicates (nothing of them was written)."""
+    NewRuns refused as duplicates (nothing of them was written). An
+    IndexChange comes back as its IndexWritten."""
 
-    changes: tuple[Change, ...]
+    changes: tuple[Change | IndexWritten, ...]
     rejected: tuple[NewRun, ...] = ()
+    #: the number of the newest event once this batch committed (not part of
+    #: equality: two writes of the same changes are the same commit)
+    last_event_id: int = attrs.field(default=0, eq=False)
+
+
+@attrs.frozen
+class IndexWrite:
+    """A change to the index from the API or the expiry task; the scheduler
+    passes it to the database and sends the IndexWritten as the Reply."""
+
+    change: IndexChange
+    reply: Any = None
 
 
 @attrs.frozen
@@ -94,6 +218,19 @@ class JobFinished:
     ended_at: float
     stdout_tail: str = ""
     stderr_tail: str = ""
+    #: outputs moved into place, for the index
+    outputs: tuple[MovedOutput, ...] = ()
+
+
+@attrs.frozen
+class MovedOutput:
+    """A declared output now at its destination."""
+
+    #: the destination, relative to [daemon] output_dir
+    path: str
+    size: int
+    sha256: str
+    format: str
 
 
 @attrs.frozen

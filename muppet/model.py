@@ -75,6 +75,9 @@ class Step:
     retry: RetryPolicy = RetryPolicy()
     #: executor-specific resources (queue, memory, ...); local ignores them
     resources: Mapping[str, object] = attrs.field(factory=dict, converter=lambda m: dict(m))
+    #: the product its outputs are registered as; "" takes the pipeline's one
+    #: ``produces`` product (none: outputs are moved but not indexed)
+    product: str = ""
 
     def __hash__(self) -> int:  # dict fields are not hashable; the name is enough
         return hash(self.name)
@@ -133,8 +136,39 @@ class DaemonConfig:
 
 
 @attrs.frozen
+class Token:
+    """An API client's credential: the secret itself is never stored, only
+    its SHA-256, so a leaked tokens file grants nothing."""
+
+    name: str
+    role: str  # "read", "write" or "admin"
+    sha256: str
+
+
+#: what each role may call, cumulative: a write token also reads
+ROLES = ("read", "write", "admin")
+
+
+@attrs.frozen
 class ApiConfig:
     listen: str = "127.0.0.1:8765"
+    #: the tokens file, or "" for an open API (then only on loopback)
+    tokens_file: str = ""
+    #: secret digest -> Token, read from ``tokens_file``
+    tokens: Mapping[str, Token] = attrs.field(factory=dict, converter=lambda m: dict(m))
+    #: reads need no token even when a tokens file is set
+    open_reads: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: the largest websocket message the server takes, in bytes
+    max_message_bytes: int = 1024 * 1024
+
+    def __hash__(self) -> int:
+        return hash(self.listen)
+
+    @property
+    def scheme(self) -> str:
+        return "wss" if self.tls_cert else "ws"
 
     @property
     def host(self) -> str:
@@ -143,6 +177,69 @@ class ApiConfig:
     @property
     def port(self) -> int:
         return int(self.listen.rsplit(":", 1)[1])
+
+
+# --- the Productstatus index ------------------------------------------------------
+# The declared kinds of things (products, formats, backends) are configuration;
+# their instances and files live in the database and travel as dicts
+# (muppet/index/).
+
+
+@attrs.frozen
+class Product:
+    """A product as Productstatus had it: what is made, by whom, and how many
+    files make one instance of it complete."""
+
+    slug: str
+    name: str
+    contact: str = ""  # a stakeholder's key
+    parents: tuple[str, ...] = ()  # slugs of the products it is made from
+    file_count: int = 1
+    operational: bool = False
+    #: data instances registered without an explicit expiry expire this many
+    #: hours after registration; None keeps them
+    lifetime_hours: float | None = None
+    #: grid and time-step metadata, free-form (projection, resolution,
+    #: bounding_box, time_steps, time_step_hours, ...)
+    metadata: Mapping[str, object] = attrs.field(factory=dict, converter=lambda m: dict(m))
+
+    def __hash__(self) -> int:
+        return hash(self.slug)
+
+
+@attrs.frozen
+class DataFormat:
+    slug: str
+    name: str
+
+
+@attrs.frozen
+class ServiceBackend:
+    """Where copies of files live; ``url`` is the base of their URLs
+    (``file:///lustre/a``, ``https://thredds.example/thredds/fileServer``)."""
+
+    slug: str
+    name: str
+    url: str
+
+    @property
+    def local_root(self) -> str | None:
+        """The directory of a ``file://`` backend, None for any other."""
+        if self.url.startswith("file://"):
+            return "/" + self.url[len("file://"):].lstrip("/")
+        return None
+
+
+@attrs.frozen
+class IndexConfig:
+    #: the service backend the daemon's own step outputs are registered on;
+    #: "" is the implicit backend "local" at ``[daemon] output_dir``
+    outputs_backend: str = ""
+    #: seconds between expiry passes
+    expiry_interval: float = 60.0
+    #: also remove the file of an expired data instance when its backend is
+    #: a file:// directory on this host
+    delete_expired_files: bool = False
 
 
 @attrs.frozen
@@ -154,6 +251,10 @@ class Config:
     executors: Mapping[str, ExecutorConfig]
     pipelines: Mapping[str, Pipeline]
     stakeholders: Mapping[str, Stakeholder]
+    products: Mapping[str, Product] = attrs.field(factory=dict, converter=lambda m: dict(m))
+    formats: Mapping[str, DataFormat] = attrs.field(factory=dict, converter=lambda m: dict(m))
+    backends: Mapping[str, ServiceBackend] = attrs.field(factory=dict, converter=lambda m: dict(m))
+    index: IndexConfig = IndexConfig()
     #: the daemon's configuration file
     source: str = ""
 

@@ -61,9 +61,16 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+#: the product GOOD_PIPELINE produces, declared as a daemon file must
+EXAMPLE_PRODUCT = '[products.example-product]\nname = "Example"\n'
+
+
 def setup(tmp_path: Path, pipeline: str | None = None, daemon: str = "", **more: str) -> Path:
     """A daemon file listing pipelines/*.toml, with one pipeline file and more."""
-    conf = write(tmp_path / "muppet.toml", '[daemon]\npipelines = ["pipelines/*.toml"]\n' + textwrap.dedent(daemon))
+    daemon = textwrap.dedent(daemon)
+    if "[products." not in daemon:
+        daemon += EXAMPLE_PRODUCT
+    conf = write(tmp_path / "muppet.toml", '[daemon]\npipelines = ["pipelines/*.toml"]\n' + daemon)
     if pipeline is not None:
         write(tmp_path / "pipelines" / "p.toml", pipeline)
     for name, text in more.items():
@@ -192,7 +199,7 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
         output_dir = "../out"
         database = "sqlite:///db/muppet.db"
         pipelines = ["pipelines/*.toml"]
-        """,
+        """ + EXAMPLE_PRODUCT,
     )
     write(tmp_path / "etc" / "pipelines" / "p.toml", GOOD_PIPELINE)
     monkeypatch.chdir(tmp_path / "etc" / "pipelines")  # the working directory must not matter

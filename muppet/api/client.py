@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import errno
 import itertools
+import json
 import logging
 import math
+import ssl
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Mapping, Sequence
 
@@ -54,6 +56,49 @@ class Client:
         self._ids = itertools.count(1)
         self._waiting: dict[Any, _Waiter] = {}
         self._lost: str | None = None
+        # subscription id -> where its events go; events that arrive before
+        # subscribe() has its id wait in _early
+        self._subscriptions: dict[int, trio.MemorySendChannel] = {}
+        self._early: dict[int, list[list[dict[str, Any]]]] = {}
+
+    async def subscribe(
+        self,
+        since: int | None = None,
+        kinds: Sequence[str] | None = None,
+        products: Sequence[str] | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Events from ``since`` on (or only new ones), in order, as an async
+        iterator of event dicts (``id``, ``at``, ``kind``, ``product``,
+        ``subject_id``, ``data``). Ends with ``ConnectionLost`` (naming the
+        server's reason, such as a slow subscriber's resume number) when the
+        connection closes."""
+        result = await self.call("events.subscribe", {"since": since, "kinds": kinds, "products": products})
+        subscription = result["subscription"]
+        send, receive = trio.open_memory_channel(math.inf)
+        self._subscriptions[subscription] = send
+        for batch in self._early.pop(subscription, []):
+            send.send_nowait(batch)
+        if self._lost is not None:
+            send.close()
+        return self._events(receive)
+
+    async def _events(self, receive: trio.MemoryReceiveChannel) -> AsyncIterator[dict[str, Any]]:
+        async for batch in receive:
+            for event in batch:
+                yield event
+        raise ConnectionLost(self._lost or f"connection to {self.url} closed")
+
+    def _notification(self, data: dict[str, Any]) -> None:
+        if data.get("method") != "events":
+            log.debug("ignoring notification %r from %s", data.get("method"), self.url)
+            return
+        params = data.get("params") or {}
+        subscription, events = params.get("subscription"), params.get("events", [])
+        send = self._subscriptions.get(subscription)
+        if send is None:
+            self._early.setdefault(subscription, []).append(events)
+        else:
+            send.send_nowait(events)
 
     async def call(
         self, method: str, params: Mapping[str, Any] | Sequence[Any] | None = None
@@ -93,6 +138,14 @@ class Client:
         try:
             while True:
                 message = await self._ws.get_message()
+                if '"method"' in message[:200]:
+                    try:
+                        data = json.loads(message)
+                    except ValueError:
+                        data = None
+                    if isinstance(data, dict) and "method" in data and "id" not in data:
+                        self._notification(data)
+                        continue
                 try:
                     responses = protocol.parse_responses(message)
                 except ValueError as exc:
@@ -116,6 +169,8 @@ class Client:
                 self._lost = f"connection to {self.url} closed"
             for waiter in self._waiting.values():
                 waiter.done.set()
+            for send in self._subscriptions.values():
+                send.close()
 
 
 def _key(request_id: Any) -> Any:
@@ -158,9 +213,24 @@ def _why(exc: BaseException, timeout: float) -> str:
     return str(cause) or type(cause).__name__
 
 
+#: the largest message the client takes: a page of files or a batch of
+#: events is far larger than a request
+MAX_MESSAGE = 256 * 1024 * 1024
+
+
 @asynccontextmanager
-async def connect(url: str = DEFAULT_URL, *, connect_timeout: float = 10.0) -> AsyncIterator[Client]:
-    """Open a connection to the API at ``url`` (``ws://HOST:PORT``).
+async def connect(
+    url: str = DEFAULT_URL,
+    *,
+    token: str | None = None,
+    connect_timeout: float = 10.0,
+) -> AsyncIterator[Client]:
+    """Open a connection to the API at ``url`` (``ws://HOST:PORT``, or
+    ``wss://`` with TLS: the server's certificate is checked against the
+    system's CAs, or the file in $SSL_CERT_FILE).
+
+    ``token`` is the secret of an API token, sent as ``Authorization: Bearer``
+    in the handshake.
 
     Raises ``DaemonUnreachable`` ("cannot reach the MUPPET daemon at URL:
     connection refused") when no connection can be made, ``ValueError`` for a
@@ -172,7 +242,12 @@ async def connect(url: str = DEFAULT_URL, *, connect_timeout: float = 10.0) -> A
     opened = False
     ws = None
     try:
-        async with trio_websocket.open_websocket_url(url, connect_timeout=connect_timeout) as ws:
+        headers = [(b"Authorization", f"Bearer {token}".encode())] if token else None
+        ssl_context = ssl.create_default_context() if url.startswith("wss://") else None
+        async with trio_websocket.open_websocket_url(
+            url, ssl_context, extra_headers=headers, connect_timeout=connect_timeout,
+            max_message_size=MAX_MESSAGE,
+        ) as ws:
             opened = True
             client = Client(ws, url)
             try:

@@ -38,6 +38,7 @@ INTERNAL_ERROR = -32603
 # MUPPET's own take the top of that range.
 # NOT_FOUND and CONFLICT come from the scheduler's replies (messages.py)
 UNAVAILABLE = -32003  # the scheduler did not answer in time, or is gone
+UNAUTHORIZED = -32004  # no token, a wrong one, or one whose role is too low
 
 ERROR_NAMES = {
     PARSE_ERROR: "parse error",
@@ -48,6 +49,7 @@ ERROR_NAMES = {
     NOT_FOUND: "not found",
     CONFLICT: "conflict",
     UNAVAILABLE: "unavailable",
+    UNAUTHORIZED: "unauthorized",
 }
 
 
@@ -154,11 +156,16 @@ class Param:
 
 @attrs.frozen
 class MethodSpec:
-    """A method's name and its declared params, in positional order."""
+    """A method's name and its declared params, in positional order.
+
+    ``role`` is the least token role that may call it (model.ROLES), once
+    ``[api] tokens_file`` is set.
+    """
 
     name: str
     params: tuple[Param, ...] = ()
     doc: str = ""
+    role: str = "read"
 
     def bind(self, params: Any) -> dict[str, Any]:
         """The params as a dict with every declared name (defaults filled in).
@@ -220,6 +227,12 @@ def method_table(specs: Iterable[MethodSpec]) -> dict[str, MethodSpec]:
 
 
 _JOB_ID = Param("job_id", "integer", required=True, minimum=1, doc="the job's id")
+_PRODUCT = Param("product", "string", required=True, doc="a product's slug")
+_CURSOR = Param("cursor", "string", nullable=True, doc="from the previous page's next")
+_LIMIT = Param("limit", "integer", default=100, minimum=1, maximum=1000)
+_INSTANCE_ID = Param("instance_id", "integer", required=True, minimum=1)
+#: kinds of events in the log
+EVENT_KINDS = ("run", "job", "product", "format", "backend", "instance", "file")
 _RUN_STATES = ("running", "succeeded", "failed")
 _JOB_STATES = ("waiting", "held", "submitted", "running", "succeeded", "failed", "killed", "skipped")
 
@@ -251,10 +264,81 @@ METHODS: dict[str, MethodSpec] = method_table([
         _JOB_ID,
         Param("stream", "string", default="stdout", choices=("stdout", "stderr")),
     ), "the kept tail of a job's stdout or stderr"),
-    MethodSpec("jobs.hold", (_JOB_ID,), "keep a waiting job from starting"),
-    MethodSpec("jobs.release", (_JOB_ID,), "let a held job start again"),
-    MethodSpec("jobs.kill", (_JOB_ID,), "kill a running job, or cancel a waiting one"),
-    MethodSpec("jobs.rerun", (_JOB_ID,), "run an ended job's slot again, as a new job"),
+    MethodSpec("jobs.hold", (_JOB_ID,), "keep a waiting job from starting", "write"),
+    MethodSpec("jobs.release", (_JOB_ID,), "let a held job start again", "write"),
+    MethodSpec("jobs.kill", (_JOB_ID,), "kill a running job, or cancel a waiting one", "write"),
+    MethodSpec("jobs.rerun", (_JOB_ID,), "run an ended job's slot again, as a new job", "write"),
+    MethodSpec("daemon.echo", (Param("data", "string", default=""),),
+               "answers its data: the API's ceiling, for benchmarks"),
+    # --- the index
+    MethodSpec("products.list", (_CURSOR, _LIMIT), "products by slug, a page"),
+    MethodSpec("products.get", (_PRODUCT,), "one product"),
+    MethodSpec("products.define", (Param("product", "object", required=True),),
+               "declare or change a product", "admin"),
+    MethodSpec("formats.list", (), "every data format"),
+    MethodSpec("formats.define", (Param("format", "object", required=True),),
+               "declare or rename a data format", "admin"),
+    MethodSpec("backends.list", (), "every service backend"),
+    MethodSpec("backends.define", (Param("backend", "object", required=True),),
+               "declare or change a service backend", "admin"),
+    MethodSpec("instances.latest", (
+        _PRODUCT,
+        Param("complete", "boolean", default=False),
+        Param("backend", "string", nullable=True),
+        Param("format", "string", nullable=True),
+    ), "the newest instance of a product, optionally the newest complete one"),
+    MethodSpec("instances.list", (
+        _PRODUCT,
+        Param("begin", "string", nullable=True, doc="reference times from (ISO 8601)"),
+        Param("end", "string", nullable=True, doc="reference times before (ISO 8601)"),
+        _CURSOR, _LIMIT,
+    ), "instances of a product in a window of reference times, newest first"),
+    MethodSpec("instances.get", (_INSTANCE_ID,), "one instance"),
+    MethodSpec("instances.completeness", (_INSTANCE_ID,),
+               "files present per backend and format against the product's file_count"),
+    MethodSpec("files.list", (
+        Param("instance_id", "integer", nullable=True, minimum=1),
+        Param("product", "string", nullable=True),
+        Param("reference_time", "string", nullable=True),
+        Param("version", "integer", nullable=True, minimum=1),
+        Param("backend", "string", nullable=True),
+        Param("format", "string", nullable=True),
+        Param("include_deleted", "boolean", default=False),
+        _CURSOR, _LIMIT,
+    ), "the files (data instances) of an instance, by backend and format"),
+    MethodSpec("files.get", (
+        Param("file_id", "integer", required=True, minimum=1),
+        Param("torrent", "boolean", default=False),
+    ), "one file, optionally with its torrent"),
+    MethodSpec("files.copies", (Param("data_id", "integer", required=True, minimum=1),),
+               "every present copy of one file, on every backend"),
+    MethodSpec("files.expiring", (
+        Param("before", "string", required=True), _CURSOR, _LIMIT,
+    ), "present files that expire before a time"),
+    MethodSpec("files.register", (Param("files", "array", required=True),),
+               "index files (all or none), making instances and data as needed", "write"),
+    MethodSpec("files.delete", (
+        Param("ids", "array", required=True), Param("reason", "string", default=""),
+    ), "mark files deleted", "write"),
+    MethodSpec("files.set_torrent", (
+        Param("file_id", "integer", required=True, minimum=1),
+        Param("info_hash", "string", required=True),
+        Param("torrent", "string", required=True, doc="base64 of the bencoded torrent"),
+    ), "keep a file's torrent beside it", "write"),
+    MethodSpec("events.list", (
+        Param("since", "integer", default=0, minimum=0),
+        Param("kinds", "array", nullable=True),
+        Param("products", "array", nullable=True),
+        Param("limit", "integer", default=1000, minimum=1, maximum=10000),
+    ), "events numbered above since, oldest first"),
+    MethodSpec("events.subscribe", (
+        Param("since", "integer", nullable=True, minimum=0,
+              doc="replay from above this number; default: only new events"),
+        Param("kinds", "array", nullable=True),
+        Param("products", "array", nullable=True),
+    ), "stream events as 'events' notifications, from since on, in order"),
+    MethodSpec("events.unsubscribe", (Param("subscription", "integer", required=True, minimum=1),),
+               "stop a subscription"),
 ])
 
 
@@ -390,9 +474,17 @@ def parse_message(
 # --- outgoing ------------------------------------------------------------------------
 
 
+class Raw(str):
+    """A result that is JSON text already (a cached answer): spliced into the
+    reply as it is, not encoded again."""
+
+
 def encode(reply: dict[str, Any]) -> str:
     """One reply as JSON text; a result that is not JSON-able becomes a -32603
     for the same id rather than an exception out of the server."""
+    result = reply.get("result")
+    if isinstance(result, Raw):
+        return '{"jsonrpc":"2.0","result":' + result + ',"id":' + json.dumps(reply["id"]) + "}"
     try:
         return json.dumps(reply, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError) as exc:

@@ -1,28 +1,34 @@
 """The API task: a websocket server speaking JSON-RPC 2.0 (see protocol.py).
 
-Reads (runs, jobs, logs) go to the server's own read Store; commands (trigger,
-hold, release, kill, rerun) go to the scheduler as messages and wait for its
-Reply. The method names, their params and their errors are documented in
-docs/api.md.
+Reads (runs, jobs, logs, the index) go to the server's own read Stores;
+commands (trigger, hold, release, kill, rerun) and index writes go to the
+scheduler as messages and wait for its Reply. The event hub follows the event
+log for subscriptions and keeps the cache of hot answers current. The method
+names, their params, their roles and their errors are documented in
+docs/api.md; the index methods live in index.py.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import logging
+import ssl
 import time
 from datetime import datetime, timezone
 from functools import partial
 from typing import Any, Awaitable, Callable, Mapping
 
-import attrs
 import trio
 import trio_websocket
 
 from .. import codec, messages, model
 from ..db.store import open_store
+from ..index import queries
+from ..index.events import EventHub
+from . import index as index_methods
 from . import protocol
-from .protocol import CONFLICT, INTERNAL_ERROR, INVALID_PARAMS, NOT_FOUND, UNAVAILABLE, RpcError
+from .context import Connection, Context, ReadPool
+from .protocol import CONFLICT, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, NOT_FOUND, RpcError
 
 log = logging.getLogger("muppet.api")
 
@@ -40,55 +46,22 @@ def _version() -> str:
         return "unknown"
 
 
-@attrs.define
-class _Context:
-    """What the handlers share: the configuration, the scheduler's inbox, the
-    read store and the one thread that may use it."""
-
-    config: model.Config
-    scheduler: trio.MemorySendChannel
-    store: Any
-    limiter: trio.CapacityLimiter
-    started_at: float
-    reply_timeout: float
-
-    async def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        # A Store is synchronous and used by one thread at a time; the limiter
-        # queues readers instead of letting two threads share a connection.
-        return await trio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self.limiter)
-
-    async def ask(self, make: Callable[[Any], Any]) -> Any:
-        """Send ``make(reply_channel)`` to the scheduler and relay its Reply."""
-        send, receive = trio.open_memory_channel(1)
-        with trio.move_on_after(self.reply_timeout):
-            try:
-                await self.scheduler.send(make(send))
-                reply = await receive.receive()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
-                raise RpcError(UNAVAILABLE, "unavailable: the scheduler is not running") from None
-            if not isinstance(reply, messages.Reply):
-                raise RpcError(INTERNAL_ERROR, f"internal error: scheduler replied {reply!r}")
-            if reply.error is not None:
-                raise RpcError(reply.code or INTERNAL_ERROR, reply.error)
-            return reply.result
-        raise RpcError(
-            UNAVAILABLE,
-            f"unavailable: the scheduler did not answer within {self.reply_timeout:g} s",
-        )
-
-
-Handler = Callable[[_Context, Mapping[str, Any]], Awaitable[Any]]
+Handler = Callable[[Context, Mapping[str, Any], Connection], Awaitable[Any]]
 
 
 # --- handlers: one per method of protocol.METHODS --------------------------------
 
 
-async def _daemon_status(ctx: _Context, params: Mapping[str, Any]) -> Any:
+async def _daemon_status(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
     return {
         "version": _version(),
         "pipelines": sorted(ctx.config.pipelines),
         "started_at": codec.format_time(ctx.started_at),
     }
+
+
+async def _daemon_echo(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
+    return params["data"]
 
 
 def _pipeline_to_dict(pipeline: model.Pipeline) -> dict[str, Any]:
@@ -106,11 +79,11 @@ def _pipeline_to_dict(pipeline: model.Pipeline) -> dict[str, Any]:
     }
 
 
-async def _pipelines_list(ctx: _Context, params: Mapping[str, Any]) -> Any:
+async def _pipelines_list(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
     return [_pipeline_to_dict(ctx.config.pipelines[name]) for name in sorted(ctx.config.pipelines)]
 
 
-async def _runs_trigger(ctx: _Context, params: Mapping[str, Any]) -> Any:
+async def _runs_trigger(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
     name = params["pipeline"]
     if name not in ctx.config.pipelines:
         raise RpcError(NOT_FOUND, f"unknown pipeline {name!r}", {"pipeline": name})
@@ -128,7 +101,7 @@ async def _runs_trigger(ctx: _Context, params: Mapping[str, Any]) -> Any:
         name, reference_time, cause=model.RunCause.MANUAL.value, reply=reply))
 
 
-async def _runs_list(ctx: _Context, params: Mapping[str, Any]) -> Any:
+async def _runs_list(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
     runs = await ctx.read(
         ctx.store.list_runs,
         pipeline=params["pipeline"],
@@ -139,7 +112,7 @@ async def _runs_list(ctx: _Context, params: Mapping[str, Any]) -> Any:
     return [codec.run_to_dict(r) for r in runs]
 
 
-async def _runs_get(ctx: _Context, params: Mapping[str, Any]) -> Any:
+async def _runs_get(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
     found = await ctx.read(ctx.store.run_with_jobs, params["run_id"])
     if found is None:
         raise RpcError(NOT_FOUND, f"unknown run {params['run_id']}", {"run_id": params["run_id"]})
@@ -147,25 +120,25 @@ async def _runs_get(ctx: _Context, params: Mapping[str, Any]) -> Any:
     return {**codec.run_to_dict(run), "jobs": [codec.job_to_dict(j) for j in jobs]}
 
 
-async def _jobs_list(ctx: _Context, params: Mapping[str, Any]) -> Any:
+async def _jobs_list(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
     jobs = await ctx.read(
         ctx.store.list_jobs, run_id=params["run_id"], state=params["state"], limit=params["limit"]
     )
     return [codec.job_to_dict(j) for j in jobs]
 
 
-async def _load_job(ctx: _Context, job_id: int) -> model.Job:
+async def _load_job(ctx: Context, job_id: int) -> model.Job:
     job = await ctx.read(ctx.store.get_job, job_id)
     if job is None:
         raise RpcError(NOT_FOUND, f"unknown job {job_id}", {"job_id": job_id})
     return job
 
 
-async def _jobs_get(ctx: _Context, params: Mapping[str, Any]) -> Any:
+async def _jobs_get(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
     return codec.job_to_dict(await _load_job(ctx, params["job_id"]))
 
 
-async def _jobs_logs(ctx: _Context, params: Mapping[str, Any]) -> Any:
+async def _jobs_logs(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
     job = await _load_job(ctx, params["job_id"])
     job_log = await ctx.read(ctx.store.get_job_log, job.id)
     stream = params["stream"]
@@ -175,7 +148,7 @@ async def _jobs_logs(ctx: _Context, params: Mapping[str, Any]) -> Any:
 
 
 def _command(action: str) -> Handler:
-    async def handle(ctx: _Context, params: Mapping[str, Any]) -> Any:
+    async def handle(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
         job = await _load_job(ctx, params["job_id"])
         run, jobs = None, ()
         if action == "rerun":
@@ -206,6 +179,8 @@ HANDLERS: dict[str, Handler] = {
     "jobs.release": _command("release"),
     "jobs.kill": _command("kill"),
     "jobs.rerun": _command("rerun"),
+    "daemon.echo": _daemon_echo,
+    **index_methods.HANDLERS,
 }
 
 if HANDLERS.keys() != protocol.METHODS.keys():  # a method declared without handler, or the reverse
@@ -217,9 +192,10 @@ if HANDLERS.keys() != protocol.METHODS.keys():  # a method declared without hand
 # --- the connection loop ------------------------------------------------------------
 
 
-async def _answer(ctx: _Context, call: protocol.Call) -> dict[str, Any] | None:
+async def _answer(ctx: Context, conn: Connection, call: protocol.Call) -> dict[str, Any] | None:
     try:
-        result = await HANDLERS[call.method](ctx, call.params)
+        ctx.authorize(conn, protocol.METHODS[call.method])
+        result = await HANDLERS[call.method](ctx, call.params, conn)
         reply = protocol.result_reply(call.id, result)
     except RpcError as error:
         reply = protocol.error_reply(call.id, error)
@@ -232,20 +208,54 @@ async def _answer(ctx: _Context, call: protocol.Call) -> dict[str, Any] | None:
     return None if call.notification else reply
 
 
-async def _handle_message(
-    ctx: _Context, ws: trio_websocket.WebSocketConnection, message: str | bytes,
-    slot: trio.Semaphore,
-) -> None:
+def _fast(ctx: Context, conn: Connection, call: protocol.Call) -> dict[str, Any] | None:
+    """The reply of a call answered from the cache without a task, or None."""
+    text = index_methods.cached_answer(ctx, call.method, call.params)
+    if text is None:
+        return None
     try:
+        ctx.authorize(conn, protocol.METHODS[call.method])
+    except RpcError:
+        return None  # the slow path answers with the error
+    return protocol.result_reply(call.id, protocol.Raw(text))
+
+
+def _too_big(ctx: Context, message: str | bytes) -> str | None:
+    limit = ctx.config.api.max_message_bytes
+    size = len(message.encode() if isinstance(message, str) and len(message) * 4 > limit else message)
+    if size <= limit:
+        return None
+    return protocol.encode(protocol.error_reply(None, RpcError(
+        INVALID_REQUEST,
+        f"invalid request: the message has {size} bytes, more than [api] max_message_bytes = {limit}",
+    )))
+
+
+async def _handle_message(
+    ctx: Context, conn: Connection, message: str | bytes, slot: trio.Semaphore,
+) -> None:
+    ws = conn.ws
+    try:
+        refusal = _too_big(ctx, message)
+        if refusal is not None:
+            await ws.send_message(refusal)
+            return
         incoming = protocol.parse_message(message, protocol.METHODS)
         replies: list[dict[str, Any] | None] = [
             None if isinstance(e, protocol.Call) else e.reply for e in incoming.entries
         ]
 
         async def run_one(i: int, call: protocol.Call) -> None:
-            replies[i] = await _answer(ctx, call)
+            replies[i] = await _answer(ctx, conn, call)
 
-        calls = [(i, e) for i, e in enumerate(incoming.entries) if isinstance(e, protocol.Call)]
+        calls = []
+        for i, entry in enumerate(incoming.entries):
+            if isinstance(entry, protocol.Call):
+                fast = None if entry.notification else _fast(ctx, conn, entry)
+                if fast is not None:
+                    replies[i] = fast
+                else:
+                    calls.append((i, entry))
         if len(calls) == 1:
             await run_one(*calls[0])
         elif calls:
@@ -262,23 +272,27 @@ async def _handle_message(
     except Exception:
         log.exception("API: answering a message failed")
     finally:
+        for replied in conn.replied:
+            replied.set()
+        conn.replied.clear()
         slot.release()
 
 
-async def _serve_connection(ctx: _Context, request: trio_websocket.WebSocketRequest) -> None:
+async def _serve_connection(ctx: Context, request: trio_websocket.WebSocketRequest) -> None:
     # trio-websocket: a handler that raises takes the whole serve_websocket down
     # (shared NOTES), so this is the error boundary of one connection.
     try:
         ws = await request.accept()
         slot = trio.Semaphore(IN_FLIGHT_PER_CONNECTION)
         async with trio.open_nursery() as nursery:
+            conn = Connection.authenticate(ws, nursery, request.headers, ctx.config)
             try:
                 while True:
                     message = await ws.get_message()
                     await slot.acquire()
                     # Each message gets its own task, so a command waiting for
                     # the scheduler does not hold up the reads behind it.
-                    nursery.start_soon(_handle_message, ctx, ws, message, slot)
+                    nursery.start_soon(_handle_message, ctx, conn, message, slot)
             except trio_websocket.ConnectionClosed:
                 pass
             # Closed: nobody is left to read the answers still being worked on.
@@ -289,54 +303,95 @@ async def _serve_connection(ctx: _Context, request: trio_websocket.WebSocketRequ
         log.exception("API: connection handler failed")
 
 
+#: read Stores the index queries share
+READERS = 4
+
+
+def _ssl_context(api: model.ApiConfig) -> ssl.SSLContext | None:
+    if not api.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(api.tls_cert, api.tls_key)
+    return context
+
+
 async def run(
     config: model.Config,
     scheduler: trio.MemorySendChannel,
     store_url: str,
     *,
+    committed: trio.MemoryReceiveChannel | None = None,
     reply_timeout: float = REPLY_TIMEOUT,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The API task: serve JSON-RPC 2.0 over websocket on ``config.api.listen``.
+    """The API task: serve JSON-RPC 2.0 over websocket on ``config.api.listen``
+    (wss:// with ``tls_cert`` and ``tls_key``).
 
-    Receives: nothing from channels; requests from websocket clients.
-    Sends: ``messages.Trigger`` and ``messages.Command`` to ``scheduler``, each
-    with the send end of a fresh one-slot channel on which it waits (at most
-    ``reply_timeout`` seconds, then -32003) for a ``messages.Reply``.
-    Reads runs, jobs and logs through its own Store opened on ``store_url``
-    (one worker thread at a time).
+    Receives: on ``committed``, the newest event number after each commit of
+    the database task (without it, the event hub looks every few seconds);
+    requests from websocket clients.
+    Sends: ``messages.Trigger``, ``messages.Command`` and
+    ``messages.IndexWrite`` to ``scheduler``, each with the send end of a
+    fresh one-slot channel on which it waits (at most ``reply_timeout``
+    seconds, then -32003) for a ``messages.Reply``. Reads through its own
+    Stores opened on ``store_url``; ``events`` notifications to subscribers.
 
     Calls ``task_status.started(port)`` once listening, with the bound port
     (the one the kernel chose when the configured port is 0).
 
     On cancellation: open connections and the calls in them are cancelled
     (a call waiting for the scheduler stops waiting; what was already sent to
-    the scheduler still happens), the listener closes, the Store is closed.
-    Runs until cancelled; raises only when it cannot open the Store or bind.
+    the scheduler still happens), the listener closes, the Stores are closed.
+    Runs until cancelled; raises only when it cannot open the Stores or bind.
     """
     store = await trio.to_thread.run_sync(open_store, store_url)
+    readers = ReadPool([store])
     try:
-        ctx = _Context(
+        for _ in range(READERS - 1):
+            readers.all.append(await trio.to_thread.run_sync(open_store, store_url))
+        readers = ReadPool(readers.all)
+        hub_store = await trio.to_thread.run_sync(open_store, store_url)
+        readers.all.append(hub_store)  # closed with the others
+
+        async def read_events(after: int, limit: int) -> list[dict[str, Any]]:
+            return await trio.to_thread.run_sync(partial(queries.events_since, hub_store, after, limit=limit))
+
+        start = await trio.to_thread.run_sync(hub_store.last_event_id)
+        hub = EventHub(read_events, start)
+        ctx = Context(
             config=config,
             scheduler=scheduler,
             store=store,
             limiter=trio.CapacityLimiter(1),
             started_at=time.time(),
             reply_timeout=reply_timeout,
+            readers=readers,
+            hub=hub,
         )
+        if committed is None:
+            _never, committed = trio.open_memory_channel(0)
+            poll = 1.0
+        else:
+            poll = 5.0
+        # trio-websocket closes a connection whose message exceeds its own
+        # limit (1009, message too big); up to twice the configured limit, the
+        # client gets a JSON-RPC error naming the limit instead
+        ws_limit = 2 * config.api.max_message_bytes + 65536
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(hub.run, committed, poll=poll))
             server = await nursery.start(partial(
                 trio_websocket.serve_websocket,
                 partial(_serve_connection, ctx),
                 config.api.host,
                 config.api.port,
-                ssl_context=None,
+                ssl_context=_ssl_context(config.api),
+                max_message_size=ws_limit,
             ))
             port = server.listeners[0].port
             log.debug("API listening on %s", ", ".join(
-                f"ws://{l.address}:{l.port}" if isinstance(l, trio_websocket.Endpoint) else str(l)
+                f"{config.api.scheme}://{l.address}:{l.port}" if isinstance(l, trio_websocket.Endpoint) else str(l)
                 for l in server.listeners))
             task_status.started(port)
     finally:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(store.close)
+            await trio.to_thread.run_sync(readers.close)

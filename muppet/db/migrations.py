@@ -84,6 +84,90 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         )
         """,
     ),
+    (
+        2,
+        """
+        -- The Productstatus index. Products, formats and backends are keyed by
+        -- their slugs; times of the index ("reference_time", "time_begin",
+        -- "time_end", "expires") are 'YYYY-MM-DDTHH:MM:SSZ' like runs', so
+        -- text order is time order.
+        CREATE TABLE products (
+            slug TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            contact TEXT NOT NULL,
+            parents TEXT NOT NULL,      -- JSON array of slugs
+            file_count INTEGER NOT NULL,
+            operational INTEGER NOT NULL,
+            lifetime_hours REAL,
+            metadata TEXT NOT NULL,     -- JSON object: grid and time steps
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE formats (
+            slug TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE backends (
+            slug TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            url TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE instances (
+            id INTEGER PRIMARY KEY,
+            product TEXT NOT NULL REFERENCES products (slug),
+            reference_time TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            -- set once, when the first (backend, format) pair holds file_count
+            -- files: a data-driven trigger fires once per instance version
+            completed_at REAL,
+            UNIQUE (product, reference_time, version)
+        );
+        CREATE INDEX instances_completed ON instances (product, completed_at);
+        CREATE TABLE data (
+            id INTEGER PRIMARY KEY,
+            instance_id INTEGER NOT NULL REFERENCES instances (id),
+            -- the file name: copies of one file on other backends share it
+            name TEXT NOT NULL,
+            time_begin TEXT,
+            time_end TEXT,
+            variables TEXT NOT NULL,    -- JSON array
+            created_at REAL NOT NULL,
+            UNIQUE (instance_id, name)
+        );
+        CREATE TABLE data_instances (
+            id INTEGER PRIMARY KEY,
+            data_id INTEGER NOT NULL REFERENCES data (id),
+            -- the instance again, so that "files of instance I on backend B"
+            -- is one index lookup without a join
+            instance_id INTEGER NOT NULL REFERENCES instances (id),
+            url TEXT NOT NULL,
+            format TEXT NOT NULL REFERENCES formats (slug),
+            backend TEXT NOT NULL REFERENCES backends (slug),
+            size INTEGER NOT NULL,
+            hash_type TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            expires TEXT,
+            deleted INTEGER NOT NULL,
+            partial INTEGER NOT NULL,
+            -- BitTorrent: the v1 info-hash and the bencoded torrent (base64)
+            info_hash TEXT,
+            torrent TEXT,
+            created_at REAL NOT NULL,
+            deleted_at REAL
+        );
+        CREATE INDEX data_instances_instance ON data_instances (instance_id, backend, format);
+        CREATE INDEX data_instances_data ON data_instances (data_id);
+        CREATE INDEX data_instances_expires ON data_instances (expires) WHERE deleted = 0;
+
+        -- subscribers filter events by product
+        ALTER TABLE events ADD COLUMN product TEXT;
+        -- the committed copies of a batch's index changes, for a retried batch
+        ALTER TABLE last_write ADD COLUMN written TEXT;
+        CREATE INDEX events_product ON events (product, id)
+        """,
+    ),
 )
 
 

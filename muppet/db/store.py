@@ -29,7 +29,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from .. import codec
-from ..messages import Change, NewRun, Persisted
+from ..index import write as index_write
+from ..messages import Change, CompletedInstance, DefineIndex, DeleteFiles, IndexWritten, NewRun, Persisted, RegisterFiles, SetTorrent
 from ..model import Job, JobLog, JobState, Run, RunCause, RunState
 from .migrations import MIGRATIONS, latest_version, statements
 
@@ -161,7 +162,7 @@ _INSERT_NEW_RUN = (
 _UPSERT_RUN = _upsert("runs", _RUN_COLUMNS, "id")
 _UPSERT_JOB = _upsert("jobs", _JOB_COLUMNS, "id")
 _UPSERT_LOG = _upsert("job_logs", "job_id, stdout, stderr", "job_id")
-_INSERT_EVENT = "INSERT INTO events (at, kind, subject_id, payload) VALUES (?, ?, ?, ?)"
+_INSERT_EVENT = "INSERT INTO events (at, kind, subject_id, payload, product) VALUES (?, ?, ?, ?, ?)"
 
 
 def _value(enum_type: type, value: Any) -> str:
@@ -433,17 +434,22 @@ class Store:
 
         def work(cursor: Any) -> Persisted:
             if token is not None:
-                cursor.execute(self._sql("SELECT token, rejected FROM last_write WHERE id = 1"))
+                cursor.execute(self._sql("SELECT token, rejected, written FROM last_write WHERE id = 1"))
                 row = cursor.fetchone()
                 if row is not None and row[0] == token:
                     log.info("batch %s was committed already; not writing it again", token)
-                    return _persisted(changes, set(json.loads(row[1])))
+                    cursor.execute("SELECT MAX(id) FROM events")
+                    last_event_id = cursor.fetchone()[0] or 0
+                    return _persisted(
+                        changes, set(json.loads(row[1])), _written_from_json(row[2]), last_event_id
+                    )
             return self._write(cursor, changes, token)
 
         return self._in_transaction(work, write=True)
 
     def _write(self, cursor: Any, changes: tuple[Change, ...], token: str | None) -> Persisted:
         rejected: set[int] = set()
+        written: dict[int, IndexWritten] = {}
         runs: list[tuple] = []
         jobs: list[tuple] = []
         logs: list[tuple] = []
@@ -460,18 +466,20 @@ class Store:
                 if cursor.rowcount != 1:
                     rejected.add(position)
                     continue
-                events.append((now, "run", change.run.id, _payload(change.run)))
+                events.append((now, "run", change.run.id, _payload(change.run), None))
                 for job in change.jobs:
                     jobs.append(_job_row(job))
-                    events.append((now, "job", job.id, _payload(job)))
+                    events.append((now, "job", job.id, _payload(job), None))
             elif isinstance(change, Run):
                 runs.append(_run_row(change))
-                events.append((now, "run", change.id, _payload(change)))
+                events.append((now, "run", change.id, _payload(change), None))
             elif isinstance(change, Job):
                 jobs.append(_job_row(change))
-                events.append((now, "job", change.id, _payload(change)))
+                events.append((now, "job", change.id, _payload(change), None))
             elif isinstance(change, JobLog):
                 logs.append((change.job_id, change.stdout, change.stderr))
+            elif isinstance(change, _INDEX_CHANGES):
+                written[position] = index_write.apply(cursor, self._sql, change, now, events)
             else:
                 raise TypeError(f"change {position}: cannot persist a {type(change).__name__}")
         for sql, rows in (
@@ -482,22 +490,27 @@ class Store:
         if token is not None:
             cursor.execute(
                 self._sql(
-                    "INSERT INTO last_write (id, token, rejected) VALUES (1, ?, ?)"
+                    "INSERT INTO last_write (id, token, rejected, written) VALUES (1, ?, ?, ?)"
                     " ON CONFLICT (id) DO UPDATE SET token = excluded.token,"
-                    " rejected = excluded.rejected"
+                    " rejected = excluded.rejected, written = excluded.written"
                 ),
-                (token, json.dumps(sorted(rejected))),
+                (token, json.dumps(sorted(rejected)), _written_to_json(written)),
             )
-        return _persisted(changes, rejected)
+        cursor.execute("SELECT MAX(id) FROM events")
+        last_event_id = cursor.fetchone()[0] or 0
+        return _persisted(changes, rejected, written, last_event_id)
 
     # -- reading
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """One read-only statement (SQLite's words, ``?`` placeholders), its rows."""
         def work(cursor: Any) -> list[tuple]:
             cursor.execute(self._sql(sql), tuple(params))
             return list(cursor.fetchall())
 
         return self._in_transaction(work, write=None)
+
+    _query = query
 
     def load_snapshot(self) -> Snapshot:
         """Every running run with its jobs, the next ids and the last cron times,
@@ -632,10 +645,51 @@ def _payload(thing: Run | Job) -> str:
     return json.dumps(data, separators=(",", ":"))
 
 
-def _persisted(changes: tuple[Change, ...], rejected: set[int]) -> Persisted:
+_INDEX_CHANGES = (RegisterFiles, DefineIndex, DeleteFiles, SetTorrent)
+
+
+def _written_to_json(written: dict[int, IndexWritten]) -> str:
+    """The index changes' committed copies, kept with the batch token so that
+    a retried batch answers exactly as the commit it repeats."""
+    return json.dumps({
+        str(position): {
+            "request": w.request, "result": w.result, "error": w.error, "code": w.code,
+            "deleted_paths": list(w.deleted_paths),
+            "completed": [
+                [c.instance_id, c.product, codec.format_time(c.reference_time), c.version,
+                 sorted(c.complete_products)]
+                for c in w.completed
+            ],
+        }
+        for position, w in written.items()
+    })
+
+
+def _written_from_json(text: str | None) -> dict[int, IndexWritten]:
+    if not text:
+        return {}
+    return {
+        int(position): IndexWritten(
+            request=w["request"], result=w["result"], error=w["error"], code=w["code"],
+            deleted_paths=tuple(w["deleted_paths"]),
+            completed=tuple(
+                CompletedInstance(i, p, codec.parse_time(t), v, frozenset(ps))
+                for i, p, t, v, ps in w["completed"]
+            ),
+        )
+        for position, w in json.loads(text).items()
+    }
+
+
+def _persisted(
+    changes: tuple[Change, ...], rejected: set[int], written: dict[int, IndexWritten],
+    last_event_id: int = 0,
+) -> Persisted:
+    written = {i: attrs.evolve(w, event_id=last_event_id) for i, w in written.items()}
     return Persisted(
-        changes=tuple(c for i, c in enumerate(changes) if i not in rejected),
+        changes=tuple(written.get(i, c) for i, c in enumerate(changes) if i not in rejected),
         rejected=tuple(c for i, c in enumerate(changes) if i in rejected),
+        last_event_id=last_event_id,
     )
 
 

@@ -29,6 +29,7 @@ async def run(
     *,
     retry_initial: float = 0.1,
     retry_max: float = 5.0,
+    committed: trio.MemorySendChannel[int] | None = None,
 ) -> None:
     """Persist what arrives on ``receive``; report each commit on ``send``.
 
@@ -39,7 +40,10 @@ async def run(
 
     Sends: ONE ``Persisted`` per batch (not one per Persist): the committed
     changes of all the batch's Persists in the order they arrived, and the
-    NewRuns refused as duplicates in ``rejected``.
+    NewRuns refused as duplicates in ``rejected``. On ``committed``, if
+    given, the newest event number after the commit, without waiting: it is a
+    hint for the API's event hub, which reads everything new when it wakes, so
+    a hint dropped while an earlier one still waits loses nothing.
 
     Failures: a commit that fails for a transient reason (database locked,
     PostgreSQL down or restarting, connection lost) was rolled back; it is
@@ -74,6 +78,11 @@ async def run(
                     break
             changes = [change for persist in batch for change in persist.changes]
             persisted = await _commit(store, changes, retry_initial, retry_max)
+            if committed is not None:
+                try:
+                    committed.send_nowait(persisted.last_event_id)
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
             await send.send(persisted)
 
 

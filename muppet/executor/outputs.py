@@ -13,11 +13,14 @@ Everything here blocks: run it in a worker thread.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
 from datetime import datetime
 from typing import Iterable
+
+from ..messages import MovedOutput
 
 
 class OutputError(Exception):
@@ -93,6 +96,25 @@ def move_outputs(
     for directory in sorted(directories):
         _fsync_directory(directory)
     return [os.path.join(output_dir, path) for path in paths]
+
+
+def describe_output(path: str, output_dir: str) -> MovedOutput:
+    """A moved output as the index takes it: its path relative to
+    ``output_dir``, size, SHA-256 and format (by content, then extension)."""
+    from ..register import sniff_format
+
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return MovedOutput(
+        path=os.path.relpath(path, output_dir),
+        size=size,
+        sha256=digest.hexdigest(),
+        format=sniff_format(path)[0] or "data",
+    )
 
 
 def move_into_place(source: str, destination: str, *, sync_directory: bool = True) -> None:

@@ -15,13 +15,14 @@ import socket
 import time
 from typing import Mapping
 
+import attrs
 import trio
 
-from ..messages import JobFinished, JobStarted, KillJob, StartJob
+from ..messages import JobFinished, JobStarted, KillJob, MovedOutput, StartJob
 from ..model import ExecutorConfig, JobState
 from .backend import Backend, BackendError, Ended, Lost, make_backends
 from .jobdir import AlreadyStarted, JobDir, Status
-from .outputs import OutputError, move_outputs
+from .outputs import OutputError, describe_output, move_outputs
 
 log = logging.getLogger("muppet.executor")
 
@@ -108,6 +109,8 @@ class _Job:
         self.kill_requested = False
         #: JobStarted was sent for this batch id
         self.reported_start: str | None = None
+        #: the outputs moved into place, once the job succeeded
+        self.moved: tuple[MovedOutput, ...] = ()
 
     @property
     def id(self) -> int:
@@ -255,7 +258,7 @@ class _Job:
             return self._finished(status, "failed", f"exit code {status.exit_code}", tails)
         if problem is not None:
             return self._finished(status, "failed", problem, tails)
-        return self._finished(status, "succeeded", "", tails)
+        return attrs.evolve(self._finished(status, "succeeded", "", tails), outputs=self.moved)
 
     def _finish_files(self, may_move: bool) -> tuple[Status | None, tuple[str, str], str | None]:
         status = self.job_dir.read_status()
@@ -264,7 +267,7 @@ class _Job:
         if not (may_move and succeeded) or self.kill_requested:
             return status, tails, None
         try:
-            move_outputs(
+            destinations = move_outputs(
                 self.spec.step.outputs,
                 self.job_dir.scratch,
                 self.executor.output_dir,
@@ -272,6 +275,9 @@ class _Job:
                 self.spec.job.index,
                 plan=self.job_dir.plan,
             )
+            # hashed here, in the worker thread, so that the index gets each
+            # output with its checksum in the job's own commit
+            self.moved = tuple(describe_output(d, self.executor.output_dir) for d in destinations)
         except OutputError as error:
             return status, tails, str(error)
         self.job_dir.remove_scratch()

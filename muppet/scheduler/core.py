@@ -31,6 +31,11 @@ from ..messages import (
     NOT_FOUND,
     Change,
     Command,
+    CompletedInstance,
+    IndexWrite,
+    IndexWritten,
+    NewFile,
+    RegisterFiles,
     JobFinished,
     JobStarted,
     KillJob,
@@ -51,6 +56,7 @@ from ..model import (
     Run,
     RunCause,
     RunState,
+    ServiceBackend,
 )
 
 
@@ -71,7 +77,7 @@ class WakeAt:
 
 
 Effect = Persist | StartJob | KillJob | Answer | WakeAt
-Event = Trigger | Persisted | JobStarted | JobFinished | Command
+Event = Trigger | Persisted | JobStarted | JobFinished | Command | IndexWrite
 
 
 class Scheduler:
@@ -85,8 +91,21 @@ class Scheduler:
         *,
         next_run_id: int = 1,
         next_job_id: int = 1,
+        outputs_backend: ServiceBackend | None = None,
     ) -> None:
         self.pipelines = dict(pipelines)
+        #: where step outputs are registered in the index; None: not at all
+        self.outputs_backend = outputs_backend
+        # index writes in flight, by request number, and who asked
+        self.next_request = 1
+        self.owed_index: dict[int, Any] = {}
+        # pipelines a product's completion may trigger (MUPPET design: "a
+        # pipeline that requires a product is triggered when an instance of
+        # that product becomes complete")
+        self.required_by: dict[str, list[Pipeline]] = defaultdict(list)
+        for pipeline in self.pipelines.values():
+            for product in pipeline.requires:
+                self.required_by[product].append(pipeline)
         self.executors = dict(executors)
         self.next_run_id = next_run_id
         self.next_job_id = next_job_id
@@ -164,6 +183,8 @@ class Scheduler:
                 self._job_finished(event, changes, now)
             elif isinstance(event, Command):
                 effects.extend(self._command(event, changes, now))
+            elif isinstance(event, IndexWrite):
+                changes.append(self._index_write(event))
             else:
                 raise TypeError(f"the scheduler does not handle {event!r}")
         for run_id in touched:
@@ -218,7 +239,9 @@ class Scheduler:
             for to, _ in self.owed_run.pop(new.run.id, []):
                 effects.append(_error(to, CONFLICT, _exists(new.run, duplicate=True)))
         for change in event.changes:
-            if isinstance(change, NewRun):
+            if isinstance(change, IndexWritten):
+                effects.extend(self._index_written(change, changes, now))
+            elif isinstance(change, NewRun):
                 self.pending_new.pop(change.run.id, None)
                 self.runs[change.run.id] = change.run
                 for job in change.jobs:
@@ -251,6 +274,65 @@ class Scheduler:
                         effects.append(start)
         return effects
 
+    def _index_write(self, event: IndexWrite) -> Change:
+        request = self.next_request
+        self.next_request += 1
+        self.owed_index[request] = event.reply
+        return attrs.evolve(event.change, request=request)
+
+    def _index_written(self, written: IndexWritten, changes: list[Change], now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        to = self.owed_index.pop(written.request, None)
+        if to is not None:
+            if written.error is not None:
+                effects.append(_error(to, written.code or CONFLICT, written.error))
+            else:
+                effects.append(_answer(to, written))
+        for completed in written.completed:
+            effects.extend(self._data_triggers(completed, changes, now))
+        return effects
+
+    def _data_triggers(self, completed: CompletedInstance, changes: list[Change], now: float) -> list[Effect]:
+        """Runs of the pipelines that now have every required product complete
+        for this reference time. Fired once per completed instance version;
+        a run that exists for the reference time already is not made again
+        (runs are unique per pipeline and reference time)."""
+        effects: list[Effect] = []
+        for pipeline in self.required_by.get(completed.product, ()):
+            if set(pipeline.requires) <= completed.complete_products:
+                effects.extend(self._trigger(
+                    Trigger(pipeline.name, completed.reference_time, RunCause.DATA.value), changes, now
+                ))
+        return effects
+
+    def _outputs(self, job: Job, event: JobFinished) -> RegisterFiles | None:
+        """The index registration of a successful job's outputs, committed
+        with the job's success (issue 3: in the same transaction)."""
+        backend = self.outputs_backend
+        pipeline = self.pipelines.get(job.pipeline)
+        if backend is None or pipeline is None or not event.outputs or job.step not in pipeline.steps:
+            return None
+        step = pipeline.steps[job.step]
+        product = step.product or (pipeline.produces[0] if len(pipeline.produces) == 1 else "")
+        if not product:
+            return None
+        reference_time = self.runs[job.run_id].reference_time
+        return RegisterFiles(
+            files=tuple(
+                NewFile(
+                    product=product,
+                    reference_time=reference_time,
+                    backend=backend.slug,
+                    format=output.format,
+                    url=backend.url.rstrip("/") + "/" + output.path,
+                    size=output.size,
+                    hash=output.sha256,
+                )
+                for output in event.outputs
+            ),
+            define_formats=True,
+        )
+
     def _job_started(self, event: JobStarted, changes: list[Change]) -> None:
         job = self._latest(event.job_id)
         if job is None or not job.state.active:
@@ -280,6 +362,9 @@ class Scheduler:
         changes.append(JobLog(job.id, event.stdout_tail, event.stderr_tail))
         if event.state == "succeeded" and job.id not in self.kill_requested:
             self._propose(attrs.evolve(job, state=JobState.SUCCEEDED, **common), changes)
+            register = self._outputs(job, event)
+            if register is not None:
+                changes.append(register)
             return
         if event.state == "killed" or job.id in self.kill_requested:
             self.kill_requested.discard(job.id)

@@ -66,6 +66,11 @@ async def _carry_out(effects, to_database, to_executor, wake_at: float) -> float
         elif isinstance(effect, (StartJob, KillJob)):
             await to_executor.send(effect)
         elif isinstance(effect, Answer):
+            if effect.to is None:
+                # nobody asked (cron, a data trigger): a refusal is only news
+                if effect.reply.error is not None:
+                    log.info("%s", effect.reply.error)
+                continue
             try:
                 effect.to.send_nowait(effect.reply)
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):

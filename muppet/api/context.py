@@ -1,0 +1,144 @@
+"""What the API's handlers share (``Context``) and what one websocket
+connection carries (``Connection``)."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import partial
+from typing import Any, Callable
+
+import attrs
+import trio
+import trio_websocket
+
+from .. import messages, model
+from ..index.events import EventHub, QueryCache
+from .protocol import INTERNAL_ERROR, UNAUTHORIZED, UNAVAILABLE, MethodSpec, RpcError
+
+
+class ReadPool:
+    """A few read Stores, each used by one worker thread at a time: SQLite in
+    WAL mode and PostgreSQL both serve readers side by side, so index queries
+    do not queue behind one connection."""
+
+    def __init__(self, stores: list[Any]) -> None:
+        self.free = list(stores)
+        self.all = list(stores)
+        self.available = trio.Semaphore(len(stores))
+
+    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        async with self.available:
+            store = self.free.pop()
+            try:
+                return await trio.to_thread.run_sync(partial(fn, store, *args, **kwargs))
+            finally:
+                self.free.append(store)
+
+    def close(self) -> None:
+        for store in self.all:
+            store.close()
+
+
+@attrs.define
+class Context:
+    """What the handlers share: the configuration, the scheduler's inbox, the
+    read stores, the event hub and its query cache."""
+
+    config: model.Config
+    scheduler: trio.MemorySendChannel
+    store: Any
+    limiter: trio.CapacityLimiter
+    started_at: float
+    reply_timeout: float
+    readers: ReadPool | None = None
+    hub: EventHub | None = None
+
+    @property
+    def cache(self) -> QueryCache | None:
+        return self.hub.cache if self.hub is not None else None
+
+    async def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # A Store is synchronous and used by one thread at a time; the limiter
+        # queues readers instead of letting two threads share a connection.
+        return await trio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self.limiter)
+
+    async def query(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(store, *args, **kwargs)`` on a free read store of the pool."""
+        if self.readers is None:
+            return await self.read(fn, self.store, *args, **kwargs)
+        return await self.readers.run(fn, *args, **kwargs)
+
+    async def ask(self, make: Callable[[Any], Any]) -> Any:
+        """Send ``make(reply_channel)`` to the scheduler and relay its Reply."""
+        send, receive = trio.open_memory_channel(1)
+        with trio.move_on_after(self.reply_timeout):
+            try:
+                await self.scheduler.send(make(send))
+                reply = await receive.receive()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
+                raise RpcError(UNAVAILABLE, "unavailable: the scheduler is not running") from None
+            if not isinstance(reply, messages.Reply):
+                raise RpcError(INTERNAL_ERROR, f"internal error: scheduler replied {reply!r}")
+            if reply.error is not None:
+                raise RpcError(reply.code or INTERNAL_ERROR, reply.error)
+            return reply.result
+        raise RpcError(
+            UNAVAILABLE,
+            f"unavailable: the scheduler did not answer within {self.reply_timeout:g} s",
+        )
+
+    def authorize(self, conn: Connection, spec: MethodSpec) -> None:
+        """Raise -32004 unless ``conn`` may call ``spec`` (issue 3, point 4:
+        with a tokens file, writes need a token; reads too, unless
+        open_reads)."""
+        api = self.config.api
+        if not api.tokens_file:
+            return
+        if spec.role == "read" and api.open_reads:
+            return
+        if conn.role is not None and model.ROLES.index(conn.role) >= model.ROLES.index(spec.role):
+            return
+        if conn.token_problem:
+            why = conn.token_problem
+        elif conn.role is None:
+            why = "no token was sent (--token or MUPPET_TOKEN)"
+        else:
+            why = f"token {conn.token_name!r} has role {conn.role!r}"
+        raise RpcError(UNAUTHORIZED, f"unauthorized: {spec.name} needs a {spec.role} token; {why}")
+
+
+@attrs.define(eq=False)
+class Connection:
+    """One client: its websocket, its token's role, its subscriptions."""
+
+    ws: trio_websocket.WebSocketConnection
+    nursery: trio.Nursery
+    role: str | None = None
+    token_name: str = ""
+    token_problem: str = ""
+    #: subscription id -> the cancel scope of the task streaming it
+    subscriptions: dict[int, trio.CancelScope] = attrs.field(factory=dict)
+    #: set once the reply that made them has been sent: a subscription's
+    #: notifications never overtake the reply that tells the client its id
+    replied: list[trio.Event] = attrs.field(factory=list)
+
+    @classmethod
+    def authenticate(cls, ws, nursery, headers: list[tuple[bytes, bytes]], config: model.Config) -> Connection:
+        """Read ``Authorization: Bearer SECRET`` from the handshake; the secret
+        is looked up by its SHA-256, as the tokens file keeps it."""
+        conn = cls(ws, nursery)
+        secret = None
+        for name, value in headers:
+            if name.lower() == b"authorization":
+                scheme, _, rest = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and rest.strip():
+                    secret = rest.strip()
+                else:
+                    conn.token_problem = "the Authorization header is not 'Bearer SECRET'"
+        if secret is not None:
+            token = config.api.tokens.get(hashlib.sha256(secret.encode()).hexdigest())
+            if token is None:
+                conn.token_problem = "the token sent is not in the tokens file"
+            else:
+                conn.role, conn.token_name = token.role, token.name
+        return conn

@@ -1,0 +1,69 @@
+"""The expiry task: data instances past their ``expires`` are marked deleted.
+
+Productstatus kept operational data about three days; each data instance
+carries its own expiry (given at registration, or the product's
+``lifetime_hours`` after it). Every ``[index] expiry_interval`` seconds this
+task asks the scheduler to commit ``DeleteFiles(expired_at=now)``: one
+transaction that marks every expired instance deleted and appends an event
+for each. With ``[index] delete_expired_files`` it then removes the files of
+those on a ``file://`` backend, in a worker thread: the index says deleted
+before the file goes, so no consumer is ever pointed at a missing file; a
+crash in between leaves a file the index no longer lists, which is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timezone
+from typing import Callable
+
+import trio
+
+from ..messages import DeleteFiles, IndexWrite, IndexWritten, Reply
+from ..model import IndexConfig
+
+log = logging.getLogger("muppet.index")
+
+
+async def run(
+    config: IndexConfig,
+    scheduler: trio.MemorySendChannel,
+    *,
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+) -> None:
+    """Receives nothing; sends ``IndexWrite(DeleteFiles(expired_at=now))`` to
+    the scheduler every ``config.expiry_interval`` seconds and waits for its
+    Reply. Cancellation while waiting leaves the write to complete or not; the
+    next pass (or the next daemon) finds what is still expired."""
+    while True:
+        await trio.sleep(config.expiry_interval)
+        await expire_once(config, scheduler, clock())
+
+
+async def expire_once(config: IndexConfig, scheduler: trio.MemorySendChannel, now: datetime) -> list[int]:
+    """One pass; returns the ids marked deleted."""
+    send, receive = trio.open_memory_channel(1)
+    await scheduler.send(IndexWrite(DeleteFiles(expired_at=now, reason="expired"), reply=send))
+    reply: Reply = await receive.receive()
+    if reply.error is not None:
+        log.warning("expiry: %s", reply.error)
+        return []
+    written: IndexWritten = reply.result
+    deleted = written.result["deleted"]
+    if deleted:
+        log.info("expiry: %d data instances expired", len(deleted))
+    if config.delete_expired_files and written.deleted_paths:
+        await trio.to_thread.run_sync(_remove, written.deleted_paths)
+    return deleted
+
+
+def _remove(paths: tuple[str, ...]) -> None:
+    for path in paths:
+        try:
+            os.remove(path)
+            log.info("expiry: removed %s", path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("expiry: cannot remove %s: %s", path, exc)

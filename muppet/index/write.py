@@ -1,0 +1,375 @@
+"""The Productstatus index, write side: applies one IndexChange inside the
+database task's transaction.
+
+``apply`` is called by ``Store.write`` with the batch's cursor, so an index
+change commits together with whatever else the batch holds (a job's success
+and the registration of its outputs are one transaction), and every change
+appends its events to the same numbered log. Each change is checked before
+anything of it is written: a refused change (unknown product, backend, ...)
+writes nothing and comes back as an ``IndexWritten`` with an error, without
+failing the rest of the batch. The database task is the only writer, so
+what the checks read cannot change before the writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+from .. import codec
+from ..messages import (
+    CONFLICT,
+    NOT_FOUND,
+    CompletedInstance,
+    DefineIndex,
+    DeleteFiles,
+    IndexChange,
+    IndexWritten,
+    NewFile,
+    RegisterFiles,
+    SetTorrent,
+)
+from ..model import DataFormat, Product
+from .queries import (
+    FILE_COLUMNS,
+    FILE_FROM,
+    PRODUCT_COLUMNS,
+    backend_to_dict,
+    file_from_row,
+    format_to_dict,
+    instance_from_row,
+    product_from_row,
+    product_to_dict,
+)
+
+#: (at, kind, subject_id, payload JSON, product) rows for the events table
+EventRow = tuple[float, str, Any, str, "str | None"]
+
+
+class Refused(Exception):
+    """The change is refused as a whole; ``code`` is its JSON-RPC error code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+class _Writer:
+    """One change's work on the batch's cursor; ``sql`` translates SQLite's
+    words for the store's dialect."""
+
+    def __init__(self, cursor: Any, sql: Callable[[str], str], now: float, events: list[EventRow]) -> None:
+        self.cursor = cursor
+        self.sql = sql
+        self.now = now
+        self.events = events
+
+    def rows(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+        self.cursor.execute(self.sql(sql), tuple(params))
+        return list(self.cursor.fetchall())
+
+    def one(self, sql: str, params: tuple | list = ()) -> tuple | None:
+        found = self.rows(sql, params)
+        return found[0] if found else None
+
+    def insert(self, sql: str, params: tuple | list) -> int:
+        """Insert one row and return its id (RETURNING: SQLite 3.35+ and
+        PostgreSQL both have it)."""
+        self.cursor.execute(self.sql(sql + " RETURNING id"), tuple(params))
+        return self.cursor.fetchone()[0]
+
+    def event(self, kind: str, subject_id: Any, data: dict[str, Any], product: str | None) -> None:
+        self.events.append((self.now, kind, subject_id, _json(data), product))
+
+    # --- definitions ---------------------------------------------------------------
+
+    def define(self, change: DefineIndex) -> dict[str, Any]:
+        """Upsert; an event only for what actually changed, so that a daemon
+        restarting with the same configuration adds nothing to the log."""
+        changed = {"products": [], "formats": [], "backends": []}
+        for product in change.products:
+            row = self.one(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE slug = ?", (product.slug,))
+            if row is not None and product_from_row(row) == product:
+                continue
+            values = (
+                product.slug, product.name, product.contact, _json(list(product.parents)),
+                product.file_count, int(product.operational), product.lifetime_hours,
+                _json(dict(product.metadata)), self.now,
+            )
+            self.cursor.execute(self.sql(
+                "INSERT INTO products (slug, name, contact, parents, file_count, operational,"
+                " lifetime_hours, metadata, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (slug) DO UPDATE SET name = excluded.name, contact = excluded.contact,"
+                " parents = excluded.parents, file_count = excluded.file_count,"
+                " operational = excluded.operational, lifetime_hours = excluded.lifetime_hours,"
+                " metadata = excluded.metadata, updated_at = excluded.updated_at"
+            ), values)
+            data = product_to_dict(product)
+            self.event("product", 0, data, product.slug)
+            changed["products"].append(data)
+        for fmt in change.formats:
+            row = self.one("SELECT name FROM formats WHERE slug = ?", (fmt.slug,))
+            if row is not None and row[0] == fmt.name:
+                continue
+            self.cursor.execute(self.sql(
+                "INSERT INTO formats (slug, name, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (slug) DO UPDATE SET name = excluded.name, updated_at = excluded.updated_at"
+            ), (fmt.slug, fmt.name, self.now))
+            data = format_to_dict(fmt)
+            self.event("format", 0, data, None)
+            changed["formats"].append(data)
+        for backend in change.backends:
+            row = self.one("SELECT name, url FROM backends WHERE slug = ?", (backend.slug,))
+            if row is not None and tuple(row) == (backend.name, backend.url):
+                continue
+            self.cursor.execute(self.sql(
+                "INSERT INTO backends (slug, name, url, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (slug) DO UPDATE SET name = excluded.name, url = excluded.url,"
+                " updated_at = excluded.updated_at"
+            ), (backend.slug, backend.name, backend.url, self.now))
+            data = backend_to_dict(backend)
+            self.event("backend", 0, data, None)
+            changed["backends"].append(data)
+        return changed
+
+    # --- files -----------------------------------------------------------------------
+
+    def register(self, change: RegisterFiles) -> tuple[dict[str, Any], tuple[CompletedInstance, ...]]:
+        products: dict[str, Product] = {}
+        new_formats: dict[str, DataFormat] = {}
+        for position, new in enumerate(change.files):
+            self._check(change, position, new, products, new_formats)
+        if new_formats:
+            self.define(DefineIndex(formats=tuple(new_formats.values())))
+        touched: dict[int, tuple[str, datetime, int]] = {}
+        registered = []
+        for new in change.files:
+            instance_id, version = self._instance(new)
+            touched[instance_id] = (new.product, new.reference_time, version)
+            data_id = self._data(new, instance_id)
+            expires = new.expires
+            lifetime = products[new.product].lifetime_hours
+            if expires is None and lifetime is not None:
+                expires = datetime.fromtimestamp(self.now, timezone.utc) + timedelta(hours=lifetime)
+            file_id = self.insert(
+                "INSERT INTO data_instances (data_id, instance_id, url, format, backend, size,"
+                " hash_type, hash, expires, deleted, partial, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                (
+                    data_id, instance_id, new.url, new.format, new.backend, new.size,
+                    new.hash_type, new.hash.lower(), codec.format_time(expires),
+                    int(new.partial), self.now,
+                ),
+            )
+            item = self._file(file_id)
+            self.event("file", file_id, item, new.product)
+            registered.append(item)
+        completed = []
+        for instance_id, (product, reference_time, version) in sorted(touched.items()):
+            if self._completes(instance_id, products[product].file_count):
+                others = self.rows(
+                    "SELECT DISTINCT product FROM instances WHERE reference_time = ?"
+                    " AND completed_at IS NOT NULL",
+                    (codec.format_time(reference_time),),
+                )
+                completed.append(CompletedInstance(
+                    instance_id, product, reference_time, version,
+                    frozenset(r[0] for r in others),
+                ))
+        return {"files": registered}, tuple(completed)
+
+    def _check(
+        self, change: RegisterFiles, position: int, new: NewFile,
+        products: dict[str, Product], new_formats: dict[str, DataFormat],
+    ) -> None:
+        where = f"file {position} ({new.url})" if len(change.files) > 1 else new.url
+        if new.product not in products:
+            row = self.one(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE slug = ?", (new.product,))
+            if row is None:
+                raise Refused(NOT_FOUND, f"{where}: unknown product {new.product!r}")
+            products[new.product] = product_from_row(row)
+        if self.one("SELECT 1 FROM backends WHERE slug = ?", (new.backend,)) is None:
+            raise Refused(NOT_FOUND, f"{where}: unknown service backend {new.backend!r}")
+        if new.format not in new_formats and self.one("SELECT 1 FROM formats WHERE slug = ?", (new.format,)) is None:
+            if not change.define_formats:
+                raise Refused(NOT_FOUND, f"{where}: unknown format {new.format!r}")
+            new_formats[new.format] = DataFormat(new.format, new.format)
+        if new.data_id is not None:
+            row = self.one(
+                "SELECT i.product, i.reference_time FROM data d JOIN instances i ON i.id = d.instance_id"
+                " WHERE d.id = ?", (new.data_id,),
+            )
+            if row is None:
+                raise Refused(NOT_FOUND, f"{where}: unknown data_id {new.data_id}")
+            if (row[0], row[1]) != (new.product, codec.format_time(new.reference_time)):
+                raise Refused(CONFLICT, f"{where}: data {new.data_id} belongs to {row[0]} {row[1]}")
+        if new.version is not None and new.version < 1:
+            raise Refused(CONFLICT, f"{where}: version must be 1 or more")
+
+    def _instance(self, new: NewFile) -> tuple[int, int]:
+        """The instance the file goes to, made when needed: see NewFile."""
+        reference_time = codec.format_time(new.reference_time)
+        if new.data_id is not None:
+            row = self.one(
+                "SELECT i.id, i.version FROM data d JOIN instances i ON i.id = d.instance_id WHERE d.id = ?",
+                (new.data_id,),
+            )
+            return row[0], row[1]
+        if new.version is not None:
+            row = self.one(
+                "SELECT id FROM instances WHERE product = ? AND reference_time = ? AND version = ?",
+                (new.product, reference_time, new.version),
+            )
+            if row is not None:
+                return row[0], new.version
+            return self._new_instance(new.product, reference_time, new.version), new.version
+        row = self.one(
+            "SELECT id, version FROM instances WHERE product = ? AND reference_time = ?"
+            " ORDER BY version DESC LIMIT 1",
+            (new.product, reference_time),
+        )
+        if row is not None:
+            # a file of this name already on this backend and format: the
+            # product is being made again, and a re-run is a new version
+            again = self.one(
+                "SELECT 1 FROM data_instances di JOIN data d ON d.id = di.data_id"
+                " WHERE d.instance_id = ? AND d.name = ? AND di.backend = ? AND di.format = ?"
+                " AND di.deleted = 0",
+                (row[0], _name(new.url), new.backend, new.format),
+            )
+            if again is None:
+                return row[0], row[1]
+        version = 1 if row is None else row[1] + 1
+        return self._new_instance(new.product, reference_time, version), version
+
+    def _new_instance(self, product: str, reference_time: str, version: int) -> int:
+        instance_id = self.insert(
+            "INSERT INTO instances (product, reference_time, version, created_at) VALUES (?, ?, ?, ?)",
+            (product, reference_time, version, self.now),
+        )
+        row = self.one(
+            "SELECT id, product, reference_time, version, created_at, completed_at FROM instances WHERE id = ?",
+            (instance_id,),
+        )
+        self.event("instance", instance_id, instance_from_row(row), product)
+        return instance_id
+
+    def _data(self, new: NewFile, instance_id: int) -> int:
+        if new.data_id is not None:
+            return new.data_id
+        name = _name(new.url)
+        row = self.one("SELECT id FROM data WHERE instance_id = ? AND name = ?", (instance_id, name))
+        if row is not None:
+            return row[0]
+        return self.insert(
+            "INSERT INTO data (instance_id, name, time_begin, time_end, variables, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                instance_id, name, codec.format_time(new.time_begin), codec.format_time(new.time_end),
+                _json(list(new.variables)), self.now,
+            ),
+        )
+
+    def _completes(self, instance_id: int, file_count: int) -> bool:
+        """Mark the instance complete if this write made it so; True only the
+        first time (the trigger fires once per instance version)."""
+        row = self.one(
+            "SELECT 1 FROM instances i WHERE i.id = ? AND i.completed_at IS NULL AND EXISTS"
+            " (SELECT 1 FROM data_instances c WHERE c.instance_id = i.id AND c.deleted = 0"
+            " AND c.partial = 0 GROUP BY c.backend, c.format HAVING COUNT(*) >= ?)",
+            (instance_id, file_count),
+        )
+        if row is None:
+            return False
+        self.cursor.execute(
+            self.sql("UPDATE instances SET completed_at = ? WHERE id = ?"), (self.now, instance_id)
+        )
+        row = self.one(
+            "SELECT id, product, reference_time, version, created_at, completed_at FROM instances WHERE id = ?",
+            (instance_id,),
+        )
+        self.event("instance", instance_id, instance_from_row(row), row[1])
+        return True
+
+    def _file(self, file_id: int) -> dict[str, Any]:
+        return file_from_row(self.one(f"SELECT {FILE_COLUMNS}{FILE_FROM} WHERE di.id = ?", (file_id,)))
+
+    def delete(self, change: DeleteFiles) -> tuple[dict[str, Any], tuple[str, ...]]:
+        if change.expired_at is not None:
+            ids = [r[0] for r in self.rows(
+                "SELECT id FROM data_instances WHERE deleted = 0 AND expires <= ? ORDER BY id",
+                (codec.format_time(change.expired_at),),
+            )]
+        else:
+            ids = list(dict.fromkeys(change.ids))
+            known = {r[0] for r in self.rows(
+                f"SELECT id FROM data_instances WHERE id IN ({', '.join('?' for _ in ids)})", ids
+            )} if ids else set()
+            missing = [i for i in ids if i not in known]
+            if missing:
+                raise Refused(NOT_FOUND, f"unknown data instance {missing[0]}")
+        deleted = []
+        paths = []
+        for file_id in ids:
+            self.cursor.execute(self.sql(
+                "UPDATE data_instances SET deleted = 1, deleted_at = ? WHERE id = ? AND deleted = 0"
+            ), (self.now, file_id))
+            if self.cursor.rowcount != 1:
+                continue  # deleted already: no second event
+            item = self._file(file_id)
+            item["reason"] = change.reason
+            self.event("file", file_id, item, item["product"])
+            deleted.append(file_id)
+            row = self.one(
+                "SELECT b.url FROM data_instances di JOIN backends b ON b.slug = di.backend WHERE di.id = ?",
+                (file_id,),
+            )
+            if row[0].startswith("file://") and item["url"].startswith("file://"):
+                paths.append("/" + item["url"][len("file://"):].lstrip("/"))
+        return {"deleted": deleted}, tuple(paths)
+
+    def set_torrent(self, change: SetTorrent) -> dict[str, Any]:
+        self.cursor.execute(self.sql(
+            "UPDATE data_instances SET info_hash = ?, torrent = ? WHERE id = ?"
+        ), (change.info_hash.lower(), change.torrent, change.data_instance_id))
+        if self.cursor.rowcount != 1:
+            raise Refused(NOT_FOUND, f"unknown data instance {change.data_instance_id}")
+        item = self._file(change.data_instance_id)
+        self.event("file", item["id"], item, item["product"])
+        return item
+
+
+def apply(
+    cursor: Any, sql: Callable[[str], str], change: IndexChange, now: float, events: list[EventRow]
+) -> IndexWritten:
+    """Apply ``change`` on ``cursor`` (inside the caller's transaction) and
+    return its committed copy, or a refusal that wrote nothing."""
+    mark = len(events)
+    writer = _Writer(cursor, sql, now, events)
+    try:
+        if isinstance(change, RegisterFiles):
+            result, completed = writer.register(change)
+            return IndexWritten(change.request, result, completed=completed)
+        if isinstance(change, DefineIndex):
+            return IndexWritten(change.request, writer.define(change))
+        if isinstance(change, DeleteFiles):
+            result, paths = writer.delete(change)
+            return IndexWritten(change.request, result, deleted_paths=paths)
+        if isinstance(change, SetTorrent):
+            return IndexWritten(change.request, writer.set_torrent(change))
+    except Refused as refused:
+        # every check runs before the first write of a change, so nothing of
+        # it was written; drop any events it queued all the same
+        del events[mark:]
+        return IndexWritten(change.request, error=str(refused), code=refused.code)
+    raise TypeError(f"not an index change: {change!r}")
+
+
+def _name(url: str) -> str:
+    return os.path.basename(url.rstrip("/")) or url
