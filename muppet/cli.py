@@ -4,6 +4,7 @@ daemon through its websocket API. docs/cli.md describes every command."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, Callable, Mapping, NoReturn, Sequence
 
@@ -14,17 +15,39 @@ from .api import client as api_client
 from .api.protocol import RpcError
 
 API_ENV = "MUPPET_API"
+TOKEN_ENV = "MUPPET_TOKEN"
 
-_api_option = click.option(
-    "--api",
-    "api_url",
-    metavar="URL",
-    envvar=API_ENV,
-    default=api_client.DEFAULT_URL,
-    show_default=True,
-    show_envvar=True,
-    help="The daemon's API, as ws://HOST:PORT (the [api] listen address of its configuration).",
-)
+
+def _remember_token(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    ctx.meta["muppet.token"] = value or None
+
+
+def _api_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--api URL and --token SECRET for every command that talks to the daemon."""
+    command = click.option(
+        "--token",
+        metavar="SECRET",
+        envvar=TOKEN_ENV,
+        show_envvar=True,
+        expose_value=False,
+        callback=_remember_token,
+        help="The secret of an API token, when the daemon has [api] tokens_file.",
+    )(command)
+    return click.option(
+        "--api",
+        "api_url",
+        metavar="URL",
+        envvar=API_ENV,
+        default=api_client.DEFAULT_URL,
+        show_default=True,
+        show_envvar=True,
+        help="The daemon's API, as ws://HOST:PORT or wss://HOST:PORT (its [api] listen address).",
+    )(command)
+
+
+def _token() -> str | None:
+    ctx = click.get_current_context(silent=True)
+    return None if ctx is None else ctx.meta.get("muppet.token")
 _json_option = click.option(
     "--json", "as_json", is_flag=True,
     help="Print a JSON array of objects (the API's shape) instead of a table.",
@@ -39,12 +62,22 @@ def _fail(message: str) -> NoReturn:
 def _call(api_url: str, method: str, params: Mapping[str, Any] | None = None) -> Any:
     """One API call, its errors turned into one ``muppet: error:`` line and exit 1."""
 
-    async def call() -> Any:
-        async with api_client.connect(api_url) as client:
-            return await client.call(method, params)
+    async def call(client: api_client.Client) -> Any:
+        return await client.call(method, params)
+
+    return _session(api_url, call)
+
+
+def _session(api_url: str, work: Callable[[api_client.Client], Any]) -> Any:
+    """``await work(client)`` on one connection; errors as ``_call``'s."""
+    token = _token()
+
+    async def run() -> Any:
+        async with api_client.connect(api_url, token=token) as client:
+            return await work(client)
 
     try:
-        return trio.run(call)
+        return trio.run(run)
     except (api_client.DaemonUnreachable, api_client.ConnectionLost, RpcError, ValueError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
@@ -105,6 +138,11 @@ def main() -> None:
     muppet runs/jobs   list runs and jobs
     muppet logs        show a job's standard output or error
     muppet hold/release/kill/rerun   steer one job
+    muppet products    the products of the index
+    muppet instances   a product's instances
+    muppet files       the files of an instance
+    muppet register    scan finished files and index them
+    muppet events      the numbered event log, or follow it
 
     The commands that talk to a running daemon take --api ws://HOST:PORT
     (default: $MUPPET_API, else ws://127.0.0.1:8765). Errors print one line
@@ -302,6 +340,278 @@ is cancelled; the steps that depend on it are skipped.""")
 _job_command("rerun", """Run ended job JOB_ID's slot again, as a new job with a full set
 of tries (the jobs downstream that were skipped because of it run again too);
 prints the new job's id.""")
+
+
+# --- the index ---------------------------------------------------------------------
+
+PRODUCT_COLUMNS = (
+    ("SLUG", "slug"), ("NAME", "name"), ("CONTACT", "contact"), ("FILES", "file_count"),
+    ("OPERATIONAL", "operational"), ("LIFETIME H", "lifetime_hours"),
+)
+INSTANCE_COLUMNS = (
+    ("ID", "id"), ("PRODUCT", "product"), ("REFERENCE TIME", "reference_time"), ("VERSION", "version"),
+    ("CREATED", "created_at"), ("COMPLETE SINCE", "completed_at"),
+)
+FILE_COLUMNS = (
+    ("ID", "id"), ("INSTANCE", "instance_id"), ("VERSION", "version"), ("BACKEND", "backend"),
+    ("FORMAT", "format"), ("SIZE", "size"), ("EXPIRES", "expires"), ("URL", "url"),
+)
+
+
+async def _all_pages(client: api_client.Client, method: str, params: dict[str, Any], limit: int | None = None) -> list:
+    """Every item of a paginated listing (at most ``limit``)."""
+    items: list = []
+    cursor = None
+    while True:
+        page = await client.call(method, {**params, "cursor": cursor, "limit": 1000})
+        items.extend(page["items"])
+        cursor = page["next"]
+        if cursor is None or (limit is not None and len(items) >= limit):
+            return items[:limit] if limit is not None else items
+
+
+@main.command()
+@_json_option
+@_api_option
+def products(as_json: bool, api_url: str) -> None:
+    """List the products of the index, by slug."""
+    rows = _session(api_url, lambda client: _all_pages(client, "products.list", {}))
+    _print_rows(rows, as_json, PRODUCT_COLUMNS, "no products")
+
+
+@main.command()
+@click.argument("product")
+@click.option("--begin", metavar="ISO", help="Only reference times from this one on.")
+@click.option("--end", metavar="ISO", help="Only reference times before this one.")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True,
+              help="At most this many instances, newest first.")
+@_json_option
+@_api_option
+def instances(product: str, begin: str | None, end: str | None, limit: int, as_json: bool, api_url: str) -> None:
+    """List the instances of PRODUCT, newest reference time first.
+
+    COMPLETE SINCE is when the first backend and format held the product's
+    file_count files.
+    """
+    rows = _session(api_url, lambda client: _all_pages(
+        client, "instances.list", {"product": product, "begin": begin, "end": end}, limit))
+    _print_rows(rows, as_json, INSTANCE_COLUMNS, f"no instances of {product}")
+
+
+@main.command()
+@click.argument("product")
+@click.option("--reference-time", metavar="ISO", help="The instance's reference time. Default: the newest instance.")
+@click.option("--version", "version", type=click.IntRange(1), help="The instance's version. Default: the newest.")
+@click.option("--backend", metavar="NAME", help="Only files on this service backend.")
+@click.option("--format", "fmt", metavar="NAME", help="Only files in this format.")
+@click.option("--deleted", is_flag=True, help="Show deleted files too.")
+@_json_option
+@_api_option
+def files(product: str, reference_time: str | None, version: int | None, backend: str | None,
+          fmt: str | None, deleted: bool, as_json: bool, api_url: str) -> None:
+    """List the files of an instance of PRODUCT: the newest, or the one at
+    --reference-time (and --version)."""
+
+    async def work(client: api_client.Client) -> list:
+        if reference_time is None:
+            latest = await client.call("instances.latest", {"product": product})
+            if latest is None:
+                _fail(f"product {product!r} has no instances yet")
+            where = {"instance_id": latest["id"]}
+        else:
+            where = {"product": product, "reference_time": reference_time, "version": version}
+        return await _all_pages(client, "files.list", {
+            **where, "backend": backend, "format": fmt, "include_deleted": deleted,
+        })
+
+    rows = _session(api_url, work)
+    _print_rows(rows, as_json, FILE_COLUMNS, "no files")
+
+
+def _event_line(event: Mapping[str, Any]) -> str:
+    data = event["data"]
+    kind = event["kind"]
+    if kind == "run":
+        what = f"run {data['id']} {data['pipeline']} {data['reference_time']} {data['state']}"
+    elif kind == "job":
+        what = f"job {data['id']} {data['pipeline']}.{data['step']}[{data['index']}] {data['state']}"
+    elif kind == "instance":
+        complete = " complete" if data.get("completed_at") else ""
+        what = f"instance {data['id']} {data['product']} {data['reference_time']} v{data['version']}{complete}"
+    elif kind == "file":
+        state = " deleted" if data.get("deleted") else ""
+        what = f"file {data['id']} {data['backend']} {data['url']}{state}"
+    else:
+        what = f"{kind} {data.get('slug', '')}"
+    return f"{event['id']:>8}  {event['at']}  {what}"
+
+
+@main.command()
+@click.option("--since", type=click.IntRange(0), default=None,
+              help="Print events numbered above this one. Default: all, or with --follow only new ones.")
+@click.option("--follow", "-f", is_flag=True,
+              help="Keep printing events as they happen; reconnects and resumes after a lost connection.")
+@click.option("--kind", "kinds", multiple=True,
+              type=click.Choice(["run", "job", "product", "format", "backend", "instance", "file"]),
+              help="Only events of this kind (repeatable).")
+@click.option("--product", "products_", multiple=True, metavar="SLUG",
+              help="Only index events of this product (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
+@_api_option
+def events(since: int | None, follow: bool, kinds: tuple[str, ...], products_: tuple[str, ...],
+           as_json: bool, api_url: str) -> None:
+    """Print the numbered event log: every run, job and index change.
+
+    Numbers have no gaps and never repeat; a reader that remembers the last
+    number it saw resumes with --since. With --follow the command streams until
+    interrupted, resuming from its last number whenever the connection drops
+    (the daemon restarting, a slow reader being let go).
+    """
+    filters = {"kinds": list(kinds) or None, "products": list(products_) or None}
+
+    def emit(event: Mapping[str, Any]) -> None:
+        click.echo(json.dumps(event) if as_json else _event_line(event))
+
+    async def backlog(client: api_client.Client) -> None:
+        after = since or 0
+        while True:
+            batch = await client.call("events.list", {"since": after, **filters, "limit": 1000})
+            for event in batch:
+                emit(event)
+            if len(batch) < 1000:
+                return
+            after = batch[-1]["id"]
+
+    if not follow:
+        _session(api_url, backlog)
+        return
+
+    token = _token()
+
+    async def stream() -> None:
+        position = since
+        delay = 0.5
+        while True:
+            try:
+                async with api_client.connect(api_url, token=token) as client:
+                    delay = 0.5
+                    async for event in await client.subscribe(position, **filters):
+                        emit(event)
+                        position = event["id"]
+            except (api_client.DaemonUnreachable, api_client.ConnectionLost) as exc:
+                click.echo(f"muppet: {exc}; resuming after event {position or 0} in {delay:g} s", err=True)
+                if position is None:
+                    position = 0 if since is None else since
+                await trio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    try:
+        trio.run(stream)
+    except (RpcError, ValueError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, metavar="FILE...", type=click.Path(dir_okay=False))
+@click.option("--product", required=True, metavar="SLUG", help="The product the files are instances of.")
+@click.option("--backend", required=True, metavar="NAME",
+              help="The service backend they are on; a file:// backend's directory must hold them.")
+@click.option("--reference-time", metavar="ISO",
+              help="The reference time, for files that do not hold one (or to override theirs).")
+@click.option("--format", "fmt", metavar="NAME", help="The format's slug, instead of the one found by content.")
+@click.option("--expires", metavar="ISO", help="When the files expire. Default: the product's lifetime_hours.")
+@click.option("--version", "version", type=click.IntRange(1),
+              help="The instance version. Default: the newest, or a new one when it holds these files already.")
+@_json_option
+@_api_option
+def register(paths: tuple[str, ...], product: str, backend: str, reference_time: str | None,
+             fmt: str | None, expires: str | None, version: int | None, as_json: bool, api_url: str) -> None:
+    """Scan finished FILEs and index them as instances of PRODUCT on BACKEND.
+
+    Each file is read once: size, SHA-256, format by content (NetCDF classic,
+    64-bit offset, CDF5, NetCDF-4; GRIB 1 and 2; else by extension) and, for
+    NetCDF and GRIB, reference time, time period and variables. All files are
+    registered in one request, all or none: a file that cannot be read stops
+    the command before anything is sent.
+    """
+    from . import register as scanning
+
+    async def work(client: api_client.Client) -> Any:
+        backends = {b["slug"]: b for b in await client.call("backends.list")}
+        if backend not in backends:
+            _fail(f"unknown backend {backend!r} (known: {', '.join(sorted(backends)) or 'none'})")
+        root = _local_root(backends[backend]["url"])
+        scanned = []
+        for path in paths:
+            absolute = os.path.abspath(path)
+            if root is None:
+                _fail(f"{path}: backend {backend!r} is {backends[backend]['url']}, not a file:// directory "
+                      "this command can register local files on")
+            if os.path.commonpath([root, absolute]) != root:
+                _fail(f"{path}: not under backend {backend!r}'s directory {root}")
+            scanned.append(await trio.to_thread.run_sync(_scan_with_progress, scanning, absolute))
+        files = []
+        for item in scanned:
+            when = reference_time or _time_text(item.reference_time)
+            if when is None:
+                _fail(f"{item.path}: the file holds no reference time; give --reference-time")
+            files.append({
+                "product": product,
+                "reference_time": when,
+                "backend": backend,
+                "format": fmt or item.format or "data",
+                "url": "file://" + item.path,
+                "size": item.size,
+                "hash": item.sha256,
+                "hash_type": "sha256",
+                "time_begin": _time_text(item.time_begin),
+                "time_end": _time_text(item.time_end),
+                "variables": list(item.variables),
+                "expires": expires,
+                "version": version,
+            })
+        return await client.call("files.register", {"files": files})
+
+    result = _session(api_url, work)
+    rows = result["files"]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            click.echo(f"{row['url']}: file {row['id']}, {row['product']} {row['reference_time']} v{row['version']}")
+
+
+def _local_root(url: str) -> str | None:
+    if not url.startswith("file://"):
+        return None
+    return os.path.normpath("/" + url[len("file://"):].lstrip("/"))
+
+
+def _time_text(moment: Any) -> str | None:
+    from .codec import format_time
+
+    return None if moment is None else format_time(moment)
+
+
+def _scan_with_progress(scanning: Any, path: str) -> Any:
+    """Scan one file; a file that takes long shows its progress on stderr."""
+    size = os.path.getsize(path) if os.path.isfile(path) else 0
+    show = size >= 256 * 1024 * 1024 and sys.stderr.isatty()
+
+    def progress(done: int) -> None:
+        if show:
+            sys.stderr.write(f"\r{os.path.basename(path)}: {done * 100 // max(size, 1)}%")
+            sys.stderr.flush()
+
+    try:
+        item = scanning.scan(path, progress=progress)
+    except scanning.ScanError as exc:
+        _fail(str(exc))
+    if show:
+        sys.stderr.write("\n")
+    return item
 
 
 if __name__ == "__main__":

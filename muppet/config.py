@@ -717,6 +717,16 @@ def _index(
     if outputs_backend and outputs_backend not in backends:
         known = ", ".join(sorted(backends)) or "none"
         f.problem("index", "outputs_backend", f"unknown backend {_show(outputs_backend)} (declared: {known})")
+    elif outputs_backend:
+        root = backends[outputs_backend].local_root
+        # step outputs land in output_dir and are indexed under the backend's
+        # URL: the two must name the same directory, or the index lies
+        if root is not None and os.path.normpath(root) != os.path.normpath(output_dir):
+            f.problem(
+                "index", "outputs_backend",
+                f"backend {_show(outputs_backend)} is the directory {root}, but step outputs go to "
+                f"[daemon] output_dir {output_dir}; make them the same",
+            )
     if not outputs_backend:
         # the daemon's own outputs are always indexed somewhere: by default on
         # a backend named after what it is, the output directory itself

@@ -114,7 +114,8 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             updated_at REAL NOT NULL
         );
         CREATE TABLE instances (
-            id INTEGER PRIMARY KEY,
+            -- AUTOINCREMENT: an id is never used twice, even after deletes
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
             product TEXT NOT NULL REFERENCES products (slug),
             reference_time TEXT NOT NULL,
             version INTEGER NOT NULL,
@@ -126,7 +127,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         CREATE INDEX instances_completed ON instances (product, completed_at);
         CREATE TABLE data (
-            id INTEGER PRIMARY KEY,
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
             instance_id INTEGER NOT NULL REFERENCES instances (id),
             -- the file name: copies of one file on other backends share it
             name TEXT NOT NULL,
@@ -137,7 +138,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             UNIQUE (instance_id, name)
         );
         CREATE TABLE data_instances (
-            id INTEGER PRIMARY KEY,
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
             data_id INTEGER NOT NULL REFERENCES data (id),
             -- the instance again, so that "files of instance I on backend B"
             -- is one index lookup without a join

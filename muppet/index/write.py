@@ -69,6 +69,10 @@ class _Writer:
         self.sql = sql
         self.now = now
         self.events = events
+        # what one change has found to exist, so that a thousand files of one
+        # backend and format cost one look each
+        self.known_backends: set[str] = set()
+        self.known_formats: set[str] = set()
 
     def rows(self, sql: str, params: tuple | list = ()) -> list[tuple]:
         self.cursor.execute(self.sql(sql), tuple(params))
@@ -194,12 +198,17 @@ class _Writer:
             if row is None:
                 raise Refused(NOT_FOUND, f"{where}: unknown product {new.product!r}")
             products[new.product] = product_from_row(row)
-        if self.one("SELECT 1 FROM backends WHERE slug = ?", (new.backend,)) is None:
-            raise Refused(NOT_FOUND, f"{where}: unknown service backend {new.backend!r}")
-        if new.format not in new_formats and self.one("SELECT 1 FROM formats WHERE slug = ?", (new.format,)) is None:
-            if not change.define_formats:
+        if new.backend not in self.known_backends:
+            if self.one("SELECT 1 FROM backends WHERE slug = ?", (new.backend,)) is None:
+                raise Refused(NOT_FOUND, f"{where}: unknown service backend {new.backend!r}")
+            self.known_backends.add(new.backend)
+        if new.format not in self.known_formats and new.format not in new_formats:
+            if self.one("SELECT 1 FROM formats WHERE slug = ?", (new.format,)) is not None:
+                self.known_formats.add(new.format)
+            elif change.define_formats:
+                new_formats[new.format] = DataFormat(new.format, new.format)
+            else:
                 raise Refused(NOT_FOUND, f"{where}: unknown format {new.format!r}")
-            new_formats[new.format] = DataFormat(new.format, new.format)
         if new.data_id is not None:
             row = self.one(
                 "SELECT i.product, i.reference_time FROM data d JOIN instances i ON i.id = d.instance_id"
