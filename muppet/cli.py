@@ -471,6 +471,8 @@ def events(since: int | None, follow: bool, kinds: tuple[str, ...], products_: t
 
     def emit(event: Mapping[str, Any]) -> None:
         click.echo(json.dumps(event) if as_json else _event_line(event))
+        if follow:
+            sys.stdout.flush()  # a pipe is block-buffered: a reader waits for each event
 
     async def backlog(client: api_client.Client) -> None:
         after = since or 0

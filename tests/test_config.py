@@ -824,3 +824,100 @@ def test_every_bad_output_is_reported(tmp_path):
     problems = [p for p in problems_of(conf) if p.key == "outputs"]
     assert len(problems) == 2
     assert '"/a"' in problems[0].message and '"../b"' in problems[1].message
+
+
+# --- the index and the API's security ---------------------------------------------
+
+
+INDEX_DAEMON = """
+[stakeholders.ops]
+name = "Operations"
+[products.arome]
+name = "AROME"
+contact = "ops"
+file_count = 2
+operational = true
+lifetime_hours = 72
+projection = "lambert"
+time_steps = 67
+[products.arome-pp]
+name = "AROME pp"
+parents = ["arome"]
+[formats.zarr]
+name = "Zarr"
+[backends.lustre-a]
+name = "Lustre A"
+url = "file:///lustre/a/"
+[index]
+expiry_interval = 30
+delete_expired_files = true
+"""
+
+
+def test_index_declarations_load(tmp_path):
+    conf = setup(tmp_path, daemon=INDEX_DAEMON)
+    config = load_config(conf)
+    arome = config.products["arome"]
+    assert (arome.name, arome.contact, arome.file_count, arome.operational, arome.lifetime_hours) == (
+        "AROME", "ops", 2, True, 72.0)
+    assert arome.metadata == {"projection": "lambert", "time_steps": 67}
+    assert config.products["arome-pp"].parents == ("arome",)
+    assert set(config.formats) == {"netcdf", "grib", "zarr"}
+    assert config.backends["lustre-a"].url == "file:///lustre/a"
+    # step outputs go on an implicit backend that is the output directory
+    assert config.index.outputs_backend == "local"
+    assert config.backends["local"].local_root == config.daemon.output_dir
+    assert config.index.expiry_interval == 30 and config.index.delete_expired_files
+
+
+@pytest.mark.parametrize("daemon, table, key, words", [
+    ('[products.x]\nname = "X"\ncontact = "nobody"\n', "products.x", "contact", ("unknown stakeholder",)),
+    ('[products.x]\nname = "X"\nparents = ["y"]\n', "products.x", "parents", ("unknown product",)),
+    ('[products.x]\nname = "X"\nfile_count = 0\n', "products.x", "file_count", (">= 1",)),
+    ('[products.x]\nname = "X"\ncolour = "red"\n', "products.x", "colour", ("unknown key",)),
+    ("[products.x]\nfile_count = 1\n", "products.x", "name", ("missing required key",)),
+    ('[backends.b]\nname = "B"\nurl = "lustre/a"\n', "backends.b", "url", ("must be a URL",)),
+    ('[backends.b]\nname = "B"\nurl = "file://relative"\n', "backends.b", "url", ("absolute path",)),
+    ('[index]\noutputs_backend = "nope"\n', "index", "outputs_backend", ("unknown backend",)),
+    ('[backends.b]\nname = "B"\nurl = "file:///elsewhere"\n[index]\noutputs_backend = "b"\n',
+     "index", "outputs_backend", ("output_dir",)),
+    ('[api]\nlisten = "0.0.0.0:8765"\n', "api", "listen", ("tokens_file", "other hosts")),
+    ('[api]\ntokens_file = "missing.toml"\n', "api", "tokens_file", ("no such file",)),
+    ('[api]\nopen_reads = "yes"\n', "api", "open_reads", ("true or false",)),
+    ('[api]\nmax_message_bytes = 10\n', "api", "max_message_bytes", (">= 1024",)),
+])
+def test_index_and_api_problems_are_named(tmp_path, daemon, table, key, words):
+    problems = problems_of(setup(tmp_path, daemon=EXAMPLE_PRODUCT + daemon))
+    find(problems, table, key, *words)
+
+
+def test_pipelines_must_name_declared_products(tmp_path):
+    pipeline = GOOD_PIPELINE.replace('requires = []', 'requires = ["nope"]')
+    find(problems_of(setup(tmp_path, pipeline)), "pipeline", "requires", "unknown product", '"nope"')
+
+
+def test_a_step_product_must_be_produced(tmp_path):
+    pipeline = GOOD_PIPELINE.replace('[steps.cleanup]\n', '[steps.cleanup]\nproduct = "other"\n')
+    find(problems_of(setup(tmp_path, pipeline)), "steps.cleanup", "product", "not in the pipeline's produces")
+
+
+def test_tokens_file(tmp_path):
+    digest = "0123456789abcdef" * 4
+    (tmp_path / "tokens.toml").write_text(
+        f'[tokens.producer]\nrole = "write"\nsha256 = "{digest.upper()}"\n'
+        '[tokens.bad]\nrole = "god"\nsha256 = "secret"\n'
+    )
+    conf = setup(tmp_path, daemon='[api]\ntokens_file = "tokens.toml"\nlisten = "0.0.0.0:8765"\n')
+    problems = problems_of(conf)
+    assert {p.file for p in problems} == {str(tmp_path / "tokens.toml")}
+    find(problems, "tokens.bad", "role", "must be one of")
+    find(problems, "tokens.bad", "sha256", "64 hexadecimal digits", "never the secret")
+    (tmp_path / "tokens.toml").write_text(f'[tokens.producer]\nrole = "write"\nsha256 = "{digest}"\n')
+    config = load_config(conf)
+    assert config.api.tokens[digest].name == "producer" and config.api.host == "0.0.0.0"
+
+
+def test_tls_needs_both_files(tmp_path):
+    (tmp_path / "api.crt").write_text("x")
+    problems = problems_of(setup(tmp_path, daemon='[api]\ntls_cert = "api.crt"\n'))
+    find(problems, "api", "tls_key", "go together")
