@@ -62,6 +62,9 @@ class NewFile:
     partial: bool = False
     version: int | None = None
     data_id: int | None = None
+    #: BitTorrent: the copy's v1 info-hash and a peer (HOST:PORT) serving it
+    info_hash: str | None = None
+    peer: str | None = None
 
 
 @attrs.frozen
@@ -103,6 +106,8 @@ class SetTorrent:
     data_instance_id: int
     info_hash: str
     torrent: str
+    #: HOST:PORT of the peer that seeds it; None keeps the one known
+    peer: str | None = None
     request: int = 0
 
 

@@ -313,7 +313,8 @@ def test_too_many_positional_params():
 
 def test_every_muppet_method_takes_no_or_known_params():
     for name, spec in METHODS.items():
-        required = {p.name: 1 if p.type == "integer" else "x" for p in spec.params if p.required}
+        samples = {"integer": 1, "string": "x", "object": {}, "array": [], "boolean": True, "number": 1.5}
+        required = {p.name: samples[p.type] for p in spec.params if p.required}
         assert bound(name, required) .keys() == {p.name for p in spec.params}
         assert_error(answer(call(name, {**required, "nope": 1}), METHODS), INVALID_PARAMS, 1)
 
@@ -329,7 +330,7 @@ def test_param_declaration_is_checked():
 def test_error_codes_are_the_documented_ones():
     assert (PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR) == (
         -32700, -32600, -32601, -32602, -32603)
-    assert (NOT_FOUND, CONFLICT, UNAVAILABLE) == (-32001, -32002, -32003)
+    assert (NOT_FOUND, CONFLICT, UNAVAILABLE, protocol.UNAUTHORIZED) == (-32001, -32002, -32003, -32004)
 
 
 def test_a_handler_error_keeps_its_code_and_data():

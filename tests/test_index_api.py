@@ -119,8 +119,9 @@ async def test_delete_and_torrent_and_copies(api):
         copy = (await client.call("files.register", {"files": [
             file_entry("a.nc", backend="thredds-1", data_id=item["data_id"])]}))["files"][0]
         assert [c["id"] for c in await client.call("files.copies", {"data_id": item["data_id"]})] == [item["id"], copy["id"]]
-        done = await client.call("files.set_torrent", {"file_id": item["id"], "info_hash": "cd" * 20, "torrent": "dG9ycmVudA=="})
-        assert done["info_hash"] == "cd" * 20
+        done = await client.call("files.set_torrent", {"file_id": item["id"], "info_hash": "cd" * 20,
+                                                       "torrent": "dG9ycmVudA==", "peer": "127.0.0.1:6881"})
+        assert done["info_hash"] == "cd" * 20 and done["peer"] == "127.0.0.1:6881"
         got = await client.call("files.get", {"file_id": item["id"], "torrent": True})
         assert got["torrent"] == "dG9ycmVudA=="
         assert await client.call("files.delete", {"ids": [copy["id"]], "reason": "disk full"}) == {"deleted": [copy["id"]]}
@@ -144,6 +145,8 @@ async def test_delete_and_torrent_and_copies(api):
     ("files.register", {"files": "a.nc"}, INVALID_PARAMS, "'files' must be an array"),
     ("files.delete", {"ids": [12345]}, NOT_FOUND, "unknown data instance 12345"),
     ("files.set_torrent", {"file_id": 1, "info_hash": "zz", "torrent": ""}, INVALID_PARAMS, "info_hash"),
+    ("files.set_torrent", {"file_id": 1, "info_hash": "cd" * 20, "torrent": "", "peer": "x"}, INVALID_PARAMS, "peer"),
+    ("files.register", {"files": [file_entry("a.nc", peer="nowhere")]}, INVALID_PARAMS, "files[0].peer"),
     ("events.subscribe", {"kinds": ["weather"]}, INVALID_PARAMS, "kinds"),
     ("products.define", {"product": {"slug": "x"}}, INVALID_PARAMS, "product.name is required"),
     ("products.define", {"product": {"slug": "x", "name": "X", "contact": "nobody"}}, INVALID_PARAMS, "nobody"),

@@ -223,8 +223,13 @@ def test_delete_by_id_and_expiry(store):
 
 def test_set_torrent(store):
     (item,) = register(store, nf("a.nc")).result["files"]
-    (written,) = store.write([SetTorrent(item["id"], "AA" * 20, "ZGF0YQ==")]).changes
-    assert written.result["info_hash"] == "aa" * 20
+    (written,) = store.write([SetTorrent(item["id"], "AA" * 20, "ZGF0YQ==", peer="10.0.0.1:6881")]).changes
+    assert written.result["info_hash"] == "aa" * 20 and written.result["peer"] == "10.0.0.1:6881"
+    (kept,) = store.write([SetTorrent(item["id"], "AA" * 20, "ZGF0YQ==")]).changes
+    assert kept.result["peer"] == "10.0.0.1:6881"
+    (copy,) = register(store, nf("a.nc", backend="thredds-1", data_id=item["data_id"],
+                                 info_hash="bb" * 20, peer="10.0.0.2:6881")).result["files"]
+    assert (copy["info_hash"], copy["peer"]) == ("bb" * 20, "10.0.0.2:6881")
     assert queries.get_file(store, item["id"], torrent=True)["torrent"] == "ZGF0YQ=="
     (missing,) = store.write([SetTorrent(999, "aa" * 20, "x")]).changes
     assert missing.code == NOT_FOUND

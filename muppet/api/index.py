@@ -268,11 +268,12 @@ async def _files_delete(ctx: Context, params: Mapping[str, Any], conn: Connectio
 
 
 async def _files_set_torrent(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
-    info_hash = params["info_hash"]
-    if len(info_hash) != 40 or not all(c in "0123456789abcdefABCDEF" for c in info_hash):
-        raise RpcError(INVALID_PARAMS, "invalid params: 'info_hash' must be 40 hex digits (a v1 info-hash)",
-                       {"param": "info_hash"})
-    written = await _write(ctx, messages.SetTorrent(params["file_id"], info_hash, params["torrent"]))
+    try:
+        info_hash = index_params.info_hash("info_hash", params["info_hash"])
+        peer = None if params["peer"] is None else index_params.peer("peer", params["peer"])
+    except index_params.ParamError as exc:
+        raise _invalid(exc) from None
+    written = await _write(ctx, messages.SetTorrent(params["file_id"], info_hash, params["torrent"], peer))
     return written.result
 
 

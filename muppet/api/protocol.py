@@ -324,7 +324,8 @@ METHODS: dict[str, MethodSpec] = method_table([
         Param("file_id", "integer", required=True, minimum=1),
         Param("info_hash", "string", required=True),
         Param("torrent", "string", required=True, doc="base64 of the bencoded torrent"),
-    ), "keep a file's torrent beside it", "write"),
+        Param("peer", "string", nullable=True, doc="HOST:PORT of the peer seeding it"),
+    ), "keep a file's torrent (and who seeds it) beside it", "write"),
     MethodSpec("events.list", (
         Param("since", "integer", default=0, minimum=0),
         Param("kinds", "array", nullable=True),

@@ -155,6 +155,8 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             -- BitTorrent: the v1 info-hash and the bencoded torrent (base64)
             info_hash TEXT,
             torrent TEXT,
+            -- HOST:PORT of a BitTorrent peer serving this copy (muppet-sync)
+            peer TEXT,
             created_at REAL NOT NULL,
             deleted_at REAL
         );

@@ -108,7 +108,23 @@ def strings(field: str, value: Any) -> tuple[str, ...]:
 _FILE_FIELDS = (
     "product", "reference_time", "backend", "format", "url", "size", "hash", "hash_type",
     "time_begin", "time_end", "variables", "expires", "partial", "version", "data_id",
+    "info_hash", "peer",
 )
+
+
+def info_hash(field: str, value: Any) -> str:
+    value = string(field, value)
+    if len(value) != 40 or not _HEX.match(value):
+        raise ParamError(field, "must be 40 hex digits (a v1 info-hash)")
+    return value.lower()
+
+
+def peer(field: str, value: Any) -> str:
+    value = string(field, value)
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ParamError(field, f"must be HOST:PORT, got {_show(value)}")
+    return value
 
 
 def new_file(data: Any, where: str) -> NewFile:
@@ -142,6 +158,8 @@ def new_file(data: Any, where: str) -> NewFile:
         partial=o.get("partial", boolean, False),
         version=o.get("version", integer(1)),
         data_id=o.get("data_id", integer(1)),
+        info_hash=o.get("info_hash", info_hash),
+        peer=o.get("peer", peer),
     )
 
 

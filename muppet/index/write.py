@@ -163,12 +163,13 @@ class _Writer:
                 expires = datetime.fromtimestamp(self.now, timezone.utc) + timedelta(hours=lifetime)
             file_id = self.insert(
                 "INSERT INTO data_instances (data_id, instance_id, url, format, backend, size,"
-                " hash_type, hash, expires, deleted, partial, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                " hash_type, hash, expires, deleted, partial, info_hash, peer, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
                 (
                     data_id, instance_id, new.url, new.format, new.backend, new.size,
                     new.hash_type, new.hash.lower(), codec.format_time(expires),
-                    int(new.partial), self.now,
+                    int(new.partial), new.info_hash.lower() if new.info_hash else None,
+                    new.peer, self.now,
                 ),
             )
             item = self._file(file_id)
@@ -345,8 +346,8 @@ class _Writer:
 
     def set_torrent(self, change: SetTorrent) -> dict[str, Any]:
         self.cursor.execute(self.sql(
-            "UPDATE data_instances SET info_hash = ?, torrent = ? WHERE id = ?"
-        ), (change.info_hash.lower(), change.torrent, change.data_instance_id))
+            "UPDATE data_instances SET info_hash = ?, torrent = ?, peer = COALESCE(?, peer) WHERE id = ?"
+        ), (change.info_hash.lower(), change.torrent, change.peer, change.data_instance_id))
         if self.cursor.rowcount != 1:
             raise Refused(NOT_FOUND, f"unknown data instance {change.data_instance_id}")
         item = self._file(change.data_instance_id)
