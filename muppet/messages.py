@@ -43,8 +43,9 @@ class NewFile:
     The instance is the newest version of (product, reference_time), or a new
     version when that one already holds a file of the same name on the same
     backend and format (a re-run made it again); ``version`` picks one
-    explicitly. The Data record is the instance's one of the same file name
-    (copies on other backends share it), or ``data_id``'s.
+    explicitly. A file's name is its path under the backend's URL (else the
+    URL's last part). The Data record is the instance's one of the same name,
+    or ``data_id``'s (a copy on another backend shares its original's).
     """
 
     product: str

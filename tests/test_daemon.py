@@ -268,7 +268,9 @@ def test_sigterm_stops_cleanly_and_jobs_go_on(tmp_path, database_url):
 @pytest.mark.slow
 def test_readme_daemon_on_embedded_defaults_runs_the_examples(tmp_path):
     """The README's first command on a fresh home directory: conf/muppet.toml
-    (embedded defaults, example pipelines), then a run of "example"."""
+    (embedded defaults, example pipelines), then a run of "example", whose
+    outputs complete an instance of example-product in the index, which
+    triggers "archive"."""
     repo = Path(__file__).resolve().parent.parent
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if k not in ("XDG_STATE_HOME", "MUPPET_API")}
@@ -297,6 +299,15 @@ def test_readme_daemon_on_embedded_defaults_runs_the_examples(tmp_path):
                 time.sleep(0.1)
         run_id = int(cli("trigger", "example", "--reference-time", "2026-11-28T06:15:00Z", api=d.api).strip())
         assert d.wait(run_id)["state"] == "succeeded", d.jobs(run_id)
+        files = json.loads(cli("files", "example-product", "--json", api=d.api))
+        assert sorted(f["name"] for f in files) == [
+            f"example/20261128T0615/{name}" for name in ("manifest.txt", "part_0.txt", "part_1.txt", "part_2.txt")]
+        deadline = time.monotonic() + 30
+        while not (archive := json.loads(cli("runs", "--pipeline", "archive", "--json", api=d.api))):
+            assert time.monotonic() < deadline, "no archive run"
+            time.sleep(0.1)
+        assert archive[0]["cause"] == "data" and archive[0]["reference_time"] == "2026-11-28T06:15:00Z"
+        assert d.wait(archive[0]["id"])["state"] == "succeeded"
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0

@@ -393,10 +393,10 @@ async def test_outputs_are_indexed_and_complete_instances_trigger_pipelines(nurs
         latest = await wait_for(lambda: client.call("instances.latest", {"product": "arome", "complete": True}),
                                 "arome complete")
         files = (await client.call("files.list", {"instance_id": latest["id"]}))["items"]
-        assert sorted(f["name"] for f in files) == ["f0.txt", "f1.txt"]
+        assert sorted(f["name"] for f in files) == ["arome/f0.txt", "arome/f1.txt"]
         for f in files:
             path = f["url"][len("file://"):]
-            assert f["backend"] == "lustre-a" and path == str(tmp_path / "lustre" / "arome" / f["name"])
+            assert f["backend"] == "lustre-a" and path == str(tmp_path / "lustre" / f["name"])
             data = Path(path).read_bytes()
             assert f["hash"] == hashlib.sha256(data).hexdigest() and f["size"] == len(data)
             assert f["format"] == "txt"

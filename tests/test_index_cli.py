@@ -71,7 +71,7 @@ async def test_register_reads_the_file_and_the_listings_show_it(api, tmp_path):
     done = await muppet("register", str(a), str(b), "--product", "arome", "--backend", "lustre-a", "--json", "--api", api)
     assert done.returncode == 0, done.stderr.decode()
     files = json.loads(done.stdout)
-    assert [f["name"] for f in files] == ["a.nc", "b.nc"]
+    assert [f["name"] for f in files] == ["arome/a.nc", "arome/b.nc"]  # under the backend's URL
     first = files[0]
     assert first["format"] == "netcdf" and first["reference_time"] == "2026-11-28T06:00:00Z"
     assert first["time_begin"] == "2026-11-28T06:00:00Z" and first["time_end"] == "2026-11-28T08:00:00Z"
@@ -87,7 +87,7 @@ async def test_register_reads_the_file_and_the_listings_show_it(api, tmp_path):
     instances = json.loads((await muppet("instances", "arome", "--json", "--api", api)).stdout)
     assert [(i["version"], bool(i["completed_at"])) for i in instances] == [(1, True)]
     listed = json.loads((await muppet("files", "arome", "--json", "--api", api)).stdout)
-    assert [f["name"] for f in listed] == ["a.nc", "b.nc"]
+    assert [f["name"] for f in listed] == ["arome/a.nc", "arome/b.nc"]
     by_time = await muppet("files", "arome", "--reference-time", "2026-11-28T06:00Z", "--backend", "thredds-1",
                            "--api", api)
     assert by_time.returncode == 0 and "no files" in by_time.stderr.decode()

@@ -129,7 +129,8 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE TABLE data (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             instance_id INTEGER NOT NULL REFERENCES instances (id),
-            -- the file name: copies of one file on other backends share it
+            -- the file's path under its backend's URL: copies of one file on
+            -- other backends share the record
             name TEXT NOT NULL,
             time_begin TEXT,
             time_end TEXT,

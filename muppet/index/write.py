@@ -71,7 +71,7 @@ class _Writer:
         self.events = events
         # what one change has found to exist, so that a thousand files of one
         # backend and format cost one look each
-        self.known_backends: set[str] = set()
+        self.known_backends: dict[str, str] = {}  # slug -> base URL
         self.known_formats: set[str] = set()
 
     def rows(self, sql: str, params: tuple | list = ()) -> list[tuple]:
@@ -200,9 +200,10 @@ class _Writer:
                 raise Refused(NOT_FOUND, f"{where}: unknown product {new.product!r}")
             products[new.product] = product_from_row(row)
         if new.backend not in self.known_backends:
-            if self.one("SELECT 1 FROM backends WHERE slug = ?", (new.backend,)) is None:
+            row = self.one("SELECT url FROM backends WHERE slug = ?", (new.backend,))
+            if row is None:
                 raise Refused(NOT_FOUND, f"{where}: unknown service backend {new.backend!r}")
-            self.known_backends.add(new.backend)
+            self.known_backends[new.backend] = row[0]
         if new.format not in self.known_formats and new.format not in new_formats:
             if self.one("SELECT 1 FROM formats WHERE slug = ?", (new.format,)) is not None:
                 self.known_formats.add(new.format)
@@ -251,7 +252,7 @@ class _Writer:
                 "SELECT 1 FROM data_instances di JOIN data d ON d.id = di.data_id"
                 " WHERE d.instance_id = ? AND d.name = ? AND di.backend = ? AND di.format = ?"
                 " AND di.deleted = 0",
-                (row[0], _name(new.url), new.backend, new.format),
+                (row[0], self._name(new), new.backend, new.format),
             )
             if again is None:
                 return row[0], row[1]
@@ -273,7 +274,7 @@ class _Writer:
     def _data(self, new: NewFile, instance_id: int) -> int:
         if new.data_id is not None:
             return new.data_id
-        name = _name(new.url)
+        name = self._name(new)
         row = self.one("SELECT id FROM data WHERE instance_id = ? AND name = ?", (instance_id, name))
         if row is not None:
             return row[0]
@@ -285,6 +286,9 @@ class _Writer:
                 _json(list(new.variables)), self.now,
             ),
         )
+
+    def _name(self, new: NewFile) -> str:
+        return _name(new.url, self.known_backends[new.backend])
 
     def _completes(self, instance_id: int, file_count: int) -> bool:
         """Mark the instance complete if this write made it so; True only the
@@ -381,5 +385,10 @@ def apply(
     raise TypeError(f"not an index change: {change!r}")
 
 
-def _name(url: str) -> str:
+def _name(url: str, base: str) -> str:
+    """A file's name in its instance: its path under its backend's URL
+    (``arome/2026/11/28/f.nc``), or its last part when the URL is not under it."""
+    prefix = base.rstrip("/") + "/"
+    if url.startswith(prefix) and len(url) > len(prefix):
+        return url[len(prefix):]
     return os.path.basename(url.rstrip("/")) or url
