@@ -18,7 +18,7 @@ def main() -> None:
                         products on local disk
 
     Neither is here yet: they arrive with the sync issue. This release has
-    only the version command.
+    the version and torrent-file commands.
     """
 
 
@@ -30,6 +30,30 @@ def version() -> None:
     except importlib.metadata.PackageNotFoundError:
         text = "unknown"
     click.echo(f"muppet-sync {text}")
+
+
+@main.command("torrent-file")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, readable=True))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="Where to write the .torrent file.")
+@click.option("--tracker", "trackers", multiple=True, metavar="URL",
+              help="Tracker announce URL to put in the torrent (repeatable).")
+def torrent_file(path: str, output: str, trackers: tuple[str, ...]) -> None:
+    """Make the BitTorrent (v1) torrent of a local file, the way `seed` does.
+
+    Prints the info-hash. Any BitTorrent client can then fetch the file from a
+    seeder of it.
+    """
+    from .errors import SyncError
+    from .torrent import info_hash_hex, make_torrent
+
+    try:
+        data = make_torrent(path, trackers)
+    except SyncError as e:
+        raise click.ClickException(str(e)) from None
+    with open(output, "wb") as f:
+        f.write(data)
+    click.echo(info_hash_hex(data))
 
 
 if __name__ == "__main__":

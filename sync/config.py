@@ -1,0 +1,513 @@
+"""The seed and fetch TOML files (issue 5's contract) -> frozen objects.
+
+``seed.toml`` (producer's storage host)::
+
+    api = "ws://lustre-host:8765"
+    state_dir = "/var/lib/muppet-sync"
+    listen = "0.0.0.0:6881"           # or "HOST:FIRST-LAST" (a port range)
+    trackers = []                     # HTTP tracker URLs, put into the torrents
+    utp = false
+    [[select]]
+    products = ["arome-pp"]
+    formats = ["netcdf"]
+    backend = "lustre-a"
+    recent = 12
+    [peers]
+    allow = ["10.0.0.0/8"]            # CIDR; empty: everyone
+    deny = []
+    upload_rate = 0                   # bytes per second, 0 = unlimited
+    download_rate = 0
+
+``fetch.toml`` (consumer host) has the same keys plus ``data_dir``,
+``layout``, ``backend`` (its own service backend) and ``on_complete``.
+
+All problems of a file are reported at once, in one :class:`ConfigError`,
+each naming the file, the table and the key ("fetch.toml: [peers] allow:
+'10.0.0.0/33' is not a network"). Relative paths are relative to the
+configuration file's directory. Loading reads a file: under Trio call it from a
+worker thread or before ``trio.run``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import urlsplit
+
+import attrs
+
+from .errors import SyncError
+from .place import check_layout
+
+__all__ = [
+    "ConfigError",
+    "Problem",
+    "Listen",
+    "Select",
+    "PeerPolicy",
+    "SeedConfig",
+    "FetchConfig",
+    "DEFAULT_LAYOUT",
+    "DEFAULT_LISTEN",
+    "load_seed_config",
+    "load_fetch_config",
+    "parse_seed_config",
+    "parse_fetch_config",
+]
+
+DEFAULT_LISTEN = "0.0.0.0:6881"
+DEFAULT_LAYOUT = "{product}/{reference_time:%Y/%m/%d}/{filename}"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@attrs.frozen
+class Problem:
+    """One thing wrong in a configuration file (``table`` is "", "peers" or
+    "[select] #N"; printed "FILE: [TABLE] KEY: MESSAGE")."""
+
+    file: str
+    table: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:"
+        if self.table:
+            where += f" {self.table}"
+        if self.key:
+            where += f" {self.key}:"
+        return f"{where} {self.message}"
+
+
+class ConfigError(SyncError):
+    """A configuration with problems; ``problems`` lists all of them, in file order."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@attrs.frozen
+class Listen:
+    """Where libtorrent listens: ``host`` (an IP address, or an interface name
+    such as ``eth0``), ports ``first_port`` to ``last_port`` (equal for one
+    port; libtorrent tries the next one when a port is taken). Port 0 asks the
+    system for a free port (tests)."""
+
+    host: str
+    first_port: int
+    last_port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        ports = str(self.first_port)
+        if self.last_port != self.first_port:
+            ports += f"-{self.last_port}"
+        return f"{host}:{ports}"
+
+
+@attrs.frozen
+class Select:
+    """One ``[[select]]`` rule: these products (and formats, and service
+    backend, when given), the ``recent`` most recent reference times."""
+
+    products: tuple[str, ...]
+    recent: int
+    formats: tuple[str, ...] = ()  # empty: every format
+    backend: str | None = None  # None: any service backend
+
+
+@attrs.frozen
+class PeerPolicy:
+    """``[peers]``: networks allowed (empty: all) and denied (deny wins), and
+    rate limits in bytes per second (0: unlimited)."""
+
+    allow: tuple[Network, ...] = ()
+    deny: tuple[Network, ...] = ()
+    upload_rate: int = 0
+    download_rate: int = 0
+
+
+@attrs.frozen
+class SeedConfig:
+    """A ``muppet-sync seed`` configuration."""
+
+    source: str  # the file it was read from, for messages
+    api: str
+    state_dir: Path
+    listen: Listen
+    trackers: tuple[str, ...]
+    select: tuple[Select, ...]
+    peers: PeerPolicy
+    utp: bool = False
+
+
+@attrs.frozen
+class FetchConfig:
+    """A ``muppet-sync fetch`` configuration."""
+
+    source: str
+    api: str
+    state_dir: Path
+    listen: Listen
+    trackers: tuple[str, ...]
+    data_dir: Path
+    layout: str
+    backend: str  # the consumer's own service backend in the index
+    on_complete: str
+    select: tuple[Select, ...]
+    peers: PeerPolicy
+    utp: bool = False
+
+
+# --- value checks --------------------------------------------------------------
+
+
+class _Bad(Exception):
+    """A value check failed; the message completes "KEY: ..."."""
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    # TOML's true is a Python bool, a subclass of int: "recent = true" is not 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"must be a string, got {_show(value)}")
+    if not value.strip():
+        raise _Bad("must not be empty")
+    return value
+
+
+def _any_string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"must be a string, got {_show(value)}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"must be true or false, got {_show(value)}")
+    return value
+
+
+def _integer(minimum: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if not _is_int(value) or value < minimum:
+            raise _Bad(f"must be an integer >= {minimum}, got {_show(value)}")
+        return value
+
+    return check
+
+
+def _string_list(*, non_empty: bool = False) -> Callable[[Any], tuple[str, ...]]:
+    def check(value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise _Bad(f"must be a list of strings, got {_show(value)}")
+        if non_empty and not value:
+            raise _Bad("must list at least one")
+        for item in value:
+            if not isinstance(item, str) or not item.strip():
+                raise _Bad(f"must be a list of non-empty strings, got {_show(item)} in the list")
+        twice = sorted({item for item in value if value.count(item) > 1})
+        if twice:
+            raise _Bad(f"lists {_show(twice[0])} more than once")
+        return tuple(value)
+
+    return check
+
+
+def _api(value: Any) -> str:
+    value = _string(value)
+    parts = urlsplit(value)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise _Bad(f"must be the index's WebSocket URL (ws://HOST:PORT or wss://...), got {_show(value)}")
+    return value
+
+
+def _tracker(value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https", "udp") or not parts.hostname:
+        raise _Bad(f"{_show(value)} is not a tracker URL (http://HOST:PORT/announce, https:// or udp://)")
+
+
+def _trackers(value: Any) -> tuple[str, ...]:
+    urls = _string_list()(value)
+    for url in urls:
+        _tracker(url)
+    return urls
+
+
+_INTERFACE = re.compile(r"[A-Za-z0-9_.-]+\Z")
+
+
+def _listen(value: Any) -> Listen:
+    value = _string(value)
+    rule = 'must be HOST:PORT or HOST:FIRST-LAST (such as "0.0.0.0:6881" or "[::]:6881-6889")'
+    host, sep, ports = value.rpartition(":")
+    if not sep or not host:
+        raise _Bad(f"{rule}, got {_show(value)}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _Bad(f"{host!r} in brackets is not an IPv6 address") from None
+    elif ":" in host:
+        raise _Bad(f'an IPv6 address goes in brackets ("[::]:6881"), got {_show(value)}')
+    elif not _INTERFACE.match(host):
+        raise _Bad(f"{host!r} is neither an IP address nor an interface name")
+    first, dash, last = ports.partition("-")
+    if not first.isdigit() or (dash and not last.isdigit()):
+        raise _Bad(f"{rule}, got {_show(value)}")
+    first_port = int(first)
+    last_port = int(last) if dash else first_port
+    if not 0 <= first_port <= 65535 or not 0 <= last_port <= 65535:
+        raise _Bad(f"ports must be 0-65535, got {_show(value)}")
+    if dash and (first_port == 0 or last_port < first_port):
+        raise _Bad(f"a port range goes from a lower to a higher port, neither 0, got {_show(value)}")
+    return Listen(host, first_port, last_port)
+
+
+def _networks(value: Any) -> tuple[Network, ...]:
+    if not isinstance(value, list):
+        raise _Bad(f"must be a list of networks in CIDR notation (\"10.0.0.0/8\"), got {_show(value)}")
+    networks = []
+    bad = []
+    for item in value:
+        try:
+            if not isinstance(item, str):
+                raise ValueError
+            # strict=False: "10.1.2.3/8" means 10.0.0.0/8, as in iptables
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            bad.append(item)
+    if bad:
+        raise _Bad("; ".join(f"{_show(item)} is not a network" for item in bad))
+    return tuple(networks)
+
+
+_MISSING = object()
+
+
+class _File:
+    """Collects the problems of one file."""
+
+    def __init__(self, display: str) -> None:
+        self.display = display
+        self.problems: list[Problem] = []
+
+    def problem(self, table: str, key: str, message: str) -> None:
+        self.problems.append(Problem(self.display, table, key, message))
+
+    def unknown(self, data: Mapping[str, Any], table: str, allowed: Iterable[str]) -> None:
+        allowed = list(allowed)
+        for key in data:
+            if key not in allowed:
+                hint = difflib.get_close_matches(key, allowed, n=1)
+                more = f'; did you mean "{hint[0]}"?' if hint else ""
+                self.problem(table, key, f"unknown key{more} (expected: {', '.join(allowed)})")
+
+    def get(
+        self,
+        data: Mapping[str, Any],
+        table: str,
+        key: str,
+        check: Callable[[Any], Any],
+        default: Any = None,
+        *,
+        required: str = "",
+    ) -> Any:
+        """``data[key]`` checked; ``required`` (when given) says what the key is
+        for, in the "missing" message."""
+        value = data.get(key, _MISSING)
+        if value is _MISSING:
+            if required:
+                self.problem(table, key, f"missing ({required})")
+            return default
+        try:
+            return check(value)
+        except _Bad as bad:
+            self.problem(table, key, str(bad))
+            return default
+
+
+# --- the files -------------------------------------------------------------------
+
+_COMMON_KEYS = ("api", "state_dir", "listen", "trackers", "utp", "select", "peers")
+_SEED_KEYS = _COMMON_KEYS
+_FETCH_KEYS = _COMMON_KEYS + ("data_dir", "layout", "backend", "on_complete")
+_SELECT_KEYS = ("products", "formats", "backend", "recent")
+_PEERS_KEYS = ("allow", "deny", "upload_rate", "download_rate")
+
+
+def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, _File]:
+    file = _File(os.fspath(path))
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        file.problem("", "", "no such file")
+        return None, file
+    except IsADirectoryError:
+        file.problem("", "", "is a directory, not a TOML file")
+        return None, file
+    except OSError as e:
+        file.problem("", "", f"cannot read: {e.strerror or e}")
+        return None, file
+    try:
+        return tomllib.loads(raw.decode("utf-8")), file
+    except UnicodeDecodeError as e:
+        file.problem("", "", f"not UTF-8 (byte {e.start}); TOML files are UTF-8")
+    except tomllib.TOMLDecodeError as e:
+        file.problem("", "", f"invalid TOML: {e}")
+    return None, file
+
+
+def _path(base_dir: Path) -> Callable[[Any], Path]:
+    def check(value: Any) -> Path:
+        return base_dir / os.path.expanduser(_string(value))
+
+    return check
+
+
+def _common(data: Mapping[str, Any], file: _File, base_dir: Path) -> dict[str, Any]:
+    get = file.get
+    common = {
+        "api": get(data, "", "api", _api, required="the index's ws:// URL"),
+        "state_dir": get(data, "", "state_dir", _path(base_dir), required="where resume data is kept"),
+        "listen": get(data, "", "listen", _listen, _listen(DEFAULT_LISTEN)),
+        "trackers": get(data, "", "trackers", _trackers, ()),
+        "utp": get(data, "", "utp", _bool, False),
+        "select": _selects(data, file),
+        "peers": _peers(data, file),
+    }
+    return common
+
+
+def _selects(data: Mapping[str, Any], file: _File) -> tuple[Select, ...]:
+    raw = data.get("select", _MISSING)
+    if raw is _MISSING:
+        file.problem("", "[[select]]", "missing: at least one [[select]] table saying which products to sync")
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        file.problem("", "select", "must be [[select]] tables")
+        return ()
+    if not raw:
+        file.problem("", "[[select]]", "at least one is needed")
+    selects = []
+    for number, item in enumerate(raw, 1):
+        table = f"[[select]] #{number}"
+        before = len(file.problems)
+        file.unknown(item, table, _SELECT_KEYS)
+        products = file.get(item, table, "products", _string_list(non_empty=True), required="the product names")
+        recent = file.get(item, table, "recent", _integer(1), required="how many most recent reference times")
+        formats = file.get(item, table, "formats", _string_list(), ())
+        backend = file.get(item, table, "backend", _string, None)
+        if len(file.problems) == before:
+            selects.append(Select(products=products, recent=recent, formats=formats, backend=backend))
+    return tuple(selects)
+
+
+def _peers(data: Mapping[str, Any], file: _File) -> PeerPolicy:
+    raw = data.get("peers", {})
+    if not isinstance(raw, dict):
+        file.problem("", "peers", "must be a [peers] table")
+        return PeerPolicy()
+    table = "[peers]"
+    file.unknown(raw, table, _PEERS_KEYS)
+    return PeerPolicy(
+        allow=file.get(raw, table, "allow", _networks, ()),
+        deny=file.get(raw, table, "deny", _networks, ()),
+        upload_rate=file.get(raw, table, "upload_rate", _integer(0), 0),
+        download_rate=file.get(raw, table, "download_rate", _integer(0), 0),
+    )
+
+
+def parse_seed_config(data: Mapping[str, Any], source: str, base_dir: Path | None = None) -> SeedConfig:
+    """A seed configuration from parsed TOML; ``source`` names the file in
+    messages, ``base_dir`` resolves relative paths (default: the current
+    directory). Raises :class:`ConfigError` with every problem."""
+    file = _File(source)
+    config = _parse_seed(data, file, base_dir or Path.cwd())
+    if file.problems:
+        raise ConfigError(file.problems)
+    return config
+
+
+def _parse_seed(data: Mapping[str, Any], file: _File, base_dir: Path) -> SeedConfig:
+    file.unknown(data, "", _SEED_KEYS)
+    common = _common(data, file, base_dir)
+    if file.problems:
+        return None  # type: ignore[return-value]
+    return SeedConfig(source=file.display, **common)
+
+
+def parse_fetch_config(data: Mapping[str, Any], source: str, base_dir: Path | None = None) -> FetchConfig:
+    """A fetch configuration from parsed TOML (see :func:`parse_seed_config`)."""
+    file = _File(source)
+    config = _parse_fetch(data, file, base_dir or Path.cwd())
+    if file.problems:
+        raise ConfigError(file.problems)
+    return config
+
+
+def _layout(value: Any) -> str:
+    value = _string(value)
+    problems = check_layout(value)
+    if problems:
+        raise _Bad("; ".join(problems))
+    return value
+
+
+def _parse_fetch(data: Mapping[str, Any], file: _File, base_dir: Path) -> FetchConfig:
+    file.unknown(data, "", _FETCH_KEYS)
+    common = _common(data, file, base_dir)
+    get = file.get
+    data_dir = get(data, "", "data_dir", _path(base_dir), required="where fetched files are placed")
+    layout = get(data, "", "layout", _layout, DEFAULT_LAYOUT)
+    backend = get(data, "", "backend", _string, required="this host's own service backend in the index")
+    on_complete = get(data, "", "on_complete", _any_string, "")
+    if file.problems:
+        return None  # type: ignore[return-value]
+    return FetchConfig(
+        source=file.display,
+        data_dir=data_dir,
+        layout=layout,
+        backend=backend,
+        on_complete=on_complete,
+        **common,
+    )
+
+
+def load_seed_config(path: str | os.PathLike[str]) -> SeedConfig:
+    """Read and check a seed.toml. Raises :class:`ConfigError`. Blocks."""
+    data, file = _read(path)
+    if data is not None:
+        config = _parse_seed(data, file, Path(path).parent.absolute())
+    if file.problems:
+        raise ConfigError(file.problems)
+    return config
+
+
+def load_fetch_config(path: str | os.PathLike[str]) -> FetchConfig:
+    """Read and check a fetch.toml. Raises :class:`ConfigError`. Blocks."""
+    data, file = _read(path)
+    if data is not None:
+        config = _parse_fetch(data, file, Path(path).parent.absolute())
+    if file.problems:
+        raise ConfigError(file.problems)
+    return config

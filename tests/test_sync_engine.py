@@ -1,0 +1,379 @@
+"""The libtorrent engine on loopback, with real sessions: a seeder and two
+fetchers move a file; a fetcher process killed with -9 resumes from its resume
+data; a corrupted seed copy never yields a wrong file; the peer filter blocks.
+
+Run as a script, this file is the fetcher process of the kill test (see
+``child_main``): one JSON object a line on stdout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+import libtorrent as lt
+
+from sync.engine import EngineSettings, build_ip_filter, open_engine
+from services import service_missing
+from sync.errors import DiskFull, EngineError, TorrentError
+from sync.place import sha256_file, verify_and_place
+from sync.torrent import info_hash_hex, make_torrent, torrent_info
+
+pytestmark = pytest.mark.timeout(180)
+
+#: safety nets only: on this host a few MB move in well under a second
+SAFETY = 60
+
+
+def settings(directory: Path, **more) -> EngineSettings:
+    return EngineSettings(state_dir=directory, listen="127.0.0.1:0", **more)
+
+
+def make_file(path: Path, size: int) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+async def wait_for(engine, condition, what: str):
+    """Poll ``engine.status()`` until ``condition(statuses)`` is true."""
+    with trio.fail_after(SAFETY):
+        while True:
+            statuses = await engine.status()
+            if condition(statuses):
+                return statuses
+            await trio.sleep(0.1)
+
+
+async def test_one_seeder_two_fetchers(tmp_path):
+    original = tmp_path / "origin" / "arome_pp.nc"
+    digest = make_file(original, 5 * 1024 * 1024 + 123)
+    torrent = await trio.to_thread.run_sync(make_torrent, original)
+    ih = info_hash_hex(torrent)
+    async with (
+        open_engine(settings(tmp_path / "seed-state")) as seeder,
+        open_engine(settings(tmp_path / "a-state")) as fetcher_a,
+        open_engine(settings(tmp_path / "b-state")) as fetcher_b,
+    ):
+        ports = {seeder.listen_port, fetcher_a.listen_port, fetcher_b.listen_port}
+        assert len(ports) == 3 and 0 not in ports
+        assert await seeder.seed(original, torrent) == ih
+        results = {}
+
+        async def fetch(name, engine, peers):
+            results[name] = await engine.fetch(torrent, tmp_path / name / "incoming", peers)
+
+        with trio.fail_after(SAFETY):
+            async with trio.open_nursery() as nursery:
+                seed_peer = ("127.0.0.1", seeder.listen_port)
+                nursery.start_soon(fetch, "a", fetcher_a, [seed_peer])
+                nursery.start_soon(fetch, "b", fetcher_b, [seed_peer, ("127.0.0.1", fetcher_a.listen_port)])
+
+        for name in "ab":
+            assert results[name] == tmp_path / name / "incoming" / "arome_pp.nc"
+            assert await trio.to_thread.run_sync(sha256_file, results[name]) == digest
+            placed = await trio.to_thread.run_sync(
+                verify_and_place, results[name], tmp_path / name / "data", "p/arome_pp.nc", digest
+            )
+            assert sha256_file(placed) == digest
+        (status,) = await seeder.status()
+        assert (status.info_hash, status.name, status.state, status.progress) == (ih, "arome_pp.nc", "seeding", 1.0)
+        for engine in (fetcher_a, fetcher_b):
+            (status,) = await engine.status()
+            assert status.state == "seeding" and status.pieces == status.num_pieces
+            assert status.total_download >= original.stat().st_size
+        # the fetchers keep seeding: a third engine gets the file from them alone
+        await seeder.remove(ih)
+        assert await seeder.status() == []
+        async with open_engine(settings(tmp_path / "c-state")) as fetcher_c:
+            with trio.fail_after(SAFETY):
+                path = await fetcher_c.fetch(
+                    torrent, tmp_path / "c", [("127.0.0.1", fetcher_a.listen_port), ("127.0.0.1", fetcher_b.listen_port)]
+                )
+            assert sha256_file(path) == digest
+
+
+async def test_restart_restores_seeds_and_remove_forgets(tmp_path):
+    original = tmp_path / "origin" / "f.nc"
+    make_file(original, 300_000)
+    torrent = make_torrent(original)
+    ih = info_hash_hex(torrent)
+    state = tmp_path / "state"
+    async with open_engine(settings(state)) as engine:
+        await engine.seed(original, torrent)
+    assert (state / "resume" / f"{ih}.fastresume").exists()
+    async with open_engine(settings(state)) as engine:
+        statuses = await wait_for(engine, lambda s: s and s[0].state == "seeding", "seeding again")
+        assert statuses[0].info_hash == ih
+        assert statuses[0].save_path == str(original.parent)
+        # seeding the same torrent again is a no-op
+        assert await engine.seed(original, torrent) == ih
+        assert len(await engine.status()) == 1
+        assert await engine.remove(ih) is True
+        assert await engine.remove(ih) is False
+        assert original.exists()
+    assert not (state / "resume" / f"{ih}.fastresume").exists()
+    async with open_engine(settings(state)) as engine:
+        assert await engine.status() == []
+        await engine.seed(original, torrent)
+        assert await engine.remove(ih, delete_files=True) is True
+    assert not original.exists()
+
+
+async def test_seed_refuses_missing_and_wrong_size_files(tmp_path):
+    original = tmp_path / "f.nc"
+    make_file(original, 100_000)
+    torrent = make_torrent(original)
+    async with open_engine(settings(tmp_path / "state")) as engine:
+        with pytest.raises(TorrentError, match="no such file to seed"):
+            await engine.seed(tmp_path / "missing.nc", torrent)
+        original.write_bytes(b"short")
+        with pytest.raises(TorrentError, match="5 bytes, its torrent .* says 100000; not seeding it"):
+            await engine.seed(original, torrent)
+        with pytest.raises(TorrentError, match="not a valid torrent"):
+            await engine.seed(original, b"garbage")
+        assert await engine.status() == []
+
+
+async def test_listen_failure_is_an_engine_error(tmp_path):
+    async with open_engine(settings(tmp_path / "a")) as first:
+        busy = EngineSettings(tmp_path / "b", listen=f"127.0.0.1:{first.listen_port}")
+        with pytest.raises(EngineError, match=f"cannot listen on 127.0.0.1:{first.listen_port}"):
+            async with open_engine(busy):
+                pass
+
+
+async def test_corrupted_seed_copy_never_yields_a_wrong_file(tmp_path):
+    original = tmp_path / "origin" / "f.nc"
+    digest = make_file(original, 3 * 1024 * 1024)
+    torrent = make_torrent(original)
+    info = torrent_info(torrent)
+    ih = info_hash_hex(torrent)
+    # the seeder's copy: one byte flipped in piece 5, after the torrent was made
+    corrupted = tmp_path / "bad" / "f.nc"
+    corrupted.parent.mkdir()
+    data = bytearray(original.read_bytes())
+    data[5 * info.piece_length() + 17] ^= 0xFF
+    corrupted.write_bytes(data)
+    incoming = tmp_path / "incoming"
+    async with (
+        open_engine(settings(tmp_path / "seed-state")) as seeder,
+        open_engine(settings(tmp_path / "fetch-state")) as fetcher,
+    ):
+        # seed_mode off: the check finds the bad piece and refuses to seed
+        with pytest.raises(TorrentError, match=f"1 of {info.num_pieces()} pieces do not match torrent {ih}"):
+            await seeder.seed(corrupted, torrent, verify=True)
+        assert await seeder.status() == []
+        # seed mode: libtorrent hashes the piece before sending it, finds it
+        # bad and leaves seed mode; the fetcher gets every other piece only
+        await seeder.seed(corrupted, torrent)
+        fetched = []
+
+        async def fetch():
+            fetched.append(await fetcher.fetch(torrent, incoming, [("127.0.0.1", seeder.listen_port)]))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch)
+            await wait_for(fetcher, lambda s: s and s[0].pieces == info.num_pieces() - 1, "all good pieces")
+            (seed_status,) = await seeder.status()
+            assert seed_status.pieces == info.num_pieces() - 1 and seed_status.state == "downloading"
+            assert fetched == []  # not complete, so fetch has not returned
+            # a good seeder joins; the fetcher completes from it
+            async with open_engine(settings(tmp_path / "good-state")) as good:
+                await good.seed(original, torrent)
+                await good.add_peers(ih, [("127.0.0.1", fetcher.listen_port)])
+                with trio.fail_after(SAFETY):
+                    while not fetched:
+                        await trio.sleep(0.05)
+        assert fetched == [incoming / "f.nc"]
+        assert sha256_file(fetched[0]) == digest
+
+
+def test_ip_filter():
+    allow = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")]
+    deny = [ipaddress.ip_network("10.9.0.0/16")]
+    flt = build_ip_filter(allow, deny)
+    assert flt.access("10.1.2.3") == 0
+    assert flt.access("10.9.1.1") == 1
+    assert flt.access("127.0.0.1") == 1
+    assert flt.access("fd00::1") == 0
+    assert flt.access("2001:db8::1") == 1
+    everyone = build_ip_filter([], deny)
+    assert everyone.access("127.0.0.1") == 0 and everyone.access("10.9.0.1") == 1
+
+
+async def test_peers_outside_allow_are_blocked(tmp_path):
+    original = tmp_path / "f.nc"
+    make_file(original, 200_000)
+    torrent = make_torrent(original)
+    only_lan = settings(tmp_path / "seed-state", allow=[ipaddress.ip_network("10.0.0.0/8")])
+    async with open_engine(only_lan) as seeder, open_engine(settings(tmp_path / "f-state")) as fetcher:
+        await seeder.seed(original, torrent)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetcher.fetch, torrent, tmp_path / "in", [("127.0.0.1", seeder.listen_port)])
+            with trio.fail_after(SAFETY):
+                while seeder.peers_blocked == 0:
+                    await trio.sleep(0.05)
+            (status,) = await fetcher.status()
+            assert status.pieces == 0
+            nursery.cancel_scope.cancel()
+        # a cancelled fetch leaves the torrent in the engine
+        assert len(await fetcher.status()) == 1
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 1 MiB tmpfs (needs root); skipped (failed under
+    MUPPET_REQUIRE_SERVICES=1) when it cannot be mounted."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        service_missing(f"cannot mount a small tmpfs for the disk-full test: {result.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "--lazy", str(mountpoint)], check=True)
+
+
+async def test_disk_full_stops_the_download_with_a_clear_error_and_a_retry_resumes(tmp_path, small_tmpfs):
+    original = tmp_path / "origin" / "f.nc"
+    digest = make_file(original, 3 * 1024 * 1024)
+    torrent = make_torrent(original)
+    incoming = small_tmpfs / "incoming"
+    async with (
+        open_engine(settings(tmp_path / "seed-state")) as seeder,
+        open_engine(settings(tmp_path / "fetch-state")) as fetcher,
+    ):
+        await seeder.seed(original, torrent)
+        peers = [("127.0.0.1", seeder.listen_port)]
+        with trio.fail_after(SAFETY):
+            with pytest.raises(DiskFull, match=r"^disk full: f\.nc \(\w+\): .*No space left on device"):
+                await fetcher.fetch(torrent, incoming, peers)
+        (status,) = await fetcher.status()
+        assert status.state == "error" and "No space left on device" in status.error
+        assert 0 < status.pieces < status.num_pieces
+        # space again: fetching once more continues the same download
+        subprocess.run(["mount", "-o", "remount,size=16m", str(small_tmpfs)], check=True)
+        with trio.fail_after(SAFETY):
+            path = await fetcher.fetch(torrent, incoming, peers)
+        assert path == incoming / "f.nc"
+        assert sha256_file(path) == digest
+        (status,) = await fetcher.status()
+        assert status.state == "seeding" and status.error is None
+
+
+# --- a fetcher process killed with -9 -------------------------------------------
+
+
+async def read_lines(process):
+    buffer = b""
+    async for chunk in process.stdout:
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            yield json.loads(line)
+
+
+def resume_pieces(path: Path) -> int:
+    params = lt.read_resume_data(path.read_bytes())
+    return sum(1 for have in params.have_pieces if have)
+
+
+async def test_killed_fetcher_resumes_from_its_resume_data(tmp_path):
+    original = tmp_path / "origin" / "f.nc"
+    digest = make_file(original, 6 * 1024 * 1024)
+    torrent = make_torrent(original)
+    info = torrent_info(torrent)
+    ih = info_hash_hex(torrent)
+    (tmp_path / "f.torrent").write_bytes(torrent)
+    state = tmp_path / "fetch-state"
+    resume = state / "resume" / f"{ih}.fastresume"
+    async with open_engine(settings(tmp_path / "seed-state")) as seeder:
+        await seeder.seed(original, torrent)
+        argv = [
+            sys.executable, __file__, str(tmp_path / "f.torrent"), str(tmp_path / "incoming"),
+            str(state), str(seeder.listen_port),
+        ]
+        # 1: slowed to 1 MB/s, killed once a third of the file is in its resume data
+        first = await trio.lowlevel.open_process(argv + ["1000000"], stdout=subprocess.PIPE)
+        try:
+            with trio.fail_after(SAFETY):
+                async for message in read_lines(first):
+                    assert message["event"] != "done", "the slowed fetcher finished before it was killed"
+                    if resume.exists() and resume_pieces(resume) >= info.num_pieces() // 3:
+                        break
+        finally:
+            first.send_signal(signal.SIGKILL)
+            await first.wait()
+        assert first.returncode == -signal.SIGKILL
+        had = resume_pieces(resume)
+        assert 0 < had < info.num_pieces()
+        # 2: unlimited, same state directory; the torrent is restored from it
+        second = await trio.lowlevel.open_process(argv + ["0"], stdout=subprocess.PIPE)
+        try:
+            with trio.fail_after(SAFETY):
+                messages = [message async for message in read_lines(second)]
+                await second.wait()
+        finally:
+            if second.returncode is None:
+                second.kill()
+                await second.wait()
+        assert second.returncode == 0
+        start, done = messages[0], messages[-1]
+        assert start["event"] == "restored" and start["info_hash"] == ih
+        assert start["pieces"] >= had
+        assert done["event"] == "done"
+        # what it downloaded: at most the pieces the resume data did not have
+        # (+ one piece: the short last piece may be among those it had)
+        missing_bytes = info.total_size() - had * info.piece_length()
+        assert done["total_download"] <= missing_bytes + info.piece_length()
+        assert sha256_file(done["path"]) == digest
+
+
+async def child_main(torrent_file: str, save_dir: str, state_dir: str, seeder_port: str, rate: str) -> None:
+    torrent = Path(torrent_file).read_bytes()
+    engine_settings = EngineSettings(
+        state_dir=state_dir, listen="127.0.0.1:0", download_rate=int(rate), resume_interval=0.2
+    )
+
+    def say(**message):
+        print(json.dumps(message), flush=True)
+
+    async with open_engine(engine_settings) as engine:
+        statuses = await engine.status()
+        if statuses:
+            # wait out the resume-data check to report what it restored
+            while statuses[0].state == "checking":
+                await trio.sleep(0.05)
+                statuses = await engine.status()
+            say(event="restored", info_hash=statuses[0].info_hash, pieces=statuses[0].pieces)
+        async with trio.open_nursery() as nursery:
+
+            async def report():
+                while True:
+                    for status in await engine.status():
+                        say(event="progress", pieces=status.pieces)
+                    await trio.sleep(0.1)
+
+            nursery.start_soon(report)
+            path = await engine.fetch(torrent, save_dir, [("127.0.0.1", int(seeder_port))])
+            nursery.cancel_scope.cancel()
+        (status,) = await engine.status()
+        say(event="done", path=str(path), total_download=status.total_download)
+
+
+if __name__ == "__main__":
+    trio.run(child_main, *sys.argv[1:])
