@@ -1,24 +1,40 @@
-"""The ``muppet-sync`` command. Its commands (``seed``, ``fetch``) arrive with
-the sync issue; for now it only knows its version."""
+"""The ``muppet-sync`` command: seed, fetch, status, torrent, torrent-file."""
 
 from __future__ import annotations
 
+import base64
 import importlib.metadata
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
 import click
+import trio
+
+TOKEN_ENV = "MUPPET_TOKEN"
+
+log = logging.getLogger("muppet.sync")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """MUPPET's file sync over BitTorrent.
+    """MUPPET's file sync over BitTorrent (docs/sync.md).
 
     \b
-    muppet-sync seed    on the producer's storage host: seed finished files
-    muppet-sync fetch   on a consumer host: keep the newest files of chosen
-                        products on local disk
+    muppet-sync seed    on the producer's storage host: make torrents of the
+                        selected finished files, publish them in the index,
+                        seed them until they expire
+    muppet-sync fetch   on a consumer host: download the selected files from
+                        the swarm, verify, place them under data_dir,
+                        register and seed the copies, remove them on expiry
+    muppet-sync status  what a running seed or fetch is doing, per file
+    muppet-sync torrent the torrent of an indexed file, for any client
 
-    Neither is here yet: they arrive with the sync issue. This release has
-    the version and torrent-file commands.
+    Index writes need a token when the daemon has [api] tokens_file: its
+    secret goes in the MUPPET_TOKEN environment variable.
     """
 
 
@@ -28,8 +44,254 @@ def version() -> None:
     try:
         text = importlib.metadata.version("muppet")
     except importlib.metadata.PackageNotFoundError:
-        text = "unknown"
+        text = "unknown (not installed)"
     click.echo(f"muppet-sync {text}")
+
+
+def _config_option(role: str):
+    return click.option(
+        "--config", "config_path", required=True, metavar="FILE",
+        type=click.Path(dir_okay=False),
+        help=f"The {role} configuration (TOML; see conf/sync-{role}.toml).",
+    )
+
+
+_LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
+
+
+def _load(role: str, path: str) -> Any:
+    from .config import ConfigError, load_fetch_config, load_seed_config
+
+    loader = load_seed_config if role == "seed" else load_fetch_config
+    try:
+        return loader(path)
+    except ConfigError as e:
+        raise click.ClickException(f"{path}: invalid configuration:\n" + str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"{path}: cannot read: {e.strerror}") from None
+
+
+def _setup_logging(level: str, bars: Any) -> None:
+    from .progress import BarsLogHandler
+
+    handler = BarsLogHandler(bars) if bars is not None else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+async def _run(role: str, config: Any, token: str | None, bars: Any) -> None:
+    from .engine import EngineSettings, open_engine
+    from .fetch import Fetcher
+    from .follow import advertised_peer, open_link
+    from .seed import Seeder
+    from .select import Selection
+    from .state import load_state
+
+    state = await trio.to_thread.run_sync(load_state, config.state_dir)
+    if role == "seed":
+        selection = Selection(config.select)
+        kind = Seeder
+    else:
+        selection = Selection(config.select, own_backend=config.backend, need_torrent=True)
+        kind = Fetcher
+    async with open_engine(EngineSettings.from_config(config)) as engine:
+        async with open_link(config.api, token) as link:
+            peer = await trio.to_thread.run_sync(
+                advertised_peer, config.advertise, config.listen.host, engine.listen_port, config.api
+            )
+            run = kind(config, engine, link, selection, state, peer, token)
+            if bars is not None:
+                run.on_status.append(bars.update)
+            if role == "fetch":
+                await run.check_backend()
+            log.info("muppet-sync %s: index %s, peer %s, listening on port %d, products %s",
+                     role, config.api, peer, engine.listen_port, ", ".join(selection.products))
+            await run.run()
+
+
+async def _until_signalled(role: str, config: Any, token: str | None, bars: Any) -> None:
+    """Run until done, or until SIGTERM/SIGINT cancel it (which saves resume
+    data and state on the way out)."""
+    async with trio.open_nursery() as nursery:
+        async def watch() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("%s: stopping", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(watch)
+        await _run(role, config, token, bars)
+        nursery.cancel_scope.cancel()
+
+
+def _single(error: BaseException) -> BaseException:
+    """The one error inside nested one-error groups (nurseries wrap them)."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+def _command(role: str, config_path: str, log_level: str, progress: bool | None) -> None:
+    from .errors import SyncError
+    from .progress import ProgressBars
+
+    config = _load(role, config_path)
+    if progress is None:
+        progress = role == "fetch" and sys.stderr.isatty()
+    bars = ProgressBars(sys.stderr) if progress else None
+    _setup_logging(log_level, bars)
+    token = click.get_current_context().meta.get("token")
+    try:
+        trio.run(_until_signalled, role, config, token, bars)
+    except BaseException as e:
+        error = _single(e)
+        if isinstance(error, (SyncError, ValueError)):
+            raise click.ClickException(str(error)) from None
+        if isinstance(error, KeyboardInterrupt):
+            return
+        raise
+    finally:
+        if bars is not None:
+            bars.clear()
+    log.info("stopped")
+
+
+def _token_option(func):
+    def remember(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        ctx.meta["token"] = value or None
+
+    return click.option(
+        "--token", metavar="SECRET", envvar=TOKEN_ENV, show_envvar=True, expose_value=False,
+        callback=remember, help="The secret of an API token, for index writes.",
+    )(func)
+
+
+def _log_option(func):
+    return click.option("--log-level", default="info", show_default=True, type=_LOG_LEVELS,
+                        help="How much to log (to stderr).")(func)
+
+
+@main.command()
+@_config_option("seed")
+@_log_option
+@_token_option
+def seed(config_path: str, log_level: str) -> None:
+    """Seed the selected files of this host's storage.
+
+    Follows the index's event stream (resuming after the last event handled,
+    kept in state_dir), first catching up with the `recent` newest reference
+    times of each selected product. Each selected file on a file:// backend
+    is hashed into a BitTorrent v1 torrent (in a worker thread), seeded, and
+    its info-hash, torrent and this host's peer address are stored in the
+    index. Seeding a file stops when it expires, is deleted in the index, or
+    falls out of the `recent` window. Runs until SIGINT/SIGTERM.
+    """
+    _command("seed", config_path, log_level, False)
+
+
+@main.command()
+@_config_option("fetch")
+@_log_option
+@_token_option
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bars on stderr. Default: when stderr is a terminal.")
+def fetch(config_path: str, log_level: str, progress: bool | None) -> None:
+    """Keep the selected files on this host, fetched from the swarm.
+
+    Follows the index like `seed`. Each selected file with a torrent is
+    downloaded from every host that holds it (from the index, and the
+    trackers), its SHA-256 checked against the index, and renamed into place
+    under data_dir by the layout; the copy is registered on this host's own
+    backend and seeded to the other consumers; `on_complete` runs. Expired
+    files are removed and their copies marked deleted in the index. A
+    download interrupted by an outage or a restart continues from its
+    verified pieces. Runs until SIGINT/SIGTERM.
+    """
+    _command("fetch", config_path, log_level, progress)
+
+
+@main.command()
+@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="A seed or fetch configuration: its state_dir is read.")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="The state directory, instead of --config.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(config_path: str | None, state_dir: str | None, as_json: bool) -> None:
+    """Show what a seed or fetch process is doing, file by file.
+
+    States: queued, downloading (percent and rate), seeding, expired (with the
+    reason; shown for an hour), error (with the error). Reads the status the
+    running process writes to state_dir every second, so it works without the
+    index and from another user's shell.
+    """
+    import json
+    import tomllib
+
+    from .state import read_status, render_status
+
+    if state_dir is None:
+        if config_path is None:
+            raise click.UsageError("give --config FILE or --state-dir DIR")
+        try:
+            with open(config_path, "rb") as f:
+                raw = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise click.ClickException(f"{config_path}: {e}") from None
+        if not isinstance(raw.get("state_dir"), str):
+            raise click.ClickException(f"{config_path}: state_dir: missing")
+        state_dir = str(Path(config_path).parent / raw["state_dir"])
+    current = read_status(Path(state_dir))
+    if as_json:
+        click.echo(json.dumps(current, indent=1))
+    else:
+        click.echo(render_status(current, Path(state_dir), time.time()))
+
+
+@main.command()
+@click.argument("file_id", metavar="DATA_INSTANCE_ID", type=click.IntRange(min=1))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="Where to write the .torrent file.")
+@click.option("--api", default="ws://127.0.0.1:8765", show_default=True, envvar="MUPPET_API",
+              show_envvar=True, help="The daemon's API (ws://HOST:PORT).")
+@_token_option
+def torrent(file_id: int, output: str, api: str) -> None:
+    """Write the torrent of an indexed file (a data instance) to --output.
+
+    Any BitTorrent client (aria2c, Transmission) can then fetch the file from
+    its seeders. A copy registered by a consumer has only the info-hash: the
+    torrent is taken from another copy of the same file. Prints the info-hash.
+    """
+    from muppet.api.client import ConnectionLost, DaemonUnreachable, connect
+    from muppet.api.protocol import RpcError
+
+    token = click.get_current_context().meta.get("token")
+
+    async def get() -> tuple[str, bytes]:
+        async with connect(api, token=token) as client:
+            wanted = await client.call("files.get", {"file_id": file_id, "torrent": True})
+            if wanted is None:
+                raise click.ClickException(f"no file {file_id} in the index at {api}")
+            if wanted.get("torrent"):
+                return wanted["info_hash"], base64.b64decode(wanted["torrent"])
+            for copy in await client.call("files.copies", {"data_id": wanted["data_id"]}):
+                if copy.get("info_hash") and copy["info_hash"] == wanted.get("info_hash"):
+                    got = await client.call("files.get", {"file_id": copy["id"], "torrent": True})
+                    if got.get("torrent"):
+                        return got["info_hash"], base64.b64decode(got["torrent"])
+            raise click.ClickException(
+                f"file {file_id} ({wanted['name']}) has no torrent in the index: "
+                "is muppet-sync seed running for its product and backend?"
+            )
+
+    try:
+        info_hash, data = trio.run(get)
+    except (DaemonUnreachable, ConnectionLost, RpcError) as e:
+        raise click.ClickException(str(e)) from None
+    with open(output, "wb") as f:
+        f.write(data)
+    click.echo(info_hash)
 
 
 @main.command("torrent-file")

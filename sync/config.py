@@ -146,6 +146,9 @@ class SeedConfig:
     select: tuple[Select, ...]
     peers: PeerPolicy
     utp: bool = False
+    #: "HOST[:PORT]" other peers reach this host at, published in the index
+    #: (None: worked out at start, see sync.follow.advertised_peer)
+    advertise: str | None = None
 
 
 @attrs.frozen
@@ -164,6 +167,7 @@ class FetchConfig:
     select: tuple[Select, ...]
     peers: PeerPolicy
     utp: bool = False
+    advertise: str | None = None
 
 
 # --- value checks --------------------------------------------------------------
@@ -283,6 +287,19 @@ def _listen(value: Any) -> Listen:
     return Listen(host, first_port, last_port)
 
 
+def _advertise(value: Any) -> str:
+    value = _string(value)
+    rule = 'must be HOST or HOST:PORT, the address other peers reach this host at (such as "10.0.0.5:6881")'
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = value, ""
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or (port and not (port.isdigit() and 0 < int(port) <= 65535)):
+        raise _Bad(f"{rule}, got {_show(value)}")
+    return value
+
+
 def _networks(value: Any) -> tuple[Network, ...]:
     if not isinstance(value, list):
         raise _Bad(f"must be a list of networks in CIDR notation (\"10.0.0.0/8\"), got {_show(value)}")
@@ -348,7 +365,7 @@ class _File:
 
 # --- the files -------------------------------------------------------------------
 
-_COMMON_KEYS = ("api", "state_dir", "listen", "trackers", "utp", "select", "peers")
+_COMMON_KEYS = ("api", "state_dir", "listen", "advertise", "trackers", "utp", "select", "peers")
 _SEED_KEYS = _COMMON_KEYS
 _FETCH_KEYS = _COMMON_KEYS + ("data_dir", "layout", "backend", "on_complete")
 _SELECT_KEYS = ("products", "formats", "backend", "recent")
@@ -390,6 +407,7 @@ def _common(data: Mapping[str, Any], file: _File, base_dir: Path) -> dict[str, A
         "api": get(data, "", "api", _api, required="the index's ws:// URL"),
         "state_dir": get(data, "", "state_dir", _path(base_dir), required="where resume data is kept"),
         "listen": get(data, "", "listen", _listen, _listen(DEFAULT_LISTEN)),
+        "advertise": get(data, "", "advertise", _advertise, None),
         "trackers": get(data, "", "trackers", _trackers, ()),
         "utp": get(data, "", "utp", _bool, False),
         "select": _selects(data, file),

@@ -292,6 +292,8 @@ class Engine:
         #: connections refused by the [peers] allow/deny filter so far
         self.peers_blocked = 0
         self._writer_done = trio.Event()
+        self._loops_scope = trio.CancelScope(shield=True)
+        self._writer_scope = trio.CancelScope(shield=True)
 
     # --- public -------------------------------------------------------------
 
@@ -350,6 +352,7 @@ class Engine:
         torrent_bytes: bytes,
         save_dir: str | os.PathLike[str],
         peers: Sequence[tuple[str, int]] = (),
+        trackers: Sequence[str] = (),
     ) -> Path:
         """Download the torrent's file into ``save_dir`` (keeping it seeded
         there afterwards); returns the file's path once it is complete, flushed
@@ -359,7 +362,8 @@ class Engine:
         dialled again every few seconds until complete; trackers in the torrent
         are announced to as well. If the engine has the torrent already (from
         resume data), the download continues where its verified pieces end, in
-        the save directory it had.
+        the save directory it had. ``trackers``: more tracker URLs to announce
+        to (the consumer's own ``trackers``).
 
         Raises :class:`TorrentError` when libtorrent reports an error for it
         (:class:`DiskFull` when that is ENOSPC) or it is removed meanwhile.
@@ -377,6 +381,8 @@ class Engine:
             params.flags = self._flags(params.flags, seed_mode=False)
             torrent = await self._add(ih, info.name(), params)
             self._request_resume(torrent)
+        for url in trackers:  # this side's trackers, beside the torrent's own
+            torrent.handle.add_tracker({"url": url})
         handle = torrent.handle
         if torrent.error:
             # An earlier attempt stopped on an error (a full disk puts the
@@ -469,6 +475,11 @@ class Engine:
                 status = attrs.evolve(status, state="error", error=torrent.error)
             statuses.append(status)
         return sorted(statuses, key=lambda s: (s.name, s.info_hash))
+
+    def has(self, info_hash: str) -> bool:
+        """Whether the engine holds this torrent (added, or restored from
+        resume data), in any state."""
+        return info_hash in self._torrents
 
     def hash_failures(self, info_hash: str) -> int:
         """Pieces of a torrent that failed their hash check in this engine
@@ -583,14 +594,18 @@ class Engine:
             log.info("resumed %s (%s) in %s", torrent.name, ih, params.save_path)
 
     async def _alert_loop(self) -> None:
-        while True:
-            self._drain_alert_socket()
-            for alert in self._ses.pop_alerts():
-                try:
-                    self._on_alert(alert)
-                except Exception:  # one odd alert must not kill the engine
-                    log.exception("handling %s", alert.what())
-            await trio.lowlevel.wait_readable(self._alert_r)
+        # Shielded: when the caller is cancelled (SIGTERM cancels everything
+        # above the engine), closing still needs alerts to save resume data.
+        # open_engine stops this loop itself, last.
+        with self._loops_scope:
+            while True:
+                self._drain_alert_socket()
+                for alert in self._ses.pop_alerts():
+                    try:
+                        self._on_alert(alert)
+                    except Exception:  # one odd alert must not kill the engine
+                        log.exception("handling %s", alert.what())
+                await trio.lowlevel.wait_readable(self._alert_r)
 
     def _drain_alert_socket(self) -> None:
         # Drained before popping: libtorrent writes a byte only when its queue
@@ -691,10 +706,13 @@ class Engine:
     async def _writer_loop(self) -> None:
         """Writes and deletes resume files in order, in a worker thread, so
         that a delete after a remove is never undone by an older write."""
-        async with self._write_receive:
-            async for kind, ih, data in self._write_receive:
-                await self._write_one(kind, ih, data)
-        self._writer_done.set()
+        try:
+            with self._writer_scope:  # shielded like the alert loop; ends when the channel closes
+                async with self._write_receive:
+                    async for kind, ih, data in self._write_receive:
+                        await self._write_one(kind, ih, data)
+        finally:
+            self._writer_done.set()
 
     async def _write_one(self, kind: str, ih: str, data: bytes | None) -> None:
         path = self._resume_dir / (ih + RESUME_SUFFIX)
@@ -710,6 +728,10 @@ class Engine:
             torrent.resume_pending = False
             torrent.resume_saves += 1
             torrent.poke()
+
+    def _stop_loops(self) -> None:
+        self._loops_scope.cancel()
+        self._writer_scope.cancel()
 
     def _destroy(self) -> None:
         # Runs in a worker thread: the session's destructor waits for the
@@ -772,6 +794,7 @@ async def open_engine(settings: EngineSettings) -> AsyncIterator[Engine]:
                 error = EngineError(
                     f"cannot listen on {settings.listen}: {engine._listen_error or 'no answer from libtorrent'}"
                 )
+                engine._stop_loops()
                 nursery.cancel_scope.cancel()
             else:
                 try:
@@ -790,6 +813,7 @@ async def open_engine(settings: EngineSettings) -> AsyncIterator[Engine]:
                         engine._closing = True
                         engine._write_send.close()
                         await engine._writer_done.wait()
+                    engine._stop_loops()
                     nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):

@@ -226,3 +226,28 @@ def test_typo_gets_a_suggestion(tmp_path):
     text = FETCH_OK.replace("data_dir", "datadir")
     found = problems(load_fetch_config, write(tmp_path, text))
     assert any('datadir: unknown key; did you mean "data_dir"?' in line for line in found), found
+
+
+def test_advertise_is_checked_and_worked_out():
+    from sync.follow import advertised_peer, parse_peer
+
+    config = parse_fetch_config_text('advertise = "10.0.0.5:7000"\n' + FETCH_OK)
+    assert config.advertise == "10.0.0.5:7000"
+    with pytest.raises(ConfigError, match="advertise: must be HOST or HOST:PORT"):
+        parse_fetch_config_text('advertise = "10.0.0.5:port"\n' + FETCH_OK)
+    # given: kept, its port defaulting to the one listened on
+    assert advertised_peer("10.0.0.5:7000", "0.0.0.0", 6881, "ws://x:1") == "10.0.0.5:7000"
+    assert advertised_peer("thredds-1.example", "0.0.0.0", 6881, "ws://x:1") == "thredds-1.example:6881"
+    # not given: a specific listen address, else the interface towards the index
+    assert advertised_peer(None, "10.1.2.3", 6881, "ws://x:1") == "10.1.2.3:6881"
+    assert advertised_peer(None, "0.0.0.0", 6881, "ws://127.0.0.1:8765") == "127.0.0.1:6881"
+    assert parse_peer("[::1]:6881") == ("::1", 6881)
+    assert parse_peer("nonsense") is None
+
+
+def parse_fetch_config_text(text: str):
+    import tomllib
+
+    from sync.config import parse_fetch_config
+
+    return parse_fetch_config(tomllib.loads(text), "fetch.toml")

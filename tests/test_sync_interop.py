@@ -89,14 +89,14 @@ async def running(argv, **kwargs):
 
 
 @asynccontextmanager
-async def opentracker(directory: Path, info_hashes: list[str]):
-    """An opentracker on loopback that knows these info-hashes; yields its
-    announce URL. It chroots to ``directory`` and accepts only whitelisted
-    torrents (shared NOTES)."""
+async def opentracker(directory: Path, info_hashes: list[str], port: int | None = None):
+    """An opentracker on loopback (on ``port``, default a free one) that knows
+    these info-hashes; yields its announce URL. It chroots to ``directory``
+    and accepts only whitelisted torrents (shared NOTES)."""
     binary = need("opentracker", "opentracker")
     directory.mkdir()
     (directory / "whitelist.txt").write_text("".join(ih + "\n" for ih in info_hashes))
-    port = free_port()
+    port = port or free_port()
     config = directory / "opentracker.conf"
     config.write_text(
         f"listen.tcp_udp 127.0.0.1:{port}\naccess.whitelist /whitelist.txt\ntracker.rootdir {directory}\n"

@@ -1,0 +1,189 @@
+"""What a seeder or consumer keeps in its ``state_dir`` besides libtorrent's
+resume data, and the operator's view of it.
+
+``state.json`` (written atomically: temporary file, fsync, rename):
+    ``position``: the last event number handled (the event stream resumes
+    after it); ``held``: per data id, the file taken and what was done for it
+    (the torrent's info-hash; for a consumer the placed path and its own copy's
+    file id in the index). Only finished work is recorded: a download killed
+    half-way is taken again after a restart, and libtorrent's resume data
+    makes that continue from the verified pieces.
+
+``status.json`` (rewritten every second by the running command):
+    the process id, when it was written, the index connection, and one row
+    per file: state (queued, downloading, seeding, expired, error), progress,
+    rates, peers, error. ``muppet-sync status`` prints it.
+
+Everything here blocks (file I/O): under Trio call it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "SyncState",
+    "FileRow",
+    "load_state",
+    "save_state",
+    "save_state_bytes",
+    "encode_state",
+    "write_status",
+    "read_status",
+    "render_status",
+    "STATE_FILE",
+    "STATUS_FILE",
+]
+
+STATE_FILE = "state.json"
+STATUS_FILE = "status.json"
+
+#: how long a released file stays in the status view
+RELEASED_SHOWN_SECONDS = 3600
+
+
+@attrs.define
+class SyncState:
+    position: int | None = None
+    held: dict[int, dict[str, Any]] = attrs.field(factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"position": self.position, "held": {str(k): v for k, v in sorted(self.held.items())}}
+
+
+@attrs.define
+class FileRow:
+    """One file in the operator's view (mutable: the running command owns it)."""
+
+    data_id: int
+    product: str
+    reference_time: str
+    name: str
+    size: int
+    state: str = "queued"
+    info_hash: str | None = None
+    progress: float = 0.0
+    download_rate: int = 0
+    upload_rate: int = 0
+    peers: int = 0
+    uploaded: int = 0
+    downloaded: int = 0  # payload bytes downloaded by this process (not before a restart)
+    path: str | None = None
+    error: str | None = None
+    since: float = 0.0  # time.time() of the last state change
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_state(state_dir: Path) -> SyncState:
+    """The state of the last run, or an empty one. A state file that cannot
+    be read raises ValueError naming it (it is never overwritten blindly)."""
+    path = Path(state_dir) / STATE_FILE
+    try:
+        raw = json.loads(path.read_text())
+        return SyncState(
+            position=raw.get("position"),
+            held={int(k): v for k, v in raw.get("held", {}).items()},
+        )
+    except FileNotFoundError:
+        return SyncState()
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: unreadable state ({e}); move it away to start afresh") from None
+
+
+def encode_state(state: SyncState) -> bytes:
+    return json.dumps(state.to_json(), indent=1).encode()
+
+
+def save_state_bytes(state_dir: Path, data: bytes) -> None:
+    """Write an :func:`encode_state` result as the state file."""
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    write_atomically(Path(state_dir) / STATE_FILE, data)
+
+
+def save_state(state_dir: Path, state: SyncState) -> None:
+    save_state_bytes(state_dir, encode_state(state))
+
+
+def write_status(state_dir: Path, status: dict[str, Any]) -> None:
+    write_atomically(Path(state_dir) / STATUS_FILE, json.dumps(status).encode())
+
+
+def read_status(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(state_dir) / STATUS_FILE).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def process_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(count) < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} TB"
+
+
+def describe(row: dict[str, Any]) -> str:
+    """The state column: "downloading 45% 12.3 MB/s", "seeding", "error: ..."."""
+    state = row["state"]
+    if state == "downloading":
+        return f"downloading {row['progress'] * 100:.0f}% {human_bytes(row['download_rate'])}/s"
+    if state == "seeding" and row.get("upload_rate"):
+        return f"seeding {human_bytes(row['upload_rate'])}/s up"
+    if state in ("error", "expired") and row.get("error"):
+        return f"{state}: {row['error']}"
+    return state
+
+
+def render_status(status: dict[str, Any] | None, state_dir: Path, now: float) -> str:
+    """``muppet-sync status``'s text."""
+    if status is None:
+        return f"no status in {state_dir}: muppet-sync seed or fetch has not run with this state_dir"
+    lines = []
+    running = process_running(int(status["pid"]))
+    age = now - status["written"]
+    written = datetime.fromtimestamp(status["written"], timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if running and age < 30:
+        head = f"muppet-sync {status['role']} (pid {status['pid']}) running"
+    else:
+        head = f"muppet-sync {status['role']} (pid {status['pid']}) NOT running; last status {written}"
+    lines.append(f"{head}, index {status['index']}, peer {status.get('peer') or '?'}")
+    rows = status["files"]
+    if not rows:
+        lines.append("no files")
+        return "\n".join(lines)
+    table = [("STATE", "PRODUCT", "REFERENCE TIME", "SIZE", "PEERS", "FILE")]
+    for row in rows:
+        table.append((
+            describe(row), row["product"], row["reference_time"], human_bytes(row["size"]),
+            str(row["peers"]), row.get("path") or row["name"],
+        ))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
+    for r in table:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    return "\n".join(lines)
