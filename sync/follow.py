@@ -50,25 +50,30 @@ class IndexLink:
         self.url = url
         self.token = token
         self._client = None
-        self._wanted = trio.Event()  # set: a caller needs a connection
-        self._ready = trio.Event()
-        self._lost = trio.Event()
+        self._wanted = trio.Event()  # set: some call needs a connection
+        # set while self._client is usable; replaced by a fresh one when it is lost
+        self._connected = trio.Event()
+        self._lost = trio.Event()  # the current connection's: set to drop it
         self.problem: str | None = None  # the last connection problem, for status
 
     async def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
         while True:
-            while self._client is None:
-                self._wanted.set()
-                await self._ready.wait()
+            self._wanted.set()
+            await self._connected.wait()
             client = self._client
             try:
                 return await client.call(method, params)
             except _UNREACHABLE as e:
                 if self._client is client:
                     log.warning("index %s: %s; the call %s waits for it", self.url, e, method)
-                    self._client = None
-                    self._ready = trio.Event()
-                    self._lost.set()
+                    self.problem = str(e)
+                    self._drop()
+
+    def _drop(self) -> None:
+        if self._connected.is_set():
+            self._connected = trio.Event()
+        self._client = None
+        self._lost.set()
 
     async def _keep(self) -> None:
         backoff = 1.0
@@ -81,14 +86,13 @@ class IndexLink:
                     self.problem = None
                     backoff = 1.0
                     self._client = client
-                    self._lost = trio.Event()
-                    self._ready.set()
-                    await self._lost.wait()
+                    self._lost = lost = trio.Event()
+                    self._connected.set()
+                    await lost.wait()
             except _UNREACHABLE as e:
                 self.problem = str(e)
                 log.warning("index %s: %s; trying again in %.0f s", self.url, e, backoff)
-            self._client = None
-            self._ready = trio.Event()
+            self._drop()
             await trio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 

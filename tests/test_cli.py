@@ -215,6 +215,11 @@ async def test_validate(tmp_path):
 
 def test_muppet_sync_has_help():
     result = subprocess.run([sys.executable, "-m", "sync.cli", "--help"], capture_output=True, text=True, check=False)
-    assert result.returncode == 0 and "sync issue" in result.stdout
+    assert result.returncode == 0
+    for command in ("seed", "fetch", "status", "torrent", "torrent-file", "version"):
+        assert f"  {command} " in result.stdout, command
+    result = subprocess.run([sys.executable, "-m", "sync.cli", "fetch", "--config", "/nonexistent/fetch.toml"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 1 and "/nonexistent/fetch.toml" in result.stderr, result.stderr
     result = subprocess.run([sys.executable, "-m", "sync.cli", "version"], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and result.stdout.startswith("muppet-sync ")

@@ -287,17 +287,17 @@ async def test_a_killed_consumer_resumes_from_its_verified_pieces(tmp_path, nurs
     try:
         await cluster.start_daemon()
         cluster.start_seed()
-        cluster.start_fetch("c1", download_rate=1_000_000)
+        cluster.start_fetch("c1", download_rate=1_500_000)
         async with connect(cluster.api, token=SECRET) as client:
             await client.call("runs.trigger", {"pipeline": "maker", "reference_time": REF})
             await cluster.wait(lambda: _complete_files(client), "the outputs indexed")
 
         async def half_way():
             rows = [r for r in cluster.status("c1")["files"] if r["state"] == "downloading"]
-            return rows if rows and min(r["progress"] for r in rows) >= 0.4 else None
+            return rows if len(rows) == 2 and min(r["progress"] for r in rows) >= 0.5 else None
 
         await cluster.wait(half_way, "c1 half-way through its downloads")
-        await trio.sleep(1.5)  # the engine saves resume data at most every 5 s
+        await trio.sleep(5.5)  # the engine saves resume data every 5 s while downloading
         killed = cluster.processes.pop("c1")
         killed.kill()
         killed.wait()
@@ -383,3 +383,41 @@ async def _copies(client, data_id: int, count: int):
     if len(copies) != count:
         return None
     return copies if count else True
+
+
+async def test_seed_and_fetch_ride_out_a_daemon_restart(tmp_path, nursery):
+    cluster = Cluster(tmp_path, nursery)
+    lustre = tmp_path / "lustre"
+    lustre.mkdir()
+    try:
+        await cluster.start_daemon()
+        cluster.start_seed()
+        cluster.start_fetch("c1")
+        data = tmp_path / "c1" / "data" / "arome" / "20261201T00"
+
+        async def register(name: str) -> None:
+            path = lustre / name
+            path.write_bytes(os.urandom(300_000))
+            async with connect(cluster.api, token=SECRET) as client:
+                await client.call("files.register", {"files": [{
+                    "product": "arome", "reference_time": REF, "backend": "lustre-a", "format": "netcdf",
+                    "url": f"file://{path}", "size": 300_000, "hash": sha256(path),
+                }]})
+
+        await register("before.nc")
+        await cluster.wait(lambda: _all_there(data, ["before.nc"]), "before.nc placed")
+        daemon = cluster.processes.pop("daemon")
+        daemon.terminate()
+        daemon.wait(30)
+
+        async def disconnected():
+            return cluster.status("c1")["index"].startswith("not connected")
+
+        await cluster.wait(disconnected, "c1 noticing the outage", timeout=30)
+        await cluster.start_daemon()
+        await register("after.nc")
+        await cluster.wait(lambda: _all_there(data, ["after.nc"]), "after.nc placed after the restart", timeout=90)
+        assert sha256(data / "after.nc") == sha256(lustre / "after.nc")
+        assert "subscribing again from event" in cluster.log("c1")
+    finally:
+        cluster.stop_all()

@@ -194,3 +194,38 @@ def test_a_name_from_the_index_that_would_escape_data_dir_is_refused(tmp_path, n
         Fetcher.relative_path(fetcher, attrs.evolve(a_file(1), name=name))
     placed = Fetcher.relative_path(fetcher, attrs.evolve(a_file(1), name="arome/2026/x.nc"))
     assert str(placed) == "arome/2026/12/01/x.nc"
+
+
+def test_progress_bars_draw_under_the_log_and_wipe_themselves():
+    import io
+    import logging
+
+    from sync.progress import BarsLogHandler, ProgressBars, bar_line
+
+    row = {"name": "arome/2026/arome_00.nc", "state": "downloading", "progress": 0.5,
+           "download_rate": 12_300_000, "peers": 3}
+    line = bar_line(row, 80)
+    assert line.startswith("arome_00.nc ") and "50%" in line and "12.3 MB/s" in line and " 3 peers" in line
+    bar = line[line.index("[") + 1:line.index("]")]
+    assert set(bar) == {"#", "-"} and bar.count("#") == len(bar) // 2
+    assert len(line) <= 80
+    assert bar_line({**row, "state": "queued", "progress": 0.0}, 80).endswith(" queued")
+
+    stream = io.StringIO()
+    bars = ProgressBars(stream)
+    seeding = {**row, "name": "done.nc", "state": "seeding", "progress": 1.0}
+    bars.update({"files": [row, seeding]})
+    assert stream.getvalue().count("\n") == 1  # only the file still downloading has a bar
+    handler = BarsLogHandler(bars)
+    handler.emit(logging.LogRecord("muppet.sync", logging.INFO, "x", 1, "placed %s", ("x.nc",), None))
+    out = stream.getvalue()
+    # the bar wiped (cursor up one line, erase), the log line, the bar again
+    assert out.endswith("\x1b[1F\x1b[Jplaced x.nc\n" + bar_line(row, bars_width()) + "\n")
+    bars.clear()
+    assert stream.getvalue().endswith("\x1b[1F\x1b[J")
+
+
+def bars_width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((100, 20)).columns - 1
