@@ -170,6 +170,14 @@ class Fetcher(SyncRun):
         registered = await self.link.call("files.register", {"files": [copy]})
         return registered["files"][0]["id"]
 
+    async def still_held(self, record: dict[str, Any]) -> bool:
+        # The placed file is what matters; without it, fetch it again. (A
+        # placed file whose torrent is gone is kept: it is removed at expiry.)
+        placed = record.get("placed")
+        if placed is None:
+            return True  # a newer version took its path
+        return await trio.to_thread.run_sync((Path(self.config.data_dir) / placed).exists)
+
     async def release(self, file: FileRef, record: dict[str, Any] | None, reason: str) -> None:
         info_hash = (record or {}).get("info_hash") or file.info_hash
         if info_hash and self.engine.has(info_hash):

@@ -70,8 +70,14 @@ class SyncRun:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for record in self.state.held.values():
+            for data_id, record in list(self.state.held.items()):
                 file = FileRef.from_api(record["file"])
+                if not await self.still_held(record):
+                    # lost while we were down: forgotten, so the catch-up takes it again
+                    log.warning("%s: no longer held here (%s); taking it afresh", file.name, record)
+                    del self.state.held[data_id]
+                    self._dirty = True
+                    continue
                 self.selection.restore(file)
                 self._row(file, "seeding", info_hash=record.get("info_hash"), path=record.get("placed"))
             nursery.start_soon(self._status_loop)
@@ -168,6 +174,10 @@ class SyncRun:
         self._row(file, state, error=action.reason, progress=0.0, download_rate=0, upload_rate=0, peers=0)
 
     # --- for subclasses -----------------------------------------------------
+
+    async def still_held(self, record: dict[str, Any]) -> bool:
+        """Whether finished work recorded before a restart is still there."""
+        return self.engine.has(record.get("info_hash") or "")
 
     async def take(self, file: FileRef) -> None:
         raise NotImplementedError

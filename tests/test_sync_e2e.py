@@ -419,5 +419,14 @@ async def test_seed_and_fetch_ride_out_a_daemon_restart(tmp_path, nursery):
         await cluster.wait(lambda: _all_there(data, ["after.nc"]), "after.nc placed after the restart", timeout=90)
         assert sha256(data / "after.nc") == sha256(lustre / "after.nc")
         assert "subscribing again from event" in cluster.log("c1")
+        # A consumer restarted after its placed file was lost fetches it again.
+        consumer = cluster.processes.pop("c1")
+        consumer.terminate()
+        consumer.wait(30)
+        (data / "before.nc").unlink()
+        cluster.start_fetch("c1")
+        await cluster.wait(lambda: _all_there(data, ["before.nc"]), "before.nc fetched again")
+        assert sha256(data / "before.nc") == sha256(lustre / "before.nc")
+        assert "before.nc: no longer held here" in cluster.log("c1")
     finally:
         cluster.stop_all()
