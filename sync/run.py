@@ -74,7 +74,8 @@ class SyncRun:
                 file = FileRef.from_api(record["file"])
                 if not await self.still_held(record):
                     # lost while we were down: forgotten, so the catch-up takes it again
-                    log.warning("%s: no longer held here (%s); taking it afresh", file.name, record)
+                    log.warning("%s: no longer held here (its file or torrent is gone); taking it afresh",
+                                file.name)
                     del self.state.held[data_id]
                     self._dirty = True
                     continue
