@@ -26,6 +26,8 @@ from typing import Any, Mapping
 
 import trio
 
+from muppet.executor.outputs import fsync_directory
+
 from .errors import DiskFull, HashMismatch, LayoutError, PlaceError
 
 __all__ = [
@@ -200,7 +202,7 @@ def verify_and_place(
         # was already placed (a second fetch of it), the temporary link stays.
         if tmp.exists():
             tmp.unlink()
-        _fsync_dir(final.parent)
+        fsync_directory(final.parent)  # the rename is durable once the entry is on disk
     except PlaceError:
         _remove_quietly(tmp)
         raise
@@ -222,15 +224,6 @@ def _copy_hashing(source: Path, target: Path) -> str:
         dst.flush()
         os.fsync(dst.fileno())
     return digest.hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is only durable once the directory entry is on disk.
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_quietly(path: Path) -> None:

@@ -23,7 +23,6 @@ import trio
 import libtorrent as lt
 
 from sync.engine import EngineSettings, build_ip_filter, open_engine
-from services import service_missing
 from sync.errors import DiskFull, EngineError, TorrentError
 from sync.place import sha256_file, verify_and_place
 from sync.torrent import info_hash_hex, make_torrent, torrent_info
@@ -229,23 +228,6 @@ async def test_peers_outside_allow_are_blocked(tmp_path):
             nursery.cancel_scope.cancel()
         # a cancelled fetch leaves the torrent in the engine
         assert len(await fetcher.status()) == 1
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 1 MiB tmpfs (needs root); skipped (failed under
-    MUPPET_REQUIRE_SERVICES=1) when it cannot be mounted."""
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        service_missing(f"cannot mount a small tmpfs for the disk-full test: {result.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "--lazy", str(mountpoint)], check=True)
 
 
 async def test_disk_full_stops_the_download_with_a_clear_error_and_a_retry_resumes(tmp_path, small_tmpfs):

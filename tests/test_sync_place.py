@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 import pytest
 
-from services import service_missing
 from sync.errors import DiskFull, HashMismatch, LayoutError, PlaceError
 from sync.place import check_layout, render_layout, run_on_complete, sha256_file, verify_and_place
 
@@ -120,23 +118,6 @@ def test_place_refuses_an_escaping_relative_path(tmp_path):
         with pytest.raises(LayoutError):
             verify_and_place(downloaded, tmp_path / "data", relative, digest)
     assert not (tmp_path / "data").exists()
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 1 MiB tmpfs (needs root); skipped (or failed under
-    MUPPET_REQUIRE_SERVICES=1) when it cannot be mounted."""
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        service_missing(f"cannot mount a small tmpfs for the disk-full test: {result.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=True)
 
 
 def test_disk_full_leaves_no_partial_file(tmp_path, small_tmpfs):

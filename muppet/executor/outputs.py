@@ -94,7 +94,7 @@ def move_outputs(
         directories.add(os.path.dirname(destination))
     # the renames are durable once their directories are
     for directory in sorted(directories):
-        _fsync_directory(directory)
+        fsync_directory(directory)
     return [os.path.join(output_dir, path) for path in paths]
 
 
@@ -128,7 +128,7 @@ def move_into_place(source: str, destination: str, *, sync_directory: bool = Tru
         copy_then_rename(source, destination, sync_directory=sync_directory)
         return
     if sync_directory:
-        _fsync_directory(os.path.dirname(destination))
+        fsync_directory(os.path.dirname(destination))
 
 
 def copy_then_rename(source: str, destination: str, *, sync_directory: bool = True) -> None:
@@ -144,14 +144,14 @@ def copy_then_rename(source: str, destination: str, *, sync_directory: bool = Tr
         if os.path.isdir(source) and not os.path.islink(source):
             shutil.copytree(source, temporary, symlinks=True, copy_function=_copy_file)
             for root, _dirs, files in os.walk(temporary):
-                _fsync_directory(root)
+                fsync_directory(root)
         else:
             _copy_file(source, temporary)
         os.rename(temporary, destination)
     except OSError as error:
         raise OutputError(f"cannot copy {source} to {destination}: {error.strerror or error}") from None
     if sync_directory:
-        _fsync_directory(directory)
+        fsync_directory(directory)
     # only now: until the destination is durable, the source is the only copy
     if os.path.isdir(source) and not os.path.islink(source):
         shutil.rmtree(source)
@@ -172,7 +172,8 @@ def _copy_file(source: str, destination: str) -> None:
     shutil.copystat(source, destination)
 
 
-def _fsync_directory(path: str) -> None:
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    """Make a rename or a new entry in ``path`` durable (its entry on disk)."""
     descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(descriptor)
