@@ -19,6 +19,8 @@ from typing import Any
 
 import trio
 
+from muppet.api.protocol import RpcError
+
 from .engine import Engine
 from .follow import IndexLink, follow, parse_peer
 from .select import AddPeer, FileRef, Release, Selection, Take
@@ -142,7 +144,9 @@ class SyncRun:
             try:
                 with scope:
                     await self.take(file)
-            except Stop as e:
+            except (Stop, RpcError) as e:
+                # RpcError: the index refused a call (a token without the
+                # write role, an unknown backend): the message says which
                 log.error("%s: %s", file.name, e)
                 self._row(file, "error", error=str(e))
                 self.selection.forget(file.data_id, str(e))
