@@ -227,21 +227,17 @@ def status(config_path: str | None, state_dir: str | None, as_json: bool) -> Non
     index and from another user's shell.
     """
     import json
-    import tomllib
 
+    from .config import ConfigError, load_state_dir
     from .state import read_status, render_status
 
     if state_dir is None:
         if config_path is None:
             raise click.UsageError("give --config FILE or --state-dir DIR")
         try:
-            with open(config_path, "rb") as f:
-                raw = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise click.ClickException(f"{config_path}: {e}") from None
-        if not isinstance(raw.get("state_dir"), str):
-            raise click.ClickException(f"{config_path}: state_dir: missing")
-        state_dir = str(Path(config_path).parent / raw["state_dir"])
+            state_dir = load_state_dir(config_path)
+        except ConfigError as e:
+            raise click.ClickException(str(e)) from None
     current = read_status(Path(state_dir))
     if as_json:
         click.echo(json.dumps(current, indent=1))

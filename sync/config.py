@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_LISTEN",
     "load_seed_config",
     "load_fetch_config",
+    "load_state_dir",
     "parse_seed_config",
     "parse_fetch_config",
 ]
@@ -511,21 +512,31 @@ def _parse_fetch(data: Mapping[str, Any], file: _File, base_dir: Path) -> FetchC
     )
 
 
-def load_seed_config(path: str | os.PathLike[str]) -> SeedConfig:
-    """Read and check a seed.toml. Raises :class:`ConfigError`. Blocks."""
+def _load(path: str | os.PathLike[str], parse: Callable[[Mapping[str, Any], _File, Path], Any]) -> Any:
     data, file = _read(path)
+    config = None
     if data is not None:
-        config = _parse_seed(data, file, Path(path).parent.absolute())
+        config = parse(data, file, Path(path).parent.absolute())
     if file.problems:
         raise ConfigError(file.problems)
     return config
+
+
+def load_seed_config(path: str | os.PathLike[str]) -> SeedConfig:
+    """Read and check a seed.toml. Raises :class:`ConfigError`. Blocks."""
+    return _load(path, _parse_seed)
 
 
 def load_fetch_config(path: str | os.PathLike[str]) -> FetchConfig:
     """Read and check a fetch.toml. Raises :class:`ConfigError`. Blocks."""
-    data, file = _read(path)
-    if data is not None:
-        config = _parse_fetch(data, file, Path(path).parent.absolute())
-    if file.problems:
-        raise ConfigError(file.problems)
-    return config
+    return _load(path, _parse_fetch)
+
+
+def load_state_dir(path: str | os.PathLike[str]) -> Path:
+    """Only the ``state_dir`` of a seed or fetch file, resolved as the
+    commands resolve it (``muppet-sync status``). Raises :class:`ConfigError`."""
+
+    def parse(data: Mapping[str, Any], file: _File, base_dir: Path) -> Path:
+        return file.get(data, "", "state_dir", _path(base_dir), required="where resume data is kept")
+
+    return _load(path, parse)

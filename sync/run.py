@@ -24,7 +24,7 @@ from muppet.api.protocol import RpcError
 from .engine import Engine
 from .follow import IndexLink, follow, parse_peer
 from .select import AddPeer, FileRef, Release, Selection, Take
-from .state import FileRow, SyncState, RELEASED_SHOWN_SECONDS, encode_state, save_state_bytes, write_status
+from .state import FileRow, SyncState, RELEASED_SHOWN_SECONDS, encode_state, save_state, write_status
 
 __all__ = ["SyncRun", "Stop"]
 
@@ -82,7 +82,7 @@ class SyncRun:
                     self._dirty = True
                     continue
                 self.selection.restore(file)
-                self._row(file, "seeding", info_hash=record.get("info_hash"), path=record.get("placed"))
+                self.row(file, "seeding", info_hash=record.get("info_hash"), path=record.get("placed"))
             nursery.start_soon(self._status_loop)
             nursery.start_soon(self._expiry_loop)
             nursery.start_soon(
@@ -138,7 +138,7 @@ class SyncRun:
     def _start_take(self, file: FileRef) -> None:
         scope, done = trio.CancelScope(), trio.Event()
         self._work[file.data_id] = (scope, done)
-        self._row(file, "queued", info_hash=file.info_hash)
+        self.row(file, "queued", info_hash=file.info_hash)
 
         async def work() -> None:
             try:
@@ -148,11 +148,11 @@ class SyncRun:
                 # RpcError: the index refused a call (a token without the
                 # write role, an unknown backend): the message says which
                 log.error("%s: %s", file.name, e)
-                self._row(file, "error", error=str(e))
+                self.row(file, "error", error=str(e))
                 self.selection.forget(file.data_id, str(e))
             except Exception as e:  # one file's failure must not stop the others
                 log.exception("%s: unexpected error", file.name)
-                self._row(file, "error", error=f"{type(e).__name__}: {e}")
+                self.row(file, "error", error=f"{type(e).__name__}: {e}")
                 self.selection.forget(file.data_id, str(e))
             finally:
                 done.set()
@@ -173,10 +173,10 @@ class SyncRun:
             await self.release(file, record, action.reason)
         except Exception as e:
             log.exception("%s: releasing failed", file.name)
-            self._row(file, "error", error=f"release failed: {e}")
+            self.row(file, "error", error=f"release failed: {e}")
             return
         state = "error" if self.rows.get(file.data_id) and self.rows[file.data_id].state == "error" else "expired"
-        self._row(file, state, error=action.reason, progress=0.0, download_rate=0, upload_rate=0, peers=0)
+        self.row(file, state, error=action.reason, progress=0.0, download_rate=0, upload_rate=0, peers=0)
 
     # --- for subclasses -----------------------------------------------------
 
@@ -197,14 +197,13 @@ class SyncRun:
 
     async def save_now(self) -> None:
         async with self._saving:  # one writer at a time, snapshots in order
-            # encoded here, on the loop: the thread must not read what the loop changes
             data = encode_state(self.state)
             self._dirty = False
-            await trio.to_thread.run_sync(save_state_bytes, self.config.state_dir, data)
+            await trio.to_thread.run_sync(save_state, self.config.state_dir, data)
 
     # --- the operator's view ------------------------------------------------
 
-    def _row(self, file: FileRef, state: str, **fields: Any) -> FileRow:
+    def row(self, file: FileRef, state: str, **fields: Any) -> FileRow:
         row = self.rows.get(file.data_id)
         if row is None:
             row = self.rows[file.data_id] = FileRow(
@@ -219,9 +218,6 @@ class SyncRun:
         for key, value in fields.items():
             setattr(row, key, value)
         return row
-
-    def row(self, file: FileRef, state: str, **fields: Any) -> FileRow:
-        return self._row(file, state, **fields)
 
     async def _status_loop(self) -> None:
         while True:

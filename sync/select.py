@@ -269,11 +269,6 @@ class Selection:
             return None
         return self._release(data_id, reason)
 
-    def next_expiry(self) -> datetime | None:
-        """When :meth:`expire` will next have something to do."""
-        times = [h.file.expires for h in self.held.values() if h.file.expires is not None]
-        return min(times) if times else None
-
     # --- internals ----------------------------------------------------------
 
     def _offer_own(self, file: FileRef) -> list[Action]:

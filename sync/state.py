@@ -33,7 +33,6 @@ __all__ = [
     "FileRow",
     "load_state",
     "save_state",
-    "save_state_bytes",
     "encode_state",
     "write_status",
     "read_status",
@@ -109,14 +108,11 @@ def encode_state(state: SyncState) -> bytes:
     return json.dumps(state.to_json(), indent=1).encode()
 
 
-def save_state_bytes(state_dir: Path, data: bytes) -> None:
-    """Write an :func:`encode_state` result as the state file."""
+def save_state(state_dir: Path, data: bytes) -> None:
+    """Write an :func:`encode_state` result (encoded on the loop, so that the
+    thread writing it never reads what the loop is changing) as the state file."""
     Path(state_dir).mkdir(parents=True, exist_ok=True)
     write_atomically(Path(state_dir) / STATE_FILE, data)
-
-
-def save_state(state_dir: Path, state: SyncState) -> None:
-    save_state_bytes(state_dir, encode_state(state))
 
 
 def write_status(state_dir: Path, status: dict[str, Any]) -> None:

@@ -53,16 +53,15 @@ outputs = ["arome/f{{index}}.nc"]
 class Cluster:
     """A daemon, and seed/fetch processes started on demand, in ``tmp``."""
 
-    def __init__(self, tmp: Path, nursery: trio.Nursery, output_size: int = 3_000_000) -> None:
+    def __init__(self, tmp: Path, output_size: int = 3_000_000) -> None:
         self.tmp = tmp
-        self.nursery = nursery
         self.port = free_port()
         self.api = f"ws://127.0.0.1:{self.port}"
         self.output_size = output_size
         self.processes: dict[str, subprocess.Popen] = {}
         self.env = dict(os.environ, MUPPET_TOKEN=SECRET, PYTHONUNBUFFERED="1")
 
-    def write_daemon_config(self, trackers: str = "") -> None:
+    def write_daemon_config(self) -> None:
         tmp = self.tmp
         (tmp / "pipelines").mkdir(exist_ok=True)
         (tmp / "pipelines" / "maker.toml").write_text(MAKER.format(size=self.output_size))
@@ -202,8 +201,8 @@ class Cluster:
 
 
 @pytest.fixture
-async def cluster(tmp_path, nursery):
-    cluster = Cluster(tmp_path, nursery)
+async def cluster(tmp_path):
+    cluster = Cluster(tmp_path)
     try:
         yield cluster
     finally:
@@ -282,8 +281,8 @@ async def test_step_outputs_reach_every_consumer_and_expire_everywhere(cluster):
             await cluster.wait(expired_row, f"short.nc shown expired in {name}'s status")
 
 
-async def test_a_killed_consumer_resumes_from_its_verified_pieces(tmp_path, nursery):
-    cluster = Cluster(tmp_path, nursery, output_size=16_000_000)
+async def test_a_killed_consumer_resumes_from_its_verified_pieces(tmp_path):
+    cluster = Cluster(tmp_path, output_size=16_000_000)
     try:
         await cluster.start_daemon()
         cluster.start_seed()
@@ -318,9 +317,9 @@ async def test_a_killed_consumer_resumes_from_its_verified_pieces(tmp_path, nurs
         cluster.stop_all()
 
 
-async def test_aria2c_fetches_what_muppet_sync_seeds_with_the_torrent_from_the_index(tmp_path, nursery):
+async def test_aria2c_fetches_what_muppet_sync_seeds_with_the_torrent_from_the_index(tmp_path):
     aria2c = need("aria2c", "aria2")
-    cluster = Cluster(tmp_path, nursery)
+    cluster = Cluster(tmp_path)
     lustre = tmp_path / "lustre"
     lustre.mkdir()
     source = lustre / "arome_interop.nc"
@@ -385,8 +384,8 @@ async def _copies(client, data_id: int, count: int):
     return copies if count else True
 
 
-async def test_seed_and_fetch_ride_out_a_daemon_restart(tmp_path, nursery):
-    cluster = Cluster(tmp_path, nursery)
+async def test_seed_and_fetch_ride_out_a_daemon_restart(tmp_path):
+    cluster = Cluster(tmp_path)
     lustre = tmp_path / "lustre"
     lustre.mkdir()
     try:
