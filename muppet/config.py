@@ -22,16 +22,13 @@ from __future__ import annotations
 import difflib
 import glob
 import ipaddress
-import json
-import math
 import os
 import re
 import string
-import tomllib
 import zoneinfo
-from datetime import date, datetime, time, timezone
+from datetime import datetime, timezone
 from pathlib import PurePosixPath
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import attrs
@@ -54,6 +51,18 @@ from .model import (
     Step,
     Token,
 )
+from .tomlcheck import MISSING as _MISSING
+from .tomlcheck import Bad as _Bad
+from .tomlcheck import ConfigError, Problem
+from .tomlcheck import TomlFile as _File
+from .tomlcheck import any_string as _any_string
+from .tomlcheck import integer as _integer
+from .tomlcheck import is_int as _is_int
+from .tomlcheck import number as _number
+from .tomlcheck import read_toml as _read_toml
+from .tomlcheck import show as _show
+from .tomlcheck import string as _string
+from .tomlcheck import string_list as _string_list
 
 __all__ = [
     "ConfigError",
@@ -63,37 +72,6 @@ __all__ = [
     "sqlite_path",
     "validate_paths",
 ]
-
-
-@attrs.frozen
-class Problem:
-    """One thing wrong in a configuration file.
-
-    ``table`` is dotted (``steps.convert``), empty for the file's top level;
-    ``key`` is dotted inside the table (``retry.tries``), empty when the
-    problem is the table or the file as a whole.
-    """
-
-    file: str
-    table: str
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:"
-        if self.table:
-            where += f" [{self.table}]"
-        if self.key:
-            where += f" {self.key}:"
-        return f"{where} {self.message}"
-
-
-class ConfigError(Exception):
-    """A configuration with problems; ``problems`` lists all of them, in file order."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 # --- limits and vocabularies -------------------------------------------------
@@ -201,71 +179,6 @@ def default_config() -> Config:
 
 # --- reading values ----------------------------------------------------------
 
-_MISSING = object()
-
-
-class _Bad(Exception):
-    """A value check failed; the message completes "KEY: ..."."""
-
-
-def _show(value: Any) -> str:
-    """A value the way the user wrote it, near enough: TOML-ish, one line."""
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, (datetime, date, time)):
-        return value.isoformat()
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _is_int(value: Any) -> bool:
-    # TOML's true is a Python bool, and bool is a subclass of int: "jobs = true"
-    # must not read as 1.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
-    rule = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-
-    def check(value: Any) -> int:
-        if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
-            raise _Bad(f"must be {rule}, got {_show(value)}")
-        return value
-
-    return check
-
-
-def _number(minimum: float, *, exclusive: bool = False) -> Callable[[Any], float]:
-    rule = f"a number {'>' if exclusive else '>='} {minimum:g}"
-
-    def check(value: Any) -> float:
-        # An int is a fine number ("interval = 5"); nan and inf are not.
-        if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value):
-            raise _Bad(f"must be {rule}, got {_show(value)}")
-        if value < minimum or (exclusive and value == minimum):
-            raise _Bad(f"must be {rule}, got {_show(value)}")
-        return float(value)
-
-    return check
-
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str):
-        raise _Bad(f"must be a string, got {_show(value)}")
-    if not value.strip():
-        raise _Bad("must not be empty")
-    return value
-
-
-def _any_string(value: Any) -> str:
-    if not isinstance(value, str):
-        raise _Bad(f"must be a string, got {_show(value)}")
-    return value
-
-
 def _string_or_integer(value: Any) -> str | int:
     if _is_int(value):
         if value < 1:
@@ -274,22 +187,6 @@ def _string_or_integer(value: Any) -> str | int:
     if isinstance(value, str) and value.strip():
         return value
     raise _Bad(f"must be a string or an integer >= 1, got {_show(value)}")
-
-
-def _string_list(*, unique: bool = True) -> Callable[[Any], tuple[str, ...]]:
-    def check(value: Any) -> tuple[str, ...]:
-        if not isinstance(value, list):
-            raise _Bad(f"must be a list of strings, got {_show(value)}")
-        for item in value:
-            if not isinstance(item, str) or not item.strip():
-                raise _Bad(f"must be a list of non-empty strings, got {_show(item)} in the list")
-        if unique:
-            twice = sorted({item for item in value if value.count(item) > 1})
-            if twice:
-                raise _Bad(f"lists {_show(twice[0])} more than once")
-        return tuple(value)
-
-    return check
 
 
 def _name(kind: str) -> Callable[[Any], str]:
@@ -335,82 +232,6 @@ def _listen(value: Any) -> str:
     if host.strip("[]") == "" or any(c.isspace() for c in host):
         raise _Bad(f"must be HOST:PORT, got {_show(value)}")
     return value
-
-
-class _File:
-    """Collects the problems of one file; ``display`` is how messages name it."""
-
-    def __init__(self, display: str, problems: list[Problem]) -> None:
-        self.display = display
-        self.problems = problems
-
-    def problem(self, table: str, key: str, message: str) -> None:
-        self.problems.append(Problem(self.display, table, key, message))
-
-    def unknown(self, data: Mapping[str, Any], table: str, allowed: Iterable[str], prefix: str = "") -> None:
-        allowed = list(allowed)
-        for key in data:
-            if key not in allowed:
-                hint = difflib.get_close_matches(key, allowed, n=1)
-                more = f'; did you mean "{hint[0]}"?' if hint else ""
-                expected = ", ".join(allowed) if allowed else "none"
-                self.problem(table, prefix + key, f"unknown key{more} (expected: {expected})")
-
-    def get(
-        self,
-        data: Mapping[str, Any],
-        table: str,
-        key: str,
-        check: Callable[[Any], Any],
-        default: Any = None,
-        *,
-        required: bool = False,
-        prefix: str = "",
-    ) -> Any:
-        value = data.get(key, _MISSING)
-        if value is _MISSING:
-            if required:
-                self.problem(table, prefix + key, "missing required key")
-            return default
-        try:
-            return check(value)
-        except _Bad as bad:
-            self.problem(table, prefix + key, str(bad))
-            return default
-
-    def table(self, data: Mapping[str, Any], table: str, key: str, prefix: str = "") -> dict[str, Any]:
-        """A sub-table (``[a.b]`` or an inline table), {} when absent or not a table."""
-        value = data.get(key, {})
-        if not isinstance(value, dict):
-            self.problem(table, prefix + key, f"must be a table, got {_show(value)}")
-            return {}
-        return value
-
-
-def _read_toml(path: str, display: str, problems: list[Problem]) -> dict[str, Any] | None:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        problems.append(Problem(display, "", "", "no such file"))
-        return None
-    except IsADirectoryError:
-        problems.append(Problem(display, "", "", "is a directory, not a TOML file"))
-        return None
-    except OSError as e:
-        problems.append(Problem(display, "", "", f"cannot read: {e.strerror or e}"))
-        return None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        problems.append(Problem(display, "", "", f"not UTF-8 (byte {e.start}); TOML files are UTF-8"))
-        return None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        # tomllib's message carries "(at line L, column C)".
-        problems.append(Problem(display, "", "", f"invalid TOML: {e}"))
-        return None
 
 
 def _resolve(base_dir: str, path: str) -> str:

@@ -22,24 +22,34 @@
 ``layout``, ``backend`` (its own service backend) and ``on_complete``.
 
 All problems of a file are reported at once, in one :class:`ConfigError`,
-each naming the file, the table and the key ("fetch.toml: [peers] allow:
-'10.0.0.0/33' is not a network"). Relative paths are relative to the
+each naming the file, the table and the key (``fetch.toml: [peers] allow:
+"10.0.0.0/33" is not a network``; the checks are muppet.tomlcheck's, shared with
+the daemon's configuration). Relative paths are relative to the
 configuration file's directory. Loading reads a file: under Trio call it from a
 worker thread or before ``trio.run``.
 """
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import re
-import tomllib
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 import attrs
+
+from muppet import tomlcheck
+from muppet.tomlcheck import MISSING as _MISSING
+from muppet.tomlcheck import Bad as _Bad
+from muppet.tomlcheck import Problem, TomlFile
+from muppet.tomlcheck import any_string as _any_string
+from muppet.tomlcheck import boolean as _bool
+from muppet.tomlcheck import integer as _integer
+from muppet.tomlcheck import show as _show
+from muppet.tomlcheck import string as _string
+from muppet.tomlcheck import string_list as _string_list
 
 from .errors import SyncError
 from .place import check_layout
@@ -67,31 +77,8 @@ DEFAULT_LAYOUT = "{product}/{reference_time:%Y/%m/%d}/{filename}"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@attrs.frozen
-class Problem:
-    """One thing wrong in a configuration file (``table`` is "", "peers" or
-    "[select] #N"; printed "FILE: [TABLE] KEY: MESSAGE")."""
-
-    file: str
-    table: str
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:"
-        if self.table:
-            where += f" {self.table}"
-        if self.key:
-            where += f" {self.key}:"
-        return f"{where} {self.message}"
-
-
-class ConfigError(SyncError):
-    """A configuration with problems; ``problems`` lists all of them, in file order."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
+class ConfigError(tomlcheck.ConfigError, SyncError):
+    """A seed or fetch file with problems; ``problems`` lists all of them, in file order."""
 
 
 @attrs.frozen
@@ -172,68 +159,6 @@ class FetchConfig:
 
 
 # --- value checks --------------------------------------------------------------
-
-
-class _Bad(Exception):
-    """A value check failed; the message completes "KEY: ..."."""
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a table"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _is_int(value: Any) -> bool:
-    # TOML's true is a Python bool, a subclass of int: "recent = true" is not 1.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str):
-        raise _Bad(f"must be a string, got {_show(value)}")
-    if not value.strip():
-        raise _Bad("must not be empty")
-    return value
-
-
-def _any_string(value: Any) -> str:
-    if not isinstance(value, str):
-        raise _Bad(f"must be a string, got {_show(value)}")
-    return value
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Bad(f"must be true or false, got {_show(value)}")
-    return value
-
-
-def _integer(minimum: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if not _is_int(value) or value < minimum:
-            raise _Bad(f"must be an integer >= {minimum}, got {_show(value)}")
-        return value
-
-    return check
-
-
-def _string_list(*, non_empty: bool = False) -> Callable[[Any], tuple[str, ...]]:
-    def check(value: Any) -> tuple[str, ...]:
-        if not isinstance(value, list):
-            raise _Bad(f"must be a list of strings, got {_show(value)}")
-        if non_empty and not value:
-            raise _Bad("must list at least one")
-        for item in value:
-            if not isinstance(item, str) or not item.strip():
-                raise _Bad(f"must be a list of non-empty strings, got {_show(item)} in the list")
-        twice = sorted({item for item in value if value.count(item) > 1})
-        if twice:
-            raise _Bad(f"lists {_show(twice[0])} more than once")
-        return tuple(value)
-
-    return check
 
 
 def _api(value: Any) -> str:
@@ -319,51 +244,6 @@ def _networks(value: Any) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-_MISSING = object()
-
-
-class _File:
-    """Collects the problems of one file."""
-
-    def __init__(self, display: str) -> None:
-        self.display = display
-        self.problems: list[Problem] = []
-
-    def problem(self, table: str, key: str, message: str) -> None:
-        self.problems.append(Problem(self.display, table, key, message))
-
-    def unknown(self, data: Mapping[str, Any], table: str, allowed: Iterable[str]) -> None:
-        allowed = list(allowed)
-        for key in data:
-            if key not in allowed:
-                hint = difflib.get_close_matches(key, allowed, n=1)
-                more = f'; did you mean "{hint[0]}"?' if hint else ""
-                self.problem(table, key, f"unknown key{more} (expected: {', '.join(allowed)})")
-
-    def get(
-        self,
-        data: Mapping[str, Any],
-        table: str,
-        key: str,
-        check: Callable[[Any], Any],
-        default: Any = None,
-        *,
-        required: str = "",
-    ) -> Any:
-        """``data[key]`` checked; ``required`` (when given) says what the key is
-        for, in the "missing" message."""
-        value = data.get(key, _MISSING)
-        if value is _MISSING:
-            if required:
-                self.problem(table, key, f"missing ({required})")
-            return default
-        try:
-            return check(value)
-        except _Bad as bad:
-            self.problem(table, key, str(bad))
-            return default
-
-
 # --- the files -------------------------------------------------------------------
 
 _COMMON_KEYS = ("api", "state_dir", "listen", "advertise", "trackers", "utp", "select", "peers")
@@ -373,26 +253,9 @@ _SELECT_KEYS = ("products", "formats", "backend", "recent")
 _PEERS_KEYS = ("allow", "deny", "upload_rate", "download_rate")
 
 
-def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, _File]:
-    file = _File(os.fspath(path))
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        file.problem("", "", "no such file")
-        return None, file
-    except IsADirectoryError:
-        file.problem("", "", "is a directory, not a TOML file")
-        return None, file
-    except OSError as e:
-        file.problem("", "", f"cannot read: {e.strerror or e}")
-        return None, file
-    try:
-        return tomllib.loads(raw.decode("utf-8")), file
-    except UnicodeDecodeError as e:
-        file.problem("", "", f"not UTF-8 (byte {e.start}); TOML files are UTF-8")
-    except tomllib.TOMLDecodeError as e:
-        file.problem("", "", f"invalid TOML: {e}")
-    return None, file
+def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, TomlFile]:
+    file = TomlFile(os.fspath(path))
+    return tomlcheck.read_toml(os.fspath(path), file.display, file.problems), file
 
 
 def _path(base_dir: Path) -> Callable[[Any], Path]:
@@ -402,7 +265,7 @@ def _path(base_dir: Path) -> Callable[[Any], Path]:
     return check
 
 
-def _common(data: Mapping[str, Any], file: _File, base_dir: Path) -> dict[str, Any]:
+def _common(data: Mapping[str, Any], file: TomlFile, base_dir: Path) -> dict[str, Any]:
     get = file.get
     common = {
         "api": get(data, "", "api", _api, required="the index's ws:// URL"),
@@ -417,7 +280,7 @@ def _common(data: Mapping[str, Any], file: _File, base_dir: Path) -> dict[str, A
     return common
 
 
-def _selects(data: Mapping[str, Any], file: _File) -> tuple[Select, ...]:
+def _selects(data: Mapping[str, Any], file: TomlFile) -> tuple[Select, ...]:
     raw = data.get("select", _MISSING)
     if raw is _MISSING:
         file.problem("", "[[select]]", "missing: at least one [[select]] table saying which products to sync")
@@ -441,12 +304,12 @@ def _selects(data: Mapping[str, Any], file: _File) -> tuple[Select, ...]:
     return tuple(selects)
 
 
-def _peers(data: Mapping[str, Any], file: _File) -> PeerPolicy:
+def _peers(data: Mapping[str, Any], file: TomlFile) -> PeerPolicy:
     raw = data.get("peers", {})
     if not isinstance(raw, dict):
         file.problem("", "peers", "must be a [peers] table")
         return PeerPolicy()
-    table = "[peers]"
+    table = "peers"
     file.unknown(raw, table, _PEERS_KEYS)
     return PeerPolicy(
         allow=file.get(raw, table, "allow", _networks, ()),
@@ -460,14 +323,14 @@ def parse_seed_config(data: Mapping[str, Any], source: str, base_dir: Path | Non
     """A seed configuration from parsed TOML; ``source`` names the file in
     messages, ``base_dir`` resolves relative paths (default: the current
     directory). Raises :class:`ConfigError` with every problem."""
-    file = _File(source)
+    file = TomlFile(source)
     config = _parse_seed(data, file, base_dir or Path.cwd())
     if file.problems:
         raise ConfigError(file.problems)
     return config
 
 
-def _parse_seed(data: Mapping[str, Any], file: _File, base_dir: Path) -> SeedConfig:
+def _parse_seed(data: Mapping[str, Any], file: TomlFile, base_dir: Path) -> SeedConfig:
     file.unknown(data, "", _SEED_KEYS)
     common = _common(data, file, base_dir)
     if file.problems:
@@ -477,7 +340,7 @@ def _parse_seed(data: Mapping[str, Any], file: _File, base_dir: Path) -> SeedCon
 
 def parse_fetch_config(data: Mapping[str, Any], source: str, base_dir: Path | None = None) -> FetchConfig:
     """A fetch configuration from parsed TOML (see :func:`parse_seed_config`)."""
-    file = _File(source)
+    file = TomlFile(source)
     config = _parse_fetch(data, file, base_dir or Path.cwd())
     if file.problems:
         raise ConfigError(file.problems)
@@ -492,7 +355,7 @@ def _layout(value: Any) -> str:
     return value
 
 
-def _parse_fetch(data: Mapping[str, Any], file: _File, base_dir: Path) -> FetchConfig:
+def _parse_fetch(data: Mapping[str, Any], file: TomlFile, base_dir: Path) -> FetchConfig:
     file.unknown(data, "", _FETCH_KEYS)
     common = _common(data, file, base_dir)
     get = file.get
@@ -512,7 +375,7 @@ def _parse_fetch(data: Mapping[str, Any], file: _File, base_dir: Path) -> FetchC
     )
 
 
-def _load(path: str | os.PathLike[str], parse: Callable[[Mapping[str, Any], _File, Path], Any]) -> Any:
+def _load(path: str | os.PathLike[str], parse: Callable[[Mapping[str, Any], TomlFile, Path], Any]) -> Any:
     data, file = _read(path)
     config = None
     if data is not None:
@@ -536,7 +399,7 @@ def load_state_dir(path: str | os.PathLike[str]) -> Path:
     """Only the ``state_dir`` of a seed or fetch file, resolved as the
     commands resolve it (``muppet-sync status``). Raises :class:`ConfigError`."""
 
-    def parse(data: Mapping[str, Any], file: _File, base_dir: Path) -> Path:
+    def parse(data: Mapping[str, Any], file: TomlFile, base_dir: Path) -> Path:
         return file.get(data, "", "state_dir", _path(base_dir), required="where resume data is kept")
 
     return _load(path, parse)

@@ -123,16 +123,16 @@ burst = 3
         "api: must be the index's WebSocket URL",
         "state_dir: missing (where resume data is kept)",
         "listen: ports must be 0-65535",
-        "trackers: 'ftp://x/announce' is not a tracker URL",
-        "utp: must be true or false, got 'no'",
+        "trackers: \"ftp://x/announce\" is not a tracker URL",
+        "utp: must be true or false, got \"no\"",
         "[[select]] #1 products: must list at least one",
         "[[select]] #1 recent: must be an integer >= 1, got 0",
         "[[select]] #1 formats: must be a list of strings",
         "[[select]] #2 extra: unknown key",
-        "[[select]] #2 recent: must be an integer >= 1, got True",
+        "[[select]] #2 recent: must be an integer >= 1, got true",
         "[[select]] #2 backend: must be a string, got 5",
         "[peers] burst: unknown key",
-        "[peers] allow: '10.0.0.0/33' is not a network; 'lan' is not a network",
+        "[peers] allow: \"10.0.0.0/33\" is not a network; \"lan\" is not a network",
         "[peers] deny: must be a list of networks",
         "[peers] upload_rate: must be an integer >= 0, got -1",
         "[peers] download_rate: must be an integer >= 0, got 1.5",
@@ -151,7 +151,7 @@ def test_the_brief_s_example_message(tmp_path):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
         load_fetch_config(path)
-    assert str(caught.value) == f"{path}: [peers] allow: '10.0.0.0/33' is not a network"
+    assert str(caught.value) == f'{path}: [peers] allow: "10.0.0.0/33" is not a network'
 
 
 @pytest.mark.parametrize(
