@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import trio
@@ -91,7 +91,7 @@ async def through_muppet(kind: str, jobs: int, work: Path, poll_interval: float)
         start = trio.current_time()
         for i in range(jobs):
             job = Job(base + i, 1, "bench", "b", i, jobs, "cluster", state=JobState.SUBMITTED)
-            await to_executor.send(StartJob(job, step, datetime(2026, 11, 28, tzinfo=timezone.utc)))
+            await to_executor.send(StartJob(job, step, datetime(2026, 11, 28, tzinfo=UTC)))
         while len(finished) < jobs:
             message = await from_executor.receive()
             if isinstance(message, JobFinished):

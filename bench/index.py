@@ -54,7 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import trio
@@ -140,7 +140,7 @@ def load_index(config_path: Path, days: int) -> dict:
         # the newest reference time is the last 6-hour boundary, and every
         # file expires well after the run: the daemon's expiry task must find
         # nothing to delete while the clients read
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         newest = now.replace(hour=now.hour - now.hour % 6, minute=0, second=0, microsecond=0)
         start = newest - timedelta(days=days)
         expires = iso(newest + timedelta(days=60))

@@ -24,10 +24,11 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from pgserver import PostgresServer  # noqa: E402
+
 from muppet import daemon  # noqa: E402
 from muppet.api.client import connect  # noqa: E402
 from muppet.config import load_config  # noqa: E402
-from pgserver import PostgresServer  # noqa: E402
 
 
 def pipelines(jobs: int, chain: int) -> dict[str, str]:

@@ -76,7 +76,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,7 +131,7 @@ class Proc:
     terminal reaches only the bench, which stops it), with stderr to a log
     file and, for nodes, stdout read line by line as JSON objects."""
 
-    started: list["Proc"] = []
+    started: list[Proc] = []
 
     def __init__(self, name: str, argv: list[str], log: Path, *, env: dict | None = None,
                  json_lines: bool = False, stdin: bool = False) -> None:
@@ -525,7 +525,7 @@ class Bench:
         self.master = master
         self.size = master.stat().st_size
         self.consumers = [h for h in network.hosts if h != "seeder"]
-        self.reference_time = datetime(2026, 11, 28, tzinfo=timezone.utc)
+        self.reference_time = datetime(2026, 11, 28, tzinfo=UTC)
         self.timeout = 60 + 10 * self.size * 8 / (args.rate_mbit * 1e6)
         if args.driver == "auto":
             self.driver = "commands" if sync_commands_exist() else "engine"

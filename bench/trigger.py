@@ -24,9 +24,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from muppet import daemon  # noqa: E402
-from muppet.api.client import connect  # noqa: E402
-from muppet.config import load_config  # noqa: E402
+from muppet import daemon
+from muppet.api.client import connect
+from muppet.config import load_config
 
 CONFIG = """
 [daemon]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Callable, Mapping, NoReturn, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
 
 import click
 import trio
@@ -163,9 +164,8 @@ def daemon(config_path: str | None) -> None:
     start on any problem (listing them all), then runs cron, the scheduler,
     the executors, the database and the API in one process.
     """
-    from .daemon import run_daemon  # the engine's imports are only for this command
-
     from .config import ConfigError
+    from .daemon import run_daemon  # the engine's imports are only for this command
 
     try:
         run_daemon(config_path)

@@ -7,7 +7,7 @@ a reference time keeps whole seconds, other timestamps keep milliseconds.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .model import Job, JobState, Run, RunCause, RunState
@@ -17,9 +17,9 @@ def format_time(moment: datetime | float | None) -> str | None:
     if moment is None:
         return None
     if isinstance(moment, (int, float)):
-        moment = datetime.fromtimestamp(moment, timezone.utc)
+        moment = datetime.fromtimestamp(moment, UTC)
         return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def parse_time(text: str) -> datetime:
@@ -32,8 +32,8 @@ def parse_time(text: str) -> datetime:
     except (ValueError, AttributeError):
         raise ValueError(f"not an ISO 8601 time: {text!r}") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def run_to_dict(run: Run) -> dict[str, Any]:

@@ -26,9 +26,10 @@ import os
 import re
 import string
 import zoneinfo
-from datetime import datetime, timezone
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -121,7 +122,7 @@ _CRON_ALIASES = {
 }
 
 #: formatting outputs with this shows bad fields and format specs at load time
-SAMPLE_REFERENCE_TIME = datetime(2026, 11, 28, 6, 15, tzinfo=timezone.utc)
+SAMPLE_REFERENCE_TIME = datetime(2026, 11, 28, 6, 15, tzinfo=UTC)
 
 
 def _default_state_dir() -> str:
@@ -597,7 +598,7 @@ def _cron(timezone_name: str | None) -> Callable[[Any], str]:
             raise _Bad(f"{_show(value)} is not a valid cron expression")
         # Valid syntax can still never fire ("0 0 30 2 *"); the cron task steps
         # both ways, so try both here where the error names the file.
-        zone = timezone.utc
+        zone = UTC
         if timezone_name and timezone_name != "UTC":
             zone = zoneinfo.ZoneInfo(timezone_name)
         start = SAMPLE_REFERENCE_TIME.astimezone(zone)

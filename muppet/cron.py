@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import trio
@@ -57,7 +57,7 @@ def _previous(expr: str, zone: ZoneInfo, until: datetime) -> datetime:
     while True:
         moment = croniter(expr, moment).get_prev(datetime)
         if not (fixed_hour and _second_occurrence(moment, zone)):
-            return moment.astimezone(timezone.utc)
+            return moment.astimezone(UTC)
 
 
 def _next(expr: str, zone: ZoneInfo, after: datetime) -> datetime:
@@ -65,7 +65,7 @@ def _next(expr: str, zone: ZoneInfo, after: datetime) -> datetime:
     moment = after.astimezone(zone)
     while True:
         moment = croniter(expr, moment).get_next(datetime)
-        in_utc = moment.astimezone(timezone.utc)
+        in_utc = moment.astimezone(UTC)
         if fixed_hour and _second_occurrence(moment, zone):
             continue
         if in_utc > after:
@@ -76,11 +76,11 @@ def _second_occurrence(moment: datetime, zone: ZoneInfo) -> bool:
     """Whether a local time is the repeat of a wall-clock time on the day the
     clocks go back."""
     first = moment.replace(tzinfo=None).replace(tzinfo=zone, fold=0)
-    return first.astimezone(timezone.utc) != moment.astimezone(timezone.utc)
+    return first.astimezone(UTC) != moment.astimezone(UTC)
 
 
 def _now_utc(clock: Callable[[], float]) -> datetime:
-    return datetime.fromtimestamp(clock(), timezone.utc)
+    return datetime.fromtimestamp(clock(), UTC)
 
 
 async def run(

@@ -15,7 +15,6 @@ import attrs
 
 from .model import DataFormat, Job, JobLog, Product, Run, ServiceBackend, Step
 
-
 # --- to the database task ------------------------------------------------------
 
 

@@ -10,11 +10,10 @@ exact and printable.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Mapping
 
 import attrs
-
 
 # --- configuration ----------------------------------------------------------
 

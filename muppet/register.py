@@ -32,7 +32,7 @@ import os
 import stat
 import struct
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 import attrs
@@ -501,7 +501,7 @@ def _next_grib(f: BinaryIO, offset: int) -> int | None:
 
 def _grib_time(path: str, offset: int, *fields: int) -> datetime:
     try:
-        return datetime(*fields, tzinfo=timezone.utc)
+        return datetime(*fields, tzinfo=UTC)
     except ValueError as e:
         raise ScanError(
             path, f"corrupt GRIB file: the message at byte {offset} has reference time {fields}: {e}"
@@ -639,10 +639,10 @@ def _utc(moment: datetime) -> datetime:
     # cftime applies a zone offset in the units and returns naive UTC, as its
     # own datetime subclass: rebuild a plain one.
     if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc)
+        moment = moment.astimezone(UTC)
     return datetime(
         moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second,
-        moment.microsecond, tzinfo=timezone.utc,
+        moment.microsecond, tzinfo=UTC,
     )
 
 
@@ -685,5 +685,5 @@ def _grib_metadata(eccodes: Any, scanned: ScannedFile) -> ScannedFile:
 
 def _yyyymmdd_hhmm(date: int, time: int) -> datetime:
     return datetime(
-        date // 10000, date // 100 % 100, date % 100, time // 100, time % 100, tzinfo=timezone.utc
+        date // 10000, date // 100 % 100, date % 100, time // 100, time % 100, tzinfo=UTC
     )

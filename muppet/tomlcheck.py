@@ -14,25 +14,26 @@ import difflib
 import json
 import math
 import tomllib
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import attrs
 
 __all__ = [
-    "Problem",
-    "ConfigError",
-    "Bad",
     "MISSING",
+    "Bad",
+    "ConfigError",
+    "Problem",
     "TomlFile",
-    "read_toml",
-    "show",
-    "is_int",
-    "integer",
-    "number",
-    "string",
     "any_string",
     "boolean",
+    "integer",
+    "is_int",
+    "number",
+    "read_toml",
+    "show",
+    "string",
     "string_list",
 ]
 

@@ -34,8 +34,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -55,20 +56,20 @@ from .errors import SyncError
 from .place import check_layout
 
 __all__ = [
-    "ConfigError",
-    "Problem",
-    "Listen",
-    "Select",
-    "PeerPolicy",
-    "SeedConfig",
-    "FetchConfig",
     "DEFAULT_LAYOUT",
     "DEFAULT_LISTEN",
-    "load_seed_config",
+    "ConfigError",
+    "FetchConfig",
+    "Listen",
+    "PeerPolicy",
+    "Problem",
+    "SeedConfig",
+    "Select",
     "load_fetch_config",
+    "load_seed_config",
     "load_state_dir",
-    "parse_seed_config",
     "parse_fetch_config",
+    "parse_seed_config",
 ]
 
 DEFAULT_LISTEN = "0.0.0.0:6881"

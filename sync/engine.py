@@ -40,9 +40,9 @@ import math
 import os
 import socket
 import time
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator, Iterable, Sequence
 
 import attrs
 import libtorrent as lt
@@ -53,13 +53,13 @@ from .errors import DiskFull, EngineError, TorrentError
 from .torrent import torrent_info
 
 __all__ = [
+    "RESUME_SUFFIX",
+    "Engine",
     "EngineSettings",
     "TorrentStatus",
-    "Engine",
-    "open_engine",
     "build_ip_filter",
+    "open_engine",
     "session_settings",
-    "RESUME_SUFFIX",
 ]
 
 log = logging.getLogger("muppet.sync.engine")
@@ -112,7 +112,7 @@ class EngineSettings:
     resume_interval: float = 5.0
 
     @classmethod
-    def from_config(cls, config: SeedConfig | FetchConfig) -> "EngineSettings":
+    def from_config(cls, config: SeedConfig | FetchConfig) -> EngineSettings:
         return cls(
             state_dir=config.state_dir,
             listen=config.listen,

@@ -44,7 +44,7 @@ from .place import render_layout, run_on_complete, verify_and_place
 from .run import Stop, SyncRun
 from .select import FileRef
 
-__all__ = ["Fetcher", "BackendMissing"]
+__all__ = ["BackendMissing", "Fetcher"]
 
 log = logging.getLogger("muppet.sync.fetch")
 

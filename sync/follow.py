@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import trio
@@ -27,7 +28,7 @@ import trio
 from muppet.api.client import ConnectionLost, DaemonUnreachable, connect
 from muppet.api.protocol import RpcError
 
-__all__ = ["IndexLink", "open_link", "follow", "advertised_peer", "parse_peer", "catch_up_files", "MAX_BACKOFF"]
+__all__ = ["MAX_BACKOFF", "IndexLink", "advertised_peer", "catch_up_files", "follow", "open_link", "parse_peer"]
 
 log = logging.getLogger("muppet.sync.follow")
 

@@ -20,9 +20,10 @@ import os
 import secrets
 import shlex
 import string
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any
 
 import trio
 
@@ -34,9 +35,9 @@ __all__ = [
     "LAYOUT_FIELDS",
     "check_layout",
     "render_layout",
-    "verify_and_place",
     "run_on_complete",
     "sha256_file",
+    "verify_and_place",
 ]
 
 log = logging.getLogger("muppet.sync.place")
@@ -46,7 +47,7 @@ log = logging.getLogger("muppet.sync.place")
 #: rather than at the first download
 LAYOUT_FIELDS: Mapping[str, Any] = {
     "product": "arome-pp",
-    "reference_time": datetime(2026, 11, 28, 6, 0, tzinfo=timezone.utc),
+    "reference_time": datetime(2026, 11, 28, 6, 0, tzinfo=UTC),
     "filename": "arome_pp_20261128T06Z.nc",
     "version": 1,
     "backend": "lustre-a",

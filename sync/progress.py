@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from .state import human_bytes
 
-__all__ = ["ProgressBars", "BarsLogHandler", "bar_line"]
+__all__ = ["BarsLogHandler", "ProgressBars", "bar_line"]
 
 ACTIVE = ("queued", "downloading")
 

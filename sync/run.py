@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import trio
@@ -24,9 +24,9 @@ from muppet.api.protocol import RpcError
 from .engine import Engine
 from .follow import IndexLink, follow, parse_peer
 from .select import AddPeer, FileRef, Release, Selection, Take
-from .state import FileRow, SyncState, RELEASED_SHOWN_SECONDS, encode_state, save_state, write_status
+from .state import RELEASED_SHOWN_SECONDS, FileRow, SyncState, encode_state, save_state, write_status
 
-__all__ = ["SyncRun", "Stop"]
+__all__ = ["Stop", "SyncRun"]
 
 log = logging.getLogger("muppet.sync")
 
@@ -276,7 +276,7 @@ def _row_order(row: FileRow) -> tuple:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _iso(moment: datetime) -> str:

@@ -22,27 +22,28 @@ replayed or late event cannot make a consumer fetch an expired file again.
 from __future__ import annotations
 
 import bisect
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 import attrs
 
 from .config import Select
 
-__all__ = ["FileRef", "Take", "AddPeer", "Release", "Selection", "parse_time"]
+__all__ = ["AddPeer", "FileRef", "Release", "Selection", "Take", "parse_time"]
 
 
 def parse_time(text: str | None) -> datetime | None:
     """An index timestamp ("2026-11-28T06:00:00Z") as an aware datetime."""
     if text is None:
         return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def format_time(moment: datetime | None) -> str | None:
     if moment is None:
         return None
-    text = moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+    text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
     return text.replace("+00:00", "Z")
 
 
@@ -73,7 +74,7 @@ class FileRef:
     variables: tuple[str, ...] = ()
 
     @classmethod
-    def from_api(cls, data: Mapping[str, Any]) -> "FileRef":
+    def from_api(cls, data: Mapping[str, Any]) -> FileRef:
         """From the API's file object (files.list, files.get, a file event).
         Raises KeyError/ValueError/TypeError on a malformed one."""
         return cls(

@@ -22,23 +22,23 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 __all__ = [
-    "SyncState",
-    "FileRow",
-    "load_state",
-    "save_state",
-    "encode_state",
-    "write_status",
-    "read_status",
-    "render_status",
     "STATE_FILE",
     "STATUS_FILE",
+    "FileRow",
+    "SyncState",
+    "encode_state",
+    "load_state",
+    "read_status",
+    "render_status",
+    "save_state",
+    "write_status",
 ]
 
 STATE_FILE = "state.json"
@@ -163,7 +163,7 @@ def render_status(status: dict[str, Any] | None, state_dir: Path, now: float) ->
     lines = []
     running = process_running(int(status["pid"]))
     age = now - status["written"]
-    written = datetime.fromtimestamp(status["written"], timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    written = datetime.fromtimestamp(status["written"], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     if running and age < 30:
         head = f"muppet-sync {status['role']} (pid {status['pid']}) running"
     else:

@@ -12,14 +12,14 @@ file is a fraction of a second, a 10 GB one is not).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import libtorrent as lt
 
 from .errors import TorrentError
 
-__all__ = ["make_torrent", "info_hash_hex", "torrent_info", "CREATOR"]
+__all__ = ["CREATOR", "info_hash_hex", "make_torrent", "torrent_info"]
 
 CREATOR = "muppet-sync"
 

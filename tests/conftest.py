@@ -14,7 +14,6 @@ import subprocess
 
 import psycopg
 import pytest
-
 from pgserver import PG_BIN, PostgresServer
 from services import service_missing
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import socket
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 
 import attrs
@@ -37,7 +37,7 @@ from muppet.api.protocol import (
 )
 from muppet.db.store import open_store
 
-REF = datetime(2026, 11, 28, 6, 0, tzinfo=timezone.utc)
+REF = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
 
 
 def make_config() -> model.Config:
@@ -78,7 +78,7 @@ RUN1_JOBS = (
     job(4, 1, "ecmwf", "convert", 0, 2, state=model.JobState.FAILED, exit_code=3, failures=2,
         predecessor=2, reason="exit code 3"),
 )
-RUN2 = model.Run(2, "arome", datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc), created_at=1_700_000_200.0)
+RUN2 = model.Run(2, "arome", datetime(2026, 11, 28, 12, 0, tzinfo=UTC), created_at=1_700_000_200.0)
 RUN2_JOBS = (job(5, 2, "arome", "run", state=model.JobState.RUNNING),)
 
 
@@ -257,15 +257,15 @@ async def test_runs_trigger(api):
         assert result == {"run_id": 100}
         (trigger,) = api.scheduler.received
         assert trigger.pipeline == "ecmwf"
-        assert trigger.reference_time == datetime(2026, 11, 29, 5, 0, tzinfo=timezone.utc)
+        assert trigger.reference_time == datetime(2026, 11, 29, 5, 0, tzinfo=UTC)
         assert trigger.cause == "manual"
 
         # default reference time: now, whole seconds, UTC
-        before = datetime.now(timezone.utc).replace(microsecond=0)
+        before = datetime.now(UTC).replace(microsecond=0)
         assert await client.call("runs.trigger", {"pipeline": "ecmwf"}) == {"run_id": 101}
         moment = api.scheduler.received[-1].reference_time
         assert moment.microsecond == 0 and moment.utcoffset().total_seconds() == 0
-        assert before <= moment <= datetime.now(timezone.utc)
+        assert before <= moment <= datetime.now(UTC)
 
         with pytest.raises(RpcError) as caught:  # the scheduler's error, relayed with its code
             await client.call("runs.trigger", {"pipeline": "ecmwf", "reference_time": "2026-11-28T06:00:00Z"})

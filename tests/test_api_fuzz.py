@@ -16,10 +16,9 @@ import pytest
 import trio
 import trio_websocket
 from hypothesis import HealthCheck, given, settings
+from test_api import free_port  # tests/ is on sys.path
 
 from muppet.api.protocol import ERROR_NAMES, METHODS
-
-from test_api import free_port  # tests/ is on sys.path
 
 EXAMPLES = int(os.environ.get("MUPPET_FUZZ_EXAMPLES", "2000"))
 

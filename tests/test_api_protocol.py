@@ -391,7 +391,7 @@ def check_never_raises(text):
     out = protocol.encode_replies(incoming, [None if isinstance(e, Call) and e.notification else r
                                              for e, r in zip(incoming.entries, replies)])
     if out is None:
-        assert all(isinstance(e, Call) and e.notification or e == Rejected(None)
+        assert all((isinstance(e, Call) and e.notification) or e == Rejected(None)
                    for e in incoming.entries)
         return
     decoded = json.loads(out)

@@ -23,23 +23,22 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import trio
+from executor_harness import SAFETY, make_dirs, running_executor
+from services import service_missing
 
 from muppet.executor.backend import make_backends
 from muppet.executor.jobdir import JobDir
 from muppet.messages import KillJob, StartJob
 from muppet.model import ExecutorConfig, Job, JobState, RetryPolicy, Step
 
-from executor_harness import SAFETY, make_dirs, running_executor
-from services import service_missing
-
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ROOT / ".ci" / "services"
-REFERENCE_TIME = datetime(2026, 11, 28, 6, tzinfo=timezone.utc)
+REFERENCE_TIME = datetime(2026, 11, 28, 6, tzinfo=UTC)
 POLL = 0.3
 
 KINDS = {

@@ -14,10 +14,9 @@ import sys
 
 import pytest
 import trio
+from test_api import RUN1, RUN1_JOBS, RUN2, RUN2_JOBS, free_port, start_api  # tests/ is on sys.path
 
 from muppet import codec
-
-from test_api import RUN1, RUN1_JOBS, RUN2, RUN2_JOBS, free_port, start_api  # tests/ is on sys.path
 
 ENV = {k: v for k, v in os.environ.items() if k != "MUPPET_API"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import textwrap
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -353,7 +353,7 @@ def test_shipped_example_configuration_loads():
 
 def test_shipped_example_commands_succeed_and_write_their_outputs(tmp_path):
     """Each step's command, run by sh as a job would be, makes its declared outputs."""
-    reference_time = datetime(2026, 11, 28, 6, 15, tzinfo=timezone.utc)
+    reference_time = datetime(2026, 11, 28, 6, 15, tzinfo=UTC)
     config = load_config(REPO / "conf" / "muppet.toml")
     for pipeline in config.pipelines.values():
         for step in pipeline.steps.values():

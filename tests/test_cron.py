@@ -1,4 +1,4 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import trio
@@ -6,7 +6,7 @@ import trio
 from muppet import cron
 from muppet.model import Pipeline, Step
 
-UTC = timezone.utc
+UTC = UTC
 OSLO = ZoneInfo("Europe/Oslo")
 
 

@@ -8,7 +8,7 @@ import logging
 import socket
 import sqlite3
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import attrs
 import psycopg
@@ -22,7 +22,7 @@ from muppet.db.migrations import MIGRATIONS, latest_version
 from muppet.messages import NewRun, Persist, Persisted
 from muppet.model import Job, JobLog, JobState, Run, RunCause, RunState
 
-T0 = datetime(2026, 11, 28, 6, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
 
 
 def make_run(id: int, pipeline: str = "ecmwf", hour: int = 6, **fields) -> Run:
@@ -85,7 +85,7 @@ def test_concurrent_openers_apply_each_migration_once(database_url):
         try:
             start.wait()
             open_store(database_url, busy_timeout=30).close()
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=opener) for _ in range(4)]

@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import attrs
 import pytest
 import trio
+from executor_harness import SAFETY, make_dirs, running_executor
 
 from muppet.executor.backend import BACKEND_TYPES, backend_factory, make_backends
 from muppet.executor.jobdir import CLAIMED_EXIT, JobDir, Status, parse_status
@@ -27,9 +28,7 @@ from muppet.executor.outputs import (
 from muppet.messages import JobFinished, JobStarted, KillJob, StartJob
 from muppet.model import LOG_TAIL_BYTES, ExecutorConfig, Job, JobState, Step
 
-from executor_harness import SAFETY, make_dirs, running_executor
-
-REFERENCE_TIME = datetime(2026, 11, 28, 6, tzinfo=timezone.utc)
+REFERENCE_TIME = datetime(2026, 11, 28, 6, tzinfo=UTC)
 EXECUTORS = {"local": ExecutorConfig(name="local", type="local", options={"kill_grace": 5})}
 
 

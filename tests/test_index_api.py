@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 import textwrap
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import attrs
@@ -415,8 +415,8 @@ async def test_expiry_marks_deleted_and_removes_local_files(nursery, tmp_path):
     config = make_config(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}")
     config = attrs.evolve(config, index=attrs.evolve(config.index, expiry_interval=0.2, delete_expired_files=True))
     port = await nursery.start(daemon.serve, config)
-    past = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
-    future = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
+    past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     (lustre / "old.nc").write_text("old")
     (lustre / "new.nc").write_text("new")
     async with connect(f"ws://127.0.0.1:{port}") as client:

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import trio
-
-from muppet import daemon
-
 from services import service_missing  # tests/ is on sys.path
 from test_index_api import make_config
+
+from muppet import daemon
 
 SECRET = "producer-secret"
 ENV = {k: v for k, v in os.environ.items() if k not in ("MUPPET_API", "MUPPET_TOKEN")}

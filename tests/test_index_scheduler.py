@@ -4,7 +4,7 @@ pipelines that require it. Plain calls, no Trio, no database."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from muppet.messages import (
     CompletedInstance,
@@ -23,7 +23,7 @@ from muppet.messages import (
 from muppet.model import ExecutorConfig, JobState, Pipeline, RunCause, ServiceBackend, Step
 from muppet.scheduler.core import Answer, Scheduler
 
-T0 = datetime(2026, 11, 28, 6, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 28, 6, tzinfo=UTC)
 LUSTRE = ServiceBackend("lustre-a", "Lustre A", "file:///lustre/a")
 
 MAKER = Pipeline(

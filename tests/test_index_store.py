@@ -4,7 +4,7 @@ PostgreSQL."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -22,7 +22,7 @@ from muppet.messages import (
 )
 from muppet.model import DataFormat, Product, ServiceBackend
 
-T0 = datetime(2026, 11, 28, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 28, 0, 0, tzinfo=UTC)
 T6 = T0 + timedelta(hours=6)
 HASH = "ab" * 32
 
@@ -193,7 +193,7 @@ def test_step_outputs_define_unknown_formats(store):
 def test_lifetime_gives_expiry(store):
     (item,) = register(store, nf("e.grb", product="ecmwf", format="grib")).result["files"]
     expires = datetime.fromisoformat(item["expires"].replace("Z", "+00:00"))
-    assert timedelta(hours=71) < expires - datetime.now(timezone.utc) <= timedelta(hours=72)
+    assert timedelta(hours=71) < expires - datetime.now(UTC) <= timedelta(hours=72)
 
 
 # --- deleting, expiring, torrents ----------------------------------------------------

@@ -8,17 +8,16 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from services import service_missing
 
 from muppet import register
 from muppet.register import ScanError, ScannedFile, scan, sniff_format
 
-from services import service_missing
-
-UTC = timezone.utc
+UTC = UTC
 REF = datetime(2026, 11, 28, 6, tzinfo=UTC)
 
 NETCDF_FORMATS = {

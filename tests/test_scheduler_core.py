@@ -10,7 +10,7 @@ test_daemon.py.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import attrs
 import hypothesis.strategies as st
@@ -41,7 +41,7 @@ from muppet.model import (
 )
 from muppet.scheduler.core import Answer, Scheduler, WakeAt
 
-T0 = datetime(2026, 11, 28, 6, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 28, 6, tzinfo=UTC)
 
 
 def pipeline(name: str, *steps: Step) -> Pipeline:

@@ -20,16 +20,16 @@ import signal
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import trio
+from test_api import free_port  # tests/ is on sys.path
+from test_sync_interop import ARIA2C_QUIET, need, opentracker, running
 
 from muppet.api.client import connect
 from sync.torrent import info_hash_hex, make_torrent
-from test_api import free_port  # tests/ is on sys.path
-from test_sync_interop import ARIA2C_QUIET, need, opentracker, running
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -259,7 +259,7 @@ async def test_step_outputs_reach_every_consumer_and_expire_everywhere(cluster):
         # A file that expires soon: placed everywhere, then removed everywhere.
         short = cluster.tmp / "lustre" / "short.nc"
         short.write_bytes(os.urandom(500_000))
-        expires = (datetime.now(timezone.utc) + timedelta(seconds=8)).isoformat()
+        expires = (datetime.now(UTC) + timedelta(seconds=8)).isoformat()
         registered = await client.call("files.register", {"files": [{
             "product": "arome", "reference_time": REF, "backend": "lustre-a", "format": "netcdf",
             "url": f"file://{short}", "size": 500_000, "hash": sha256(short), "expires": expires,

@@ -17,10 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import libtorrent as lt
 import pytest
 import trio
-
-import libtorrent as lt
 
 from sync.engine import EngineSettings, build_ip_filter, open_engine
 from sync.errors import DiskFull, EngineError, TorrentError

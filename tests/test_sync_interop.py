@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from services import service_missing
+
 from sync.engine import EngineSettings, open_engine
 from sync.place import sha256_file
 from sync.torrent import info_hash_hex, make_torrent, torrent_info

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -16,7 +16,7 @@ from sync.place import check_layout, render_layout, run_on_complete, sha256_file
 
 FIELDS = {
     "product": "arome-pp",
-    "reference_time": datetime(2026, 3, 4, 6, tzinfo=timezone.utc),
+    "reference_time": datetime(2026, 3, 4, 6, tzinfo=UTC),
     "filename": "arome_pp.nc",
     "version": 2,
     "backend": "lustre-a",

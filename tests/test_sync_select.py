@@ -4,7 +4,7 @@ actions out."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import attrs
 import pytest
@@ -12,11 +12,11 @@ import pytest
 from sync.config import Select
 from sync.select import AddPeer, FileRef, Release, Selection, Take, format_time, parse_time
 
-NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 def ref(hour: int) -> datetime:
-    return datetime(2026, 12, 1, hour, tzinfo=timezone.utc)
+    return datetime(2026, 12, 1, hour, tzinfo=UTC)
 
 
 def a_file(id: int, *, data_id: int | None = None, product="arome", hour=0, backend="lustre-a",

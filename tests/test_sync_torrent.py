@@ -13,8 +13,8 @@ from pathlib import Path
 
 import libtorrent as lt
 import pytest
-
 from services import service_missing
+
 from sync.errors import TorrentError
 from sync.torrent import info_hash_hex, make_torrent, torrent_info
 

@@ -15,8 +15,9 @@ import json
 import logging
 import math
 import ssl
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import attrs
 import trio
@@ -25,7 +26,7 @@ import trio_websocket
 from . import protocol
 from .protocol import RpcError
 
-__all__ = ["Client", "ConnectionLost", "DaemonUnreachable", "RpcError", "connect", "DEFAULT_URL"]
+__all__ = ["DEFAULT_URL", "Client", "ConnectionLost", "DaemonUnreachable", "RpcError", "connect"]
 
 log = logging.getLogger("muppet.api.client")
 

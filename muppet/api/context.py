@@ -4,8 +4,9 @@ connection carries (``Connection``)."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 import trio

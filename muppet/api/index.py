@@ -12,7 +12,8 @@ read sees its own write.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import trio
 import trio_websocket

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import attrs
 
-from ..messages import CONFLICT, NOT_FOUND  # noqa: F401 (part of this module's error codes)
+from ..messages import CONFLICT, NOT_FOUND
 
 # --- error codes ---------------------------------------------------------------
 

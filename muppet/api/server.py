@@ -14,9 +14,10 @@ import importlib.metadata
 import logging
 import ssl
 import time
-from datetime import datetime, timezone
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 import trio
 import trio_websocket
@@ -89,7 +90,7 @@ async def _runs_trigger(ctx: Context, params: Mapping[str, Any], conn: Connectio
         raise RpcError(NOT_FOUND, f"unknown pipeline {name!r}", {"pipeline": name})
     text = params["reference_time"]
     if text is None:
-        reference_time = datetime.now(timezone.utc).replace(microsecond=0)
+        reference_time = datetime.now(UTC).replace(microsecond=0)
     else:
         try:
             reference_time = codec.parse_time(text)

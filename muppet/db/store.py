@@ -20,8 +20,9 @@ import os
 import re
 import sqlite3
 import time
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -30,7 +31,17 @@ from psycopg.conninfo import conninfo_to_dict
 
 from .. import codec
 from ..index import write as index_write
-from ..messages import Change, CompletedInstance, DefineIndex, DeleteFiles, IndexWritten, NewRun, Persisted, RegisterFiles, SetTorrent
+from ..messages import (
+    Change,
+    CompletedInstance,
+    DefineIndex,
+    DeleteFiles,
+    IndexWritten,
+    NewRun,
+    Persisted,
+    RegisterFiles,
+    SetTorrent,
+)
 from ..model import Job, JobLog, JobState, Run, RunCause, RunState
 from .migrations import MIGRATIONS, latest_version, statements
 

@@ -25,7 +25,8 @@ A backend never decides success or failure; the end record in ``status`` does.
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Mapping, Protocol
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from ..messages import StartJob
 from ..model import ExecutorConfig

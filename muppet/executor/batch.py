@@ -21,7 +21,7 @@ import math
 import os
 import re
 import subprocess
-from typing import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import attrs
 import trio
@@ -526,7 +526,7 @@ class BatchBackend:
     def parse_listing(self, text: str) -> dict[str, QueueEntry] | Unparseable:
         raise NotImplementedError
 
-    async def ended(self, batch_id: str, name: str) -> BatchEnd | None | Unparseable:
+    async def ended(self, batch_id: str, name: str) -> BatchEnd | Unparseable | None:
         """The system's record of a job that has left the queue (None: none yet)."""
         raise NotImplementedError
 
@@ -628,7 +628,7 @@ class BatchBackend:
         ended the job (a limit, qdel/scancel, a node failure) or the wrapper
         left no end record."""
         name = job_dir.name
-        end: BatchEnd | None | Unparseable = None
+        end: BatchEnd | Unparseable | None = None
         status = None
         # The accounting record lags behind the queue: tens of ms with
         # accounting_flush_time 0, up to flush_time (15 s by default) on a

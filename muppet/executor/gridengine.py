@@ -99,7 +99,7 @@ _FAILED_WORDS = {
 }
 
 
-def parse_qacct(text: str, batch_id: str, name: str = "") -> BatchEnd | None | Unparseable:
+def parse_qacct(text: str, batch_id: str, name: str = "") -> BatchEnd | Unparseable | None:
     """``qacct -j ID``: None when there is no record (yet). With ``name``,
     only records of that job name count: ids are reused after the qmaster is
     killed, and then qacct shows several records; the last one wins."""
@@ -220,7 +220,7 @@ class GridEngineBackend(BatchBackend):
     def parse_listing(self, text: str) -> dict[str, QueueEntry] | Unparseable:
         return parse_qstat_xml(text)
 
-    async def ended(self, batch_id: str, name: str) -> BatchEnd | None | Unparseable:
+    async def ended(self, batch_id: str, name: str) -> BatchEnd | Unparseable | None:
         result = await self._run(["qacct", "-j", batch_id])
         if result.returncode is None:
             return unparseable("qacct (did not finish)", result.text)

@@ -17,8 +17,8 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Iterable
 
 from ..messages import MovedOutput
 

@@ -183,7 +183,7 @@ def slurm_end(fields: dict[str, str], name: str = "") -> BatchEnd | None:
     )
 
 
-def parse_scontrol_end(text: str, batch_id: str, name: str = "") -> BatchEnd | None | Unparseable:
+def parse_scontrol_end(text: str, batch_id: str, name: str = "") -> BatchEnd | Unparseable | None:
     """The end of job ``batch_id`` from ``scontrol show job ID``; None when the
     controller no longer (or never) knew it, or it has not ended."""
     jobs = parse_scontrol_jobs(text)
@@ -257,7 +257,7 @@ class SlurmBackend(BatchBackend):
 
     def __init__(self, config, state_dir: str) -> None:
         super().__init__(config, state_dir)
-        self._jobcomp: str | None | bool = False  # False: not asked yet
+        self._jobcomp: str | bool | None = False  # False: not asked yet
 
     def submit_argv(self, job_dir, resources: Resources) -> list[str]:
         argv = [
@@ -293,7 +293,7 @@ class SlurmBackend(BatchBackend):
     def parse_listing(self, text: str) -> dict[str, QueueEntry] | Unparseable:
         return parse_squeue(text)
 
-    async def ended(self, batch_id: str, name: str) -> BatchEnd | None | Unparseable:
+    async def ended(self, batch_id: str, name: str) -> BatchEnd | Unparseable | None:
         result = await self._run(["scontrol", "show", "job", batch_id])
         if result.returncode == 0:
             end = parse_scontrol_end(result.stdout, batch_id, name)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import attrs
 import trio

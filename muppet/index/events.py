@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import Any, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
 import attrs
 import trio

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 import trio
 
@@ -30,7 +30,7 @@ async def run(
     config: IndexConfig,
     scheduler: trio.MemorySendChannel,
     *,
-    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> None:
     """Receives nothing; sends ``IndexWrite(DeleteFiles(expired_at=now))`` to
     the scheduler every ``config.expiry_interval`` seconds and waits for its

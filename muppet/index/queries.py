@@ -13,8 +13,9 @@ sort key of the last item) and is passed back as ``cursor``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
 from .. import codec
 from ..model import DataFormat, Product, ServiceBackend

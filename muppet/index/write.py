@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from .. import codec
 from ..messages import (
@@ -160,7 +161,7 @@ class _Writer:
             expires = new.expires
             lifetime = products[new.product].lifetime_hours
             if expires is None and lifetime is not None:
-                expires = datetime.fromtimestamp(self.now, timezone.utc) + timedelta(hours=lifetime)
+                expires = datetime.fromtimestamp(self.now, UTC) + timedelta(hours=lifetime)
             file_id = self.insert(
                 "INSERT INTO data_instances (data_id, instance_id, url, format, backend, size,"
                 " hash_type, hash, expires, deleted, partial, info_hash, peer, created_at)"

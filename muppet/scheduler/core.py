@@ -22,7 +22,8 @@ current jobs count for dependencies and for the run's outcome.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 
@@ -34,14 +35,14 @@ from ..messages import (
     CompletedInstance,
     IndexWrite,
     IndexWritten,
-    NewFile,
-    RegisterFiles,
     JobFinished,
     JobStarted,
     KillJob,
+    NewFile,
     NewRun,
     Persist,
     Persisted,
+    RegisterFiles,
     Reply,
     StartJob,
     Trigger,
@@ -58,7 +59,6 @@ from ..model import (
     RunState,
     ServiceBackend,
 )
-
 
 
 @attrs.frozen
