@@ -12,20 +12,25 @@ from hypothesis import strategies as st
 
 from muppet.executor import gridengine as sge
 from muppet.executor import slurm
-from muppet.executor.batch import (
+from muppet.executor.batch_poller import CommandResult
+from muppet.executor.batch_results import (
     BatchEnd,
-    CommandResult,
     Phase,
-    ResourceError,
-    Resources,
     Unparseable,
     classify_submit_error,
     job_id_of,
     job_name,
+)
+from muppet.resources import (
+    ResourceError,
+    Resources,
+    batch_setting,
+    format_hms,
     merge_resources,
     parse_memory,
     parse_walltime,
 )
+from muppet.tomlcheck import Bad
 
 DATA = Path(__file__).parent / "data" / "batch"
 
@@ -302,7 +307,9 @@ def test_garbage_listings_are_unparseable_not_empty():
 
 def test_submit_error_classification():
     assert classify_submit_error('Unable to run job: Job was rejected because job requests unknown queue "x"')
-    assert not classify_submit_error("sbatch: error: Batch job submission failed: Socket timed out on send/recv operation")
+    assert not classify_submit_error(
+        "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation"
+    )
     assert not classify_submit_error("something nobody has seen before")
 
 
@@ -342,14 +349,71 @@ def test_bad_resources_name_the_step_and_key(step, words):
 
 
 def test_sizes_and_times():
-    assert parse_memory("512M", "x") == 512 * 1024**2
-    assert parse_memory("1.5GiB", "x") == int(1.5 * 1024**3)
-    assert parse_memory(1000, "x") == 1000 * 1024**2  # megabytes, as in the configuration reference
-    assert parse_memory("300", "x") == 300 * 1024**2
-    assert parse_walltime("2:03:04", "x") == 7384
-    assert parse_walltime("1-00:00:01", "x") == 86401
-    assert parse_walltime("1-12", "x") == 86400 + 12 * 3600
-    assert parse_walltime("05:00", "x") == 300
-    with pytest.raises(ResourceError, match="seconds"):
-        parse_walltime("90", "x")  # minutes to Slurm, seconds to Grid Engine: refused
-    assert parse_walltime(2.5, "x") == 3
+    assert parse_memory("512M") == 512 * 1024**2
+    assert parse_memory("1.5GiB") == int(1.5 * 1024**3)
+    assert parse_memory("4gb") == parse_memory(" 4 G ") == 4 * 1024**3
+    assert parse_memory("1T") == 1024**4 and parse_memory("64k") == 64 * 1024
+    assert parse_memory(1000) == 1000 * 1024**2  # megabytes, as in the configuration reference
+    assert parse_memory("300") == 300 * 1024**2
+    assert parse_walltime("2:03:04") == 7384
+    assert parse_walltime("1-00:00:01") == 86401
+    assert parse_walltime("1-12") == 86400 + 12 * 3600
+    assert parse_walltime("2-01:30") == 2 * 86400 + 3600 + 1800
+    assert parse_walltime("05:00") == 300
+    assert parse_walltime(3600) == 3600
+    assert format_hms(86400 + 3661) == "25:01:01" and format_hms(59) == "0:00:59"
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ("lots", ('a size such as "4G"', 'got "lots"')),
+        ("4B", ("a size",)),  # bytes, or megabytes? neither: refused
+        ("4 X", ("a size",)),
+        ("-1G", ("a size",)),
+        ("", ("a string or an integer >= 1",)),
+        ("0G", ("at least one byte",)),
+        (0, ("a string or an integer >= 1", "got 0")),
+        (1.5, ("a string or an integer >= 1", "got 1.5")),
+        (True, ("a string or an integer >= 1", "got true")),
+        (["4G"], ("a string or an integer >= 1",)),
+    ],
+)
+def test_bad_memory(value, words):
+    with pytest.raises(Bad) as caught:
+        parse_memory(value)
+    assert all(w in str(caught.value) for w in words), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ("90", ("minutes to Slurm and seconds to Grid Engine", 'write 90 for seconds or "1:30:00" for minutes')),
+        ("1h", ('"H:MM:SS"', 'got "1h"')),
+        ("1:xx", ('"H:MM:SS"',)),
+        ("1:2:3:4", ('"H:MM:SS"',)),
+        ("x-1:00", ('"D-HH[:MM[:SS]]"',)),
+        ("1-", ('"H:MM:SS"',)),
+        ("0:00:00", ("at least one second",)),
+        (0, ("a string or an integer >= 1", "got 0")),
+        (2.5, ("a string or an integer >= 1", "got 2.5")),
+        (False, ("a string or an integer >= 1",)),
+    ],
+)
+def test_bad_walltime(value, words):
+    with pytest.raises(Bad) as caught:
+        parse_walltime(value)
+    assert all(w in str(caught.value) for w in words), str(caught.value)
+
+
+def test_batch_settings():
+    assert batch_setting({}, "poll_interval", 5.0, where="[executors.c]") == 5.0
+    assert batch_setting({"poll_interval": 2}, "poll_interval", 5.0, where="[executors.c]") == 2.0
+    with pytest.raises(ResourceError, match=r"\[executors.c\]: 'submit_timeout': must be a number > 0"):
+        batch_setting({"submit_timeout": 0}, "submit_timeout", 60.0, where="[executors.c]")
+
+
+def test_bad_executor_resources_name_the_executor():
+    with pytest.raises(ResourceError) as caught:
+        merge_resources({"walltime": "1h"}, {}, where="[executors.cluster]")
+    assert str(caught.value).startswith("[executors.cluster]: executor resource 'walltime': must be \"H:MM:SS\"")

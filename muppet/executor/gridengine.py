@@ -4,7 +4,8 @@ Tested against Son of Grid Engine 8.1.9 from Debian (``.ci/services/start-sge.sh
 The parsers at the top are pure functions, tested on captured real output in
 ``tests/data/batch``; the backend below runs the commands with
 ``trio.run_process`` and leaves the shared logic (batched polling, submit
-retries) to ``muppet.executor.batch``.
+retries) to ``muppet.executor.batch``; resources are parsed by
+``muppet.resources``.
 """
 
 from __future__ import annotations
@@ -12,21 +13,20 @@ from __future__ import annotations
 import re
 from xml.etree import ElementTree
 
-from .batch import (
-    BatchBackend,
+from ..resources import ResourceError, Resources, format_hms
+from .batch import BatchBackend
+from .batch_poller import CommandResult
+from .batch_results import (
     BatchEnd,
-    CommandResult,
     Phase,
     QueueEntry,
-    ResourceError,
-    Resources,
     SubmitOutcome,
     Unparseable,
     classify_submit_error,
     clean_message,
-    format_hms,
     unparseable,
 )
+from .jobdir import JobDir
 
 # --- parsers (pure; tested on captured Son of Grid Engine 8.1.9 output) ----------
 
@@ -176,7 +176,7 @@ class GridEngineBackend(BatchBackend):
 
     system = "Grid Engine"
 
-    def submit_argv(self, job_dir, resources: Resources) -> list[str]:
+    def submit_argv(self, job_dir: JobDir, resources: Resources) -> list[str]:
         argv = [
             "qsub", "-terse", "-N", job_dir.name,
             # the wrapper writes stdout, stderr and status itself

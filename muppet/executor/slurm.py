@@ -6,7 +6,8 @@ Tested against Slurm 22.05 from Debian (``.ci/services/start-slurm.sh``). The
 parsers at the top are pure functions, tested on captured real output in
 ``tests/data/batch``; the backend below runs the commands with
 ``trio.run_process`` and leaves the shared logic (batched polling, submit
-retries) to ``muppet.executor.batch``.
+retries) to ``muppet.executor.batch``; resources are parsed by
+``muppet.resources``.
 """
 
 from __future__ import annotations
@@ -17,20 +18,21 @@ import re
 
 import trio
 
-from .batch import (
-    BatchBackend,
+from ..model import ExecutorConfig
+from ..resources import Resources, format_hms
+from .batch import BatchBackend
+from .batch_poller import CommandResult
+from .batch_results import (
     BatchEnd,
-    CommandResult,
     Phase,
     QueueEntry,
-    Resources,
     SubmitOutcome,
     Unparseable,
     classify_submit_error,
     clean_message,
-    format_hms,
     unparseable,
 )
+from .jobdir import JobDir
 
 log = logging.getLogger(__name__)
 
@@ -255,11 +257,13 @@ class SlurmBackend(BatchBackend):
 
     system = "Slurm"
 
-    def __init__(self, config, state_dir: str) -> None:
+    def __init__(self, config: ExecutorConfig, state_dir: str) -> None:
         super().__init__(config, state_dir)
-        self._jobcomp: str | bool | None = False  # False: not asked yet
+        #: the jobcomp/filetxt log's path (None: the cluster keeps none), once asked
+        self._jobcomp: str | None = None
+        self._jobcomp_asked = False
 
-    def submit_argv(self, job_dir, resources: Resources) -> list[str]:
+    def submit_argv(self, job_dir: JobDir, resources: Resources) -> list[str]:
         argv = [
             "sbatch", "--parsable", "-J", job_dir.name,
             # the wrapper writes stdout, stderr and status itself
@@ -309,12 +313,13 @@ class SlurmBackend(BatchBackend):
         return None
 
     async def _jobcomp_location(self) -> str | None:
-        if self._jobcomp is False:
+        if not self._jobcomp_asked:
             result = await self._run(["scontrol", "show", "config"])
             if result.returncode != 0:
                 return None  # ask again next time
             self._jobcomp = parse_jobcomp_location(result.stdout)
-        return self._jobcomp or None
+            self._jobcomp_asked = True
+        return self._jobcomp
 
     def kill_argv(self, batch_id: str) -> list[str]:
         return ["scancel", batch_id]

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 import attrs
 import trio
@@ -33,10 +34,12 @@ START_POLL_INTERVAL = 1.0
 
 KILLED_REASON = "killed by operator"
 
+_T = TypeVar("_T")
+
 
 async def run(
-    receive: trio.MemoryReceiveChannel,
-    send: trio.MemorySendChannel,
+    receive: trio.MemoryReceiveChannel[StartJob | KillJob],
+    send: trio.MemorySendChannel[JobStarted | JobFinished],
     *,
     executors: Mapping[str, ExecutorConfig],
     state_dir: str,
@@ -75,7 +78,13 @@ async def run(
 
 
 class _Executor:
-    def __init__(self, backends: dict[str, Backend], send, state_dir: str, output_dir: str) -> None:
+    def __init__(
+        self,
+        backends: dict[str, Backend],
+        send: trio.MemorySendChannel[JobStarted | JobFinished],
+        state_dir: str,
+        output_dir: str,
+    ) -> None:
         self.backends = backends
         self.send = send
         self.state_dir = state_dir
@@ -221,7 +230,7 @@ class _Job:
         self.reported_start = batch_id
         await self.executor.send.send(JobStarted(self.id, batch_id, host, started))
 
-    async def _retrying(self, what: str, method, *args):
+    async def _retrying(self, what: str, method: Callable[..., Awaitable[_T]], *args: object) -> _T:
         """A backend call, again every RETRY_INTERVAL while it cannot tell."""
         while True:
             try:
