@@ -85,7 +85,7 @@ def _now_utc(clock: Callable[[], float]) -> datetime:
 
 async def run(
     pipelines: Mapping[str, Pipeline],
-    to_scheduler: trio.MemorySendChannel,
+    to_scheduler: trio.MemorySendChannel[Trigger],
     *,
     last_fired: Mapping[str, datetime],
     clock: Callable[[], float] = time.time,
@@ -109,7 +109,7 @@ async def run(
             if missed is not None:
                 log.info("catching up %s for %s", name, missed.isoformat())
                 await to_scheduler.send(Trigger(name, missed, RunCause.CRON.value))
-        due[name] = next_firing(pipeline, now)
+        _schedule(due, name, next_firing(pipeline, now))
     while due:
         name = min(due, key=due.__getitem__)
         moment = due[name]
@@ -119,4 +119,11 @@ async def run(
             continue
         log.info("firing %s for %s", name, moment.isoformat())
         await to_scheduler.send(Trigger(name, moment, RunCause.CRON.value))
-        due[name] = next_firing(timed[name], moment)
+        _schedule(due, name, next_firing(timed[name], moment))
+
+
+def _schedule(due: dict[str, datetime], name: str, firing: datetime | None) -> None:
+    # None only for a pipeline without cron, and run() keeps only those with
+    # some; an expression that never fires is refused by muppet validate
+    if firing is not None:
+        due[name] = firing

@@ -103,7 +103,8 @@ def integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if not is_int(value) or value < minimum or (maximum is not None and value > maximum):
             raise Bad(f"must be {rule}, got {show(value)}")
-        return value
+        checked: int = value
+        return checked
 
     return check
 
