@@ -1,4 +1,4 @@
-"""muppet.register's scanning core on real NetCDF and GRIB files, written at
+"""muppet.scan, the scanning core, on real NetCDF and GRIB files, written at
 test time with netCDF4 and eccodes, and on broken and odd files."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from services import service_missing
 
-from muppet import register
-from muppet.register import ScanError, ScannedFile, scan, sniff_format
+from muppet import scan as scanning
+from muppet.scan import ScanError, ScannedFile, scan, sniff_format
 
 UTC = UTC
 REF = datetime(2026, 11, 28, 6, tzinfo=UTC)
@@ -503,7 +503,7 @@ def test_unreadable_file(tmp_path):
 
 
 def test_progress_reports_every_chunk_up_to_the_size(tmp_path):
-    size = 2 * register.CHUNK + 12345
+    size = 2 * scanning.CHUNK + 12345
     data = os.urandom(size)
     path = tmp_path / "big.bin"
     path.write_bytes(data)
@@ -511,7 +511,7 @@ def test_progress_reports_every_chunk_up_to_the_size(tmp_path):
 
     scanned = scan(str(path), progress=calls.append)
 
-    assert calls == [register.CHUNK, 2 * register.CHUNK, size]
+    assert calls == [scanning.CHUNK, 2 * scanning.CHUNK, size]
     assert scanned.size == size
     assert scanned.sha256 == hashlib.sha256(data).hexdigest()
     assert (scanned.format, scanned.format_detail) == ("bin", "")
@@ -551,9 +551,9 @@ def test_without_the_libraries_installed(netCDF4, eccodes, tmp_path):
     code = (
         "import sys, json\n"
         "sys.modules['netCDF4'] = sys.modules['eccodes'] = None\n"
-        "from muppet import register\n"
-        "print(json.dumps([register.metadata_libraries()]"
-        " + [register.scan(p).to_dict() for p in sys.argv[1:]]))\n"
+        "from muppet import scan\n"
+        "print(json.dumps([scan.metadata_libraries()]"
+        " + [scan.scan(p).to_dict() for p in sys.argv[1:]]))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(nc), str(grib)],
@@ -574,7 +574,7 @@ def test_without_the_libraries_installed(netCDF4, eccodes, tmp_path):
 
 
 def test_metadata_libraries_reports_versions(netCDF4, eccodes):
-    versions = register.metadata_libraries()
+    versions = scanning.metadata_libraries()
     assert versions == {
         "netCDF4": netCDF4.__version__,
         "eccodes": eccodes.codes_get_api_version(),

@@ -101,7 +101,7 @@ def move_outputs(
 def describe_output(path: str, output_dir: str) -> MovedOutput:
     """A moved output as the index takes it: its path relative to
     ``output_dir``, size, SHA-256 and format (by content, then extension)."""
-    from ..register import sniff_format
+    from ..scan import sniff_format
 
     digest = hashlib.sha256()
     size = 0
