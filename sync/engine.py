@@ -48,6 +48,8 @@ import attrs
 import libtorrent as lt
 import trio
 
+from muppet.fileio import write_atomically
+
 from .config import DEFAULT_LISTEN, FetchConfig, Listen, Network, SeedConfig, _listen
 from .errors import DiskFull, EngineError, TorrentError
 from .torrent import torrent_info
@@ -724,7 +726,7 @@ class Engine:
         path = self._resume_dir / (ih + RESUME_SUFFIX)
         try:
             if kind == "write":
-                await trio.to_thread.run_sync(_write_atomically, path, data)
+                await trio.to_thread.run_sync(write_atomically, path, data)
             else:
                 await trio.to_thread.run_sync(_unlink, path)
         except OSError as e:
@@ -753,20 +755,6 @@ def _file_size(path: Path) -> int | None:
         return path.stat().st_size if path.is_file() else None
     except OSError:
         return None
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink(path: Path) -> None:

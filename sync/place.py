@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from muppet.executor.outputs import fsync_directory
+from muppet.fileio import fsync_directory
 
 from .errors import DiskFull, HashMismatch, LayoutError, PlaceError
 

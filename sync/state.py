@@ -1,7 +1,8 @@
 """What a seeder or consumer keeps in its ``state_dir`` besides libtorrent's
 resume data, and the operator's view of it.
 
-``state.json`` (written atomically: temporary file, fsync, rename):
+``state.json`` (written with ``muppet.fileio.write_atomically``: temporary
+file, fsync, rename, fsync of the directory):
     ``position``: the last event number handled (the event stream resumes
     after it); ``held``: per data id, the file taken and what was done for it
     (the torrent's info-hash; for a consumer the placed path and its own copy's
@@ -21,12 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import attrs
+
+from muppet.fileio import write_atomically
 
 __all__ = [
     "STATE_FILE",
@@ -77,15 +79,6 @@ class FileRow:
     path: str | None = None
     error: str | None = None
     since: float = 0.0  # time.time() of the last state change
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_state(state_dir: Path) -> SyncState:

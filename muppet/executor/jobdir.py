@@ -49,6 +49,7 @@ import shutil
 import attrs
 
 from ..codec import format_time
+from ..fileio import write_atomically
 from ..messages import StartJob
 from ..model import LOG_TAIL_BYTES
 
@@ -57,6 +58,10 @@ from ..model import LOG_TAIL_BYTES
 CLAIMED_EXIT = 75
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+#: the status file's records as the wrapper's printf formats (see the module docstring)
+_START_RECORD = r'{"state":"running","pid":%d,"host":"%s","started":%s}\n'
+_END_RECORD = r'{"state":"ended","pid":%d,"host":"%s","started":%s,"ended":%s,"exit_code":%d}\n'
 
 
 class AlreadyStarted(Exception):
@@ -111,26 +116,25 @@ def parse_status(text: str) -> Status:
 def _record(record: object) -> Status | None:
     if not isinstance(record, dict):
         return None
-    state = record.get("state")
-    pid, host, started = record.get("pid"), record.get("host"), record.get("started")
-    if state not in ("running", "ended") or not _is_int(pid) or not isinstance(host, str):
-        return None
-    if not _is_number(started):
+    state, host = record.get("state"), record.get("host")
+    pid, started = _as_int(record.get("pid")), _as_number(record.get("started"))
+    if state not in ("running", "ended") or pid is None or not isinstance(host, str) or started is None:
         return None
     if state == "running":
-        return Status("running", pid=pid, host=host, started=float(started))
-    ended, exit_code = record.get("ended"), record.get("exit_code")
-    if not _is_number(ended) or not _is_int(exit_code):
+        return Status("running", pid=pid, host=host, started=started)
+    ended, exit_code = _as_number(record.get("ended")), _as_int(record.get("exit_code"))
+    if ended is None or exit_code is None:
         return None
-    return Status("ended", pid, host, float(started), float(ended), exit_code)
+    return Status("ended", pid, host, started, ended, exit_code)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _as_int(value: object) -> int | None:
+    # JSON true/false are Python bools, which are ints: not a pid or an exit code
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _as_number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def highest_job_id(state_dir: str) -> int:
@@ -200,11 +204,10 @@ class JobDir:
         return _tail(self.stdout, limit), _tail(self.stderr, limit)
 
     def write_batch_id(self, batch_id: str) -> None:
-        """Record a batch system's job id (tmp file + rename: never half there)."""
-        temporary = self.batch_id_file + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as file:
-            file.write(batch_id + "\n")
-        os.replace(temporary, self.batch_id_file)
+        """Record a batch system's job id, durably and never half there
+        (``fileio.write_atomically``): after a crash the id is how the next
+        daemon finds the job in the batch system."""
+        write_atomically(self.batch_id_file, (batch_id + "\n").encode())
 
     def read_batch_id(self) -> str | None:
         try:
@@ -290,7 +293,7 @@ def render_wrapper(job_dir: JobDir, spec: StartJob) -> str:
 _muppet_started=${{EPOCHREALTIME/,/.}}
 # Claim the job: O_EXCL creation of the status file, so the command runs at most once.
 set -C
-{{ printf '{{"state":"running","pid":%d,"host":"%s","started":%s}}\\n' $$ "$HOSTNAME" "$_muppet_started" >{status}; }} 2>/dev/null || {{
+{{ printf '{_START_RECORD}' $$ "$HOSTNAME" "$_muppet_started" >{status}; }} 2>/dev/null || {{
     echo "muppet: job {spec.job.id} was started already (status file exists); not running it again" >&2
     exit {CLAIMED_EXIT}
 }}
@@ -307,6 +310,6 @@ if [ -z "$_muppet_exit" ]; then
     ( eval {shlex.quote(spec.step.command)} )
     _muppet_exit=$?
 fi
-printf '{{"state":"ended","pid":%d,"host":"%s","started":%s,"ended":%s,"exit_code":%d}}\\n' $$ "$HOSTNAME" "$_muppet_started" "${{EPOCHREALTIME/,/.}}" "$_muppet_exit" >>{status}
+printf '{_END_RECORD}' $$ "$HOSTNAME" "$_muppet_started" "${{EPOCHREALTIME/,/.}}" "$_muppet_exit" >>{status}
 exit $_muppet_exit
 """

@@ -20,6 +20,7 @@ import shutil
 from collections.abc import Iterable
 from datetime import datetime
 
+from ..fileio import fsync_directory, write_atomically
 from ..messages import MovedOutput
 
 
@@ -143,7 +144,7 @@ def copy_then_rename(source: str, destination: str, *, sync_directory: bool = Tr
             shutil.rmtree(temporary)
         if os.path.isdir(source) and not os.path.islink(source):
             shutil.copytree(source, temporary, symlinks=True, copy_function=_copy_file)
-            for root, _dirs, files in os.walk(temporary):
+            for root, _dirs, _files in os.walk(temporary):
                 fsync_directory(root)
         else:
             _copy_file(source, temporary)
@@ -172,15 +173,6 @@ def _copy_file(source: str, destination: str) -> None:
     shutil.copystat(source, destination)
 
 
-def fsync_directory(path: str | os.PathLike[str]) -> None:
-    """Make a rename or a new entry in ``path`` durable (its entry on disk)."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _read_plan(path: str) -> set[str]:
     try:
         with open(path, encoding="utf-8") as file:
@@ -188,15 +180,10 @@ def _read_plan(path: str) -> set[str]:
     except FileNotFoundError:
         return set()
     except ValueError:
-        # written with tmp + rename, so this is not ours to trust; start over
+        # written with write_atomically, so this is not ours to trust; start over
         return set()
     return {item for item in data if isinstance(item, str)} if isinstance(data, list) else set()
 
 
 def _write_plan(path: str, paths: list[str]) -> None:
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(paths, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+    write_atomically(path, json.dumps(paths).encode())
