@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import textwrap
+import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -301,6 +303,97 @@ def test_step_resources_and_other_executor(tmp_path):
     assert step.resources == {"partition": "gpu", "cpus": 8, "memory": 16000, "submit_options": ["-x"]}
 
 
+@pytest.mark.parametrize(
+    "memory, walltime",
+    [
+        ('"4G"', '"01:30:00"'),
+        ('"512M"', '"30:00"'),
+        ('"1.5GiB"', '"1-12"'),
+        ('"16GB"', '"2-00:00:00"'),
+        ("4096", "5400"),
+        ('"300"', '"1-06:30"'),
+    ],
+)
+def test_good_resource_values_are_kept_as_written(tmp_path, memory, walltime):
+    """The forms docs/configuration.md lists; the executor parses them again."""
+    conf = setup(
+        tmp_path,
+        pipeline_with(
+            f'command = "run"\nexecutor = "cluster"\nresources = {{ memory = {memory}, walltime = {walltime} }}\n'
+        ),
+        f'[executors.cluster]\ntype = "slurm"\nmemory = {memory}\nwalltime = {walltime}\n',
+    )
+    config = load_config(conf)
+    written = tomllib.loads(f"memory = {memory}\nwalltime = {walltime}")
+    assert config.pipelines["p"].steps["convert"].resources == written
+    assert config.executors["cluster"].options == written
+
+
+#: bad resource values: the line, then words of the message
+BAD_RESOURCES = [
+    ('memory = "lots"', "memory", ('a size such as "4G", "512M" or "1.5GiB"', 'got "lots"')),
+    ('memory = "4 GB RAM"', "memory", ("a size",)),
+    ('memory = "4B"', "memory", ("a size",)),
+    ('memory = "0G"', "memory", ("at least one byte",)),
+    ("memory = 0", "memory", ("a string or an integer >= 1", "got 0")),
+    ("memory = 1.5", "memory", ("a string or an integer >= 1", "got 1.5")),
+    ('walltime = "1h"', "walltime", ('"H:MM:SS", "MM:SS", "D-HH[:MM[:SS]]"', 'got "1h"')),
+    ('walltime = "90"', "walltime", ("minutes to Slurm and seconds to Grid Engine",)),
+    ('walltime = "1:xx:00"', "walltime", ('"H:MM:SS"',)),
+    ('walltime = "0:00:00"', "walltime", ("at least one second",)),
+    ("walltime = 1.5", "walltime", ("a string or an integer >= 1",)),
+    ("walltime = true", "walltime", ("a string or an integer >= 1", "got true")),
+    ("slots = 0", "slots", ("an integer >= 1", "got 0")),
+    ('cpus = "4"', "cpus", ("an integer >= 1",)),
+    ('queue = ""', "queue", ("must not be empty",)),
+    ('submit_options = "-x"', "submit_options", ("list of strings",)),
+]
+
+
+@pytest.mark.parametrize("line, key, words", BAD_RESOURCES)
+def test_bad_step_resource_values(tmp_path, line, key, words):
+    """Refused by the loader, as the executor would refuse them at submission."""
+    conf = setup(tmp_path, pipeline_with(f'command = "x"\nresources = {{ {line} }}\n'))
+    problem = find(problems_of(conf), "steps.convert", f"resources.{key}", *words)
+    assert problem.file == str(tmp_path / "pipelines" / "p.toml")
+    assert str(problem).startswith(f"{problem.file}: [steps.convert] resources.{key}: must ")
+
+
+@pytest.mark.parametrize("line, key, words", BAD_RESOURCES)
+def test_bad_executor_resource_values(tmp_path, line, key, words):
+    conf = write(tmp_path / "muppet.toml", f'[executors.cluster]\ntype = "gridengine"\n{line}\n')
+    problem = find(problems_of(conf), "executors.cluster", key, *words)
+    assert str(problem).startswith(f"{conf}: [executors.cluster] {key}: must ")
+
+
+def test_muppet_validate_names_file_table_and_key_of_a_bad_resource(tmp_path):
+    """`muppet validate` on the daemon file and on the pipeline file alone."""
+    conf = setup(
+        tmp_path,
+        pipeline_with('command = "x"\nexecutor = "cluster"\nresources = { walltime = "1h" }\n'),
+        '[executors.cluster]\ntype = "slurm"\nmemory = "lots"\n',
+    )
+    pipeline = tmp_path / "pipelines" / "p.toml"
+    for paths, expected in (
+        ([conf], [
+            f'{conf}: [executors.cluster] memory: must be a size such as "4G", "512M" or "1.5GiB", '
+            'or a whole number of megabytes, got "lots"',
+            f'{pipeline}: [steps.convert] resources.walltime: must be "H:MM:SS", "MM:SS", "D-HH[:MM[:SS]]" '
+            'or a whole number of seconds, got "1h"',
+        ]),
+        ([pipeline], [
+            f'{pipeline}: [steps.convert] resources.walltime: must be "H:MM:SS", "MM:SS", "D-HH[:MM[:SS]]" '
+            'or a whole number of seconds, got "1h"',
+        ]),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "muppet.cli", "validate", *map(str, paths)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert (done.returncode, done.stdout) == (1, ""), done.stderr
+        assert done.stderr.splitlines() == expected
+
+
 def test_depends_each_with_equal_jobs(tmp_path):
     conf = setup(tmp_path, pipeline_with('command = "x"\nparents = ["fetch"]\njobs = 4\ndepends = "each"\n'))
     assert load_config(conf).pipelines["p"].steps["convert"].depends is Depends.EACH
@@ -495,7 +588,9 @@ def test_missing_required_keys(tmp_path):
 
 
 def test_missing_pipeline_table_and_steps(tmp_path):
-    conf = setup(tmp_path, None, a='[steps.a]\ncommand = "x"\n', b='[stakeholders.o]\n[pipeline]\nname = "b"\nowner = "o"\n')
+    conf = setup(
+        tmp_path, None, a='[steps.a]\ncommand = "x"\n', b='[stakeholders.o]\n[pipeline]\nname = "b"\nowner = "o"\n'
+    )
     problems = problems_of(conf)
     assert find(problems, "pipeline", "", "missing required table").file.endswith("a.toml")
     assert find(problems, "steps", "", "at least one").file.endswith("b.toml")
@@ -575,7 +670,8 @@ def test_step_values(tmp_path, line, key, words):
     ],
 )
 def test_pipeline_values(tmp_path, line, key, words):
-    text = pipeline_with('command = "x"\n').replace('name = "p"', line if line.startswith("name") else 'name = "p"\n' + line)
+    head = line if line.startswith("name") else 'name = "p"\n' + line
+    text = pipeline_with('command = "x"\n').replace('name = "p"', head)
     if line.startswith("owner"):
         text = text.replace('owner = "ops"\n', "")
     conf = setup(tmp_path, text)
@@ -590,7 +686,9 @@ def test_every_bad_cron_expression_is_reported(tmp_path):
 
 
 def test_cron_aliases_and_time_zones_accepted(tmp_path):
-    conf = setup(tmp_path, pipeline_with('command = "x"\n', head='cron = ["@hourly", "30 2 * * 1-5"]\ntimezone = "Europe/Oslo"'))
+    conf = setup(
+        tmp_path, pipeline_with('command = "x"\n', head='cron = ["@hourly", "30 2 * * 1-5"]\ntimezone = "Europe/Oslo"')
+    )
     pipeline = load_config(conf).pipelines["p"]
     # Aliases are stored as five fields, the one shape the cron task reads.
     assert pipeline.cron == ("0 * * * *", "30 2 * * 1-5") and pipeline.timezone == "Europe/Oslo"
@@ -615,7 +713,10 @@ def test_cron_aliases_and_time_zones_accepted(tmp_path):
         ('[api]\nlisten = "localhost:70000"', "api", "listen", ("HOST:PORT",)),
         ('[api]\nlisten = ":8765"', "api", "listen", ("HOST:PORT",)),
         ('[api]\nlisten = "::1:8765"', "api", "listen", ("brackets",)),
-        ('[executors.x]\ntype = "kubernetes"', "executors.x", "type", ('"local", "gridengine", "slurm"', '"kubernetes"')),
+        (
+            '[executors.x]\ntype = "kubernetes"', "executors.x", "type",
+            ('"local", "gridengine", "slurm"', '"kubernetes"'),
+        ),
         ('[executors.x]\ntype = "local"\nmax_jobs = 0', "executors.x", "max_jobs", (">= 1", "got 0")),
         ('[executors.x]\ntype = "slurm"\nmax_jobs = "8"', "executors.x", "max_jobs", ("an integer",)),
         ('[executors.x]\ntype = "slurm"\npoll_interval = 0', "executors.x", "poll_interval", ("a number > 0",)),
@@ -728,14 +829,16 @@ def test_good_output_patterns(tmp_path):
         tmp_path,
         pipeline_with(
             'command = "x"\njobs = 2\n'
-            'outputs = ["{reference_time:%Y/%m/%d}/f_{index:03d}.nc", "a/{reference_time.hour}_{index}", "b/{{literal}}_{index}"]\n'
+            'outputs = ["{reference_time:%Y/%m/%d}/f_{index:03d}.nc", "a/{reference_time.hour}_{index}", '
+            '"b/{{literal}}_{index}"]\n'
         ),
     )
     assert len(load_config(conf).pipelines["p"].steps["convert"].outputs) == 3
 
 
 def test_unknown_executor_and_owner(tmp_path):
-    conf = setup(tmp_path, pipeline_with('command = "x"\nexecutor = "slurmm"\n').replace('owner = "ops"', 'owner = "opz"'))
+    pipeline = pipeline_with('command = "x"\nexecutor = "slurmm"\n').replace('owner = "ops"', 'owner = "opz"')
+    conf = setup(tmp_path, pipeline)
     problems = problems_of(conf)
     find(problems, "steps.convert", "executor", 'unknown executor "slurmm"', "defined: local")
     find(problems, "pipeline", "owner", 'unknown stakeholder "opz"', "known: ops")
@@ -793,7 +896,10 @@ def test_validate_paths_daemon_file_with_its_pipelines(tmp_path):
 
 def test_validate_paths_lone_pipeline_files(tmp_path):
     # The owner and the executor may live in the daemon file: not errors here.
-    a = write(tmp_path / "a.toml", '[pipeline]\nname = "a"\nowner = "elsewhere"\n[steps.s]\ncommand = "x"\nexecutor = "cluster"\n')
+    a = write(
+        tmp_path / "a.toml",
+        '[pipeline]\nname = "a"\nowner = "elsewhere"\n[steps.s]\ncommand = "x"\nexecutor = "cluster"\n',
+    )
     assert validate_paths([str(a)]) == []
     # Everything inside the files is still checked, and names must differ.
     b = write(tmp_path / "b.toml", '[pipeline]\nname = "a"\nowner = "o"\n[steps.s]\ncommand = "x"\njobs = 0\n')
