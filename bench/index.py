@@ -64,6 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from muppet.config import load_config  # noqa: E402
+from muppet.db import writes  # noqa: E402
 from muppet.db.store import open_store  # noqa: E402
 from muppet.messages import DefineIndex  # noqa: E402
 
@@ -126,7 +127,7 @@ def load_index(config_path: Path, days: int) -> dict:
     store = open_store(url)
     try:
         # the daemon's own DefineIndex at start then finds nothing to change
-        store.write([DefineIndex(
+        writes.write(store, [DefineIndex(
             products=tuple(config.products.values()),
             formats=tuple(config.formats.values()),
             backends=tuple(config.backends.values()),
@@ -255,9 +256,11 @@ def start_daemon(config_path: Path, root: Path, profile: Path | None) -> subproc
     if profile is None:
         argv = [str(ROOT / ".venv" / "bin" / "muppet"), "daemon", "--config", str(config_path)]
     else:
+        # `muppet daemon --config X` under cProfile; click ends with SystemExit
         code = (
-            "import cProfile, sys; from muppet.daemon import run_daemon;"
-            f" cProfile.run({f'run_daemon({str(config_path)!r})'!r}, {str(profile)!r})"
+            "import cProfile, sys; from muppet.cli import main;"
+            f" sys.argv = ['muppet', 'daemon', '--config', {str(config_path)!r}];"
+            f" cProfile.run('main()', {str(profile)!r})"
         )
         argv = [PYTHON, "-c", code]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(log, "w"), cwd=root)

@@ -165,14 +165,28 @@ def daemon(config_path: str | None) -> None:
     the executors, the database and the API in one process.
     """
     from .config import ConfigError
-    from .daemon import run_daemon  # the engine's imports are only for this command
+    import logging
+
+    import trio
+
+    from .config import ConfigError, default_config, load_config
+    from .daemon import serve_until_signal  # the engine's imports are only for this command
 
     try:
-        run_daemon(config_path)
+        config = load_config(config_path) if config_path else default_config()
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         _fail(f"{len(exc.problems)} problem(s) in the configuration; not starting")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    log = logging.getLogger("muppet.daemon")
+    log.info("starting: %d pipelines, state in %s", len(config.pipelines), config.daemon.state_dir)
+    try:
+        trio.run(serve_until_signal, config)
     except Exception as exc:
         # What an operator can fix (a port in use, a database that cannot be
         # reached) is one line; anything else is a bug and keeps its traceback.
@@ -180,6 +194,7 @@ def daemon(config_path: str | None) -> None:
         if not all(isinstance(e, _operator_errors()) for e in leaves):
             raise
         _fail("; ".join(f"{e}" for e in leaves))
+    log.info("stopped")
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -193,8 +208,8 @@ def _operator_errors() -> tuple[type[BaseException], ...]:
 
     import psycopg
 
-    from .daemon import StateMismatch
     from .db.store import DatabaseUnavailable, StoreError
+    from .db.task import StateMismatch
 
     return (OSError, sqlite3.Error, psycopg.Error, StoreError, DatabaseUnavailable, StateMismatch)
 

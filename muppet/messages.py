@@ -1,9 +1,10 @@
 """The messages that travel on the daemon's memory channels.
 
 ``muppet/daemon.py`` draws who sends what to whom; this module only names the
-messages. All are frozen. A ``reply`` field holds a Trio send channel (or None);
-it is opaque to the sans-I/O scheduler core, which only hands it back in a
-``Reply`` effect.
+messages. All are frozen. A ``reply`` field holds the send end of a one-slot
+channel on which the requester waits; only the I/O shells (the scheduler task,
+the database task) touch it: the sans-I/O scheduler core sees requests by
+number (``request``) and answers by number (``Answer`` in ``scheduler/core.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import attrs
+import trio
 
 from .model import DataFormat, Job, JobLog, Product, Run, ServiceBackend, Step
 
@@ -30,9 +32,10 @@ class NewRun:
     jobs: tuple[Job, ...]
 
 
-# --- index changes (to the database task, through the scheduler) ---------------
-# Each carries a ``request`` number the scheduler gives it, so that its
-# committed copy (an ``IndexWritten``) finds the requester again.
+# --- index changes (to the database task) ----------------------------------------
+# The API and the expiry task send them in an ``IndexWrite``; the scheduler
+# sends a ``RegisterFiles`` of a job's outputs inside its ``Persist``, so that
+# the outputs commit with the job's success.
 
 
 @attrs.frozen
@@ -74,7 +77,6 @@ class RegisterFiles:
     content and must not fail the job's commit)."""
 
     files: tuple[NewFile, ...]
-    request: int = 0
     define_formats: bool = False
 
 
@@ -85,7 +87,6 @@ class DefineIndex:
     products: tuple[Product, ...] = ()
     formats: tuple[DataFormat, ...] = ()
     backends: tuple[ServiceBackend, ...] = ()
-    request: int = 0
 
 
 @attrs.frozen
@@ -96,7 +97,6 @@ class DeleteFiles:
     ids: tuple[int, ...] = ()
     expired_at: datetime | None = None
     reason: str = ""
-    request: int = 0
 
 
 @attrs.frozen
@@ -108,7 +108,6 @@ class SetTorrent:
     torrent: str
     #: HOST:PORT of the peer that seeds it; None keeps the one known
     peer: str | None = None
-    request: int = 0
 
 
 IndexChange = RegisterFiles | DefineIndex | DeleteFiles | SetTorrent
@@ -130,11 +129,10 @@ class CompletedInstance:
 
 @attrs.frozen
 class IndexWritten:
-    """The committed copy of an IndexChange: ``result`` is what the API
+    """What an IndexChange did once committed: ``result`` is what the API
     answers (JSON-able), or ``error`` with a JSON-RPC ``code`` when the change
     was refused and nothing of it written."""
 
-    request: int
     result: Any = None
     error: str | None = None
     code: int = 0
@@ -148,19 +146,36 @@ class IndexWritten:
 
 
 #: what one Persist may carry: a new run (with its jobs), or the new state of an
-#: existing run or job, or a finished job's log tail, or a change to the index
+#: existing run or job, or a finished job's log tail, or the index registration
+#: of a job's outputs
 Change = NewRun | Run | Job | JobLog | IndexChange
 
 
 @attrs.frozen
 class Persist:
-    """Commit these changes in one transaction, then send back ``Persisted``.
+    """From the scheduler: commit these changes in one transaction, then send
+    back ``Persisted``.
 
     Every Run and Job written (NewRun included) also appends one row to the
     numbered event table in the same transaction.
     """
 
     changes: tuple[Change, ...]
+
+
+@attrs.frozen
+class IndexWrite:
+    """From the API or the expiry task: commit ``change`` (with whatever else
+    the database task's batch holds) and send its ``IndexWritten`` on
+    ``reply``. The scheduler is not asked: it hears of the write only if it
+    completed an instance (``Persisted.completed``)."""
+
+    change: IndexChange
+    reply: trio.MemorySendChannel[IndexWritten] | None = None
+
+
+#: what the database task receives
+ToDatabase = Persist | IndexWrite
 
 
 # --- to the scheduler ------------------------------------------------------------
@@ -170,24 +185,18 @@ class Persist:
 
 @attrs.frozen
 class Persisted:
-    """The committed copies, in the order they were sent; ``rejected`` holds the
-    NewRuns refused as duplicates (nothing of them was written). An
-    IndexChange comes back as its IndexWritten."""
+    """The committed facts the scheduler acts on, one per transaction that
+    held any: the copies of its own changes in the order it sent them
+    (index changes left out), the NewRuns refused as duplicates (nothing of
+    them was written), and the instances that any write of the transaction
+    completed (for data-driven runs)."""
 
-    changes: tuple[Change | IndexWritten, ...]
+    changes: tuple[NewRun | Run | Job | JobLog, ...]
     rejected: tuple[NewRun, ...] = ()
+    completed: tuple[CompletedInstance, ...] = ()
     #: the number of the newest event once this batch committed (not part of
     #: equality: two writes of the same changes are the same commit)
     last_event_id: int = attrs.field(default=0, eq=False)
-
-
-@attrs.frozen
-class IndexWrite:
-    """A change to the index from the API or the expiry task; the scheduler
-    passes it to the database and sends the IndexWritten as the Reply."""
-
-    change: IndexChange
-    reply: Any = None
 
 
 @attrs.frozen
@@ -197,7 +206,9 @@ class Trigger:
     pipeline: str
     reference_time: datetime
     cause: str  # a RunCause value
-    reply: Any = None  # replies {"run_id": N} once persisted, or an error
+    #: the number of the request it answers ({"run_id": N} once persisted, or
+    #: an error); 0 when nobody waits (cron, a data-driven run)
+    request: int = 0
 
 
 @attrs.frozen
@@ -248,9 +259,20 @@ class Command:
 
     action: str
     job_id: int
-    reply: Any = None
+    #: the number of the request it answers (see Trigger.request)
+    request: int = 0
     run: Run | None = None
     jobs: tuple[Job, ...] = ()
+
+
+@attrs.frozen
+class Asked:
+    """From the API: a Trigger or Command, and the channel on which the API
+    waits for its Reply. The scheduler task numbers it (``request``) before
+    the core sees it, and sends the core's Answer of that number here."""
+
+    event: Trigger | Command
+    reply: trio.MemorySendChannel[Reply]
 
 
 # --- to the executor ------------------------------------------------------------
@@ -288,3 +310,11 @@ class Reply:
     error: str | None = None
     #: a JSON-RPC error code for errors (see muppet/api/protocol.py)
     code: int = 0
+
+
+# --- what each task's inbox carries (the channel types in daemon.py) --------------
+
+#: the scheduler's inbox: committed facts, triggers, job reports, requests
+ToScheduler = Persisted | Trigger | Asked | JobStarted | JobFinished
+#: the executor's inbox
+ToExecutor = StartJob | KillJob

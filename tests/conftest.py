@@ -10,12 +10,18 @@ into a failure (CI sets it, so a broken setup cannot pass as green).
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 
 import psycopg
 import pytest
 from pgserver import PG_BIN, PostgresServer
 from services import service_missing
+
+# An illegal move of a job's or run's state stops the daemon in every test
+# (in-process or a subprocess) instead of being refused and logged: see
+# docs/states.md.
+os.environ["MUPPET_STRICT_STATES"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ tests exercise the real one.
 from __future__ import annotations
 
 import json
+import math
 import socket
 from datetime import UTC, datetime
 from functools import partial
@@ -35,12 +36,14 @@ from muppet.api.protocol import (
     UNAVAILABLE,
     RpcError,
 )
+from muppet.db import task as db_task
+from muppet.db import writes
 from muppet.db.store import open_store
 
 REF = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
 
 
-def make_config() -> model.Config:
+def make_config(database: str = "") -> model.Config:
     ecmwf = model.Pipeline(
         name="ecmwf",
         owner="ops",
@@ -55,7 +58,7 @@ def make_config() -> model.Config:
     )
     arome = model.Pipeline(name="arome", owner="ops", steps={"run": model.Step("run", "true")})
     return model.Config(
-        daemon=model.DaemonConfig(database="", state_dir="/tmp", output_dir="/tmp"),
+        daemon=model.DaemonConfig(database=database, state_dir="/tmp", output_dir="/tmp"),
         api=model.ApiConfig(listen="127.0.0.1:0"),
         executors={"local": model.ExecutorConfig("local", "local")},
         pipelines={"ecmwf": ecmwf, "arome": arome},
@@ -85,7 +88,7 @@ RUN2_JOBS = (job(5, 2, "arome", "run", state=model.JobState.RUNNING),)
 def seed(url: str) -> None:
     store = open_store(url)
     try:
-        store.write([
+        writes.write(store, [
             messages.NewRun(RUN1, RUN1_JOBS),
             messages.NewRun(RUN2, RUN2_JOBS),
             model.JobLog(1, "fetched 3 files\n", "warning: slow mirror\n"),
@@ -109,7 +112,8 @@ async def stand_in_scheduler(inbox: trio.MemoryReceiveChannel, state: StandIn) -
     "arome" waits for ``state.gate`` before answering (a slow scheduler);
     reference year 1999 never gets an answer; job 3's commands get a reply of
     the wrong type (a scheduler bug)."""
-    async for message in inbox:
+    async for asked in inbox:
+        message, reply_to = asked.event, asked.reply
         state.received.append(message)
         if isinstance(message, messages.Trigger):
             if message.reference_time.year == 1999:
@@ -123,16 +127,25 @@ async def stand_in_scheduler(inbox: trio.MemoryReceiveChannel, state: StandIn) -
             else:
                 state.runs[key] = 100 + len(state.runs)
                 reply = messages.Reply(result={"run_id": state.runs[key]})
-            message.reply.send_nowait(reply)
+            reply_to.send_nowait(reply)
         elif isinstance(message, messages.Command):
             if message.job_id == 3:
-                message.reply.send_nowait("not a Reply")
+                reply_to.send_nowait("not a Reply")
             elif message.action == "hold" and message.job_id == 5:
-                message.reply.send_nowait(messages.Reply(error="job 5 is running, not waiting", code=CONFLICT))
+                reply_to.send_nowait(messages.Reply(error="job 5 is running, not waiting", code=CONFLICT))
             elif message.action == "rerun":
-                message.reply.send_nowait(messages.Reply(result={"job_id": 77}))
+                reply_to.send_nowait(messages.Reply(result={"job_id": 77}))
             else:
-                message.reply.send_nowait(messages.Reply(result={"job_id": message.job_id, "state": message.action}))
+                reply_to.send_nowait(messages.Reply(result={"job_id": message.job_id, "state": message.action}))
+
+
+async def database(store_url: str, inbox: trio.MemoryReceiveChannel) -> None:
+    store = await trio.to_thread.run_sync(open_store, store_url)
+    try:
+        persisted, _ = trio.open_memory_channel(math.inf)
+        await db_task.run(store, inbox, persisted)
+    finally:
+        store.close()
 
 
 @attrs.define
@@ -152,7 +165,11 @@ async def start_api(nursery, tmp_path, *, reply_timeout=30.0, scheduler=True) ->
         nursery.start_soon(stand_in_scheduler, receive, state)
     else:
         receive.close()  # no scheduler at all: sending to it fails at once
-    port = await nursery.start(partial(server.run, make_config(), send, store_url, reply_timeout=reply_timeout))
+    # index writes go to the real database task
+    to_database, database_inbox = trio.open_memory_channel(100)
+    nursery.start_soon(database, store_url, database_inbox)
+    port = await nursery.start(partial(
+        server.run, make_config(store_url), send, to_database, reply_timeout=reply_timeout))
     return Api(f"ws://127.0.0.1:{port}", port, state, store_url)
 
 

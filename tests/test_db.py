@@ -16,11 +16,22 @@ import pytest
 import trio
 
 from muppet import codec
-from muppet.db import DatabaseUnavailable, Snapshot, StoreError, open_store
+from muppet.db import DatabaseUnavailable, Snapshot, StoreError, open_store, reads, writes
 from muppet.db import task as db_task
 from muppet.db.migrations import MIGRATIONS, latest_version
-from muppet.messages import NewRun, Persist, Persisted
-from muppet.model import Job, JobLog, JobState, Run, RunCause, RunState
+from muppet.db.writes import Committed
+from muppet.messages import (
+    NOT_FOUND,
+    DefineIndex,
+    DeleteFiles,
+    IndexWrite,
+    NewFile,
+    NewRun,
+    Persist,
+    Persisted,
+    RegisterFiles,
+)
+from muppet.model import DataFormat, Job, JobLog, JobState, Product, Run, RunCause, RunState, ServiceBackend
 
 T0 = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
 
@@ -73,7 +84,7 @@ def test_migrations_apply_once_and_reopen_is_idempotent(database_url):
     assert [r[0] for r in rows] == [v for v, _ in MIGRATIONS]
     with open_store(database_url) as store:
         assert store.migrate() == []
-        assert store.last_event_id() == 0
+        assert reads.last_event_id(store) == 0
     assert len(raw(database_url, "SELECT version FROM schema_migrations")) == len(MIGRATIONS)
 
 
@@ -113,9 +124,9 @@ def test_unusable_urls_are_named(url):
 
 def test_sqlalchemy_spelling_of_an_absolute_path_is_accepted(tmp_path):
     with open_store(f"sqlite:///{tmp_path}/a.db") as store:
-        store.write([new_run(1, [1])])
+        writes.write(store, [new_run(1, [1])])
     with open_store(f"sqlite:////{str(tmp_path).lstrip('/')}/a.db") as store:
-        assert store.get_run(1) is not None
+        assert reads.get_run(store, 1) is not None
 
 
 def test_an_unreachable_database_is_named(tmp_path):
@@ -126,7 +137,7 @@ def test_an_unreachable_database_is_named(tmp_path):
     with socket.socket() as sock:  # a port where nothing listens
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(DatabaseUnavailable, match=f"postgresql://127.0.0.1:{port}/muppet: ") as failure:
+    with pytest.raises(DatabaseUnavailable, match=f"postgresql://someone@127.0.0.1:{port}/muppet: ") as failure:
         open_store(f"postgresql://someone:secret@127.0.0.1:{port}/muppet")
     assert "secret" not in str(failure.value)
 
@@ -146,86 +157,86 @@ def test_every_field_round_trips(store):
     )
     bare = make_job(43, 7, predecessor=42)  # None timestamps, no exit code
     log_tail = JobLog(job_id=42, stdout="line 1\nlinje 2 ✓\n", stderr="")
-    persisted = store.write([NewRun(run=run, jobs=(job, bare)), log_tail])
-    assert persisted == Persisted(changes=(NewRun(run=run, jobs=(job, bare)), log_tail))
+    committed = writes.write(store, [NewRun(run=run, jobs=(job, bare)), log_tail])
+    assert committed == Committed(changes=(NewRun(run=run, jobs=(job, bare)), log_tail))
 
-    assert store.get_run(7) == run
-    assert store.get_run(7).reference_time.tzinfo is not None
-    assert store.get_job(42) == job
-    assert store.get_job(43) == bare
-    assert store.get_job_log(42) == log_tail
-    assert store.run_with_jobs(7) == (run, (job, bare))
-    assert store.get_run(8) is None and store.get_job(1) is None
-    assert store.get_job_log(43) is None and store.run_with_jobs(8) is None
+    assert reads.get_run(store, 7) == run
+    assert reads.get_run(store, 7).reference_time.tzinfo is not None
+    assert reads.get_job(store, 42) == job
+    assert reads.get_job(store, 43) == bare
+    assert reads.get_job_log(store, 42) == log_tail
+    assert reads.run_with_jobs(store, 7) == (run, (job, bare))
+    assert reads.get_run(store, 8) is None and reads.get_job(store, 1) is None
+    assert reads.get_job_log(store, 43) is None and reads.run_with_jobs(store, 8) is None
 
     # updates replace whole rows, a log tail too
     finished = attrs.evolve(bare, state=JobState.SUCCEEDED, exit_code=0, ended_at=1_700_000_009.0)
     done = attrs.evolve(run, state=RunState.SUCCEEDED)
     newer_tail = JobLog(job_id=42, stdout="", stderr="oops")
-    store.write([finished, done, newer_tail])
-    assert store.run_with_jobs(7) == (done, (job, finished))
-    assert store.get_job_log(42) == newer_tail
+    writes.write(store, [finished, done, newer_tail])
+    assert reads.run_with_jobs(store, 7) == (done, (job, finished))
+    assert reads.get_job_log(store, 42) == newer_tail
 
 
 def test_later_changes_in_one_batch_win(store):
     created = new_run(1, [1])
     job = created.jobs[0]
     states = [JobState.SUBMITTED, JobState.RUNNING, JobState.SUCCEEDED]
-    store.write([created, *(attrs.evolve(job, state=s) for s in states)])
-    assert store.get_job(1).state is JobState.SUCCEEDED
+    writes.write(store, [created, *(attrs.evolve(job, state=s) for s in states)])
+    assert reads.get_job(store, 1).state is JobState.SUCCEEDED
 
 
 def test_list_runs_and_jobs(store):
-    store.write([new_run(r, [10 * r, 10 * r + 1], pipeline="ecmwf" if r % 2 else "arome", hour=r)
+    writes.write(store, [new_run(r, [10 * r, 10 * r + 1], pipeline="ecmwf" if r % 2 else "arome", hour=r)
                  for r in range(1, 7)])
-    store.write([attrs.evolve(store.get_run(3), state=RunState.SUCCEEDED),
-                 attrs.evolve(store.get_job(21), state=JobState.FAILED)])
+    writes.write(store, [attrs.evolve(reads.get_run(store, 3), state=RunState.SUCCEEDED),
+                 attrs.evolve(reads.get_job(store, 21), state=JobState.FAILED)])
 
-    assert [r.id for r in store.list_runs()] == [6, 5, 4, 3, 2, 1]
-    assert [r.id for r in store.list_runs(pipeline="ecmwf")] == [5, 3, 1]
-    assert [r.id for r in store.list_runs(state=RunState.SUCCEEDED)] == [3]
-    assert [r.id for r in store.list_runs(state="running", pipeline="arome")] == [6, 4, 2]
-    assert [r.id for r in store.list_runs(limit=2)] == [6, 5]
-    assert [r.id for r in store.list_runs(limit=2, before_id=5)] == [4, 3]
+    assert [r.id for r in reads.list_runs(store)] == [6, 5, 4, 3, 2, 1]
+    assert [r.id for r in reads.list_runs(store, pipeline="ecmwf")] == [5, 3, 1]
+    assert [r.id for r in reads.list_runs(store, state=RunState.SUCCEEDED)] == [3]
+    assert [r.id for r in reads.list_runs(store, state="running", pipeline="arome")] == [6, 4, 2]
+    assert [r.id for r in reads.list_runs(store, limit=2)] == [6, 5]
+    assert [r.id for r in reads.list_runs(store, limit=2, before_id=5)] == [4, 3]
     with pytest.raises(ValueError, match="not a RunState: 'sleeping'"):
-        store.list_runs(state="sleeping")
+        reads.list_runs(store, state="sleeping")
 
-    assert [j.id for j in store.list_jobs(run_id=2)] == [20, 21]
-    assert [j.id for j in store.list_jobs(state=JobState.FAILED)] == [21]
-    assert [j.id for j in store.list_jobs(run_id=2, state="waiting")] == [20]
+    assert [j.id for j in reads.list_jobs(store, run_id=2)] == [20, 21]
+    assert [j.id for j in reads.list_jobs(store, state=JobState.FAILED)] == [21]
+    assert [j.id for j in reads.list_jobs(store, run_id=2, state="waiting")] == [20]
     # without a run, the newest jobs, still in id order
-    assert [j.id for j in store.list_jobs(limit=3)] == [51, 60, 61]
-    assert len(store.list_jobs()) == 12
+    assert [j.id for j in reads.list_jobs(store, limit=3)] == [51, 60, 61]
+    assert len(reads.list_jobs(store)) == 12
 
 
 def test_a_duplicate_new_run_is_rejected_and_nothing_of_it_written(store):
     first = new_run(1, [1, 2])
-    store.write([first])
-    events_before = store.last_event_id()
+    writes.write(store, [first])
+    events_before = reads.last_event_id(store)
 
     duplicate = new_run(2, [3, 4])  # same pipeline and reference time
     other = new_run(3, [5], hour=12)
     again = new_run(4, [6], hour=12)  # a duplicate of one in the same batch
     update = attrs.evolve(first.jobs[0], state=JobState.SUBMITTED)
-    persisted = store.write([duplicate, other, update, again])
+    committed = writes.write(store, [duplicate, other, update, again])
 
-    assert persisted == Persisted(changes=(other, update), rejected=(duplicate, again))
-    assert store.get_run(2) is None and store.get_run(4) is None
-    assert store.get_job(3) is None and store.get_job(4) is None and store.get_job(6) is None
-    assert store.get_run(1) == first.run and store.get_job(1) == update
-    subjects = [(kind, subject) for _, _, kind, subject, _ in store.events_since(events_before)]
+    assert committed == Committed(changes=(other, update), rejected=(duplicate, again))
+    assert reads.get_run(store, 2) is None and reads.get_run(store, 4) is None
+    assert reads.get_job(store, 3) is None and reads.get_job(store, 4) is None and reads.get_job(store, 6) is None
+    assert reads.get_run(store, 1) == first.run and reads.get_job(store, 1) == update
+    subjects = [(kind, subject) for _, _, kind, subject, _ in reads.events_since(store, events_before)]
     assert subjects == [("run", 3), ("job", 5), ("job", 1)]
 
 
 def test_events_are_appended_in_order_in_the_same_transaction(store, database_url):
     created = new_run(1, [1, 2, 3])
     running = attrs.evolve(created.jobs[1], state=JobState.RUNNING)
-    store.write([created, running, JobLog(job_id=1, stdout="x", stderr="")])
-    store.write([attrs.evolve(created.run, state=RunState.FAILED)])
+    writes.write(store, [created, running, JobLog(job_id=1, stdout="x", stderr="")])
+    writes.write(store, [attrs.evolve(created.run, state=RunState.FAILED)])
 
-    events = store.events_since(0)
+    events = reads.events_since(store, 0)
     assert [e[0] for e in events] == list(range(events[0][0], events[0][0] + 6))
-    assert store.last_event_id() == events[-1][0]
+    assert reads.last_event_id(store) == events[-1][0]
     assert [(kind, subject) for _, _, kind, subject, _ in events] == [
         ("run", 1), ("job", 1), ("job", 2), ("job", 3), ("job", 2), ("run", 1),
     ]
@@ -233,53 +244,53 @@ def test_events_are_appended_in_order_in_the_same_transaction(store, database_ur
     assert events[4][4] == codec.job_to_dict(running)
     assert codec.run_from_dict(events[5][4]).state is RunState.FAILED
     assert all(isinstance(at, float) and at > 1.7e9 for _, at, _, _, _ in events)
-    assert store.events_since(events[1][0], limit=2) == events[2:4]
-    assert store.events_since(events[-1][0]) == []
+    assert reads.events_since(store, events[1][0], limit=2) == events[2:4]
+    assert reads.events_since(store, events[-1][0]) == []
 
     # a batch that fails leaves no trace, its events included: a job of a run
     # that does not exist breaks the foreign key
-    last = store.last_event_id()
+    last = reads.last_event_id(store)
     with pytest.raises(Exception) as failure:
-        store.write([attrs.evolve(running, state=JobState.SUCCEEDED), make_job(9, run_id=99)])
+        writes.write(store, [attrs.evolve(running, state=JobState.SUCCEEDED), make_job(9, run_id=99)])
     assert not isinstance(failure.value, DatabaseUnavailable)
-    assert store.last_event_id() == last
-    assert store.get_job(2) == running
+    assert reads.last_event_id(store) == last
+    assert reads.get_job(store, 2) == running
     assert raw(database_url, "SELECT COUNT(*) FROM jobs")[0][0] == 3
     # and the store goes on working
-    store.write([attrs.evolve(running, state=JobState.SUCCEEDED)])
-    assert store.get_job(2).state is JobState.SUCCEEDED
+    writes.write(store, [attrs.evolve(running, state=JobState.SUCCEEDED)])
+    assert reads.get_job(store, 2).state is JobState.SUCCEEDED
 
 
 def test_a_batch_token_makes_a_retry_write_nothing_twice(store):
-    store.write([new_run(1, [1])])
+    writes.write(store, [new_run(1, [1])])
     batch = [new_run(2, [2], hour=12), new_run(3, [3])]  # the second is a duplicate of run 1
-    first = store.write(batch, token="batch-a")
-    events = store.last_event_id()
-    again = store.write(batch, token="batch-a")
-    assert again == first == Persisted(changes=(batch[0],), rejected=(batch[1],))
-    assert store.last_event_id() == events
+    first = writes.write(store, batch, token="batch-a")
+    events = reads.last_event_id(store)
+    again = writes.write(store, batch, token="batch-a")
+    assert again == first == Committed(changes=(batch[0],), rejected=(batch[1],))
+    assert reads.last_event_id(store) == events
     # another token is another batch
-    store.write([attrs.evolve(batch[0].run, state=RunState.SUCCEEDED)], token="batch-b")
-    assert store.last_event_id() == events + 1
+    writes.write(store, [attrs.evolve(batch[0].run, state=RunState.SUCCEEDED)], token="batch-b")
+    assert reads.last_event_id(store) == events + 1
 
 
 def test_load_snapshot(store):
-    assert store.load_snapshot() == Snapshot((), (), 1, 1, {})
-    store.write([
+    assert reads.load_snapshot(store) == Snapshot((), (), 1, 1, {})
+    writes.write(store, [
         new_run(1, [1, 2], cause=RunCause.CRON, hour=0),
         new_run(2, [3], cause=RunCause.CRON, hour=6),
         new_run(3, [4], cause=RunCause.MANUAL, hour=18),
         new_run(4, [5, 6], pipeline="arome", cause=RunCause.CRON, hour=3),
         new_run(5, [7], pipeline="wave", cause=RunCause.DATA, hour=3),
     ])
-    store.write([attrs.evolve(store.get_run(2), state=RunState.SUCCEEDED),
-                 attrs.evolve(store.get_job(3), state=JobState.SUCCEEDED)])
+    writes.write(store, [attrs.evolve(reads.get_run(store, 2), state=RunState.SUCCEEDED),
+                 attrs.evolve(reads.get_job(store, 3), state=JobState.SUCCEEDED)])
 
-    snapshot = store.load_snapshot()
+    snapshot = reads.load_snapshot(store)
     assert [r.id for r in snapshot.runs] == [1, 3, 4, 5]
     assert all(r.state is RunState.RUNNING for r in snapshot.runs)
     assert [j.id for j in snapshot.jobs] == [1, 2, 4, 5, 6, 7]
-    assert snapshot.jobs[0] == store.get_job(1)
+    assert snapshot.jobs[0] == reads.get_job(store, 1)
     assert (snapshot.next_run_id, snapshot.next_job_id) == (6, 8)
     # the latest cron run counts even when finished; manual and data runs do not
     assert snapshot.last_cron == {"ecmwf": T0.replace(hour=6), "arome": T0.replace(hour=3)}
@@ -298,11 +309,16 @@ class CountingStore:
         self.writing = threading.Event()
         self.written = threading.Event()
 
-    def write(self, changes, **kwargs):
+    def sql(self, sql: str) -> str:
+        return self.store.sql(sql)
+
+    def transaction(self, work, *, write):
+        if not write:
+            return self.store.transaction(work, write=write)
         self.writes += 1
         self.writing.set()
         try:
-            return self.store.write(changes, **kwargs)
+            return self.store.transaction(work, write=write)
         finally:
             self.written.set()
 
@@ -330,8 +346,8 @@ async def test_task_batches_many_persists_into_few_commits(store):
     assert all(not p.rejected for p in received)
     assert len(received) == counting.writes
     assert counting.writes <= 50, f"{counting.writes} transactions for 500 Persists"
-    assert len(store.list_runs(limit=1000)) == 500
-    assert store.last_event_id() - store.events_since(0, limit=1)[0][0] + 1 == 1000
+    assert len(reads.list_runs(store, limit=1000)) == 500
+    assert reads.last_event_id(store) - reads.events_since(store, 0, limit=1)[0][0] + 1 == 1000
 
 
 async def test_task_reports_rejected_new_runs(store):
@@ -347,6 +363,65 @@ async def test_task_reports_rejected_new_runs(store):
         await to_db.aclose()
     assert first.changes == (new_run(1, [1]),)
     assert second == Persisted(changes=(), rejected=(duplicate,))
+
+
+def _new_file(name: str) -> NewFile:
+    return NewFile(
+        product="arome", reference_time=T0, backend="lustre-a", format="netcdf",
+        url=f"file:///lustre/a/arome/{name}", size=1, hash="ab" * 32,
+    )
+
+
+async def test_task_answers_index_writes_and_tells_the_scheduler_only_what_completed(store):
+    writes.write(store, [DefineIndex(
+        products=(Product("arome", "AROME", file_count=2),),
+        formats=(DataFormat("netcdf", "NetCDF"),),
+        backends=(ServiceBackend("lustre-a", "Lustre A", "file:///lustre/a"),),
+    )])
+    to_db, db_inbox = trio.open_memory_channel(10)
+    to_scheduler, inbox = trio.open_memory_channel(10)
+    reply, replies = trio.open_memory_channel(10)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(db_task.run, store, db_inbox, to_scheduler)
+            await to_db.send(IndexWrite(RegisterFiles((_new_file("1.nc"),)), reply))
+            first = await replies.receive()
+            assert first.error is None and first.completed == () and first.event_id > 0
+            await to_db.send(IndexWrite(DeleteFiles(ids=(999,)), reply))
+            refused = await replies.receive()
+            assert refused.code == NOT_FOUND and "999" in refused.error
+            await to_db.send(IndexWrite(RegisterFiles((_new_file("2.nc"),)), reply))
+            second = await replies.receive()
+            # the scheduler hears nothing of the first two writes: the first
+            # message it gets is the completion the third one made
+            told = await inbox.receive()
+            await to_db.aclose()
+    assert [c.product for c in second.completed] == ["arome"]
+    assert told == Persisted((), completed=second.completed)
+
+
+async def test_task_commits_index_writes_and_the_schedulers_changes_together(store):
+    writes.write(store, [DefineIndex(
+        products=(Product("arome", "AROME", file_count=1),),
+        formats=(DataFormat("netcdf", "NetCDF"),),
+        backends=(ServiceBackend("lustre-a", "Lustre A", "file:///lustre/a"),),
+    )])
+    counting = CountingStore(store)
+    to_db, db_inbox = trio.open_memory_channel(10)
+    to_scheduler, inbox = trio.open_memory_channel(10)
+    reply, replies = trio.open_memory_channel(10)
+    # both wait on the channel before the task starts: one batch
+    await to_db.send(Persist(changes=(new_run(1, [1]),)))
+    await to_db.send(IndexWrite(RegisterFiles((_new_file("1.nc"),)), reply))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(db_task.run, counting, db_inbox, to_scheduler)
+            written = await replies.receive()
+            told = await inbox.receive()
+            await to_db.aclose()
+    assert counting.writes == 1
+    assert told.changes == (new_run(1, [1]),) and told.completed == written.completed
+    assert [c.product for c in told.completed] == ["arome"]
 
 
 def _failures(caplog) -> list[logging.LogRecord]:
@@ -384,8 +459,8 @@ async def test_task_retries_while_sqlite_is_locked(tmp_path, caplog):
     finally:
         blocker.close()
     assert [c.run.id for p in received for c in p.changes] == [1, 2, 3]
-    assert len(store.list_runs()) == 3
-    assert store.last_event_id() == 6
+    assert len(reads.list_runs(store)) == 3
+    assert reads.last_event_id(store) == 6
     failures = _failures(caplog)
     assert "database is locked" in failures[0].getMessage()
     assert "attempt 1" in failures[0].getMessage() and "attempt 2" in failures[1].getMessage()
@@ -397,7 +472,7 @@ async def test_task_retries_while_sqlite_is_locked(tmp_path, caplog):
 async def test_task_reconnects_after_postgres_drops_the_connection(postgres_server, postgres_url, caplog):
     caplog.set_level(logging.INFO, logger="muppet.db")
     store = open_store(postgres_url)
-    store.write([new_run(1, [1])])
+    writes.write(store, [new_run(1, [1])])
     dbname = postgres_url.rsplit("/", 1)[1]
     admin = psycopg.connect(postgres_server.url(), autocommit=True)
     to_db, db_inbox = trio.open_memory_channel(100)
@@ -424,9 +499,9 @@ async def test_task_reconnects_after_postgres_drops_the_connection(postgres_serv
         admin.execute(f"ALTER DATABASE {dbname} ALLOW_CONNECTIONS true")
         admin.close()
     assert persisted.changes == (update, new_run(2, [2], hour=12))
-    assert store.get_job(1) == update
-    assert store.get_run(2) is not None
-    assert [(e[2], e[3]) for e in store.events_since(0)] == [
+    assert reads.get_job(store, 1) == update
+    assert reads.get_run(store, 2) is not None
+    assert [(e[2], e[3]) for e in reads.events_since(store, 0)] == [
         ("run", 1), ("job", 1), ("job", 1), ("run", 2), ("job", 2)]
     store.close()
 
@@ -435,7 +510,7 @@ async def test_task_reconnects_after_postgres_drops_the_connection(postgres_serv
 async def test_task_survives_a_postgres_restart(postgres_server, postgres_url, caplog):
     caplog.set_level(logging.INFO, logger="muppet.db")
     store = open_store(postgres_url)
-    store.write([new_run(1, [1])])
+    writes.write(store, [new_run(1, [1])])
     to_db, db_inbox = trio.open_memory_channel(100)
     to_scheduler, inbox = trio.open_memory_channel(100)
     postgres_server.ctl("stop")
@@ -454,7 +529,7 @@ async def test_task_survives_a_postgres_restart(postgres_server, postgres_url, c
         if not (postgres_server.data / "postmaster.pid").exists():
             postgres_server.ctl("start")
     assert persisted.changes == (new_run(2, [2], hour=12),)
-    assert store.get_run(2) == new_run(2, [2], hour=12).run
+    assert reads.get_run(store, 2) == new_run(2, [2], hour=12).run
     store.close()
 
 
@@ -485,7 +560,7 @@ async def test_cancellation_waits_for_the_write_in_progress(tmp_path):
         if release.ident is not None:
             release.join()
         blocker.close()
-    assert store.get_run(1) == new_run(1, [1]).run
+    assert reads.get_run(store, 1) == new_run(1, [1]).run
     assert counting.writes == 1
     store.close()
 
@@ -495,6 +570,6 @@ def test_sqlite_parent_directory_is_made(tmp_path):
     path = tmp_path / "not" / "yet" / "muppet.db"
     store = open_store(f"sqlite:///{path}")
     try:
-        assert path.exists() and store.last_event_id() == 0
+        assert path.exists() and reads.last_event_id(store) == 0
     finally:
         store.close()

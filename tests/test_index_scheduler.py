@@ -1,6 +1,7 @@
-"""The scheduler core and the index: writes pass through it, a step's outputs
-are registered with its success, and a completed instance triggers the
-pipelines that require it. Plain calls, no Trio, no database."""
+"""The scheduler core and the index: a step's outputs are registered with its
+success, and a completed instance triggers the pipelines that require it.
+Plain calls, no Trio, no database. (Index writes from the API do not pass
+through the core: the database task answers them, see test_db.py.)"""
 
 from __future__ import annotations
 
@@ -8,9 +9,6 @@ from datetime import UTC, datetime
 
 from muppet.messages import (
     CompletedInstance,
-    DeleteFiles,
-    IndexWrite,
-    IndexWritten,
     JobFinished,
     JobStarted,
     MovedOutput,
@@ -34,11 +32,6 @@ USER = Pipeline(name="user", owner="ops", requires=("arome", "ecmwf"), steps={"u
 SINGLE = Pipeline(name="single", owner="ops", requires=("arome",), steps={"use": Step("use", "use.sh")})
 
 
-class Box:
-    def __init__(self):
-        self.replies = []
-
-
 def core(*pipelines: Pipeline) -> Scheduler:
     return Scheduler({p.name: p for p in pipelines}, {"local": ExecutorConfig("local", "local")},
                      outputs_backend=LUSTRE)
@@ -46,22 +39,6 @@ def core(*pipelines: Pipeline) -> Scheduler:
 
 def persists(effects) -> list:
     return [c for e in effects if isinstance(e, Persist) for c in e.changes]
-
-
-def test_an_index_write_passes_through_and_its_committed_copy_is_the_reply():
-    scheduler = core()
-    box = Box()
-    change = DeleteFiles(ids=(3,))
-    (sent,) = persists(scheduler.handle([IndexWrite(change, box)], 1.0))
-    assert sent == DeleteFiles(ids=(3,), request=1)
-    written = IndexWritten(request=1, result={"deleted": [3]})
-    effects = scheduler.handle([Persisted((written,))], 2.0)
-    (answer,) = [e for e in effects if isinstance(e, Answer)]
-    assert answer.to is box and answer.reply.result is written
-    refused = IndexWritten(request=2, error="unknown data instance 9", code=-32001)
-    scheduler.handle([IndexWrite(DeleteFiles(ids=(9,)), box)], 3.0)
-    (answer,) = [e for e in scheduler.handle([Persisted((refused,))], 4.0) if isinstance(e, Answer)]
-    assert answer.reply.error == "unknown data instance 9" and answer.reply.code == -32001
 
 
 def _finish_first_job(scheduler: Scheduler, outputs=()) -> list:
@@ -95,28 +72,26 @@ def test_a_job_without_outputs_or_product_registers_nothing():
     assert not [c for c in _finish_first_job(core(quiet), moved) if isinstance(c, RegisterFiles)]
 
 
-def completed(product: str, products: set[str], version: int = 1) -> IndexWritten:
-    return IndexWritten(
-        request=99, result={},
-        completed=(CompletedInstance(7, product, T0, version, frozenset(products)),),
-    )
+def completed(product: str, products: set[str], version: int = 1) -> Persisted:
+    """The database task's report of a commit that completed an instance."""
+    return Persisted((), completed=(CompletedInstance(7, product, T0, version, frozenset(products)),))
 
 
 def test_data_trigger_waits_for_every_required_product():
     scheduler = core(USER, SINGLE)
-    effects = scheduler.handle([Persisted((completed("arome", {"arome"}),))], 1.0)
+    effects = scheduler.handle([completed("arome", {"arome"})], 1.0)
     (new,) = persists(effects)
     assert (new.run.pipeline, new.run.reference_time, new.run.cause) == ("single", T0, RunCause.DATA)
-    effects = scheduler.handle([Persisted((completed("ecmwf", {"arome", "ecmwf"}),))], 2.0)
+    effects = scheduler.handle([completed("ecmwf", {"arome", "ecmwf"})], 2.0)
     (new,) = persists(effects)
     assert (new.run.pipeline, new.run.cause) == ("user", RunCause.DATA)
 
 
 def test_a_new_version_does_not_make_a_second_run_for_the_reference_time():
     scheduler = core(SINGLE)
-    (new,) = persists(scheduler.handle([Persisted((completed("arome", {"arome"}),))], 1.0))
+    (new,) = persists(scheduler.handle([completed("arome", {"arome"})], 1.0))
     scheduler.handle([Persisted((new,))], 2.0)
-    effects = scheduler.handle([Persisted((completed("arome", {"arome"}, version=2),))], 3.0)
+    effects = scheduler.handle([completed("arome", {"arome"}, version=2)], 3.0)
     assert not [c for c in persists(effects) if isinstance(c, NewRun)]
     (answer,) = [e for e in effects if isinstance(e, Answer)]
-    assert answer.to is None and "exists already" in answer.reply.error
+    assert answer.request == 0 and "exists already" in answer.reply.error

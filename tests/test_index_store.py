@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from muppet.db import reads, writes
 from muppet.db.store import open_store
 from muppet.index import queries
 from muppet.messages import (
@@ -50,14 +51,14 @@ def nf(name: str, product: str = "arome", when: datetime = T0, backend: str = "l
 @pytest.fixture
 def store(database_url):
     store = open_store(database_url)
-    store.write([DefineIndex(PRODUCTS, FORMATS, BACKENDS)])
+    writes.write(store, [DefineIndex(PRODUCTS, FORMATS, BACKENDS)])
     yield store
     store.close()
 
 
-def register(store, *files, request=1, **kw) -> IndexWritten:
-    persisted = store.write([RegisterFiles(tuple(files), request=request, **kw)])
-    (written,) = persisted.changes
+def register(store, *files, **kw) -> IndexWritten:
+    committed = writes.write(store, [RegisterFiles(tuple(files), **kw)])
+    (written,) = committed.index
     assert isinstance(written, IndexWritten)
     return written
 
@@ -75,14 +76,14 @@ def test_definitions_round_trip_and_repeat_without_events(store):
     assert queries.get_product(store, "arome") == PRODUCTS[0]
     assert queries.list_formats(store) == [{"slug": "grib", "name": "GRIB"}, {"slug": "netcdf", "name": "NetCDF"}]
     assert queries.list_backends(store)[0] == {"slug": "lustre-a", "name": "Lustre A", "url": "file:///lustre/a"}
-    before = store.last_event_id()
+    before = reads.last_event_id(store)
     assert [e["kind"] for e in events(store)] == ["product"] * 3 + ["format"] * 2 + ["backend"] * 2
     # a daemon restarting with the same configuration adds nothing to the log
-    (written,) = store.write([DefineIndex(PRODUCTS, FORMATS, BACKENDS)]).changes
+    (written,) = writes.write(store, [DefineIndex(PRODUCTS, FORMATS, BACKENDS)]).index
     assert written.result == {"products": [], "formats": [], "backends": []}
-    assert store.last_event_id() == before
+    assert reads.last_event_id(store) == before
     changed = Product("ecmwf", "ECMWF HRES", file_count=1, lifetime_hours=72.0)
-    (written,) = store.write([DefineIndex(products=(changed,))]).changes
+    (written,) = writes.write(store, [DefineIndex(products=(changed,))]).index
     assert [p["name"] for p in written.result["products"]] == ["ECMWF HRES"]
     (event,) = events(store, before)
     assert (event["kind"], event["product"], event["data"]["name"]) == ("product", "ecmwf", "ECMWF HRES")
@@ -105,7 +106,7 @@ def test_register_makes_instance_data_and_files_and_completes(store):
     assert item["variables"] == ["t2m"] and item["time_end"] == "2026-11-28T06:00:00Z"
     assert item["hash"] == HASH and not item["deleted"] and written.completed == ()
     assert queries.latest_instance(store, "arome", complete=True) is None
-    written = register(store, nf("b.nc"), request=2)
+    written = register(store, nf("b.nc"))
     (completed,) = written.completed
     assert (completed.product, completed.reference_time, completed.version) == ("arome", T0, 1)
     assert completed.complete_products == {"arome"}
@@ -114,7 +115,7 @@ def test_register_makes_instance_data_and_files_and_completes(store):
     kinds = [(e["kind"], e["product"]) for e in events(store) if e["kind"] in ("instance", "file")]
     assert kinds == [("instance", "arome"), ("file", "arome"), ("file", "arome"), ("instance", "arome")]
     # completing fires once per instance version: more files do not again
-    assert register(store, nf("c.nc"), request=3).completed == ()
+    assert register(store, nf("c.nc")).completed == ()
 
 
 def test_complete_products_name_the_others_at_the_same_reference_time(store):
@@ -162,19 +163,19 @@ def test_partial_files_do_not_count(store):
     (nf("a.nc", data_id=999), NOT_FOUND, "unknown data_id 999"),
 ])
 def test_a_refused_registration_writes_nothing(store, bad, code, words):
-    before = store.last_event_id()
+    before = reads.last_event_id(store)
     written = register(store, nf("ok.nc"), bad)
     assert written.code == code and words in written.error and "file 1" in written.error
-    assert store.last_event_id() == before
+    assert reads.last_event_id(store) == before
     assert queries.latest_instance(store, "arome") is None
 
 
 def test_refusal_does_not_fail_the_rest_of_the_batch(store):
-    persisted = store.write([
-        RegisterFiles((nf("x.nc", product="nope"),), request=1),
-        RegisterFiles((nf("a.nc"),), request=2),
+    persisted = writes.write(store, [
+        RegisterFiles((nf("x.nc", product="nope"),)),
+        RegisterFiles((nf("a.nc"),)),
     ])
-    refused, done = persisted.changes
+    refused, done = persisted.index
     assert refused.error and done.error is None and done.result["files"][0]["url"].endswith("a.nc")
 
 
@@ -203,19 +204,19 @@ def test_delete_by_id_and_expiry(store):
     past, future = T0 - timedelta(days=1), T0 + timedelta(days=1)
     files = register(store, nf("a.nc", expires=past), nf("b.nc", expires=future)).result["files"]
     assert [f["id"] for f in queries.expiring(store, T0)["items"]] == [files[0]["id"]]
-    (written,) = store.write([DeleteFiles(expired_at=T0, reason="expired", request=5)]).changes
+    (written,) = writes.write(store, [DeleteFiles(expired_at=T0, reason="expired")]).index
     assert written.result == {"deleted": [files[0]["id"]]}
     assert written.deleted_paths == ("/lustre/a/arome/a.nc",)
     event = events(store, kinds=["file"])[-1]
     assert event["data"]["deleted"] and event["data"]["reason"] == "expired"
     # again: nothing more to do, no second event
-    before = store.last_event_id()
-    (again,) = store.write([DeleteFiles(expired_at=T0)]).changes
-    assert again.result == {"deleted": []} and store.last_event_id() == before
+    before = reads.last_event_id(store)
+    (again,) = writes.write(store, [DeleteFiles(expired_at=T0)]).index
+    assert again.result == {"deleted": []} and reads.last_event_id(store) == before
     assert queries.latest_instance(store, "arome", complete=True) is None  # one file left
-    (bad,) = store.write([DeleteFiles(ids=(files[1]["id"], 9999))]).changes
+    (bad,) = writes.write(store, [DeleteFiles(ids=(files[1]["id"], 9999))]).index
     assert bad.code == NOT_FOUND and "9999" in bad.error
-    (ok,) = store.write([DeleteFiles(ids=(files[1]["id"],))]).changes
+    (ok,) = writes.write(store, [DeleteFiles(ids=(files[1]["id"],))]).index
     assert ok.result == {"deleted": [files[1]["id"]]}
     assert queries.list_files(store, files[0]["instance_id"])["items"] == []
     assert len(queries.list_files(store, files[0]["instance_id"], include_deleted=True)["items"]) == 2
@@ -223,15 +224,15 @@ def test_delete_by_id_and_expiry(store):
 
 def test_set_torrent(store):
     (item,) = register(store, nf("a.nc")).result["files"]
-    (written,) = store.write([SetTorrent(item["id"], "AA" * 20, "ZGF0YQ==", peer="10.0.0.1:6881")]).changes
+    (written,) = writes.write(store, [SetTorrent(item["id"], "AA" * 20, "ZGF0YQ==", peer="10.0.0.1:6881")]).index
     assert written.result["info_hash"] == "aa" * 20 and written.result["peer"] == "10.0.0.1:6881"
-    (kept,) = store.write([SetTorrent(item["id"], "AA" * 20, "ZGF0YQ==")]).changes
+    (kept,) = writes.write(store, [SetTorrent(item["id"], "AA" * 20, "ZGF0YQ==")]).index
     assert kept.result["peer"] == "10.0.0.1:6881"
     (copy,) = register(store, nf("a.nc", backend="thredds-1", data_id=item["data_id"],
                                  info_hash="bb" * 20, peer="10.0.0.2:6881")).result["files"]
     assert (copy["info_hash"], copy["peer"]) == ("bb" * 20, "10.0.0.2:6881")
     assert queries.get_file(store, item["id"], torrent=True)["torrent"] == "ZGF0YQ=="
-    (missing,) = store.write([SetTorrent(999, "aa" * 20, "x")]).changes
+    (missing,) = writes.write(store, [SetTorrent(999, "aa" * 20, "x")]).index
     assert missing.code == NOT_FOUND
 
 
@@ -282,9 +283,9 @@ def test_events_filter_by_kind_and_product(store):
 
 
 def test_a_retried_batch_returns_the_same_committed_copy(store):
-    change = RegisterFiles((nf("a.nc"),), request=7)
-    first = store.write([change], token="batch-1")
-    before = store.last_event_id()
-    again = store.write([change], token="batch-1")
-    assert again.changes == first.changes and store.last_event_id() == before
-    assert len(queries.list_files(store, first.changes[0].result["files"][0]["instance_id"])["items"]) == 1
+    change = RegisterFiles((nf("a.nc"),))
+    first = writes.write(store, [change], token="batch-1")
+    before = reads.last_event_id(store)
+    again = writes.write(store, [change], token="batch-1")
+    assert again.index == first.index and reads.last_event_id(store) == before
+    assert len(queries.list_files(store, first.index[0].result["files"][0]["instance_id"])["items"]) == 1

@@ -10,6 +10,7 @@ test_daemon.py.
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import attrs
@@ -49,7 +50,7 @@ def pipeline(name: str, *steps: Step) -> Pipeline:
 
 
 class ReplyBox:
-    """Stands in for a requester's reply channel."""
+    """Stands in for a requester waiting on its reply channel."""
 
     def __init__(self) -> None:
         self.replies: list[Reply] = []
@@ -70,9 +71,21 @@ class Harness:
         self.kills: list[int] = []
         self.wake: float | None = None
         self.transactions = 0
+        # the scheduler task's part: who waits for which request number
+        self.requests = itertools.count(1)
+        self.waiting: dict[int, ReplyBox] = {}
+        self.unanswered: list[Reply] = []
 
     def feed(self, *events) -> None:
         self._take(self.core.handle(events, self.now))
+
+    def ask(self, event, box: ReplyBox | None = None) -> None:
+        """Feed a request as the scheduler task does: numbered, its reply
+        going to ``box``."""
+        request = next(self.requests)
+        if box is not None:
+            self.waiting[request] = box
+        self.feed(attrs.evolve(event, request=request))
 
     def _take(self, effects) -> None:
         self.wake = None
@@ -84,7 +97,11 @@ class Harness:
             elif isinstance(effect, KillJob):
                 self.kills.append(effect.job_id)
             elif isinstance(effect, Answer):
-                effect.to.replies.append(effect.reply)
+                box = self.waiting.pop(effect.request, None)
+                if box is None:
+                    self.unanswered.append(effect.reply)
+                else:
+                    box.replies.append(effect.reply)
             elif isinstance(effect, WakeAt):
                 self.wake = effect.time
 
@@ -114,8 +131,8 @@ class Harness:
         while self.unsent:
             self.commit()
 
-    def trigger(self, name: str, when: datetime = T0, reply=None) -> None:
-        self.feed(Trigger(name, when, "manual", reply))
+    def trigger(self, name: str, when: datetime = T0, box: ReplyBox | None = None) -> None:
+        self.ask(Trigger(name, when, "manual"), box)
         self.settle()
 
     def started_ids(self) -> list[int]:
@@ -163,7 +180,7 @@ class Harness:
 def test_trigger_creates_every_job_of_the_run_in_one_transaction():
     h = Harness(pipeline("p", Step("a", "true"), Step("b", "true", parents=("a",), jobs=3)))
     box = ReplyBox()
-    h.feed(Trigger("p", T0, "manual", box))
+    h.ask(Trigger("p", T0, "manual"), box)
     assert len(h.unsent) == 1
     [new] = h.unsent[0].changes
     assert isinstance(new, NewRun)
@@ -360,14 +377,14 @@ def test_hold_and_release():
     h.trigger("p")
     box = ReplyBox()
     b = h.job("b").id
-    h.feed(Command("hold", b, box))
+    h.ask(Command("hold", b), box)
     h.settle()
     assert box.replies[-1].result == {"job_id": b, "state": "held"}
     h.run_job(1)
     assert h.started_ids() == [1]  # b is held
-    h.feed(Command("hold", 1, box))
+    h.ask(Command("hold", 1), box)
     assert box.replies[-1].code == -32002  # a finished job cannot be held
-    h.feed(Command("release", b, box))
+    h.ask(Command("release", b), box)
     h.settle()
     assert h.started_ids() == [1, b]
 
@@ -377,7 +394,7 @@ def test_kill_running_job_is_not_retried_and_skips_downstream():
     h = Harness(pipeline("p", step, Step("b", "true", parents=("a",))))
     h.trigger("p")
     box = ReplyBox()
-    h.feed(Command("kill", 1, box))
+    h.ask(Command("kill", 1), box)
     assert h.kills == [1] and box.replies[0].result["state"] == "killing"
     # the executor's report says the process died of SIGTERM: still "killed"
     h.feed(JobFinished(1, "failed", 143, "exit code 143", 1.0, 2.0))
@@ -390,7 +407,7 @@ def test_kill_running_job_is_not_retried_and_skips_downstream():
 def test_kill_waiting_job():
     h = Harness(pipeline("p", Step("a", "true"), Step("b", "true", parents=("a",))))
     h.trigger("p")
-    h.feed(Command("kill", 2, ReplyBox()))
+    h.ask(Command("kill", 2), ReplyBox())
     h.settle()
     assert h.db_jobs[2].state is JobState.KILLED and h.kills == []
     h.drain()
@@ -407,7 +424,7 @@ def test_rerun_of_a_finished_run_reopens_it_and_revives_skipped_jobs():
     box = ReplyBox()
     run = h.run()
     jobs = tuple(j for j in h.db_jobs.values() if j.run_id == run.id)
-    h.feed(Command("rerun", 1, box, run=run, jobs=jobs))
+    h.ask(Command("rerun", 1, run=run, jobs=jobs), box)
     h.settle()
     fresh = h.job("a")
     assert box.replies == [Reply(result={"job_id": fresh.id})]
@@ -423,7 +440,7 @@ def test_rerun_refuses_a_job_that_has_not_ended():
     h = Harness(pipeline("p", Step("a", "true")))
     h.trigger("p")
     box = ReplyBox()
-    h.feed(Command("rerun", 1, box))
+    h.ask(Command("rerun", 1), box)
     assert box.replies[0].code == -32002
 
 

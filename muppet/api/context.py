@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import attrs
 import trio
@@ -14,20 +14,28 @@ import trio_websocket
 
 from .. import messages, model
 from ..index.events import EventHub, QueryCache
+from ..db.store import Store
 from .protocol import INTERNAL_ERROR, UNAUTHORIZED, UNAVAILABLE, MethodSpec, RpcError
+
+P = ParamSpec("P")
+T = TypeVar("T")
+M = TypeVar("M")
+R = TypeVar("R")
 
 
 class ReadPool:
     """A few read Stores, each used by one worker thread at a time: SQLite in
-    WAL mode and PostgreSQL both serve readers side by side, so index queries
-    do not queue behind one connection."""
+    WAL mode and PostgreSQL both serve readers side by side, so queries do
+    not queue behind one connection. Every handler reads through it: a Store
+    is one connection, never shared by two threads at once."""
 
-    def __init__(self, stores: list[Any]) -> None:
+    def __init__(self, stores: list[Store]) -> None:
         self.free = list(stores)
         self.all = list(stores)
         self.available = trio.Semaphore(len(stores))
 
-    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def run(self, fn: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(store, *args, **kwargs)`` in a worker thread, on a free store."""
         async with self.available:
             store = self.free.pop()
             try:
@@ -42,56 +50,65 @@ class ReadPool:
 
 @attrs.define
 class Context:
-    """What the handlers share: the configuration, the scheduler's inbox, the
-    read stores, the event hub and its query cache."""
+    """What the handlers share: the configuration, the channels to the
+    scheduler (commands) and to the database task (index writes), the read
+    stores, the event hub and its query cache."""
 
     config: model.Config
-    scheduler: trio.MemorySendChannel
-    store: Any
-    limiter: trio.CapacityLimiter
+    scheduler: trio.MemorySendChannel[messages.Asked]
+    database: trio.MemorySendChannel[messages.IndexWrite]
+    readers: ReadPool
+    hub: EventHub
     started_at: float
     reply_timeout: float
-    readers: ReadPool | None = None
-    hub: EventHub | None = None
 
     @property
-    def cache(self) -> QueryCache | None:
-        return self.hub.cache if self.hub is not None else None
+    def cache(self) -> QueryCache:
+        return self.hub.cache
 
-    async def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        # A Store is synchronous and used by one thread at a time; the limiter
-        # queues readers instead of letting two threads share a connection.
-        return await trio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self.limiter)
-
-    async def query(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def query(self, fn: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn(store, *args, **kwargs)`` on a free read store of the pool."""
-        if self.readers is None:
-            return await self.read(fn, self.store, *args, **kwargs)
         return await self.readers.run(fn, *args, **kwargs)
 
-    async def ask(self, make: Callable[[Any], Any]) -> Any:
-        """Send ``make(reply_channel)`` to the scheduler and relay its Reply."""
-        send, receive = trio.open_memory_channel(1)
+    async def ask(self, event: messages.Trigger | messages.Command) -> Any:
+        """Send ``event`` to the scheduler and relay its Reply's result."""
+        send, receive = trio.open_memory_channel[messages.Reply](1)
+        reply = await self._wait(self.scheduler, messages.Asked(event, send), receive, "scheduler")
+        if reply.error is not None:
+            raise RpcError(reply.code or INTERNAL_ERROR, reply.error)
+        return reply.result
+
+    async def write(self, change: messages.IndexChange) -> messages.IndexWritten:
+        """Send ``change`` to the database task; its outcome once committed
+        (RpcError for a refusal, which wrote nothing)."""
+        send, receive = trio.open_memory_channel[messages.IndexWritten](1)
+        written = await self._wait(self.database, messages.IndexWrite(change, send), receive, "database")
+        if written.error is not None:
+            raise RpcError(written.code or INTERNAL_ERROR, written.error)
+        return written
+
+    async def _wait(
+        self,
+        to: trio.MemorySendChannel[M],
+        message: M,
+        receive: trio.MemoryReceiveChannel[R],
+        who: str,
+    ) -> R:
         with trio.move_on_after(self.reply_timeout):
             try:
-                await self.scheduler.send(make(send))
-                reply = await receive.receive()
+                await to.send(message)
+                return await receive.receive()
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
-                raise RpcError(UNAVAILABLE, "unavailable: the scheduler is not running") from None
-            if not isinstance(reply, messages.Reply):
-                raise RpcError(INTERNAL_ERROR, f"internal error: scheduler replied {reply!r}")
-            if reply.error is not None:
-                raise RpcError(reply.code or INTERNAL_ERROR, reply.error)
-            return reply.result
+                raise RpcError(UNAVAILABLE, f"unavailable: the {who} is not running") from None
         raise RpcError(
             UNAVAILABLE,
-            f"unavailable: the scheduler did not answer within {self.reply_timeout:g} s",
+            f"unavailable: the {who} did not answer within {self.reply_timeout:g} s",
         )
 
     def authorize(self, conn: Connection, spec: MethodSpec) -> None:
-        """Raise -32004 unless ``conn`` may call ``spec`` (issue 3, point 4:
-        with a tokens file, writes need a token; reads too, unless
-        open_reads)."""
+        """Raise -32004 unless ``conn`` may call ``spec``: with a tokens file,
+        writes need a token, and reads too unless open_reads (docs/api.md,
+        "Tokens and roles")."""
         api = self.config.api
         if not api.tokens_file:
             return

@@ -3,10 +3,9 @@ subscriptions. docs/api.md documents each with a request and its reply.
 
 Hot reads are answered from the event hub's cache as ready JSON text
 (``protocol.Raw``); the hub drops an answer as soon as an event makes it
-stale. Writes travel to the scheduler (``messages.IndexWrite``), which commits
-them through the database task and replies with the committed copy; the reply
-waits until the hub has applied the write's events, so that the writer's next
-read sees its own write.
+stale. Writes go to the database task (``messages.IndexWrite``), which commits
+them and replies with their outcome; the reply waits until the hub has applied
+the write's events, so that the writer's next read sees its own write.
 """
 
 from __future__ import annotations
@@ -38,8 +37,6 @@ async def _cached(ctx: Context, key: tuple, tags: tuple[str, ...], compute) -> A
     """The cached JSON text for ``key``, or ``compute()`` encoded and kept
     under ``tags`` (unless an event touched them meanwhile)."""
     cache = ctx.cache
-    if cache is None:
-        return await compute()
     text = cache.get(key)
     if text is not None:
         return Raw(text)
@@ -53,10 +50,9 @@ async def _cached(ctx: Context, key: tuple, tags: tuple[str, ...], compute) -> A
 def cached_answer(ctx: Context, method: str, params: Mapping[str, Any]) -> str | None:
     """The cached answer of a call, without awaiting: the server's fast path
     for batches of hot queries."""
-    cache = ctx.cache
-    if cache is None or method not in CACHED:
+    if method not in CACHED:
         return None
-    return cache.entries.get(_key(method, params))
+    return ctx.cache.entries.get(_key(method, params))
 
 
 async def _product_or_404(ctx: Context, slug: str) -> None:
@@ -93,10 +89,11 @@ async def _backends_list(ctx: Context, params: Mapping[str, Any], conn: Connecti
     return await _cached(ctx, ("backends.list",), ("*",), lambda: ctx.query(queries.list_backends))
 
 
-async def _write(ctx: Context, change: Any) -> messages.IndexWritten:
-    written = await ctx.ask(lambda reply: messages.IndexWrite(change, reply))
-    if ctx.hub is not None:
-        await ctx.hub.wait_for(written.event_id)
+async def _write(ctx: Context, change: messages.IndexChange) -> messages.IndexWritten:
+    """Commit ``change`` and wait until the event hub has its events, so that
+    the writer's next query sees what it wrote."""
+    written = await ctx.write(change)
+    await ctx.hub.wait_for(written.event_id)
     return written
 
 
@@ -303,8 +300,6 @@ _NOTIFICATION = '{{"jsonrpc":"2.0","method":"events","params":{{"subscription":{
 
 async def _events_subscribe(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
     hub = ctx.hub
-    if hub is None:
-        raise RpcError(NOT_FOUND, "events are not served here")
     kinds, products = _filters(params)
     since = params["since"]
     subscription = hub.subscribe(kinds, products)

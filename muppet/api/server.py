@@ -1,8 +1,8 @@
 """The API task: a websocket server speaking JSON-RPC 2.0 (see protocol.py).
 
 Reads (runs, jobs, logs, the index) go to the server's own read Stores;
-commands (trigger, hold, release, kill, rerun) and index writes go to the
-scheduler as messages and wait for its Reply. The event hub follows the event
+commands (trigger, hold, release, kill, rerun) go to the scheduler and index
+writes to the database task, as messages, and wait for the reply. The event hub follows the event
 log for subscriptions and keeps the cache of hot answers current. The method
 names, their params, their roles and their errors are documented in
 docs/api.md; the index methods live in index.py.
@@ -23,7 +23,8 @@ import trio
 import trio_websocket
 
 from .. import codec, messages, model
-from ..db.store import open_store
+from ..db import reads
+from ..db.store import Store, open_store
 from ..index import queries
 from ..index.events import EventHub
 from . import index as index_methods
@@ -98,13 +99,12 @@ async def _runs_trigger(ctx: Context, params: Mapping[str, Any], conn: Connectio
             raise RpcError(
                 INVALID_PARAMS, f"invalid params: 'reference_time' {exc}", {"param": "reference_time"}
             ) from None
-    return await ctx.ask(lambda reply: messages.Trigger(
-        name, reference_time, cause=model.RunCause.MANUAL.value, reply=reply))
+    return await ctx.ask(messages.Trigger(name, reference_time, cause=model.RunCause.MANUAL.value))
 
 
 async def _runs_list(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
-    runs = await ctx.read(
-        ctx.store.list_runs,
+    runs = await ctx.query(
+        reads.list_runs,
         pipeline=params["pipeline"],
         state=params["state"],
         limit=params["limit"],
@@ -114,7 +114,7 @@ async def _runs_list(ctx: Context, params: Mapping[str, Any], conn: Connection) 
 
 
 async def _runs_get(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
-    found = await ctx.read(ctx.store.run_with_jobs, params["run_id"])
+    found = await ctx.query(reads.run_with_jobs, params["run_id"])
     if found is None:
         raise RpcError(NOT_FOUND, f"unknown run {params['run_id']}", {"run_id": params["run_id"]})
     run, jobs = found
@@ -122,14 +122,12 @@ async def _runs_get(ctx: Context, params: Mapping[str, Any], conn: Connection) -
 
 
 async def _jobs_list(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
-    jobs = await ctx.read(
-        ctx.store.list_jobs, run_id=params["run_id"], state=params["state"], limit=params["limit"]
-    )
+    jobs = await ctx.query(reads.list_jobs, run_id=params["run_id"], state=params["state"], limit=params["limit"])
     return [codec.job_to_dict(j) for j in jobs]
 
 
 async def _load_job(ctx: Context, job_id: int) -> model.Job:
-    job = await ctx.read(ctx.store.get_job, job_id)
+    job = await ctx.query(reads.get_job, job_id)
     if job is None:
         raise RpcError(NOT_FOUND, f"unknown job {job_id}", {"job_id": job_id})
     return job
@@ -141,7 +139,7 @@ async def _jobs_get(ctx: Context, params: Mapping[str, Any], conn: Connection) -
 
 async def _jobs_logs(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
     job = await _load_job(ctx, params["job_id"])
-    job_log = await ctx.read(ctx.store.get_job_log, job.id)
+    job_log = await ctx.query(reads.get_job_log, job.id)
     stream = params["stream"]
     # A job still running has no tail in the database yet: empty, not an error.
     text = "" if job_log is None else getattr(job_log, stream)
@@ -155,12 +153,11 @@ def _command(action: str) -> Handler:
         if action == "rerun":
             # The scheduler forgets a run once it has ended; a rerun brings it
             # back, so it gets the run and all of its jobs from the database.
-            found = await ctx.read(ctx.store.run_with_jobs, job.run_id)
+            found = await ctx.query(reads.run_with_jobs, job.run_id)
             if found is None:
                 raise RpcError(CONFLICT, f"job {job.id}: its run {job.run_id} is missing")
             run, jobs = found
-        return await ctx.ask(lambda reply: messages.Command(
-            action, job.id, reply=reply, run=run, jobs=tuple(jobs)))
+        return await ctx.ask(messages.Command(action, job.id, run=run, jobs=tuple(jobs)))
 
     handle.__name__ = f"_jobs_{action}"
     return handle
@@ -318,10 +315,10 @@ def _ssl_context(api: model.ApiConfig) -> ssl.SSLContext | None:
 
 async def run(
     config: model.Config,
-    scheduler: trio.MemorySendChannel,
-    store_url: str,
+    scheduler: trio.MemorySendChannel[messages.Asked],
+    database: trio.MemorySendChannel[messages.IndexWrite],
     *,
-    committed: trio.MemoryReceiveChannel | None = None,
+    committed: trio.MemoryReceiveChannel[int] | None = None,
     reply_timeout: float = REPLY_TIMEOUT,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -329,48 +326,47 @@ async def run(
     (wss:// with ``tls_cert`` and ``tls_key``).
 
     Receives: on ``committed``, the newest event number after each commit of
-    the database task (without it, the event hub looks every few seconds);
+    the database task (without it, the event hub looks every second);
     requests from websocket clients.
-    Sends: ``messages.Trigger``, ``messages.Command`` and
-    ``messages.IndexWrite`` to ``scheduler``, each with the send end of a
+    Sends: ``messages.Asked`` (a Trigger or Command) to ``scheduler`` and
+    ``messages.IndexWrite`` to ``database``, each with the send end of a
     fresh one-slot channel on which it waits (at most ``reply_timeout``
-    seconds, then -32003) for a ``messages.Reply``. Reads through its own
-    Stores opened on ``store_url``; ``events`` notifications to subscribers.
+    seconds, then -32003) for the reply. Reads through its own Stores opened
+    on ``[daemon] database``; ``events`` notifications to subscribers.
 
     Calls ``task_status.started(port)`` once listening, with the bound port
     (the one the kernel chose when the configured port is 0).
 
     On cancellation: open connections and the calls in them are cancelled
-    (a call waiting for the scheduler stops waiting; what was already sent to
-    the scheduler still happens), the listener closes, the Stores are closed.
+    (a call waiting for a reply stops waiting; what was already sent still
+    happens), the listener closes, the Stores are closed.
     Runs until cancelled; raises only when it cannot open the Stores or bind.
     """
-    store = await trio.to_thread.run_sync(open_store, store_url)
-    readers = ReadPool([store])
+    stores: list[Store] = []
     try:
-        for _ in range(READERS - 1):
-            readers.all.append(await trio.to_thread.run_sync(open_store, store_url))
-        readers = ReadPool(readers.all)
-        hub_store = await trio.to_thread.run_sync(open_store, store_url)
-        readers.all.append(hub_store)  # closed with the others
+        for _ in range(READERS + 1):
+            stores.append(await trio.to_thread.run_sync(open_store, config.daemon.database))
+        # the event hub reads on a store of its own (it reads after every
+        # commit, and must not wait behind the handlers' queries)
+        hub_store = stores[-1]
+        readers = ReadPool(stores[:-1])
 
         async def read_events(after: int, limit: int) -> list[dict[str, Any]]:
             return await trio.to_thread.run_sync(partial(queries.events_since, hub_store, after, limit=limit))
 
-        start = await trio.to_thread.run_sync(hub_store.last_event_id)
+        start = await trio.to_thread.run_sync(reads.last_event_id, hub_store)
         hub = EventHub(read_events, start)
         ctx = Context(
             config=config,
             scheduler=scheduler,
-            store=store,
-            limiter=trio.CapacityLimiter(1),
-            started_at=time.time(),
-            reply_timeout=reply_timeout,
+            database=database,
             readers=readers,
             hub=hub,
+            started_at=time.time(),
+            reply_timeout=reply_timeout,
         )
         if committed is None:
-            _never, committed = trio.open_memory_channel(0)
+            _never, committed = trio.open_memory_channel[int](0)
             poll = 1.0
         else:
             poll = 5.0
@@ -390,9 +386,11 @@ async def run(
             ))
             port = server.listeners[0].port
             log.debug("API listening on %s", ", ".join(
-                f"{config.api.scheme}://{l.address}:{l.port}" if isinstance(l, trio_websocket.Endpoint) else str(l)
-                for l in server.listeners))
+                f"{config.api.scheme}://{listener.address}:{listener.port}"
+                if isinstance(listener, trio_websocket.Endpoint) else str(listener)
+                for listener in server.listeners))
             task_status.started(port)
     finally:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(readers.close)
+            for store in stores:
+                await trio.to_thread.run_sync(store.close)

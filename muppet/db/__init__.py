@@ -1,7 +1,11 @@
-"""MUPPET's database: the schema and its migrations (``migrations``), the
-synchronous store over SQLite or PostgreSQL (``store``), and the Trio task that
-is the daemon's only writer (``task``)."""
+"""MUPPET's database: the SQL dialects (``dialect``), the schema and its
+migrations (``migrations``), one connection and its transactions (``store``),
+rows of the engine's tables (``rows``), the batches the daemon writes
+(``writes``) and what it reads back (``reads``), and the Trio task that is the
+daemon's only writer (``task``)."""
 
-from .store import DatabaseUnavailable, Snapshot, Store, StoreError, open_store
+from .dialect import StoreError
+from .reads import Snapshot
+from .store import DatabaseUnavailable, Store, open_store
 
 __all__ = ["DatabaseUnavailable", "Snapshot", "Store", "StoreError", "open_store"]

@@ -2,10 +2,13 @@
 
 A durable commit costs about one fsync (SQLite WAL with synchronous=FULL,
 PostgreSQL with synchronous_commit=on: roughly 400-1,000 per second on the
-developers' machines, see the shared NOTES "Databases: batch the commits").
-Committing whatever has piled up while the previous commit ran makes hundreds
-of changes cost one fsync, and so the load decides the batch size: one change
-when idle, thousands under a burst.
+developers' machines, see docs/database.md). Committing whatever has piled up
+while the previous commit ran makes hundreds of changes cost one fsync, and so
+the load decides the batch size: one change when idle, thousands under a burst.
+
+The task owns the index writes too (MUPPET design, "the daemon"): an
+``IndexWrite`` from the API or the expiry task is answered from here, and the
+scheduler hears only the committed facts it acts on, in ``Persisted``.
 """
 
 from __future__ import annotations
@@ -13,37 +16,92 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 
-from ..messages import Change, Persist, Persisted
-from .store import DatabaseUnavailable, Store
+from ..executor.jobdir import highest_job_id
+from ..messages import Change, DefineIndex, IndexWritten, Persist, Persisted, ToDatabase
+from ..model import Config
+from . import reads, writes
+from .reads import Snapshot
+from .store import DatabaseUnavailable, Store, open_store
+from .writes import Committed
 
 log = logging.getLogger("muppet.db")
 
 
+class StateMismatch(Exception):
+    """The state directory and the database do not belong together."""
+
+
+@asynccontextmanager
+async def opened(config: Config) -> AsyncIterator[tuple[Store, Snapshot]]:
+    """The daemon's writing Store and what the previous daemon left in it.
+
+    Opens (and migrates) ``[daemon] database``, loads the snapshot of
+    unfinished runs, refuses a ``state_dir`` that holds job directories the
+    database has not reached (StateMismatch: new jobs would reuse their ids),
+    and declares the configured products, formats and backends in the index
+    before anything may register files of them. The Store is closed on exit.
+    """
+    url = config.daemon.database
+    store = await trio.to_thread.run_sync(open_store, url)
+    try:
+        snapshot = await trio.to_thread.run_sync(reads.load_snapshot, store)
+        highest = await trio.to_thread.run_sync(highest_job_id, config.daemon.state_dir)
+        if highest >= snapshot.next_job_id:
+            raise StateMismatch(
+                f"{config.daemon.state_dir} holds job directories up to job {highest}, but the "
+                f"database {store.describe()} has only reached job "
+                f"{snapshot.next_job_id - 1}: a new database with an old state_dir? Move "
+                f"{config.daemon.state_dir}/jobs away or set another state_dir"
+            )
+        await trio.to_thread.run_sync(writes.write, store, [DefineIndex(
+            products=tuple(config.products.values()),
+            formats=tuple(config.formats.values()),
+            backends=tuple(config.backends.values()),
+        )])
+        log.info(
+            "database %s: %d unfinished runs, %d of their jobs",
+            store.describe(), len(snapshot.runs), len(snapshot.jobs),
+        )
+        yield store, snapshot
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(store.close)
+
+
 async def run(
     store: Store,
-    receive: trio.MemoryReceiveChannel[Persist],
+    receive: trio.MemoryReceiveChannel[ToDatabase],
     send: trio.MemorySendChannel[Persisted],
     *,
     retry_initial: float = 0.1,
     retry_max: float = 5.0,
     committed: trio.MemorySendChannel[int] | None = None,
 ) -> None:
-    """Persist what arrives on ``receive``; report each commit on ``send``.
+    """Persist what arrives on ``receive``; report each commit.
 
-    Receives: ``Persist``. It waits for one, then takes every Persist already
-    waiting on the channel without waiting again, and writes all of their
-    changes in ONE transaction (one ``trio.to_thread.run_sync`` call to
-    ``store.write``).
+    Receives: ``Persist`` (the scheduler's changes) and ``IndexWrite`` (an
+    index change from the API or the expiry task, with its reply channel). It
+    waits for one, then takes every message already waiting on the channel
+    without waiting again, and writes all of their changes in ONE transaction
+    (one ``trio.to_thread.run_sync`` call to ``writes.write``).
 
-    Sends: ONE ``Persisted`` per batch (not one per Persist): the committed
-    changes of all the batch's Persists in the order they arrived, and the
-    NewRuns refused as duplicates in ``rejected``. On ``committed``, if
-    given, the newest event number after the commit, without waiting: it is a
-    hint for the API's event hub, which reads everything new when it wakes, so
-    a hint dropped while an earlier one still waits loses nothing.
+    Sends: on each IndexWrite's ``reply``, its ``IndexWritten`` (without
+    waiting: the requester waits on a one-slot channel, and one that went away
+    loses nothing, the write is committed all the same). On ``send``, ONE
+    ``Persisted`` per batch that holds something for the scheduler: the
+    committed copies of its changes in the order they arrived, the NewRuns
+    refused as duplicates, and the instances any write completed; a batch of
+    index writes that completed nothing is not the scheduler's business. On
+    ``committed``, if given, the newest event number after the commit,
+    without waiting: it is a hint for the API's event hub, which reads
+    everything new when it wakes; while an earlier hint still waits in the
+    one-slot channel the newer one is dropped, which loses nothing, because
+    the hub reads up to the newest event whatever number woke it.
 
     Failures: a commit that fails for a transient reason (database locked,
     PostgreSQL down or restarting, connection lost) was rolled back; it is
@@ -76,28 +134,59 @@ async def run(
                     batch.append(receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
-            changes = [change for persist in batch for change in persist.changes]
-            persisted = await _commit(store, changes, retry_initial, retry_max)
+            changes: list[Change] = []
+            # one per index change of the batch, in order: who waits for it
+            replies: list[trio.MemorySendChannel[IndexWritten] | None] = []
+            for message in batch:
+                if isinstance(message, Persist):
+                    changes.extend(message.changes)
+                    replies.extend(None for c in message.changes if isinstance(c, writes.INDEX_CHANGES))
+                else:
+                    changes.append(message.change)
+                    replies.append(message.reply)
+            done = await _commit(store, changes, retry_initial, retry_max)
             if committed is not None:
                 try:
-                    committed.send_nowait(persisted.last_event_id)
+                    committed.send_nowait(done.last_event_id)
                 except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
-            await send.send(persisted)
+            _answer(replies, done)
+            if done.changes or done.rejected or done.completed:
+                await send.send(Persisted(done.changes, done.rejected, done.completed, done.last_event_id))
+
+
+def _answer(replies: list[trio.MemorySendChannel[IndexWritten] | None], done: Committed) -> None:
+    """Send each requester the outcome of its index change (``done.index``
+    holds them in the order of ``replies``)."""
+    for reply, outcome in zip(replies, done.index, strict=True):
+        if reply is not None:
+            _reply(reply, outcome)
+        elif outcome.error is not None:
+            # nobody waits (a job's outputs): the refusal is only news
+            log.warning("index write refused: %s", outcome.error)
+
+
+def _reply(channel: trio.MemorySendChannel[IndexWritten], outcome: IndexWritten) -> None:
+    try:
+        channel.send_nowait(outcome)
+    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        # the requester went away (its connection closed); the change itself
+        # is committed all the same
+        log.debug("index write reply dropped: %r", outcome)
 
 
 async def _commit(
     store: Store, changes: list[Change], retry_initial: float, retry_max: float
-) -> Persisted:
+) -> Committed:
     token = uuid.uuid4().hex
-    write = functools.partial(store.write, changes, token=token)
+    write = functools.partial(writes.write, store, changes, token=token)
     delay = retry_initial
     attempt = 1
     while True:
         try:
             # abandon_on_cancel=False (the default): cancellation waits for the
             # thread, so a commit is never left running behind our back
-            persisted = await trio.to_thread.run_sync(write)
+            done = await trio.to_thread.run_sync(write)
         except DatabaseUnavailable as exc:
             log.warning(
                 "commit of %d changes failed (attempt %d), retrying in %.2f s: %s",
@@ -109,4 +198,4 @@ async def _commit(
             continue
         if attempt > 1:
             log.info("commit of %d changes succeeded at attempt %d", len(changes), attempt)
-        return persisted
+        return done

@@ -3,7 +3,7 @@
 Productstatus kept operational data about three days; each data instance
 carries its own expiry (given at registration, or the product's
 ``lifetime_hours`` after it). Every ``[index] expiry_interval`` seconds this
-task asks the scheduler to commit ``DeleteFiles(expired_at=now)``: one
+task asks the database task to commit ``DeleteFiles(expired_at=now)``: one
 transaction that marks every expired instance deleted and appends an event
 for each. With ``[index] delete_expired_files`` it then removes the files of
 those on a ``file://`` backend, in a worker thread: the index says deleted
@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 import trio
 
-from ..messages import DeleteFiles, IndexWrite, IndexWritten, Reply
+from ..messages import DeleteFiles, IndexWrite, IndexWritten
 from ..model import IndexConfig
 
 log = logging.getLogger("muppet.index")
@@ -28,29 +28,28 @@ log = logging.getLogger("muppet.index")
 
 async def run(
     config: IndexConfig,
-    scheduler: trio.MemorySendChannel,
+    database: trio.MemorySendChannel[IndexWrite],
     *,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> None:
     """Receives nothing; sends ``IndexWrite(DeleteFiles(expired_at=now))`` to
-    the scheduler every ``config.expiry_interval`` seconds and waits for its
-    Reply. Cancellation while waiting leaves the write to complete or not; the
-    next pass (or the next daemon) finds what is still expired."""
+    the database task every ``config.expiry_interval`` seconds and waits for
+    its outcome. Cancellation while waiting leaves the write to complete or
+    not; the next pass (or the next daemon) finds what is still expired."""
     while True:
         await trio.sleep(config.expiry_interval)
-        await expire_once(config, scheduler, clock())
+        await expire_once(config, database, clock())
 
 
-async def expire_once(config: IndexConfig, scheduler: trio.MemorySendChannel, now: datetime) -> list[int]:
+async def expire_once(config: IndexConfig, database: trio.MemorySendChannel[IndexWrite], now: datetime) -> list[int]:
     """One pass; returns the ids marked deleted."""
-    send, receive = trio.open_memory_channel(1)
-    await scheduler.send(IndexWrite(DeleteFiles(expired_at=now, reason="expired"), reply=send))
-    reply: Reply = await receive.receive()
-    if reply.error is not None:
-        log.warning("expiry: %s", reply.error)
+    send, receive = trio.open_memory_channel[IndexWritten](1)
+    await database.send(IndexWrite(DeleteFiles(expired_at=now, reason="expired"), reply=send))
+    written = await receive.receive()
+    if written.error is not None:
+        log.warning("expiry: %s", written.error)
         return []
-    written: IndexWritten = reply.result
-    deleted = written.result["deleted"]
+    deleted: list[int] = written.result["deleted"]
     if deleted:
         log.info("expiry: %d data instances expired", len(deleted))
     if config.delete_expired_files and written.deleted_paths:

@@ -370,19 +370,19 @@ def apply(
     try:
         if isinstance(change, RegisterFiles):
             result, completed = writer.register(change)
-            return IndexWritten(change.request, result, completed=completed)
+            return IndexWritten(result, completed=completed)
         if isinstance(change, DefineIndex):
-            return IndexWritten(change.request, writer.define(change))
+            return IndexWritten(writer.define(change))
         if isinstance(change, DeleteFiles):
             result, paths = writer.delete(change)
-            return IndexWritten(change.request, result, deleted_paths=paths)
+            return IndexWritten(result, deleted_paths=paths)
         if isinstance(change, SetTorrent):
-            return IndexWritten(change.request, writer.set_torrent(change))
+            return IndexWritten(writer.set_torrent(change))
     except Refused as refused:
         # every check runs before the first write of a change, so nothing of
         # it was written; drop any events it queued all the same
         del events[mark:]
-        return IndexWritten(change.request, error=str(refused), code=refused.code)
+        return IndexWritten(error=str(refused), code=refused.code)
     raise TypeError(f"not an index change: {change!r}")
 
 

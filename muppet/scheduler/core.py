@@ -17,6 +17,15 @@ Slots: the jobs of a run are made all at once, one per ``(step, index)`` slot.
 A retry or a rerun is a new job in the same slot, linked both ways
 (predecessor/successor); the slot's *current* job is its newest one, and only
 current jobs count for dependencies and for the run's outcome.
+
+Every change of a job's or run's state goes through ``states.move_job`` /
+``states.move_run``, the one table of legal moves (docs/states.md). A move the
+table refuses is a bug in these rules: with ``strict`` (the tests) it raises;
+otherwise the move is not made and a ``Notice`` says so in the daemon's log.
+
+Requests (an operator's trigger or command) arrive with a number; the core
+answers by that number once what the request made is persisted (``Answer``).
+It holds no channels: the scheduler task keeps who waits for which number.
 """
 
 from __future__ import annotations
@@ -27,14 +36,13 @@ from typing import Any
 
 import attrs
 
+from ..codec import format_time
 from ..messages import (
     CONFLICT,
     NOT_FOUND,
     Change,
     Command,
     CompletedInstance,
-    IndexWrite,
-    IndexWritten,
     JobFinished,
     JobStarted,
     KillJob,
@@ -59,14 +67,24 @@ from ..model import (
     RunState,
     ServiceBackend,
 )
+from . import states
+from .states import IllegalTransition
 
 
 @attrs.frozen
 class Answer:
-    """Effect: send ``reply`` to the requester's ``to`` channel."""
+    """Effect: ``reply`` answers request number ``request``; 0 is nobody's
+    (cron, a data-driven run), whose refusal is only news for the log."""
 
-    to: Any
+    request: int
     reply: Reply
+
+
+@attrs.frozen
+class Notice:
+    """Effect: something the daemon's log should say (a refused move)."""
+
+    text: str
 
 
 @attrs.frozen
@@ -76,8 +94,8 @@ class WakeAt:
     time: float
 
 
-Effect = Persist | StartJob | KillJob | Answer | WakeAt
-Event = Trigger | Persisted | JobStarted | JobFinished | Command | IndexWrite
+Effect = Persist | StartJob | KillJob | Answer | WakeAt | Notice
+Event = Trigger | Persisted | JobStarted | JobFinished | Command
 
 
 class Scheduler:
@@ -92,13 +110,15 @@ class Scheduler:
         next_run_id: int = 1,
         next_job_id: int = 1,
         outputs_backend: ServiceBackend | None = None,
+        strict: bool = True,
     ) -> None:
         self.pipelines = dict(pipelines)
         #: where step outputs are registered in the index; None: not at all
         self.outputs_backend = outputs_backend
-        # index writes in flight, by request number, and who asked
-        self.next_request = 1
-        self.owed_index: dict[int, Any] = {}
+        #: an illegal state move raises (tests) instead of being refused and
+        #: reported in a Notice (the daemon)
+        self.strict = strict
+        self.notices: list[str] = []
         # pipelines a product's completion may trigger (MUPPET design: "a
         # pipeline that requires a product is triggered when an instance of
         # that product becomes complete")
@@ -122,9 +142,9 @@ class Scheduler:
         self.waiting: set[int] = set()
         # jobs holding a slot (submitted or running in either copy)
         self.active: set[int] = set()
-        # replies owed once a run / job write comes back
-        self.owed_run: dict[int, list[tuple[Any, Reply]]] = defaultdict(list)
-        self.owed_job: dict[int, list[tuple[Any, Reply]]] = defaultdict(list)
+        # replies owed (by request number) once a run / job write comes back
+        self.owed_run: dict[int, list[tuple[int, Reply]]] = defaultdict(list)
+        self.owed_job: dict[int, list[tuple[int, Reply]]] = defaultdict(list)
         # jobs an operator asked to kill: their end is "killed", never retried
         self.kill_requested: set[int] = set()
         # steps that conflict, made symmetric
@@ -183,8 +203,6 @@ class Scheduler:
                 self._job_finished(event, changes, now)
             elif isinstance(event, Command):
                 effects.extend(self._command(event, changes, now))
-            elif isinstance(event, IndexWrite):
-                changes.append(self._index_write(event))
             else:
                 raise TypeError(f"the scheduler does not handle {event!r}")
         for run_id in touched:
@@ -197,10 +215,10 @@ class Scheduler:
     def _trigger(self, event: Trigger, changes: list[Change], now: float) -> list[Effect]:
         pipeline = self.pipelines.get(event.pipeline)
         if pipeline is None:
-            return [_error(event.reply, NOT_FOUND, f"unknown pipeline {event.pipeline!r}")]
+            return [_error(event.request, NOT_FOUND, f"unknown pipeline {event.pipeline!r}")]
         for run in (*self.runs.values(), *(n.run for n in self.pending_new.values())):
             if run.pipeline == pipeline.name and run.reference_time == event.reference_time:
-                return [_error(event.reply, CONFLICT, _exists(run))]
+                return [_error(event.request, CONFLICT, _exists(run))]
         run = Run(
             id=self._new_run_id(),
             pipeline=pipeline.name,
@@ -225,8 +243,8 @@ class Scheduler:
                 )
         new = NewRun(run, tuple(jobs))
         self.pending_new[run.id] = new
-        if event.reply is not None:
-            self.owed_run[run.id].append((event.reply, Reply(result={"run_id": run.id})))
+        if event.request:
+            self.owed_run[run.id].append((event.request, Reply(result={"run_id": run.id})))
         changes.append(new)
         return []
 
@@ -236,12 +254,10 @@ class Scheduler:
         effects: list[Effect] = []
         for new in event.rejected:
             self.pending_new.pop(new.run.id, None)
-            for to, _ in self.owed_run.pop(new.run.id, []):
-                effects.append(_error(to, CONFLICT, _exists(new.run, duplicate=True)))
+            for request, _ in self.owed_run.pop(new.run.id, []):
+                effects.append(_error(request, CONFLICT, _exists(new.run, duplicate=True)))
         for change in event.changes:
-            if isinstance(change, IndexWritten):
-                effects.extend(self._index_written(change, changes, now))
-            elif isinstance(change, NewRun):
+            if isinstance(change, NewRun):
                 self.pending_new.pop(change.run.id, None)
                 self.runs[change.run.id] = change.run
                 for job in change.jobs:
@@ -272,23 +288,7 @@ class Scheduler:
                     start = self._start_job(change, now, changes)
                     if start is not None:
                         effects.append(start)
-        return effects
-
-    def _index_write(self, event: IndexWrite) -> Change:
-        request = self.next_request
-        self.next_request += 1
-        self.owed_index[request] = event.reply
-        return attrs.evolve(event.change, request=request)
-
-    def _index_written(self, written: IndexWritten, changes: list[Change], now: float) -> list[Effect]:
-        effects: list[Effect] = []
-        to = self.owed_index.pop(written.request, None)
-        if to is not None:
-            if written.error is not None:
-                effects.append(_error(to, written.code or CONFLICT, written.error))
-            else:
-                effects.append(_answer(to, written))
-        for completed in written.completed:
+        for completed in event.completed:
             effects.extend(self._data_triggers(completed, changes, now))
         return effects
 
@@ -307,7 +307,8 @@ class Scheduler:
 
     def _outputs(self, job: Job, event: JobFinished) -> RegisterFiles | None:
         """The index registration of a successful job's outputs, committed
-        with the job's success (issue 3: in the same transaction)."""
+        with the job's success in the same transaction (MUPPET design, "files
+        a step produces")."""
         backend = self.outputs_backend
         pipeline = self.pipelines.get(job.pipeline)
         if backend is None or pipeline is None or not event.outputs or job.step not in pipeline.steps:
@@ -338,15 +339,9 @@ class Scheduler:
         if job is None or not job.state.active:
             return
         if job.state is JobState.SUBMITTED or job.batch_id != event.batch_id:
-            self._propose(
-                attrs.evolve(
-                    job,
-                    state=JobState.RUNNING,
-                    batch_id=event.batch_id,
-                    host=event.host,
-                    started_at=event.started_at,
-                ),
-                changes,
+            self._move(
+                job, JobState.RUNNING, changes,
+                batch_id=event.batch_id, host=event.host, started_at=event.started_at,
             )
 
     def _job_finished(self, event: JobFinished, changes: list[Change], now: float) -> None:
@@ -361,15 +356,15 @@ class Scheduler:
         )
         changes.append(JobLog(job.id, event.stdout_tail, event.stderr_tail))
         if event.state == "succeeded" and job.id not in self.kill_requested:
-            self._propose(attrs.evolve(job, state=JobState.SUCCEEDED, **common), changes)
+            self._move(job, JobState.SUCCEEDED, changes, **common)
             register = self._outputs(job, event)
             if register is not None:
                 changes.append(register)
             return
         if event.state == "killed" or job.id in self.kill_requested:
             self.kill_requested.discard(job.id)
-            reason = event.reason or "killed by operator"
-            self._propose(attrs.evolve(job, state=JobState.KILLED, **{**common, "reason": reason}), changes)
+            reason = event.reason or states.KILLED_BY_OPERATOR
+            self._move(job, JobState.KILLED, changes, **{**common, "reason": reason})
             self._skip_downstream(job, changes, now)
             return
         step = self.pipelines[job.pipeline].steps[job.step]
@@ -381,11 +376,11 @@ class Scheduler:
                 now,
                 failures=failures,
                 not_before=now + step.retry.delay(failures),
-                state=JobState.FAILED,
+                ending=JobState.FAILED,
                 **common,
             )
         else:
-            self._propose(attrs.evolve(job, state=JobState.FAILED, **common), changes)
+            self._move(job, JobState.FAILED, changes, **common)
             self._skip_downstream(job, changes, now)
 
     def _command(self, event: Command, changes: list[Change], now: float) -> list[Effect]:
@@ -393,39 +388,44 @@ class Scheduler:
         if job is None and event.action == "rerun" and event.run is not None:
             job = self._reopen(event.run, event.jobs, event.job_id, changes)
         if job is None:
-            return [_error(event.reply, NOT_FOUND, f"job {event.job_id} is not in an unfinished run")]
+            return [_error(event.request, NOT_FOUND, f"job {event.job_id} is not in an unfinished run")]
         if job.id in self.pending_jobs and event.action != "kill":
-            return [_error(event.reply, CONFLICT, f"job {job.id} is changing; try again")]
+            return [_error(event.request, CONFLICT, f"job {job.id} is changing; try again")]
         state = job.state
         if event.action == "hold":
             if state is not JobState.WAITING:
-                return [_error(event.reply, CONFLICT, f"job {job.id} is {state.value}; only a waiting job can be held")]
-            self._propose(attrs.evolve(job, state=JobState.HELD), changes)
+                why = f"job {job.id} is {state.value}; only a waiting job can be held"
+                return [_error(event.request, CONFLICT, why)]
+            self._move(job, JobState.HELD, changes)
         elif event.action == "release":
             if state is not JobState.HELD:
-                return [_error(event.reply, CONFLICT, f"job {job.id} is {state.value}, not held")]
-            self._propose(attrs.evolve(job, state=JobState.WAITING), changes)
+                return [_error(event.request, CONFLICT, f"job {job.id} is {state.value}, not held")]
+            self._move(job, JobState.WAITING, changes)
         elif event.action == "kill":
             if state in (JobState.WAITING, JobState.HELD):
-                self._propose(
-                    attrs.evolve(job, state=JobState.KILLED, reason="killed by operator", ended_at=now),
-                    changes,
-                )
+                self._move(job, JobState.KILLED, changes, reason=states.KILLED_BY_OPERATOR, ended_at=now)
                 self._skip_downstream(job, changes, now)
             elif state.active:
                 self.kill_requested.add(job.id)
-                return [KillJob(job.id), _answer(event.reply, {"job_id": job.id, "state": "killing"})]
+                return [KillJob(job.id), _answer(event.request, {"job_id": job.id, "state": "killing"})]
             else:
-                return [_error(event.reply, CONFLICT, f"job {job.id} has already ended ({state.value})")]
+                return [_error(event.request, CONFLICT, f"job {job.id} has already ended ({state.value})")]
         elif event.action == "rerun":
             if not state.finished or job.successor is not None:
-                return [_error(event.reply, CONFLICT, f"job {job.id} is {state.value}; only the newest job of a slot that has ended can be rerun")]
+                why = f"job {job.id} is {state.value}; only the newest job of a slot that has ended can be rerun"
+                return [_error(event.request, CONFLICT, why)]
             fresh = self._rerun(job, changes, now)
-            self.owed_job[fresh.id].append((event.reply, Reply(result={"job_id": fresh.id})))
+            if event.request:
+                self.owed_job[fresh.id].append((event.request, Reply(result={"job_id": fresh.id})))
             return []
         else:
-            return [_error(event.reply, NOT_FOUND, f"unknown command {event.action!r}")]
-        self.owed_job[job.id].append((event.reply, Reply(result={"job_id": job.id, "state": self.pending_jobs[job.id].state.value})))
+            return [_error(event.request, NOT_FOUND, f"unknown command {event.action!r}")]
+        if job.id not in self.pending_jobs:
+            # the table refused the move (a Notice says why)
+            return [_error(event.request, CONFLICT, f"job {job.id}: {event.action} refused, see the daemon's log")]
+        if event.request:
+            reply = Reply(result={"job_id": job.id, "state": self.pending_jobs[job.id].state.value})
+            self.owed_job[job.id].append((event.request, reply))
         return []
 
     # --- rules ------------------------------------------------------------------
@@ -438,7 +438,7 @@ class Scheduler:
         per_step: dict[tuple[str, str], int] = defaultdict(int)
         per_executor: dict[str, int] = defaultdict(int)
         for job_id in self.active:
-            job = self._latest(job_id)
+            job = self._current_copy(job_id)
             per_step[(job.pipeline, job.step)] += 1
             per_executor[job.executor] += 1
         def all_full() -> bool:
@@ -467,7 +467,7 @@ class Scheduler:
                 continue
             if not self._dependencies_met(job, pipeline):
                 continue
-            self._propose(attrs.evolve(job, state=JobState.SUBMITTED, submitted_at=now), changes)
+            self._move(job, JobState.SUBMITTED, changes, submitted_at=now)
             per_step[(job.pipeline, job.step)] += 1
             per_executor[job.executor] += 1
             if executor is not None and per_executor[job.executor] >= executor.max_jobs and all_full():
@@ -504,17 +504,9 @@ class Scheduler:
             current = self.current[failed.run_id].get((step_name, index))
             if current is None:
                 continue
-            job = self._latest(current)
+            job = self._current_copy(current)
             if job.state in (JobState.WAITING, JobState.HELD):
-                self._propose(
-                    attrs.evolve(
-                        job,
-                        state=JobState.SKIPPED,
-                        ended_at=now,
-                        reason=f"upstream job {failed.id} ({failed.step}[{failed.index}]) did not succeed",
-                    ),
-                    changes,
-                )
+                self._move(job, JobState.SKIPPED, changes, ended_at=now, reason=states.upstream_did_not_succeed(failed))
 
     def _rerun(self, job: Job, changes: list[Change], now: float) -> Job:
         """A fresh job in the same slot (a full set of tries), and fresh jobs for
@@ -524,21 +516,30 @@ class Scheduler:
         descendants = pipeline.descendants(job.step)
         for (step_name, _), current in list(self.current[job.run_id].items()):
             if step_name in descendants:
-                downstream = self._latest(current)
+                downstream = self._current_copy(current)
                 if downstream.state is JobState.SKIPPED and downstream.successor is None:
                     self._successor(downstream, changes, now)
         run = self.runs[job.run_id]
         # a run whose end is still in flight is reopened too: the RUNNING
         # proposal replaces the pending end, so the run is not forgotten
         if run.state is not RunState.RUNNING or run.id in self.pending_runs:
-            self._propose_run(attrs.evolve(run, state=RunState.RUNNING, ended_at=None), changes)
+            self._move_run(run, RunState.RUNNING, changes, ended_at=None)
         return fresh
 
     def _successor(
-        self, job: Job, changes: list[Change], now: float, *, failures: int = 0, not_before: float = 0.0, **ended
+        self,
+        job: Job,
+        changes: list[Change],
+        now: float,
+        *,
+        failures: int = 0,
+        not_before: float = 0.0,
+        ending: JobState | None = None,
+        **ended: Any,
     ) -> Job:
-        """A new job in ``job``'s slot, linked both ways; ``ended`` holds what
-        changes in the old job besides its successor (its failure)."""
+        """A new job in ``job``'s slot, linked both ways; the old job moves to
+        ``ending`` (its failure, for a retry) with ``ended``, or keeps its state
+        (a rerun of an ended job)."""
         fresh = Job(
             id=self._new_job_id(),
             run_id=job.run_id,
@@ -552,7 +553,7 @@ class Scheduler:
             not_before=not_before,
             created_at=now,
         )
-        self._propose(attrs.evolve(job, successor=fresh.id, **ended), changes)
+        self._move(job, ending or job.state, changes, successor=fresh.id, **ended)
         self._propose(fresh, changes)
         return fresh
 
@@ -567,7 +568,7 @@ class Scheduler:
 
     def _maybe_finish_run(self, run_id: int, changes: list[Change], now: float) -> None:
         """A run ends when every slot's current job has ended: succeeded when all
-        of them succeeded, failed otherwise (MUPPET issue 2, point 4)."""
+        of them succeeded, failed otherwise (docs/states.md)."""
         run = self.runs.get(run_id)
         if run is None or run.state is not RunState.RUNNING or run_id in self.pending_runs:
             return
@@ -580,21 +581,13 @@ class Scheduler:
                 return
             if state is not JobState.SUCCEEDED:
                 outcome = RunState.FAILED
-        self._propose_run(attrs.evolve(run, state=outcome, ended_at=now), changes)
+        self._move_run(run, outcome, changes, ended_at=now)
 
     def _start_job(self, job: Job, now: float, changes: list[Change]) -> StartJob | None:
         run = self.runs[job.run_id]
         pipeline = self.pipelines.get(job.pipeline)
         if pipeline is None or job.step not in pipeline.steps:
-            self._propose(
-                attrs.evolve(
-                    job,
-                    state=JobState.FAILED,
-                    ended_at=now,
-                    reason=f"step {job.pipeline}.{job.step} is no longer configured",
-                ),
-                changes,
-            )
+            self._move(job, JobState.FAILED, changes, ended_at=now, reason=states.no_longer_configured(job))
             return None
         return StartJob(job=job, step=pipeline.steps[job.step], reference_time=run.reference_time)
 
@@ -605,6 +598,8 @@ class Scheduler:
         if changes:
             out.append(Persist(tuple(changes)))
         out.extend(effects or ())
+        out.extend(Notice(text) for text in self.notices)
+        self.notices.clear()
         wake = min(
             (self.jobs[j].not_before for j in self.waiting if self.jobs[j].not_before > now),
             default=None,
@@ -613,7 +608,31 @@ class Scheduler:
             out.append(WakeAt(wake))
         return out
 
+    def _move(self, job: Job, state: JobState, changes: list[Change], **fields: Any) -> None:
+        """Propose ``job`` in ``state`` with ``fields``: through the table."""
+        try:
+            moved = states.move_job(job, state, **fields)
+        except IllegalTransition as exc:
+            self._refuse(exc)
+            return
+        self._propose(moved, changes)
+
+    def _move_run(self, run: Run, state: RunState, changes: list[Change], **fields: Any) -> None:
+        """Propose ``run`` in ``state`` with ``fields``: through the table."""
+        try:
+            moved = states.move_run(run, state, **fields)
+        except IllegalTransition as exc:
+            self._refuse(exc)
+            return
+        self._propose_run(moved, changes)
+
+    def _refuse(self, exc: IllegalTransition) -> None:
+        if self.strict:
+            raise exc
+        self.notices.append(f"refused: {exc}")
+
     def _propose(self, job: Job, changes: list[Change]) -> None:
+        """Send a new job, or a copy that came from ``_move``, to be persisted."""
         self.pending_jobs[job.id] = job
         if job.state.active:
             self.active.add(job.id)
@@ -652,8 +671,12 @@ class Scheduler:
         """The newest copy of a job: proposed if a write is in flight."""
         return self.pending_jobs.get(job_id) or self.jobs.get(job_id)
 
-    def _pay(self, owed: dict[int, list[tuple[Any, Reply]]], key: int) -> list[Effect]:
-        return [Answer(to, reply) for to, reply in owed.pop(key, []) if to is not None]
+    def _current_copy(self, job_id: int) -> Job:
+        """The newest copy of a job known to be in memory."""
+        return self.pending_jobs.get(job_id) or self.jobs[job_id]
+
+    def _pay(self, owed: dict[int, list[tuple[int, Reply]]], key: int) -> list[Effect]:
+        return [Answer(request, reply) for request, reply in owed.pop(key, [])]
 
     def _new_run_id(self) -> int:
         self.next_run_id += 1
@@ -664,16 +687,14 @@ class Scheduler:
         return self.next_job_id - 1
 
 
-def _answer(to: Any, result: Any) -> Answer:
-    return Answer(to, Reply(result=result))
+def _answer(request: int, result: Any) -> Answer:
+    return Answer(request, Reply(result=result))
 
 
-def _error(to: Any, code: int, message: str) -> Answer:
-    return Answer(to, Reply(error=message, code=code))
+def _error(request: int, code: int, message: str) -> Answer:
+    return Answer(request, Reply(error=message, code=code))
 
 
 def _exists(run: Run, duplicate: bool = False) -> str:
-    from ..codec import format_time
-
     which = "a run" if duplicate else f"run {run.id}"
     return f"{which} of {run.pipeline} for {format_time(run.reference_time)} exists already"

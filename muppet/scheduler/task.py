@@ -3,35 +3,43 @@ core in `core.py`. It decides nothing itself."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
+import attrs
 import trio
 
-from ..messages import KillJob, Persist, StartJob
-from .core import Answer, Scheduler, WakeAt
+from ..messages import Asked, KillJob, Persist, Reply, StartJob, ToExecutor, ToScheduler
+from ..model import Job, Run
+from .core import Answer, Effect, Event, Notice, Scheduler, WakeAt
 
 log = logging.getLogger("muppet.scheduler")
 
 
 async def run(
     core: Scheduler,
-    inbox: trio.MemoryReceiveChannel,
-    to_database: trio.MemorySendChannel,
-    to_executor: trio.MemorySendChannel,
+    inbox: trio.MemoryReceiveChannel[ToScheduler],
+    to_database: trio.MemorySendChannel[Persist],
+    to_executor: trio.MemorySendChannel[ToExecutor],
     *,
-    loaded: tuple = ((), ()),
+    loaded: tuple[Iterable[Run], Iterable[Job]] = ((), ()),
     clock: Callable[[], float] = time.time,
 ) -> None:
     """Feed the core every event that arrives and carry out its effects.
 
-    Receives on ``inbox``: `Persisted` (database task), `Trigger` (cron, API),
-    `JobStarted`/`JobFinished` (executor) and `Command` (API). Sends `Persist`
-    to the database task, `StartJob`/`KillJob` to the executor and `Reply` on
-    the reply channel a request carried. ``loaded`` is ``(runs, jobs)`` of the
-    unfinished work a previous daemon left, taken over before anything else.
+    Receives on ``inbox``: `Persisted` (database task), `Trigger` (cron),
+    `JobStarted`/`JobFinished` (executor) and `Asked` (a Trigger or Command
+    from the API, with the channel its Reply goes to). Sends `Persist` to the
+    database task, `StartJob`/`KillJob` to the executor, and each `Reply` on
+    the channel of the request it answers. ``loaded`` is ``(runs, jobs)`` of
+    the unfinished work a previous daemon left, taken over before anything
+    else.
+
+    The core sees requests by number: this task numbers each Asked and keeps
+    its channel until the core's Answer of that number.
 
     Events that arrive together are handled as one batch (one scheduling pass,
     one transaction). A wake-up for a backoff that ends is an empty batch at
@@ -39,17 +47,18 @@ async def run(
     either committed by the database task or never acted on, so a restart
     takes over from the database alone.
     """
+    requests = _Requests()
     runs, jobs = loaded
     effects = core.load(runs, jobs, clock())
     wake_at = math.inf
     while True:
-        wake_at = await _carry_out(effects, to_database, to_executor, wake_at)
-        batch = []
+        wake_at = await _carry_out(effects, to_database, to_executor, requests, wake_at)
+        batch: list[Event] = []
         with trio.move_on_at(trio.current_time() + max(0.0, wake_at - clock())):
-            batch.append(await inbox.receive())
+            batch.append(requests.number(await inbox.receive()))
         while True:
             try:
-                batch.append(inbox.receive_nowait())
+                batch.append(requests.number(inbox.receive_nowait()))
             except trio.WouldBlock:
                 break
         now = clock()
@@ -59,24 +68,52 @@ async def run(
         effects = core.handle(batch, now)
 
 
-async def _carry_out(effects, to_database, to_executor, wake_at: float) -> float:
+class _Requests:
+    """Who waits for which request number."""
+
+    def __init__(self) -> None:
+        self.numbers = itertools.count(1)
+        self.waiting: dict[int, trio.MemorySendChannel[Reply]] = {}
+
+    def number(self, message: ToScheduler) -> Event:
+        if not isinstance(message, Asked):
+            return message
+        request = next(self.numbers)
+        self.waiting[request] = message.reply
+        return attrs.evolve(message.event, request=request)
+
+    def answer(self, answer: Answer) -> None:
+        reply = answer.reply
+        channel = self.waiting.pop(answer.request, None)
+        if channel is None:
+            # nobody asked (cron, a data trigger): a refusal is only news
+            if reply.error is not None:
+                log.info("%s", reply.error)
+            return
+        try:
+            channel.send_nowait(reply)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            # the requester went away (its connection closed); the change
+            # itself is committed all the same
+            log.debug("reply dropped: %r", reply)
+
+
+async def _carry_out(
+    effects: list[Effect],
+    to_database: trio.MemorySendChannel[Persist],
+    to_executor: trio.MemorySendChannel[ToExecutor],
+    requests: _Requests,
+    wake_at: float,
+) -> float:
     for effect in effects:
         if isinstance(effect, Persist):
             await to_database.send(effect)
         elif isinstance(effect, (StartJob, KillJob)):
             await to_executor.send(effect)
         elif isinstance(effect, Answer):
-            if effect.to is None:
-                # nobody asked (cron, a data trigger): a refusal is only news
-                if effect.reply.error is not None:
-                    log.info("%s", effect.reply.error)
-                continue
-            try:
-                effect.to.send_nowait(effect.reply)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                # the requester went away (its connection closed); the change
-                # itself is committed all the same
-                log.debug("reply dropped: %r", effect.reply)
+            requests.answer(effect)
+        elif isinstance(effect, Notice):
+            log.warning("%s", effect.text)
         elif isinstance(effect, WakeAt):
             wake_at = min(wake_at, effect.time)
     return wake_at

@@ -1,0 +1,171 @@
+"""Reading runs, jobs, log tails and events: functions of a Store, each one
+statement or one read transaction. Like every Store call they block; Trio code
+runs them in a worker thread (the API's read pool, the database task)."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import attrs
+
+from .. import codec
+from ..model import Job, JobLog, JobState, Run, RunCause, RunState
+from .rows import JOB_COLUMNS, RUN_COLUMNS, job_from_row, run_from_row
+from .store import Store
+
+E = TypeVar("E", bound=enum.Enum)
+
+#: one event as the log holds it: (id, at, kind, subject_id, payload)
+EventRecord = tuple[int, float, str, int, dict[str, Any]]
+
+
+@attrs.frozen
+class Snapshot:
+    """What the scheduler needs to pick up after a (re)start."""
+
+    #: every run in state running
+    runs: tuple[Run, ...]
+    #: every job of those runs, by id
+    jobs: tuple[Job, ...]
+    #: one more than the largest id ever stored, or 1
+    next_run_id: int
+    next_job_id: int
+    #: per pipeline, the latest reference time of its cron-made runs
+    last_cron: dict[str, datetime]
+
+
+def load_snapshot(store: Store) -> Snapshot:
+    """Every running run with its jobs, the next ids and the last cron times,
+    read in one transaction."""
+
+    def work(cursor: Any) -> Snapshot:
+        def rows(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+            cursor.execute(store.sql(sql), tuple(params))
+            return list(cursor.fetchall())
+
+        running = RunState.RUNNING.value
+        runs = rows(f"SELECT {RUN_COLUMNS} FROM runs WHERE state = ? ORDER BY id", (running,))
+        jobs = rows(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE run_id IN"
+            " (SELECT id FROM runs WHERE state = ?) ORDER BY id",
+            (running,),
+        )
+        max_run = rows("SELECT MAX(id) FROM runs")[0][0]
+        max_job = rows("SELECT MAX(id) FROM jobs")[0][0]
+        cron = rows(
+            "SELECT pipeline, MAX(reference_time) FROM runs WHERE cause = ? GROUP BY pipeline",
+            (RunCause.CRON.value,),
+        )
+        return Snapshot(
+            runs=tuple(run_from_row(r) for r in runs),
+            jobs=tuple(job_from_row(r) for r in jobs),
+            next_run_id=(max_run or 0) + 1,
+            next_job_id=(max_job or 0) + 1,
+            last_cron={name: codec.parse_time(text) for name, text in cron},
+        )
+
+    return store.transaction(work, write=False)
+
+
+def list_runs(
+    store: Store,
+    pipeline: str | None = None,
+    state: RunState | str | None = None,
+    limit: int = 100,
+    before_id: int | None = None,
+) -> list[Run]:
+    """Runs, newest (highest id) first; ``before_id`` pages back."""
+    where, params = _where(
+        ("pipeline = ?", pipeline),
+        ("state = ?", None if state is None else _value(RunState, state)),
+        ("id < ?", before_id),
+    )
+    rows = store.query(
+        f"SELECT {RUN_COLUMNS} FROM runs{where} ORDER BY id DESC LIMIT ?",
+        [*params, int(limit)],
+    )
+    return [run_from_row(r) for r in rows]
+
+
+def get_run(store: Store, run_id: int) -> Run | None:
+    rows = store.query(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+    return run_from_row(rows[0]) if rows else None
+
+
+def list_jobs(
+    store: Store, run_id: int | None = None, state: JobState | str | None = None, limit: int = 1000
+) -> list[Job]:
+    """Jobs by id; without ``run_id``, the newest ``limit`` of them."""
+    where, params = _where(
+        ("run_id = ?", run_id),
+        ("state = ?", None if state is None else _value(JobState, state)),
+    )
+    if run_id is not None:
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs{where} ORDER BY id LIMIT ?"
+    else:
+        sql = (
+            f"SELECT * FROM (SELECT {JOB_COLUMNS} FROM jobs{where}"
+            " ORDER BY id DESC LIMIT ?) AS newest ORDER BY id"
+        )
+    return [job_from_row(r) for r in store.query(sql, [*params, int(limit)])]
+
+
+def get_job(store: Store, job_id: int) -> Job | None:
+    rows = store.query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+    return job_from_row(rows[0]) if rows else None
+
+
+def get_job_log(store: Store, job_id: int) -> JobLog | None:
+    rows = store.query("SELECT job_id, stdout, stderr FROM job_logs WHERE job_id = ?", (job_id,))
+    return JobLog(job_id=rows[0][0], stdout=rows[0][1], stderr=rows[0][2]) if rows else None
+
+
+def run_with_jobs(store: Store, run_id: int) -> tuple[Run, tuple[Job, ...]] | None:
+    """A run and its jobs (by id), read in one transaction."""
+
+    def work(cursor: Any) -> tuple[Run, tuple[Job, ...]] | None:
+        cursor.execute(store.sql(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"), (run_id,))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        cursor.execute(store.sql(f"SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = ? ORDER BY id"), (run_id,))
+        return run_from_row(row), tuple(job_from_row(r) for r in cursor.fetchall())
+
+    return store.transaction(work, write=False)
+
+
+def events_since(store: Store, after_id: int, limit: int = 1000) -> list[EventRecord]:
+    """Events numbered above ``after_id``, oldest first:
+    ``(id, at, kind, subject_id, payload)`` where payload is the event's
+    JSON data (for runs and jobs, ``codec.run_to_dict`` / ``codec.job_to_dict``)."""
+    rows = store.query(
+        "SELECT id, at, kind, subject_id, payload FROM events WHERE id > ? ORDER BY id LIMIT ?",
+        (after_id, int(limit)),
+    )
+    return [(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+
+def last_event_id(store: Store) -> int:
+    """The number of the newest event, 0 when there is none."""
+    newest: int | None = store.query("SELECT MAX(id) FROM events")[0][0]
+    return newest or 0
+
+
+def _value(enum_type: type[E], value: Any) -> str:
+    """An enum member or its string, as the stored string; names the bad value."""
+    try:
+        member: Any = enum_type(value)
+    except ValueError:
+        raise ValueError(f"not a {enum_type.__name__}: {value!r}") from None
+    return str(member.value)
+
+
+def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
+    used = [(sql, value) for sql, value in conditions if value is not None]
+    if not used:
+        return "", []
+    return " WHERE " + " AND ".join(sql for sql, _ in used), [value for _, value in used]

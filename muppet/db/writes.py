@@ -1,0 +1,215 @@
+"""The database task's batches, written in one transaction each.
+
+``write`` is the only writer of runs, jobs, log tails and events; index changes
+in the same batch go to ``muppet/index/write.py`` on the same cursor, so a
+job's success and the registration of its outputs commit together, and every
+change appends its events to the same numbered log (the transactional outbox
+of the MUPPET design).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from .. import codec
+from ..index import write as index_write
+from ..messages import (
+    Change,
+    CompletedInstance,
+    DefineIndex,
+    DeleteFiles,
+    IndexWritten,
+    NewRun,
+    RegisterFiles,
+    SetTorrent,
+)
+from ..model import Job, JobLog, Run
+from .rows import JOB_COLUMNS, RUN_COLUMNS, event_payload, job_row, run_row
+from .store import Store
+
+log = logging.getLogger("muppet.db")
+
+
+@attrs.frozen
+class Committed:
+    """What one transaction wrote: the committed copies of the run, job and
+    log changes in the order given, the NewRuns refused as duplicates, and the
+    outcome of each index change (in the order given)."""
+
+    changes: tuple[NewRun | Run | Job | JobLog, ...] = ()
+    rejected: tuple[NewRun, ...] = ()
+    index: tuple[IndexWritten, ...] = ()
+    #: the number of the newest event once the batch committed (not part of
+    #: equality: two writes of the same changes are the same commit)
+    last_event_id: int = attrs.field(default=0, eq=False)
+
+    @property
+    def completed(self) -> tuple[CompletedInstance, ...]:
+        """Every instance an index change of the batch completed."""
+        return tuple(c for written in self.index for c in written.completed)
+
+
+def _upsert(table: str, columns: str, key: str) -> str:
+    names = [c.strip() for c in columns.split(",")]
+    updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != key)
+    marks = ", ".join("?" for _ in names)
+    return (
+        f"INSERT INTO {table} ({columns}) VALUES ({marks})"
+        f" ON CONFLICT ({key}) DO UPDATE SET {updates}"
+    )
+
+
+_INSERT_NEW_RUN = (
+    f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (pipeline, reference_time) DO NOTHING"
+)
+_UPSERT_RUN = _upsert("runs", RUN_COLUMNS, "id")
+_UPSERT_JOB = _upsert("jobs", JOB_COLUMNS, "id")
+_UPSERT_LOG = _upsert("job_logs", "job_id, stdout, stderr", "job_id")
+_INSERT_EVENT = "INSERT INTO events (at, kind, subject_id, payload, product) VALUES (?, ?, ?, ?, ?)"
+#: the changes that ``muppet/index/write.py`` applies
+INDEX_CHANGES = (RegisterFiles, DefineIndex, DeleteFiles, SetTorrent)
+
+
+def write(store: Store, changes: Sequence[Change], *, token: str | None = None) -> Committed:
+    """Write ``changes`` in ONE transaction and commit; return what was committed.
+
+    NewRun inserts its run unless one of the same pipeline and reference
+    time exists; then nothing of it is written and it goes to ``rejected``.
+    Run, Job and JobLog are upserted by id. Every Run and Job written (those
+    of a NewRun too) appends one event, in the same transaction. An index
+    change that is refused writes nothing of itself and does not fail the rest.
+
+    ``token`` names the batch: if the last committed write carried the same
+    token, the batch is not written again and the result of that commit is
+    returned. The database task passes one per batch, so that retrying a
+    commit whose outcome was lost with the connection writes nothing twice.
+
+    Raises DatabaseUnavailable (rolled back; retry later) for locks, lost
+    connections and the like; other errors (a constraint broken by a bug)
+    come out as they are, also rolled back.
+    """
+    batch = tuple(changes)
+
+    def work(cursor: Any) -> Committed:
+        if token is not None:
+            cursor.execute(store.sql("SELECT token, rejected, written FROM last_write WHERE id = 1"))
+            row = cursor.fetchone()
+            if row is not None and row[0] == token:
+                log.info("batch %s was committed already; not writing it again", token)
+                cursor.execute("SELECT MAX(id) FROM events")
+                last_event_id = cursor.fetchone()[0] or 0
+                return _committed(batch, set(json.loads(row[1])), _written_from_json(row[2]), last_event_id)
+        return _write(store, cursor, batch, token)
+
+    return store.transaction(work, write=True)
+
+
+def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | None) -> Committed:
+    rejected: set[int] = set()
+    written: dict[int, IndexWritten] = {}
+    runs: list[tuple[Any, ...]] = []
+    jobs: list[tuple[Any, ...]] = []
+    logs: list[tuple[Any, ...]] = []
+    events: list[index_write.EventRow] = []
+    now = time.time()
+    insert_new_run = store.sql(_INSERT_NEW_RUN)
+    # Rows of one table keep their order (a later state of a job wins); the
+    # tables go runs, jobs, logs, which is the order the foreign keys need.
+    for position, change in enumerate(changes):
+        if isinstance(change, NewRun):
+            # one statement per NewRun: its row count says whether it was a
+            # duplicate, which executemany cannot tell row by row
+            cursor.execute(insert_new_run, run_row(change.run))
+            if cursor.rowcount != 1:
+                rejected.add(position)
+                continue
+            events.append((now, "run", change.run.id, event_payload(change.run), None))
+            for job in change.jobs:
+                jobs.append(job_row(job))
+                events.append((now, "job", job.id, event_payload(job), None))
+        elif isinstance(change, Run):
+            runs.append(run_row(change))
+            events.append((now, "run", change.id, event_payload(change), None))
+        elif isinstance(change, Job):
+            jobs.append(job_row(change))
+            events.append((now, "job", change.id, event_payload(change), None))
+        elif isinstance(change, JobLog):
+            logs.append((change.job_id, change.stdout, change.stderr))
+        elif isinstance(change, INDEX_CHANGES):
+            written[position] = index_write.apply(cursor, store.sql, change, now, events)
+        else:
+            raise TypeError(f"change {position}: cannot persist a {type(change).__name__}")
+    for sql, rows in (
+        (_UPSERT_RUN, runs), (_UPSERT_JOB, jobs), (_UPSERT_LOG, logs), (_INSERT_EVENT, events),
+    ):
+        if rows:
+            cursor.executemany(store.sql(sql), rows)
+    if token is not None:
+        cursor.execute(
+            store.sql(
+                "INSERT INTO last_write (id, token, rejected, written) VALUES (1, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET token = excluded.token,"
+                " rejected = excluded.rejected, written = excluded.written"
+            ),
+            (token, json.dumps(sorted(rejected)), _written_to_json(written)),
+        )
+    cursor.execute("SELECT MAX(id) FROM events")
+    last_event_id = cursor.fetchone()[0] or 0
+    return _committed(changes, rejected, written, last_event_id)
+
+
+def _written_to_json(written: dict[int, IndexWritten]) -> str:
+    """The index changes' outcomes, kept with the batch token so that a
+    retried batch answers exactly as the commit it repeats."""
+    return json.dumps({
+        str(position): {
+            "result": w.result, "error": w.error, "code": w.code,
+            "deleted_paths": list(w.deleted_paths),
+            "completed": [
+                [c.instance_id, c.product, codec.format_time(c.reference_time), c.version,
+                 sorted(c.complete_products)]
+                for c in w.completed
+            ],
+        }
+        for position, w in written.items()
+    })
+
+
+def _written_from_json(text: str | None) -> dict[int, IndexWritten]:
+    if not text:
+        return {}
+    return {
+        int(position): IndexWritten(
+            result=w["result"], error=w["error"], code=w["code"],
+            deleted_paths=tuple(w["deleted_paths"]),
+            completed=tuple(
+                CompletedInstance(i, p, codec.parse_time(t), v, frozenset(ps))
+                for i, p, t, v, ps in w["completed"]
+            ),
+        )
+        for position, w in json.loads(text).items()
+    }
+
+
+def _committed(
+    changes: tuple[Change, ...], rejected: set[int], written: dict[int, IndexWritten], last_event_id: int,
+) -> Committed:
+    engine: list[NewRun | Run | Job | JobLog] = []
+    refused: list[NewRun] = []
+    index: list[IndexWritten] = []
+    for position, change in enumerate(changes):
+        if isinstance(change, INDEX_CHANGES):
+            index.append(attrs.evolve(written[position], event_id=last_event_id))
+        elif position in rejected:
+            assert isinstance(change, NewRun)
+            refused.append(change)
+        else:
+            engine.append(change)
+    return Committed(tuple(engine), tuple(refused), tuple(index), last_event_id)
