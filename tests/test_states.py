@@ -78,7 +78,7 @@ def test_run_moves():
     ended = move_run(run, RunState.FAILED, ended_at=5.0)
     assert ended.state is RunState.FAILED and ended.ended_at == 5.0
     assert move_run(ended, RunState.RUNNING).state is RunState.RUNNING
-    with pytest.raises(IllegalTransition, match="run 1 .* from succeeded to failed"):
+    with pytest.raises(IllegalTransition, match=r"run 1 .* from succeeded to failed"):
         move_run(move_run(run, RunState.SUCCEEDED), RunState.FAILED)
 
 
