@@ -8,12 +8,22 @@ a reference time keeps whole seconds, other timestamps keep milliseconds.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from .model import Job, JobState, Run, RunCause, RunState
 
 
+@overload
+def format_time(moment: datetime | float) -> str: ...
+@overload
+def format_time(moment: None) -> None: ...
+@overload
+def format_time(moment: datetime | float | None) -> str | None: ...
+
+
 def format_time(moment: datetime | float | None) -> str | None:
+    """A reference time as whole seconds, any other timestamp (seconds since
+    the epoch) with milliseconds, both in UTC with a ``Z``; None stays None."""
     if moment is None:
         return None
     if isinstance(moment, (int, float)):
