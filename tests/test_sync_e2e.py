@@ -1,12 +1,12 @@
-"""muppet-sync with real processes on loopback (issue 5, point 8): a real
+"""muppet-sync with real processes on loopback (docs/sync.md): a real
 daemon (its own process, with a tokens file), `muppet-sync seed` and several
 `muppet-sync fetch` processes.
 
 * a step's outputs, registered by the daemon, reach every consumer, verified,
   placed by the layout, registered as copies with peers, seeded; on_complete
   runs; an expiring file is removed everywhere and its copies marked deleted;
-* a consumer killed with SIGKILL half-way through a download continues from
-  its verified pieces after a restart;
+* a consumer killed with SIGKILL part-way through a download continues from
+  the verified pieces of its resume data after a restart;
 * aria2c (Debian) downloads a file that the seed command serves, given the
   torrent from the index (`muppet-sync torrent`) and a standard tracker.
 """
@@ -21,14 +21,18 @@ import subprocess
 import sys
 import textwrap
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
+import libtorrent as lt
 import pytest
 import trio
 from test_api import free_port  # tests/ is on sys.path
 from test_sync_interop import ARIA2C_QUIET, need, opentracker, running
+from waiting import wait_until_async
 
 from muppet.api.client import connect
+from sync.resume import RESUME_SUFFIX
 from sync.torrent import info_hash_hex, make_torrent
 
 pytestmark = pytest.mark.timeout(240)
@@ -36,6 +40,9 @@ pytestmark = pytest.mark.timeout(240)
 SAFETY = 120
 SECRET = "e2e-write-secret"
 REF = "2026-12-01T00:00:00Z"
+#: seconds a file registered with an expiry lives: long enough for three
+#: consumers to fetch 500 kB on a loaded machine, short for the test's time
+SHORT_LIFETIME = 12
 CONSUMERS = ("c1", "c2", "c3")
 
 MAKER = """
@@ -45,7 +52,9 @@ owner = "ops"
 produces = ["arome"]
 [steps.make]
 jobs = 2
-command = 'mkdir -p "$MUPPET_SCRATCH/arome" && head -c {size} /dev/urandom > "$MUPPET_SCRATCH/arome/f$MUPPET_JOB_INDEX.nc"'
+command = '''
+mkdir -p "$MUPPET_SCRATCH/arome" &&
+head -c {size} /dev/urandom > "$MUPPET_SCRATCH/arome/f$MUPPET_JOB_INDEX.nc"'''
 outputs = ["arome/f{{index}}.nc"]
 """
 
@@ -58,7 +67,7 @@ class Cluster:
         self.port = free_port()
         self.api = f"ws://127.0.0.1:{self.port}"
         self.output_size = output_size
-        self.processes: dict[str, subprocess.Popen] = {}
+        self.processes: dict[str, trio.Process] = {}
         self.env = dict(os.environ, MUPPET_TOKEN=SECRET, PYTHONUNBUFFERED="1")
 
     def write_daemon_config(self) -> None:
@@ -95,21 +104,24 @@ class Cluster:
             """) + backends)
 
     async def start_daemon(self) -> None:
-        self.write_daemon_config()
-        self.start("daemon", [sys.executable, "-m", "muppet.cli", "daemon", "--config", str(self.tmp / "muppet.toml")])
-        with trio.fail_after(SAFETY):
-            while True:
-                self.check_alive("daemon")
-                try:
-                    async with connect(self.api) as client:
-                        await client.call("daemon.status")
-                        return
-                except OSError:
-                    pass
-                except Exception as e:  # DaemonUnreachable while it starts
-                    if "cannot reach" not in str(e):
-                        raise
-                await trio.sleep(0.1)
+        await trio.to_thread.run_sync(self.write_daemon_config)
+        await self.start(
+            "daemon", [sys.executable, "-m", "muppet.cli", "daemon", "--config", str(self.tmp / "muppet.toml")]
+        )
+
+        async def answering() -> bool:
+            try:
+                async with connect(self.api) as client:
+                    await client.call("daemon.status")
+                    return True
+            except OSError:
+                return False
+            except Exception as e:  # DaemonUnreachable while it starts
+                if "cannot reach" not in str(e):
+                    raise
+                return False
+
+        await self.wait(answering, "the daemon answering daemon.status")
 
     def seed_config(self, trackers: list[str] | None = None) -> Path:
         path = self.tmp / "seed" / "seed.toml"
@@ -146,20 +158,29 @@ class Cluster:
             """))
         return path
 
-    def start(self, name: str, argv: list[str], cwd: Path | None = None) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "ab")
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=cwd)
-        log.close()
+    async def start(self, name: str, argv: list[str]) -> trio.Process:
+        log = await trio.open_file(self.tmp / f"{name}.log", "ab")
+        try:
+            process = await trio.lowlevel.open_process(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        finally:
+            await log.aclose()
         self.processes[name] = process
         return process
 
-    def start_seed(self, trackers: list[str] | None = None) -> None:
-        config = self.seed_config(trackers)
-        self.start("seed", [sys.executable, "-m", "sync.cli", "seed", "--config", str(config)])
+    async def start_seed(self, trackers: list[str] | None = None) -> None:
+        config = await trio.to_thread.run_sync(self.seed_config, trackers)
+        await self.start("seed", [sys.executable, "-m", "sync.cli", "seed", "--config", str(config)])
 
-    def start_fetch(self, name: str, download_rate: int = 0) -> None:
-        config = self.fetch_config(name, download_rate)
-        self.start(name, [sys.executable, "-m", "sync.cli", "fetch", "--config", str(config), "--no-progress"])
+    async def start_fetch(self, name: str, download_rate: int = 0) -> None:
+        config = await trio.to_thread.run_sync(self.fetch_config, name, download_rate)
+        await self.start(name, [sys.executable, "-m", "sync.cli", "fetch", "--config", str(config), "--no-progress"])
+
+    async def stop(self, name: str, signum: int = signal.SIGTERM) -> None:
+        """Send ``signum`` to process ``name``, forget it, and wait for it to end."""
+        process = self.processes.pop(name)
+        process.send_signal(signum)
+        with trio.fail_after(30):  # a safety net against a hang
+            await process.wait()
 
     def check_alive(self, name: str) -> None:
         process = self.processes[name]
@@ -167,37 +188,46 @@ class Cluster:
             raise AssertionError(f"{name} exited with {process.returncode}:\n{self.log(name)}")
 
     def log(self, name: str) -> str:
+        """The end of process ``name``'s log (blocks: for failure messages)."""
         return (self.tmp / f"{name}.log").read_text(errors="replace")[-6000:]
 
-    def status(self, name: str) -> dict:
+    async def read_log(self, name: str) -> str:
+        return await trio.Path(self.tmp / f"{name}.log").read_text(errors="replace")
+
+    async def status(self, name: str) -> dict:
+        """What the running process ``name`` last wrote to its status.json."""
         try:
-            return json.loads((self.tmp / name / "state" / "status.json").read_text())
+            return json.loads(await trio.Path(self.tmp / name / "state" / "status.json").read_text())
         except (FileNotFoundError, ValueError):
             return {"files": []}
 
-    async def wait(self, predicate, what: str, timeout: float = SAFETY):
-        with trio.move_on_after(timeout):
-            while True:
-                for name in self.processes:
-                    if name != "killed":
-                        self.check_alive(name)
-                value = await predicate()
-                if value:
-                    return value
-                await trio.sleep(0.1)
-        logs = "\n".join(f"--- {n}\n{self.log(n)}" for n in self.processes)
-        raise AssertionError(f"timed out waiting for {what}\n{logs}")
+    async def wait(self, predicate, what: str, timeout: float = SAFETY):  # noqa: ASYNC109 - see waiting.py
+        """Wait until ``await predicate()`` is true, and return it; fail at once
+        when one of the processes dies, and with every log after ``timeout``."""
 
-    def stop_all(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for name, process in self.processes.items():
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        async def alive_and_true():
+            for name in self.processes:
+                self.check_alive(name)
+            return await predicate()
+
+        return await wait_until_async(alive_and_true, timeout, what, detail=self.logs)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n}\n{self.log(n)}" for n in self.processes)
+
+    async def stop_all(self) -> None:
+        # Shielded: it runs in a finally block, where the test may have been
+        # cancelled, and must not leave processes behind.
+        with trio.CancelScope(shield=True):
+            for process in self.processes.values():
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+            for process in self.processes.values():
+                with trio.move_on_after(20):
+                    await process.wait()
+                if process.poll() is None:
+                    process.kill()
+                    await process.wait()
 
 
 @pytest.fixture
@@ -206,18 +236,19 @@ async def cluster(tmp_path):
     try:
         yield cluster
     finally:
-        cluster.stop_all()
+        await cluster.stop_all()
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+async def sha256(path: Path) -> str:
+    data = await trio.Path(path).read_bytes()
+    return hashlib.sha256(data).hexdigest()
 
 
 async def test_step_outputs_reach_every_consumer_and_expire_everywhere(cluster):
     await cluster.start_daemon()
-    cluster.start_seed()
+    await cluster.start_seed()
     for name in CONSUMERS:
-        cluster.start_fetch(name)
+        await cluster.start_fetch(name)
     async with connect(cluster.api, token=SECRET) as client:
         await client.call("runs.trigger", {"pipeline": "maker", "reference_time": REF})
         originals = await cluster.wait(
@@ -225,14 +256,14 @@ async def test_step_outputs_reach_every_consumer_and_expire_everywhere(cluster):
         placed_dir = "arome/20261201T00"
         for name in CONSUMERS:
             data = cluster.tmp / name / "data" / placed_dir
-            await cluster.wait(lambda: _all_there(data, ["f0.nc", "f1.nc"]), f"files placed on {name}")
+            await cluster.wait(partial(_all_there, data, ["f0.nc", "f1.nc"]), f"files placed on {name}")
             for original in originals:
-                assert sha256(data / Path(original["name"]).name) == original["hash"]
+                assert await sha256(data / Path(original["name"]).name) == original["hash"]
             # no temporary or partial file ever in data_dir
-            assert sorted(p.name for p in data.iterdir()) == ["f0.nc", "f1.nc"]
+            assert sorted(p.name for p in await trio.Path(data).iterdir()) == ["f0.nc", "f1.nc"]
         # each consumer registered its copy, with this host's peer and the torrent's info-hash
         for original in originals:
-            copies = await cluster.wait(lambda: _copies(client, original["data_id"], 1 + len(CONSUMERS)),
+            copies = await cluster.wait(partial(_copies, client, original["data_id"], 1 + len(CONSUMERS)),
                                         "the copies registered")
             by_backend = {c["backend"]: c for c in copies}
             assert set(by_backend) == {"lustre-a", *CONSUMERS}
@@ -240,104 +271,150 @@ async def test_step_outputs_reach_every_consumer_and_expire_everywhere(cluster):
                 copy = by_backend[name]
                 assert copy["info_hash"] == by_backend["lustre-a"]["info_hash"]
                 assert copy["peer"].startswith("127.0.0.1:") and copy["hash"] == original["hash"]
-                assert copy["url"] == f"file://{cluster.tmp / name / 'data' / 'arome/20261201T00'}/{Path(original['name']).name}"
+                placed = cluster.tmp / name / "data" / placed_dir / Path(original["name"]).name
+                assert copy["url"] == f"file://{placed}"
         # on_complete ran once per placed file
         for name in CONSUMERS:
-            lines = (cluster.tmp / name / "placed.log").read_text().split()
+            lines = (await trio.Path(cluster.tmp / name / "placed.log").read_text()).split()
             assert sorted(Path(line).name for line in lines) == ["f0.nc", "f1.nc"]
         # the operator's view (the running process writes it every second)
         async def seeding_view():
-            view = subprocess.run(
+            view = (await trio.run_process(
                 [sys.executable, "-m", "sync.cli", "status", "--config", str(cluster.tmp / "c1" / "fetch.toml")],
-                capture_output=True, text=True, check=True,
-            ).stdout
+                capture_stdout=True, check=True,
+            )).stdout.decode()
             return view if view.count("seeding") == 2 else None
 
         view = await cluster.wait(seeding_view, "muppet-sync status showing both files seeding")
         assert "running, index connected" in view and "f0.nc" in view and "f1.nc" in view, view
 
         # A file that expires soon: placed everywhere, then removed everywhere.
+        # Its lifetime bounds the time the consumers have to fetch it; when
+        # it expires before one of them placed it, the test says so rather
+        # than waiting out the deadline.
         short = cluster.tmp / "lustre" / "short.nc"
-        short.write_bytes(os.urandom(500_000))
-        expires = (datetime.now(UTC) + timedelta(seconds=8)).isoformat()
+        await trio.Path(short).write_bytes(os.urandom(500_000))
+        expires = datetime.now(UTC) + timedelta(seconds=SHORT_LIFETIME)
         registered = await client.call("files.register", {"files": [{
             "product": "arome", "reference_time": REF, "backend": "lustre-a", "format": "netcdf",
-            "url": f"file://{short}", "size": 500_000, "hash": sha256(short), "expires": expires,
+            "url": f"file://{short}", "size": 500_000, "hash": await sha256(short), "expires": expires.isoformat(),
         }]})
         data_id = registered["files"][0]["data_id"]
         for name in CONSUMERS:
-            await cluster.wait(lambda: _all_there(cluster.tmp / name / "data" / placed_dir, ["short.nc"]),
-                               f"short.nc placed on {name}")
+            async def placed_before_expiry(name=name):
+                if await _all_there(cluster.tmp / name / "data" / placed_dir, ["short.nc"]):
+                    return True
+                if datetime.now(UTC) > expires:
+                    raise AssertionError(f"short.nc expired ({SHORT_LIFETIME} s) before {name} placed it")
+                return False
+
+            await cluster.wait(placed_before_expiry, f"short.nc placed on {name}")
         for name in CONSUMERS:
-            await cluster.wait(lambda: _gone(cluster.tmp / name / "data" / placed_dir / "short.nc"),
+            await cluster.wait(partial(_gone, cluster.tmp / name / "data" / placed_dir / "short.nc"),
                                f"short.nc removed from {name}", timeout=60)
-        await cluster.wait(lambda: _copies(client, data_id, 0), "every copy of short.nc marked deleted", timeout=30)
-        assert short.exists()  # the producer's file is the daemon's business, not the sync's
+        await cluster.wait(partial(_copies, client, data_id, 0), "every copy of short.nc marked deleted", timeout=30)
+        assert await trio.Path(short).exists()  # the producer's file is the daemon's business, not the sync's
         for name in CONSUMERS:
-            async def expired_row():
-                rows = {r["name"]: r for r in cluster.status(name)["files"]}
+            async def expired_row(name=name):
+                rows = {r["name"]: r for r in (await cluster.status(name))["files"]}
                 return rows.get("short.nc", {}).get("state") == "expired"
 
             await cluster.wait(expired_row, f"short.nc shown expired in {name}'s status")
 
 
 async def test_a_killed_consumer_resumes_from_its_verified_pieces(tmp_path):
+    # Two 16 MB files through a 1 MB/s limit: 32 s to fetch both, while the
+    # engine saves resume data every 5 s of downloading (sync/engine.py). The
+    # consumer is killed as soon as resume data of a partial download of each
+    # file is on disk, so the limit only has to keep the downloads unfinished
+    # until then: a slow machine makes them slower, never faster.
     cluster = Cluster(tmp_path, output_size=16_000_000)
+    resume_dir = tmp_path / "c1" / "state" / "resume"
     try:
         await cluster.start_daemon()
-        cluster.start_seed()
-        cluster.start_fetch("c1", download_rate=1_500_000)
+        await cluster.start_seed()
+        await cluster.start_fetch("c1", download_rate=1_000_000)
         async with connect(cluster.api, token=SECRET) as client:
             await client.call("runs.trigger", {"pipeline": "maker", "reference_time": REF})
             await cluster.wait(lambda: _complete_files(client), "the outputs indexed")
 
-        async def half_way():
-            rows = [r for r in cluster.status("c1")["files"] if r["state"] == "downloading"]
-            return rows if len(rows) == 2 and min(r["progress"] for r in rows) >= 0.5 else None
+        async def a_quarter_saved():
+            saved = await trio.to_thread.run_sync(_verified_pieces, resume_dir)
+            quarter = len(saved) == 2 and all(have >= num / 4 for have, num, _ in saved.values())
+            return saved if quarter else None
 
-        await cluster.wait(half_way, "c1 half-way through its downloads")
-        await trio.sleep(5.5)  # the engine saves resume data every 5 s while downloading
-        killed = cluster.processes.pop("c1")
-        killed.kill()
-        killed.wait()
+        await cluster.wait(a_quarter_saved, "c1's resume data holding a quarter of each file's pieces")
+        await cluster.stop("c1", signal.SIGKILL)
+        # What the killed process left: resume data of two partial downloads,
+        # and nothing placed (a file is placed only once it is whole).
+        saved = await trio.to_thread.run_sync(_verified_pieces, resume_dir)
+        assert sorted(saved) == ["f0.nc", "f1.nc"], saved
+        for name, (have, num, _) in saved.items():
+            assert num / 4 <= have < num, f"{name}: {have} of {num} pieces in the resume data: not a partial download"
         data = tmp_path / "c1" / "data" / "arome" / "20261201T00"
-        assert not data.exists() or list(data.iterdir()) == []
-        cluster.start_fetch("c1")  # no rate limit now
-        await cluster.wait(lambda: _all_there(data, ["f0.nc", "f1.nc"]), "the downloads finished")
-        assert "resumed f0.nc" in cluster.log("c1") and "resumed f1.nc" in cluster.log("c1")
+        assert not await _any_there(data)
+
+        await cluster.start_fetch("c1")  # no rate limit now
+        await cluster.wait(partial(_all_there, data, ["f0.nc", "f1.nc"]), "the downloads finished")
+        log = await cluster.read_log("c1")
+        assert "resumed f0.nc" in log and "resumed f1.nc" in log, log
 
         async def downloaded():
-            rows = cluster.status("c1")["files"]
+            rows = (await cluster.status("c1"))["files"]
             return rows if len(rows) == 2 and all(r["state"] == "seeding" for r in rows) else None
 
         for row in await cluster.wait(downloaded, "the status after the restart"):
-            # what the second process downloaded: not the whole file again
-            assert row["downloaded"] < 0.75 * row["size"], row
+            # The second process fetched the pieces missing from the resume
+            # data, not the whole file again: pieces the first one verified
+            # after its last save are fetched again (resume data is all a
+            # restart trusts), the others not. The margin of 4 pieces is for
+            # blocks requested again after a timeout on a loaded machine,
+            # which arrive twice and count twice.
+            name = Path(row["name"]).name
+            have, num, piece_length = saved[name]
+            missing = row["size"] - have * piece_length
+            assert 0 < row["downloaded"] <= missing + 4 * piece_length, (row, have, num, piece_length)
+            assert await sha256(data / name) == await sha256(tmp_path / "lustre" / "arome" / name)
     finally:
-        cluster.stop_all()
+        await cluster.stop_all()
+
+
+def _verified_pieces(resume_dir: Path) -> dict[str, tuple[int, int, int]]:
+    """File name -> (pieces verified, pieces, piece length), as the resume
+    data in ``resume_dir`` says: what a restarted engine starts from."""
+    saved = {}
+    for path in resume_dir.glob("*" + RESUME_SUFFIX):
+        try:
+            params = lt.read_resume_data(path.read_bytes())
+        except (OSError, RuntimeError):  # replaced (written atomically) while we looked
+            continue
+        if params.ti is not None:
+            have = sum(1 for piece in params.have_pieces if piece)
+            saved[params.ti.name()] = (have, params.ti.num_pieces(), params.ti.piece_length())
+    return saved
 
 
 async def test_aria2c_fetches_what_muppet_sync_seeds_with_the_torrent_from_the_index(tmp_path):
     aria2c = need("aria2c", "aria2")
     cluster = Cluster(tmp_path)
-    lustre = tmp_path / "lustre"
-    lustre.mkdir()
+    lustre = trio.Path(tmp_path / "lustre")
+    await lustre.mkdir()
     source = lustre / "arome_interop.nc"
-    source.write_bytes(os.urandom(2_000_000))
+    await source.write_bytes(os.urandom(2_000_000))
     try:
         tracker_port = free_port()
         tracker = f"http://127.0.0.1:{tracker_port}/announce"
         # opentracker serves whitelisted torrents only, so the info-hash must
         # be known before: our torrents are deterministic (no creation date)
-        expected = info_hash_hex(make_torrent(source, [tracker]))
+        expected = info_hash_hex(await trio.to_thread.run_sync(make_torrent, source, [tracker]))
         async with opentracker(tmp_path / "tracker", [expected], port=tracker_port) as url:
             assert url == tracker
             await cluster.start_daemon()
-            cluster.start_seed(trackers=[tracker])
+            await cluster.start_seed(trackers=[tracker])
             async with connect(cluster.api, token=SECRET) as client:
                 registered = await client.call("files.register", {"files": [{
                     "product": "arome", "reference_time": REF, "backend": "lustre-a", "format": "netcdf",
-                    "url": f"file://{source}", "size": source.stat().st_size, "hash": sha256(source),
+                    "url": f"file://{source}", "size": (await source.stat()).st_size, "hash": await sha256(source),
                 }]})
                 file_id = registered["files"][0]["id"]
 
@@ -347,19 +424,19 @@ async def test_aria2c_fetches_what_muppet_sync_seeds_with_the_torrent_from_the_i
 
                 assert await cluster.wait(published, "the torrent published") == expected
             torrent_file = tmp_path / "from-index.torrent"
-            shown = subprocess.run(
+            shown = (await trio.run_process(
                 [sys.executable, "-m", "sync.cli", "torrent", str(file_id), "--output", str(torrent_file),
-                 "--api", cluster.api], capture_output=True, text=True, check=True,
-            ).stdout
+                 "--api", cluster.api], capture_stdout=True, check=True,
+            )).stdout.decode()
             assert shown.strip() == expected
             async with running([aria2c, *ARIA2C_QUIET, "--seed-time=0", f"--listen-port={free_port()}",
                                 f"--dir={tmp_path / 'aria2'}", str(torrent_file)]) as process:
                 with trio.fail_after(SAFETY):
                     await process.wait()
             assert process.returncode == 0
-            assert sha256(tmp_path / "aria2" / source.name) == sha256(source)
+            assert await sha256(tmp_path / "aria2" / source.name) == await sha256(source)
     finally:
-        cluster.stop_all()
+        await cluster.stop_all()
 
 
 async def _complete_files(client):
@@ -370,11 +447,18 @@ async def _complete_files(client):
 
 
 async def _all_there(directory: Path, names: list[str]) -> bool:
-    return all((directory / name).exists() for name in names)
+    for name in names:
+        if not await trio.Path(directory / name).exists():
+            return False
+    return True
+
+
+async def _any_there(directory: Path) -> bool:
+    return await trio.Path(directory).exists() and bool(await trio.Path(directory).iterdir())
 
 
 async def _gone(path: Path) -> bool:
-    return not path.exists()
+    return not await trio.Path(path).exists()
 
 
 async def _copies(client, data_id: int, count: int):
@@ -390,42 +474,38 @@ async def test_seed_and_fetch_ride_out_a_daemon_restart(tmp_path):
     lustre.mkdir()
     try:
         await cluster.start_daemon()
-        cluster.start_seed()
-        cluster.start_fetch("c1")
+        await cluster.start_seed()
+        await cluster.start_fetch("c1")
         data = tmp_path / "c1" / "data" / "arome" / "20261201T00"
 
         async def register(name: str) -> None:
             path = lustre / name
-            path.write_bytes(os.urandom(300_000))
+            await trio.Path(path).write_bytes(os.urandom(300_000))
             async with connect(cluster.api, token=SECRET) as client:
                 await client.call("files.register", {"files": [{
                     "product": "arome", "reference_time": REF, "backend": "lustre-a", "format": "netcdf",
-                    "url": f"file://{path}", "size": 300_000, "hash": sha256(path),
+                    "url": f"file://{path}", "size": 300_000, "hash": await sha256(path),
                 }]})
 
         await register("before.nc")
-        await cluster.wait(lambda: _all_there(data, ["before.nc"]), "before.nc placed")
-        daemon = cluster.processes.pop("daemon")
-        daemon.terminate()
-        daemon.wait(30)
+        await cluster.wait(partial(_all_there, data, ["before.nc"]), "before.nc placed")
+        await cluster.stop("daemon")
 
         async def disconnected():
-            return cluster.status("c1")["index"].startswith("not connected")
+            return (await cluster.status("c1")).get("index", "").startswith("not connected")
 
         await cluster.wait(disconnected, "c1 noticing the outage", timeout=30)
         await cluster.start_daemon()
         await register("after.nc")
-        await cluster.wait(lambda: _all_there(data, ["after.nc"]), "after.nc placed after the restart", timeout=90)
-        assert sha256(data / "after.nc") == sha256(lustre / "after.nc")
-        assert "subscribing again from event" in cluster.log("c1")
+        await cluster.wait(partial(_all_there, data, ["after.nc"]), "after.nc placed after the restart", timeout=90)
+        assert await sha256(data / "after.nc") == await sha256(lustre / "after.nc")
+        assert "subscribing again from event" in await cluster.read_log("c1")
         # A consumer restarted after its placed file was lost fetches it again.
-        consumer = cluster.processes.pop("c1")
-        consumer.terminate()
-        consumer.wait(30)
-        (data / "before.nc").unlink()
-        cluster.start_fetch("c1")
-        await cluster.wait(lambda: _all_there(data, ["before.nc"]), "before.nc fetched again")
-        assert sha256(data / "before.nc") == sha256(lustre / "before.nc")
-        assert "before.nc: no longer held here" in cluster.log("c1")
+        await cluster.stop("c1")
+        await trio.Path(data / "before.nc").unlink()
+        await cluster.start_fetch("c1")
+        await cluster.wait(partial(_all_there, data, ["before.nc"]), "before.nc fetched again")
+        assert await sha256(data / "before.nc") == await sha256(lustre / "before.nc")
+        assert "before.nc: no longer held here" in await cluster.read_log("c1")
     finally:
-        cluster.stop_all()
+        await cluster.stop_all()
