@@ -49,7 +49,8 @@ sys.path[:0] = [str(ROOT)]
 import libtorrent as lt  # noqa: E402
 
 from muppet.api.client import connect  # noqa: E402
-from sync.engine import EngineSettings, open_engine  # noqa: E402
+from sync.engine import open_engine  # noqa: E402
+from sync.engine_settings import EngineSettings  # noqa: E402
 from sync.place import verify_and_place  # noqa: E402
 from sync.torrent import make_torrent  # noqa: E402
 

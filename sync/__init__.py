@@ -9,7 +9,11 @@
   on the producer's storage host and on a consumer.
 * :mod:`sync.follow` - the index connection: calls that wait out outages, the
   event stream followed from the last number handled, catch-up queries.
-* :mod:`sync.engine` - the libtorrent session as a Trio object.
+* :mod:`sync.engine` - the libtorrent session as a Trio object, around it
+  :mod:`sync.engine_settings` (what the session is set up with, and why),
+  :mod:`sync.alerts` (libtorrent's alerts into what the engine knows),
+  :mod:`sync.resume` (resume data on disk), :mod:`sync.torrent_status`
+  (one torrent as the engine reports it).
 * :mod:`sync.config`, :mod:`sync.torrent`, :mod:`sync.place`,
   :mod:`sync.state`, :mod:`sync.progress`, :mod:`sync.errors`.
 """

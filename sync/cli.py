@@ -82,7 +82,8 @@ def _setup_logging(level: str, bars: Any) -> None:
 
 
 async def _run(role: str, config: Any, token: str | None, bars: Any) -> None:
-    from .engine import EngineSettings, open_engine
+    from .engine import open_engine
+    from .engine_settings import EngineSettings
     from .fetch import Fetcher
     from .follow import advertised_peer, open_link
     from .seed import Seeder

@@ -69,6 +69,7 @@ __all__ = [
     "load_seed_config",
     "load_state_dir",
     "parse_fetch_config",
+    "parse_listen",
     "parse_seed_config",
 ]
 
@@ -212,6 +213,16 @@ def _listen(value: Any) -> Listen:
     if dash and (first_port == 0 or last_port < first_port):
         raise _Bad(f"a port range goes from a lower to a higher port, neither 0, got {_show(value)}")
     return Listen(host, first_port, last_port)
+
+
+def parse_listen(text: str) -> Listen:
+    """A ``listen`` value ("HOST:PORT" or "HOST:FIRST-LAST") as a Listen, for
+    settings made without a file (tests, benchmarks). Raises ValueError
+    saying what is wrong, as the file's check would."""
+    try:
+        return _listen(text)
+    except _Bad as e:
+        raise ValueError(f"listen: {e}") from None
 
 
 def _advertise(value: Any) -> str:

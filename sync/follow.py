@@ -27,6 +27,7 @@ import trio
 
 from muppet.api.client import ConnectionLost, DaemonUnreachable, connect
 from muppet.api.protocol import RpcError
+from muppet.unwrap_group import unwrap_group
 
 __all__ = ["MAX_BACKOFF", "IndexLink", "advertised_peer", "catch_up_files", "follow", "open_link", "parse_peer"]
 
@@ -103,16 +104,12 @@ async def open_link(url: str, token: str | None) -> AsyncIterator[IndexLink]:
     """``async with open_link(url, token) as link:`` - an :class:`IndexLink`
     whose connection is kept by a background task until the block ends."""
     link = IndexLink(url, token)
-    try:
+    # the body's own error comes out as itself (the keeper never raises)
+    with unwrap_group():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(link._keep)
             yield link
             nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # the body's own error comes out as itself (the keeper never raises)
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
 
 
 async def catch_up_files(client: Any, product: str, recent: int) -> list[dict[str, Any]]:

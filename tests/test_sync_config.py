@@ -17,7 +17,7 @@ from sync.config import (
     load_fetch_config,
     load_seed_config,
 )
-from sync.engine import EngineSettings
+from sync.engine_settings import EngineSettings
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -77,6 +77,13 @@ def test_defaults_relative_paths_and_port_range(tmp_path):
     assert config.peers == PeerPolicy()
     settings = EngineSettings.from_config(config)
     assert settings.listen == config.listen and settings.utp is False
+
+
+def test_engine_settings_take_a_listen_string_checked_as_in_a_file(tmp_path):
+    assert EngineSettings(tmp_path, listen="[::1]:7000-7001").listen == Listen("::1", 7000, 7001)
+    assert EngineSettings(tmp_path).listen == Listen("0.0.0.0", 6881, 6881)
+    with pytest.raises(ValueError, match="listen: ports must be 0-65535"):
+        EngineSettings(tmp_path, listen="0.0.0.0:99999")
 
 
 def test_ipv6_listen_and_rates(tmp_path):

@@ -21,7 +21,8 @@ import libtorrent as lt
 import pytest
 import trio
 
-from sync.engine import EngineSettings, build_ip_filter, open_engine
+from sync.engine import open_engine
+from sync.engine_settings import EngineSettings, build_ip_filter
 from sync.errors import DiskFull, EngineError, TorrentError
 from sync.place import sha256_file, verify_and_place
 from sync.torrent import info_hash_hex, make_torrent, torrent_info
@@ -126,6 +127,31 @@ async def test_restart_restores_seeds_and_remove_forgets(tmp_path):
         await engine.seed(original, torrent)
         assert await engine.remove(ih, delete_files=True) is True
     assert not original.exists()
+
+
+async def test_unusable_resume_data_is_logged_and_skipped(tmp_path, caplog):
+    original = tmp_path / "origin" / "f.nc"
+    make_file(original, 300_000)
+    torrent = make_torrent(original)
+    ih = info_hash_hex(torrent)
+    state = tmp_path / "state"
+    async with open_engine(settings(state)) as engine:
+        await engine.seed(original, torrent)
+    garbage = state / "resume" / f"{'0' * 40}.fastresume"
+    garbage.write_bytes(b"not bencoded")
+    without_torrent = state / "resume" / f"{'1' * 40}.fastresume"
+    without_torrent.write_bytes(lt.bencode({
+        b"file-format": b"libtorrent resume file", b"file-version": 1, b"info-hash": bytes.fromhex("1" * 40),
+        b"save_path": str(tmp_path).encode(),
+    }))
+    async with open_engine(settings(state)) as engine:
+        assert engine.has(ih)  # the good one is restored beside them
+        assert [s.info_hash for s in await engine.status()] == [ih]
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(str(garbage) in line and "unreadable resume data" in line for line in logged), logged
+    assert any(str(without_torrent) in line and "without the torrent" in line for line in logged), logged
+    # neither is written over nor deleted: an operator may want to look at them
+    assert garbage.read_bytes() == b"not bencoded"
 
 
 async def test_seed_refuses_missing_and_wrong_size_files(tmp_path):

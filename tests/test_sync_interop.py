@@ -24,7 +24,8 @@ import pytest
 import trio
 from services import service_missing
 
-from sync.engine import EngineSettings, open_engine
+from sync.engine import open_engine
+from sync.engine_settings import EngineSettings
 from sync.place import sha256_file
 from sync.torrent import info_hash_hex, make_torrent, torrent_info
 

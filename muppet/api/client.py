@@ -23,6 +23,7 @@ import attrs
 import trio
 import trio_websocket
 
+from ..unwrap_group import unwrap_group
 from . import protocol
 from .protocol import RpcError
 
@@ -251,17 +252,13 @@ async def connect(
         ) as ws:
             opened = True
             client = Client(ws, url)
-            try:
+            # The caller's own error comes out as itself, not wrapped in the
+            # group of our reader's nursery (the reader never raises).
+            with unwrap_group():
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(client._reader)
                     yield client
                     nursery.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                # The caller's own error comes out as itself, not wrapped in the
-                # group of our reader's nursery (the reader never raises).
-                if len(group.exceptions) == 1:
-                    raise group.exceptions[0] from None
-                raise
     except (trio_websocket.HandshakeError, OSError) as exc:
         if opened:
             raise
