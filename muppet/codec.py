@@ -37,13 +37,41 @@ def parse_time(text: str) -> datetime:
 
     Raises ValueError naming the text when it is not a time.
     """
-    try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except (ValueError, AttributeError):
-        raise ValueError(f"not an ISO 8601 time: {text!r}") from None
+    moment = _from_iso(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
+
+
+def parse_zoned_time(text: str, source: str) -> datetime:
+    """An ISO 8601 time that states its zone (``Z`` or an offset such as
+    ``+01:00``), as an aware UTC datetime.
+
+    For times another program or file hands over (muppet-sync reading the
+    index's file records), where a time without a zone is a mistake to
+    report, not UTC to assume: read as local time or as UTC, it would move a
+    file's expiry or reference time by hours without a word.
+
+    Raises ValueError starting with ``source`` (where the text came from: a
+    configuration key, an index field) when the text is not a time or has no
+    zone.
+    """
+    try:
+        moment = _from_iso(text)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
+    if moment.tzinfo is None:
+        raise ValueError(
+            f"{source}: {text!r} has no time zone; give it in UTC with a Z (2026-12-01T06:00:00Z) or with an offset"
+        )
+    return moment.astimezone(UTC)
+
+
+def _from_iso(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except (ValueError, AttributeError, TypeError):
+        raise ValueError(f"not an ISO 8601 time: {text!r}") from None
 
 
 def run_to_dict(run: Run) -> dict[str, Any]:

@@ -20,11 +20,12 @@ from typing import Any
 import trio
 
 from muppet.api.protocol import RpcError
+from muppet.codec import format_time
 
 from .engine import Engine
 from .follow import IndexLink, follow, parse_peer
 from .select import AddPeer, FileRef, Release, Selection, Take
-from .state import RELEASED_SHOWN_SECONDS, FileRow, SyncState, encode_state, save_state, write_status
+from .state import RELEASED_SHOWN_SECONDS, STATE_FILE, FileRow, SyncState, encode_state, save_state, write_status
 
 __all__ = ["Stop", "SyncRun"]
 
@@ -73,7 +74,7 @@ class SyncRun:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for data_id, record in list(self.state.held.items()):
-                file = FileRef.from_api(record["file"])
+                file = FileRef.from_api(record["file"], origin=str(self.config.state_dir / STATE_FILE))
                 if not await self.still_held(record):
                     # lost while we were down: forgotten, so the catch-up takes it again
                     log.warning("%s: no longer held here (its file or torrent is gone); taking it afresh",
@@ -166,7 +167,7 @@ class SyncRun:
         if work is not None:
             work[0].cancel()
             await work[1].wait()
-        log.info("%s (%s %s): releasing: %s", file.name, file.product, _iso(file.reference_time), action.reason)
+        log.info("%s (%s %s): releasing: %s", file.name, file.product, format_time(file.reference_time), action.reason)
         record = self.state.held.pop(file.data_id, None)
         self._dirty = True
         try:
@@ -207,7 +208,7 @@ class SyncRun:
         row = self.rows.get(file.data_id)
         if row is None:
             row = self.rows[file.data_id] = FileRow(
-                data_id=file.data_id, product=file.product, reference_time=_iso(file.reference_time),
+                data_id=file.data_id, product=file.product, reference_time=format_time(file.reference_time),
                 name=file.name, size=file.size,
             )
         if row.state != state:
@@ -278,6 +279,3 @@ def _row_order(row: FileRow) -> tuple:
 def _now() -> datetime:
     return datetime.now(UTC)
 
-
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

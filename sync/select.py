@@ -23,28 +23,16 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import attrs
 
+from muppet.codec import format_time, parse_zoned_time
+
 from .config import Select
 
-__all__ = ["AddPeer", "FileRef", "Release", "Selection", "Take", "parse_time"]
-
-
-def parse_time(text: str | None) -> datetime | None:
-    """An index timestamp ("2026-11-28T06:00:00Z") as an aware datetime."""
-    if text is None:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
-
-
-def format_time(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
+__all__ = ["AddPeer", "FileRef", "Release", "Selection", "Take"]
 
 
 @attrs.frozen
@@ -74,14 +62,29 @@ class FileRef:
     variables: tuple[str, ...] = ()
 
     @classmethod
-    def from_api(cls, data: Mapping[str, Any]) -> FileRef:
-        """From the API's file object (files.list, files.get, a file event).
-        Raises KeyError/ValueError/TypeError on a malformed one."""
+    def from_api(cls, data: Mapping[str, Any], origin: str = "the index") -> FileRef:
+        """From the API's file object (files.list, files.get, a file event),
+        or the copy of one kept in the state file; ``origin`` says which, for
+        error messages.
+
+        Raises KeyError/ValueError/TypeError on a malformed one; a time
+        without a zone is malformed (ValueError naming ``origin``, the file
+        and the field: "the index: file 7: expires: ... has no time zone").
+        """
+        file_id = int(data["id"])
+
+        def time(key: str) -> datetime | None:
+            text = data.get(key)
+            return None if text is None else parse_zoned_time(text, f"{origin}: file {file_id}: {key}")
+
+        reference_time = time("reference_time")
+        if reference_time is None:
+            raise KeyError("reference_time")
         return cls(
-            id=int(data["id"]),
+            id=file_id,
             data_id=int(data["data_id"]),
             product=str(data["product"]),
-            reference_time=parse_time(data["reference_time"]),
+            reference_time=reference_time,
             version=int(data["version"]),
             name=str(data["name"]),
             url=str(data["url"]),
@@ -90,13 +93,13 @@ class FileRef:
             size=int(data["size"]),
             hash_type=str(data.get("hash_type") or "sha256"),
             hash=str(data["hash"]),
-            expires=parse_time(data.get("expires")),
+            expires=time("expires"),
             deleted=bool(data.get("deleted", False)),
             partial=bool(data.get("partial", False)),
             info_hash=data.get("info_hash"),
             peer=data.get("peer"),
-            time_begin=parse_time(data.get("time_begin")),
-            time_end=parse_time(data.get("time_end")),
+            time_begin=time("time_begin"),
+            time_end=time("time_end"),
             variables=tuple(data.get("variables") or ()),
         )
 

@@ -10,7 +10,7 @@ import attrs
 import pytest
 
 from sync.config import Select
-from sync.select import AddPeer, FileRef, Release, Selection, Take, format_time, parse_time
+from sync.select import AddPeer, FileRef, Release, Selection, Take
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -166,10 +166,33 @@ def test_file_records_round_trip_the_api_shape():
     assert file.reference_time == ref(6) and file.version == 2 and file.variables == ("t2m",)
     back = file.to_api()
     assert FileRef.from_api(back) == file
-    assert back["reference_time"] == "2026-12-01T06:00:00.000Z"
+    # the index's own spelling (muppet.codec): whole seconds, UTC, a Z
+    assert back["reference_time"] == "2026-12-01T06:00:00Z"
+    assert back["expires"] == "2026-12-04T06:00:00Z"
     with pytest.raises(KeyError):
         FileRef.from_api({"id": 1})
-    assert parse_time(format_time(NOW)) == NOW
+    with pytest.raises(KeyError):
+        FileRef.from_api({**api, "reference_time": None})
+    # another zone is the same moment
+    assert FileRef.from_api({**api, "reference_time": "2026-12-01T07:00:00+01:00"}).reference_time == ref(6)
+
+
+@pytest.mark.parametrize("field", ["reference_time", "expires", "time_begin", "time_end"])
+def test_a_time_without_a_zone_is_refused_naming_the_field(field):
+    api = {
+        "id": 7, "data_id": 3, "product": "arome", "reference_time": "2026-12-01T06:00:00Z",
+        "version": 2, "name": "a/b.nc", "url": "file:///lustre/a/b.nc", "format": "netcdf",
+        "backend": "lustre-a", "size": 5, "hash": "00" * 32,
+        field: "2026-12-01T06:00:00",  # local time? UTC? the index never writes this
+    }
+    with pytest.raises(ValueError) as caught:
+        FileRef.from_api(api)
+    assert str(caught.value) == (
+        f"the index: file 7: {field}: '2026-12-01T06:00:00' has no time zone; "
+        "give it in UTC with a Z (2026-12-01T06:00:00Z) or with an offset"
+    )
+    with pytest.raises(ValueError, match=f"^state/state.json: file 7: {field}: not an ISO 8601 time: 'soon'$"):
+        FileRef.from_api({**api, field: "soon"}, origin="state/state.json")
 
 
 def fetch_config(tmp_path, layout="{product}/{reference_time:%Y/%m/%d}/{filename}"):
