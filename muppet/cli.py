@@ -100,7 +100,7 @@ def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]
     ]
 
     def line(cells: Sequence[str]) -> str:
-        parts = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)]
+        parts = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric, strict=True)]
         return "  ".join(parts).rstrip()
 
     return "\n".join([line(header), *(line(r) for r in body)])
@@ -164,7 +164,6 @@ def daemon(config_path: str | None) -> None:
     start on any problem (listing them all), then runs cron, the scheduler,
     the executors, the database and the API in one process.
     """
-    from .config import ConfigError
     import logging
 
     import trio
@@ -373,9 +372,11 @@ FILE_COLUMNS = (
 )
 
 
-async def _all_pages(client: api_client.Client, method: str, params: dict[str, Any], limit: int | None = None) -> list:
+async def _all_pages(
+    client: api_client.Client, method: str, params: dict[str, Any], limit: int | None = None
+) -> list[Any]:
     """Every item of a paginated listing (at most ``limit``)."""
-    items: list = []
+    items: list[Any] = []
     cursor = None
     while True:
         page = await client.call(method, {**params, "cursor": cursor, "limit": 1000})
@@ -427,7 +428,7 @@ def files(product: str, reference_time: str | None, version: int | None, backend
     """List the files of an instance of PRODUCT: the newest, or the one at
     --reference-time (and --version)."""
 
-    async def work(client: api_client.Client) -> list:
+    async def work(client: api_client.Client) -> list[Any]:
         if reference_time is None:
             latest = await client.call("instances.latest", {"product": product})
             if latest is None:
@@ -562,7 +563,8 @@ def register(paths: tuple[str, ...], product: str, backend: str, reference_time:
         root = _local_root(backends[backend]["url"])
         scanned = []
         for path in paths:
-            absolute = os.path.abspath(path)
+            # abspath only joins strings with the working directory: no I/O
+            absolute = os.path.abspath(path)  # noqa: ASYNC240
             if root is None:
                 _fail(f"{path}: backend {backend!r} is {backends[backend]['url']}, not a file:// directory "
                       "this command can register local files on")

@@ -16,6 +16,16 @@ from datetime import datetime
 import attrs
 
 # --- configuration ----------------------------------------------------------
+# Mapping fields are copied into a dict of their own (a caller's dict, changed
+# later, must not change a frozen object); one typed converter per value type.
+
+
+def _strings(mapping: Mapping[str, str]) -> dict[str, str]:
+    return dict(mapping)
+
+
+def _objects(mapping: Mapping[str, object]) -> dict[str, object]:
+    return dict(mapping)
 
 
 @attrs.frozen
@@ -65,7 +75,7 @@ class Step:
     concurrency: int | None = None
     #: steps of the same pipeline never running at the same time as this one
     conflicts: tuple[str, ...] = ()
-    env: Mapping[str, str] = attrs.field(factory=dict, converter=lambda m: dict(m))
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=_strings)
     executor: str = "local"
     #: paths relative to the job's scratch directory, formatted with
     #: ``reference_time`` (datetime, UTC) and ``index`` (int); the same path
@@ -73,7 +83,7 @@ class Step:
     outputs: tuple[str, ...] = ()
     retry: RetryPolicy = RetryPolicy()
     #: executor-specific resources (queue, memory, ...); local ignores them
-    resources: Mapping[str, object] = attrs.field(factory=dict, converter=lambda m: dict(m))
+    resources: Mapping[str, object] = attrs.field(factory=dict, converter=_objects)
     #: the product its outputs are registered as; "" takes the pipeline's one
     #: ``produces`` product (none: outputs are moved but not indexed)
     product: str = ""
@@ -120,7 +130,7 @@ class ExecutorConfig:
     type: str
     max_jobs: int = 8
     #: type-specific settings (queue, partition, submit options, ...)
-    options: Mapping[str, object] = attrs.field(factory=dict, converter=lambda m: dict(m))
+    options: Mapping[str, object] = attrs.field(factory=dict, converter=_objects)
 
     def __hash__(self) -> int:
         return hash(self.name)
@@ -144,6 +154,10 @@ class Token:
     sha256: str
 
 
+def _copy_tokens(mapping: Mapping[str, Token]) -> dict[str, Token]:
+    return dict(mapping)
+
+
 #: what each role may call, cumulative: a write token also reads
 ROLES = ("read", "write", "admin")
 
@@ -154,7 +168,7 @@ class ApiConfig:
     #: the tokens file, or "" for an open API (then only on loopback)
     tokens_file: str = ""
     #: secret digest -> Token, read from ``tokens_file``
-    tokens: Mapping[str, Token] = attrs.field(factory=dict, converter=lambda m: dict(m))
+    tokens: Mapping[str, Token] = attrs.field(factory=dict, converter=_copy_tokens)
     #: reads need no token even when a tokens file is set
     open_reads: bool = False
     tls_cert: str = ""
@@ -200,7 +214,7 @@ class Product:
     lifetime_hours: float | None = None
     #: grid and time-step metadata, free-form (projection, resolution,
     #: bounding_box, time_steps, time_step_hours, ...)
-    metadata: Mapping[str, object] = attrs.field(factory=dict, converter=lambda m: dict(m))
+    metadata: Mapping[str, object] = attrs.field(factory=dict, converter=_objects)
 
     def __hash__(self) -> int:
         return hash(self.slug)
@@ -241,6 +255,18 @@ class IndexConfig:
     delete_expired_files: bool = False
 
 
+def _copy_products(mapping: Mapping[str, Product]) -> dict[str, Product]:
+    return dict(mapping)
+
+
+def _copy_formats(mapping: Mapping[str, DataFormat]) -> dict[str, DataFormat]:
+    return dict(mapping)
+
+
+def _copy_backends(mapping: Mapping[str, ServiceBackend]) -> dict[str, ServiceBackend]:
+    return dict(mapping)
+
+
 @attrs.frozen
 class Config:
     """Everything the daemon reads at start, validated."""
@@ -250,9 +276,9 @@ class Config:
     executors: Mapping[str, ExecutorConfig]
     pipelines: Mapping[str, Pipeline]
     stakeholders: Mapping[str, Stakeholder]
-    products: Mapping[str, Product] = attrs.field(factory=dict, converter=lambda m: dict(m))
-    formats: Mapping[str, DataFormat] = attrs.field(factory=dict, converter=lambda m: dict(m))
-    backends: Mapping[str, ServiceBackend] = attrs.field(factory=dict, converter=lambda m: dict(m))
+    products: Mapping[str, Product] = attrs.field(factory=dict, converter=_copy_products)
+    formats: Mapping[str, DataFormat] = attrs.field(factory=dict, converter=_copy_formats)
+    backends: Mapping[str, ServiceBackend] = attrs.field(factory=dict, converter=_copy_backends)
     index: IndexConfig = IndexConfig()
     #: the daemon's configuration file
     source: str = ""

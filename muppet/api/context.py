@@ -13,8 +13,8 @@ import trio
 import trio_websocket
 
 from .. import messages, model
-from ..index.events import EventHub, QueryCache
 from ..db.store import Store
+from ..index.events import EventHub, QueryCache
 from .protocol import INTERNAL_ERROR, UNAUTHORIZED, UNAVAILABLE, MethodSpec, RpcError
 
 P = ParamSpec("P")
@@ -141,7 +141,13 @@ class Connection:
     replied: list[trio.Event] = attrs.field(factory=list)
 
     @classmethod
-    def authenticate(cls, ws, nursery, headers: list[tuple[bytes, bytes]], config: model.Config) -> Connection:
+    def authenticate(
+        cls,
+        ws: trio_websocket.WebSocketConnection,
+        nursery: trio.Nursery,
+        headers: list[tuple[bytes, bytes]],
+        config: model.Config,
+    ) -> Connection:
         """Read ``Authorization: Bearer SECRET`` from the handshake; the secret
         is looked up by its SHA-256, as the tokens file keeps it."""
         conn = cls(ws, nursery)

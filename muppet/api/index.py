@@ -11,7 +11,8 @@ the write's events, so that the writer's next read sees its own write.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 import trio
@@ -21,19 +22,25 @@ from .. import messages
 from ..index import params as index_params
 from ..index import queries
 from ..index.events import encode_event
+from ..messages import NOT_FOUND
 from .context import Connection, Context
-from .protocol import EVENT_KINDS, INVALID_PARAMS, NOT_FOUND, Raw, RpcError
+from .protocol import EVENT_KINDS, INVALID_PARAMS, Raw, RpcError
+
+#: how long a write's reply waits for the event hub to have its events
+READ_YOUR_WRITES_WAIT = 5.0
 
 
 def _invalid(error: index_params.ParamError) -> RpcError:
     return RpcError(INVALID_PARAMS, f"invalid params: {error}", {"param": error.field.split(".")[0].split("[")[0]})
 
 
-def _key(method: str, params: Mapping[str, Any]) -> tuple:
+def _key(method: str, params: Mapping[str, Any]) -> tuple[Any, ...]:
     return (method, *(tuple(v) if isinstance(v, list) else v for v in params.values()))
 
 
-async def _cached(ctx: Context, key: tuple, tags: tuple[str, ...], compute) -> Any:
+async def _cached(
+    ctx: Context, key: tuple[Any, ...], tags: tuple[str, ...], compute: Callable[[], Awaitable[Any]]
+) -> Any:
     """The cached JSON text for ``key``, or ``compute()`` encoded and kept
     under ``tags`` (unless an event touched them meanwhile)."""
     cache = ctx.cache
@@ -72,7 +79,7 @@ async def _products_list(ctx: Context, params: Mapping[str, Any], conn: Connecti
 
 
 async def _products_get(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
-    async def compute():
+    async def compute() -> Any:
         product = await ctx.query(queries.get_product, params["product"])
         if product is None:
             raise RpcError(NOT_FOUND, f"unknown product {params['product']!r}", {"product": params["product"]})
@@ -93,7 +100,10 @@ async def _write(ctx: Context, change: messages.IndexChange) -> messages.IndexWr
     """Commit ``change`` and wait until the event hub has its events, so that
     the writer's next query sees what it wrote."""
     written = await ctx.write(change)
-    await ctx.hub.wait_for(written.event_id)
+    # the hub reads after every commit; should it lag (a slow read), the
+    # writer gets its answer anyway, only without the guarantee
+    with trio.move_on_after(READ_YOUR_WRITES_WAIT):
+        await ctx.hub.wait_for(written.event_id)
     return written
 
 
@@ -137,7 +147,7 @@ async def _backends_define(ctx: Context, params: Mapping[str, Any], conn: Connec
 async def _instances_latest(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
     product = params["product"]
 
-    async def compute():
+    async def compute() -> Any:
         found = await ctx.query(
             queries.latest_instance, product, complete=params["complete"],
             backend=params["backend"], format=params["format"],
@@ -149,9 +159,19 @@ async def _instances_latest(ctx: Context, params: Mapping[str, Any], conn: Conne
     return await _cached(ctx, _key("instances.latest", params), (f"product:{product}",), compute)
 
 
-def _time_param(name: str, value: Any):
+def _time_param(name: str, value: Any) -> datetime | None:
+    """An optional time parameter (None when not given)."""
     try:
         return index_params.optional_time(name, value)
+    except index_params.ParamError as exc:
+        raise RpcError(INVALID_PARAMS, f"invalid params: {exc}", {"param": name}) from None
+
+
+def _required_time(name: str, value: Any) -> datetime:
+    """A time parameter that must be given (a missing one is refused
+    before the handler runs, or by the handler's own check)."""
+    try:
+        return index_params.time(name, value)
     except index_params.ParamError as exc:
         raise RpcError(INVALID_PARAMS, f"invalid params: {exc}", {"param": name}) from None
 
@@ -186,7 +206,7 @@ async def _instances_get(ctx: Context, params: Mapping[str, Any], conn: Connecti
 async def _instances_completeness(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
     instance_id = params["instance_id"]
 
-    async def compute():
+    async def compute() -> Any:
         instance = await _instance_or_404(ctx, instance_id)
         pairs = await ctx.query(queries.completeness, instance_id)
         return {**instance, "complete": any(p["complete"] for p in pairs), "pairs": pairs}
@@ -203,7 +223,7 @@ async def _files_list(ctx: Context, params: Mapping[str, Any], conn: Connection)
         if params["product"] is None or params["reference_time"] is None:
             raise RpcError(INVALID_PARAMS, "invalid params: give instance_id, or product and reference_time",
                            {"param": "instance_id"})
-        reference_time = _time_param("reference_time", params["reference_time"])
+        reference_time = _required_time("reference_time", params["reference_time"])
         found = await ctx.query(queries.find_instance, params["product"], reference_time, params["version"])
         if found is None:
             await _product_or_404(ctx, params["product"])
@@ -212,7 +232,7 @@ async def _files_list(ctx: Context, params: Mapping[str, Any], conn: Connection)
                            {"product": params["product"]})
         instance_id = found["id"]
 
-    async def compute():
+    async def compute() -> Any:
         try:
             page = await ctx.query(
                 queries.list_files, instance_id, backend=params["backend"], format=params["format"],
@@ -240,7 +260,7 @@ async def _files_copies(ctx: Context, params: Mapping[str, Any], conn: Connectio
 
 
 async def _files_expiring(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
-    before = _time_param("before", params["before"])
+    before = _required_time("before", params["before"])
     try:
         return await ctx.query(queries.expiring, before, cursor=params["cursor"], limit=params["limit"])
     except queries.BadCursor as exc:

@@ -186,7 +186,8 @@ class MethodSpec:
                     f"invalid params: {self.name} takes at most {len(self.params)} "
                     f"positional params, got {len(params)}",
                 )
-            by_name = {p.name: v for p, v in zip(self.params, params)}
+            # fewer positional params than declared: the rest take defaults
+            by_name = {p.name: v for p, v in zip(self.params, params, strict=False)}
         else:
             by_name = params
         declared = {p.name for p in self.params}

@@ -27,10 +27,11 @@ from ..db import reads
 from ..db.store import Store, open_store
 from ..index import queries
 from ..index.events import EventHub
+from ..messages import CONFLICT, NOT_FOUND
 from . import index as index_methods
 from . import protocol
 from .context import Connection, Context, ReadPool
-from .protocol import CONFLICT, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, NOT_FOUND, RpcError
+from .protocol import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, RpcError
 
 log = logging.getLogger("muppet.api")
 
@@ -149,7 +150,8 @@ async def _jobs_logs(ctx: Context, params: Mapping[str, Any], conn: Connection) 
 def _command(action: str) -> Handler:
     async def handle(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
         job = await _load_job(ctx, params["job_id"])
-        run, jobs = None, ()
+        run: model.Run | None = None
+        jobs: tuple[model.Job, ...] = ()
         if action == "rerun":
             # The scheduler forgets a run once it has ended; a rerun brings it
             # back, so it gets the run and all of its jobs from the database.
@@ -157,7 +159,7 @@ def _command(action: str) -> Handler:
             if found is None:
                 raise RpcError(CONFLICT, f"job {job.id}: its run {job.run_id} is missing")
             run, jobs = found
-        return await ctx.ask(messages.Command(action, job.id, run=run, jobs=tuple(jobs)))
+        return await ctx.ask(messages.Command(action, job.id, run=run, jobs=jobs))
 
     handle.__name__ = f"_jobs_{action}"
     return handle

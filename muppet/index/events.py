@@ -52,8 +52,8 @@ class Subscription:
     id: int
     kinds: frozenset[str] | None
     products: frozenset[str] | None
-    send: trio.MemorySendChannel
-    receive: trio.MemoryReceiveChannel
+    send: trio.MemorySendChannel[list[tuple[int, str]]]
+    receive: trio.MemoryReceiveChannel[list[tuple[int, str]]]
     position: int = 0
     queued: int = 0
     overflowed: trio.Event = attrs.field(factory=trio.Event)
@@ -195,17 +195,16 @@ class EventHub:
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             subscription.overflowed.set()
 
-    async def wait_for(self, event_id: int, timeout: float = 5.0) -> None:
+    async def wait_for(self, event_id: int) -> None:
         """Return once the hub has applied event ``event_id`` (read-your-writes
-        for a write's reply), or after ``timeout`` seconds."""
-        with trio.move_on_after(timeout):
-            while self.position < event_id:
-                await self._advanced.wait()
+        for a write's reply). Callers bound the wait with a cancel scope."""
+        while self.position < event_id:
+            await self._advanced.wait()
 
     def subscribe(self, kinds: Iterable[str] | None, products: Iterable[str] | None) -> Subscription:
         # unbounded in messages, bounded in events by SUBSCRIBER_QUEUE through
         # ``queued``: a message holds one commit's events
-        send, receive = trio.open_memory_channel(math.inf)
+        send, receive = trio.open_memory_channel[list[tuple[int, str]]](math.inf)
         subscription = Subscription(
             id=self._next_id,
             kinds=frozenset(kinds) if kinds else None,

@@ -64,10 +64,10 @@ def string(field: str, value: Any) -> str:
 
 
 def slug(field: str, value: Any) -> str:
-    value = string(field, value)
-    if not _SLUG.match(value) or len(value) > 200:
-        raise ParamError(field, f"must be a slug (letters, digits, '_', '.', '-'), got {_show(value)}")
-    return value
+    text = string(field, value)
+    if not _SLUG.match(text) or len(text) > 200:
+        raise ParamError(field, f"must be a slug (letters, digits, '_', '.', '-'), got {_show(text)}")
+    return text
 
 
 def integer(minimum: int) -> Callable[[str, Any], int]:
@@ -114,18 +114,18 @@ _FILE_FIELDS = (
 
 
 def info_hash(field: str, value: Any) -> str:
-    value = string(field, value)
-    if len(value) != 40 or not _HEX.match(value):
+    text = string(field, value)
+    if len(text) != 40 or not _HEX.match(text):
         raise ParamError(field, "must be 40 hex digits (a v1 info-hash)")
-    return value.lower()
+    return text.lower()
 
 
 def peer(field: str, value: Any) -> str:
-    value = string(field, value)
-    host, _, port = value.rpartition(":")
+    text = string(field, value)
+    host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ParamError(field, f"must be HOST:PORT, got {_show(value)}")
-    return value
+        raise ParamError(field, f"must be HOST:PORT, got {_show(text)}")
+    return text
 
 
 def new_file(data: Any, where: str) -> NewFile:

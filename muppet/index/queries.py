@@ -13,7 +13,7 @@ sort key of the last item) and is passed back as ``cursor``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -120,7 +120,7 @@ def file_from_row(row: Sequence[Any]) -> dict[str, Any]:
 # --- cursors ---------------------------------------------------------------------
 
 
-def _page(items: list[Any], limit: int, key) -> dict[str, Any]:
+def _page(items: list[Any], limit: int, key: Callable[[Any], str]) -> dict[str, Any]:
     """The first ``limit`` items and the cursor of the next page: the query
     fetched one more than ``limit`` to know whether there is one."""
     if len(items) > limit:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -75,19 +75,28 @@ class _Writer:
         self.known_backends: dict[str, str] = {}  # slug -> base URL
         self.known_formats: set[str] = set()
 
-    def rows(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self.cursor.execute(self.sql(sql), tuple(params))
         return list(self.cursor.fetchall())
 
-    def one(self, sql: str, params: tuple | list = ()) -> tuple | None:
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         found = self.rows(sql, params)
         return found[0] if found else None
 
-    def insert(self, sql: str, params: tuple | list) -> int:
+    def existing(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
+        """The one row of a query whose row exists (checked before, or
+        written in this transaction)."""
+        row = self.one(sql, params)
+        if row is None:
+            raise LookupError(f"no row for {sql!r} {tuple(params)!r}")
+        return row
+
+    def insert(self, sql: str, params: Sequence[Any]) -> int:
         """Insert one row and return its id (RETURNING: SQLite 3.35+ and
         PostgreSQL both have it)."""
         self.cursor.execute(self.sql(sql + " RETURNING id"), tuple(params))
-        return self.cursor.fetchone()[0]
+        new_id: int = self.cursor.fetchone()[0]
+        return new_id
 
     def event(self, kind: str, subject_id: Any, data: dict[str, Any], product: str | None) -> None:
         self.events.append((self.now, kind, subject_id, _json(data), product))
@@ -97,7 +106,7 @@ class _Writer:
     def define(self, change: DefineIndex) -> dict[str, Any]:
         """Upsert; an event only for what actually changed, so that a daemon
         restarting with the same configuration adds nothing to the log."""
-        changed = {"products": [], "formats": [], "backends": []}
+        changed: dict[str, list[dict[str, Any]]] = {"products": [], "formats": [], "backends": []}
         for product in change.products:
             row = self.one(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE slug = ?", (product.slug,))
             if row is not None and product_from_row(row) == product:
@@ -228,11 +237,12 @@ class _Writer:
         """The instance the file goes to, made when needed: see NewFile."""
         reference_time = codec.format_time(new.reference_time)
         if new.data_id is not None:
-            row = self.one(
+            # _check made sure the Data record exists
+            known = self.existing(
                 "SELECT i.id, i.version FROM data d JOIN instances i ON i.id = d.instance_id WHERE d.id = ?",
                 (new.data_id,),
             )
-            return row[0], row[1]
+            return known[0], known[1]
         if new.version is not None:
             row = self.one(
                 "SELECT id FROM instances WHERE product = ? AND reference_time = ? AND version = ?",
@@ -265,7 +275,7 @@ class _Writer:
             "INSERT INTO instances (product, reference_time, version, created_at) VALUES (?, ?, ?, ?)",
             (product, reference_time, version, self.now),
         )
-        row = self.one(
+        row = self.existing(
             "SELECT id, product, reference_time, version, created_at, completed_at FROM instances WHERE id = ?",
             (instance_id,),
         )
@@ -278,7 +288,8 @@ class _Writer:
         name = self._name(new)
         row = self.one("SELECT id FROM data WHERE instance_id = ? AND name = ?", (instance_id, name))
         if row is not None:
-            return row[0]
+            data_id: int = row[0]
+            return data_id
         return self.insert(
             "INSERT INTO data (instance_id, name, time_begin, time_end, variables, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -305,7 +316,7 @@ class _Writer:
         self.cursor.execute(
             self.sql("UPDATE instances SET completed_at = ? WHERE id = ?"), (self.now, instance_id)
         )
-        row = self.one(
+        row = self.existing(
             "SELECT id, product, reference_time, version, created_at, completed_at FROM instances WHERE id = ?",
             (instance_id,),
         )
@@ -313,7 +324,7 @@ class _Writer:
         return True
 
     def _file(self, file_id: int) -> dict[str, Any]:
-        return file_from_row(self.one(f"SELECT {FILE_COLUMNS}{FILE_FROM} WHERE di.id = ?", (file_id,)))
+        return file_from_row(self.existing(f"SELECT {FILE_COLUMNS}{FILE_FROM} WHERE di.id = ?", (file_id,)))
 
     def delete(self, change: DeleteFiles) -> tuple[dict[str, Any], tuple[str, ...]]:
         if change.expired_at is not None:
@@ -341,7 +352,7 @@ class _Writer:
             item["reason"] = change.reason
             self.event("file", file_id, item, item["product"])
             deleted.append(file_id)
-            row = self.one(
+            row = self.existing(
                 "SELECT b.url FROM data_instances di JOIN backends b ON b.slug = di.backend WHERE di.id = ?",
                 (file_id,),
             )
