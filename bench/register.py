@@ -72,7 +72,7 @@ async def wait_until_answers(url: str, process: subprocess.Popen[bytes], log: Pa
     with trio.fail_after(60):
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"the daemon exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(f"the daemon exited with {process.returncode}: see {log}")
             try:
                 async with trio_websocket.open_websocket_url(url) as ws:
                     await ws.send_message('{"jsonrpc":"2.0","method":"daemon.status","id":1}')
