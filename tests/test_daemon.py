@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from waiting import wait_until  # tests/ is on sys.path
 
 from muppet import daemon
 from muppet.api.client import connect
@@ -197,13 +198,19 @@ class Daemon:
         raise AssertionError(f"run {run_id} did not end:\n" + self.log.read_text())
 
 
+# The jobs of "first" run until the test opens their gate, {gates}/0 for the
+# even indexes and {gates}/1 for the odd ones: the test decides which end while
+# no daemon runs and which still run when a daemon starts again.
 SLOW = STAKEHOLDER + """
 [pipeline]
 name = "slow"
 owner = "ops"
 [steps.first]
 jobs = 4
-command = "echo $MUPPET_JOB_ID >> {ledger}; sleep $((MUPPET_JOB_INDEX % 2 * 3 + 1)); exit $((MUPPET_JOB_INDEX == 3 ? 5 : 0))"
+command = '''
+echo $MUPPET_JOB_ID >> {ledger}
+while [ ! -e {gates}/$((MUPPET_JOB_INDEX % 2)) ]; do sleep 0.05; done
+exit $((MUPPET_JOB_INDEX == 3 ? 5 : 0))'''
 [steps.second]
 parents = ["first"]
 jobs = 4
@@ -213,23 +220,48 @@ outputs = ["o/f{{index}}"]
 """
 
 
+def end_record(tmp_path: Path, job_id: int) -> dict | None:
+    """The end record in a job's status file (docs/executor.md), once written."""
+    try:
+        lines = (tmp_path / "state" / "jobs" / str(job_id) / "status").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    ended = [record for record in map(json.loads, lines) if record["state"] == "ended"]
+    return ended[0] if ended else None
+
+
+def first_jobs(d: Daemon, run_id: int) -> dict[int, dict]:
+    """The jobs of step "first" of a run of SLOW, by index."""
+    return {j["index"]: j for j in d.jobs(run_id) if j["step"] == "first"}
+
+
 @pytest.mark.slow
 def test_kill_9_loses_nothing_and_starts_nothing_twice(tmp_path, database_url):
     """kill -9 the daemon while jobs run; some end while no daemon watches; a
-    new daemon records their real exit codes and finishes the run."""
-    ledger = tmp_path / "ledger"
+    new daemon records their real exit codes, re-attaches to the others and
+    finishes the run."""
+    ledger, gates = tmp_path / "ledger", tmp_path / "gates"
+    gates.mkdir()
     port = free_port()
-    config = write_config(tmp_path, database_url, {"slow": SLOW.format(ledger=ledger)}, port=port)
+    config = write_config(tmp_path, database_url, {"slow": SLOW.format(ledger=ledger, gates=gates)}, port=port)
     d = Daemon(config, port, tmp_path / "daemon.log")
     d.start()
     run_id = int(cli("trigger", "slow", api=d.api).strip())
-    deadline = time.monotonic() + 30
-    while sum(j["state"] == "running" for j in d.jobs(run_id)) < 4:
-        assert time.monotonic() < deadline, d.jobs(run_id)
-        time.sleep(0.1)
+    wait_until(lambda: sum(j["state"] == "running" for j in d.jobs(run_id)) == 4, 30, "4 jobs running",
+               detail=lambda: json.dumps(d.jobs(run_id)))
+    first = first_jobs(d, run_id)
     d.stop(signal.SIGKILL)
-    time.sleep(2.5)  # the 1 s jobs end while no daemon runs; the 4 s ones do not
+    # The even jobs end while no daemon runs; the odd ones still run when the
+    # new daemon starts.
+    (gates / "0").touch()
+    wait_until(lambda: end_record(tmp_path, first[0]["id"]) and end_record(tmp_path, first[2]["id"]), 30,
+               "jobs 0 and 2 of step first ending while no daemon runs")
     d.start()
+    wait_until(lambda: {i: j["state"] for i, j in first_jobs(d, run_id).items()} == {
+        0: "succeeded", 1: "running", 2: "succeeded", 3: "running"}, 30,
+        "the new daemon recording the two jobs that ended without it, the two others still running",
+        detail=lambda: json.dumps(d.jobs(run_id)) + "\n" + d.log.read_text())
+    (gates / "1").touch()
     run = d.wait(run_id)
     jobs = d.jobs(run_id)
     by_slot = {(j["step"], j["index"]): j for j in jobs}
@@ -247,18 +279,22 @@ def test_kill_9_loses_nothing_and_starts_nothing_twice(tmp_path, database_url):
 
 @pytest.mark.slow
 def test_sigterm_stops_cleanly_and_jobs_go_on(tmp_path, database_url):
-    ledger = tmp_path / "ledger"
+    ledger, gates = tmp_path / "ledger", tmp_path / "gates"
+    gates.mkdir()
     port = free_port()
-    config = write_config(tmp_path, database_url, {"slow": SLOW.format(ledger=ledger)}, port=port)
+    config = write_config(tmp_path, database_url, {"slow": SLOW.format(ledger=ledger, gates=gates)}, port=port)
     d = Daemon(config, port, tmp_path / "daemon.log")
     d.start()
     run_id = int(cli("trigger", "slow", "--reference-time", "2026-11-28T00:00:00Z", api=d.api).strip())
-    deadline = time.monotonic() + 30
-    while sum(j["state"] == "running" for j in d.jobs(run_id)) < 4:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(lambda: sum(j["state"] == "running" for j in d.jobs(run_id)) == 4, 30, "4 jobs running",
+               detail=lambda: json.dumps(d.jobs(run_id)))
+    first = first_jobs(d, run_id)
     assert d.stop(signal.SIGTERM) == 0
     assert "stopped" in d.log.read_text()
+    # the jobs were not stopped with the daemon: none has an end record
+    assert [end_record(tmp_path, first[i]["id"]) for i in range(4)] == [None] * 4
+    (gates / "0").touch()
+    (gates / "1").touch()
     d.start()
     assert d.wait(run_id)["state"] == "failed"  # index 3 exits 5, as designed
     assert len(ledger.read_text().split()) == 7
