@@ -279,8 +279,9 @@ async def _handle_message(
 
 
 async def _serve_connection(ctx: Context, request: trio_websocket.WebSocketRequest) -> None:
-    # trio-websocket: a handler that raises takes the whole serve_websocket down
-    # (shared NOTES), so this is the error boundary of one connection.
+    # trio-websocket 0.12: a handler that raises takes the whole
+    # serve_websocket down (and its clients see only a normal close), so this
+    # is the error boundary of one connection.
     try:
         ws = await request.accept()
         slot = trio.Semaphore(IN_FLIGHT_PER_CONNECTION)
