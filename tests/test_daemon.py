@@ -200,7 +200,8 @@ class Daemon:
 
 # The jobs of "first" run until the test opens their gate, {gates}/0 for the
 # even indexes and {gates}/1 for the odd ones: the test decides which end while
-# no daemon runs and which still run when a daemon starts again.
+# no daemon runs and which still run when a daemon starts again. (After 5
+# minutes they stop waiting, so that a failed test leaves no job behind.)
 SLOW = STAKEHOLDER + """
 [pipeline]
 name = "slow"
@@ -209,7 +210,7 @@ owner = "ops"
 jobs = 4
 command = '''
 echo $MUPPET_JOB_ID >> {ledger}
-while [ ! -e {gates}/$((MUPPET_JOB_INDEX % 2)) ]; do sleep 0.05; done
+until [ -e {gates}/$((MUPPET_JOB_INDEX % 2)) ] || [ $SECONDS -ge 300 ]; do sleep 0.05; done
 exit $((MUPPET_JOB_INDEX == 3 ? 5 : 0))'''
 [steps.second]
 parents = ["first"]
