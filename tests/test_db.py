@@ -533,6 +533,40 @@ async def test_task_survives_a_postgres_restart(postgres_server, postgres_url, c
     store.close()
 
 
+async def test_task_stops_on_an_error_that_is_a_bug_not_weather(tmp_path, caplog):
+    """Only busy, locked, full and I/O errors are retried; "no such table"
+    (here: a schema broken under the daemon) stops the task at once."""
+    caplog.set_level(logging.INFO, logger="muppet.db")
+    url = f"sqlite:///{tmp_path / 'broken.db'}"
+    store = open_store(url)
+    writes.write(store, [new_run(1, [1])])
+    raw(url, "DROP TABLE job_logs")
+    to_db, db_inbox = trio.open_memory_channel(10)
+    to_scheduler, _inbox = trio.open_memory_channel(10)
+    await to_db.send(Persist(changes=(JobLog(job_id=1, stdout="x", stderr=""),)))
+    with trio.fail_after(30), pytest.raises(sqlite3.OperationalError, match="no such table: job_logs"):
+        await db_task.run(store, db_inbox, to_scheduler, retry_initial=0.01)
+    assert _failures(caplog) == []
+    store.close()
+
+
+def test_sqlite_errors_are_told_apart(tmp_path):
+    store = open_store(f"sqlite:///{tmp_path / 'x.db'}")
+    try:
+        for code, transient in [
+            (sqlite3.SQLITE_BUSY, True), (sqlite3.SQLITE_LOCKED, True), (sqlite3.SQLITE_FULL, True),
+            (sqlite3.SQLITE_IOERR, True), (sqlite3.SQLITE_IOERR | (3 << 8), True),  # SQLITE_IOERR_WRITE
+            (sqlite3.SQLITE_ERROR, False), (sqlite3.SQLITE_CONSTRAINT, False), (sqlite3.SQLITE_CORRUPT, False),
+        ]:
+            error = sqlite3.OperationalError("x")
+            error.sqlite_errorcode = code
+            assert store.is_transient(error) is transient, code
+        assert not store.is_transient(sqlite3.IntegrityError("UNIQUE constraint failed"))
+        assert store.is_transient(OSError(28, "No space left on device"))
+    finally:
+        store.close()
+
+
 async def test_cancellation_waits_for_the_write_in_progress(tmp_path):
     path = tmp_path / "slow.db"
     store = open_store(f"sqlite:///{path}", busy_timeout=30)

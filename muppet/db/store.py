@@ -42,6 +42,12 @@ _PG_DEFAULTS = {
     "keepalives_count": 3,
 }
 
+#: SQLite's primary result codes of a transient failure (sqlite.org/rescode.html)
+_SQLITE_TRANSIENT = frozenset({
+    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_CANTOPEN,
+})
+
 #: pg_advisory_xact_lock key held while migrating: "MUPPET" in ASCII
 _MIGRATION_LOCK = 0x4D5550504554
 
@@ -86,11 +92,6 @@ class Store:
         self.url = url
         self._busy_timeout = busy_timeout
         self._conn: Any = None
-        self._transient: tuple[type[BaseException], ...] = (
-            (sqlite3.OperationalError,) if self.kind == "sqlite"
-            # ReadOnlySqlTransaction: a primary turned standby under us (failover)
-            else (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
-        )
         self._connect()
 
     # -- connection and transactions
@@ -168,12 +169,30 @@ class Store:
                 self._rollback()
                 raise
             return result
-        except self._transient as exc:
+        except Exception as exc:
+            if not self.is_transient(exc):
+                raise
             if self.kind == "postgresql":
                 # the next attempt starts on a new connection: the server may have
                 # restarted, or (read-only) a failover moved the primary elsewhere
                 self._drop()
             raise DatabaseUnavailable(f"{self.describe()}: {exc}") from exc
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the database's weather (worth a retry) rather
+        than a bug. SQLite: busy, locked, full, I/O errors and a file that
+        cannot be opened (by its result code; "no such column" or a syntax
+        error is a bug). PostgreSQL: a lost or refused connection and the
+        server's operational errors (shutting down, out of disk, ...), and a
+        primary that turned read-only under us (a failover)."""
+        if self.kind == "sqlite":
+            if isinstance(exc, OSError):
+                return True  # making the database's directory: ENOSPC, EIO, ...
+            code = getattr(exc, "sqlite_errorcode", None)
+            return isinstance(exc, sqlite3.OperationalError) and code is not None and (
+                (code & 0xFF) in _SQLITE_TRANSIENT
+            )
+        return isinstance(exc, (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction))
 
     def _begin_sql(self, write: bool) -> str:
         if self.kind == "sqlite":
