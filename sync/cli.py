@@ -8,11 +8,19 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import trio
+
+if TYPE_CHECKING:  # imported where used, so that `status` starts without libtorrent
+    from .config import FetchConfig, SeedConfig
+    from .progress import ProgressBars
+
+#: a click command function, which the option decorators hand back as it is
+_Command = TypeVar("_Command", bound=Callable[..., Any])
 
 TOKEN_ENV = "MUPPET_TOKEN"
 
@@ -48,7 +56,7 @@ def version() -> None:
     click.echo(f"muppet-sync {text}")
 
 
-def _config_option(role: str):
+def _config_option(role: str) -> Callable[[_Command], _Command]:
     return click.option(
         "--config", "config_path", required=True, metavar="FILE",
         type=click.Path(dir_okay=False),
@@ -59,29 +67,29 @@ def _config_option(role: str):
 _LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
 
 
-def _load(role: str, path: str) -> Any:
+def _load(role: str, path: str) -> SeedConfig | FetchConfig:
     from .config import ConfigError, load_fetch_config, load_seed_config
 
-    loader = load_seed_config if role == "seed" else load_fetch_config
     try:
-        return loader(path)
+        return load_seed_config(path) if role == "seed" else load_fetch_config(path)
     except ConfigError as e:
         raise click.ClickException(f"{path}: invalid configuration:\n" + str(e)) from None
     except OSError as e:
         raise click.ClickException(f"{path}: cannot read: {e.strerror}") from None
 
 
-def _setup_logging(level: str, bars: Any) -> None:
+def _setup_logging(level: str, bars: ProgressBars | None) -> None:
     from .progress import BarsLogHandler
 
-    handler = BarsLogHandler(bars) if bars is not None else logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = BarsLogHandler(bars) if bars is not None else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
 
 
-async def _run(role: str, config: Any, token: str | None, bars: Any) -> None:
+async def _run(config: SeedConfig | FetchConfig, token: str | None, bars: ProgressBars | None) -> None:
+    from .config import SeedConfig
     from .engine import open_engine
     from .engine_settings import EngineSettings
     from .fetch import Fetcher
@@ -91,28 +99,30 @@ async def _run(role: str, config: Any, token: str | None, bars: Any) -> None:
     from .state import load_state
 
     state = await trio.to_thread.run_sync(load_state, config.state_dir)
-    if role == "seed":
+    if isinstance(config, SeedConfig):
         selection = Selection(config.select)
-        kind = Seeder
     else:
         selection = Selection(config.select, own_backend=config.backend, need_torrent=True)
-        kind = Fetcher
     async with open_engine(EngineSettings.from_config(config)) as engine:
         async with open_link(config.api, token) as link:
             peer = await trio.to_thread.run_sync(
                 advertised_peer, config.advertise, config.listen.host, engine.listen_port, config.api
             )
-            run = kind(config, engine, link, selection, state, peer, token)
+            run: Seeder | Fetcher
+            if isinstance(config, SeedConfig):
+                run = Seeder(config, engine, link, selection, state, peer, token)
+            else:
+                run = Fetcher(config, engine, link, selection, state, peer, token)
             if bars is not None:
                 run.on_status.append(bars.update)
-            if role == "fetch":
+            if isinstance(run, Fetcher):
                 await run.check_backend()
             log.info("muppet-sync %s: index %s, peer %s, listening on port %d, products %s",
-                     role, config.api, peer, engine.listen_port, ", ".join(selection.products))
+                     run.role, config.api, peer, engine.listen_port, ", ".join(selection.products))
             await run.run()
 
 
-async def _until_signalled(role: str, config: Any, token: str | None, bars: Any) -> None:
+async def _until_signalled(config: SeedConfig | FetchConfig, token: str | None, bars: ProgressBars | None) -> None:
     """Run until done, or until SIGTERM/SIGINT cancel it (which saves resume
     data and state on the way out)."""
     async with trio.open_nursery() as nursery:
@@ -124,7 +134,7 @@ async def _until_signalled(role: str, config: Any, token: str | None, bars: Any)
                     return
 
         nursery.start_soon(watch)
-        await _run(role, config, token, bars)
+        await _run(config, token, bars)
         nursery.cancel_scope.cancel()
 
 
@@ -146,7 +156,7 @@ def _command(role: str, config_path: str, log_level: str, progress: bool | None)
     _setup_logging(log_level, bars)
     token = click.get_current_context().meta.get("token")
     try:
-        trio.run(_until_signalled, role, config, token, bars)
+        trio.run(_until_signalled, config, token, bars)
     except BaseException as e:
         error = _single(e)
         if isinstance(error, (SyncError, ValueError)):
@@ -160,7 +170,7 @@ def _command(role: str, config_path: str, log_level: str, progress: bool | None)
     log.info("stopped")
 
 
-def _token_option(func):
+def _token_option(func: _Command) -> _Command:
     def remember(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
         ctx.meta["token"] = value or None
 
@@ -170,7 +180,7 @@ def _token_option(func):
     )(func)
 
 
-def _log_option(func):
+def _log_option(func: _Command) -> _Command:
     return click.option("--log-level", default="info", show_default=True, type=_LOG_LEVELS,
                         help="How much to log (to stderr).")(func)
 
@@ -232,18 +242,23 @@ def status(config_path: str | None, state_dir: str | None, as_json: bool) -> Non
     from .config import ConfigError, load_state_dir
     from .state import read_status, render_status
 
-    if state_dir is None:
-        if config_path is None:
-            raise click.UsageError("give --config FILE or --state-dir DIR")
+    if state_dir is not None:
+        directory = Path(state_dir)
+    elif config_path is not None:
         try:
-            state_dir = load_state_dir(config_path)
+            directory = load_state_dir(config_path)
         except ConfigError as e:
             raise click.ClickException(str(e)) from None
-    current = read_status(Path(state_dir))
+    else:
+        raise click.UsageError("give --config FILE or --state-dir DIR")
+    try:
+        current = read_status(directory)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
     if as_json:
         click.echo(json.dumps(current, indent=1))
     else:
-        click.echo(render_status(current, Path(state_dir), time.time()))
+        click.echo(render_status(current, directory, time.time()))
 
 
 @main.command()

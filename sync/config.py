@@ -1,4 +1,4 @@
-"""The seed and fetch TOML files (issue 5's contract) -> frozen objects.
+"""The seed and fetch TOML files (docs/sync.md, "Keys of both files") -> frozen objects.
 
 ``seed.toml`` (producer's storage host)::
 
@@ -36,7 +36,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -77,6 +77,8 @@ DEFAULT_LISTEN = "0.0.0.0:6881"
 DEFAULT_LAYOUT = "{product}/{reference_time:%Y/%m/%d}/{filename}"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_Parsed = TypeVar("_Parsed")
 
 
 class ConfigError(tomlcheck.ConfigError, SyncError):
@@ -164,11 +166,11 @@ class FetchConfig:
 
 
 def _api(value: Any) -> str:
-    value = _string(value)
-    parts = urlsplit(value)
+    url = _string(value)
+    parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise _Bad(f"must be the index's WebSocket URL (ws://HOST:PORT or wss://...), got {_show(value)}")
-    return value
+        raise _Bad(f"must be the index's WebSocket URL (ws://HOST:PORT or wss://...), got {_show(url)}")
+    return url
 
 
 def _tracker(value: str) -> None:
@@ -226,16 +228,16 @@ def parse_listen(text: str) -> Listen:
 
 
 def _advertise(value: Any) -> str:
-    value = _string(value)
+    address = _string(value)
     rule = 'must be HOST or HOST:PORT, the address other peers reach this host at (such as "10.0.0.5:6881")'
-    host, sep, port = value.rpartition(":")
+    host, sep, port = address.rpartition(":")
     if not sep:
-        host, port = value, ""
+        host, port = address, ""
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not host or (port and not (port.isdigit() and 0 < int(port) <= 65535)):
-        raise _Bad(f"{rule}, got {_show(value)}")
-    return value
+        raise _Bad(f"{rule}, got {_show(address)}")
+    return address
 
 
 def _networks(value: Any) -> tuple[Network, ...]:
@@ -260,7 +262,7 @@ def _networks(value: Any) -> tuple[Network, ...]:
 
 _COMMON_KEYS = ("api", "state_dir", "listen", "advertise", "trackers", "utp", "select", "peers")
 _SEED_KEYS = _COMMON_KEYS
-_FETCH_KEYS = _COMMON_KEYS + ("data_dir", "layout", "backend", "on_complete")
+_FETCH_KEYS = (*_COMMON_KEYS, "data_dir", "layout", "backend", "on_complete")
 _SELECT_KEYS = ("products", "formats", "backend", "recent")
 _PEERS_KEYS = ("allow", "deny", "upload_rate", "download_rate")
 
@@ -337,16 +339,17 @@ def parse_seed_config(data: Mapping[str, Any], source: str, base_dir: Path | Non
     directory). Raises :class:`ConfigError` with every problem."""
     file = TomlFile(source)
     config = _parse_seed(data, file, base_dir or Path.cwd())
-    if file.problems:
+    if config is None or file.problems:
         raise ConfigError(file.problems)
     return config
 
 
-def _parse_seed(data: Mapping[str, Any], file: TomlFile, base_dir: Path) -> SeedConfig:
+def _parse_seed(data: Mapping[str, Any], file: TomlFile, base_dir: Path) -> SeedConfig | None:
+    """None when the file has problems (they are in ``file.problems``)."""
     file.unknown(data, "", _SEED_KEYS)
     common = _common(data, file, base_dir)
     if file.problems:
-        return None  # type: ignore[return-value]
+        return None
     return SeedConfig(source=file.display, **common)
 
 
@@ -354,20 +357,21 @@ def parse_fetch_config(data: Mapping[str, Any], source: str, base_dir: Path | No
     """A fetch configuration from parsed TOML (see :func:`parse_seed_config`)."""
     file = TomlFile(source)
     config = _parse_fetch(data, file, base_dir or Path.cwd())
-    if file.problems:
+    if config is None or file.problems:
         raise ConfigError(file.problems)
     return config
 
 
 def _layout(value: Any) -> str:
-    value = _string(value)
-    problems = check_layout(value)
+    layout = _string(value)
+    problems = check_layout(layout)
     if problems:
         raise _Bad("; ".join(problems))
-    return value
+    return layout
 
 
-def _parse_fetch(data: Mapping[str, Any], file: TomlFile, base_dir: Path) -> FetchConfig:
+def _parse_fetch(data: Mapping[str, Any], file: TomlFile, base_dir: Path) -> FetchConfig | None:
+    """None when the file has problems (they are in ``file.problems``)."""
     file.unknown(data, "", _FETCH_KEYS)
     common = _common(data, file, base_dir)
     get = file.get
@@ -376,7 +380,7 @@ def _parse_fetch(data: Mapping[str, Any], file: TomlFile, base_dir: Path) -> Fet
     backend = get(data, "", "backend", _string, required="this host's own service backend in the index")
     on_complete = get(data, "", "on_complete", _any_string, "")
     if file.problems:
-        return None  # type: ignore[return-value]
+        return None
     return FetchConfig(
         source=file.display,
         data_dir=data_dir,
@@ -387,12 +391,13 @@ def _parse_fetch(data: Mapping[str, Any], file: TomlFile, base_dir: Path) -> Fet
     )
 
 
-def _load(path: str | os.PathLike[str], parse: Callable[[Mapping[str, Any], TomlFile, Path], Any]) -> Any:
+def _load(
+    path: str | os.PathLike[str], parse: Callable[[Mapping[str, Any], TomlFile, Path], _Parsed | None]
+) -> _Parsed:
     data, file = _read(path)
-    config = None
-    if data is not None:
-        config = parse(data, file, Path(path).parent.absolute())
-    if file.problems:
+    # data None: not read or not TOML, and read_toml has said why in file.problems
+    config = None if data is None else parse(data, file, Path(path).parent.absolute())
+    if config is None or file.problems:
         raise ConfigError(file.problems)
     return config
 
@@ -411,7 +416,8 @@ def load_state_dir(path: str | os.PathLike[str]) -> Path:
     """Only the ``state_dir`` of a seed or fetch file, resolved as the
     commands resolve it (``muppet-sync status``). Raises :class:`ConfigError`."""
 
-    def parse(data: Mapping[str, Any], file: TomlFile, base_dir: Path) -> Path:
-        return file.get(data, "", "state_dir", _path(base_dir), required="where resume data is kept")
+    def parse(data: Mapping[str, Any], file: TomlFile, base_dir: Path) -> Path | None:
+        state_dir: Path | None = file.get(data, "", "state_dir", _path(base_dir), required="where resume data is kept")
+        return state_dir
 
     return _load(path, parse)

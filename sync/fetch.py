@@ -38,6 +38,7 @@ from urllib.parse import quote
 
 import trio
 
+from .config import FetchConfig
 from .errors import DiskFull, HashMismatch, LayoutError, PlaceError, SyncError, TorrentError
 from .follow import parse_peer
 from .place import render_layout, run_on_complete, verify_and_place
@@ -53,11 +54,12 @@ class BackendMissing(SyncError):
     """The consumer's own backend is not declared in the index."""
 
 
-class Fetcher(SyncRun):
+class Fetcher(SyncRun[FetchConfig]):
     role = "fetch"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: the base URL of this host's copies: the own backend's, from check_backend()
         self.own_url: str | None = None
 
     async def check_backend(self) -> None:
@@ -95,8 +97,10 @@ class Fetcher(SyncRun):
         if file.hash_type != "sha256":
             raise Stop(f"the index has a {file.hash_type} hash; muppet-sync checks SHA-256 only")
         copies = await self.link.call("files.copies", {"data_id": file.data_id})
-        torrent = await self._torrent(file, copies)
         info_hash = file.info_hash
+        if info_hash is None:  # the selection takes none without (need_torrent)
+            raise Stop(f"the index has no torrent for data {file.data_id} yet")
+        torrent = await self._torrent(file, copies)
         peers = [address for c in copies
                  if c.get("peer") and c["peer"] != self.peer and (address := parse_peer(c["peer"]))]
         save_dir = Path(self.config.state_dir) / "downloads" / info_hash
@@ -146,6 +150,8 @@ class Fetcher(SyncRun):
         raise Stop(f"the index holds no torrent for info-hash {file.info_hash} (data {file.data_id})")
 
     async def _register(self, file: FileRef, relative: PurePosixPath) -> int:
+        if self.own_url is None:
+            raise Stop(f"backend {self.config.backend!r} not checked in the index yet: no URL for the copy")
         url = self.own_url.rstrip("/") + "/" + quote(str(relative))
         copy = {
             "product": file.product,
@@ -168,7 +174,8 @@ class Fetcher(SyncRun):
         if file.variables:
             copy["variables"] = list(file.variables)
         registered = await self.link.call("files.register", {"files": [copy]})
-        return registered["files"][0]["id"]
+        own_id: int = registered["files"][0]["id"]
+        return own_id
 
     async def still_held(self, record: dict[str, Any]) -> bool:
         # The placed file is what matters; without it, fetch it again. (A

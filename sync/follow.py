@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-from muppet.api.client import ConnectionLost, DaemonUnreachable, connect
+from muppet.api.client import Client, ConnectionLost, DaemonUnreachable, connect
 from muppet.api.protocol import RpcError
 from muppet.unwrap_group import unwrap_group
 
@@ -51,7 +51,7 @@ class IndexLink:
     def __init__(self, url: str, token: str | None) -> None:
         self.url = url
         self.token = token
-        self._client = None
+        self._client: Client | None = None
         self._wanted = trio.Event()  # set: some call needs a connection
         # set while self._client is usable; replaced by a fresh one when it is lost
         self._connected = trio.Event()
@@ -63,6 +63,8 @@ class IndexLink:
             self._wanted.set()
             await self._connected.wait()
             client = self._client
+            if client is None:  # lost again before this task ran: wait for the next one
+                continue
             try:
                 return await client.call(method, params)
             except _UNREACHABLE as e:

@@ -1,7 +1,8 @@
 """Putting a downloaded file in its place under ``data_dir``.
 
-The consumer's promise (issue 5, point 7) is that ``data_dir`` only ever holds
-complete files equal to the originals: a path from the index that would escape
+The consumer's promise (docs/sync.md: "Nothing partial or unverified ever
+appears under data_dir") is that ``data_dir`` only ever holds complete files
+equal to the originals: a path from the index that would escape
 ``data_dir`` is refused, the SHA-256 is checked against the index, and the file
 appears at its final name by one ``rename`` of a fully written, fsynced
 temporary file beside it. A hash mismatch or a full disk leaves nothing behind.
@@ -77,7 +78,7 @@ def check_layout(template: str) -> list[str]:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as e:
-        return problems + [f"{template!r} is not a valid template: {e}"]
+        return [*problems, f"{template!r} is not a valid template: {e}"]
     known = ", ".join(LAYOUT_FIELDS)
     for _literal, field, spec, conversion in parsed:
         if field is None:

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import logging
 import shutil
-from typing import Any, TextIO
+from typing import TextIO
 
-from .state import human_bytes
+from .state import Status, StatusRow, human_bytes
 
 __all__ = ["BarsLogHandler", "ProgressBars", "bar_line"]
 
 ACTIVE = ("queued", "downloading")
 
 
-def bar_line(row: dict[str, Any], width: int) -> str:
+def bar_line(row: StatusRow, width: int) -> str:
     """``arome_00.nc [########------------]  40%  12.3 MB/s  3 peers``"""
     percent = row["progress"] * 100
     tail = f" {percent:3.0f}% {human_bytes(row['download_rate']):>9}/s {row['peers']:2d} peers"
@@ -41,7 +41,7 @@ class ProgressBars:
         self._lines: list[str] = []
         self._shown = 0
 
-    def update(self, status: dict[str, Any]) -> None:
+    def update(self, status: Status) -> None:
         width = shutil.get_terminal_size((100, 20)).columns - 1
         rows = [r for r in status["files"] if r["state"] in ACTIVE]
         self._lines = [bar_line(r, width) for r in rows]
@@ -61,7 +61,7 @@ class ProgressBars:
         self.stream.flush()
 
 
-class BarsLogHandler(logging.StreamHandler):
+class BarsLogHandler(logging.StreamHandler[TextIO]):
     """Writes log records above the bars."""
 
     def __init__(self, bars: ProgressBars) -> None:

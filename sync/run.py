@@ -14,18 +14,30 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import trio
 
 from muppet.api.protocol import RpcError
 from muppet.codec import format_time
 
+from .config import FetchConfig, SeedConfig
 from .engine import Engine
 from .follow import IndexLink, follow, parse_peer
-from .select import AddPeer, FileRef, Release, Selection, Take
-from .state import RELEASED_SHOWN_SECONDS, STATE_FILE, FileRow, SyncState, encode_state, save_state, write_status
+from .select import Action, AddPeer, FileRef, Release, Selection, Take
+from .state import (
+    RELEASED_SHOWN_SECONDS,
+    STATE_FILE,
+    FileRow,
+    Status,
+    StatusRow,
+    SyncState,
+    encode_state,
+    save_state,
+    write_status,
+)
 
 __all__ = ["Stop", "SyncRun"]
 
@@ -39,12 +51,16 @@ class Stop(Exception):
     """Give up a file for good (until a restart): the reason is its error."""
 
 
-class SyncRun:
+#: the command's configuration: a Seeder runs on a SeedConfig, a Fetcher on a FetchConfig
+ConfigT = TypeVar("ConfigT", SeedConfig, FetchConfig)
+
+
+class SyncRun(Generic[ConfigT]):
     role = "sync"
 
     def __init__(
         self,
-        config: Any,
+        config: ConfigT,
         engine: Engine,
         link: IndexLink,
         selection: Selection,
@@ -52,7 +68,7 @@ class SyncRun:
         peer: str,
         token: str | None,
     ) -> None:
-        self.config = config
+        self.config: ConfigT = config
         self.engine = engine
         self.link = link
         self.selection = selection
@@ -66,7 +82,8 @@ class SyncRun:
         self._cleaned = False
         self._saving = trio.Lock()
         self._nursery: trio.Nursery | None = None
-        self.on_status: list[Any] = []  # callbacks(status dict), e.g. progress bars
+        #: called with each status as it is written, e.g. progress bars
+        self.on_status: list[Callable[[Status], None]] = []
 
     # --- the run ------------------------------------------------------------
 
@@ -126,15 +143,22 @@ class SyncRun:
             self.state.position = event_id
             self._dirty = True
 
-    def apply(self, actions: list[Any]) -> None:
+    @property
+    def _running(self) -> trio.Nursery:
+        """The run's nursery: every file's work runs there."""
+        if self._nursery is None:
+            raise RuntimeError("SyncRun.run() has not started: no nursery for the work")
+        return self._nursery
+
+    def apply(self, actions: Sequence[Action]) -> None:
         for action in actions:
             if isinstance(action, Take):
                 self._start_take(action.file)
             elif isinstance(action, AddPeer):
                 if action.peer != self.peer and (address := parse_peer(action.peer)):
-                    self._nursery.start_soon(self.engine.add_peers, action.info_hash, [address])
+                    self._running.start_soon(self.engine.add_peers, action.info_hash, [address])
             elif isinstance(action, Release):
-                self._nursery.start_soon(self._release, action)
+                self._running.start_soon(self._release, action)
 
     def _start_take(self, file: FileRef) -> None:
         scope, done = trio.CancelScope(), trio.Event()
@@ -159,7 +183,7 @@ class SyncRun:
                 done.set()
                 self._work.pop(file.data_id, None)
 
-        self._nursery.start_soon(work)
+        self._running.start_soon(work)
 
     async def _release(self, action: Release) -> None:
         file = action.file
@@ -240,7 +264,7 @@ class SyncRun:
                 row.peers = torrent.peers
                 row.uploaded = torrent.total_upload
                 row.downloaded = torrent.total_download
-        status = {
+        status: Status = {
             "pid": os.getpid(),
             "role": self.role,
             "written": now,
@@ -261,7 +285,7 @@ class SyncRun:
             await trio.sleep(1.0)
 
 
-def _row_json(row: FileRow) -> dict[str, Any]:
+def _row_json(row: FileRow) -> StatusRow:
     return {
         "data_id": row.data_id, "product": row.product, "reference_time": row.reference_time,
         "name": row.name, "size": row.size, "state": row.state, "info_hash": row.info_hash,
@@ -272,7 +296,7 @@ def _row_json(row: FileRow) -> dict[str, Any]:
     }
 
 
-def _row_order(row: FileRow) -> tuple:
+def _row_order(row: FileRow) -> tuple[str, str, str, int]:
     return (row.product, row.reference_time, row.name, row.data_id)
 
 

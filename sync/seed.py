@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 import trio
 
+from .config import SeedConfig
 from .errors import SyncError
 from .run import Stop, SyncRun
 from .select import FileRef
@@ -40,7 +41,7 @@ def local_path(url: str) -> Path:
     return Path(unquote(parts.path))
 
 
-class Seeder(SyncRun):
+class Seeder(SyncRun[SeedConfig]):
     role = "seed"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -32,7 +32,7 @@ from muppet.codec import format_time, parse_zoned_time
 
 from .config import Select
 
-__all__ = ["AddPeer", "FileRef", "Release", "Selection", "Take"]
+__all__ = ["Action", "AddPeer", "FileRef", "Release", "Selection", "Take"]
 
 
 @attrs.frozen

@@ -24,7 +24,7 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import attrs
 
@@ -34,6 +34,8 @@ __all__ = [
     "STATE_FILE",
     "STATUS_FILE",
     "FileRow",
+    "Status",
+    "StatusRow",
     "SyncState",
     "encode_state",
     "load_state",
@@ -81,6 +83,38 @@ class FileRow:
     since: float = 0.0  # time.time() of the last state change
 
 
+class StatusRow(TypedDict):
+    """One file in ``status.json`` (a :class:`FileRow` as JSON)."""
+
+    data_id: int
+    product: str
+    reference_time: str
+    name: str
+    size: int
+    state: str
+    info_hash: str | None
+    progress: float
+    download_rate: int
+    upload_rate: int
+    peers: int
+    uploaded: int
+    downloaded: int
+    path: str | None
+    error: str | None
+
+
+class Status(TypedDict):
+    """``status.json``: the running command's view, rewritten every second."""
+
+    pid: int
+    role: str  # "seed" or "fetch"
+    written: float  # time.time()
+    index: str  # "connected" or "not connected (why)"
+    peer: str | None
+    position: int | None
+    files: list[StatusRow]
+
+
 def load_state(state_dir: Path) -> SyncState:
     """The state of the last run, or an empty one. A state file that cannot
     be read raises ValueError naming it (it is never overwritten blindly)."""
@@ -108,15 +142,24 @@ def save_state(state_dir: Path, data: bytes) -> None:
     write_atomically(Path(state_dir) / STATE_FILE, data)
 
 
-def write_status(state_dir: Path, status: dict[str, Any]) -> None:
+def write_status(state_dir: Path, status: Status) -> None:
     write_atomically(Path(state_dir) / STATUS_FILE, json.dumps(status).encode())
 
 
-def read_status(state_dir: Path) -> dict[str, Any] | None:
+def read_status(state_dir: Path) -> Status | None:
+    """What the running command last wrote; None when there is no status
+    file. Raises ValueError naming the file when it is not one."""
+    path = Path(state_dir) / STATUS_FILE
     try:
-        return json.loads((Path(state_dir) / STATUS_FILE).read_text())
+        status = json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except ValueError as e:
+        raise ValueError(f"{path}: not a muppet-sync status file ({e})") from None
+    if not isinstance(status, dict):
+        raise ValueError(f"{path}: not a muppet-sync status file")
+    # written by write_status from a Status, with write_atomically: whole
+    return cast(Status, status)
 
 
 def process_running(pid: int) -> bool:
@@ -137,7 +180,7 @@ def human_bytes(count: float) -> str:
     return f"{count:.1f} TB"
 
 
-def describe(row: dict[str, Any]) -> str:
+def describe(row: StatusRow) -> str:
     """The state column: "downloading 45% 12.3 MB/s", "seeding", "error: ..."."""
     state = row["state"]
     if state == "downloading":
@@ -149,7 +192,7 @@ def describe(row: dict[str, Any]) -> str:
     return state
 
 
-def render_status(status: dict[str, Any] | None, state_dir: Path, now: float) -> str:
+def render_status(status: Status | None, state_dir: Path, now: float) -> str:
     """``muppet-sync status``'s text."""
     if status is None:
         return f"no status in {state_dir}: muppet-sync seed or fetch has not run with this state_dir"
@@ -174,5 +217,6 @@ def render_status(status: dict[str, Any] | None, state_dir: Path, now: float) ->
         ))
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
     for r in table:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+        # the last column (the file) is not padded
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
     return "\n".join(lines)

@@ -1,8 +1,10 @@
 """Making and reading .torrent files (BitTorrent v1).
 
-v1 only, on purpose (shared NOTES, "Interoperability"): aria2 1.36 computes a
-wrong info-hash for hybrid v1+v2 torrents and neither aria2 nor Transmission
-3.00 parses v2-only ones; issue 5 point 4 wants Debian's clients to work.
+v1 only, on purpose: aria2 1.36 computes a wrong info-hash for hybrid v1+v2
+torrents and neither aria2 nor Transmission 3.00 parses v2-only ones (tried
+with Debian 12's packages), and any BitTorrent client must be able to fetch
+what ``muppet-sync seed`` serves (MUPPET design, "Sync"; docs/sync.md, "Any
+BitTorrent client").
 
 :func:`make_torrent` hashes the whole file and blocks: under Trio run it with
 ``trio.to_thread.run_sync`` (hashing runs at about 800-1000 MB/s, so a 200 MB
@@ -46,14 +48,14 @@ def make_torrent(path: str | os.PathLike[str], trackers: Iterable[str] = ()) -> 
     creator.set_creator(CREATOR)
     creator.set_creation_date(0)
     lt.set_piece_hashes(creator, str(path.parent))
-    # generate_buf() raises UnicodeDecodeError in the 2.1.1 bindings (NOTES).
+    # generate_buf() raises UnicodeDecodeError in the 2.1.1 bindings.
     return lt.bencode(creator.generate())
 
 
 def torrent_info(torrent_bytes: bytes) -> lt.torrent_info:
     """libtorrent's view of a torrent; :class:`TorrentError` when it is not one."""
     try:
-        return lt.torrent_info(lt.bdecode(bytes(torrent_bytes)))
+        return lt.torrent_info(bytes(torrent_bytes))
     except (RuntimeError, TypeError, ValueError) as e:
         raise TorrentError(f"not a valid torrent: {e}") from None
 

@@ -13,6 +13,7 @@ import attrs
 import pytest
 import trio
 from executor_harness import SAFETY, make_dirs, running_executor
+from waiting import wait_until_async
 
 from muppet.executor.backend import BACKEND_TYPES, backend_factory, make_backends
 from muppet.executor.jobdir import CLAIMED_EXIT, JobDir, Status, parse_status
@@ -51,9 +52,7 @@ def dirs(tmp_path):
 
 
 async def wait_until(predicate, what: str):
-    with trio.fail_after(SAFETY):
-        while not predicate():
-            await trio.sleep(0.05)
+    await wait_until_async(predicate, SAFETY, what, interval=0.05)
 
 
 # --- a job from start to end ------------------------------------------------------
@@ -89,7 +88,7 @@ async def test_success_sets_the_environment(dirs):
     }
     status = job_dir.read_status()
     assert status.has_ended and status.exit_code == 0 and str(status.pid) == started.batch_id
-    assert not os.path.exists(job_dir.scratch), "scratch stays after a success"
+    assert not await trio.Path(job_dir.scratch).exists(), "scratch stays after a success"
 
 
 async def test_failure_reports_exit_code_and_tails(dirs):
@@ -99,7 +98,7 @@ async def test_failure_reports_exit_code_and_tails(dirs):
         _, finished = await ex.run_job(spec)
     assert (finished.state, finished.exit_code, finished.reason) == ("failed", 3, "exit code 3")
     assert finished.stdout_tail == "to-out\n" and finished.stderr_tail == "to-err\n"
-    assert os.path.isdir(JobDir(str(state), 12).scratch), "a failed job's scratch stays for a look"
+    assert await trio.Path(JobDir(str(state), 12).scratch).is_dir(), "a failed job's scratch stays for a look"
 
 
 async def test_tails_keep_the_last_64_kib(dirs):
@@ -152,7 +151,7 @@ async def test_outputs_are_moved_after_success(dirs):
     assert finished.state == "succeeded", finished
     assert (out / "d" / "a-2.txt").read_text() == "one\n"
     assert (out / "20261128T06" / "b.txt").read_text() == "two\n"
-    assert not os.path.exists(JobDir(str(state), 20).scratch)
+    assert not await trio.Path(JobDir(str(state), 20).scratch).exists()
 
 
 async def test_missing_output_fails_and_moves_nothing(dirs):
@@ -163,7 +162,7 @@ async def test_missing_output_fails_and_moves_nothing(dirs):
     assert finished.state == "failed" and finished.exit_code == 0
     assert finished.reason == "missing output: b.txt"
     assert list(out.iterdir()) == []
-    assert os.path.exists(os.path.join(JobDir(str(state), 21).scratch, "a.txt"))
+    assert await (trio.Path(JobDir(str(state), 21).scratch) / "a.txt").exists()
 
 
 async def test_failed_job_moves_nothing(dirs):
@@ -343,10 +342,11 @@ async def test_started_but_dead_without_end_record_is_lost(dirs, tmp_path):
     spec = make_spec(43, f"touch {marker}")
     job_dir = JobDir(str(state), 43)
     job_dir.prepare(spec)
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    with open(job_dir.status, "w") as file:
-        file.write(f'{{"state":"running","pid":{dead.pid},"host":"elsewhere","started":1795870000.5}}\n')
+    dead = await trio.lowlevel.open_process(["true"])
+    await dead.wait()
+    await trio.Path(job_dir.status).write_text(
+        f'{{"state":"running","pid":{dead.pid},"host":"elsewhere","started":1795870000.5}}\n'
+    )
     async with executor(state, out) as ex:
         started, finished = await ex.run_job(spec)
     assert started is not None and started.host == "elsewhere"
@@ -362,8 +362,7 @@ async def test_claimed_without_start_record_is_lost(dirs, tmp_path):
     spec = make_spec(44, f"touch {marker}")
     job_dir = JobDir(str(state), 44)
     job_dir.prepare(spec)
-    with open(job_dir.status, "w") as file:
-        file.write('{"state":"runn')  # the wrapper died mid-write
+    await trio.Path(job_dir.status).write_text('{"state":"runn')  # the wrapper died mid-write
     async with executor(state, out) as ex:
         _, finished = await ex.run_job(spec)
     assert finished.state == "failed" and finished.reason.startswith("lost: ")
@@ -381,12 +380,14 @@ async def test_spawned_wrapper_without_status_is_found(dirs, tmp_path):
     job_dir = JobDir(str(state), 45)
     job_dir.prepare(spec)
     # hold the wrapper before its first line, as if caught right after the spawn
-    script = Path(job_dir.wrapper).read_text()
-    Path(job_dir.wrapper).write_text(
+    wrapper = trio.Path(job_dir.wrapper)
+    script = await wrapper.read_text()
+    await wrapper.write_text(
         script.replace("#!/bin/bash\n", f"#!/bin/bash\nwhile [ ! -e {gate} ]; do read -t 0.05 <> <(:) || :; done\n", 1)
     )
-    orphan = subprocess.Popen(["/bin/bash", job_dir.wrapper], start_new_session=True,
-                              stdin=subprocess.DEVNULL)
+    orphan = await trio.lowlevel.open_process(
+        ["/bin/bash", job_dir.wrapper], start_new_session=True, stdin=subprocess.DEVNULL
+    )
     try:
         async with executor(state, out) as ex:
             await ex.send.send(spec)
@@ -398,7 +399,8 @@ async def test_spawned_wrapper_without_status_is_found(dirs, tmp_path):
         assert counter.read_text() == "once\n"
     finally:
         gate.touch()
-        orphan.wait(timeout=SAFETY)
+        with trio.fail_after(SAFETY):
+            await orphan.wait()
 
 
 def test_wrapper_claims_the_job_once(dirs, tmp_path):

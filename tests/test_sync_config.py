@@ -149,7 +149,7 @@ burst = 3
         "on_complete: must be a string, got 3",
     ]
     assert len(found) == len(expected), "\n".join(found)
-    for line, want in zip(found, expected):
+    for line, want in zip(found, expected, strict=True):
         assert line.startswith(f"{path}: {want}"), (line, want)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import libtorrent as lt
 import pytest
 import trio
+from waiting import wait_until_async
 
 from sync.engine import open_engine
 from sync.engine_settings import EngineSettings, build_ip_filter
@@ -96,9 +97,8 @@ async def test_one_seeder_two_fetchers(tmp_path):
         assert await seeder.status() == []
         async with open_engine(settings(tmp_path / "c-state")) as fetcher_c:
             with trio.fail_after(SAFETY):
-                path = await fetcher_c.fetch(
-                    torrent, tmp_path / "c", [("127.0.0.1", fetcher_a.listen_port), ("127.0.0.1", fetcher_b.listen_port)]
-                )
+                peers = [("127.0.0.1", fetcher_a.listen_port), ("127.0.0.1", fetcher_b.listen_port)]
+                path = await fetcher_c.fetch(torrent, tmp_path / "c", peers)
             assert sha256_file(path) == digest
 
 
@@ -162,7 +162,7 @@ async def test_seed_refuses_missing_and_wrong_size_files(tmp_path):
         with pytest.raises(TorrentError, match="no such file to seed"):
             await engine.seed(tmp_path / "missing.nc", torrent)
         original.write_bytes(b"short")
-        with pytest.raises(TorrentError, match="5 bytes, its torrent .* says 100000; not seeding it"):
+        with pytest.raises(TorrentError, match=r"5 bytes, its torrent .* says 100000; not seeding it"):
             await engine.seed(original, torrent)
         with pytest.raises(TorrentError, match="not a valid torrent"):
             await engine.seed(original, b"garbage")
@@ -216,9 +216,7 @@ async def test_corrupted_seed_copy_never_yields_a_wrong_file(tmp_path):
             async with open_engine(settings(tmp_path / "good-state")) as good:
                 await good.seed(original, torrent)
                 await good.add_peers(ih, [("127.0.0.1", fetcher.listen_port)])
-                with trio.fail_after(SAFETY):
-                    while not fetched:
-                        await trio.sleep(0.05)
+                await wait_until_async(lambda: fetched, SAFETY, "the fetch to complete")
         assert fetched == [incoming / "f.nc"]
         assert sha256_file(fetched[0]) == digest
 
@@ -245,9 +243,7 @@ async def test_peers_outside_allow_are_blocked(tmp_path):
         await seeder.seed(original, torrent)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fetcher.fetch, torrent, tmp_path / "in", [("127.0.0.1", seeder.listen_port)])
-            with trio.fail_after(SAFETY):
-                while seeder.peers_blocked == 0:
-                    await trio.sleep(0.05)
+            await wait_until_async(lambda: seeder.peers_blocked, SAFETY, "a blocked peer")
             (status,) = await fetcher.status()
             assert status.pieces == 0
             nursery.cancel_scope.cancel()
@@ -273,7 +269,7 @@ async def test_disk_full_stops_the_download_with_a_clear_error_and_a_retry_resum
         assert status.state == "error" and "No space left on device" in status.error
         assert 0 < status.pieces < status.num_pieces
         # space again: fetching once more continues the same download
-        subprocess.run(["mount", "-o", "remount,size=16m", str(small_tmpfs)], check=True)
+        await trio.run_process(["mount", "-o", "remount,size=16m", str(small_tmpfs)])
         with trio.fail_after(SAFETY):
             path = await fetcher.fetch(torrent, incoming, peers)
         assert path == incoming / "f.nc"
@@ -315,7 +311,7 @@ async def test_killed_fetcher_resumes_from_its_resume_data(tmp_path):
             str(state), str(seeder.listen_port),
         ]
         # 1: slowed to 1 MB/s, killed once a third of the file is in its resume data
-        first = await trio.lowlevel.open_process(argv + ["1000000"], stdout=subprocess.PIPE)
+        first = await trio.lowlevel.open_process([*argv, "1000000"], stdout=subprocess.PIPE)
         try:
             with trio.fail_after(SAFETY):
                 async for message in read_lines(first):
@@ -329,7 +325,7 @@ async def test_killed_fetcher_resumes_from_its_resume_data(tmp_path):
         had = resume_pieces(resume)
         assert 0 < had < info.num_pieces()
         # 2: unlimited, same state directory; the torrent is restored from it
-        second = await trio.lowlevel.open_process(argv + ["0"], stdout=subprocess.PIPE)
+        second = await trio.lowlevel.open_process([*argv, "0"], stdout=subprocess.PIPE)
         try:
             with trio.fail_after(SAFETY):
                 messages = [message async for message in read_lines(second)]
@@ -351,7 +347,7 @@ async def test_killed_fetcher_resumes_from_its_resume_data(tmp_path):
 
 
 async def child_main(torrent_file: str, save_dir: str, state_dir: str, seeder_port: str, rate: str) -> None:
-    torrent = Path(torrent_file).read_bytes()
+    torrent = await trio.Path(torrent_file).read_bytes()
     engine_settings = EngineSettings(
         state_dir=state_dir, listen="127.0.0.1:0", download_rate=int(rate), resume_interval=0.2
     )

@@ -62,7 +62,7 @@ def test_render_layout_refuses_absolute_results():
 def test_render_layout_names_the_file_when_a_field_is_missing():
     fields = dict(FIELDS)
     del fields["product"]
-    with pytest.raises(LayoutError, match="file 'arome_pp.nc': layout .* cannot be formatted"):
+    with pytest.raises(LayoutError, match=r"file 'arome_pp.nc': layout .* cannot be formatted"):
         render_layout(LAYOUT, fields)
 
 
@@ -92,7 +92,7 @@ def test_hash_mismatch_leaves_nothing(tmp_path):
     downloaded = tmp_path / "arome_pp.nc"
     make_file(downloaded, 100_000)
     data_dir = tmp_path / "data"
-    with pytest.raises(HashMismatch, match="SHA-256 of the downloaded file is .* the index says 00+; not placed"):
+    with pytest.raises(HashMismatch, match=r"SHA-256 of the downloaded file is .* the index says 00+; not placed"):
         verify_and_place(downloaded, data_dir, "p/arome_pp.nc", "0" * 64)
     assert listing(data_dir) == []
     assert downloaded.exists()

@@ -26,7 +26,7 @@ async def helper() -> AsyncIterator[None]:
             nursery.cancel_scope.cancel()
 
 
-async def test_the_body_error_comes_out_as_itself_with_its_links():
+async def test_the_body_error_comes_out_as_itself_with_its_links() -> None:
     with pytest.raises(Mine) as caught:
         async with helper():
             try:
@@ -40,7 +40,7 @@ async def test_the_body_error_comes_out_as_itself_with_its_links():
     assert "raise Mine" in text  # its own traceback, from where it was raised
 
 
-async def test_an_error_without_a_cause_gets_no_context_from_the_group():
+async def test_an_error_without_a_cause_gets_no_context_from_the_group() -> None:
     with pytest.raises(Mine) as caught:
         async with helper():
             raise Mine("plain")
@@ -48,7 +48,7 @@ async def test_an_error_without_a_cause_gets_no_context_from_the_group():
     assert caught.value.__context__ is None
 
 
-async def test_a_normal_exit_and_a_cancellation_pass_through():
+async def test_a_normal_exit_and_a_cancellation_pass_through() -> None:
     async with helper():
         pass
     with trio.move_on_after(0.01) as scope:
@@ -57,7 +57,7 @@ async def test_a_normal_exit_and_a_cancellation_pass_through():
     assert scope.cancelled_caught
 
 
-async def test_a_group_of_several_stays_a_group():
+async def test_a_group_of_several_stays_a_group() -> None:
     async def fail() -> None:
         raise KeyError("background")
 
@@ -69,7 +69,7 @@ async def test_a_group_of_several_stays_a_group():
     assert sorted(type(e).__name__ for e in caught.value.exceptions) == ["KeyError", "Mine"]
 
 
-def test_only_the_outer_group_is_unwrapped():
+def test_only_the_outer_group_is_unwrapped() -> None:
     inner = ExceptionGroup("inner", [Mine("a"), Mine("b")])
     with pytest.raises(ExceptionGroup) as caught:
         with unwrap_group():
@@ -77,7 +77,7 @@ def test_only_the_outer_group_is_unwrapped():
     assert caught.value is inner
 
 
-def test_plain_exceptions_are_left_alone():
+def test_plain_exceptions_are_left_alone() -> None:
     with pytest.raises(Mine):
         with unwrap_group():
             raise Mine("plain")

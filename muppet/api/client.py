@@ -42,6 +42,10 @@ class ConnectionLost(Exception):
     """The connection closed while a call was waiting for its reply."""
 
 
+#: the events of one ``events`` notification
+_EventBatch = list[dict[str, Any]]
+
+
 @attrs.define
 class _Waiter:
     done: trio.Event = attrs.field(factory=trio.Event)
@@ -60,8 +64,8 @@ class Client:
         self._lost: str | None = None
         # subscription id -> where its events go; events that arrive before
         # subscribe() has its id wait in _early
-        self._subscriptions: dict[int, trio.MemorySendChannel] = {}
-        self._early: dict[int, list[list[dict[str, Any]]]] = {}
+        self._subscriptions: dict[int, trio.MemorySendChannel[_EventBatch]] = {}
+        self._early: dict[int, list[_EventBatch]] = {}
 
     async def subscribe(
         self,
@@ -76,7 +80,7 @@ class Client:
         connection closes."""
         result = await self.call("events.subscribe", {"since": since, "kinds": kinds, "products": products})
         subscription = result["subscription"]
-        send, receive = trio.open_memory_channel(math.inf)
+        send, receive = trio.open_memory_channel[_EventBatch](math.inf)
         self._subscriptions[subscription] = send
         for batch in self._early.pop(subscription, []):
             send.send_nowait(batch)
@@ -84,7 +88,7 @@ class Client:
             send.close()
         return self._events(receive)
 
-    async def _events(self, receive: trio.MemoryReceiveChannel) -> AsyncIterator[dict[str, Any]]:
+    async def _events(self, receive: trio.MemoryReceiveChannel[_EventBatch]) -> AsyncIterator[dict[str, Any]]:
         async for batch in receive:
             for event in batch:
                 yield event
@@ -96,6 +100,9 @@ class Client:
             return
         params = data.get("params") or {}
         subscription, events = params.get("subscription"), params.get("events", [])
+        if not isinstance(subscription, int) or not isinstance(events, list):
+            log.warning("ignoring a malformed events notification from %s", self.url)
+            return
         send = self._subscriptions.get(subscription)
         if send is None:
             self._early.setdefault(subscription, []).append(events)

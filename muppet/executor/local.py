@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import subprocess
+from collections.abc import Mapping
 
 import trio
 
@@ -34,7 +35,16 @@ BASH = "/bin/bash"
 #: on, as in tests or an in-process restart): they must outlive the backend,
 #: and dropping the Popen would warn "still running". They are reaped here, by
 #: ``_sweep``, once they ended.
-_abandoned: set[subprocess.Popen] = set()
+_abandoned: set[subprocess.Popen[bytes]] = set()
+
+
+def _seconds(options: Mapping[str, object], key: str, default: float) -> float:
+    """``options[key]`` as float() reads it (a number or a numeric string), or
+    ``default``; TypeError or ValueError naming the key otherwise."""
+    value = options.get(key, default)
+    if not isinstance(value, (int, float, str)):
+        raise TypeError(f"{key}: must be a number of seconds, got {value!r}")
+    return float(value)
 
 
 def _sweep() -> None:
@@ -55,12 +65,12 @@ class LocalBackend:
         self.config = config
         self.state_dir = state_dir
         try:
-            self.kill_grace = float(config.options.get("kill_grace", 10.0))  # type: ignore[arg-type]
-            self.poll_interval = float(config.options.get("poll_interval", 0.25))  # type: ignore[arg-type]
+            self.kill_grace = _seconds(config.options, "kill_grace", 10.0)
+            self.poll_interval = _seconds(config.options, "poll_interval", 0.25)
         except (TypeError, ValueError) as error:
             raise ValueError(f"[executors.{config.name}] options: {error}") from None
         #: wrappers this backend spawned, by pid: our children, reaped by ``wait``
-        self._children: dict[str, subprocess.Popen] = {}
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
         #: wrapper path -> batch id of our children
         self._by_wrapper: dict[str, str] = {}
         #: wrapper path -> pid of every wrapper alive when first needed: the
@@ -77,7 +87,7 @@ class LocalBackend:
         return batch_id
 
     @staticmethod
-    def _prepare_and_spawn(job_dir: JobDir, spec: StartJob) -> subprocess.Popen:
+    def _prepare_and_spawn(job_dir: JobDir, spec: StartJob) -> subprocess.Popen[bytes]:
         job_dir.prepare(spec)  # raises AlreadyStarted when the status file exists
         try:
             return subprocess.Popen(
@@ -132,10 +142,13 @@ class LocalBackend:
         if not _signal_group(pgid, signal.SIGTERM):
             return
         with trio.move_on_after(self.kill_grace):
-            while await trio.to_thread.run_sync(group_members, pgid):
+            # Polled: nothing signals that a process group has emptied.
+            while await trio.to_thread.run_sync(group_members, pgid):  # noqa: ASYNC110
                 await trio.sleep(0.1)
             return
-        log.info("job %s: process group %d still there %.0f s after SIGTERM: SIGKILL", job_dir.job_id, pgid, self.kill_grace)
+        log.info(
+            "job %s: process group %d still there %.0f s after SIGTERM: SIGKILL", job_dir.job_id, pgid, self.kill_grace
+        )
         _signal_group(pgid, signal.SIGKILL)
 
     async def _orphan(self, wrapper: str) -> int | None:
@@ -224,7 +237,7 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-async def _wait_child(process: subprocess.Popen, poll_interval: float) -> None:
+async def _wait_child(process: subprocess.Popen[bytes], poll_interval: float) -> None:
     """Wait for our child and reap it, without a thread: a pidfd becomes
     readable when the process exits."""
     try:
@@ -251,8 +264,9 @@ async def _wait_foreign(pid: int, wrapper: str, poll_interval: float) -> None:
     except (AttributeError, OSError) as error:
         if getattr(error, "errno", None) == errno.ESRCH:
             return
-        # no pidfds (old kernel): poll
-        while _is_wrapper(pid, wrapper):
+        # no pidfds (old kernel): poll, since nothing else signals the end of
+        # a process that is not our child
+        while _is_wrapper(pid, wrapper):  # noqa: ASYNC110
             await trio.sleep(poll_interval)
         return
     try:
