@@ -30,6 +30,7 @@ import pytest
 import trio
 from executor_harness import SAFETY, make_dirs, running_executor
 from services import service_missing
+from waiting import wait_until, wait_until_async
 
 from muppet.executor.backend import make_backends
 from muppet.executor.jobdir import JobDir
@@ -124,17 +125,33 @@ def jobs_named(kind: str, name: str) -> int:
     while time.monotonic() < deadline:
         listed = subprocess.run(["qstat", "-xml"], capture_output=True, text=True, timeout=30).stdout
         accounted = subprocess.run(["qacct", "-j", name], capture_output=True, text=True, timeout=30).stdout
-        counts.append(listed.count(f"<JB_name>{name}</JB_name>") + len(re.findall(rf"^jobname\s+{name}\s*$", accounted, re.M)))
+        counts.append(
+            listed.count(f"<JB_name>{name}</JB_name>") + len(re.findall(rf"^jobname\s+{name}\s*$", accounted, re.M))
+        )
         if counts[-1] and counts[-3:] == [counts[-1]] * 3:
             break
         time.sleep(0.2)
     return counts[-1]
 
 
+async def submissions(kind: str, name: str) -> int:
+    """:func:`jobs_named`, from a Trio test (it blocks, so in a worker thread)."""
+    return await trio.to_thread.run_sync(jobs_named, kind, name)
+
+
+async def run(argv: list[str], check: bool = True) -> str:
+    """A batch system's command line tool, run to its end; its stdout."""
+    with trio.fail_after(30):  # a safety net against a hang
+        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=check)
+    return done.stdout.decode()
+
+
 async def wait_for_file(path: Path, what: str) -> None:
-    with trio.fail_after(SAFETY):
-        while not path.exists() or not path.read_text().strip():
-            await trio.sleep(0.1)
+    async def written() -> bool:
+        file = trio.Path(path)
+        return await file.exists() and bool((await file.read_text()).strip())
+
+    await wait_until_async(written, SAFETY, what)
 
 
 # --- success, failure, outputs --------------------------------------------------------
@@ -161,9 +178,9 @@ async def test_success_with_output_moved_into_place(kind, dirs):
     assert job_dir.read_batch_id() == started.batch_id
     assert finished.stdout_tail == f"ran in {job_dir.scratch}\n"
     assert finished.stderr_tail == "to stderr\n"
-    assert (out / "fc" / "20261128T06" / "member_1.txt").read_text() == "member 1 of 2\n"
-    assert not Path(job_dir.scratch).exists()
-    assert jobs_named(kind, f"muppet-{job_id}") == 1
+    assert await trio.Path(out / "fc" / "20261128T06" / "member_1.txt").read_text() == "member 1 of 2\n"
+    assert not await trio.Path(job_dir.scratch).exists()
+    assert await submissions(kind, f"muppet-{job_id}") == 1
 
 
 async def test_non_zero_exit_fails_with_code_and_tails(kind, dirs):
@@ -175,7 +192,7 @@ async def test_non_zero_exit_fails_with_code_and_tails(kind, dirs):
     assert started is not None
     assert (finished.state, finished.exit_code, finished.reason) == ("failed", 3, "exit code 3")
     assert finished.stderr_tail == "bad input\n"
-    assert not (out / "never.txt").exists()
+    assert not await trio.Path(out / "never.txt").exists()
 
 
 async def test_retry_runs_again_on_the_cluster(kind, dirs, tmp_path):
@@ -192,8 +209,8 @@ async def test_retry_runs_again_on_the_cluster(kind, dirs, tmp_path):
             make_spec(second, command, predecessor=first, failures=1, retry=RetryPolicy(tries=2))
         )
     assert finished.state == "succeeded" and finished.stdout_tail == "second\n"
-    assert marker.read_text() == "x\nx\n"
-    assert started.batch_id != JobDir(str(state), first).read_batch_id()
+    assert await trio.Path(marker).read_text() == "x\nx\n"
+    assert started.batch_id != await trio.to_thread.run_sync(JobDir(str(state), first).read_batch_id)
 
 
 async def test_unknown_queue_fails_at_once_with_the_message(kind, dirs):
@@ -230,7 +247,7 @@ async def test_kill_a_running_job(kind, dirs, tmp_path):
         _, finished = await ex.until_finished(job_id)
     assert (finished.state, finished.reason) == ("killed", "killed by operator"), finished
     assert started.batch_id.isdigit()
-    assert jobs_named(kind, f"muppet-{job_id}") == 1
+    assert await submissions(kind, f"muppet-{job_id}") == 1
 
 
 async def test_kill_a_queued_job(kind, dirs):
@@ -257,8 +274,7 @@ async def test_the_system_killing_a_job_fails_it_with_the_reason(kind, dirs):
     async with executor(kind, state, out) as ex:
         await ex.send.send(spec)
         started = await ex.until_started(job_id)
-        tool = ["qdel"] if kind == "gridengine" else ["scancel"]
-        subprocess.run(tool + [started.batch_id], check=True, capture_output=True, timeout=30)
+        await run(["qdel" if kind == "gridengine" else "scancel", started.batch_id])
         _, finished = await ex.until_finished(job_id)
     assert finished.state == "failed"
     words = "qdel" if kind == "gridengine" else "cancelled"
@@ -290,38 +306,48 @@ def _controller(kind: str, action: str) -> None:
     if action == "stop":
         pid = int(pid_file.read_text().strip())
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            stat = Path(f"/proc/{pid}/stat").read_text().split()
-            if stat[2] == "Z":
-                break
-            time.sleep(0.1)
+
+        def gone() -> bool:
+            try:
+                return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+            except FileNotFoundError:
+                return True
+
+        wait_until(gone, 30, f"the {kind} controller (pid {pid}) ending after SIGTERM")
     else:
         script = SERVICES / KINDS[kind]["start"]
         done = subprocess.run([str(script)], capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr[-2000:]
 
 
-async def test_controller_down_leaves_the_job_waiting_then_submits(kind, dirs):
+async def test_controller_down_leaves_the_job_waiting_then_submits(kind, dirs, caplog):
     if os.geteuid() != 0:
         service_missing("stopping and starting the batch system's controller needs root")
     state, out = dirs
     job_id = new_id()
     spec = make_spec(job_id, "echo made it")
-    _controller(kind, "stop")
+    await trio.to_thread.run_sync(_controller, kind, "stop")
     try:
         async with executor(kind, state, out, max_submit_backoff=2.0, submit_timeout=30.0) as ex:
             await ex.send.send(spec)
-            # several submit attempts fail while the controller is down
-            await trio.sleep(6)
-            assert not Path(JobDir(str(state), job_id).batch_id_file).exists()
+
+            def failed_submissions() -> int:
+                return sum(
+                    f"submitting muppet-{job_id} failed" in r.getMessage()
+                    for r in caplog.records if r.name.startswith("muppet.executor")
+                )
+
+            await wait_until_async(failed_submissions, SAFETY, "a submission failing while the controller is down")
+            # a failed submission is not the job's failure: no batch id, no report
+            assert not await trio.Path(JobDir(str(state), job_id).batch_id_file).exists()
             assert not any(m.job_id == job_id for m in ex.messages)
             await trio.to_thread.run_sync(_controller, kind, "start")
-            started, finished = await ex.until_finished(job_id)
+            _, finished = await ex.until_finished(job_id)
     finally:
-        _controller(kind, "start")
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_controller, kind, "start")
     assert finished.state == "succeeded" and finished.stdout_tail == "made it\n"
-    assert jobs_named(kind, f"muppet-{job_id}") == 1
+    assert await submissions(kind, f"muppet-{job_id}") == 1
 
 
 # --- restarts -------------------------------------------------------------------------------------
@@ -367,34 +393,35 @@ async def test_kill_9_of_the_daemon_then_reattach(kind, dirs, tmp_path, when):
     command = f"echo run >> {runs}; while [ ! -e {release} ]; do sleep 0.1; done; echo finished"
     # queued: submitted held, so that it is surely still queued at the kill
     hold = "" if when == "running" else ("-h" if kind == "gridengine" else "--hold")
-    child = subprocess.Popen(
+    # its stderr goes where pytest captures the test's
+    child = await trio.lowlevel.open_process(
         [sys.executable, "-c", CHILD, kind, str(state), str(out), str(job_id), command, hold],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL,
     )
     job_dir = JobDir(str(state), job_id)
     try:
         await wait_for_file(Path(job_dir.batch_id_file), "the batch id")
-        batch_id = job_dir.read_batch_id()
+        batch_id = await trio.to_thread.run_sync(job_dir.read_batch_id)
         if when == "running":
             await wait_for_file(runs, "the job to run")
     finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-    assert jobs_named(kind, f"muppet-{job_id}") == 1
+        child.kill()
+        with trio.CancelScope(shield=True), trio.fail_after(30):
+            await child.wait()
+    assert await submissions(kind, f"muppet-{job_id}") == 1
     if when == "queued":
-        assert not runs.exists()
-        tool = ["qrls", batch_id] if kind == "gridengine" else ["scontrol", "release", batch_id]
-        subprocess.run(tool, check=True, capture_output=True, timeout=30)
+        assert not await trio.Path(runs).exists()
+        await run(["qrls", batch_id] if kind == "gridengine" else ["scontrol", "release", batch_id])
     async with executor(kind, state, out) as ex:
         await ex.send.send(make_spec(job_id, command))
         started = await ex.until_started(job_id)
         assert started.batch_id == batch_id
-        release.write_text("go")
+        await trio.Path(release).write_text("go")
         _, finished = await ex.until_finished(job_id)
     assert finished.state == "succeeded", finished
     assert finished.stdout_tail == "finished\n"
-    assert runs.read_text() == "run\n"
-    assert jobs_named(kind, f"muppet-{job_id}") == 1
+    assert await trio.Path(runs).read_text() == "run\n"
+    assert await submissions(kind, f"muppet-{job_id}") == 1
 
 
 async def test_daemon_died_between_submit_and_recording_the_id(kind, dirs, tmp_path):
@@ -405,7 +432,7 @@ async def test_daemon_died_between_submit_and_recording_the_id(kind, dirs, tmp_p
     runs = tmp_path / "runs"
     spec = make_spec(job_id, f"echo run >> {runs}; echo done")
     job_dir = JobDir(str(state), job_id)
-    job_dir.prepare(spec)
+    await trio.to_thread.run_sync(job_dir.prepare, spec)
     # what the dead daemon did: submit, and die before write_batch_id
     backend = make_backends(executors(kind), str(state))["cluster"]
     from muppet.executor.batch import merge_resources
@@ -415,18 +442,18 @@ async def test_daemon_died_between_submit_and_recording_the_id(kind, dirs, tmp_p
         argv.insert(1, "-h")
     else:
         argv.insert(1, "--hold")
-    submitted = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
-    batch_id = submitted.stdout.strip().split(";")[0]
+    batch_id = (await run(argv)).strip().split(";")[0]
     tool = ["qrls", batch_id] if kind == "gridengine" else ["scontrol", "release", batch_id]
     async with executor(kind, state, out) as ex:
         await ex.send.send(spec)
         await wait_for_file(Path(job_dir.batch_id_file), "the adopted batch id")
-        subprocess.run(tool, check=True, capture_output=True, timeout=30)
+        await run(tool)
         started, finished = await ex.until_finished(job_id)
     assert finished.state == "succeeded", finished
-    assert started.batch_id == batch_id and job_dir.read_batch_id() == batch_id
-    assert runs.read_text() == "run\n"
-    assert jobs_named(kind, f"muppet-{job_id}") == 1
+    assert started.batch_id == batch_id
+    assert await trio.to_thread.run_sync(job_dir.read_batch_id) == batch_id
+    assert await trio.Path(runs).read_text() == "run\n"
+    assert await submissions(kind, f"muppet-{job_id}") == 1
 
 
 async def test_a_reused_batch_id_is_not_taken_for_ours(kind, dirs, tmp_path):
@@ -436,26 +463,26 @@ async def test_a_reused_batch_id_is_not_taken_for_ours(kind, dirs, tmp_path):
     job_id = new_id()
     spec = make_spec(job_id, "echo mine")
     job_dir = JobDir(str(state), job_id)
-    job_dir.prepare(spec)
+    await trio.to_thread.run_sync(job_dir.prepare, spec)
     # someone else's job under the id we recorded
     script = tmp_path / "other.sh"
-    script.write_text("#!/bin/bash\nsleep 300\n")
+    await trio.Path(script).write_text("#!/bin/bash\nsleep 300\n")
     if kind == "gridengine":
         argv = ["qsub", "-terse", "-N", "someone-else", "-o", "/dev/null", "-e", "/dev/null", str(script)]
     else:
         argv = ["sbatch", "--parsable", "-J", "someone-else", "-o", "/dev/null", str(script)]
-    other = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
-    other = other.split(";")[0]
-    job_dir.write_batch_id(other)
+    other = (await run(argv)).strip().split(";")[0]
+    await trio.to_thread.run_sync(job_dir.write_batch_id, other)
     try:
         async with executor(kind, state, out) as ex:
             started, finished = await ex.run_job(spec)
         assert finished.state == "succeeded" and finished.stdout_tail == "mine\n"
         assert started.batch_id != other
-        assert jobs_named(kind, "someone-else") >= 1  # left alone
-        assert jobs_named(kind, f"muppet-{job_id}") == 1
+        assert await submissions(kind, "someone-else") >= 1  # left alone
+        assert await submissions(kind, f"muppet-{job_id}") == 1
     finally:
-        subprocess.run(["qdel" if kind == "gridengine" else "scancel", other], capture_output=True, timeout=30)
+        with trio.CancelScope(shield=True):
+            await run(["qdel" if kind == "gridengine" else "scancel", other], check=False)
 
 
 # --- polling ------------------------------------------------------------------------------------
@@ -464,7 +491,7 @@ async def test_a_reused_batch_id_is_not_taken_for_ours(kind, dirs, tmp_path):
 async def test_one_listing_serves_many_jobs(kind, dirs):
     """20 jobs in flight cost about one queue listing per interval, not one
     per job per interval."""
-    state, out = dirs
+    state, _ = dirs
     backend = make_backends(executors(kind, poll_interval=0.5), str(state))["cluster"]
     ids = [new_id() for _ in range(20)]
 
@@ -491,6 +518,8 @@ async def test_one_listing_serves_many_jobs(kind, dirs):
 
 # --- the whole daemon -----------------------------------------------------------------------------
 
+# The jobs of step a run until the test creates {gate} (or 5 minutes pass, so
+# that a failed test leaves no job behind on the cluster).
 CLUSTER_PIPELINE = """
 [stakeholders.ops]
 name = "Operations"
@@ -500,7 +529,10 @@ owner = "ops"
 [steps.a]
 jobs = 2
 executor = "cluster"
-command = "echo $MUPPET_JOB_ID >> {ledger}; sleep 4; mkdir -p o; echo $MUPPET_JOB_INDEX > o/f$MUPPET_JOB_INDEX"
+command = '''
+echo $MUPPET_JOB_ID >> {ledger}
+until [ -e {gate} ] || [ $SECONDS -ge 300 ]; do sleep 0.1; done
+mkdir -p o; echo $MUPPET_JOB_INDEX > o/f$MUPPET_JOB_INDEX'''
 outputs = ["o/f{{index}}"]
 [steps.b]
 parents = ["a"]
@@ -515,9 +547,9 @@ def test_kill_9_of_the_whole_daemon_while_cluster_jobs_run(kind, tmp_path):
     twice."""
     from test_daemon import Daemon, cli, free_port
 
-    ledger = tmp_path / "ledger"
+    ledger, gate = tmp_path / "ledger", tmp_path / "gate"
     (tmp_path / "pipelines").mkdir()
-    (tmp_path / "pipelines" / "cluster.toml").write_text(CLUSTER_PIPELINE.format(ledger=ledger))
+    (tmp_path / "pipelines" / "cluster.toml").write_text(CLUSTER_PIPELINE.format(ledger=ledger, gate=gate))
     port = free_port()
     config = tmp_path / "muppet.toml"
     config.write_text(
@@ -533,13 +565,12 @@ def test_kill_9_of_the_whole_daemon_while_cluster_jobs_run(kind, tmp_path):
     d.start()
     try:
         run_id = int(cli("trigger", "cluster", api=d.api).strip())
-        deadline = time.monotonic() + SAFETY
-        while sum(j["state"] == "running" for j in d.jobs(run_id)) < 2:
-            assert time.monotonic() < deadline, d.jobs(run_id)
-            time.sleep(0.2)
+        wait_until(lambda: sum(j["state"] == "running" for j in d.jobs(run_id)) == 2, SAFETY,
+                   "both jobs of step a running on the cluster", detail=lambda: str(d.jobs(run_id)))
         d.stop(signal.SIGKILL)
-        time.sleep(1)
+        # the jobs are still running (the gate is closed) when the next daemon starts
         d.start()
+        gate.touch()
         run = d.wait(run_id, timeout=SAFETY)
         jobs = d.jobs(run_id)
     finally:
