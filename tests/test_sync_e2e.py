@@ -324,7 +324,7 @@ async def test_step_outputs_reach_every_consumer_and_expire_everywhere(cluster):
 
 async def test_a_killed_consumer_resumes_from_its_verified_pieces(tmp_path):
     # Two 16 MB files through a 1 MB/s limit: 32 s to fetch both, while the
-    # engine saves resume data every 5 s of downloading (sync/engine.py). The
+    # engine saves resume data every 5 s of downloading (sync/resume.py). The
     # consumer is killed as soon as resume data of a partial download of each
     # file is on disk, so the limit only has to keep the downloads unfinished
     # until then: a slow machine makes them slower, never faster.
