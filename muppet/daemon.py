@@ -41,6 +41,7 @@ import trio
 from . import cron
 from .api import server as api_task
 from .db import task as database_task
+from .db.health import DatabaseHealth
 from .executor import task as executor_task
 from .index import expiry
 from .messages import Persisted, ToDatabase, ToExecutor, ToScheduler
@@ -65,6 +66,8 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[int] = trio.TASK
     port once every task runs and the API listens."""
     strict = os.environ.get(STRICT_STATES) == "1"
     async with database_task.opened(config) as (store, snapshot):
+        # one view of the database's outages for every task that talks to it
+        health = DatabaseHealth(store.describe())
         core = Scheduler(
             config.pipelines,
             config.executors,
@@ -81,7 +84,9 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[int] = trio.TASK
         to_api, committed = trio.open_memory_channel[int](1)
         persisted: trio.MemorySendChannel[Persisted] = to_scheduler.clone()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(database_task.run, store, database_inbox, persisted, committed=to_api))
+            nursery.start_soon(partial(
+                database_task.run, store, database_inbox, persisted, committed=to_api, health=health,
+            ))
             nursery.start_soon(partial(
                 executor_task.run, executor_inbox, to_scheduler.clone(),
                 executors=config.executors,
@@ -95,7 +100,7 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[int] = trio.TASK
             nursery.start_soon(partial(cron.run, config.pipelines, to_scheduler.clone(), last_fired=snapshot.last_cron))
             nursery.start_soon(expiry.run, config.index, to_database.clone())
             port = await nursery.start(partial(
-                api_task.run, config, to_scheduler.clone(), to_database.clone(), committed=committed,
+                api_task.run, config, to_scheduler.clone(), to_database.clone(), committed=committed, health=health,
             ))
             log.info("API listening on %s://%s:%s", config.api.scheme, config.api.host, port)
             task_status.started(port)

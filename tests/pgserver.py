@@ -59,15 +59,16 @@ class PostgresServer:
             raise RuntimeError(f"initdb failed: {done.stderr.strip() or done.stdout.strip()}")
         self.ctl("start")
 
-    def ctl(self, action: str) -> None:
-        """pg_ctl start, stop or restart, waiting until it is done."""
+    def ctl(self, action: str, mode: str = "fast") -> None:
+        """pg_ctl start, stop or restart, waiting until it is done; ``mode``
+        is the stop's shutdown mode ("immediate": as if the server crashed)."""
         options = (
             f"-c listen_addresses={self.host} -c port={self.port}"
             f" -c unix_socket_directories={self.root} -c max_connections=200"
         )
         argv = [str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60"]
         if action == "stop":
-            argv += ["-m", "fast", "stop"]
+            argv += ["-m", mode, "stop"]
         else:
             argv += ["-o", options, "-l", str(self._log), action]
         done = self._run(*argv)

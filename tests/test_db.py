@@ -312,6 +312,9 @@ class CountingStore:
     def sql(self, sql: str) -> str:
         return self.store.sql(sql)
 
+    def describe(self) -> str:
+        return self.store.describe()
+
     def transaction(self, work, *, write):
         if not write:
             return self.store.transaction(work, write=write)
@@ -434,7 +437,7 @@ async def _wait_for_failures(caplog, count: int) -> None:
 
 
 async def test_task_retries_while_sqlite_is_locked(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="muppet.db")
+    caplog.set_level(logging.DEBUG, logger="muppet.db")
     url = f"sqlite:///{tmp_path / 'locked.db'}"
     store = open_store(url, busy_timeout=0.05)
     blocker = sqlite3.connect(str(tmp_path / "locked.db"), isolation_level=None)
@@ -465,12 +468,16 @@ async def test_task_retries_while_sqlite_is_locked(tmp_path, caplog):
     assert "database is locked" in failures[0].getMessage()
     assert "attempt 1" in failures[0].getMessage() and "attempt 2" in failures[1].getMessage()
     assert str(tmp_path / "locked.db") in failures[0].getMessage()
+    # the outage is told once when it begins and once when it ends
+    warnings = [r.getMessage() for r in caplog.records if r.name == "muppet.db" and r.levelno >= logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("database unavailable: ") and "database is locked" in warnings[0] and "available again after" in warnings[1]
     store.close()
 
 
 @pytest.mark.postgres
 async def test_task_reconnects_after_postgres_drops_the_connection(postgres_server, postgres_url, caplog):
-    caplog.set_level(logging.INFO, logger="muppet.db")
+    caplog.set_level(logging.DEBUG, logger="muppet.db")
     store = open_store(postgres_url)
     writes.write(store, [new_run(1, [1])])
     dbname = postgres_url.rsplit("/", 1)[1]
@@ -508,7 +515,7 @@ async def test_task_reconnects_after_postgres_drops_the_connection(postgres_serv
 
 @pytest.mark.postgres
 async def test_task_survives_a_postgres_restart(postgres_server, postgres_url, caplog):
-    caplog.set_level(logging.INFO, logger="muppet.db")
+    caplog.set_level(logging.DEBUG, logger="muppet.db")
     store = open_store(postgres_url)
     writes.write(store, [new_run(1, [1])])
     to_db, db_inbox = trio.open_memory_channel(100)
@@ -536,7 +543,7 @@ async def test_task_survives_a_postgres_restart(postgres_server, postgres_url, c
 async def test_task_stops_on_an_error_that_is_a_bug_not_weather(tmp_path, caplog):
     """Only busy, locked, full and I/O errors are retried; "no such table"
     (here: a schema broken under the daemon) stops the task at once."""
-    caplog.set_level(logging.INFO, logger="muppet.db")
+    caplog.set_level(logging.DEBUG, logger="muppet.db")
     url = f"sqlite:///{tmp_path / 'broken.db'}"
     store = open_store(url)
     writes.write(store, [new_run(1, [1])])

@@ -13,9 +13,10 @@ import trio
 import trio_websocket
 
 from .. import messages, model
-from ..db.store import Store
+from ..db.health import DatabaseHealth
+from ..db.store import DatabaseUnavailable, Store
 from ..index.events import EventHub, QueryCache
-from .protocol import INTERNAL_ERROR, UNAUTHORIZED, UNAVAILABLE, MethodSpec, RpcError
+from .protocol import DATABASE_UNAVAILABLE, INTERNAL_ERROR, UNAUTHORIZED, UNAVAILABLE, MethodSpec, RpcError
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -27,25 +28,38 @@ class ReadPool:
     """A few read Stores, each used by one worker thread at a time: SQLite in
     WAL mode and PostgreSQL both serve readers side by side, so queries do
     not queue behind one connection. Every handler reads through it: a Store
-    is one connection, never shared by two threads at once."""
+    is one connection, never shared by two threads at once. Each outcome is
+    reported to the daemon's DatabaseHealth; a Store whose connection broke
+    opens a new one on its next call."""
 
-    def __init__(self, stores: list[Store]) -> None:
+    def __init__(self, stores: list[Store], health: DatabaseHealth) -> None:
         self.free = list(stores)
         self.all = list(stores)
         self.available = trio.Semaphore(len(stores))
+        self.health = health
 
     async def run(self, fn: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """``fn(store, *args, **kwargs)`` in a worker thread, on a free store."""
+        """``fn(store, *args, **kwargs)`` in a worker thread, on a free store.
+        Raises DatabaseUnavailable when the database does not answer."""
         async with self.available:
             store = self.free.pop()
             try:
-                return await trio.to_thread.run_sync(partial(fn, store, *args, **kwargs))
+                result = await trio.to_thread.run_sync(partial(fn, store, *args, **kwargs))
+            except DatabaseUnavailable as exc:
+                self.health.failed(exc)
+                raise
             finally:
                 self.free.append(store)
+        self.health.answered()
+        return result
 
     def close(self) -> None:
         for store in self.all:
             store.close()
+
+
+def _database_unavailable(cause: object) -> RpcError:
+    return RpcError(DATABASE_UNAVAILABLE, f"database unavailable, retry: {cause}")
 
 
 @attrs.define
@@ -66,12 +80,28 @@ class Context:
     def cache(self) -> QueryCache:
         return self.hub.cache
 
+    @property
+    def health(self) -> DatabaseHealth:
+        return self.readers.health
+
     async def query(self, fn: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """``fn(store, *args, **kwargs)`` on a free read store of the pool."""
-        return await self.readers.run(fn, *args, **kwargs)
+        """``fn(store, *args, **kwargs)`` on a free read store of the pool;
+        -32005 when the database does not answer."""
+        try:
+            return await self.readers.run(fn, *args, **kwargs)
+        except DatabaseUnavailable as exc:
+            raise _database_unavailable(exc) from None
+
+    def refuse_while_database_away(self) -> None:
+        """A command or a write is refused at once while the database is
+        known to be away: the caller knows it was not done, rather than
+        waiting for a reply that comes when the outage ends."""
+        if not self.health.available:
+            raise _database_unavailable(self.health.cause)
 
     async def ask(self, event: messages.Trigger | messages.Command) -> Any:
         """Send ``event`` to the scheduler and relay its Reply's result."""
+        self.refuse_while_database_away()
         send, receive = trio.open_memory_channel[messages.Reply](1)
         reply = await self._wait(self.scheduler, messages.Asked(event, send), receive, "scheduler")
         if reply.error is not None:
@@ -81,6 +111,7 @@ class Context:
     async def write(self, change: messages.IndexChange) -> messages.IndexWritten:
         """Send ``change`` to the database task; its outcome once committed
         (RpcError for a refusal, which wrote nothing)."""
+        self.refuse_while_database_away()
         send, receive = trio.open_memory_channel[messages.IndexWritten](1)
         written = await self._wait(self.database, messages.IndexWrite(change, send), receive, "database")
         if written.error is not None:

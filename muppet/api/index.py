@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import trio
 import trio_websocket
 
 from .. import messages
+from ..db.health import until_available
 from ..index import params as index_params
 from ..index import queries
 from ..index.events import encode_event
@@ -329,7 +331,10 @@ async def _events_subscribe(ctx: Context, params: Mapping[str, Any], conn: Conne
     conn.subscriptions[subscription.id] = scope
 
     async def read(after: int, limit: int) -> list[dict[str, Any]]:
-        return await ctx.query(queries.events_since, after, limit=limit, kinds=kinds, products=products)
+        # the past is read again until the database answers: a subscription
+        # outlives an outage, and resumes where it was
+        read_past = partial(ctx.readers.run, queries.events_since, after, limit=limit, kinds=kinds, products=products)
+        return await until_available(ctx.health, read_past)
 
     async def send(batch: list[tuple[int, str]]) -> None:
         await conn.ws.send_message(_NOTIFICATION.format(subscription.id, ",".join(t for _, t in batch)))

@@ -40,6 +40,7 @@ INTERNAL_ERROR = -32603
 # NOT_FOUND and CONFLICT come from the scheduler's replies (messages.py)
 UNAVAILABLE = -32003  # the scheduler did not answer in time, or is gone
 UNAUTHORIZED = -32004  # no token, a wrong one, or one whose role is too low
+DATABASE_UNAVAILABLE = -32005  # the database does not answer now; nothing was done, retry
 
 ERROR_NAMES = {
     PARSE_ERROR: "parse error",
@@ -51,6 +52,7 @@ ERROR_NAMES = {
     CONFLICT: "conflict",
     UNAVAILABLE: "unavailable",
     UNAUTHORIZED: "unauthorized",
+    DATABASE_UNAVAILABLE: "database unavailable",
 }
 
 

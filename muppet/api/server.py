@@ -24,14 +24,15 @@ import trio_websocket
 
 from .. import codec, messages, model
 from ..db import reads
-from ..db.store import Store, open_store
+from ..db.health import DatabaseHealth, until_available
+from ..db.store import DatabaseUnavailable, Store, open_store
 from ..index import queries
 from ..index.events import EventHub
 from ..messages import CONFLICT, NOT_FOUND
 from . import index as index_methods
 from . import protocol
 from .context import Connection, Context, ReadPool
-from .protocol import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, RpcError
+from .protocol import DATABASE_UNAVAILABLE, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, RpcError
 
 log = logging.getLogger("muppet.api")
 
@@ -199,6 +200,10 @@ async def _answer(ctx: Context, conn: Connection, call: protocol.Call) -> dict[s
         reply = protocol.result_reply(call.id, result)
     except RpcError as error:
         reply = protocol.error_reply(call.id, error)
+    except DatabaseUnavailable as exc:
+        # a read that did not go through ctx.query: the same answer
+        ctx.health.failed(exc)
+        reply = protocol.error_reply(call.id, RpcError(DATABASE_UNAVAILABLE, f"database unavailable, retry: {exc}"))
     except Exception as exc:
         # A bug or a database failure answers this call; the connection and the
         # other calls go on.
@@ -322,6 +327,7 @@ async def run(
     database: trio.MemorySendChannel[messages.IndexWrite],
     *,
     committed: trio.MemoryReceiveChannel[int] | None = None,
+    health: DatabaseHealth | None = None,
     reply_timeout: float = REPLY_TIMEOUT,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -340,6 +346,13 @@ async def run(
     Calls ``task_status.started(port)`` once listening, with the bound port
     (the one the kernel chose when the configured port is 0).
 
+    Database outages: every read reports to ``health`` (the daemon's shared
+    one). A call that cannot read gets -32005; a command or write while the
+    database is known to be away is refused with -32005 at once. The event
+    hub retries until the database answers again and then delivers every
+    event after the last one it delivered, so a subscriber sees no gap and
+    no duplicate.
+
     On cancellation: open connections and the calls in them are cancelled
     (a call waiting for a reply stops waiting; what was already sent still
     happens), the listener closes, the Stores are closed.
@@ -352,10 +365,13 @@ async def run(
         # the event hub reads on a store of its own (it reads after every
         # commit, and must not wait behind the handlers' queries)
         hub_store = stores[-1]
-        readers = ReadPool(stores[:-1])
+        if health is None:
+            health = DatabaseHealth(hub_store.describe())
+        readers = ReadPool(stores[:-1], health)
 
         async def read_events(after: int, limit: int) -> list[dict[str, Any]]:
-            return await trio.to_thread.run_sync(partial(queries.events_since, hub_store, after, limit=limit))
+            read = partial(queries.events_since, hub_store, after, limit=limit)
+            return await until_available(health, partial(trio.to_thread.run_sync, read))
 
         start = await trio.to_thread.run_sync(reads.last_event_id, hub_store)
         hub = EventHub(read_events, start)

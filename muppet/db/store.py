@@ -155,8 +155,21 @@ class Store:
         snapshot; ``None`` runs a single statement in autocommit (it is atomic by
         itself, and the hot read path saves two round trips). A transient
         failure comes out as DatabaseUnavailable. A connection that broke is
-        dropped, and the next call opens a new one.
+        dropped; when it broke before this call (the server restarted since
+        its last use), ``work`` is tried once more on a new connection at
+        once, so that a stale connection is not taken for an outage. ``work``
+        must therefore be safe to run again after a rollback (the database
+        task's writes check their batch token first).
         """
+        reused = self._conn is not None
+        try:
+            return self._attempt(work, write)
+        except DatabaseUnavailable:
+            if not (reused and self.kind == "postgresql"):
+                raise
+            return self._attempt(work, write)
+
+    def _attempt(self, work: Callable[[Any], T], write: bool | None) -> T:
         try:
             conn = self._connection()
             try:

@@ -25,6 +25,7 @@ from ..executor.jobdir import highest_job_id
 from ..messages import Change, DefineIndex, IndexWritten, Persist, Persisted, ToDatabase
 from ..model import Config
 from . import reads, writes
+from .health import DatabaseHealth
 from .reads import Snapshot
 from .store import DatabaseUnavailable, Store, open_store
 from .writes import Committed
@@ -81,6 +82,7 @@ async def run(
     retry_initial: float = 0.1,
     retry_max: float = 5.0,
     committed: trio.MemorySendChannel[int] | None = None,
+    health: DatabaseHealth | None = None,
 ) -> None:
     """Persist what arrives on ``receive``; report each commit.
 
@@ -104,10 +106,11 @@ async def run(
     the hub reads up to the newest event whatever number woke it.
 
     Failures: a commit that fails for a transient reason (database locked,
-    PostgreSQL down or restarting, connection lost) was rolled back; it is
-    logged on the "muppet.db" logger with the attempt number and tried again
-    after ``retry_initial`` seconds, doubling up to ``retry_max``, reconnecting
-    when the connection broke, until it succeeds. Nothing is dropped, and
+    full, PostgreSQL down or restarting, connection lost) was rolled back; it
+    is tried again after ``retry_initial`` seconds, doubling up to
+    ``retry_max``, reconnecting when the connection broke, until it succeeds.
+    The outage is reported to ``health``, which logs its start and its end
+    once (each attempt is logged at debug level on "muppet.db"). Nothing is dropped, and
     nothing is written twice: the batch is one transaction, and it carries a
     token that lets the store recognise a retry of a commit that succeeded
     although its acknowledgement was lost. Any other error (a broken constraint
@@ -122,6 +125,8 @@ async def run(
     committed just then is not reported; the daemon's next start reads it back
     from the database. A cancelled backoff sleep ends the task at once.
     """
+    if health is None:
+        health = DatabaseHealth(store.describe())
     async with send:
         while True:
             try:
@@ -144,7 +149,7 @@ async def run(
                 else:
                     changes.append(message.change)
                     replies.append(message.reply)
-            done = await _commit(store, changes, retry_initial, retry_max)
+            done = await _commit(store, changes, health, retry_initial, retry_max)
             if committed is not None:
                 try:
                     committed.send_nowait(done.last_event_id)
@@ -176,7 +181,7 @@ def _reply(channel: trio.MemorySendChannel[IndexWritten], outcome: IndexWritten)
 
 
 async def _commit(
-    store: Store, changes: list[Change], retry_initial: float, retry_max: float
+    store: Store, changes: list[Change], health: DatabaseHealth, retry_initial: float, retry_max: float
 ) -> Committed:
     token = uuid.uuid4().hex
     write = functools.partial(writes.write, store, changes, token=token)
@@ -188,7 +193,8 @@ async def _commit(
             # thread, so a commit is never left running behind our back
             done = await trio.to_thread.run_sync(write)
         except DatabaseUnavailable as exc:
-            log.warning(
+            health.failed(exc)
+            log.debug(
                 "commit of %d changes failed (attempt %d), retrying in %.2f s: %s",
                 len(changes), attempt, delay, exc,
             )
@@ -196,6 +202,7 @@ async def _commit(
             delay = min(delay * 2, retry_max)
             attempt += 1
             continue
+        health.answered()
         if attempt > 1:
-            log.info("commit of %d changes succeeded at attempt %d", len(changes), attempt)
+            log.debug("commit of %d changes succeeded at attempt %d", len(changes), attempt)
         return done
