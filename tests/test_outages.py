@@ -79,7 +79,7 @@ async def test_a_postgres_outage_loses_nothing(tmp_path, postgres_server, postgr
     config = write_config(tmp_path, postgres_url, port)
     url = f"ws://127.0.0.1:{port}"
     log = tmp_path / "daemon.log"
-    with open(log, "wb") as stderr:
+    with await trio.to_thread.run_sync(log.open, "wb") as stderr:
         process = await trio.lowlevel.open_process([*MUPPET, "daemon", "--config", str(config)], stderr=stderr)
     ledger = tmp_path / "ledger"
     answers: list[str] = []
@@ -111,7 +111,8 @@ async def test_a_postgres_outage_loses_nothing(tmp_path, postgres_server, postgr
                 await trio.to_thread.run_sync(postgres_server.ctl, "stop", "immediate")
                 await trio.sleep(outage)  # the outage itself: its length is the scenario
                 await trio.to_thread.run_sync(postgres_server.ctl, "start")
-                run = await _wait_run(client, run_id, timeout=120)
+                with trio.fail_after(120):
+                    run = await _wait_run(client, run_id)
                 after = await client.call("events.list", {"since": 0, "kinds": ["run", "job"], "limit": 1000})
                 last = after[-1]["id"]
                 await wait_until_async(lambda: _has(seen, last), 30, "the subscriber to see the last event")
@@ -146,15 +147,15 @@ async def _has(seen: list[int], event_id: int) -> bool:
     return bool(seen) and seen[-1] >= event_id
 
 
-async def _wait_run(client, run_id: int, timeout: float) -> dict:
-    with trio.fail_after(timeout):
-        while True:
-            try:
-                run = await client.call("runs.get", {"run_id": run_id})
-            except RpcError as exc:
-                if exc.code != DATABASE_UNAVAILABLE:
-                    raise
-            else:
-                if run["state"] != "running":
-                    return run
-            await trio.sleep(0.1)
+async def _wait_run(client, run_id: int) -> dict:
+    """The run once it has ended (the caller bounds the wait)."""
+    while True:
+        try:
+            run = await client.call("runs.get", {"run_id": run_id})
+        except RpcError as exc:
+            if exc.code != DATABASE_UNAVAILABLE:
+                raise
+        else:
+            if run["state"] != "running":
+                return run
+        await trio.sleep(0.1)
