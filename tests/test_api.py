@@ -102,6 +102,8 @@ class StandIn:
     """What the stand-in scheduler saw, and the switches a test flips."""
 
     received: list = attrs.field(factory=list)
+    #: set when the first message has been received
+    arrived: trio.Event = attrs.field(factory=trio.Event)
     gate: trio.Event = attrs.field(factory=trio.Event)
     runs: dict = attrs.field(factory=dict)
 
@@ -115,6 +117,7 @@ async def stand_in_scheduler(inbox: trio.MemoryReceiveChannel, state: StandIn) -
     async for asked in inbox:
         message, reply_to = asked.event, asked.reply
         state.received.append(message)
+        state.arrived.set()
         if isinstance(message, messages.Trigger):
             if message.reference_time.year == 1999:
                 continue
@@ -331,7 +334,8 @@ async def test_scheduler_silent_is_unavailable(nursery, tmp_path):
         with pytest.raises(RpcError) as caught:
             await client.call("runs.trigger", {"pipeline": "ecmwf", "reference_time": "1999-01-01"})
         assert caught.value.code == UNAVAILABLE and "0.5 s" in caught.value.message
-        assert await client.call("runs.trigger", {"pipeline": "ecmwf", "reference_time": "2030-01-01"}) == {"run_id": 100}
+        later = {"pipeline": "ecmwf", "reference_time": "2030-01-01"}
+        assert await client.call("runs.trigger", later) == {"run_id": 100}
 
 
 async def test_scheduler_gone_is_unavailable(nursery, tmp_path):
@@ -422,8 +426,8 @@ async def test_a_slow_command_does_not_block_the_connection(api):
             async def trigger():
                 results["trigger"] = await client.call("runs.trigger", {"pipeline": "arome"})
             nursery.start_soon(trigger)
-            while not api.scheduler.received:  # the trigger has reached the scheduler
-                await trio.sleep(0.01)
+            with trio.fail_after(10):  # a safety net against a hang
+                await api.scheduler.arrived.wait()  # the trigger has reached the scheduler
             for job_id in (1, 2, 3):
                 assert (await client.call("jobs.get", {"job_id": job_id}))["id"] == job_id
             assert "trigger" not in results
@@ -434,8 +438,8 @@ async def test_a_slow_command_does_not_block_the_connection(api):
 async def test_closing_with_a_call_in_flight_leaves_the_server_running(api):
     async with trio_websocket.open_websocket_url(api.url) as ws:
         await ws.send_message(json.dumps(rpc("runs.trigger", {"pipeline": "arome"})))
-        while not api.scheduler.received:
-            await trio.sleep(0.01)
+        with trio.fail_after(10):  # a safety net against a hang
+            await api.scheduler.arrived.wait()
     api.scheduler.gate.set()
     async with api_client.connect(api.url) as client:
         assert (await client.call("jobs.get", {"job_id": 5}))["state"] == "running"
