@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
 import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +15,7 @@ import attrs
 import pytest
 import trio
 import trio_websocket
+from waiting import wait_until_async  # tests/ is on sys.path
 
 from muppet import daemon
 from muppet.api.client import DaemonUnreachable, RpcError, connect
@@ -118,13 +117,15 @@ async def test_delete_and_torrent_and_copies(api):
         (item,) = (await client.call("files.register", {"files": [file_entry("a.nc")]}))["files"]
         copy = (await client.call("files.register", {"files": [
             file_entry("a.nc", backend="thredds-1", data_id=item["data_id"])]}))["files"][0]
-        assert [c["id"] for c in await client.call("files.copies", {"data_id": item["data_id"]})] == [item["id"], copy["id"]]
+        copies = await client.call("files.copies", {"data_id": item["data_id"]})
+        assert [c["id"] for c in copies] == [item["id"], copy["id"]]
         done = await client.call("files.set_torrent", {"file_id": item["id"], "info_hash": "cd" * 20,
                                                        "torrent": "dG9ycmVudA==", "peer": "127.0.0.1:6881"})
         assert done["info_hash"] == "cd" * 20 and done["peer"] == "127.0.0.1:6881"
         got = await client.call("files.get", {"file_id": item["id"], "torrent": True})
         assert got["torrent"] == "dG9ycmVudA=="
-        assert await client.call("files.delete", {"ids": [copy["id"]], "reason": "disk full"}) == {"deleted": [copy["id"]]}
+        deleted = await client.call("files.delete", {"ids": [copy["id"]], "reason": "disk full"})
+        assert deleted == {"deleted": [copy["id"]]}
         assert [c["id"] for c in await client.call("files.copies", {"data_id": item["data_id"]})] == [item["id"]]
 
 
@@ -184,7 +185,8 @@ async def test_messages_over_the_limit_get_an_error_and_the_connection_goes_on(a
         reply = json.loads(await ws.get_message())
         assert reply["error"]["code"] == INVALID_REQUEST
         assert "max_message_bytes = 1048576" in reply["error"]["message"]
-        await ws.send_message(json.dumps({"jsonrpc": "2.0", "method": "daemon.echo", "params": {"data": "hi"}, "id": 2}))
+        echo = {"jsonrpc": "2.0", "method": "daemon.echo", "params": {"data": "hi"}, "id": 2}
+        await ws.send_message(json.dumps(echo))
         assert json.loads(await ws.get_message())["result"] == "hi"
     # far over: trio-websocket closes that connection (1009); the daemon serves on
     async with trio_websocket.open_websocket_url(api) as ws:
@@ -337,10 +339,10 @@ async def test_tokens_and_roles(nursery, tmp_path, open_reads):
 
 async def test_tls(nursery, tmp_path, monkeypatch):
     cert, key = tmp_path / "api.crt", tmp_path / "api.key"
-    subprocess.run(
+    await trio.run_process(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
          "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        capture_stdout=True, capture_stderr=True,
     )
     config = make_config(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
     port = await nursery.start(daemon.serve, config)
@@ -363,7 +365,9 @@ owner = "ops"
 produces = ["arome"]
 [steps.make]
 jobs = 2
-command = 'mkdir -p "$MUPPET_SCRATCH/arome" && printf "field %s" "$MUPPET_JOB_INDEX" > "$MUPPET_SCRATCH/arome/f$MUPPET_JOB_INDEX.txt"'
+command = '''
+mkdir -p "$MUPPET_SCRATCH/arome" &&
+printf "field %s" "$MUPPET_JOB_INDEX" > "$MUPPET_SCRATCH/arome/f$MUPPET_JOB_INDEX.txt"'''
 outputs = ["arome/f{index}.txt"]
 """
 USER = """
@@ -376,28 +380,19 @@ command = "true"
 """
 
 
-async def wait_for(predicate, what: str, timeout: float = 30.0):
-    with trio.fail_after(timeout):  # a safety net against a hang
-        while True:
-            value = await predicate()
-            if value:
-                return value
-            await trio.sleep(0.05)
-
-
 async def test_outputs_are_indexed_and_complete_instances_trigger_pipelines(nursery, tmp_path, database_url):
     config = make_config(tmp_path, database_url, pipelines={"maker": MAKER, "user": USER})
     port = await nursery.start(daemon.serve, config)
     async with connect(f"ws://127.0.0.1:{port}") as client:
         await client.call("runs.trigger", {"pipeline": "maker", "reference_time": REF})
-        latest = await wait_for(lambda: client.call("instances.latest", {"product": "arome", "complete": True}),
-                                "arome complete")
+        latest = await wait_until_async(
+            lambda: client.call("instances.latest", {"product": "arome", "complete": True}), 30, "arome complete")
         files = (await client.call("files.list", {"instance_id": latest["id"]}))["items"]
         assert sorted(f["name"] for f in files) == ["arome/f0.txt", "arome/f1.txt"]
         for f in files:
             path = f["url"][len("file://"):]
             assert f["backend"] == "lustre-a" and path == str(tmp_path / "lustre" / f["name"])
-            data = Path(path).read_bytes()
+            data = await trio.Path(path).read_bytes()
             assert f["hash"] == hashlib.sha256(data).hexdigest() and f["size"] == len(data)
             assert f["format"] == "txt"
         # the success and the registration are one commit: the file events come
@@ -405,20 +400,20 @@ async def test_outputs_are_indexed_and_complete_instances_trigger_pipelines(nurs
         runs = await client.call("runs.list", {"pipeline": "user"})
         assert runs == []  # ecmwf is not there yet
         await client.call("files.register", {"files": [file_entry("e.grb", product="ecmwf")]})
-        runs = await wait_for(lambda: client.call("runs.list", {"pipeline": "user"}), "user run")
+        runs = await wait_until_async(lambda: client.call("runs.list", {"pipeline": "user"}), 30, "a run of user")
         assert runs[0]["cause"] == "data" and runs[0]["reference_time"] == REF
 
 
 async def test_expiry_marks_deleted_and_removes_local_files(nursery, tmp_path):
-    lustre = tmp_path / "lustre"
-    lustre.mkdir()
+    lustre = trio.Path(tmp_path / "lustre")
+    await lustre.mkdir()
     config = make_config(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}")
     config = attrs.evolve(config, index=attrs.evolve(config.index, expiry_interval=0.2, delete_expired_files=True))
     port = await nursery.start(daemon.serve, config)
     past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
-    (lustre / "old.nc").write_text("old")
-    (lustre / "new.nc").write_text("new")
+    await (lustre / "old.nc").write_text("old")
+    await (lustre / "new.nc").write_text("new")
     async with connect(f"ws://127.0.0.1:{port}") as client:
         stream = await client.subscribe(kinds=["file"])
         old, new = (await client.call("files.register", {"files": [
@@ -428,10 +423,10 @@ async def test_expiry_marks_deleted_and_removes_local_files(nursery, tmp_path):
         events = await collect(stream, 3)
         assert events[-1]["data"]["id"] == old["id"] and events[-1]["data"]["deleted"]
         assert events[-1]["data"]["reason"] == "expired"
-        await wait_for(lambda: _gone(lustre / "old.nc"), "old.nc removed")
-        assert (lustre / "new.nc").exists()
+        await wait_until_async(lambda: _gone(lustre / "old.nc"), 30, "old.nc removed")
+        assert await (lustre / "new.nc").exists()
         assert (await client.call("files.get", {"file_id": new["id"]}))["deleted"] is False
 
 
 async def _gone(path: Path) -> bool:
-    return not os.path.exists(path)
+    return not await trio.Path(path).exists()
