@@ -31,7 +31,12 @@ async def muppet(*args: str, token: str | None = SECRET) -> subprocess.Completed
         )
 
 
-def netcdf_file(path: Path, reference_time: str = "2026-11-28T06:00:00Z") -> Path:
+async def netcdf_file(path: Path, reference_time: str = "2026-11-28T06:00:00Z") -> Path:
+    """A small NetCDF-4 file with a reference time, written in a worker thread."""
+    return await trio.to_thread.run_sync(_write_netcdf, path, reference_time)
+
+
+def _write_netcdf(path: Path, reference_time: str) -> Path:
     try:
         import netCDF4
     except ImportError:
@@ -53,7 +58,8 @@ def netcdf_file(path: Path, reference_time: str = "2026-11-28T06:00:00Z") -> Pat
 @pytest.fixture
 async def api(nursery, tmp_path):
     tokens = tmp_path / "tokens.toml"
-    tokens.write_text(f'[tokens.producer]\nrole = "write"\nsha256 = "{hashlib.sha256(SECRET.encode()).hexdigest()}"\n')
+    digest = hashlib.sha256(SECRET.encode()).hexdigest()
+    await trio.Path(tokens).write_text(f'[tokens.producer]\nrole = "write"\nsha256 = "{digest}"\n')
     config = make_config(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}",
                          f'tokens_file = "{tokens}"\nopen_reads = true\n')
     port = await nursery.start(daemon.serve, config)
@@ -62,12 +68,13 @@ async def api(nursery, tmp_path):
 
 async def test_register_reads_the_file_and_the_listings_show_it(api, tmp_path):
     lustre = tmp_path / "lustre"
-    a = netcdf_file(lustre / "arome" / "a.nc")
-    b = netcdf_file(lustre / "arome" / "b.nc")
+    a = await netcdf_file(lustre / "arome" / "a.nc")
+    b = await netcdf_file(lustre / "arome" / "b.nc")
     denied = await muppet("register", str(a), "--product", "arome", "--backend", "lustre-a", "--api", api, token=None)
     assert denied.returncode == 1 and "needs a write token" in denied.stderr.decode()
 
-    done = await muppet("register", str(a), str(b), "--product", "arome", "--backend", "lustre-a", "--json", "--api", api)
+    done = await muppet("register", str(a), str(b), "--product", "arome", "--backend", "lustre-a", "--json",
+                        "--api", api)
     assert done.returncode == 0, done.stderr.decode()
     files = json.loads(done.stdout)
     assert [f["name"] for f in files] == ["arome/a.nc", "arome/b.nc"]  # under the backend's URL
@@ -75,7 +82,8 @@ async def test_register_reads_the_file_and_the_listings_show_it(api, tmp_path):
     assert first["format"] == "netcdf" and first["reference_time"] == "2026-11-28T06:00:00Z"
     assert first["time_begin"] == "2026-11-28T06:00:00Z" and first["time_end"] == "2026-11-28T08:00:00Z"
     assert first["variables"] == ["air_temperature_2m"]
-    assert first["hash"] == hashlib.sha256(a.read_bytes()).hexdigest() and first["size"] == a.stat().st_size
+    content = await trio.Path(a).read_bytes()
+    assert first["hash"] == hashlib.sha256(content).hexdigest() and first["size"] == len(content)
     assert first["url"] == f"file://{a}"
 
     products = json.loads((await muppet("products", "--json", "--api", api)).stdout)
@@ -97,17 +105,17 @@ async def test_register_reads_the_file_and_the_listings_show_it(api, tmp_path):
 
 async def test_register_refuses_bad_files_and_sends_nothing(api, tmp_path):
     lustre = tmp_path / "lustre"
-    good = netcdf_file(lustre / "good.nc")
+    good = await netcdf_file(lustre / "good.nc")
     broken = lustre / "broken.nc"
-    broken.write_bytes(good.read_bytes()[:100])  # HDF5 signature, cut short
-    outside = netcdf_file(tmp_path / "elsewhere" / "x.nc")
+    await trio.Path(broken).write_bytes((await trio.Path(good).read_bytes())[:100])  # HDF5 signature, cut short
+    outside = await netcdf_file(tmp_path / "elsewhere" / "x.nc")
     for path, words in ((broken, str(broken)), (outside, "not under backend 'lustre-a'"),
                         (lustre / "missing.nc", "missing.nc")):
         result = await muppet("register", str(good), str(path), "--product", "arome", "--backend", "lustre-a",
                               "--api", api)
         assert result.returncode in (1, 2) and words in result.stderr.decode(), result.stderr.decode()
     text = lustre / "notes.txt"
-    text.write_text("no reference time in here")
+    await trio.Path(text).write_text("no reference time in here")
     result = await muppet("register", str(text), "--product", "arome", "--backend", "lustre-a", "--api", api)
     assert result.returncode == 1 and "give --reference-time" in result.stderr.decode()
     result = await muppet("instances", "arome", "--json", "--api", api)
@@ -119,8 +127,9 @@ async def test_register_refuses_bad_files_and_sends_nothing(api, tmp_path):
 
 async def test_events_backlog_and_follow(api, tmp_path):
     lustre = tmp_path / "lustre"
-    a = netcdf_file(lustre / "a.nc")
-    assert (await muppet("register", str(a), "--product", "ecmwf", "--backend", "lustre-a", "--api", api)).returncode == 0
+    a = await netcdf_file(lustre / "a.nc")
+    registered = await muppet("register", str(a), "--product", "ecmwf", "--backend", "lustre-a", "--api", api)
+    assert registered.returncode == 0, registered.stderr.decode()
     backlog = [json.loads(line) for line in (await muppet("events", "--json", "--api", api)).stdout.splitlines()]
     numbers = [e["id"] for e in backlog]
     assert numbers == list(range(1, len(numbers) + 1))
@@ -128,20 +137,24 @@ async def test_events_backlog_and_follow(api, tmp_path):
     assert filtered.count("\n") == 1 and f"file://{a}" in filtered
 
     env = dict(ENV, MUPPET_TOKEN=SECRET)
-    follower = subprocess.Popen(
+    follower = await trio.lowlevel.open_process(
         [sys.executable, "-m", "muppet.cli", "events", "--follow", "--json", "--since", str(numbers[-1]),
-         "--api", api], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+         "--api", api], stdout=subprocess.PIPE, env=env,
     )
     try:
-        b = netcdf_file(lustre / "b.nc", "2026-11-29T00:00:00Z")
-        assert (await muppet("register", str(b), "--product", "ecmwf", "--backend", "lustre-a", "--api", api)).returncode == 0
-        lines = []
+        b = await netcdf_file(lustre / "b.nc", "2026-11-29T00:00:00Z")
+        registered = await muppet("register", str(b), "--product", "ecmwf", "--backend", "lustre-a", "--api", api)
+        assert registered.returncode == 0, registered.stderr.decode()
+        output = b""
         with trio.fail_after(30):  # a safety net against a hang
-            while len(lines) < 3:  # the new instance, the file, the instance complete
-                lines.append(await trio.to_thread.run_sync(follower.stdout.readline, abandon_on_cancel=True))
-        followed = [json.loads(line) for line in lines]
+            while output.count(b"\n") < 3:  # the new instance, the file, the instance complete
+                chunk = await follower.stdout.receive_some()
+                assert chunk, f"muppet events --follow ended: {output!r}"
+                output += chunk
+        followed = [json.loads(line) for line in output.splitlines()[:3]]
         assert [e["id"] for e in followed] == [numbers[-1] + 1, numbers[-1] + 2, numbers[-1] + 3]
         assert [e["kind"] for e in followed] == ["instance", "file", "instance"]
     finally:
         follower.kill()
-        follower.wait()
+        with trio.CancelScope(shield=True):
+            await follower.wait()
