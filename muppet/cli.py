@@ -170,6 +170,7 @@ def daemon(config_path: str | None) -> None:
 
     from .config import ConfigError, default_config, load_config
     from .daemon import serve_until_signal  # the engine's imports are only for this command
+    from .db.lease import LeaseHeld
 
     try:
         config = load_config(config_path) if config_path else default_config()
@@ -190,6 +191,11 @@ def daemon(config_path: str | None) -> None:
         # What an operator can fix (a port in use, a database that cannot be
         # reached) is one line; anything else is a bug and keeps its traceback.
         leaves = _leaves(exc)
+        for leaf in leaves:
+            if isinstance(leaf, LeaseHeld):
+                # exit status 2: another daemon has the database (docs/operations.md)
+                click.echo(f"muppet: error: {leaf}", err=True)
+                sys.exit(2)
         if not all(isinstance(e, _operator_errors()) for e in leaves):
             raise
         _fail("; ".join(f"{e}" for e in leaves))

@@ -84,6 +84,11 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[int] = trio.TASK
         to_api, committed = trio.open_memory_channel[int](1)
         persisted: trio.MemorySendChannel[Persisted] = to_scheduler.clone()
         async with trio.open_nursery() as nursery:
+            # the API first: a listen address in use stops the daemon before
+            # any other task has begun (requests wait in the channels meanwhile)
+            port = await nursery.start(partial(
+                api_task.run, config, to_scheduler.clone(), to_database.clone(), committed=committed, health=health,
+            ))
             nursery.start_soon(partial(
                 database_task.run, store, database_inbox, persisted, committed=to_api, health=health,
             ))
@@ -99,9 +104,6 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[int] = trio.TASK
             ))
             nursery.start_soon(partial(cron.run, config.pipelines, to_scheduler.clone(), last_fired=snapshot.last_cron))
             nursery.start_soon(expiry.run, config.index, to_database.clone())
-            port = await nursery.start(partial(
-                api_task.run, config, to_scheduler.clone(), to_database.clone(), committed=committed, health=health,
-            ))
             log.info("API listening on %s://%s:%s", config.api.scheme, config.api.host, port)
             task_status.started(port)
 

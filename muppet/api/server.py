@@ -309,16 +309,24 @@ async def _serve_connection(ctx: Context, request: trio_websocket.WebSocketReque
         log.exception("API: connection handler failed")
 
 
+class ListenError(OSError):
+    """The API cannot listen on its address (in use, not this host's)."""
+
+
 #: read Stores the index queries share
 READERS = 4
 
 
-def _ssl_context(api: model.ApiConfig) -> ssl.SSLContext | None:
+async def _listen(
+    api: model.ApiConfig,
+) -> list[trio.SSLListener[trio.SocketStream]] | list[trio.SocketListener]:
+    """The API's listening sockets (TLS over them with ``tls_cert``), as
+    trio_websocket.serve_websocket would open them."""
     if not api.tls_cert:
-        return None
+        return await trio.open_tcp_listeners(api.port, host=api.host)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(api.tls_cert, api.tls_key)
-    return context
+    return await trio.open_ssl_over_tcp_listeners(api.port, context, host=api.host, https_compatible=True)
 
 
 async def run(
@@ -393,17 +401,20 @@ async def run(
         # limit (1009, message too big); up to twice the configured limit, the
         # client gets a JSON-RPC error naming the limit instead
         ws_limit = 2 * config.api.max_message_bytes + 65536
+        try:
+            listeners = await _listen(config.api)
+        except OSError as exc:
+            raise ListenError(
+                f"[api] listen: cannot listen on {config.api.scheme}://{config.api.listen}: "
+                f"{exc.strerror or exc} (another daemon there? choose another address)"
+            ) from exc
         async with trio.open_nursery() as nursery:
             nursery.start_soon(partial(hub.run, committed, poll=poll))
-            server = await nursery.start(partial(
-                trio_websocket.serve_websocket,
-                partial(_serve_connection, ctx),
-                config.api.host,
-                config.api.port,
-                ssl_context=_ssl_context(config.api),
-                max_message_size=ws_limit,
-            ))
-            port = server.listeners[0].port
+            server = trio_websocket.WebSocketServer(
+                partial(_serve_connection, ctx), listeners, handler_nursery=nursery, max_message_size=ws_limit,
+            )
+            await nursery.start(server.run)
+            port = server.port
             log.debug("API listening on %s", ", ".join(
                 f"{config.api.scheme}://{listener.address}:{listener.port}"
                 if isinstance(listener, trio_websocket.Endpoint) else str(listener)

@@ -172,6 +172,21 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX events_product ON events (product, id)
         """,
     ),
+    (
+        3,
+        """
+        -- the daemons on this database: the one holding the lease ('active',
+        -- see muppet/db/lease.py) names itself here for the others' messages
+        CREATE TABLE daemons (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            since REAL NOT NULL,
+            api TEXT NOT NULL,
+            role TEXT NOT NULL
+        )
+        """,
+    ),
 )
 
 

@@ -52,6 +52,15 @@ _SQLITE_TRANSIENT = frozenset({
 _MIGRATION_LOCK = 0x4D5550504554
 
 
+def connect_postgresql(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+    """A connection to ``url`` in autocommit mode (psycopg opens no
+    transaction of its own; the caller says BEGIN), with ``_PG_DEFAULTS``
+    where the URL does not set its own."""
+    given = conninfo_to_dict(url)
+    settings: dict[str, Any] = {k: v for k, v in _PG_DEFAULTS.items() if k not in given}
+    return psycopg.connect(url, autocommit=True, **settings)
+
+
 class DatabaseUnavailable(Exception):
     """The database could not take the transaction for now (locked, down,
     connection lost, out of space); it was rolled back and may be retried.
@@ -122,10 +131,7 @@ class Store:
                 conn.close()
                 raise
         else:
-            # autocommit: psycopg opens no transaction of its own; we say BEGIN
-            given = conninfo_to_dict(self.url)
-            settings: dict[str, Any] = {k: v for k, v in _PG_DEFAULTS.items() if k not in given}
-            conn = psycopg.connect(self.url, autocommit=True, **settings)
+            conn = connect_postgresql(self.url)
         self._conn = conn
 
     def _switch_to_wal(self, conn: sqlite3.Connection) -> str:

@@ -19,13 +19,16 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import psycopg
 import trio
 
 from ..executor.jobdir import highest_job_id
 from ..messages import Change, DefineIndex, IndexWritten, Persist, Persisted, ToDatabase
 from ..model import Config
 from . import reads, writes
+from .dialect import describe_url
 from .health import DatabaseHealth
+from .lease import Holder, Lease
 from .reads import Snapshot
 from .store import DatabaseUnavailable, Store, open_store
 from .writes import Committed
@@ -41,15 +44,34 @@ class StateMismatch(Exception):
 async def opened(config: Config) -> AsyncIterator[tuple[Store, Snapshot]]:
     """The daemon's writing Store and what the previous daemon left in it.
 
-    Opens (and migrates) ``[daemon] database``, loads the snapshot of
-    unfinished runs, refuses a ``state_dir`` that holds job directories the
-    database has not reached (StateMismatch: new jobs would reuse their ids),
-    and declares the configured products, formats and backends in the index
-    before anything may register files of them. The Store is closed on exit.
+    Takes the database's lease first (``lease.py``: LeaseHeld, naming the
+    holder, when another daemon has it; nothing is touched then), opens (and
+    migrates) ``[daemon] database``, names this daemon as the lease's holder,
+    loads the snapshot of unfinished runs, refuses a ``state_dir`` that holds
+    job directories the database has not reached (StateMismatch: new jobs
+    would reuse their ids), and declares the configured products, formats and
+    backends in the index before anything may register files of them. The
+    Store is closed and the lease let go on exit.
     """
     url = config.daemon.database
-    store = await trio.to_thread.run_sync(open_store, url)
+    lease = Lease(url)
     try:
+        await trio.to_thread.run_sync(lease.take)
+    except (OSError, psycopg.OperationalError) as exc:
+        raise DatabaseUnavailable(f"{describe_url(url)}: {exc}") from exc
+    try:
+        async with _store(config, lease) as opened_store:
+            yield opened_store
+    finally:
+        lease.release()
+
+
+@asynccontextmanager
+async def _store(config: Config, lease: Lease) -> AsyncIterator[tuple[Store, Snapshot]]:
+    store = await trio.to_thread.run_sync(open_store, config.daemon.database)
+    try:
+        holder = Holder.this_process(f"{config.api.scheme}://{config.api.listen}")
+        await trio.to_thread.run_sync(lease.announce, store, holder)
         snapshot = await trio.to_thread.run_sync(reads.load_snapshot, store)
         highest = await trio.to_thread.run_sync(highest_job_id, config.daemon.state_dir)
         if highest >= snapshot.next_job_id:
