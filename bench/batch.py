@@ -37,14 +37,18 @@ SYSTEMS = {
     "gridengine": {
         "probe": ["qstat"],
         "loop": """
-            for i in $(seq {n}); do qsub -terse -N shell-$i -o /dev/null -e /dev/null {script} >/dev/null || exit 1; done
+            for i in $(seq {n}); do
+                qsub -terse -N shell-$i -o /dev/null -e /dev/null {script} >/dev/null || exit 1
+            done
             while qstat | grep -q shell-; do sleep 0.1; done
         """,
     },
     "slurm": {
         "probe": ["sinfo", "-h"],
         "loop": """
-            for i in $(seq {n}); do sbatch --parsable -J shell-$i -o /dev/null -e /dev/null {script} >/dev/null || exit 1; done
+            for i in $(seq {n}); do
+                sbatch --parsable -J shell-$i -o /dev/null -e /dev/null {script} >/dev/null || exit 1
+            done
             while [ -n "$(squeue --me -h -o %i)" ]; do sleep 0.1; done
         """,
     },

@@ -162,7 +162,7 @@ def load_index(config_path: Path, days: int) -> dict:
                                  iso(reference_time + timedelta(hours=f + 1)), variables, made))
                     files.append((
                         data_id, data_id, instance_id, f"file:///lustre/a/{slug}/{name}", FORMAT,
-                        BACKEND, rng.randrange(10**6, 10**9), "sha256", "%064x" % rng.getrandbits(256),
+                        BACKEND, rng.randrange(10**6, 10**9), "sha256", f"{rng.getrandbits(256):064x}",
                         expires, 0, 0, made,
                     ))
                 if complete and k >= len(times) - 1 - RECENT:
@@ -245,9 +245,11 @@ def wait_until_answers(url: str, process: subprocess.Popen, log: Path, timeout: 
         try:
             trio.run(_status, url)
             return
-        except (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed):
+        except (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as e:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the daemon did not answer within {timeout:g} s:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"the daemon did not answer within {timeout:g} s ({e}):\n{log.read_text()[-3000:]}"
+                ) from None
             time.sleep(0.2)
 
 
@@ -326,7 +328,7 @@ def measure(
     machine_before = machine_cpu()
     time.sleep(args.seconds)
     cpu = {name: cpu_of(pid) - cpu_before[name] for name, pid in watch.items()}
-    busy, total, interrupts = (a - b for a, b in zip(machine_cpu(), machine_before))
+    busy, total, interrupts = (a - b for a, b in zip(machine_cpu(), machine_before, strict=True))
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=60 + args.seconds)

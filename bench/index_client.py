@@ -152,7 +152,7 @@ async def _client(spec: dict, number: int, stats: dict, texts: list[str], expect
                     stats["bad"] += batch
                     stats.setdefault("why", f"{len(entries)} answers to {batch} calls")
                     continue
-                for k, entry in zip(chosen, entries):
+                for k, entry in zip(chosen, entries, strict=True):
                     stats["checked"] += 1
                     why = "wrong id" if entry.get("id") != k else _check(entry, expect[k])
                     if why is None:

@@ -78,6 +78,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
@@ -131,7 +132,7 @@ class Proc:
     terminal reaches only the bench, which stops it), with stderr to a log
     file and, for nodes, stdout read line by line as JSON objects."""
 
-    started: list[Proc] = []
+    started: ClassVar[list[Proc]] = []
 
     def __init__(self, name: str, argv: list[str], log: Path, *, env: dict | None = None,
                  json_lines: bool = False, stdin: bool = False) -> None:
@@ -614,7 +615,7 @@ class Bench:
             finally:
                 watcher.stop()
             time.sleep(STATUS_SETTLE)  # status.json is rewritten every second: let it see the end
-            for host, proc in procs.items():
+            for host in procs:
                 state = seeder_state if host == "seeder" else run_dir / host / "state"
                 statuses[host] = sync_status(state)
         finally:
@@ -824,9 +825,9 @@ def summary(args, size: int, n: int, results: dict) -> None:
             ("delay, `muppet register` start to first byte, worst", f"{max(from_command):.3f} s", "", ""),
         ]
     header = ("figure", "value", "target", "met / note")
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
-    for r in [header, tuple("-" * w for w in widths)] + rows:
-        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    widths = [max(len(r[i]) for r in [*rows, header]) for i in range(4)]
+    for r in [header, tuple("-" * w for w in widths), *rows]:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 def main() -> None:
