@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from waiting import wait_until  # tests/ is on sys.path
+from waiting import wait_until, wait_until_async  # tests/ is on sys.path
 
 from muppet import daemon
 from muppet.api.client import connect
@@ -25,7 +25,9 @@ from muppet.config import load_config
 MUPPET = [sys.executable, "-m", "muppet.cli"]
 
 
-def write_config(tmp_path: Path, database_url: str, pipelines: dict[str, str], port: int = 0, max_jobs: int = 8) -> Path:
+def write_config(
+    tmp_path: Path, database_url: str, pipelines: dict[str, str], port: int = 0, max_jobs: int = 8
+) -> Path:
     (tmp_path / "pipelines").mkdir(exist_ok=True)
     for name, text in pipelines.items():
         (tmp_path / "pipelines" / f"{name}.toml").write_text(textwrap.dedent(text))
@@ -80,13 +82,12 @@ async def start(nursery: trio.Nursery, config_path: Path) -> str:
     return f"ws://127.0.0.1:{port}"
 
 
-async def wait_run(client, run_id: int, timeout: float = 60) -> dict:
-    with trio.fail_after(timeout):
-        while True:
-            run = await client.call("runs.get", {"run_id": run_id})
-            if run["state"] != "running":
-                return run
-            await trio.sleep(0.1)
+async def wait_run(client, run_id: int) -> dict:
+    async def ended():
+        run = await client.call("runs.get", {"run_id": run_id})
+        return run if run["state"] != "running" else None
+
+    return await wait_until_async(ended, 60, f"run {run_id} ending")
 
 
 async def test_pipeline_runs_end_to_end(nursery, tmp_path, database_url):
@@ -97,7 +98,8 @@ async def test_pipeline_runs_end_to_end(nursery, tmp_path, database_url):
         assert run["state"] == "succeeded"
         assert run["reference_time"] == "2026-11-28T06:00:00Z"
         jobs = run["jobs"]
-        assert [(j["step"], j["index"]) for j in jobs] == [("fetch", 0)] + [("convert", i) for i in range(4)] + [("publish", 0)]
+        slots = [(j["step"], j["index"]) for j in jobs]
+        assert slots == [("fetch", 0), *(("convert", i) for i in range(4)), ("publish", 0)]
         assert {j["state"] for j in jobs} == {"succeeded"} and {j["exit_code"] for j in jobs} == {0}
         fetch = jobs[0]
         log = await client.call("jobs.logs", {"job_id": fetch["id"]})
