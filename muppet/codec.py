@@ -108,6 +108,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "submitted_at": format_time(job.submitted_at),
         "started_at": format_time(job.started_at),
         "ended_at": format_time(job.ended_at),
+        "kill_requested": job.kill_requested,
     }
 
 
@@ -149,4 +150,5 @@ def job_from_dict(data: dict[str, Any]) -> Job:
         submitted_at=_timestamp(data["submitted_at"]),
         started_at=_timestamp(data["started_at"]),
         ended_at=_timestamp(data["ended_at"]),
+        kill_requested=data.get("kill_requested", False),
     )

@@ -371,6 +371,10 @@ class Job:
     submitted_at: float | None = None
     started_at: float | None = None
     ended_at: float | None = None
+    #: an operator asked to kill it while it was submitted or running: kept
+    #: with the job, so that the kill holds whatever comes first (the commit
+    #: of its submission, its end, a restart of the daemon)
+    kill_requested: bool = False
 
     @property
     def slot(self) -> tuple[str, int]:

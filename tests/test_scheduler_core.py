@@ -395,7 +395,10 @@ def test_kill_running_job_is_not_retried_and_skips_downstream():
     h.trigger("p")
     box = ReplyBox()
     h.ask(Command("kill", 1), box)
+    assert h.kills == [] and box.replies == []  # not before the request is committed
+    h.commit()
     assert h.kills == [1] and box.replies[0].result["state"] == "killing"
+    assert h.db_jobs[1].kill_requested
     # the executor's report says the process died of SIGTERM: still "killed"
     h.feed(JobFinished(1, "failed", 143, "exit code 143", 1.0, 2.0))
     h.settle()
@@ -442,6 +445,70 @@ def test_rerun_refuses_a_job_that_has_not_ended():
     box = ReplyBox()
     h.ask(Command("rerun", 1), box)
     assert box.replies[0].code == -32002
+
+
+def test_a_kill_while_the_submission_is_in_flight_is_honoured():
+    """The kill arrives after the scheduler proposed "submitted" and before
+    that commit came back: the job is started and killed at once (the
+    executor then reports it killed without launching it)."""
+    h = Harness(pipeline("p", Step("a", "sleep 60", retry=RetryPolicy(tries=3))))
+    h.ask(Trigger("p", T0, "manual"))
+    h.commit()  # the run: its pass proposes a submitted, not yet committed
+    assert [c.state for p in h.unsent for c in p.changes] == [JobState.SUBMITTED]
+    box = ReplyBox()
+    h.ask(Command("kill", 1), box)
+    h.settle()
+    assert h.started_ids() == [1] and h.kills == [1]
+    assert box.replies[0].result == {"job_id": 1, "state": "killing"}
+    h.feed(JobFinished(1, "killed", None, "killed by operator", None, 2.0))
+    h.settle()
+    assert h.db_jobs[1].state is JobState.KILLED and h.db_jobs[1].successor is None
+    assert h.run().state is RunState.FAILED
+
+
+def test_a_kill_outlives_a_restart():
+    """Committed but not yet carried out when the daemon died: the next
+    daemon starts (re-attaches to) the job and kills it."""
+    p = pipeline("p", Step("a", "sleep 60"))
+    doomed = Job(1, 1, "p", "a", 0, 1, "local", state=JobState.SUBMITTED, kill_requested=True)
+    core = Scheduler({"p": p}, {"local": ExecutorConfig("local", "local")}, next_run_id=2, next_job_id=2)
+    effects = core.load([Run(1, "p", T0)], [doomed], now=5.0)
+    assert [type(e).__name__ for e in effects if isinstance(e, (StartJob, KillJob))] == ["StartJob", "KillJob"]
+
+
+def test_a_job_that_succeeded_before_the_kill_landed_is_a_success():
+    h = Harness(pipeline("p", Step("a", "true")))
+    h.trigger("p")
+    h.ask(Command("kill", 1), ReplyBox())
+    h.settle()
+    # the executor had moved the outputs before the KillJob reached it
+    h.feed(JobFinished(1, "succeeded", 0, "", 1.0, 2.0))
+    h.settle()
+    assert h.db_jobs[1].state is JobState.SUCCEEDED and h.run().state is RunState.SUCCEEDED
+
+
+def test_a_rerun_that_would_wait_for_ever_is_refused_naming_what_to_rerun():
+    h = Harness(pipeline("slow", Step("a", "sleep 60"), Step("b", "true", parents=("a",))))
+    h.trigger("slow")
+    h.ask(Command("kill", 1), ReplyBox())
+    h.settle()
+    h.feed(JobFinished(1, "killed", None, "killed by operator", None, 2.0))
+    h.settle()
+    assert h.job("b").state is JobState.SKIPPED and h.run().state is RunState.FAILED
+    run = h.run()
+    jobs = tuple(j for j in h.db_jobs.values() if j.run_id == run.id)
+    box = ReplyBox()
+    h.ask(Command("rerun", h.job("b").id, run=run, jobs=jobs), box)
+    assert box.replies[0].code == -32002
+    assert box.replies[0].error == (
+        "job 2 (b[0]) depends on job 1 (a[0]), which is killed: rerun job 1, which reruns this one with it"
+    )
+    assert h.unsent == [] and h.core.runs == {}  # the ended run left memory again
+    # what the message says works: both run again, and the run ends
+    h.ask(Command("rerun", 1, run=run, jobs=jobs), box)
+    h.settle()
+    h.drain()
+    assert h.run().state is RunState.SUCCEEDED
 
 
 def test_load_reattaches_active_jobs_and_closes_finished_runs():

@@ -184,7 +184,9 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             since REAL NOT NULL,
             api TEXT NOT NULL,
             role TEXT NOT NULL
-        )
+        );
+        -- an operator's kill of a submitted or running job, kept with the job
+        ALTER TABLE jobs ADD COLUMN kill_requested INTEGER NOT NULL DEFAULT 0
         """,
     ),
 )

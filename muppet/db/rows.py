@@ -15,7 +15,7 @@ RUN_COLUMNS = "id, pipeline, reference_time, state, cause, created_at, ended_at"
 JOB_COLUMNS = (
     "id, run_id, pipeline, step, job_index, count, executor, state, failures,"
     " predecessor, successor, not_before, exit_code, reason, batch_id, host,"
-    " created_at, submitted_at, started_at, ended_at"
+    " created_at, submitted_at, started_at, ended_at, kill_requested"
 )
 
 #: a row as the database driver takes it (ints, floats, strings, None)
@@ -41,7 +41,7 @@ def job_row(job: Job) -> Row:
         job.id, job.run_id, job.pipeline, job.step, job.index, job.count, job.executor,
         job.state.value, job.failures, job.predecessor, job.successor, job.not_before,
         job.exit_code, job.reason, job.batch_id, job.host, job.created_at,
-        job.submitted_at, job.started_at, job.ended_at,
+        job.submitted_at, job.started_at, job.ended_at, int(job.kill_requested),
     )
 
 
@@ -51,7 +51,7 @@ def job_from_row(row: Sequence[Any]) -> Job:
         executor=row[6], state=JobState(row[7]), failures=row[8], predecessor=row[9],
         successor=row[10], not_before=row[11], exit_code=row[12], reason=row[13],
         batch_id=row[14], host=row[15], created_at=row[16], submitted_at=row[17],
-        started_at=row[18], ended_at=row[19],
+        started_at=row[18], ended_at=row[19], kill_requested=bool(row[20]),
     )
 
 

@@ -31,7 +31,7 @@ It holds no channels: the scheduler task keeps who waits for which number.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -145,8 +145,6 @@ class Scheduler:
         # replies owed (by request number) once a run / job write comes back
         self.owed_run: dict[int, list[tuple[int, Reply]]] = defaultdict(list)
         self.owed_job: dict[int, list[tuple[int, Reply]]] = defaultdict(list)
-        # jobs an operator asked to kill: their end is "killed", never retried
-        self.kill_requested: set[int] = set()
         # steps that conflict, made symmetric
         self.conflicts: dict[tuple[str, str], frozenset[str]] = {}
         for pipeline in self.pipelines.values():
@@ -177,6 +175,10 @@ class Scheduler:
                 start = self._start_job(job, now, changes)
                 if start is not None:
                     effects.append(start)
+                    if job.kill_requested:
+                        # the kill outlives the restart; the executor takes a
+                        # KillJob right after the StartJob before launching
+                        effects.append(KillJob(job.id))
         # a crash between a run's last job and the run's own end leaves it open
         for run_id in list(self.runs):
             self._maybe_finish_run(run_id, changes, now)
@@ -288,6 +290,14 @@ class Scheduler:
                     start = self._start_job(change, now, changes)
                     if start is not None:
                         effects.append(start)
+                # A kill is sent only once the request is committed, so that a
+                # crash cannot leave a job killed that the database believes
+                # is running. A job whose submission was in flight when the
+                # kill came gets its KillJob right after its StartJob: the
+                # executor then reports it killed without launching it.
+                newly_killed = change.kill_requested and not (before is not None and before.kill_requested)
+                if newly_killed and change.state.active:
+                    effects.append(KillJob(change.id))
         for completed in event.completed:
             effects.extend(self._data_triggers(completed, changes, now))
         return effects
@@ -355,14 +365,15 @@ class Scheduler:
             reason=event.reason,
         )
         changes.append(JobLog(job.id, event.stdout_tail, event.stderr_tail))
-        if event.state == "succeeded" and job.id not in self.kill_requested:
+        if event.state == "succeeded":
+            # the executor says so only when it moved the outputs, and it does
+            # not once it has a kill: a kill that came too late loses the race
             self._move(job, JobState.SUCCEEDED, changes, **common)
             register = self._outputs(job, event)
             if register is not None:
                 changes.append(register)
             return
-        if event.state == "killed" or job.id in self.kill_requested:
-            self.kill_requested.discard(job.id)
+        if event.state == "killed" or job.kill_requested:
             reason = event.reason or states.KILLED_BY_OPERATOR
             self._move(job, JobState.KILLED, changes, **{**common, "reason": reason})
             self._skip_downstream(job, changes, now)
@@ -387,8 +398,16 @@ class Scheduler:
         job = self._latest(event.job_id)
         if job is None and event.action == "rerun" and event.run is not None:
             job = self._reopen(event.run, event.jobs, event.job_id, changes)
+            if job is not None:
+                effects = self._command_on(job, event, changes, now)
+                if job.run_id not in self.pending_runs:
+                    self._forget_run(job.run_id)  # refused: the ended run leaves memory again
+                return effects
         if job is None:
             return [_error(event.request, NOT_FOUND, f"job {event.job_id} is not in an unfinished run")]
+        return self._command_on(job, event, changes, now)
+
+    def _command_on(self, job: Job, event: Command, changes: list[Change], now: float) -> list[Effect]:
         if job.id in self.pending_jobs and event.action != "kill":
             return [_error(event.request, CONFLICT, f"job {job.id} is changing; try again")]
         state = job.state
@@ -406,13 +425,28 @@ class Scheduler:
                 self._move(job, JobState.KILLED, changes, reason=states.KILLED_BY_OPERATOR, ended_at=now)
                 self._skip_downstream(job, changes, now)
             elif state.active:
-                self.kill_requested.add(job.id)
-                return [KillJob(job.id), _answer(event.request, {"job_id": job.id, "state": "killing"})]
+                if job.kill_requested:
+                    return [_answer(event.request, {"job_id": job.id, "state": "killing"})]
+                self._move(job, state, changes, kill_requested=True)
+                if job.id in self.pending_jobs and event.request:
+                    reply = Reply(result={"job_id": job.id, "state": "killing"})
+                    self.owed_job[job.id].append((event.request, reply))
+                return []
             else:
                 return [_error(event.request, CONFLICT, f"job {job.id} has already ended ({state.value})")]
         elif event.action == "rerun":
             if not state.finished or job.successor is not None:
                 why = f"job {job.id} is {state.value}; only the newest job of a slot that has ended can be rerun"
+                return [_error(event.request, CONFLICT, why)]
+            blocker = self._ended_parent(job)
+            if blocker is not None:
+                # its rerun would wait for ever on a parent that will not
+                # succeed (docs/cli.md, "muppet rerun")
+                why = (
+                    f"job {job.id} ({job.step}[{job.index}]) depends on job {blocker.id} "
+                    f"({blocker.step}[{blocker.index}]), which is {blocker.state.value}: rerun job "
+                    f"{blocker.id}, which reruns this one with it"
+                )
                 return [_error(event.request, CONFLICT, why)]
             fresh = self._rerun(job, changes, now)
             if event.request:
@@ -474,15 +508,32 @@ class Scheduler:
                 break
 
     def _dependencies_met(self, job: Job, pipeline: Pipeline) -> bool:
+        for slot in self._parent_slots(job, pipeline):
+            current = self.current[job.run_id].get(slot)
+            if current is None or self.jobs[current].state is not JobState.SUCCEEDED:
+                return False
+        return True
+
+    def _parent_slots(self, job: Job, pipeline: Pipeline) -> Iterator[tuple[str, int]]:
+        """The (step, index) slots of the run that ``job`` waits for, lazily
+        (the scheduling pass stops at the first one not done)."""
         step = pipeline.steps[job.step]
         for parent_name in step.parents:
             parent = pipeline.steps[parent_name]
             indexes = [job.index] if step.depends is Depends.EACH else range(parent.jobs)
             for index in indexes:
-                current = self.current[job.run_id].get((parent_name, index))
-                if current is None or self.jobs[current].state is not JobState.SUCCEEDED:
-                    return False
-        return True
+                yield parent_name, index
+
+    def _ended_parent(self, job: Job) -> Job | None:
+        """A parent slot's newest job that has ended without success, if any."""
+        pipeline = self.pipelines[job.pipeline]
+        for slot in self._parent_slots(job, pipeline):
+            current = self.current[job.run_id].get(slot)
+            if current is not None:
+                parent = self._current_copy(current)
+                if parent.state.finished and parent.state is not JobState.SUCCEEDED:
+                    return parent
+        return None
 
     def _skip_downstream(self, failed: Job, changes: list[Change], now: float) -> None:
         """A job that failed for good (or was killed) leaves every job that
