@@ -241,7 +241,7 @@ def validate(paths: tuple[str, ...]) -> None:
 
 @main.command()
 @_api_option
-@_json_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object (the API's shape) instead of a table.")
 def status(api_url: str, as_json: bool) -> None:
     """Show the running daemon's version, start time and pipelines."""
     result = _call(api_url, "daemon.status")
