@@ -1,5 +1,6 @@
 """How many index queries per second the daemon's API answers, beside the
-echo ceiling of the same websocket stack (issue 3, point 10).
+echo ceiling of the same websocket stack (the MUPPET design's target:
+thousands of queries per second from one daemon; docs/index.md, "Speed").
 
 For each database (SQLite, PostgreSQL 15):
 1. an index of realistic size is loaded straight into the tables: 50

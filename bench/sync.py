@@ -1,5 +1,6 @@
 """One file to four consumers: BitTorrent (muppet-sync) against plain HTTP, in
-network namespaces with rate-limited links (issue 5, point 9).
+network namespaces with rate-limited links (the MUPPET design: the swarm grows
+with the consumers, the seeder's upload does not; docs/sync.md, "Measured").
 
 Topology, built fresh for each run and removed at the end (also on Ctrl-C and
 on errors; leftovers of a killed run are removed at the start): a "switch"
@@ -103,7 +104,7 @@ HTTP_PORT = 8080
 MASTER = "bench"
 ORIGIN = "origin"
 FORMAT = "bin"
-#: tbf's burst and latency as measured to work (shared NOTES)
+#: tbf's burst and latency, as measured to let a link carry its set rate
 TBF = "burst 256kb latency 100ms"
 
 

@@ -1,5 +1,6 @@
 """How long from the registration that completes an instance to the run of a
-pipeline that requires its product (issue 3, point 7: under one second).
+pipeline that requires its product (target: under one second; docs/index.md,
+"Completeness and data-driven triggers").
 
 Runs the real daemon in-process on SQLite (and PostgreSQL with --postgres),
 registers one file per trial through the API (the product needs one file, so
