@@ -449,20 +449,19 @@ def test_rerun_refuses_a_job_that_has_not_ended():
 
 def test_a_kill_while_the_submission_is_in_flight_is_honoured():
     """The kill arrives after the scheduler proposed "submitted" and before
-    that commit came back: the job is started and killed at once (the
-    executor then reports it killed without launching it)."""
+    that commit came back: the job is never handed to the executor, and ends
+    killed once the kill is committed."""
     h = Harness(pipeline("p", Step("a", "sleep 60", retry=RetryPolicy(tries=3))))
     h.ask(Trigger("p", T0, "manual"))
     h.commit()  # the run: its pass proposes a submitted, not yet committed
     assert [c.state for p in h.unsent for c in p.changes] == [JobState.SUBMITTED]
     box = ReplyBox()
     h.ask(Command("kill", 1), box)
-    h.settle()
-    assert h.started_ids() == [1] and h.kills == [1]
+    h.settle()  # "submitted" first, then the kill: never handed over
+    assert h.started_ids() == [] and h.kills == []
     assert box.replies[0].result == {"job_id": 1, "state": "killing"}
-    h.feed(JobFinished(1, "killed", None, "killed by operator", None, 2.0))
-    h.settle()
     assert h.db_jobs[1].state is JobState.KILLED and h.db_jobs[1].successor is None
+    assert h.db_jobs[1].reason == "killed by operator"
     assert h.run().state is RunState.FAILED
 
 

@@ -138,6 +138,8 @@ class Scheduler:
         self.pending_jobs: dict[int, Job] = {}
         self.pending_runs: dict[int, Run] = {}
         self.pending_new: dict[int, NewRun] = {}
+        # jobs given to the executor (StartJob) in this daemon's life
+        self.handed: set[int] = set()
         # persisted WAITING jobs: the candidates of every scheduling pass
         self.waiting: set[int] = set()
         # jobs holding a slot (submitted or running in either copy)
@@ -174,6 +176,7 @@ class Scheduler:
             if job.state.active:
                 start = self._start_job(job, now, changes)
                 if start is not None:
+                    self.handed.add(job.id)
                     effects.append(start)
                     if job.kill_requested:
                         # the kill outlives the restart; the executor takes a
@@ -269,7 +272,8 @@ class Scheduler:
             elif isinstance(change, Run):
                 if self.pending_runs.get(change.id) == change:
                     del self.pending_runs[change.id]
-                effects.extend(self._pay(self.owed_run, change.id))
+                if change.id not in self.pending_runs:  # the newest copy: what was asked is done
+                    effects.extend(self._pay(self.owed_run, change.id))
                 if change.state is RunState.RUNNING:
                     self.runs[change.id] = change
                 elif change.id not in self.pending_runs:
@@ -282,24 +286,37 @@ class Scheduler:
                     continue  # its run ended meanwhile (cannot happen, kept safe)
                 self._store_job(change)
                 touched.add(change.run_id)
-                effects.extend(self._pay(self.owed_job, change.id))
-                newly_submitted = change.state is JobState.SUBMITTED and (
-                    before is None or before.state is not JobState.SUBMITTED
-                )
-                if newly_submitted:
-                    start = self._start_job(change, now, changes)
-                    if start is not None:
-                        effects.append(start)
-                # A kill is sent only once the request is committed, so that a
-                # crash cannot leave a job killed that the database believes
-                # is running. A job whose submission was in flight when the
-                # kill came gets its KillJob right after its StartJob: the
-                # executor then reports it killed without launching it.
-                newly_killed = change.kill_requested and not (before is not None and before.kill_requested)
-                if newly_killed and change.state.active:
-                    effects.append(KillJob(change.id))
+                if change.id not in self.pending_jobs:  # the newest copy: what was asked is done
+                    effects.extend(self._pay(self.owed_job, change.id))
+                effects.extend(self._hand_over(change, before, changes, now))
         for completed in event.completed:
             effects.extend(self._data_triggers(completed, changes, now))
+        return effects
+
+    def _hand_over(self, job: Job, before: Job | None, changes: list[Change], now: float) -> list[Effect]:
+        """What the executor must hear of a job's newly committed copy.
+
+        A submitted job is handed over (StartJob) once "submitted" is
+        committed, unless a kill is already on its way. A kill is sent only
+        once the request is committed, so that a crash cannot leave a job
+        killed while the database believes it runs: to the executor if the
+        job was handed over (in this daemon's life: a restart hands over
+        every active job again), otherwise the job ends killed right here,
+        never launched."""
+        effects: list[Effect] = []
+        latest = self._current_copy(job.id)
+        if job.state is JobState.SUBMITTED and job.id not in self.handed and not latest.kill_requested:
+            start = self._start_job(job, now, changes)
+            if start is not None:
+                self.handed.add(job.id)
+                effects.append(start)
+        newly_killed = job.kill_requested and not (before is not None and before.kill_requested)
+        if newly_killed and job.state.active and job.id not in self.pending_jobs:
+            if job.id in self.handed:
+                effects.append(KillJob(job.id))
+            else:
+                self._move(job, JobState.KILLED, changes, reason=states.KILLED_BY_OPERATOR, ended_at=now)
+                self._skip_downstream(job, changes, now)
         return effects
 
     def _data_triggers(self, completed: CompletedInstance, changes: list[Change], now: float) -> list[Effect]:
@@ -425,12 +442,15 @@ class Scheduler:
                 self._move(job, JobState.KILLED, changes, reason=states.KILLED_BY_OPERATOR, ended_at=now)
                 self._skip_downstream(job, changes, now)
             elif state.active:
-                if job.kill_requested:
-                    return [_answer(event.request, {"job_id": job.id, "state": "killing"})]
-                self._move(job, state, changes, kill_requested=True)
-                if job.id in self.pending_jobs and event.request:
-                    reply = Reply(result={"job_id": job.id, "state": "killing"})
-                    self.owed_job[job.id].append((event.request, reply))
+                if not job.kill_requested:
+                    self._move(job, state, changes, kill_requested=True)
+                killing = {"job_id": job.id, "state": "killing"}
+                if job.id not in self.pending_jobs:
+                    return [_answer(event.request, killing)]  # asked before, and committed
+                # "killing" only once the request is committed: it then holds
+                # across a crash
+                if event.request:
+                    self.owed_job[job.id].append((event.request, Reply(result=killing)))
                 return []
             else:
                 return [_error(event.request, CONFLICT, f"job {job.id} has already ended ({state.value})")]
@@ -507,6 +527,52 @@ class Scheduler:
             if executor is not None and per_executor[job.executor] >= executor.max_jobs and all_full():
                 break
 
+    def why_waiting(self, job_id: int, now: float) -> str:
+        """Why a waiting or held job has not started, in words an operator
+        can act on (docs/states.md, "Why a job waits"), checked in the order
+        the scheduling pass checks; "" for a job that is not waiting here."""
+        job = self._latest(job_id)
+        if job is None:
+            return ""
+        committed = self.jobs.get(job_id)
+        if committed is not None and job.state is not committed.state:
+            return f"{job.state.value}: being committed"
+        if job.state is JobState.HELD:
+            return "held by operator"
+        if job.state is not JobState.WAITING:
+            return ""
+        if job.not_before > now:
+            return f"backoff until {format_time(job.not_before)}"
+        pipeline = self.pipelines.get(job.pipeline)
+        if pipeline is None or job.step not in pipeline.steps:
+            return f"step {job.pipeline}.{job.step} is no longer configured"
+        unmet = []
+        for slot in self._parent_slots(job, pipeline):
+            current = self.current[job.run_id].get(slot)
+            parent = None if current is None else self._current_copy(current)
+            if parent is None or parent.state is not JobState.SUCCEEDED:
+                unmet.append(f"{slot[0]}[{slot[1]}] {parent.state.value if parent else 'missing'}")
+        if unmet:
+            more = f" (and {len(unmet) - 3} more)" if len(unmet) > 3 else ""
+            return "parents: " + ", ".join(unmet[:3]) + more
+        step = pipeline.steps[job.step]
+        active = [self._current_copy(j) for j in sorted(self.active)]
+        executor = self.executors.get(job.executor)
+        if executor is not None:
+            busy = sum(1 for other in active if other.executor == job.executor)
+            if busy >= executor.max_jobs:
+                return f"executor {executor.name}: {busy} of {executor.max_jobs} slots busy"
+        if step.concurrency is not None:
+            same = [other.id for other in active if (other.pipeline, other.step) == (job.pipeline, job.step)]
+            if len(same) >= step.concurrency:
+                return (f"concurrency: {len(same)} of {step.concurrency} {job.step} jobs running"
+                        f" ({', '.join(map(str, same[:5]))})")
+        conflicting = self.conflicts.get((job.pipeline, job.step), frozenset())
+        for other in active:
+            if other.pipeline == job.pipeline and other.step in conflicting:
+                return f"conflict: {other.step} job {other.id} running"
+        return "ready: starts in the next scheduling pass"
+
     def _dependencies_met(self, job: Job, pipeline: Pipeline) -> bool:
         for slot in self._parent_slots(job, pipeline):
             current = self.current[job.run_id].get(slot)
@@ -525,15 +591,24 @@ class Scheduler:
                 yield parent_name, index
 
     def _ended_parent(self, job: Job) -> Job | None:
-        """A parent slot's newest job that has ended without success, if any."""
+        """A parent slot's newest job that has ended without success, if any
+        (a rerun of that slot still in flight counts as its newest job)."""
         pipeline = self.pipelines[job.pipeline]
         for slot in self._parent_slots(job, pipeline):
-            current = self.current[job.run_id].get(slot)
-            if current is not None:
-                parent = self._current_copy(current)
-                if parent.state.finished and parent.state is not JobState.SUCCEEDED:
-                    return parent
+            parent = self._newest_in_slot(job.run_id, slot)
+            if parent is not None and parent.state.finished and parent.state is not JobState.SUCCEEDED:
+                return parent
         return None
+
+    def _newest_in_slot(self, run_id: int, slot: tuple[str, int]) -> Job | None:
+        """The slot's newest job, following successors not yet committed."""
+        current = self.current[run_id].get(slot)
+        if current is None:
+            return None
+        job = self._current_copy(current)
+        while job.successor is not None and self._latest(job.successor) is not None:
+            job = self._current_copy(job.successor)
+        return job
 
     def _skip_downstream(self, failed: Job, changes: list[Change], now: float) -> None:
         """A job that failed for good (or was killed) leaves every job that
@@ -551,12 +626,10 @@ class Scheduler:
                     if slot not in seen:
                         seen.add(slot)
                         todo.append(slot)
-        for step_name, index in sorted(seen):
-            current = self.current[failed.run_id].get((step_name, index))
-            if current is None:
-                continue
-            job = self._current_copy(current)
-            if job.state in (JobState.WAITING, JobState.HELD):
+        for slot in sorted(seen):
+            # the newest job of the slot: a rerun still being committed too
+            job = self._newest_in_slot(failed.run_id, slot)
+            if job is not None and job.state in (JobState.WAITING, JobState.HELD):
                 self._move(job, JobState.SKIPPED, changes, ended_at=now, reason=states.upstream_did_not_succeed(failed))
 
     def _rerun(self, job: Job, changes: list[Change], now: float) -> Job:
@@ -565,11 +638,21 @@ class Scheduler:
         fresh = self._successor(job, changes, now)
         pipeline = self.pipelines[job.pipeline]
         descendants = pipeline.descendants(job.step)
-        for (step_name, _), current in list(self.current[job.run_id].items()):
-            if step_name in descendants:
+        # parents before children (the pipeline's steps are in topological
+        # order), so that a revived child sees its revived parents; a child
+        # with another parent that ended without success stays skipped: it
+        # would wait for ever
+        slots = self.current[job.run_id]
+        for step_name in pipeline.steps:
+            if step_name not in descendants:
+                continue
+            for slot, current in sorted(slots.items()):
+                if slot[0] != step_name:
+                    continue
                 downstream = self._current_copy(current)
                 if downstream.state is JobState.SKIPPED and downstream.successor is None:
-                    self._successor(downstream, changes, now)
+                    if self._ended_parent(downstream) is None:
+                        self._successor(downstream, changes, now)
         run = self.runs[job.run_id]
         # a run whose end is still in flight is reopened too: the RUNNING
         # proposal replaces the pending end, so the run is not forgotten
@@ -703,6 +786,8 @@ class Scheduler:
             self.waiting.add(job.id)
         else:
             self.waiting.discard(job.id)
+        if job.state.finished:
+            self.handed.discard(job.id)
         pending = self.pending_jobs.get(job.id)
         if job.state.active or (pending is not None and pending.state.active):
             self.active.add(job.id)
@@ -716,6 +801,7 @@ class Scheduler:
             del self.jobs[job_id]
             self.waiting.discard(job_id)
             self.active.discard(job_id)
+            self.handed.discard(job_id)
             self.pending_jobs.pop(job_id, None)
 
     def _latest(self, job_id: int) -> Job | None:
