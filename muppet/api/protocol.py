@@ -98,6 +98,15 @@ _ARTICLES = {"integer": "an integer", "object": "an object", "array": "an array"
 _MISSING = object()
 
 
+#: the range of a 64-bit signed integer, every integer param's outer bounds
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+
+def _bound(limit: float) -> str:
+    return str(limit) if isinstance(limit, int) else f"{limit:g}"
+
+
 def _describe_value(value: Any) -> str:
     text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -139,13 +148,19 @@ class Param:
             if isinstance(value, float) and not math.isfinite(value):
                 raise self._invalid("must be a finite number", value)
             low, high = self.minimum, self.maximum
+            if self.type == "integer":
+                # what the database's integers hold (SQLite's and
+                # PostgreSQL's BIGINT): beyond, a query cannot even be asked
+                low = _INT64_MIN if low is None else max(low, _INT64_MIN)
+                high = _INT64_MAX if high is None else min(high, _INT64_MAX)
             if (low is not None and value < low) or (high is not None and value > high):
                 if low is not None and high is not None:
-                    bounds = f"from {low:g} to {high:g}"
+                    bounds = f"from {_bound(low)} to {_bound(high)}"
                 elif low is not None:
-                    bounds = f">= {low:g}"
+                    bounds = f">= {_bound(low)}"
                 else:
-                    bounds = f"<= {high:g}"
+                    assert high is not None
+                    bounds = f"<= {_bound(high)}"
                 raise self._invalid(f"must be {bounds}", value)
         return value
 
