@@ -185,6 +185,8 @@ def daemon(config_path: str | None) -> None:
     )
     log = logging.getLogger("muppet.daemon")
     log.info("starting: %d pipelines, state in %s", len(config.pipelines), config.daemon.state_dir)
+    for warning in config.warnings:
+        log.warning("configuration: %s", warning)
     try:
         trio.run(serve_until_signal, config)
     except Exception as exc:
@@ -227,16 +229,20 @@ def validate(paths: tuple[str, ...]) -> None:
     A file with a [pipeline] table is a pipeline file; any other is a daemon
     file, checked together with every pipeline file it lists. Prints one line
     per problem on stderr (FILE: [TABLE] KEY: what is wrong) and exits 1 if
-    there is any; prints "N files OK" and exits 0 otherwise.
+    there is any; prints "N files OK" and exits 0 otherwise. A warning (FILE:
+    [TABLE] KEY: warning: ...) is something allowed but probably not meant:
+    printed, and the files still pass.
     """
     from .config import validate_paths
 
     problems = validate_paths(list(paths))
     for problem in problems:
         click.echo(str(problem), err=True)
-    if problems:
+    warnings = sum(1 for p in problems if p.warning)
+    if len(problems) > warnings:
         sys.exit(1)
-    click.echo(f"{len(paths)} file{'s' if len(paths) != 1 else ''} OK")
+    also = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
+    click.echo(f"{len(paths)} file{'s' if len(paths) != 1 else ''} OK{also}")
 
 
 @main.command()
@@ -547,11 +553,14 @@ def events(since: int | None, follow: bool, kinds: tuple[str, ...], products_: t
 @click.option("--format", "fmt", metavar="NAME", help="The format's slug, instead of the one found by content.")
 @click.option("--expires", metavar="ISO", help="When the files expire. Default: the product's lifetime_hours.")
 @click.option("--version", "version", type=click.IntRange(1),
-              help="The instance version. Default: the newest, or a new one when it holds these files already.")
+              help="The instance version. Default: the newest (version 1 for a new reference time).")
+@click.option("--new-version", is_flag=True,
+              help="Make a new instance version for the files (the product was made again).")
 @_json_option
 @_api_option
 def register(paths: tuple[str, ...], product: str, backend: str, reference_time: str | None,
-             fmt: str | None, expires: str | None, version: int | None, as_json: bool, api_url: str) -> None:
+             fmt: str | None, expires: str | None, version: int | None, new_version: bool,
+             as_json: bool, api_url: str) -> None:
     """Scan finished FILEs and index them as instances of PRODUCT on BACKEND.
 
     Each file is read once: size, SHA-256, format by content (NetCDF classic,
@@ -559,7 +568,13 @@ def register(paths: tuple[str, ...], product: str, backend: str, reference_time:
     NetCDF and GRIB, reference time, time period and variables. All files are
     registered in one request, all or none: a file that cannot be read stops
     the command before anything is sent.
+
+    The files join the newest version of each product instance; a file
+    registered again at the same URL replaces its record there. A new
+    version is made only with --new-version (docs/index.md, "Versions").
     """
+    if version is not None and new_version:
+        _fail("give --version or --new-version, not both")
     from . import scan as scanning
 
     async def work(client: api_client.Client) -> Any:
@@ -597,7 +612,7 @@ def register(paths: tuple[str, ...], product: str, backend: str, reference_time:
                 "expires": expires,
                 "version": version,
             })
-        return await client.call("files.register", {"files": files})
+        return await client.call("files.register", {"files": files, "new_version": new_version})
 
     result = _session(api_url, work)
     rows = result["files"]

@@ -42,12 +42,10 @@ class NewRun:
 class NewFile:
     """One file (a Productstatus DataInstance) to put in the index.
 
-    The instance is the newest version of (product, reference_time), or a new
-    version when that one already holds a file of the same name on the same
-    backend and format (a re-run made it again); ``version`` picks one
-    explicitly. A file's name is its path under the backend's URL (else the
-    URL's last part). The Data record is the instance's one of the same name,
-    or ``data_id``'s (a copy on another backend shares its original's).
+    The instance version is chosen as RegisterFiles says; ``version`` picks
+    one explicitly. A file's name is its path under the backend's URL (else
+    the URL's last part). The Data record is the instance's one of the same
+    name, or ``data_id``'s (a copy on another backend shares its original's).
     """
 
     product: str
@@ -74,10 +72,20 @@ class NewFile:
 class RegisterFiles:
     """Index these files, all or none. ``define_formats``: a format not yet
     known is declared on the way (for step outputs, whose format is found by
-    content and must not fail the job's commit)."""
+    content and must not fail the job's commit).
+
+    Which instance version a file joins (docs/index.md, "Versions"): the one
+    ``run_id`` made (the outputs of one run, its reruns included, make one
+    version; a new run makes a new one); by hand, the newest version, or a
+    new one with ``new_version``. A file registered at a URL that a live
+    record on the same backend holds supersedes that record."""
 
     files: tuple[NewFile, ...]
     define_formats: bool = False
+    #: the run whose job made the files (step outputs); None: by hand
+    run_id: int | None = None
+    #: by hand: make a new version of each (product, reference time)
+    new_version: bool = False
 
 
 @attrs.frozen

@@ -282,6 +282,8 @@ class Config:
     index: IndexConfig = IndexConfig()
     #: the daemon's configuration file
     source: str = ""
+    #: what the loader found allowed but probably not meant, for the log
+    warnings: tuple[str, ...] = ()
 
     def __hash__(self) -> int:
         return id(self)

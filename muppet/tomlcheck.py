@@ -53,6 +53,8 @@ class Problem:
     table: str
     key: str
     message: str
+    #: works, but probably not as meant: reported, never refused
+    warning: bool = False
 
     def __str__(self) -> str:
         where = f"{self.file}:"
@@ -60,7 +62,7 @@ class Problem:
             where += f" {self.table}" if self.table.startswith("[") else f" [{self.table}]"
         if self.key:
             where += f" {self.key}:"
-        return f"{where} {self.message}"
+        return f"{where} {'warning: ' if self.warning else ''}{self.message}"
 
 
 class ConfigError(Exception):
@@ -163,14 +165,21 @@ def string_list(*, unique: bool = True, non_empty: bool = False) -> Callable[[An
 
 class TomlFile:
     """Collects the problems of one file; ``display`` is how messages name it.
-    ``problems``: a list to append to (several files, one error), else its own."""
+    ``problems``: a list to append to (several files, one error), else its
+    own; ``warnings`` the same for what is allowed but probably not meant."""
 
-    def __init__(self, display: str, problems: list[Problem] | None = None) -> None:
+    def __init__(
+        self, display: str, problems: list[Problem] | None = None, warnings: list[Problem] | None = None,
+    ) -> None:
         self.display = display
         self.problems: list[Problem] = [] if problems is None else problems
+        self.warnings: list[Problem] = [] if warnings is None else warnings
 
     def problem(self, table: str, key: str, message: str) -> None:
         self.problems.append(Problem(self.display, table, key, message))
+
+    def warn(self, table: str, key: str, message: str) -> None:
+        self.warnings.append(Problem(self.display, table, key, message, warning=True))
 
     def unknown(self, data: Mapping[str, Any], table: str, allowed: Iterable[str], prefix: str = "") -> None:
         allowed = list(allowed)

@@ -60,6 +60,9 @@ class FileRef:
     time_begin: datetime | None = None
     time_end: datetime | None = None
     variables: tuple[str, ...] = ()
+    #: the record that replaced this one (the file was registered again at
+    #: its URL): the file lives on under that record
+    superseded_by: int | None = None
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any], origin: str = "the index") -> FileRef:
@@ -101,6 +104,7 @@ class FileRef:
             time_begin=time("time_begin"),
             time_end=time("time_end"),
             variables=tuple(data.get("variables") or ()),
+            superseded_by=data.get("superseded_by"),
         )
 
     def to_api(self) -> dict[str, Any]:
@@ -126,6 +130,7 @@ class FileRef:
             "time_begin": format_time(self.time_begin),
             "time_end": format_time(self.time_end),
             "variables": list(self.variables),
+            "superseded_by": self.superseded_by,
         }
 
 
@@ -234,7 +239,12 @@ class Selection:
             if held is not None:
                 held.sources.pop(file.id, None)
                 if file.id == held.file.id or not held.sources:
-                    actions.append(self._release(file.data_id, "deleted in the index"))
+                    if file.superseded_by is not None:
+                        # registered again (docs/index.md, "Versions"): the
+                        # new record's event comes next and is taken afresh
+                        actions.append(self._release(file.data_id, "superseded in the index", final=False))
+                    else:
+                        actions.append(self._release(file.data_id, "deleted in the index"))
             return actions
         cutoff = self.cutoff(file.product)
         if cutoff is not None and file.reference_time < cutoff:
@@ -299,7 +309,9 @@ class Selection:
         reason = f"older than the {keep} most recent reference times of {product}"
         return [self._release(data_id, reason) for data_id in sorted(stale)]
 
-    def _release(self, data_id: int, reason: str) -> Release:
+    def _release(self, data_id: int, reason: str, *, final: bool = True) -> Release:
+        """Give up a held file; ``final``: for good (not taken again)."""
         held = self.held.pop(data_id)
-        self.released.add(data_id)
+        if final:
+            self.released.add(data_id)
         return Release(held.file, reason)

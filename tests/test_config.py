@@ -394,6 +394,26 @@ def test_muppet_validate_names_file_table_and_key_of_a_bad_resource(tmp_path):
         assert done.stderr.splitlines() == expected
 
 
+def test_an_output_without_reference_time_is_a_warning(tmp_path):
+    """Every run would write the same path: allowed, but said (docs/index.md,
+    "Versions": the index keeps the newest file only)."""
+    conf = setup(tmp_path, GOOD_PIPELINE.replace("out/{reference_time:%Y%m%dT%H}/part_{index:02d}.txt",
+                                                 "out/part_{index:02d}.txt"))
+    pipeline = tmp_path / "pipelines" / "p.toml"
+    config = load_config(conf)
+    expected = (
+        f'{pipeline}: [steps.convert] outputs: warning: "out/part_{{index:02d}}.txt": without '
+        "{reference_time} every run writes the same path, and each run's file replaces the one before "
+        "(the index keeps only the newest)"
+    )
+    assert config.warnings == (expected,)
+    done = subprocess.run(
+        [sys.executable, "-m", "muppet.cli", "validate", str(conf)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "1 file OK (1 warning)\n", expected + "\n")
+
+
 def test_depends_each_with_equal_jobs(tmp_path):
     conf = setup(tmp_path, pipeline_with('command = "x"\nparents = ["fetch"]\njobs = 4\ndepends = "each"\n'))
     assert load_config(conf).pipelines["p"].steps["convert"].depends is Depends.EACH

@@ -125,18 +125,55 @@ def test_complete_products_name_the_others_at_the_same_reference_time(store):
     assert completed.complete_products == {"arome", "ecmwf"}
 
 
-def test_same_name_again_on_same_backend_is_a_new_version_other_backend_shares_data(store):
+def test_a_file_registered_again_replaces_its_record_in_the_same_version(store):
+    """docs/index.md, "Versions": registering a file again at its URL keeps
+    the instance version and supersedes the old record (deleted, with an
+    event, in the same transaction)."""
     first = register(store, nf("a.nc"), nf("b.nc")).result["files"]
     assert {f["version"] for f in first} == {1}
+    complete = queries.latest_instance(store, "arome", complete=True)
     copy = register(store, nf("a.nc", backend="thredds-1", format="netcdf")).result["files"][0]
     assert copy["version"] == 1 and copy["data_id"] == first[0]["data_id"]
     assert [c["backend"] for c in queries.copies(store, first[0]["data_id"])] == ["lustre-a", "thredds-1"]
-    rerun = register(store, nf("a.nc", hash="cd" * 32)).result["files"][0]
-    assert rerun["version"] == 2 and rerun["instance_id"] != first[0]["instance_id"]
+    before = reads.last_event_id(store)
+    again = register(store, nf("a.nc", hash="cd" * 32)).result["files"][0]
+    assert again["version"] == 1 and again["instance_id"] == first[0]["instance_id"]
+    assert again["data_id"] == first[0]["data_id"] and again["hash"] == "cd" * 32
+    old = queries.get_file(store, first[0]["id"])
+    assert old["deleted"] and old["superseded_by"] == again["id"]
+    # the old record's event first, then the new one's
+    assert [(e["kind"], e["subject_id"], e["data"]["deleted"]) for e in events(store, before)] == [
+        ("file", first[0]["id"], True), ("file", again["id"], False)]
+    assert events(store, before)[0]["data"]["reason"] == f"superseded by file {again['id']}"
+    # the instance holds two live files on lustre-a still: complete, the same one
+    assert queries.latest_instance(store, "arome", complete=True)["id"] == complete["id"]
+    live = [f for f in queries.list_files(store, complete["id"])["items"] if f["backend"] == "lustre-a"]
+    assert sorted(f["name"] for f in live) == ["arome/a.nc", "arome/b.nc"]
+    # the copy on thredds-1 is another URL: untouched
+    assert not queries.get_file(store, copy["id"])["deleted"]
+
+
+def test_a_new_version_only_when_asked(store):
+    register(store, nf("a.nc"))
+    newer = writes.write(store, [RegisterFiles((nf("a.nc"), nf("b.nc")), new_version=True)]).index[0]
+    assert {f["version"] for f in newer.result["files"]} == {2}
     assert queries.latest_instance(store, "arome")["version"] == 2
-    assert queries.latest_instance(store, "arome", complete=True)["version"] == 1
     explicit = register(store, nf("z.nc", version=1)).result["files"][0]
     assert explicit["version"] == 1
+
+
+def test_the_outputs_of_one_run_make_one_version_and_a_new_run_a_new_one(store):
+    def from_run(run_id, *files):
+        return writes.write(store, [RegisterFiles(tuple(files), run_id=run_id)]).index[0].result["files"]
+
+    register(store, nf("by-hand.nc"))  # version 1, by hand
+    (a,) = from_run(7, nf("a.nc"))
+    (b,) = from_run(7, nf("b.nc"))  # another job of run 7
+    (a_again,) = from_run(7, nf("a.nc", hash="cd" * 32))  # a rerun inside run 7
+    assert a["version"] == b["version"] == a_again["version"] == 2
+    assert queries.get_file(store, a["id"])["superseded_by"] == a_again["id"]
+    (c,) = from_run(8, nf("a.nc"))  # a new run
+    assert c["version"] == 3
 
 
 def test_completeness_per_backend_and_format(store):

@@ -108,6 +108,21 @@ def test_expiry_and_deletion_release():
     assert selection.held == {}
 
 
+def test_a_file_registered_again_is_taken_afresh():
+    """docs/index.md, "Versions": the old record is superseded (its event
+    first), then the new record of the same Data comes and is taken."""
+    selection = consumer()
+    old = a_file(1)
+    selection.offer(old, NOW)
+    superseded = attrs.evolve(old, deleted=True, superseded_by=2)
+    assert selection.offer(superseded, NOW) == [Release(old, "superseded in the index")]
+    new = attrs.evolve(a_file(2, data_id=1), hash="ef" * 32)
+    assert selection.offer(new, NOW) == [Take(new)]
+    # a file deleted for good is not taken again
+    assert selection.offer(attrs.evolve(new, deleted=True), NOW) == [Release(new, "deleted in the index")]
+    assert selection.offer(a_file(3, data_id=1), NOW) == []
+
+
 def test_a_deleted_copy_elsewhere_does_not_release_while_the_source_lives():
     selection = consumer()
     source = a_file(1)

@@ -274,7 +274,7 @@ async def _files_register(ctx: Context, params: Mapping[str, Any], conn: Connect
         files = index_params.new_files(params["files"])
     except index_params.ParamError as exc:
         raise _invalid(exc) from None
-    written = await _write(ctx, messages.RegisterFiles(files))
+    written = await _write(ctx, messages.RegisterFiles(files, new_version=params["new_version"]))
     return written.result
 
 

@@ -334,8 +334,10 @@ METHODS: dict[str, MethodSpec] = method_table([
     MethodSpec("files.expiring", (
         Param("before", "string", required=True), _CURSOR, _LIMIT,
     ), "present files that expire before a time"),
-    MethodSpec("files.register", (Param("files", "array", required=True),),
-               "index files (all or none), making instances and data as needed", "write"),
+    MethodSpec("files.register", (
+        Param("files", "array", required=True),
+        Param("new_version", "boolean", default=False, doc="make a new version of each instance"),
+    ), "index files (all or none), making instances and data as needed", "write"),
     MethodSpec("files.delete", (
         Param("ids", "array", required=True), Param("reason", "string", default=""),
     ), "mark files deleted", "write"),

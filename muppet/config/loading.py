@@ -81,6 +81,7 @@ class _Loader:
 
     def __init__(self) -> None:
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
         self.stakeholders: dict[str, tuple[Stakeholder, str]] = {}
         self.loaded: list[_Loaded] = []
         #: the daemon file's products; None while checking pipeline files alone
@@ -107,7 +108,7 @@ class _Loader:
             if data is None:
                 return
         before = len(self.problems)
-        f = TomlFile(display, self.problems)
+        f = TomlFile(display, self.problems, self.warnings)
         self.add_stakeholders(f, stakeholder_tables(f, data))
         pipeline = pipeline_file(f, data, os.path.abspath(path))
         self.loaded.append(_Loaded(pipeline, display, clean=len(self.problems) == before))
@@ -122,7 +123,7 @@ class _Loader:
         first_file: dict[str, str] = {}
         destinations: dict[str, tuple[str, str, int]] = {}
         for item in self.loaded:
-            f = TomlFile(item.display, self.problems)
+            f = TomlFile(item.display, self.problems, self.warnings)
             p = item.pipeline
             if p.name:
                 if p.name in first_file:
@@ -194,7 +195,7 @@ class _Loader:
 def _daemon_file(loader: _Loader, path: str, display: str, data: dict[str, Any]) -> tuple[Config, list[str]]:
     """Reads a daemon file and the pipeline files its globs match; returns them too."""
     base_dir = os.path.dirname(os.path.abspath(path))
-    f = TomlFile(display, loader.problems)
+    f = TomlFile(display, loader.problems, loader.warnings)
     for key, value in data.items():
         if key not in DAEMON_TABLES:
             if key in ("pipeline", "steps"):
@@ -285,7 +286,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     config, _ = _daemon_file(loader, display, display, data)
     if loader.problems:
         raise ConfigError(loader.problems)
-    return config
+    return attrs.evolve(config, warnings=tuple(str(w) for w in loader.warnings))
 
 
 def validate_paths(paths: Sequence[str]) -> list[Problem]:
@@ -313,14 +314,14 @@ def validate_paths(paths: Sequence[str]) -> list[Problem]:
         loader = _Loader()
         _, files = _daemon_file(loader, path, path, data)
         covered.update(files)
-        problems.extend(loader.problems)
+        problems.extend(loader.problems + loader.warnings)
 
     loader = _Loader()
     for path, data in lone:
         if os.path.realpath(path) not in covered:
             loader.pipeline_file(path, path, data)
     loader.cross_check(None)
-    problems.extend(loader.problems)
+    problems.extend(loader.problems + loader.warnings)
 
     unique: list[Problem] = []
     for problem in problems:  # a file given twice reports once

@@ -220,6 +220,14 @@ def _step(f: TomlFile, name: str, body: Mapping[str, Any]) -> Step:
 
 
 def _outputs_indexed(f: TomlFile, step: Step) -> None:
+    for pattern in step.outputs:
+        if "reference_time" not in output_fields(pattern):
+            f.warn(
+                f"steps.{step.name}",
+                "outputs",
+                f"{show(pattern)}: without {{reference_time}} every run writes the same path, and each "
+                "run's file replaces the one before (the index keeps only the newest)",
+            )
     if step.jobs > 1:
         for pattern in step.outputs:
             if "index" not in output_fields(pattern):

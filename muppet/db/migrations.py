@@ -186,7 +186,13 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             role TEXT NOT NULL
         );
         -- an operator's kill of a submitted or running job, kept with the job
-        ALTER TABLE jobs ADD COLUMN kill_requested INTEGER NOT NULL DEFAULT 0
+        ALTER TABLE jobs ADD COLUMN kill_requested INTEGER NOT NULL DEFAULT 0;
+        -- the run whose jobs made an instance version (NULL: registered by
+        -- hand): the outputs of one run, reruns included, go to one version
+        ALTER TABLE instances ADD COLUMN run_id INTEGER;
+        -- the record that replaced a file registered again at its URL
+        ALTER TABLE data_instances ADD COLUMN superseded_by INTEGER;
+        CREATE INDEX data_instances_url ON data_instances (url) WHERE deleted = 0
         """,
     ),
 )

@@ -80,7 +80,7 @@ FILE_COLUMNS = (
     "di.id, di.data_id, di.instance_id, i.product, i.reference_time, i.version, d.name,"
     " di.url, di.format, di.backend, di.size, di.hash_type, di.hash, di.expires,"
     " di.deleted, di.partial, di.info_hash, d.time_begin, d.time_end, d.variables,"
-    " di.created_at, di.peer"
+    " di.created_at, di.peer, di.superseded_by"
 )
 FILE_FROM = (
     " FROM data_instances di JOIN data d ON d.id = di.data_id"
@@ -114,6 +114,7 @@ def file_from_row(row: Sequence[Any]) -> dict[str, Any]:
         "variables": json.loads(row[19]),
         "created_at": codec.format_time(row[20]),
         "peer": row[21],
+        "superseded_by": row[22],
     }
 
 

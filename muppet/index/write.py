@@ -163,10 +163,16 @@ class _Writer:
             self.define(DefineIndex(formats=tuple(new_formats.values())))
         touched: dict[int, tuple[str, datetime, int]] = {}
         registered = []
+        #: the new versions this change made, by (product, reference time)
+        made: dict[tuple[str, str], tuple[int, int]] = {}
         for new in change.files:
-            instance_id, version = self._instance(new)
+            instance_id, version = self._instance(new, change, made)
             touched[instance_id] = (new.product, new.reference_time, version)
             data_id = self._data(new, instance_id)
+            superseded = [r[0] for r in self.rows(
+                "SELECT id FROM data_instances WHERE url = ? AND backend = ? AND deleted = 0",
+                (new.url, new.backend),
+            )]
             expires = new.expires
             lifetime = products[new.product].lifetime_hours
             if expires is None and lifetime is not None:
@@ -182,6 +188,16 @@ class _Writer:
                     new.peer, self.now,
                 ),
             )
+            # the file at this URL is now the new one: the old records say so,
+            # in this transaction, and their events come before the new
+            # file's (a consumer drops the old copy, then takes the new)
+            for old_id in superseded:
+                self.cursor.execute(self.sql(
+                    "UPDATE data_instances SET deleted = 1, deleted_at = ?, superseded_by = ? WHERE id = ?"
+                ), (self.now, file_id, old_id))
+                old = self._file(old_id)
+                old["reason"] = f"superseded by file {file_id}"
+                self.event("file", old_id, old, old["product"])
             item = self._file(file_id)
             self.event("file", file_id, item, new.product)
             registered.append(item)
@@ -233,8 +249,12 @@ class _Writer:
         if new.version is not None and new.version < 1:
             raise Refused(CONFLICT, f"{where}: version must be 1 or more")
 
-    def _instance(self, new: NewFile) -> tuple[int, int]:
-        """The instance the file goes to, made when needed: see NewFile."""
+    def _instance(
+        self, new: NewFile, change: RegisterFiles, made: dict[tuple[str, str], tuple[int, int]],
+    ) -> tuple[int, int]:
+        """The instance the file goes to, made when needed (docs/index.md,
+        "Versions"): ``data_id``'s, the given ``version``, the one the
+        change's run made, or by hand the newest (a new one when asked)."""
         reference_time = codec.format_time(new.reference_time)
         if new.data_id is not None:
             # _check made sure the Data record exists
@@ -250,30 +270,34 @@ class _Writer:
             )
             if row is not None:
                 return row[0], new.version
-            return self._new_instance(new.product, reference_time, new.version), new.version
-        row = self.one(
+            return self._new_instance(new.product, reference_time, new.version, None), new.version
+        key = (new.product, reference_time)
+        if key in made:
+            return made[key]
+        if change.run_id is not None:
+            row = self.one(
+                "SELECT id, version FROM instances WHERE product = ? AND reference_time = ? AND run_id = ?"
+                " ORDER BY version DESC LIMIT 1",
+                (new.product, reference_time, change.run_id),
+            )
+            if row is not None:
+                return row[0], row[1]
+        latest = self.one(
             "SELECT id, version FROM instances WHERE product = ? AND reference_time = ?"
             " ORDER BY version DESC LIMIT 1",
             (new.product, reference_time),
         )
-        if row is not None:
-            # a file of this name already on this backend and format: the
-            # product is being made again, and a re-run is a new version
-            again = self.one(
-                "SELECT 1 FROM data_instances di JOIN data d ON d.id = di.data_id"
-                " WHERE d.instance_id = ? AND d.name = ? AND di.backend = ? AND di.format = ?"
-                " AND di.deleted = 0",
-                (row[0], self._name(new), new.backend, new.format),
-            )
-            if again is None:
-                return row[0], row[1]
-        version = 1 if row is None else row[1] + 1
-        return self._new_instance(new.product, reference_time, version), version
+        if latest is not None and change.run_id is None and not change.new_version:
+            return latest[0], latest[1]
+        # a new run of the producing pipeline, or a new version asked for
+        version = 1 if latest is None else latest[1] + 1
+        made[key] = (self._new_instance(new.product, reference_time, version, change.run_id), version)
+        return made[key]
 
-    def _new_instance(self, product: str, reference_time: str, version: int) -> int:
+    def _new_instance(self, product: str, reference_time: str, version: int, run_id: int | None) -> int:
         instance_id = self.insert(
-            "INSERT INTO instances (product, reference_time, version, created_at) VALUES (?, ?, ?, ?)",
-            (product, reference_time, version, self.now),
+            "INSERT INTO instances (product, reference_time, version, created_at, run_id) VALUES (?, ?, ?, ?, ?)",
+            (product, reference_time, version, self.now, run_id),
         )
         row = self.existing(
             "SELECT id, product, reference_time, version, created_at, completed_at FROM instances WHERE id = ?",

@@ -359,6 +359,7 @@ class Scheduler:
                 for output in event.outputs
             ),
             define_formats=True,
+            run_id=job.run_id,
         )
 
     def _job_started(self, event: JobStarted, changes: list[Change]) -> None:
