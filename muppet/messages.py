@@ -247,6 +247,18 @@ class JobFinished:
 
 
 @attrs.frozen
+class JobNotStarted:
+    """The executor could not start the job for a failure of MUPPET's own
+    machinery (the state directory full or failing, the batch system out of
+    reach): the command did not run. Not the job's failure: the scheduler
+    puts it back to waiting, to be tried again after a backoff, without
+    using up its tries. ``reason`` says what went wrong, for the operator."""
+
+    job_id: int
+    reason: str
+
+
+@attrs.frozen
 class MovedOutput:
     """A declared output now at its destination."""
 
@@ -323,6 +335,6 @@ class Reply:
 # --- what each task's inbox carries (the channel types in daemon.py) --------------
 
 #: the scheduler's inbox: committed facts, triggers, job reports, requests
-ToScheduler = Persisted | Trigger | Asked | JobStarted | JobFinished
+ToScheduler = Persisted | Trigger | Asked | JobStarted | JobFinished | JobNotStarted
 #: the executor's inbox
 ToExecutor = StartJob | KillJob

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from muppet.messages import (
     Command,
     JobFinished,
+    JobNotStarted,
     JobStarted,
     KillJob,
     NewRun,
@@ -508,6 +509,35 @@ def test_a_rerun_that_would_wait_for_ever_is_refused_naming_what_to_rerun():
     h.settle()
     h.drain()
     assert h.run().state is RunState.SUCCEEDED
+
+
+def test_a_failed_start_waits_and_tries_again_without_using_a_try():
+    """The executor could not start the job (its own trouble, a full disk):
+    back to waiting with the reason, a backoff doubling per failed start,
+    its one try unused."""
+    h = Harness(pipeline("p", Step("a", "true")))
+    h.trigger("p")
+    assert h.started_ids() == [1]
+    h.feed(JobNotStarted(1, "cannot prepare /state/jobs/1: [Errno 28] No space left on device"))
+    h.settle()
+    job = h.db_jobs[1]
+    assert job.state is JobState.WAITING and job.failures == 0 and job.successor is None
+    assert job.not_before == h.now + 1.0
+    assert h.core.why_waiting(1, h.now) == (
+        "not started: cannot prepare /state/jobs/1: [Errno 28] No space left on device;"
+        " trying again at 1970-01-01T00:16:41.000Z"
+    )
+    assert h.wake == h.now + 1.0
+    h.now = h.wake
+    h.feed()
+    h.settle()
+    assert h.started_ids() == [1, 1]  # handed over again: the executor launches it once
+    h.feed(JobNotStarted(1, "still full"))
+    h.settle()
+    assert h.db_jobs[1].not_before == h.now + 2.0  # doubled
+    h.now += 2.0
+    h.drain()
+    assert h.db_jobs[1].state is JobState.SUCCEEDED and h.run().state is RunState.SUCCEEDED
 
 
 def test_load_reattaches_active_jobs_and_closes_finished_runs():

@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from muppet.messages import (
     Command,
     JobFinished,
+    JobNotStarted,
     JobStarted,
     KillJob,
     NewRun,
@@ -86,10 +87,12 @@ class World:
         # executor's reports not yet delivered (all lost when it dies)
         self.core = self._new_core()
         self.unsent: deque[Persist] = deque()
-        self.reports: deque[JobStarted | JobFinished] = deque()
+        self.reports: deque[JobStarted | JobFinished | JobNotStarted] = deque()
         self.in_hand: set[int] = set()
         # the jobs' processes: they outlive the daemon
         self.processes: dict[int, Process] = {}
+        # the executor's own trouble (a full disk): no job can be started
+        self.trouble = False
         self.launches: dict[int, int] = {}
         # operators: requests by number, the kills answered "killing"
         self.requests = 0
@@ -149,6 +152,9 @@ class World:
             self.reports.append(self._finished(process))
 
     def _launch(self, job: Job) -> None:
+        if self.trouble:
+            self.reports.append(JobNotStarted(job.id, "no space left on device"))
+            return
         committed = self.jobs[job.id]
         assert committed.state is JobState.SUBMITTED, f"job {job.id} launched while {committed.state.value}"
         self.launches[job.id] = self.launches.get(job.id, 0) + 1
@@ -204,7 +210,7 @@ class World:
 
     def deliver(self) -> None:
         report = self.reports.popleft()
-        if isinstance(report, JobFinished):
+        if isinstance(report, (JobFinished, JobNotStarted)):
             self.in_hand.discard(report.job_id)
         self.feed(report)
 
@@ -267,6 +273,8 @@ class World:
                 self.commit()
             elif self.reports:
                 self.deliver()
+            elif self.trouble:
+                self.trouble = False  # the disk is emptied
             elif any(not p.ended for p in self.processes.values()):
                 self.end_process(0, "succeeded")
             elif any(j.state is JobState.HELD for j in self.core.jobs.values()):
@@ -280,7 +288,10 @@ class World:
         raise AssertionError("the world did not settle")
 
 
-ACTIONS = ["commit", "deliver", "succeed", "fail", "kill", "hold", "release", "rerun", "trigger", "tick", "restart"]
+ACTIONS = [
+    "commit", "deliver", "succeed", "fail", "kill", "hold", "release", "rerun", "trigger", "tick", "restart",
+    "trouble",
+]
 
 
 @settings(max_examples=int(os.environ.get("MUPPET_EXAMPLES", "400")), deadline=None,
@@ -310,6 +321,8 @@ def test_every_interleaving_keeps_the_promises(data, depends, tries):
             world.tick(data.draw(st.sampled_from([0.5, 2.0, 10.0])))
         elif action == "restart":
             world.restart()
+        elif action == "trouble":
+            world.trouble = not world.trouble
         world.check_waiting()
     world.drain()
 

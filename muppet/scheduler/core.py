@@ -44,6 +44,7 @@ from ..messages import (
     Command,
     CompletedInstance,
     JobFinished,
+    JobNotStarted,
     JobStarted,
     KillJob,
     NewFile,
@@ -71,6 +72,12 @@ from . import states
 from .states import IllegalTransition
 
 
+#: the backoff after a failed start (the executor's trouble, not the job's):
+#: doubling from the first to the longest, in seconds
+START_RETRY_FIRST = 1.0
+START_RETRY_MAX = 60.0
+
+
 @attrs.frozen
 class Answer:
     """Effect: ``reply`` answers request number ``request``; 0 is nobody's
@@ -95,7 +102,7 @@ class WakeAt:
 
 
 Effect = Persist | StartJob | KillJob | Answer | WakeAt | Notice
-Event = Trigger | Persisted | JobStarted | JobFinished | Command
+Event = Trigger | Persisted | JobStarted | JobFinished | JobNotStarted | Command
 
 
 class Scheduler:
@@ -140,6 +147,8 @@ class Scheduler:
         self.pending_new: dict[int, NewRun] = {}
         # jobs given to the executor (StartJob) in this daemon's life
         self.handed: set[int] = set()
+        # failed starts so far, per job, for the backoff of the next try
+        self.start_failures: dict[int, int] = {}
         # persisted WAITING jobs: the candidates of every scheduling pass
         self.waiting: set[int] = set()
         # jobs holding a slot (submitted or running in either copy)
@@ -206,6 +215,8 @@ class Scheduler:
                 self._job_started(event, changes)
             elif isinstance(event, JobFinished):
                 self._job_finished(event, changes, now)
+            elif isinstance(event, JobNotStarted):
+                self._job_not_started(event, changes, now)
             elif isinstance(event, Command):
                 effects.extend(self._command(event, changes, now))
             else:
@@ -362,6 +373,30 @@ class Scheduler:
             run_id=job.run_id,
         )
 
+    def _job_not_started(self, event: JobNotStarted, changes: list[Change], now: float) -> None:
+        """Back to waiting, to be tried again after a backoff that doubles
+        with each failed start (MUPPET design: a failure of MUPPET's own
+        machinery is never a job's failure); its tries stay unused."""
+        job = self._latest(event.job_id)
+        if job is None or job.state is not JobState.SUBMITTED:
+            return
+        self.handed.discard(job.id)
+        if job.kill_requested:
+            self._move(job, JobState.KILLED, changes, reason=states.KILLED_BY_OPERATOR, ended_at=now)
+            self._skip_downstream(job, changes, now)
+            return
+        parent = self._ended_parent(job)
+        if parent is not None:  # it could never start now
+            self._move(job, JobState.SKIPPED, changes, ended_at=now, reason=states.upstream_did_not_succeed(parent))
+            self._skip_downstream(job, changes, now)
+            return
+        attempts = self.start_failures[job.id] = self.start_failures.get(job.id, 0) + 1
+        delay = min(START_RETRY_FIRST * 2 ** (attempts - 1), START_RETRY_MAX)
+        self._move(
+            job, JobState.WAITING, changes,
+            not_before=now + delay, reason=states.not_started(event.reason), submitted_at=None,
+        )
+
     def _job_started(self, event: JobStarted, changes: list[Change]) -> None:
         job = self._latest(event.job_id)
         if job is None or not job.state.active:
@@ -398,7 +433,9 @@ class Scheduler:
             return
         step = self.pipelines[job.pipeline].steps[job.step]
         failures = job.failures + 1
-        if failures < step.retry.tries:
+        # no retry when a parent has since ended without success (an
+        # operator reran and killed it): the retry would wait for ever
+        if failures < step.retry.tries and self._ended_parent(job) is None:
             self._successor(
                 job,
                 changes,
@@ -543,6 +580,8 @@ class Scheduler:
         if job.state is not JobState.WAITING:
             return ""
         if job.not_before > now:
+            if job.reason:  # a failed start: what went wrong, and when it is tried again
+                return f"{job.reason}; trying again at {format_time(job.not_before)}"
             return f"backoff until {format_time(job.not_before)}"
         pipeline = self.pipelines.get(job.pipeline)
         if pipeline is None or job.step not in pipeline.steps:
@@ -789,6 +828,7 @@ class Scheduler:
             self.waiting.discard(job.id)
         if job.state.finished:
             self.handed.discard(job.id)
+            self.start_failures.pop(job.id, None)
         pending = self.pending_jobs.get(job.id)
         if job.state.active or (pending is not None and pending.state.active):
             self.active.add(job.id)
@@ -803,6 +843,7 @@ class Scheduler:
             self.waiting.discard(job_id)
             self.active.discard(job_id)
             self.handed.discard(job_id)
+            self.start_failures.pop(job_id, None)
             self.pending_jobs.pop(job_id, None)
 
     def _latest(self, job_id: int) -> Job | None:

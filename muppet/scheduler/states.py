@@ -33,8 +33,11 @@ JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     _J.WAITING: frozenset({_J.SUBMITTED, _J.HELD, _J.KILLED, _J.SKIPPED}),
     _J.HELD: frozenset({_J.WAITING, _J.KILLED, _J.SKIPPED}),
     # submitted -> succeeded/failed without running: the executor may report
-    # the end before it saw the start (a short job, a re-attach after a crash)
-    _J.SUBMITTED: frozenset({_J.RUNNING, _J.SUCCEEDED, _J.FAILED, _J.KILLED}),
+    # the end before it saw the start (a short job, a re-attach after a crash);
+    # submitted -> waiting: the executor could not start it for its own
+    # trouble (disk full, batch system away), to be tried again; -> skipped:
+    # so, and a parent has since ended without success
+    _J.SUBMITTED: frozenset({_J.RUNNING, _J.SUCCEEDED, _J.FAILED, _J.KILLED, _J.WAITING, _J.SKIPPED}),
     _J.RUNNING: frozenset({_J.SUCCEEDED, _J.FAILED, _J.KILLED}),
     # an ended job never moves again: a retry or a rerun is a new job in the
     # same slot (MUPPET design, "the data model")
@@ -56,7 +59,7 @@ RUN_TRANSITIONS: Mapping[RunState, frozenset[RunState]] = {
 #: what each job state means, as docs/states.md and `muppet jobs --help` say it
 JOB_STATE_MEANINGS: Mapping[JobState, str] = {
     _J.WAITING: "not started: its parents, the step's concurrency, a conflicting step, "
-                "an executor slot or its retry backoff keep it back (the reason says which)",
+                "an executor slot, its retry backoff or a failed start keep it back (the reason says which)",
     _J.HELD: "kept from starting by an operator until released",
     _J.SUBMITTED: "handed to the executor, not yet seen running",
     _J.RUNNING: "its command runs",
@@ -101,6 +104,11 @@ def move_run(run: Run, state: RunState, **changes: Any) -> Run:
 
 #: a job an operator killed, running or not
 KILLED_BY_OPERATOR = "killed by operator"
+
+
+def not_started(why: str) -> str:
+    """Why a submitted job went back to waiting (the executor could not start it)."""
+    return f"not started: {why}"
 
 
 def upstream_did_not_succeed(parent: Job) -> str:
