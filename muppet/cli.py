@@ -49,6 +49,8 @@ def _api_option(command: Callable[..., Any]) -> Callable[..., Any]:
 def _token() -> str | None:
     ctx = click.get_current_context(silent=True)
     return None if ctx is None else ctx.meta.get("muppet.token")
+
+
 _json_option = click.option(
     "--json", "as_json", is_flag=True,
     help="Print a JSON array of objects (the API's shape) instead of a table.",
@@ -229,7 +231,7 @@ def validate(paths: tuple[str, ...]) -> None:
     A file with a [pipeline] table is a pipeline file; any other is a daemon
     file, checked together with every pipeline file it lists. Prints one line
     per problem on stderr (FILE: [TABLE] KEY: what is wrong) and exits 1 if
-    there is any; prints "N files OK" and exits 0 otherwise. A warning (FILE:
+    there is any; prints "N file(s) OK" and exits 0 otherwise. A warning (FILE:
     [TABLE] KEY: warning: ...) is something allowed but probably not meant:
     printed, and the files still pass.
     """
@@ -556,7 +558,8 @@ def events(since: int | None, follow: bool, kinds: tuple[str, ...], products_: t
               help="The instance version. Default: the newest (version 1 for a new reference time).")
 @click.option("--new-version", is_flag=True,
               help="Make a new instance version for the files (the product was made again).")
-@_json_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON array of the registered files (the API's shape) instead of a line each.")
 @_api_option
 def register(paths: tuple[str, ...], product: str, backend: str, reference_time: str | None,
              fmt: str | None, expires: str | None, version: int | None, new_version: bool,

@@ -42,6 +42,8 @@ from . import cron
 from .api import server as api_task
 from .db import task as database_task
 from .db.health import DatabaseHealth
+from .db.reads import Snapshot
+from .db.store import Store
 from .executor import task as executor_task
 from .index import expiry
 from .messages import Persisted, ToDatabase, ToExecutor, ToScheduler
@@ -65,47 +67,69 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[int] = trio.TASK
     """Run the daemon until cancelled. ``task_status.started`` gets the API's
     port once every task runs and the API listens."""
     strict = os.environ.get(STRICT_STATES) == "1"
-    async with database_task.opened(config) as (store, snapshot):
-        # one view of the database's outages for every task that talks to it
-        health = DatabaseHealth(store.describe())
-        core = Scheduler(
-            config.pipelines,
-            config.executors,
-            next_run_id=snapshot.next_run_id,
-            next_job_id=snapshot.next_job_id,
-            outputs_backend=config.backends.get(config.index.outputs_backend),
-            strict=strict,
-        )
-        to_scheduler, scheduler_inbox = trio.open_memory_channel[ToScheduler](math.inf)
-        to_database, database_inbox = trio.open_memory_channel[ToDatabase](QUEUE)
-        to_executor, executor_inbox = trio.open_memory_channel[ToExecutor](QUEUE)
-        # one slot: while a number waits, a newer one is dropped; the hub
-        # reads up to the newest event whatever number woke it
-        to_api, committed = trio.open_memory_channel[int](1)
-        persisted: trio.MemorySendChannel[Persisted] = to_scheduler.clone()
-        async with trio.open_nursery() as nursery:
-            # the API first: a listen address in use stops the daemon before
-            # any other task has begun (requests wait in the channels meanwhile)
-            port = await nursery.start(partial(
-                api_task.run, config, to_scheduler.clone(), to_database.clone(), committed=committed, health=health,
-            ))
-            nursery.start_soon(partial(
-                database_task.run, store, database_inbox, persisted, committed=to_api, health=health,
-            ))
-            nursery.start_soon(partial(
-                executor_task.run, executor_inbox, to_scheduler.clone(),
-                executors=config.executors,
-                state_dir=config.daemon.state_dir,
-                output_dir=config.daemon.output_dir,
-            ))
-            nursery.start_soon(partial(
-                scheduler_task.run, core, scheduler_inbox, to_database.clone(), to_executor,
-                loaded=(snapshot.runs, snapshot.jobs),
-            ))
-            nursery.start_soon(partial(cron.run, config.pipelines, to_scheduler.clone(), last_fired=snapshot.last_cron))
-            nursery.start_soon(expiry.run, config.index, to_database.clone())
-            log.info("API listening on %s://%s:%s", config.api.scheme, config.api.host, port)
-            task_status.started(port)
+    # the API's address first: one in use stops the daemon before it
+    # touches the database
+    listeners = await api_task.listen(config.api)
+    try:
+        async with database_task.opened(config, api_task.address(config.api, listeners)) as (store, snapshot):
+            await _serve(config, store, snapshot, listeners, strict, task_status)
+    finally:
+        with trio.CancelScope(shield=True):
+            for listener in listeners:
+                await listener.aclose()
+
+
+async def _serve(
+    config: Config,
+    store: Store,
+    snapshot: Snapshot,
+    listeners: api_task.Listeners,
+    strict: bool,
+    task_status: trio.TaskStatus[int],
+) -> None:
+    """The tasks and their channels, over an open database and the API's
+    listening sockets."""
+    # one view of the database's outages for every task that talks to it
+    health = DatabaseHealth(store.describe())
+    core = Scheduler(
+        config.pipelines,
+        config.executors,
+        next_run_id=snapshot.next_run_id,
+        next_job_id=snapshot.next_job_id,
+        outputs_backend=config.backends.get(config.index.outputs_backend),
+        strict=strict,
+    )
+    to_scheduler, scheduler_inbox = trio.open_memory_channel[ToScheduler](math.inf)
+    to_database, database_inbox = trio.open_memory_channel[ToDatabase](QUEUE)
+    to_executor, executor_inbox = trio.open_memory_channel[ToExecutor](QUEUE)
+    # one slot: while a number waits, a newer one is dropped; the hub
+    # reads up to the newest event whatever number woke it
+    to_api, committed = trio.open_memory_channel[int](1)
+    persisted: trio.MemorySendChannel[Persisted] = to_scheduler.clone()
+    async with trio.open_nursery() as nursery:
+        # the API first, so that clients are answered from the start
+        # (requests wait in the channels until the other tasks run)
+        port = await nursery.start(partial(
+            api_task.run, config, to_scheduler.clone(), to_database.clone(),
+            committed=committed, health=health, listeners=listeners,
+        ))
+        nursery.start_soon(partial(
+            database_task.run, store, database_inbox, persisted, committed=to_api, health=health,
+        ))
+        nursery.start_soon(partial(
+            executor_task.run, executor_inbox, to_scheduler.clone(),
+            executors=config.executors,
+            state_dir=config.daemon.state_dir,
+            output_dir=config.daemon.output_dir,
+        ))
+        nursery.start_soon(partial(
+            scheduler_task.run, core, scheduler_inbox, to_database.clone(), to_executor,
+            loaded=(snapshot.runs, snapshot.jobs),
+        ))
+        nursery.start_soon(partial(cron.run, config.pipelines, to_scheduler.clone(), last_fired=snapshot.last_cron))
+        nursery.start_soon(expiry.run, config.index, to_database.clone())
+        log.info("API listening on %s://%s:%s", config.api.scheme, config.api.host, port)
+        task_status.started(port)
 
 
 async def serve_until_signal(config: Config) -> None:

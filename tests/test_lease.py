@@ -117,7 +117,7 @@ async def test_a_holder_killed_with_9_frees_the_database(tmp_path, database_url)
         await stop(second)
 
 
-async def test_an_api_address_in_use_is_named_before_any_task_starts(tmp_path):
+async def test_an_api_address_in_use_is_named_before_the_database_is_touched(tmp_path):
     port = free_port()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
@@ -132,3 +132,4 @@ async def test_an_api_address_in_use_is_named_before_any_task_starts(tmp_path):
     assert done.returncode == 1, error
     assert f"cannot listen on ws://127.0.0.1:{port}" in error and "in use" in error, error
     assert "Traceback" not in error and "API listening" not in error, error
+    assert not (tmp_path / "muppet.db").exists(), "the database was touched"

@@ -317,16 +317,35 @@ class ListenError(OSError):
 READERS = 4
 
 
-async def _listen(
-    api: model.ApiConfig,
-) -> list[trio.SSLListener[trio.SocketStream]] | list[trio.SocketListener]:
+Listeners = list[trio.SSLListener[trio.SocketStream]] | list[trio.SocketListener]
+
+
+async def listen(api: model.ApiConfig) -> Listeners:
     """The API's listening sockets (TLS over them with ``tls_cert``), as
-    trio_websocket.serve_websocket would open them."""
-    if not api.tls_cert:
-        return await trio.open_tcp_listeners(api.port, host=api.host)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(api.tls_cert, api.tls_key)
-    return await trio.open_ssl_over_tcp_listeners(api.port, context, host=api.host, https_compatible=True)
+    trio_websocket.serve_websocket would open them. The daemon opens them
+    before anything else, so that an address in use stops it before it
+    touches its database. Raises ListenError naming the address."""
+    try:
+        if not api.tls_cert:
+            return await trio.open_tcp_listeners(api.port, host=api.host)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(api.tls_cert, api.tls_key)
+        return await trio.open_ssl_over_tcp_listeners(api.port, context, host=api.host, https_compatible=True)
+    except OSError as exc:
+        raise ListenError(
+            f"[api] listen: cannot listen on {api.scheme}://{api.listen}: "
+            f"{exc.strerror or exc} (another daemon there? choose another address)"
+        ) from exc
+
+
+def address(api: model.ApiConfig, listeners: Listeners) -> str:
+    """Where clients reach the API (``ws://HOST:PORT``), with the port the
+    kernel chose when the configured one is 0."""
+    first = listeners[0]
+    socket_listener = first.transport_listener if isinstance(first, trio.SSLListener) else first
+    assert isinstance(socket_listener, trio.SocketListener)
+    port = socket_listener.socket.getsockname()[1]
+    return f"{api.scheme}://{api.listen.rsplit(':', 1)[0]}:{port}"
 
 
 async def run(
@@ -336,6 +355,7 @@ async def run(
     *,
     committed: trio.MemoryReceiveChannel[int] | None = None,
     health: DatabaseHealth | None = None,
+    listeners: Listeners | None = None,
     reply_timeout: float = REPLY_TIMEOUT,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -352,7 +372,8 @@ async def run(
     on ``[daemon] database``; ``events`` notifications to subscribers.
 
     Calls ``task_status.started(port)`` once listening, with the bound port
-    (the one the kernel chose when the configured port is 0).
+    (the one the kernel chose when the configured port is 0). Serves on
+    ``listeners`` when given (``listen``), else opens them itself.
 
     Database outages: every read reports to ``health`` (the daemon's shared
     one). A call that cannot read gets -32005; a command or write while the
@@ -401,13 +422,8 @@ async def run(
         # limit (1009, message too big); up to twice the configured limit, the
         # client gets a JSON-RPC error naming the limit instead
         ws_limit = 2 * config.api.max_message_bytes + 65536
-        try:
-            listeners = await _listen(config.api)
-        except OSError as exc:
-            raise ListenError(
-                f"[api] listen: cannot listen on {config.api.scheme}://{config.api.listen}: "
-                f"{exc.strerror or exc} (another daemon there? choose another address)"
-            ) from exc
+        if listeners is None:
+            listeners = await listen(config.api)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(partial(hub.run, committed, poll=poll))
             server = trio_websocket.WebSocketServer(

@@ -1,7 +1,7 @@
 """The numbered schema migrations, written once for SQLite and PostgreSQL.
 
 Each migration is SQL in SQLite's words with ``?`` placeholders;
-``muppet.db.store.translate`` turns it into PostgreSQL's (``INTEGER`` ->
+``muppet.db.dialect.translate`` turns it into PostgreSQL's (``INTEGER`` ->
 ``BIGINT``, ``REAL`` -> ``DOUBLE PRECISION``, ``AUTOINCREMENT`` -> an identity
 column). Statements are split on ``;``, so a migration must not put a
 semicolon inside a string literal: sqlite3's ``executescript`` would do the

@@ -41,12 +41,13 @@ class StateMismatch(Exception):
 
 
 @asynccontextmanager
-async def opened(config: Config) -> AsyncIterator[tuple[Store, Snapshot]]:
+async def opened(config: Config, api: str) -> AsyncIterator[tuple[Store, Snapshot]]:
     """The daemon's writing Store and what the previous daemon left in it.
 
     Takes the database's lease first (``lease.py``: LeaseHeld, naming the
     holder, when another daemon has it; nothing is touched then), opens (and
-    migrates) ``[daemon] database``, names this daemon as the lease's holder,
+    migrates) ``[daemon] database``, names this daemon as the lease's holder
+    (with ``api``, where its API listens),
     loads the snapshot of unfinished runs, refuses a ``state_dir`` that holds
     job directories the database has not reached (StateMismatch: new jobs
     would reuse their ids), and declares the configured products, formats and
@@ -60,17 +61,17 @@ async def opened(config: Config) -> AsyncIterator[tuple[Store, Snapshot]]:
     except (OSError, psycopg.OperationalError) as exc:
         raise DatabaseUnavailable(f"{describe_url(url)}: {exc}") from exc
     try:
-        async with _store(config, lease) as opened_store:
+        async with _store(config, lease, api) as opened_store:
             yield opened_store
     finally:
         lease.release()
 
 
 @asynccontextmanager
-async def _store(config: Config, lease: Lease) -> AsyncIterator[tuple[Store, Snapshot]]:
+async def _store(config: Config, lease: Lease, api: str) -> AsyncIterator[tuple[Store, Snapshot]]:
     store = await trio.to_thread.run_sync(open_store, config.daemon.database)
     try:
-        holder = Holder.this_process(f"{config.api.scheme}://{config.api.listen}")
+        holder = Holder.this_process(api)
         await trio.to_thread.run_sync(lease.announce, store, holder)
         snapshot = await trio.to_thread.run_sync(reads.load_snapshot, store)
         highest = await trio.to_thread.run_sync(highest_job_id, config.daemon.state_dir)

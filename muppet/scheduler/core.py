@@ -71,7 +71,6 @@ from ..model import (
 from . import states
 from .states import IllegalTransition
 
-
 #: the backoff after a failed start (the executor's trouble, not the job's):
 #: doubling from the first to the longest, in seconds
 START_RETRY_FIRST = 1.0
