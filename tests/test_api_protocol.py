@@ -389,7 +389,7 @@ def check_never_raises(text):
     replies = [e.reply if isinstance(e, Rejected) else protocol.result_reply(e.id, None)
                for e in incoming.entries]
     out = protocol.encode_replies(incoming, [None if isinstance(e, Call) and e.notification else r
-                                             for e, r in zip(incoming.entries, replies)])
+                                             for e, r in zip(incoming.entries, replies, strict=True)])
     if out is None:
         assert all((isinstance(e, Call) and e.notification) or e == Rejected(None)
                    for e in incoming.entries)

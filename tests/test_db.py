@@ -14,6 +14,7 @@ import attrs
 import psycopg
 import pytest
 import trio
+from waiting import wait_until_async  # tests/ is on sys.path
 
 from muppet import codec
 from muppet.db import DatabaseUnavailable, Snapshot, StoreError, open_store, reads, writes
@@ -432,8 +433,7 @@ def _failures(caplog) -> list[logging.LogRecord]:
 
 
 async def _wait_for_failures(caplog, count: int) -> None:
-    while len(_failures(caplog)) < count:
-        await trio.sleep(0.02)
+    await wait_until_async(lambda: len(_failures(caplog)) >= count, 30, f"{count} failed commits logged")
 
 
 async def test_task_retries_while_sqlite_is_locked(tmp_path, caplog):
@@ -471,7 +471,8 @@ async def test_task_retries_while_sqlite_is_locked(tmp_path, caplog):
     # the outage is told once when it begins and once when it ends
     warnings = [r.getMessage() for r in caplog.records if r.name == "muppet.db" and r.levelno >= logging.WARNING]
     assert len(warnings) == 2, warnings
-    assert warnings[0].startswith("database unavailable: ") and "database is locked" in warnings[0] and "available again after" in warnings[1]
+    assert warnings[0].startswith("database unavailable: ") and "database is locked" in warnings[0]
+    assert "available again after" in warnings[1]
     store.close()
 
 
@@ -584,7 +585,7 @@ async def test_cancellation_waits_for_the_write_in_progress(tmp_path):
     # task that abandoned its write would be gone before the write is done
     release = threading.Timer(0.3, blocker.execute, ("ROLLBACK",))
     to_db, db_inbox = trio.open_memory_channel(10)
-    to_scheduler, inbox = trio.open_memory_channel(10)
+    to_scheduler, _inbox = trio.open_memory_channel(10)
     try:
         with trio.fail_after(60):
             with trio.CancelScope() as scope:

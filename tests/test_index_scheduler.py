@@ -58,6 +58,7 @@ def test_outputs_are_registered_in_the_same_transaction_as_the_success():
     changes = _finish_first_job(scheduler, moved)
     (job,) = [c for c in changes if getattr(c, "state", None) is JobState.SUCCEEDED]
     (register,) = [c for c in changes if isinstance(c, RegisterFiles)]
+    assert register.run_id == job.run_id
     (new_file,) = register.files
     assert register.define_formats
     assert (new_file.product, new_file.reference_time, new_file.backend) == ("arome", T0, "lustre-a")

@@ -184,7 +184,8 @@ def test_completeness_per_backend_and_format(store):
         {"backend": "thredds-1", "format": "netcdf", "files": 1, "file_count": 2, "complete": False},
     ]
     assert queries.latest_instance(store, "arome", complete=True, backend="thredds-1") is None
-    assert queries.latest_instance(store, "arome", complete=True, backend="lustre-a", format="netcdf")["id"] == instance["id"]
+    latest = queries.latest_instance(store, "arome", complete=True, backend="lustre-a", format="netcdf")
+    assert latest["id"] == instance["id"]
     assert queries.latest_instance(store, "arome", complete=True, format="grib") is None
 
 

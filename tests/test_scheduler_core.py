@@ -142,7 +142,8 @@ class Harness:
     def run_job(self, job_id: int, state: str = "succeeded", exit_code: int = 0) -> None:
         self.feed(JobStarted(job_id, str(job_id), "host", self.now))
         self.settle()
-        self.feed(JobFinished(job_id, state, exit_code, "" if exit_code == 0 else f"exit code {exit_code}", self.now, self.now, "out", "err"))
+        reason = "" if exit_code == 0 else f"exit code {exit_code}"
+        self.feed(JobFinished(job_id, state, exit_code, reason, self.now, self.now, "out", "err"))
         self.settle()
 
     def drain(self, outcome=lambda start: ("succeeded", 0), limit: int = 1000) -> None:
