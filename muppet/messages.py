@@ -286,12 +286,23 @@ class Command:
 
 
 @attrs.frozen
+class WhyWaiting:
+    """A question for the scheduler: why each of these jobs waits (its
+    Reply's result maps each job id to the scheduler's reason, "" for one
+    that does not wait there). Read-only: answered at once, without a
+    scheduling pass."""
+
+    job_ids: tuple[int, ...]
+
+
+@attrs.frozen
 class Asked:
     """From the API: a Trigger or Command, and the channel on which the API
     waits for its Reply. The scheduler task numbers it (``request``) before
-    the core sees it, and sends the core's Answer of that number here."""
+    the core sees it, and sends the core's Answer of that number here. A
+    WhyWaiting the task answers itself."""
 
-    event: Trigger | Command
+    event: Trigger | Command | WhyWaiting
     reply: trio.MemorySendChannel[Reply]
 
 

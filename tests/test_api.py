@@ -131,6 +131,8 @@ async def stand_in_scheduler(inbox: trio.MemoryReceiveChannel, state: StandIn) -
                 state.runs[key] = 100 + len(state.runs)
                 reply = messages.Reply(result={"run_id": state.runs[key]})
             reply_to.send_nowait(reply)
+        elif isinstance(message, messages.WhyWaiting):
+            reply_to.send_nowait(messages.Reply(result={job_id: "parents: a[0] running" for job_id in message.job_ids}))
         elif isinstance(message, messages.Command):
             if message.job_id == 3:
                 reply_to.send_nowait("not a Reply")

@@ -365,3 +365,44 @@ def test_refuses_an_old_state_dir_with_a_new_database(tmp_path):
     out = subprocess.run([*MUPPET, "daemon", "--config", str(config)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "holds job directories up to job 7" in out.stderr and "has only reached job 0" in out.stderr
+
+
+GATED = STAKEHOLDER + """
+[pipeline]
+name = "gated"
+owner = "ops"
+[steps.a]
+command = "while [ ! -e $GATE ]; do sleep 0.05; done"
+env = {{ GATE = "{gate}" }}
+[steps.b]
+parents = ["a"]
+command = "true"
+[steps.c]
+command = "true"
+"""
+
+
+async def test_a_waiting_job_says_why(nursery, tmp_path, database_url):
+    """docs/states.md, "Why a job waits": the API shows the scheduler's
+    reason for a waiting job, current as the run goes on."""
+    gate = tmp_path / "gate"
+    config = write_config(tmp_path, database_url, {"gated": GATED.format(gate=gate)}, max_jobs=1)
+    url = await start(nursery, config)
+    async with connect(url) as client:
+        run_id = (await client.call("runs.trigger", {"pipeline": "gated"}))["run_id"]
+
+        async def reasons() -> dict[str, str] | None:
+            jobs = (await client.call("runs.get", {"run_id": run_id}))["jobs"]
+            by_step = {j["step"]: j for j in jobs}
+            if by_step["a"]["state"] != "running":
+                return None
+            return {step: job["reason"] for step, job in by_step.items() if job["state"] == "waiting"}
+
+        waiting = await wait_until_async(reasons, 60, "a running, b and c waiting")
+        assert waiting == {"b": "parents: a[0] running", "c": "executor local: 1 of 1 slots busy"}
+        (b,) = [j for j in await client.call("jobs.list", {"run_id": run_id}) if j["step"] == "b"]
+        assert b["reason"] == "parents: a[0] running"
+        gate.touch()
+        run = await wait_run(client, run_id)
+        assert run["state"] == "succeeded" and {j["reason"] for j in run["jobs"]} == {""}
+

@@ -58,6 +58,10 @@ class ReadPool:
             store.close()
 
 
+#: how long a listing waits for the scheduler's reasons of waiting jobs
+WHY_WAITING_WAIT = 3.0
+
+
 def _database_unavailable(cause: object) -> RpcError:
     return RpcError(DATABASE_UNAVAILABLE, f"database unavailable, retry: {cause}")
 
@@ -102,6 +106,24 @@ class Context:
     async def ask(self, event: messages.Trigger | messages.Command) -> Any:
         """Send ``event`` to the scheduler and relay its Reply's result."""
         self.refuse_while_database_away()
+        return await self._ask(event)
+
+    async def why_waiting(self, jobs: list[model.Job]) -> dict[int, str]:
+        """The scheduler's reasons for the waiting and held ``jobs`` (an
+        empty answer when it does not answer within a few seconds: the
+        caller shows what the database says)."""
+        ids = tuple(job.id for job in jobs if job.state in (model.JobState.WAITING, model.JobState.HELD))
+        if not ids:
+            return {}
+        with trio.move_on_after(WHY_WAITING_WAIT):
+            try:
+                answer: dict[int, str] = await self._ask(messages.WhyWaiting(ids))
+                return answer
+            except RpcError:
+                pass
+        return {}
+
+    async def _ask(self, event: messages.Trigger | messages.Command | messages.WhyWaiting) -> Any:
         send, receive = trio.open_memory_channel[messages.Reply](1)
         reply = await self._wait(self.scheduler, messages.Asked(event, send), receive, "scheduler")
         if reply.error is not None:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+import attrs
 import trio
 import trio_websocket
 
@@ -120,12 +121,20 @@ async def _runs_get(ctx: Context, params: Mapping[str, Any], conn: Connection) -
     if found is None:
         raise RpcError(NOT_FOUND, f"unknown run {params['run_id']}", {"run_id": params["run_id"]})
     run, jobs = found
-    return {**codec.run_to_dict(run), "jobs": [codec.job_to_dict(j) for j in jobs]}
+    return {**codec.run_to_dict(run), "jobs": await _jobs_with_reasons(ctx, list(jobs))}
 
 
 async def _jobs_list(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
     jobs = await ctx.query(reads.list_jobs, run_id=params["run_id"], state=params["state"], limit=params["limit"])
-    return [codec.job_to_dict(j) for j in jobs]
+    return await _jobs_with_reasons(ctx, jobs)
+
+
+async def _jobs_with_reasons(ctx: Context, jobs: list[model.Job]) -> list[dict[str, Any]]:
+    """The jobs as the API shows them: a waiting or held job's ``reason`` is
+    why it waits now, as the scheduler sees it (docs/states.md, "Why a job
+    waits")."""
+    reasons = await ctx.why_waiting(jobs)
+    return [codec.job_to_dict(attrs.evolve(j, reason=reasons[j.id]) if reasons.get(j.id) else j) for j in jobs]
 
 
 async def _load_job(ctx: Context, job_id: int) -> model.Job:
@@ -136,7 +145,8 @@ async def _load_job(ctx: Context, job_id: int) -> model.Job:
 
 
 async def _jobs_get(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
-    return codec.job_to_dict(await _load_job(ctx, params["job_id"]))
+    (job,) = await _jobs_with_reasons(ctx, [await _load_job(ctx, params["job_id"])])
+    return job
 
 
 async def _jobs_logs(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:

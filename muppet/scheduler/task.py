@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 import attrs
 import trio
 
-from ..messages import Asked, KillJob, Persist, Reply, StartJob, ToExecutor, ToScheduler
+from ..messages import Asked, KillJob, Persist, Reply, StartJob, ToExecutor, ToScheduler, WhyWaiting
 from ..model import Job, Run
 from .core import Answer, Effect, Event, Notice, Scheduler, WakeAt
 
@@ -55,10 +55,10 @@ async def run(
         wake_at = await _carry_out(effects, to_database, to_executor, requests, wake_at)
         batch: list[Event] = []
         with trio.move_on_at(trio.current_time() + max(0.0, wake_at - clock())):
-            batch.append(requests.number(await inbox.receive()))
+            batch.extend(requests.take(await inbox.receive(), core, clock))
         while True:
             try:
-                batch.append(requests.number(inbox.receive_nowait()))
+                batch.extend(requests.take(inbox.receive_nowait(), core, clock))
             except trio.WouldBlock:
                 break
         now = clock()
@@ -75,12 +75,19 @@ class _Requests:
         self.numbers = itertools.count(1)
         self.waiting: dict[int, trio.MemorySendChannel[Reply]] = {}
 
-    def number(self, message: ToScheduler) -> Event:
+    def take(self, message: ToScheduler, core: Scheduler, clock: Callable[[], float]) -> list[Event]:
+        """The event for the core, numbered when it is a request; a question
+        (WhyWaiting) is answered here at once and gives no event."""
         if not isinstance(message, Asked):
-            return message
+            return [message]
+        if isinstance(message.event, WhyWaiting):
+            now = clock()
+            reasons = {job_id: core.why_waiting(job_id, now) for job_id in message.event.job_ids}
+            self._send(message.reply, Reply(result=reasons))
+            return []
         request = next(self.numbers)
         self.waiting[request] = message.reply
-        return attrs.evolve(message.event, request=request)
+        return [attrs.evolve(message.event, request=request)]
 
     def answer(self, answer: Answer) -> None:
         reply = answer.reply
@@ -90,6 +97,9 @@ class _Requests:
             if reply.error is not None:
                 log.info("%s", reply.error)
             return
+        self._send(channel, reply)
+
+    def _send(self, channel: trio.MemorySendChannel[Reply], reply: Reply) -> None:
         try:
             channel.send_nowait(reply)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
