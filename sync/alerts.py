@@ -125,10 +125,13 @@ class AlertHandler:
                 self.listening.set()
             return None
         if isinstance(alert, lt.listen_failed_alert):
-            log.error("cannot listen: %s", alert.message())
             if alert.socket_type == lt.socket_type_t.tcp and not self.listening.is_set():
-                self.listen_error = alert.message()
+                # the engine's opening raises it, naming the address: the
+                # command's one line says it, a log line would repeat it
+                self.listen_error = alert.error.message() or alert.message()
                 self.listening.set()
+            else:
+                log.error("cannot listen: %s", alert.message())
             return None
         if isinstance(alert, (lt.torrent_removed_alert, lt.torrent_deleted_alert, lt.torrent_delete_failed_alert)):
             self._removed(alert)

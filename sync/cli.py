@@ -6,14 +6,18 @@ import base64
 import importlib.metadata
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import click
 import trio
+
+from muppet.unwrap_group import unwrap_group
 
 if TYPE_CHECKING:  # imported where used, so that `status` starts without libtorrent
     from .config import FetchConfig, SeedConfig
@@ -56,10 +60,31 @@ def version() -> None:
     click.echo(f"muppet-sync {text}")
 
 
+class Failure(click.ClickException):
+    """A command cannot do its work for a reason an operator can fix (the
+    configuration, the environment, the index's answer): each line of the
+    message is printed as ``muppet-sync: error: LINE`` on stderr, with no
+    traceback, and the command exits 1. A bug is not caught: it keeps its
+    traceback (docs/sync.md, "Start-up errors")."""
+
+    def __init__(self, *lines: str) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        for line in self.lines:
+            click.echo(f"muppet-sync: error: {line}", err=True, file=file)
+
+
+def _fail(*lines: str) -> NoReturn:
+    raise Failure(*lines)
+
+
 def _config_option(role: str) -> Callable[[_Command], _Command]:
+    # a plain string, not click.Path(dir_okay=False): a directory or a missing
+    # file is the loader's one line (muppet.tomlcheck.read_toml), not a usage error
     return click.option(
         "--config", "config_path", required=True, metavar="FILE",
-        type=click.Path(dir_okay=False),
         help=f"The {role} configuration (TOML; see conf/sync-{role}.toml).",
     )
 
@@ -73,9 +98,8 @@ def _load(role: str, path: str) -> SeedConfig | FetchConfig:
     try:
         return load_seed_config(path) if role == "seed" else load_fetch_config(path)
     except ConfigError as e:
-        raise click.ClickException(f"{path}: invalid configuration:\n" + str(e)) from None
-    except OSError as e:
-        raise click.ClickException(f"{path}: cannot read: {e.strerror}") from None
+        # each problem is one line naming the file, the table and the key
+        _fail(*(str(problem) for problem in e.problems))
 
 
 def _setup_logging(level: str, bars: ProgressBars | None) -> None:
@@ -92,34 +116,50 @@ async def _run(config: SeedConfig | FetchConfig, token: str | None, bars: Progre
     from .config import SeedConfig
     from .engine import open_engine
     from .engine_settings import EngineSettings
+    from .errors import ListenError, StartupError
     from .fetch import Fetcher
     from .follow import advertised_peer, open_link
+    from .preflight import check_environment, resolve_problem
     from .seed import Seeder
     from .select import Selection
     from .state import load_state
 
-    state = await trio.to_thread.run_sync(load_state, config.state_dir)
+    # Everything the file names that this host may not have, before anything
+    # starts: one line each rather than a stack trace from deep inside.
+    await trio.to_thread.run_sync(check_environment, config)
+    try:
+        state = await trio.to_thread.run_sync(load_state, config.state_dir)
+    except ValueError as e:
+        raise StartupError([f"{config.source}: state_dir: {e}"]) from None
     if isinstance(config, SeedConfig):
         selection = Selection(config.select)
     else:
         selection = Selection(config.select, own_backend=config.backend, need_torrent=True)
-    async with open_engine(EngineSettings.from_config(config)) as engine:
-        async with open_link(config.api, token) as link:
-            peer = await trio.to_thread.run_sync(
-                advertised_peer, config.advertise, config.listen.host, engine.listen_port, config.api
-            )
-            run: Seeder | Fetcher
-            if isinstance(config, SeedConfig):
-                run = Seeder(config, engine, link, selection, state, peer, token)
-            else:
-                run = Fetcher(config, engine, link, selection, state, peer, token)
-            if bars is not None:
-                run.on_status.append(bars.update)
-            if isinstance(run, Fetcher):
-                await run.check_backend()
-            log.info("muppet-sync %s: index %s, peer %s, listening on port %d, products %s",
-                     run.role, config.api, peer, engine.listen_port, ", ".join(selection.products))
-            await run.run()
+    try:
+        async with open_engine(EngineSettings.from_config(config)) as engine:
+            async with open_link(config.api, token) as link:
+                try:
+                    peer = await trio.to_thread.run_sync(
+                        advertised_peer, config.advertise, config.listen.host, engine.listen_port, config.api
+                    )
+                except socket.gaierror:
+                    # check_environment found the name; the resolver has failed since
+                    host = urlsplit(config.api).hostname or ""
+                    raise StartupError([f"{config.source}: api: {resolve_problem(host)}"]) from None
+                run: Seeder | Fetcher
+                if isinstance(config, SeedConfig):
+                    run = Seeder(config, engine, link, selection, state, peer, token)
+                else:
+                    run = Fetcher(config, engine, link, selection, state, peer, token)
+                if bars is not None:
+                    run.on_status.append(bars.update)
+                if isinstance(run, Fetcher):
+                    await run.check_backend()
+                log.info("muppet-sync %s: index %s, peer %s, listening on port %d, products %s",
+                         run.role, config.api, peer, engine.listen_port, ", ".join(selection.products))
+                await run.run()
+    except ListenError as e:  # only opening the engine raises it
+        raise StartupError([f"{config.source}: listen: {e}"]) from None
 
 
 async def _until_signalled(config: SeedConfig | FetchConfig, token: str | None, bars: ProgressBars | None) -> None:
@@ -138,15 +178,8 @@ async def _until_signalled(config: SeedConfig | FetchConfig, token: str | None, 
         nursery.cancel_scope.cancel()
 
 
-def _single(error: BaseException) -> BaseException:
-    """The one error inside nested one-error groups (nurseries wrap them)."""
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error
-
-
 def _command(role: str, config_path: str, log_level: str, progress: bool | None) -> None:
-    from .errors import SyncError
+    from .errors import StartupError, SyncError
     from .progress import ProgressBars
 
     config = _load(role, config_path)
@@ -156,14 +189,16 @@ def _command(role: str, config_path: str, log_level: str, progress: bool | None)
     _setup_logging(log_level, bars)
     token = click.get_current_context().meta.get("token")
     try:
-        trio.run(_until_signalled, config, token, bars)
-    except BaseException as e:
-        error = _single(e)
-        if isinstance(error, (SyncError, ValueError)):
-            raise click.ClickException(str(error)) from None
-        if isinstance(error, KeyboardInterrupt):
-            return
-        raise
+        # _until_signalled's nursery wraps what _run raises; the helpers
+        # inside it (open_engine, open_link) let their bodies' errors out bare
+        with unwrap_group():
+            trio.run(_until_signalled, config, token, bars)
+    except StartupError as e:
+        _fail(*e.problems)
+    except SyncError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        return
     finally:
         if bars is not None:
             bars.clear()
@@ -227,7 +262,7 @@ def fetch(config_path: str, log_level: str, progress: bool | None) -> None:
 @main.command()
 @click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False),
               help="A seed or fetch configuration: its state_dir is read.")
-@click.option("--state-dir", type=click.Path(file_okay=False), help="The state directory, instead of --config.")
+@click.option("--state-dir", metavar="DIR", help="The state directory, instead of --config.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(config_path: str | None, state_dir: str | None, as_json: bool) -> None:
     """Show what a seed or fetch process is doing, file by file.
@@ -248,13 +283,16 @@ def status(config_path: str | None, state_dir: str | None, as_json: bool) -> Non
         try:
             directory = load_state_dir(config_path)
         except ConfigError as e:
-            raise click.ClickException(str(e)) from None
+            _fail(*(str(problem) for problem in e.problems))
     else:
         raise click.UsageError("give --config FILE or --state-dir DIR")
+    if directory.exists() and not directory.is_dir():
+        _fail(f"{'--state-dir' if state_dir is not None else f'{config_path}: state_dir'}: "
+              f"{directory} is not a directory")
     try:
         current = read_status(directory)
     except ValueError as e:
-        raise click.ClickException(str(e)) from None
+        _fail(str(e))
     if as_json:
         click.echo(json.dumps(current, indent=1))
     else:
@@ -263,8 +301,7 @@ def status(config_path: str | None, state_dir: str | None, as_json: bool) -> Non
 
 @main.command()
 @click.argument("file_id", metavar="DATA_INSTANCE_ID", type=click.IntRange(min=1))
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, writable=True),
-              help="Where to write the .torrent file.")
+@click.option("--output", "-o", required=True, metavar="FILE", help="Where to write the .torrent file.")
 @click.option("--api", default="ws://127.0.0.1:8765", show_default=True, envvar="MUPPET_API",
               show_envvar=True, help="The daemon's API (ws://HOST:PORT).")
 @_token_option
@@ -279,12 +316,13 @@ def torrent(file_id: int, output: str, api: str) -> None:
     from muppet.api.protocol import RpcError
 
     token = click.get_current_context().meta.get("token")
+    _check_api(api)
 
     async def get() -> tuple[str, bytes]:
         async with connect(api, token=token) as client:
             wanted = await client.call("files.get", {"file_id": file_id, "torrent": True})
             if wanted is None:
-                raise click.ClickException(f"no file {file_id} in the index at {api}")
+                _fail(f"no file {file_id} in the index at {api}")
             if wanted.get("torrent"):
                 return wanted["info_hash"], base64.b64decode(wanted["torrent"])
             for copy in await client.call("files.copies", {"data_id": wanted["data_id"]}):
@@ -292,24 +330,45 @@ def torrent(file_id: int, output: str, api: str) -> None:
                     got = await client.call("files.get", {"file_id": copy["id"], "torrent": True})
                     if got.get("torrent"):
                         return got["info_hash"], base64.b64decode(got["torrent"])
-            raise click.ClickException(
+            _fail(
                 f"file {file_id} ({wanted['name']}) has no torrent in the index: "
                 "is muppet-sync seed running for its product and backend?"
             )
 
     try:
-        info_hash, data = trio.run(get)
+        # connect's nursery wraps what its body raises
+        with unwrap_group():
+            info_hash, data = trio.run(get)
     except (DaemonUnreachable, ConnectionLost, RpcError) as e:
-        raise click.ClickException(str(e)) from None
-    with open(output, "wb") as f:
-        f.write(data)
+        _fail(str(e))
+    _write_output(output, data)
     click.echo(info_hash)
 
 
+def _check_api(api: str) -> None:
+    """--api (or MUPPET_API) as the API client needs it, else one line."""
+    ctx = click.get_current_context()
+    where = "MUPPET_API" if ctx.get_parameter_source("api") == click.core.ParameterSource.ENVIRONMENT else "--api"
+    parts = urlsplit(api)
+    try:
+        parts.port  # noqa: B018 - urllib checks the port's range only when it is read
+    except ValueError as e:
+        _fail(f"{where}: {api!r}: {e}")
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        _fail(f"{where}: must be the daemon's API as ws://HOST:PORT or wss://HOST:PORT, got {api!r}")
+
+
+def _write_output(output: str, data: bytes) -> None:
+    try:
+        with open(output, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        _fail(f"--output: cannot write {output}: {e.strerror or e}")
+
+
 @main.command("torrent-file")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, readable=True))
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, writable=True),
-              help="Where to write the .torrent file.")
+@click.argument("path")
+@click.option("--output", "-o", required=True, metavar="FILE", help="Where to write the .torrent file.")
 @click.option("--tracker", "trackers", multiple=True, metavar="URL",
               help="Tracker announce URL to put in the torrent (repeatable).")
 def torrent_file(path: str, output: str, trackers: tuple[str, ...]) -> None:
@@ -324,9 +383,10 @@ def torrent_file(path: str, output: str, trackers: tuple[str, ...]) -> None:
     try:
         data = make_torrent(path, trackers)
     except SyncError as e:
-        raise click.ClickException(str(e)) from None
-    with open(output, "wb") as f:
-        f.write(data)
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"{path}: cannot read: {e.strerror or e}")
+    _write_output(output, data)
     click.echo(info_hash_hex(data))
 
 

@@ -48,7 +48,7 @@ from muppet.unwrap_group import unwrap_group
 
 from .alerts import AlertHandler, RequestResume, TorrentRecord, WriteResume
 from .engine_settings import EngineSettings, build_ip_filter, session_settings
-from .errors import DiskFull, EngineError, TorrentError
+from .errors import DiskFull, EngineError, ListenError, TorrentError
 from .resume import SAVE_FLAGS, ResumeFiles, ResumeWriter, params_from_resume_data
 from .torrent import torrent_info
 from .torrent_status import TorrentStatus, torrent_status_of
@@ -471,7 +471,7 @@ async def open_engine(settings: EngineSettings) -> AsyncIterator[Engine]:
     """Start a libtorrent session, restore the torrents of its state
     directory, and yield the :class:`Engine`.
 
-    Raises :class:`EngineError` if it cannot listen. On exit (normal, error
+    Raises :class:`ListenError` if it cannot listen. On exit (normal, error
     or cancellation) it saves every torrent's resume data (at most
     ``CLOSE_RESUME_TIMEOUT`` seconds), then destroys the session in a worker
     thread. An exception from the ``async with`` body comes out as it is, not
@@ -488,7 +488,7 @@ async def open_engine(settings: EngineSettings) -> AsyncIterator[Engine]:
                     await engine._alerts.listening.wait()
                 if engine._alerts.listen_error or not engine._alerts.listening.is_set():
                     engine._stop_loops()
-                    raise EngineError(
+                    raise ListenError(
                         f"cannot listen on {settings.listen}: "
                         f"{engine._alerts.listen_error or 'no answer from libtorrent'}"
                     )

@@ -33,3 +33,22 @@ class TorrentError(SyncError):
 
 class EngineError(SyncError):
     """The libtorrent session could not start (for example: cannot listen)."""
+
+
+class ListenError(EngineError):
+    """libtorrent could not listen on the ``listen`` address (in use, not an
+    address of this host); the message says which and why."""
+
+
+class StartupError(SyncError):
+    """The configuration or the environment does not let a command start: a
+    host name that does not resolve, a directory that cannot be made or
+    written, an address that cannot be listened on, an unreadable state file.
+
+    ``problems`` holds one line per problem, each naming the file, the key
+    and the cause (``fetch.toml: data_dir: cannot make /srv/data: Read-only
+    file system``); the command prints each and exits 1."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems

@@ -71,7 +71,7 @@ class Fetcher(SyncRun[FetchConfig]):
                 return
         known = ", ".join(sorted(b["slug"] for b in backends)) or "none"
         raise BackendMissing(
-            f"{self.config.source}: backend {self.config.backend!r} is not in the index at "
+            f"{self.config.source}: backend: {self.config.backend!r} is not in the index at "
             f"{self.config.api} (it has: {known}); declare [backends.{self.config.backend}] with "
             "its url in the daemon's configuration, or define it with backends.define"
         )

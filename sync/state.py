@@ -127,6 +127,8 @@ def load_state(state_dir: Path) -> SyncState:
         )
     except FileNotFoundError:
         return SyncState()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read: {e.strerror or e}") from None
     except (ValueError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: unreadable state ({e}); move it away to start afresh") from None
 
@@ -154,6 +156,8 @@ def read_status(state_dir: Path) -> Status | None:
         status = json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read: {e.strerror or e}") from None
     except ValueError as e:
         raise ValueError(f"{path}: not a muppet-sync status file ({e})") from None
     if not isinstance(status, dict):
