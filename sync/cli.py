@@ -260,7 +260,7 @@ def fetch(config_path: str, log_level: str, progress: bool | None) -> None:
 
 
 @main.command()
-@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False),
+@click.option("--config", "config_path", metavar="FILE",
               help="A seed or fetch configuration: its state_dir is read.")
 @click.option("--state-dir", metavar="DIR", help="The state directory, instead of --config.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")

@@ -156,12 +156,15 @@ async def follow(
             async with connect(url, token=token) as client:
                 events = await client.subscribe(since=position, kinds=["file"], products=list(products))
                 on_connected(True)
-                backoff = 1.0
                 log.info("following %s from event %s", url, position if position is not None else "now")
                 for product in products:
                     for file in await catch_up_files(client, product, recent(product)):
                         await on_file(file, None)
                 log.info("caught up with %s", ", ".join(products))
+                # only now: an index that takes the subscription but refuses
+                # the catch-up (a product it does not know) is asked again
+                # less and less often, not every second for ever
+                backoff = 1.0
                 if on_caught_up is not None:
                     await on_caught_up()
                 async for event in events:
