@@ -88,16 +88,19 @@ def _session(api_url: str, work: Callable[[api_client.Client], Any]) -> Any:
 
 
 def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
-    """Rows as aligned text columns; numbers align right, None shows as "-"."""
+    """Rows as aligned text columns; numbers align right, None shows as "-",
+    a flag as "yes" or "-"."""
 
     def cell(value: Any) -> str:
-        return "-" if value is None or value == "" else str(value)
+        if value is True:
+            return "yes"
+        return "-" if value is None or value == "" or value is False else str(value)
 
     header = [title for title, _ in columns]
     body = [[cell(row.get(key)) for _, key in columns] for row in rows]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(columns))]
     numeric = [
-        all(isinstance(row.get(key), int) or row.get(key) is None for row in rows) and bool(rows)
+        all(_is_number(row.get(key)) or row.get(key) is None for row in rows) and bool(rows)
         for _, key in columns
     ]
 
@@ -106,6 +109,10 @@ def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]
         return "  ".join(parts).rstrip()
 
     return "\n".join([line(header), *(line(r) for r in body)])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: Sequence[tuple[str, str]], empty: str) -> None:
@@ -119,7 +126,7 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: Sequence[tup
 
 RUN_COLUMNS = (
     ("ID", "id"), ("PIPELINE", "pipeline"), ("REFERENCE TIME", "reference_time"),
-    ("STATE", "state"), ("CAUSE", "cause"), ("CREATED", "created_at"), ("ENDED", "ended_at"),
+    ("STATE", "state"), ("LATE", "late"), ("CAUSE", "cause"), ("CREATED", "created_at"), ("ENDED", "ended_at"),
 )
 JOB_COLUMNS = (
     ("ID", "id"), ("RUN", "run_id"), ("PIPELINE", "pipeline"), ("STEP", "step"), ("INDEX", "index"),
@@ -268,23 +275,49 @@ def status(api_url: str, as_json: bool) -> None:
     help="The run's reference time, ISO 8601 (2026-11-28T06:00:00Z; without a zone: UTC). "
          "Default: now, in whole seconds.",
 )
+@click.option("--from", "first", metavar="ISO",
+              help="Backfill: a run for every cron firing from this reference time ...")
+@click.option("--to", "last", metavar="ISO", help="... to this one, both included, oldest first.")
+@click.option("--yes", is_flag=True, help="Backfill more than 1000 runs.")
 @_api_option
-def trigger(pipeline: str, reference_time: str | None, api_url: str) -> None:
+def trigger(
+    pipeline: str, reference_time: str | None, first: str | None, last: str | None, yes: bool, api_url: str,
+) -> None:
     """Make a run of PIPELINE; print its run id alone on stdout.
 
     Fails (exit 1) for an unknown pipeline, a bad time, or when a run of that
     pipeline for that reference time exists already.
+
+    With --from and --to, a backfill: a run for every firing of the
+    pipeline's cron between them (both included), oldest first, under its
+    runahead (runs beyond it wait queued); reference times that have a run
+    already are skipped. Prints the new runs' ids, one per line, and says
+    how many were skipped on stderr. More than 1000 runs need --yes.
     """
-    params: dict[str, Any] = {"pipeline": pipeline}
+    if first is None and last is None:
+        if yes:
+            _fail("--yes goes with --from and --to (a backfill)")
+        params: dict[str, Any] = {"pipeline": pipeline}
+        if reference_time is not None:
+            params["reference_time"] = reference_time
+        result = _call(api_url, "runs.trigger", params)
+        click.echo(result["run_id"])
+        return
+    if first is None or last is None:
+        _fail("a backfill needs both --from and --to")
     if reference_time is not None:
-        params["reference_time"] = reference_time
-    result = _call(api_url, "runs.trigger", params)
-    click.echo(result["run_id"])
+        _fail("give --reference-time (one run) or --from and --to (a backfill), not both")
+    result = _call(api_url, "runs.backfill", {"pipeline": pipeline, "from": first, "to": last, "yes": yes})
+    for run_id in result["run_ids"]:
+        click.echo(run_id)
+    if result["skipped"]:
+        click.echo(f"skipped {len(result['skipped'])} reference time(s) that had a run already", err=True)
 
 
 @main.command()
 @click.option("--pipeline", metavar="NAME", help="Only runs of this pipeline.")
-@click.option("--state", type=click.Choice(["running", "succeeded", "failed"]), help="Only runs in this state.")
+@click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "expired"]),
+              help="Only runs in this state.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True,
               help="At most this many runs, newest first.")
 @_json_option
@@ -298,7 +331,7 @@ def runs(pipeline: str | None, state: str | None, limit: int, as_json: bool, api
 @main.command()
 @click.argument("run_id", type=click.IntRange(min=1), required=False)
 @click.option("--state", type=click.Choice(
-    ["waiting", "held", "submitted", "running", "succeeded", "failed", "killed", "skipped"]),
+    ["waiting", "held", "submitted", "running", "succeeded", "failed", "killed", "skipped", "expired"]),
     help="Only jobs in this state.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=1000, show_default=True,
               help="At most this many jobs (without RUN_ID: the newest).")

@@ -83,6 +83,7 @@ def run_to_dict(run: Run) -> dict[str, Any]:
         "cause": run.cause.value,
         "created_at": format_time(run.created_at),
         "ended_at": format_time(run.ended_at),
+        "late": run.late,
     }
 
 
@@ -109,6 +110,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "started_at": format_time(job.started_at),
         "ended_at": format_time(job.ended_at),
         "kill_requested": job.kill_requested,
+        "late": job.late,
     }
 
 
@@ -125,6 +127,7 @@ def run_from_dict(data: dict[str, Any]) -> Run:
         cause=RunCause(data["cause"]),
         created_at=_timestamp(data["created_at"]) or 0.0,
         ended_at=_timestamp(data["ended_at"]),
+        late=data.get("late", False),
     )
 
 
@@ -151,4 +154,5 @@ def job_from_dict(data: dict[str, Any]) -> Job:
         started_at=_timestamp(data["started_at"]),
         ended_at=_timestamp(data["ended_at"]),
         kill_requested=data.get("kill_requested", False),
+        late=data.get("late", False),
     )

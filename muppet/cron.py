@@ -42,6 +42,34 @@ def next_firing(pipeline: Pipeline, after: datetime) -> datetime | None:
     return min(firings, default=None)
 
 
+def firings_between(pipeline: Pipeline, after: datetime, until: datetime, limit: int) -> list[datetime]:
+    """The firings in ``(after, until]``, oldest first, at most the newest
+    ``limit`` of them (a backfill's and a catch-up's reference times)."""
+    found: list[datetime] = []
+    moment = after
+    while True:
+        firing = next_firing(pipeline, moment)
+        if firing is None or firing > until:
+            return found
+        found.append(firing)
+        if len(found) > limit:
+            del found[0]
+        moment = firing
+
+
+def missed_firings(pipeline: Pipeline, last: datetime, now: datetime) -> list[datetime]:
+    """What the pipeline's catch-up policy makes of the firings missed in
+    ``(last, now]`` (docs/configuration.md, "Cycling"): "latest" the latest
+    one, "all" each of them, oldest first, at most ``catchup_limit``,
+    "none" nothing."""
+    if pipeline.catchup == "none":
+        return []
+    if pipeline.catchup == "all":
+        return firings_between(pipeline, last, now, pipeline.catchup_limit)
+    latest = latest_firing(pipeline, last, now)
+    return [] if latest is None else [latest]
+
+
 def latest_firing(pipeline: Pipeline, after: datetime, until: datetime) -> datetime | None:
     """The last firing in ``(after, until]``, in UTC, or None."""
     zone = ZoneInfo(pipeline.timezone)
@@ -94,10 +122,11 @@ async def run(
 
     ``last_fired`` holds, per pipeline, the reference time of its newest cron
     run in the database. At start, a pipeline that missed firings while no
-    daemon ran gets one run, for the latest missed firing (not one per missed
-    firing); a pipeline never fired before starts from now. Cancellation is
-    harmless at any await: a firing whose Trigger was not persisted is caught
-    up at the next start.
+    daemon ran gets the runs its catch-up policy says (``missed_firings``:
+    by default one, for the latest missed firing); a pipeline never fired
+    before starts from now. Cancellation is harmless at any await: a firing
+    whose Trigger was not persisted is caught up at the next start (a run
+    already made for one is refused as existing).
     """
     timed = {name: p for name, p in pipelines.items() if p.cron}
     now = _now_utc(clock)
@@ -105,10 +134,14 @@ async def run(
     for name, pipeline in timed.items():
         last = last_fired.get(name)
         if last is not None and last < now:
-            missed = latest_firing(pipeline, last, now)
-            if missed is not None:
-                log.info("catching up %s for %s", name, missed.isoformat())
-                await to_scheduler.send(Trigger(name, missed, RunCause.CRON.value))
+            missed = missed_firings(pipeline, last, now)
+            if missed:
+                log.info(
+                    "catching up %s (catchup = %s): %d run(s), %s to %s",
+                    name, pipeline.catchup, len(missed), missed[0].isoformat(), missed[-1].isoformat(),
+                )
+            for moment in missed:
+                await to_scheduler.send(Trigger(name, moment, RunCause.CRON.value))
         _schedule(due, name, next_firing(pipeline, now))
     while due:
         name = min(due, key=due.__getitem__)

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import trio
 
-from .model import DataFormat, Job, JobLog, Product, Run, ServiceBackend, Step
+from .model import DataFormat, Job, JobLog, JobState, Product, Run, RunState, ServiceBackend, Step
 
 # --- to the database task ------------------------------------------------------
 
@@ -25,11 +25,43 @@ class NewRun:
     """Create a run and all of its jobs in one transaction.
 
     Refused, without writing anything of it, when a run of the same pipeline
-    and reference time exists already.
+    and reference time exists already. ``needs``: the reference times of the
+    earlier runs of the same pipeline its intercycle parents are in; those
+    that have ended come back in ``Persisted.ended`` (read in the same
+    transaction), so that the scheduler knows them without keeping every
+    ended run in memory.
     """
 
     run: Run
     jobs: tuple[Job, ...]
+    needs: tuple[datetime, ...] = ()
+
+
+@attrs.frozen
+class EndedRun:
+    """An ended run as an intercycle child needs it: its state and the state
+    of each slot's newest job, ``(step, index, state)``."""
+
+    run_id: int
+    pipeline: str
+    reference_time: datetime
+    state: RunState
+    slots: tuple[tuple[str, int, JobState], ...]
+
+
+@attrs.frozen
+class LateNotice:
+    """A job or a run became late (not succeeded by its late_after): one
+    event of kind "late" in the same transaction as the flag."""
+
+    kind: str  # "job" or "run"
+    id: int
+    pipeline: str
+    reference_time: datetime
+    step: str = ""
+    index: int = 0
+    #: the late_after moment that passed (seconds since the epoch)
+    deadline: float = 0.0
 
 
 # --- index changes (to the database task) ----------------------------------------
@@ -155,8 +187,8 @@ class IndexWritten:
 
 #: what one Persist may carry: a new run (with its jobs), or the new state of an
 #: existing run or job, or a finished job's log tail, or the index registration
-#: of a job's outputs
-Change = NewRun | Run | Job | JobLog | IndexChange
+#: of a job's outputs, or a lateness event
+Change = NewRun | Run | Job | JobLog | IndexChange | LateNotice
 
 
 @attrs.frozen
@@ -202,6 +234,8 @@ class Persisted:
     changes: tuple[NewRun | Run | Job | JobLog, ...]
     rejected: tuple[NewRun, ...] = ()
     completed: tuple[CompletedInstance, ...] = ()
+    #: the ended runs the committed NewRuns' ``needs`` named
+    ended: tuple[EndedRun, ...] = ()
     #: the number of the newest event once this batch committed (not part of
     #: equality: two writes of the same changes are the same commit)
     last_event_id: int = attrs.field(default=0, eq=False)
@@ -286,6 +320,17 @@ class Command:
 
 
 @attrs.frozen
+class Backfill:
+    """Make a run of ``pipeline`` for each of ``reference_times`` (oldest
+    first, under the pipeline's runahead), skipping those that have one; the
+    Reply's result is ``{"run_ids": [...], "skipped": [times...]}``."""
+
+    pipeline: str
+    reference_times: tuple[datetime, ...]
+    request: int = 0
+
+
+@attrs.frozen
 class WhyWaiting:
     """A question for the scheduler: why each of these jobs waits (its
     Reply's result maps each job id to the scheduler's reason, "" for one
@@ -302,7 +347,7 @@ class Asked:
     the core sees it, and sends the core's Answer of that number here. A
     WhyWaiting the task answers itself."""
 
-    event: Trigger | Command | WhyWaiting
+    event: Trigger | Command | Backfill | WhyWaiting
     reply: trio.MemorySendChannel[Reply]
 
 

@@ -62,6 +62,20 @@ class Depends(str, enum.Enum):
 
 
 @attrs.frozen
+class IntercycleParent:
+    """A parent in an earlier cycle: the slots of ``step`` in the run of the
+    same pipeline whose reference time is this run's moved by ``offset`` (an
+    ISO 8601 duration that points back, "-PT6H"; docs/configuration.md,
+    "Cycling")."""
+
+    step: str
+    offset: str
+
+    def __str__(self) -> str:
+        return f"{self.step}[{self.offset}]"
+
+
+@attrs.frozen
 class Step:
     """A node of a pipeline's graph."""
 
@@ -87,6 +101,15 @@ class Step:
     #: the product its outputs are registered as; "" takes the pipeline's one
     #: ``produces`` product (none: outputs are moved but not indexed)
     product: str = ""
+    #: parents in earlier cycles (``parents = ["forecast[-PT6H]"]``)
+    intercycle: tuple[IntercycleParent, ...] = ()
+    #: ISO 8601 durations after the run's reference time: a job does not
+    #: start before ``not_before``, expires if not started by
+    #: ``expire_after``, is late if not succeeded by ``late_after``; None:
+    #: never (``expire_after`` and ``late_after`` default to the pipeline's)
+    not_before: str | None = None
+    expire_after: str | None = None
+    late_after: str | None = None
 
     def __hash__(self) -> int:  # dict fields are not hashable; the name is enough
         return hash(self.name)
@@ -104,9 +127,28 @@ class Pipeline:
     timezone: str = "UTC"
     #: the file it was read from, for messages
     source: str = ""
+    #: the first reference time of its cycles: an intercycle parent before
+    #: it counts as satisfied (None: every parent must have its run)
+    initial: datetime | None = None
+    #: at most this many runs unfinished at a time; more wait "queued"
+    runahead: int | None = None
+    #: what cron does about firings missed while no daemon ran: "latest"
+    #: (one run, for the latest), "all" (each, oldest first, at most
+    #: ``catchup_limit``) or "none"
+    catchup: str = "latest"
+    catchup_limit: int = 48
+    #: a run not succeeded by its reference time + ``late_after`` is late;
+    #: ``expire_after`` is every step's unless it has its own
+    expire_after: str | None = None
+    late_after: str | None = None
 
     def __hash__(self) -> int:
         return hash(self.name)
+
+    @property
+    def cycling(self) -> bool:
+        """Whether some step waits on an earlier cycle."""
+        return any(step.intercycle for step in self.steps.values())
 
     def children(self, step: str) -> tuple[str, ...]:
         return tuple(s.name for s in self.steps.values() if step in s.parents)
@@ -301,6 +343,7 @@ class JobState(str, enum.Enum):
     FAILED = "failed"
     KILLED = "killed"
     SKIPPED = "skipped"  # downstream of a job that failed for good
+    EXPIRED = "expired"  # not started by its expiry (expire_after), or downstream of one
 
     @property
     def active(self) -> bool:
@@ -313,14 +356,20 @@ class JobState(str, enum.Enum):
 
 
 FINISHED_JOB_STATES = frozenset(
-    {JobState.SUCCEEDED, JobState.FAILED, JobState.KILLED, JobState.SKIPPED}
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.KILLED, JobState.SKIPPED, JobState.EXPIRED}
 )
 
 
 class RunState(str, enum.Enum):
+    QUEUED = "queued"  # made, waiting for the pipeline's runahead to let it run
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    EXPIRED = "expired"  # every job ended succeeded or expired, some expired
+
+    @property
+    def finished(self) -> bool:
+        return self not in (RunState.QUEUED, RunState.RUNNING)
 
 
 class RunCause(str, enum.Enum):
@@ -340,6 +389,8 @@ class Run:
     cause: RunCause = RunCause.MANUAL
     created_at: float = 0.0
     ended_at: float | None = None
+    #: not succeeded by its pipeline's late_after
+    late: bool = False
 
 
 @attrs.frozen
@@ -377,6 +428,8 @@ class Job:
     #: with the job, so that the kill holds whatever comes first (the commit
     #: of its submission, its end, a restart of the daemon)
     kill_requested: bool = False
+    #: not succeeded by its step's late_after
+    late: bool = False
 
     @property
     def slot(self) -> tuple[str, int]:

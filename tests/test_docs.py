@@ -464,7 +464,7 @@ async def test_the_jobs_and_runs_tables_of_cli_md(api):
     runs = (await muppet("runs", "--api", api)).stdout.decode().splitlines()
     shown = _shown("muppet runs", "muppet runs")
     assert runs[0].split() == shown[0].split(), f'docs/cli.md, "muppet runs": the header is\n{runs[0]}'
-    assert runs[1].split()[:5] == ["1", "ecmwf", "2026-11-28T06:00:00Z", "failed", "manual"], runs
+    assert runs[1].split()[:6] == ["1", "ecmwf", "2026-11-28T06:00:00Z", "failed", "-", "manual"], runs
     status = (await muppet("status", "--api", api)).stdout.decode().splitlines()
     shown = _shown("muppet status", "muppet status")
     assert [line[:12] for line in status] == [line[:12] for line in shown], (

@@ -19,10 +19,12 @@ from hypothesis import given, settings
 
 from muppet.messages import (
     Command,
+    EndedRun,
     JobFinished,
     JobNotStarted,
     JobStarted,
     KillJob,
+    LateNotice,
     NewRun,
     Persist,
     Persisted,
@@ -76,6 +78,7 @@ class Harness:
         self.requests = itertools.count(1)
         self.waiting: dict[int, ReplyBox] = {}
         self.unanswered: list[Reply] = []
+        self.late_notices: list[LateNotice] = []
 
     def feed(self, *events) -> None:
         self._take(self.core.handle(events, self.now))
@@ -107,12 +110,17 @@ class Harness:
                 self.wake = effect.time
 
     def commit(self) -> None:
-        """The database task: one transaction per Persist waiting."""
+        """The database task: one transaction per Persist waiting (with the
+        ended runs a NewRun's ``needs`` names, as writes.py reads them)."""
         batch, self.unsent = self.unsent, []
         for persist in batch:
-            committed, rejected = [], []
+            committed, rejected, needs = [], [], set()
             for change in persist.changes:
+                if isinstance(change, LateNotice):
+                    self.late_notices.append(change)
+                    continue
                 if isinstance(change, NewRun):
+                    needs.update((change.run.pipeline, moment) for moment in change.needs)
                     key = (change.run.pipeline, change.run.reference_time)
                     if key in self.committed_keys:
                         rejected.append(change)
@@ -126,7 +134,19 @@ class Harness:
                     self.db_jobs[change.id] = change
                 committed.append(change)
             self.transactions += 1
-            self.feed(Persisted(tuple(committed), tuple(rejected)))
+            self.feed(Persisted(tuple(committed), tuple(rejected), ended=self.ended_runs(needs)))
+
+    def ended_runs(self, wanted) -> tuple[EndedRun, ...]:
+        found = []
+        for run in self.db_runs.values():
+            if (run.pipeline, run.reference_time) in wanted and run.state.finished:
+                newest = {}
+                for job in self.db_jobs.values():
+                    if job.run_id == run.id and job.successor is None:
+                        newest[job.slot] = job.state
+                slots = tuple(sorted((step, index, state) for (step, index), state in newest.items()))
+                found.append(EndedRun(run.id, run.pipeline, run.reference_time, run.state, slots))
+        return tuple(found)
 
     def settle(self) -> None:
         while self.unsent:

@@ -103,7 +103,7 @@ class Context:
         if not self.health.available:
             raise _database_unavailable(self.health.cause)
 
-    async def ask(self, event: messages.Trigger | messages.Command) -> Any:
+    async def ask(self, event: messages.Trigger | messages.Command | messages.Backfill) -> Any:
         """Send ``event`` to the scheduler and relay its Reply's result."""
         self.refuse_while_database_away()
         return await self._ask(event)
@@ -123,7 +123,7 @@ class Context:
                 pass
         return {}
 
-    async def _ask(self, event: messages.Trigger | messages.Command | messages.WhyWaiting) -> Any:
+    async def _ask(self, event: messages.Trigger | messages.Command | messages.Backfill | messages.WhyWaiting) -> Any:
         send, receive = trio.open_memory_channel[messages.Reply](1)
         reply = await self._wait(self.scheduler, messages.Asked(event, send), receive, "scheduler")
         if reply.error is not None:

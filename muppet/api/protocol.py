@@ -251,9 +251,9 @@ _CURSOR = Param("cursor", "string", nullable=True, doc="from the previous page's
 _LIMIT = Param("limit", "integer", default=100, minimum=1, maximum=1000)
 _INSTANCE_ID = Param("instance_id", "integer", required=True, minimum=1)
 #: kinds of events in the log
-EVENT_KINDS = ("run", "job", "product", "format", "backend", "instance", "file")
-_RUN_STATES = ("running", "succeeded", "failed")
-_JOB_STATES = ("waiting", "held", "submitted", "running", "succeeded", "failed", "killed", "skipped")
+EVENT_KINDS = ("run", "job", "late", "product", "format", "backend", "instance", "file")
+_RUN_STATES = ("queued", "running", "succeeded", "failed", "expired")
+_JOB_STATES = ("waiting", "held", "submitted", "running", "succeeded", "failed", "killed", "skipped", "expired")
 
 #: MUPPET's methods. docs/api.md documents each with an example.
 METHODS: dict[str, MethodSpec] = method_table([
@@ -264,6 +264,12 @@ METHODS: dict[str, MethodSpec] = method_table([
         Param("reference_time", "string", nullable=True,
               doc="ISO 8601; default now, whole seconds, UTC"),
     ), "make a run of a pipeline now; replies with its id once persisted"),
+    MethodSpec("runs.backfill", (
+        Param("pipeline", "string", required=True),
+        Param("from", "string", required=True, doc="ISO 8601: the first reference time, included"),
+        Param("to", "string", required=True, doc="ISO 8601: the last reference time, included"),
+        Param("yes", "boolean", default=False, doc="allow more than 1000 runs"),
+    ), "make a run for every cron firing in [from, to], oldest first, under runahead", "write"),
     MethodSpec("runs.list", (
         Param("pipeline", "string", nullable=True),
         Param("state", "string", nullable=True, choices=_RUN_STATES),

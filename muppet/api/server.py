@@ -15,7 +15,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -23,7 +23,7 @@ import attrs
 import trio
 import trio_websocket
 
-from .. import codec, messages, model
+from .. import codec, cron, messages, model
 from ..db import reads
 from ..db.health import DatabaseHealth, until_available
 from ..db.store import DatabaseUnavailable, Store, open_store
@@ -105,6 +105,41 @@ async def _runs_trigger(ctx: Context, params: Mapping[str, Any], conn: Connectio
     return await ctx.ask(messages.Trigger(name, reference_time, cause=model.RunCause.MANUAL.value))
 
 
+#: more runs than this in one backfill need ``yes``
+BACKFILL_CONFIRM = 1000
+#: and more than this are refused whatever: a backfill is one request, one reply
+BACKFILL_MAX = 100_000
+
+
+async def _runs_backfill(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
+    name = params["pipeline"]
+    pipeline = ctx.config.pipelines.get(name)
+    if pipeline is None:
+        raise RpcError(NOT_FOUND, f"unknown pipeline {name!r}", {"pipeline": name})
+    if not pipeline.cron:
+        raise RpcError(INVALID_PARAMS, f"invalid params: pipeline {name!r} has no cron to backfill; "
+                       "make each run with runs.trigger and its reference_time", {"param": "pipeline"})
+    bounds = []
+    for key in ("from", "to"):
+        try:
+            bounds.append(codec.parse_time(params[key]))
+        except ValueError as exc:
+            raise RpcError(INVALID_PARAMS, f"invalid params: {key!r} {exc}", {"param": key}) from None
+    first, last = bounds
+    if last < first:
+        raise RpcError(INVALID_PARAMS, "invalid params: 'to' is before 'from'", {"param": "to"})
+    cap = BACKFILL_MAX if params["yes"] else BACKFILL_CONFIRM
+    times = cron.firings_between(pipeline, first - timedelta(microseconds=1), last, cap + 1)
+    if len(times) > cap:
+        # firings_between keeps the newest; count how many there are at most
+        if params["yes"]:
+            raise RpcError(INVALID_PARAMS, f"invalid params: more than {BACKFILL_MAX} runs in one backfill; "
+                           "split the range", {"param": "to"})
+        raise RpcError(INVALID_PARAMS, f"invalid params: more than {BACKFILL_CONFIRM} runs: give yes = true "
+                       "(muppet trigger --yes) to make them all", {"param": "yes"})
+    return await ctx.ask(messages.Backfill(name, tuple(times)))
+
+
 async def _runs_list(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
     runs = await ctx.query(
         reads.list_runs,
@@ -181,6 +216,7 @@ HANDLERS: dict[str, Handler] = {
     "daemon.status": _daemon_status,
     "pipelines.list": _pipelines_list,
     "runs.trigger": _runs_trigger,
+    "runs.backfill": _runs_backfill,
     "runs.list": _runs_list,
     "runs.get": _runs_get,
     "jobs.list": _jobs_list,

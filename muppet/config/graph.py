@@ -27,11 +27,13 @@ def check_references(f: TomlFile, step: Step, steps: Mapping[str, Step]) -> None
             if other == step.name:
                 f.problem(table, key, f"a step cannot name itself ({show(other)})")
             elif other not in steps:
-                hint = difflib.get_close_matches(other, list(steps), n=1)
-                more = f'; did you mean "{hint[0]}"?' if hint else ""
-                f.problem(table, key, f"unknown step {show(other)}{more} (steps: {', '.join(steps)})")
+                f.problem(table, key, _unknown(other, steps))
+    # an earlier cycle's own step is allowed: a loop through time ("a[-PT6H]")
+    for earlier in step.intercycle:
+        if earlier.step not in steps:
+            f.problem(table, "parents", f"{show(str(earlier))}: " + _unknown(earlier.step, steps))
     if step.depends is Depends.EACH:
-        for parent in step.parents:
+        for parent in (*step.parents, *(p.step for p in step.intercycle)):
             if parent in steps and parent != step.name and steps[parent].jobs != step.jobs:
                 f.problem(
                     table,
@@ -39,6 +41,12 @@ def check_references(f: TomlFile, step: Step, steps: Mapping[str, Step]) -> None
                     f'"each" needs equal job counts: this step has jobs = {step.jobs}, '
                     f"parent {show(parent)} has jobs = {steps[parent].jobs}",
                 )
+
+
+def _unknown(other: str, steps: Mapping[str, Step]) -> str:
+    hint = difflib.get_close_matches(other, list(steps), n=1)
+    more = f'; did you mean "{hint[0]}"?' if hint else ""
+    return f"unknown step {show(other)}{more} (steps: {', '.join(steps)})"
 
 
 def check_cycles(f: TomlFile, steps: Mapping[str, Step]) -> None:

@@ -22,7 +22,8 @@ from typing import Any
 
 from croniter import croniter
 
-from ..model import Depends, Pipeline, RetryPolicy, Step
+from .. import durations
+from ..model import Depends, IntercycleParent, Pipeline, RetryPolicy, Step
 from ..resources import RESOURCE_KEYS
 from ..tomlcheck import Bad, TomlFile, integer, number, show, string, string_list
 from . import graph
@@ -71,7 +72,13 @@ def _timezone(value: Any) -> str:
     return zone
 
 
-_PIPELINE_KEYS = ("name", "owner", "requires", "produces", "cron", "timezone")
+_PIPELINE_KEYS = (
+    "name", "owner", "requires", "produces", "cron", "timezone",
+    # cycling (docs/configuration.md, "Cycling")
+    "initial", "runahead", "catchup", "catchup_limit", "expire_after", "late_after",
+)
+#: catchup_limit's range: a day of minutely firings at most
+CATCHUP_LIMIT_MAX = 1440
 _STEP_KEYS = (
     "command",
     "parents",
@@ -85,7 +92,66 @@ _STEP_KEYS = (
     "retry",
     "resources",
     "product",
+    "not_before",
+    "expire_after",
+    "late_after",
 )
+#: an intercycle parent: a step's name and an ISO 8601 offset in brackets
+_INTERCYCLE = re.compile(r"(?P<step>[^\[\]]+)\[(?P<offset>[^\[\]]*)\]\Z")
+
+
+def _duration(value: Any) -> str:
+    """An ISO 8601 duration that does not point back ("PT3H20M", "P1D")."""
+    text = string(value)
+    try:
+        parsed = durations.parse(text)
+    except ValueError as exc:
+        raise Bad(str(exc)) from None
+    if durations.is_negative(parsed):
+        raise Bad(f"must not be negative (it counts from the run's reference time), got {show(text)}")
+    return text
+
+
+def _initial(value: Any) -> datetime:
+    """The first reference time: a TOML date-time with its zone, or the
+    same as a string."""
+    moment = value
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise Bad(f'must be a time such as "2026-01-01T00:00:00Z", got {show(value)}') from None
+    if not isinstance(moment, datetime):
+        raise Bad(f'must be a time such as 2026-01-01T00:00:00Z, got {show(value)}')
+    if moment.tzinfo is None:
+        raise Bad(f"must say its time zone (a Z for UTC), got {show(str(value))}")
+    return moment.astimezone(UTC)
+
+
+def _parents(f: TomlFile, body: Mapping[str, Any], table: str) -> tuple[tuple[str, ...], tuple[IntercycleParent, ...]]:
+    """``parents``: steps of the same run, and ``name[-PT6H]`` ones of an
+    earlier cycle (each checked on its own)."""
+    same: list[str] = []
+    earlier: list[IntercycleParent] = []
+    for item in f.get(body, table, "parents", string_list(), ()):
+        match = _INTERCYCLE.match(item)
+        if match is None:
+            if "[" in item or "]" in item:
+                f.problem(table, "parents", f'{show(item)}: an earlier cycle is written "step[-PT6H]"')
+            else:
+                same.append(item)
+            continue
+        step, offset = match["step"].strip(), match["offset"].strip()
+        try:
+            parsed = durations.parse(offset)
+        except ValueError as exc:
+            f.problem(table, "parents", f"{show(item)}: the offset {exc}")
+            continue
+        if not durations.is_negative(parsed):
+            f.problem(table, "parents", f"{show(item)}: the offset must point back in time (\"-{offset.lstrip('+')}\")")
+            continue
+        earlier.append(IntercycleParent(step, offset))
+    return tuple(same), tuple(earlier)
 
 
 def _cron(timezone_name: str | None) -> Callable[[Any], str]:
@@ -202,10 +268,15 @@ def _step(f: TomlFile, name: str, body: Mapping[str, Any]) -> Step:
         f.unknown(raw, table, RESOURCE_KEYS, "resources.")
         resources = resource_options(f, raw, table, "resources.", RESOURCE_KEYS)
     depends = f.get(body, table, "depends", choice("all", "each"), "all")
+    parents, intercycle = _parents(f, body, table)
     return Step(
         name=name,
         command=f.get(body, table, "command", string, "", required=True),
-        parents=f.get(body, table, "parents", string_list(), ()),
+        parents=parents,
+        intercycle=intercycle,
+        not_before=f.get(body, table, "not_before", _duration, None),
+        expire_after=f.get(body, table, "expire_after", _duration, None),
+        late_after=f.get(body, table, "late_after", _duration, None),
         jobs=f.get(body, table, "jobs", integer(1, MAX_JOBS_PER_STEP), 1),
         depends=Depends(depends),
         concurrency=f.get(body, table, "concurrency", integer(1), None),
@@ -285,7 +356,7 @@ def pipeline_file(f: TomlFile, data: Mapping[str, Any], source: str) -> Pipeline
         graph.check_references(f, step, steps)
         _outputs_indexed(f, step)
     graph.check_cycles(f, steps)
-    return Pipeline(
+    pipeline = Pipeline(
         name=name,
         owner=owner,
         steps=graph.topological(steps),
@@ -294,6 +365,43 @@ def pipeline_file(f: TomlFile, data: Mapping[str, Any], source: str) -> Pipeline
         cron=tuple(checked_cron),
         timezone=zone or "UTC",
         source=source,
+        initial=f.get(head, "pipeline", "initial", _initial, None),
+        runahead=f.get(head, "pipeline", "runahead", integer(1), None),
+        catchup=f.get(head, "pipeline", "catchup", choice("latest", "all", "none"), "latest"),
+        catchup_limit=f.get(head, "pipeline", "catchup_limit", integer(1, CATCHUP_LIMIT_MAX), 48),
+        expire_after=f.get(head, "pipeline", "expire_after", _duration, None),
+        late_after=f.get(head, "pipeline", "late_after", _duration, None),
     )
+    _check_offsets(f, pipeline)
+    return pipeline
+
+
+def _check_offsets(f: TomlFile, pipeline: Pipeline) -> None:
+    """Warn about an intercycle offset that no cron firing can meet: every
+    run would wait on a run that cron never makes (only one made by hand or
+    by a backfill at exactly that reference time would do)."""
+    if not pipeline.cron:
+        return
+    from ..cron import next_firing  # the cron task's own firing rules
+
+    firings: list[datetime] = []
+    moment = SAMPLE_REFERENCE_TIME
+    for _ in range(200):  # past a year of daily firings, both DST changes
+        found = next_firing(pipeline, moment)
+        if found is None:
+            return
+        firings.append(found)
+        moment = found
+    known = set(firings)
+    for step in pipeline.steps.values():
+        for earlier in step.intercycle:
+            back = [durations.shift(firing, earlier.offset, pipeline.timezone) for firing in firings[100:]]
+            if not any(moment in known for moment in back):
+                f.warn(
+                    f"steps.{step.name}",
+                    "parents",
+                    f"{show(str(earlier))}: no firing of the pipeline's cron is {earlier.offset.lstrip('-')} "
+                    "after another, so this parent's run would never be made by cron",
+                )
 
 

@@ -187,6 +187,9 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         -- an operator's kill of a submitted or running job, kept with the job
         ALTER TABLE jobs ADD COLUMN kill_requested INTEGER NOT NULL DEFAULT 0;
+        -- not succeeded by late_after (docs/configuration.md, "Cycling")
+        ALTER TABLE jobs ADD COLUMN late INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE runs ADD COLUMN late INTEGER NOT NULL DEFAULT 0;
         -- the run whose jobs made an instance version (NULL: registered by
         -- hand): the outputs of one run, reruns included, go to one version
         ALTER TABLE instances ADD COLUMN run_id INTEGER;

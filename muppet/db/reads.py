@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import attrs
 
 from .. import codec
+from ..messages import EndedRun
 from ..model import Job, JobLog, JobState, Run, RunCause, RunState
 from .rows import JOB_COLUMNS, RUN_COLUMNS, job_from_row, run_from_row
 from .store import Store
@@ -27,7 +28,7 @@ EventRecord = tuple[int, float, str, int, dict[str, Any]]
 class Snapshot:
     """What the scheduler needs to pick up after a (re)start."""
 
-    #: every run in state running
+    #: every unfinished run (running or queued)
     runs: tuple[Run, ...]
     #: every job of those runs, by id
     jobs: tuple[Job, ...]
@@ -36,6 +37,8 @@ class Snapshot:
     next_job_id: int
     #: per pipeline, the latest reference time of its cron-made runs
     last_cron: dict[str, datetime]
+    #: the ended runs the unfinished ones wait on through intercycle parents
+    ended: tuple[EndedRun, ...] = ()
 
 
 def load_snapshot(store: Store) -> Snapshot:
@@ -47,12 +50,12 @@ def load_snapshot(store: Store) -> Snapshot:
             cursor.execute(store.sql(sql), tuple(params))
             return list(cursor.fetchall())
 
-        running = RunState.RUNNING.value
-        runs = rows(f"SELECT {RUN_COLUMNS} FROM runs WHERE state = ? ORDER BY id", (running,))
+        unfinished = (RunState.RUNNING.value, RunState.QUEUED.value)
+        runs = rows(f"SELECT {RUN_COLUMNS} FROM runs WHERE state IN (?, ?) ORDER BY id", unfinished)
         jobs = rows(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE run_id IN"
-            " (SELECT id FROM runs WHERE state = ?) ORDER BY id",
-            (running,),
+            " (SELECT id FROM runs WHERE state IN (?, ?)) ORDER BY id",
+            unfinished,
         )
         max_run = rows("SELECT MAX(id) FROM runs")[0][0]
         max_job = rows("SELECT MAX(id) FROM jobs")[0][0]
@@ -69,6 +72,33 @@ def load_snapshot(store: Store) -> Snapshot:
         )
 
     return store.transaction(work, write=False)
+
+
+def ended_runs(store: Store, cursor: Any, wanted: set[tuple[str, datetime]]) -> tuple[EndedRun, ...]:
+    """The runs at (pipeline, reference time) in ``wanted`` that have ended,
+    each with its slots' newest jobs' states, read on ``cursor`` (inside the
+    caller's transaction)."""
+    found = []
+    for pipeline, moment in sorted(wanted):
+        cursor.execute(
+            store.sql("SELECT id, state FROM runs WHERE pipeline = ? AND reference_time = ?"),
+            (pipeline, codec.format_time(moment)),
+        )
+        row = cursor.fetchone()
+        if row is None or not RunState(row[1]).finished:
+            continue  # not there, or unfinished: the scheduler holds those itself
+        cursor.execute(
+            store.sql("SELECT step, job_index, state FROM jobs WHERE run_id = ? AND successor IS NULL"),
+            (row[0],),
+        )
+        slots = tuple(sorted((step, index, JobState(state)) for step, index, state in cursor.fetchall()))
+        found.append(EndedRun(row[0], pipeline, moment, RunState(row[1]), slots))
+    return tuple(found)
+
+
+def load_ended_runs(store: Store, wanted: set[tuple[str, datetime]]) -> tuple[EndedRun, ...]:
+    """:func:`ended_runs` in a read transaction of its own."""
+    return store.transaction(lambda cursor: ended_runs(store, cursor, wanted), write=False)
 
 
 def list_runs(

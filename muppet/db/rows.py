@@ -11,11 +11,11 @@ from typing import Any
 from .. import codec
 from ..model import Job, JobState, Run, RunCause, RunState
 
-RUN_COLUMNS = "id, pipeline, reference_time, state, cause, created_at, ended_at"
+RUN_COLUMNS = "id, pipeline, reference_time, state, cause, created_at, ended_at, late"
 JOB_COLUMNS = (
     "id, run_id, pipeline, step, job_index, count, executor, state, failures,"
     " predecessor, successor, not_before, exit_code, reason, batch_id, host,"
-    " created_at, submitted_at, started_at, ended_at, kill_requested"
+    " created_at, submitted_at, started_at, ended_at, kill_requested, late"
 )
 
 #: a row as the database driver takes it (ints, floats, strings, None)
@@ -25,7 +25,7 @@ Row = tuple[Any, ...]
 def run_row(run: Run) -> Row:
     return (
         run.id, run.pipeline, codec.format_time(run.reference_time), run.state.value,
-        run.cause.value, run.created_at, run.ended_at,
+        run.cause.value, run.created_at, run.ended_at, int(run.late),
     )
 
 
@@ -33,6 +33,7 @@ def run_from_row(row: Sequence[Any]) -> Run:
     return Run(
         id=row[0], pipeline=row[1], reference_time=codec.parse_time(row[2]),
         state=RunState(row[3]), cause=RunCause(row[4]), created_at=row[5], ended_at=row[6],
+        late=bool(row[7]),
     )
 
 
@@ -41,7 +42,7 @@ def job_row(job: Job) -> Row:
         job.id, job.run_id, job.pipeline, job.step, job.index, job.count, job.executor,
         job.state.value, job.failures, job.predecessor, job.successor, job.not_before,
         job.exit_code, job.reason, job.batch_id, job.host, job.created_at,
-        job.submitted_at, job.started_at, job.ended_at, int(job.kill_requested),
+        job.submitted_at, job.started_at, job.ended_at, int(job.kill_requested), int(job.late),
     )
 
 
@@ -51,7 +52,7 @@ def job_from_row(row: Sequence[Any]) -> Job:
         executor=row[6], state=JobState(row[7]), failures=row[8], predecessor=row[9],
         successor=row[10], not_before=row[11], exit_code=row[12], reason=row[13],
         batch_id=row[14], host=row[15], created_at=row[16], submitted_at=row[17],
-        started_at=row[18], ended_at=row[19], kill_requested=bool(row[20]),
+        started_at=row[18], ended_at=row[19], kill_requested=bool(row[20]), late=bool(row[21]),
     )
 
 

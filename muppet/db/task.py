@@ -19,12 +19,14 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import attrs
 import psycopg
 import trio
 
 from ..executor.jobdir import highest_job_id
 from ..messages import Change, DefineIndex, IndexWritten, Persist, Persisted, ToDatabase
 from ..model import Config
+from ..scheduler import cycling
 from . import reads, writes
 from .dialect import describe_url
 from .health import DatabaseHealth
@@ -74,6 +76,10 @@ async def _store(config: Config, lease: Lease, api: str) -> AsyncIterator[tuple[
         holder = Holder.this_process(api)
         await trio.to_thread.run_sync(lease.announce, store, holder)
         snapshot = await trio.to_thread.run_sync(reads.load_snapshot, store)
+        needed = cycling.needed_runs(dict(config.pipelines), snapshot.runs)
+        if needed:
+            ended = await trio.to_thread.run_sync(reads.load_ended_runs, store, needed)
+            snapshot = attrs.evolve(snapshot, ended=ended)
         highest = await trio.to_thread.run_sync(highest_job_id, config.daemon.state_dir)
         if highest >= snapshot.next_job_id:
             raise StateMismatch(
@@ -180,7 +186,9 @@ async def run(
                     pass
             _answer(replies, done)
             if done.changes or done.rejected or done.completed:
-                await send.send(Persisted(done.changes, done.rejected, done.completed, done.last_event_id))
+                await send.send(Persisted(
+                    done.changes, done.rejected, done.completed, done.ended, last_event_id=done.last_event_id,
+                ))
 
 
 def _answer(replies: list[trio.MemorySendChannel[IndexWritten] | None], done: Committed) -> None:

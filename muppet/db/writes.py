@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -24,12 +25,15 @@ from ..messages import (
     CompletedInstance,
     DefineIndex,
     DeleteFiles,
+    EndedRun,
     IndexWritten,
+    LateNotice,
     NewRun,
     RegisterFiles,
     SetTorrent,
 )
 from ..model import Job, JobLog, Run
+from .reads import ended_runs
 from .rows import JOB_COLUMNS, RUN_COLUMNS, event_payload, job_row, run_row
 from .store import Store
 
@@ -45,6 +49,8 @@ class Committed:
     changes: tuple[NewRun | Run | Job | JobLog, ...] = ()
     rejected: tuple[NewRun, ...] = ()
     index: tuple[IndexWritten, ...] = ()
+    #: the ended runs the committed NewRuns' ``needs`` named
+    ended: tuple[EndedRun, ...] = ()
     #: the number of the newest event once the batch committed (not part of
     #: equality: two writes of the same changes are the same commit)
     last_event_id: int = attrs.field(default=0, eq=False)
@@ -66,7 +72,7 @@ def _upsert(table: str, columns: str, key: str) -> str:
 
 
 _INSERT_NEW_RUN = (
-    f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (pipeline, reference_time) DO NOTHING"
 )
 _UPSERT_RUN = _upsert("runs", RUN_COLUMNS, "id")
@@ -105,7 +111,9 @@ def write(store: Store, changes: Sequence[Change], *, token: str | None = None) 
                 log.info("batch %s was committed already; not writing it again", token)
                 cursor.execute("SELECT MAX(id) FROM events")
                 last_event_id = cursor.fetchone()[0] or 0
-                return _committed(batch, set(json.loads(row[1])), _written_from_json(row[2]), last_event_id)
+                rejected = set(json.loads(row[1]))
+                committed = _committed(batch, rejected, _written_from_json(row[2]), last_event_id)
+                return attrs.evolve(committed, ended=_ended_needed(store, cursor, batch, rejected))
         return _write(store, cursor, batch, token)
 
     return store.transaction(work, write=True)
@@ -142,6 +150,8 @@ def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | 
             events.append((now, "job", change.id, event_payload(change), None))
         elif isinstance(change, JobLog):
             logs.append((change.job_id, change.stdout, change.stderr))
+        elif isinstance(change, LateNotice):
+            events.append((now, "late", change.id, _late_payload(change), None))
         elif isinstance(change, INDEX_CHANGES):
             written[position] = index_write.apply(cursor, store.sql, change, now, events)
         else:
@@ -162,7 +172,29 @@ def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | 
         )
     cursor.execute("SELECT MAX(id) FROM events")
     last_event_id = cursor.fetchone()[0] or 0
-    return _committed(changes, rejected, written, last_event_id)
+    committed = _committed(changes, rejected, written, last_event_id)
+    return attrs.evolve(committed, ended=_ended_needed(store, cursor, changes, rejected))
+
+
+def _ended_needed(
+    store: Store, cursor: Any, changes: tuple[Change, ...], rejected: set[int]
+) -> tuple[EndedRun, ...]:
+    """The ended runs that the committed NewRuns' intercycle parents are in."""
+    wanted = {
+        (change.run.pipeline, moment)
+        for position, change in enumerate(changes)
+        if isinstance(change, NewRun) and position not in rejected
+        for moment in change.needs
+    }
+    return ended_runs(store, cursor, wanted)
+
+
+def _late_payload(notice: LateNotice) -> str:
+    return json.dumps({
+        "kind": notice.kind, "id": notice.id, "pipeline": notice.pipeline,
+        "reference_time": codec.format_time(notice.reference_time), "step": notice.step,
+        "index": notice.index, "late_after": codec.format_time(datetime.fromtimestamp(notice.deadline, UTC)),
+    }, separators=(",", ":"))
 
 
 def _written_to_json(written: dict[int, IndexWritten]) -> str:
@@ -210,6 +242,6 @@ def _committed(
         elif position in rejected:
             assert isinstance(change, NewRun)
             refused.append(change)
-        else:
+        elif not isinstance(change, LateNotice):  # an event only
             engine.append(change)
-    return Committed(tuple(engine), tuple(refused), tuple(index), last_event_id)
+    return Committed(tuple(engine), tuple(refused), tuple(index), last_event_id=last_event_id)

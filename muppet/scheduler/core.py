@@ -30,8 +30,11 @@ It holds no channels: the scheduler task keeps who waits for which number.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -40,13 +43,16 @@ from ..codec import format_time
 from ..messages import (
     CONFLICT,
     NOT_FOUND,
+    Backfill,
     Change,
     Command,
     CompletedInstance,
+    EndedRun,
     JobFinished,
     JobNotStarted,
     JobStarted,
     KillJob,
+    LateNotice,
     NewFile,
     NewRun,
     Persist,
@@ -68,7 +74,8 @@ from ..model import (
     RunState,
     ServiceBackend,
 )
-from . import states
+from . import cycling, states
+from .cycling import Deadlines
 from .states import IllegalTransition
 
 #: the backoff after a failed start (the executor's trouble, not the job's):
@@ -101,7 +108,7 @@ class WakeAt:
 
 
 Effect = Persist | StartJob | KillJob | Answer | WakeAt | Notice
-Event = Trigger | Persisted | JobStarted | JobFinished | JobNotStarted | Command
+Event = Trigger | Persisted | JobStarted | JobFinished | JobNotStarted | Command | Backfill
 
 
 class Scheduler:
@@ -137,6 +144,20 @@ class Scheduler:
         self.next_job_id = next_job_id
         # persisted copies of unfinished runs and all of their jobs
         self.runs: dict[int, Run] = {}
+        # the runs in memory by (pipeline, reference time)
+        self.run_at: dict[tuple[str, datetime], int] = {}
+        # ended runs that intercycle children wait on (docs/configuration.md,
+        # "Cycling"), by (pipeline, reference time)
+        self.ended: dict[tuple[str, datetime], EndedRun] = {}
+        # when each step's jobs of a run may start, expire, are late
+        self.deadlines: dict[tuple[int, str], Deadlines] = {}
+        # (time, sequence, what, id): the moments something is due, for
+        # WakeAt; "wake" a job's backoff or clock, "expire" and "late" a
+        # job's deadlines, "late-run" a run's (stale entries are skipped)
+        self.timers: list[tuple[float, int, str, int]] = []
+        self.timer_sequence = itertools.count()
+        # backfills answered once each of their runs is committed or refused
+        self.backfills: dict[int, _Backfill] = {}
         self.jobs: dict[int, Job] = {}
         # per run, the newest job of each (step, index) slot
         self.current: dict[int, dict[tuple[str, int], int]] = {}
@@ -167,15 +188,21 @@ class Scheduler:
 
     # --- entry points ---------------------------------------------------------
 
-    def load(self, runs: Iterable[Run], jobs: Iterable[Job], now: float) -> list[Effect]:
-        """Take over the unfinished runs a previous daemon left in the database.
+    def load(
+        self, runs: Iterable[Run], jobs: Iterable[Job], now: float, ended: Iterable[EndedRun] = (),
+    ) -> list[Effect]:
+        """Take over the unfinished runs a previous daemon left in the database
+        (and the ended runs their intercycle parents are in).
 
         Jobs it had submitted or running are handed to the executor again: a
         StartJob re-attaches to a job that is still running (or finished while
-        no daemon watched) and starts one that never began.
+        no daemon watched) and starts one that never began. Every timer
+        (backoff, clock, expiry, lateness) is derived again from the runs.
         """
+        for earlier in ended:
+            self.ended[(earlier.pipeline, earlier.reference_time)] = earlier
         for run in runs:
-            self.runs[run.id] = run
+            self._store_run(run)
         for job in sorted(jobs, key=lambda j: j.id):
             self._store_job(job)
         effects: list[Effect] = []
@@ -191,8 +218,11 @@ class Scheduler:
                         # KillJob right after the StartJob before launching
                         effects.append(KillJob(job.id))
         # a crash between a run's last job and the run's own end leaves it open
-        for run_id in list(self.runs):
+        touched = set(self.runs)
+        self._timers_due(changes, touched, now)
+        for run_id in touched:
             self._maybe_finish_run(run_id, changes, now)
+        self._promote_queued(changes)
         self._schedule(changes, now)
         return self._finish(now, changes, effects)
 
@@ -218,10 +248,14 @@ class Scheduler:
                 self._job_not_started(event, changes, now)
             elif isinstance(event, Command):
                 effects.extend(self._command(event, changes, now))
+            elif isinstance(event, Backfill):
+                effects.extend(self._backfill(event, changes, now))
             else:
                 raise TypeError(f"the scheduler does not handle {event!r}")
+        self._timers_due(changes, touched, now)
         for run_id in touched:
             self._maybe_finish_run(run_id, changes, now)
+        self._promote_queued(changes)
         self._schedule(changes, now)
         return self._finish(now, changes, effects)
 
@@ -231,14 +265,26 @@ class Scheduler:
         pipeline = self.pipelines.get(event.pipeline)
         if pipeline is None:
             return [_error(event.request, NOT_FOUND, f"unknown pipeline {event.pipeline!r}")]
-        for run in (*self.runs.values(), *(n.run for n in self.pending_new.values())):
-            if run.pipeline == pipeline.name and run.reference_time == event.reference_time:
-                return [_error(event.request, CONFLICT, _exists(run))]
+        existing = self._run_in_memory(pipeline.name, event.reference_time)
+        if existing is not None:
+            return [_error(event.request, CONFLICT, _exists(existing))]
+        run = self._new_run(pipeline, event.reference_time, RunCause(event.cause), changes, now)
+        if event.request:
+            self.owed_run[run.id].append((event.request, Reply(result={"run_id": run.id})))
+        return []
+
+    def _new_run(
+        self, pipeline: Pipeline, reference_time: datetime, cause: RunCause, changes: list[Change], now: float,
+    ) -> Run:
+        """A new run with all of its jobs, queued when the pipeline's
+        runahead is full (it runs when an earlier one ends, oldest first)."""
+        queued = pipeline.runahead is not None and self._unfinished(pipeline.name) >= pipeline.runahead
         run = Run(
             id=self._new_run_id(),
             pipeline=pipeline.name,
-            reference_time=event.reference_time,
-            cause=RunCause(event.cause),
+            reference_time=reference_time,
+            state=RunState.QUEUED if queued else RunState.RUNNING,
+            cause=cause,
             created_at=now,
         )
         jobs = []
@@ -256,36 +302,58 @@ class Scheduler:
                         created_at=now,
                     )
                 )
-        new = NewRun(run, tuple(jobs))
+        needs = tuple(sorted(cycling.parent_references(pipeline, reference_time))) if pipeline.cycling else ()
+        new = NewRun(run, tuple(jobs), needs)
         self.pending_new[run.id] = new
-        if event.request:
-            self.owed_run[run.id].append((event.request, Reply(result={"run_id": run.id})))
         changes.append(new)
+        return run
+
+    def _backfill(self, event: Backfill, changes: list[Change], now: float) -> list[Effect]:
+        pipeline = self.pipelines.get(event.pipeline)
+        if pipeline is None:
+            return [_error(event.request, NOT_FOUND, f"unknown pipeline {event.pipeline!r}")]
+        made = _Backfill(event.request)
+        for moment in sorted(set(event.reference_times)):
+            if self._run_in_memory(pipeline.name, moment) is not None:
+                made.skipped.append(moment)
+                continue
+            run = self._new_run(pipeline, moment, RunCause.MANUAL, changes, now)
+            made.waiting.add(run.id)
+            made.order.append(run.id)
+        if not made.waiting:
+            return [_answer(event.request, made.result())]
+        for run_id in made.waiting:
+            self.backfills[run_id] = made
         return []
 
     def _persisted(
         self, event: Persisted, changes: list[Change], touched: set[int], now: float
     ) -> list[Effect]:
         effects: list[Effect] = []
+        for earlier in event.ended:
+            self.ended[(earlier.pipeline, earlier.reference_time)] = earlier
         for new in event.rejected:
             self.pending_new.pop(new.run.id, None)
             for request, _ in self.owed_run.pop(new.run.id, []):
                 effects.append(_error(request, CONFLICT, _exists(new.run, duplicate=True)))
+            effects.extend(self._backfilled(new.run, made=False))
         for change in event.changes:
             if isinstance(change, NewRun):
                 self.pending_new.pop(change.run.id, None)
-                self.runs[change.run.id] = change.run
+                self._store_run(change.run)
                 for job in change.jobs:
                     self._store_job(job)
                 touched.add(change.run.id)
                 effects.extend(self._pay(self.owed_run, change.run.id))
+                effects.extend(self._backfilled(change.run, made=True))
             elif isinstance(change, Run):
                 if self.pending_runs.get(change.id) == change:
                     del self.pending_runs[change.id]
                 if change.id not in self.pending_runs:  # the newest copy: what was asked is done
                     effects.extend(self._pay(self.owed_run, change.id))
-                if change.state is RunState.RUNNING:
-                    self.runs[change.id] = change
+                if not change.state.finished:
+                    self._store_run(change)
+                    touched.add(change.id)
                 elif change.id not in self.pending_runs:
                     self._forget_run(change.id)
             elif isinstance(change, Job):
@@ -302,6 +370,20 @@ class Scheduler:
         for completed in event.completed:
             effects.extend(self._data_triggers(completed, changes, now))
         return effects
+
+    def _backfilled(self, run: Run, *, made: bool) -> list[Effect]:
+        """A backfill's run committed (or refused as existing); its answer
+        once the last one is."""
+        backfill = self.backfills.pop(run.id, None)
+        if backfill is None:
+            return []
+        backfill.waiting.discard(run.id)
+        if not made:
+            backfill.order.remove(run.id)
+            backfill.skipped.append(run.reference_time)
+        if backfill.waiting:
+            return []
+        return [_answer(backfill.request, backfill.result())] if backfill.request else []
 
     def _hand_over(self, job: Job, before: Job | None, changes: list[Change], now: float) -> list[Effect]:
         """What the executor must hear of a job's newly committed copy.
@@ -543,12 +625,15 @@ class Scheduler:
             if job_id in self.pending_jobs:
                 continue
             job = self.jobs[job_id]
-            if job.not_before > now:
-                continue
+            if job.not_before > now or self.runs[job.run_id].state is not RunState.RUNNING:
+                continue  # a backoff, or a queued run
             pipeline = self.pipelines.get(job.pipeline)
             if pipeline is None or job.step not in pipeline.steps:
                 continue  # made fail in _start_job when it was configured away
             step = pipeline.steps[job.step]
+            clock = self._deadlines(job).not_before
+            if clock is not None and clock > now:
+                continue
             executor = self.executors.get(job.executor)
             if executor is not None and per_executor[job.executor] >= executor.max_jobs:
                 continue
@@ -578,19 +663,32 @@ class Scheduler:
             return "held by operator"
         if job.state is not JobState.WAITING:
             return ""
+        pipeline = self.pipelines.get(job.pipeline)
+        if pipeline is None or job.step not in pipeline.steps:
+            return f"step {job.pipeline}.{job.step} is no longer configured"
+        run = self.runs[job.run_id]
+        if run.state is RunState.QUEUED:
+            return (f"runahead: {self._unfinished(pipeline.name)} of {pipeline.runahead} runs of "
+                    f"{pipeline.name} running; this one is queued")
         if job.not_before > now:
             if job.reason:  # a failed start: what went wrong, and when it is tried again
                 return f"{job.reason}; trying again at {format_time(job.not_before)}"
             return f"backoff until {format_time(job.not_before)}"
-        pipeline = self.pipelines.get(job.pipeline)
-        if pipeline is None or job.step not in pipeline.steps:
-            return f"step {job.pipeline}.{job.step} is no longer configured"
+        clock = self._deadlines(job).not_before
+        if clock is not None and clock > now:
+            return f"clock: not before {format_time(datetime.fromtimestamp(clock, UTC))}"
         unmet = []
         for slot in self._parent_slots(job, pipeline):
             current = self.current[job.run_id].get(slot)
             parent = None if current is None else self._current_copy(current)
             if parent is None or parent.state is not JobState.SUCCEEDED:
                 unmet.append(f"{slot[0]}[{slot[1]}] {parent.state.value if parent else 'missing'}")
+        for name, moment, run_id, state in self._earlier_parents(job, pipeline):
+            if state is not JobState.SUCCEEDED:
+                if state is None:
+                    unmet.append(f"{name}: no run for {format_time(moment)} yet")
+                else:
+                    unmet.append(f"{name} {state.value} (run {run_id} for {format_time(moment)})")
         if unmet:
             more = f" (and {len(unmet) - 3} more)" if len(unmet) > 3 else ""
             return "parents: " + ", ".join(unmet[:3]) + more
@@ -617,7 +715,37 @@ class Scheduler:
             current = self.current[job.run_id].get(slot)
             if current is None or self.jobs[current].state is not JobState.SUCCEEDED:
                 return False
-        return True
+        return all(state is JobState.SUCCEEDED for _, _, _, state in self._earlier_parents(job, pipeline))
+
+    def _earlier_parents(
+        self, job: Job, pipeline: Pipeline,
+    ) -> Iterator[tuple[str, datetime, int | None, JobState | None]]:
+        """The intercycle parents of ``job`` not counted as satisfied (before
+        the pipeline's ``initial``), one per parent slot: (how the step
+        names it, the parent run's reference time, its run id if in memory,
+        the slot's state: None when that run does not exist (yet))."""
+        step = pipeline.steps[job.step]
+        if not step.intercycle:
+            return
+        reference_time = self.runs[job.run_id].reference_time
+        for parent in step.intercycle:
+            moment = cycling.parent_reference(pipeline, reference_time, parent)
+            if cycling.before_initial(pipeline, moment):
+                continue
+            source = pipeline.steps[parent.step]
+            indexes = [job.index] if step.depends is Depends.EACH else range(source.jobs)
+            run_id = self.run_at.get((pipeline.name, moment))
+            ended = self.ended.get((pipeline.name, moment))
+            if run_id is None and ended is not None:
+                run_id = ended.run_id
+            for index in indexes:
+                state: JobState | None = None
+                if run_id is not None and run_id in self.runs:
+                    current = self.current.get(run_id, {}).get((parent.step, index))
+                    state = None if current is None else self.jobs[current].state
+                elif ended is not None:
+                    state = next((s for st, i, s in ended.slots if (st, i) == (parent.step, index)), None)
+                yield f"{parent}", moment, run_id, state
 
     def _parent_slots(self, job: Job, pipeline: Pipeline) -> Iterator[tuple[str, int]]:
         """The (step, index) slots of the run that ``job`` waits for, lazily
@@ -649,9 +777,10 @@ class Scheduler:
             job = self._current_copy(job.successor)
         return job
 
-    def _skip_downstream(self, failed: Job, changes: list[Change], now: float) -> None:
+    def _skip_downstream(self, failed: Job, changes: list[Change], now: float, *, expiring: bool = False) -> None:
         """A job that failed for good (or was killed) leaves every job that
-        depends on it, directly or not, without a way to run: they end skipped."""
+        depends on it, directly or not, without a way to run: they end
+        skipped; downstream of an expired job they expire with it."""
         pipeline = self.pipelines[failed.pipeline]
         todo = [(failed.step, failed.index)]
         seen: set[tuple[str, int]] = set()
@@ -669,11 +798,16 @@ class Scheduler:
             # the newest job of the slot: a rerun still being committed too
             job = self._newest_in_slot(failed.run_id, slot)
             if job is not None and job.state in (JobState.WAITING, JobState.HELD):
-                self._move(job, JobState.SKIPPED, changes, ended_at=now, reason=states.upstream_did_not_succeed(failed))
+                if expiring:
+                    self._move(job, JobState.EXPIRED, changes, ended_at=now, reason=states.upstream_expired(failed))
+                else:
+                    why = states.upstream_did_not_succeed(failed)
+                    self._move(job, JobState.SKIPPED, changes, ended_at=now, reason=why)
 
     def _rerun(self, job: Job, changes: list[Change], now: float) -> Job:
         """A fresh job in the same slot (a full set of tries), and fresh jobs for
-        the slots downstream that were skipped because of it."""
+        the slots downstream that were skipped or expired because of it. An
+        operator's rerun does not expire (docs/configuration.md, "Cycling")."""
         fresh = self._successor(job, changes, now)
         pipeline = self.pipelines[job.pipeline]
         descendants = pipeline.descendants(job.step)
@@ -689,13 +823,15 @@ class Scheduler:
                 if slot[0] != step_name:
                     continue
                 downstream = self._current_copy(current)
-                if downstream.state is JobState.SKIPPED and downstream.successor is None:
+                if downstream.state in _REVIVED and downstream.successor is None:
                     if self._ended_parent(downstream) is None:
                         self._successor(downstream, changes, now)
         run = self.runs[job.run_id]
         # a run whose end is still in flight is reopened too: the RUNNING
-        # proposal replaces the pending end, so the run is not forgotten
-        if run.state is not RunState.RUNNING or run.id in self.pending_runs:
+        # proposal replaces the pending end, so the run is not forgotten (a
+        # queued run stays queued: its runahead decides)
+        pending = self.pending_runs.get(run.id)
+        if run.state.finished or (pending is not None and pending.state.finished):
             self._move_run(run, RunState.RUNNING, changes, ended_at=None)
         return fresh
 
@@ -743,17 +879,22 @@ class Scheduler:
         """A run ends when every slot's current job has ended: succeeded when all
         of them succeeded, failed otherwise (docs/states.md)."""
         run = self.runs.get(run_id)
-        if run is None or run.state is not RunState.RUNNING or run_id in self.pending_runs:
+        if run is None or run.state.finished or run_id in self.pending_runs:
             return
-        outcome = RunState.SUCCEEDED
+        states_seen = set()
         for job_id in self.current.get(run_id, {}).values():
             if job_id in self.pending_jobs:
                 return
             state = self.jobs[job_id].state
             if not state.finished:
                 return
-            if state is not JobState.SUCCEEDED:
-                outcome = RunState.FAILED
+            states_seen.add(state)
+        if states_seen <= {JobState.SUCCEEDED}:
+            outcome = RunState.SUCCEEDED
+        elif states_seen <= {JobState.SUCCEEDED, JobState.EXPIRED}:
+            outcome = RunState.EXPIRED
+        else:
+            outcome = RunState.FAILED
         self._move_run(run, outcome, changes, ended_at=now)
 
     def _start_job(self, job: Job, now: float, changes: list[Change]) -> StartJob | None:
@@ -773,13 +914,123 @@ class Scheduler:
         out.extend(effects or ())
         out.extend(Notice(text) for text in self.notices)
         self.notices.clear()
-        wake = min(
-            (self.jobs[j].not_before for j in self.waiting if self.jobs[j].not_before > now),
-            default=None,
-        )
-        if wake is not None:
-            out.append(WakeAt(wake))
+        # entries due now were handled (or wait for a commit in flight, which
+        # brings a batch of its own): the next wake-up is the first later one
+        later = [entry for entry in self.timers if entry[0] > now]
+        if len(later) < len(self.timers):
+            heapq.heapify(later)
+            self.timers = later
+        if self.timers:
+            out.append(WakeAt(self.timers[0][0]))
         return out
+
+    # --- time: backoffs, clock triggers, expiry, lateness ---------------------------
+
+    def _timer(self, moment: float | None, what: str, ident: int) -> None:
+        if moment is not None:
+            heapq.heappush(self.timers, (moment, next(self.timer_sequence), what, ident))
+
+    def _deadlines(self, job: Job) -> Deadlines:
+        """When the job's step may start, expires, is late, in its run."""
+        key = (job.run_id, job.step)
+        found = self.deadlines.get(key)
+        if found is None:
+            pipeline = self.pipelines.get(job.pipeline)
+            run = self.runs.get(job.run_id)
+            if pipeline is None or run is None or job.step not in pipeline.steps:
+                found = Deadlines()
+            else:
+                found = cycling.step_deadlines(pipeline, pipeline.steps[job.step], run.reference_time)
+            self.deadlines[key] = found
+        return found
+
+    def _timers_due(self, changes: list[Change], touched: set[int], now: float) -> None:
+        """Expire and flag late what is due (the entries of ``timers`` at or
+        before ``now``); a job or run with a write in flight is looked at
+        again in the next batch."""
+        due = [entry for entry in self.timers if entry[0] <= now]
+        for moment, _, what, ident in sorted(due):
+            if what == "expire":
+                job = self.jobs.get(ident)
+                if job is not None and ident not in self.pending_jobs and job.state in _UNSTARTED:
+                    deadline = format_time(datetime.fromtimestamp(moment, UTC))
+                    self._move(job, JobState.EXPIRED, changes, ended_at=now, reason=states.expired(deadline))
+                    self._skip_downstream(job, changes, now, expiring=True)
+                    touched.add(job.run_id)
+            elif what == "late":
+                job = self.jobs.get(ident)
+                if job is not None and ident not in self.pending_jobs and not job.late and (
+                    job.state is not JobState.SUCCEEDED and job.successor is None
+                ):
+                    self._move(job, job.state, changes, late=True)
+                    reference_time = self.runs[job.run_id].reference_time
+                    changes.append(LateNotice("job", job.id, job.pipeline, reference_time,
+                                              job.step, job.index, moment))
+            elif what == "late-run":
+                run = self.runs.get(ident)
+                if run is not None and ident not in self.pending_runs and not run.late and (
+                    run.state is not RunState.SUCCEEDED
+                ):
+                    self._move_run(run, run.state, changes, late=True)
+                    changes.append(LateNotice("run", run.id, run.pipeline, run.reference_time, deadline=moment))
+
+    # --- cycles: runs by reference time, runahead ------------------------------------
+
+    def _store_run(self, run: Run) -> None:
+        self.runs[run.id] = run
+        self.run_at[(run.pipeline, run.reference_time)] = run.id
+        pipeline = self.pipelines.get(run.pipeline)
+        if pipeline is not None and not run.late:
+            self._timer(cycling.run_late_deadline(pipeline, run.reference_time), "late-run", run.id)
+
+    def _prune_ended(self, pipeline: Pipeline) -> None:
+        """Keep only the ended runs of ``pipeline`` that a run in memory
+        waits on (a run made later gets the ones it needs from the database
+        with its commit: NewRun.needs)."""
+        needed: set[datetime] = set()
+        for run in (*self.runs.values(), *(new.run for new in self.pending_new.values())):
+            if run.pipeline == pipeline.name:
+                needed |= cycling.parent_references(pipeline, run.reference_time)
+        for key in [k for k in self.ended if k[0] == pipeline.name and k[1] not in needed]:
+            del self.ended[key]
+
+    def _run_in_memory(self, pipeline: str, reference_time: datetime) -> Run | None:
+        """The unfinished (or being made) run of ``pipeline`` at ``reference_time``."""
+        run_id = self.run_at.get((pipeline, reference_time))
+        if run_id is not None and run_id in self.runs:
+            return self.runs[run_id]
+        for new in self.pending_new.values():
+            if new.run.pipeline == pipeline and new.run.reference_time == reference_time:
+                return new.run
+        return None
+
+    def _unfinished(self, pipeline: str) -> int:
+        """The runs of ``pipeline`` that count against its runahead: running
+        (or about to), being made as running."""
+        count = 0
+        for run in self.runs.values():
+            latest = self.pending_runs.get(run.id, run)
+            if run.pipeline == pipeline and latest.state is RunState.RUNNING:
+                count += 1
+        return count + sum(
+            1 for new in self.pending_new.values()
+            if new.run.pipeline == pipeline and new.run.state is RunState.RUNNING
+        )
+
+    def _promote_queued(self, changes: list[Change]) -> None:
+        """Let queued runs run, oldest reference time first, while their
+        pipeline's runahead has room."""
+        queued: dict[str, list[Run]] = defaultdict(list)
+        for run in self.runs.values():
+            if run.state is RunState.QUEUED and run.id not in self.pending_runs:
+                queued[run.pipeline].append(run)
+        for name, waiting in queued.items():
+            pipeline = self.pipelines.get(name)
+            if pipeline is None:
+                continue
+            room = (pipeline.runahead or len(waiting)) - self._unfinished(name)
+            for run in sorted(waiting, key=lambda r: r.reference_time)[: max(room, 0)]:
+                self._move_run(run, RunState.RUNNING, changes)
 
     def _move(self, job: Job, state: JobState, changes: list[Change], **fields: Any) -> None:
         """Propose ``job`` in ``state`` with ``fields``: through the table."""
@@ -828,6 +1079,15 @@ class Scheduler:
         if job.state.finished:
             self.handed.discard(job.id)
             self.start_failures.pop(job.id, None)
+        elif job.run_id in self.runs:
+            deadlines = self._deadlines(job)
+            if job.state in _UNSTARTED:
+                self._timer(job.not_before or None, "wake", job.id)
+                self._timer(deadlines.not_before, "wake", job.id)
+                if not _operators_rerun(job):
+                    self._timer(deadlines.expire, "expire", job.id)
+            if not job.late:
+                self._timer(deadlines.late, "late", job.id)
         pending = self.pending_jobs.get(job.id)
         if job.state.active or (pending is not None and pending.state.active):
             self.active.add(job.id)
@@ -835,8 +1095,22 @@ class Scheduler:
             self.active.discard(job.id)
 
     def _forget_run(self, run_id: int) -> None:
-        self.runs.pop(run_id, None)
-        self.current.pop(run_id, None)
+        run = self.runs.pop(run_id, None)
+        slots = self.current.pop(run_id, {})
+        if run is not None:
+            self.run_at.pop((run.pipeline, run.reference_time), None)
+            pipeline = self.pipelines.get(run.pipeline)
+            if pipeline is not None and pipeline.cycling:
+                # later cycles may wait on it: keep what they need to know
+                states_by_slot = tuple(sorted(
+                    (step, index, self._current_copy(job_id).state) for (step, index), job_id in slots.items()
+                ))
+                self.ended[(run.pipeline, run.reference_time)] = EndedRun(
+                    run.id, run.pipeline, run.reference_time, run.state, states_by_slot
+                )
+                self._prune_ended(pipeline)
+        for key in [k for k in self.deadlines if k[0] == run_id]:
+            del self.deadlines[key]
         for job_id in [j for j, job in self.jobs.items() if job.run_id == run_id]:
             del self.jobs[job_id]
             self.waiting.discard(job_id)
@@ -863,6 +1137,32 @@ class Scheduler:
     def _new_job_id(self) -> int:
         self.next_job_id += 1
         return self.next_job_id - 1
+
+
+#: the states in which a job has not started: it can still expire
+_UNSTARTED = frozenset({JobState.WAITING, JobState.HELD})
+#: a rerun brings back the downstream slots that ended so because of it
+_REVIVED = frozenset({JobState.SKIPPED, JobState.EXPIRED})
+
+
+def _operators_rerun(job: Job) -> bool:
+    """A job made by an operator's rerun (a retry has failures, the first
+    job no predecessor): an explicit request to run it, late or not."""
+    return job.predecessor is not None and job.failures == 0
+
+
+@attrs.define
+class _Backfill:
+    """A backfill request: its runs still being made, in order, and the
+    reference times that had a run already."""
+
+    request: int
+    waiting: set[int] = attrs.field(factory=set)
+    order: list[int] = attrs.field(factory=list)
+    skipped: list[datetime] = attrs.field(factory=list)
+
+    def result(self) -> dict[str, Any]:
+        return {"run_ids": list(self.order), "skipped": [format_time(t) for t in sorted(self.skipped)]}
 
 
 def _answer(request: int, result: Any) -> Answer:

@@ -30,8 +30,9 @@ _J = JobState
 JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     # waiting: the scheduler submits it, an operator holds or kills it, or a
     # parent that failed for good leaves it no way to run
-    _J.WAITING: frozenset({_J.SUBMITTED, _J.HELD, _J.KILLED, _J.SKIPPED}),
-    _J.HELD: frozenset({_J.WAITING, _J.KILLED, _J.SKIPPED}),
+    # -> expired: not started by its step's expire_after, or downstream of one
+    _J.WAITING: frozenset({_J.SUBMITTED, _J.HELD, _J.KILLED, _J.SKIPPED, _J.EXPIRED}),
+    _J.HELD: frozenset({_J.WAITING, _J.KILLED, _J.SKIPPED, _J.EXPIRED}),
     # submitted -> succeeded/failed without running: the executor may report
     # the end before it saw the start (a short job, a re-attach after a crash);
     # submitted -> waiting: the executor could not start it for its own
@@ -45,15 +46,20 @@ JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     _J.FAILED: frozenset(),
     _J.KILLED: frozenset(),
     _J.SKIPPED: frozenset(),
+    _J.EXPIRED: frozenset(),
 }
 
 _R = RunState
 #: for each run state, the states it may move to
 RUN_TRANSITIONS: Mapping[RunState, frozenset[RunState]] = {
-    _R.RUNNING: frozenset({_R.SUCCEEDED, _R.FAILED}),
+    # queued: the pipeline's runahead lets it run, or its jobs all ended
+    # while it waited (expired, or killed by an operator)
+    _R.QUEUED: frozenset({_R.RUNNING, _R.EXPIRED, _R.FAILED}),
+    _R.RUNNING: frozenset({_R.SUCCEEDED, _R.FAILED, _R.EXPIRED}),
     # a rerun of one of its jobs opens an ended run again
     _R.SUCCEEDED: frozenset({_R.RUNNING}),
     _R.FAILED: frozenset({_R.RUNNING}),
+    _R.EXPIRED: frozenset({_R.RUNNING}),
 }
 
 #: what each job state means, as docs/states.md and `muppet jobs --help` say it
@@ -67,13 +73,16 @@ JOB_STATE_MEANINGS: Mapping[JobState, str] = {
     _J.FAILED: "its command failed, or could not be started; with tries left a successor waits",
     _J.KILLED: "stopped, or kept from starting, by an operator",
     _J.SKIPPED: "never run: a job it depends on failed for good or was killed",
+    _J.EXPIRED: "never run: not started by its expire_after, or a job it depends on expired",
 }
 
 #: what each run state means
 RUN_STATE_MEANINGS: Mapping[RunState, str] = {
+    _R.QUEUED: "made, and waiting for its pipeline's runahead to let it run",
     _R.RUNNING: "some of its slots have not ended",
     _R.SUCCEEDED: "the newest job of every slot succeeded",
-    _R.FAILED: "every slot ended and at least one did not succeed",
+    _R.FAILED: "every slot ended and at least one failed, was killed or skipped",
+    _R.EXPIRED: "every slot ended succeeded or expired, and at least one expired",
 }
 
 
@@ -114,6 +123,16 @@ def not_started(why: str) -> str:
 def upstream_did_not_succeed(parent: Job) -> str:
     """Why a job was skipped."""
     return f"upstream job {parent.id} ({parent.step}[{parent.index}]) did not succeed"
+
+
+def expired(deadline: str) -> str:
+    """Why a job expired: its expire_after passed (the deadline, formatted)."""
+    return f"not started by {deadline} (expire_after)"
+
+
+def upstream_expired(parent: Job) -> str:
+    """Why a job expired with its upstream."""
+    return f"upstream job {parent.id} ({parent.step}[{parent.index}]) expired"
 
 
 def no_longer_configured(job: Job) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 import attrs
 import trio
 
-from ..messages import Asked, KillJob, Persist, Reply, StartJob, ToExecutor, ToScheduler, WhyWaiting
+from ..messages import Asked, EndedRun, KillJob, Persist, Reply, StartJob, ToExecutor, ToScheduler, WhyWaiting
 from ..model import Job, Run
 from .core import Answer, Effect, Event, Notice, Scheduler, WakeAt
 
@@ -26,6 +26,7 @@ async def run(
     to_executor: trio.MemorySendChannel[ToExecutor],
     *,
     loaded: tuple[Iterable[Run], Iterable[Job]] = ((), ()),
+    ended: Iterable[EndedRun] = (),
     clock: Callable[[], float] = time.time,
 ) -> None:
     """Feed the core every event that arrives and carry out its effects.
@@ -36,7 +37,7 @@ async def run(
     database task, `StartJob`/`KillJob` to the executor, and each `Reply` on
     the channel of the request it answers. ``loaded`` is ``(runs, jobs)`` of
     the unfinished work a previous daemon left, taken over before anything
-    else.
+    else; ``ended`` the ended runs those wait on through intercycle parents.
 
     The core sees requests by number: this task numbers each Asked and keeps
     its channel until the core's Answer of that number.
@@ -49,7 +50,7 @@ async def run(
     """
     requests = _Requests()
     runs, jobs = loaded
-    effects = core.load(runs, jobs, clock())
+    effects = core.load(runs, jobs, clock(), ended)
     wake_at = math.inf
     while True:
         wake_at = await _carry_out(effects, to_database, to_executor, requests, wake_at)
