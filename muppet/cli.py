@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import click
@@ -14,6 +15,10 @@ import trio
 
 from .api import client as api_client
 from .api.protocol import RpcError
+
+#: the tail the daemon keeps of each stream (model.LOG_TAIL_BYTES), and the
+#: tail `muppet logs` shows
+LOG_TAIL_BYTES = 64 * 1024
 
 API_ENV = "MUPPET_API"
 TOKEN_ENV = "MUPPET_TOKEN"
@@ -124,6 +129,12 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: Sequence[tup
         click.echo(empty, err=True)
 
 
+LONG_JOB_COLUMNS = (
+    ("ID", "id"), ("RUN", "run_id"), ("PIPELINE", "pipeline"), ("STEP", "step"), ("INDEX", "index"),
+    ("STATE", "state"), ("EXIT", "exit_code"), ("FAILURES", "failures"),
+    ("PRED", "predecessor"), ("SUCC", "successor"), ("STARTED", "started_at"), ("ENDED", "ended_at"),
+    ("DURATION", "duration"), ("HOST", "host"), ("BATCH ID", "batch_id"), ("REASON", "reason"),
+)
 RUN_COLUMNS = (
     ("ID", "id"), ("PIPELINE", "pipeline"), ("REFERENCE TIME", "reference_time"),
     ("STATE", "state"), ("LATE", "late"), ("CAUSE", "cause"), ("CREATED", "created_at"), ("ENDED", "ended_at"),
@@ -143,10 +154,12 @@ def main() -> None:
     \b
     muppet daemon      run the engine (cron, scheduler, executor, database, API)
     muppet validate    check configuration files before deploying them
-    muppet status      what the running daemon says about itself
+    muppet status      the running daemon at a glance
+    muppet pipelines   the pipelines, those that need attention first
+    muppet show        one pipeline: triggers, steps, graph
     muppet trigger     make a run of a pipeline now
     muppet runs/jobs   list runs and jobs
-    muppet logs        show a job's standard output or error
+    muppet logs        show a job's standard output or error, or follow it
     muppet hold/release/kill/rerun   steer one job
     muppet products    the products of the index
     muppet instances   a product's instances
@@ -258,14 +271,91 @@ def validate(paths: tuple[str, ...]) -> None:
 @_api_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object (the API's shape) instead of a table.")
 def status(api_url: str, as_json: bool) -> None:
-    """Show the running daemon's version, start time and pipelines."""
+    """Show the running daemon at a glance.
+
+    Its version, start time, pipelines and uptime; the database's health and
+    the executors' slots in use; the jobs of the runs that have not ended,
+    by state; each pipeline's next cron firing; then the running jobs.
+    """
     result = _call(api_url, "daemon.status")
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(f"version     {result['version']}")
-    click.echo(f"started at  {result['started_at']}")
-    click.echo(f"pipelines   {', '.join(result['pipelines']) or '-'}")
+    for line in _status_lines(result):
+        click.echo(line)
+    running = result.get("running") or []
+    if running:
+        click.echo("")
+        click.echo(_table([_with_times(job) for job in running], RUNNING_COLUMNS))
+
+
+RUNNING_COLUMNS = (
+    ("ID", "id"), ("RUN", "run_id"), ("PIPELINE", "pipeline"), ("STEP", "step"), ("INDEX", "index"),
+    ("HOST", "host"), ("BATCH ID", "batch_id"), ("STARTED", "started_at"), ("FOR", "duration"),
+)
+
+
+def _duration(seconds: float | None) -> str | None:
+    """Seconds as an on-call person reads them: "4.2 s", "3 min 12 s", "2 h 13 min"."""
+    if seconds is None:
+        return None
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    from .codec import parse_time
+
+    if start is None:
+        return None
+    began = parse_time(start)
+    ended = parse_time(end) if end is not None else datetime.now(UTC)
+    return max(0.0, (ended - began).total_seconds())
+
+
+def _with_times(job: Mapping[str, Any]) -> dict[str, Any]:
+    """A job with ``duration``: from its start to its end, or to now while it runs."""
+    duration = _duration(_seconds_between(job.get("started_at"), job.get("ended_at")))
+    if duration is not None and job.get("ended_at") is None:
+        duration += " so far"
+    return {**job, "duration": duration}
+
+
+def _status_lines(result: Mapping[str, Any]) -> list[str]:
+    database = result.get("database") or {}
+    if database.get("available", True):
+        outages = database.get("outages", 0)
+        health = "available" + (f" ({outages} outage{'s' if outages != 1 else ''} since the start)" if outages else "")
+    else:
+        health = (f"UNAVAILABLE for {_duration(database.get('outage_seconds'))}: {database.get('cause')}")
+    executors = ", ".join(
+        f"{e['name']} {'?' if e['used'] is None else e['used']} of {e['max']} slots used"
+        for e in result.get("executors", [])
+    )
+    jobs = result.get("jobs")
+    if jobs is None:
+        counts = "unknown while the database is away"
+    else:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(jobs.items(), key=lambda i: (-i[1], i[0])))
+    firings = ", ".join(f"{name} {when or '-'}" for name, when in (result.get("next_firings") or {}).items())
+    return [
+        f"version     {result['version']}",
+        f"started at  {result['started_at']}",
+        f"pipelines   {', '.join(result['pipelines']) or '-'}",
+        f"uptime      {_duration(result.get('uptime_seconds'))}",
+        f"database    {database.get('name', '-')}: {health}",
+        f"executors   {executors or '-'}",
+        f"jobs        {counts or 'none in runs still going'}",
+        f"next cron   {firings or '-'}",
+    ]
 
 
 @main.command()
@@ -335,35 +425,89 @@ def runs(pipeline: str | None, state: str | None, limit: int, as_json: bool, api
     help="Only jobs in this state.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=1000, show_default=True,
               help="At most this many jobs (without RUN_ID: the newest).")
+@click.option("--long", "-l", "long_", is_flag=True,
+              help="Also show when each job started and ended, how long it ran, its host and batch id.")
 @_json_option
 @_api_option
-def jobs(run_id: int | None, state: str | None, limit: int, as_json: bool, api_url: str) -> None:
+def jobs(run_id: int | None, state: str | None, limit: int, long_: bool, as_json: bool, api_url: str) -> None:
     """List the jobs of run RUN_ID, or the newest jobs of all runs, by id.
 
     A retried job is a new job: PRED and SUCC link it to the one before and
-    the one after.
+    the one after. REASON says why a waiting job waits and why an ended one
+    ended. With --long: STARTED, ENDED, DURATION (so far, while it runs),
+    HOST and BATCH ID too.
     """
     if run_id is not None and state is None:
         # runs.get tells an unknown run (an error) from a run without jobs
         rows = _call(api_url, "runs.get", {"run_id": run_id})["jobs"][:limit]
     else:
         rows = _call(api_url, "jobs.list", {"run_id": run_id, "state": state, "limit": limit})
+    if long_ and not as_json:
+        _print_rows([_with_times(row) for row in rows], as_json, LONG_JOB_COLUMNS, "no jobs")
+        return
     _print_rows(rows, as_json, JOB_COLUMNS, "no jobs")
 
 
 @main.command()
 @click.argument("job_id", type=click.IntRange(min=1))
 @click.option("--stderr", "stderr", is_flag=True, help="Show standard error instead of standard output.")
+@click.option("--follow", "-f", is_flag=True,
+              help="Keep printing the output as it grows, until the job ends; resumes after a lost connection.")
 @_api_option
-def logs(job_id: int, stderr: bool, api_url: str) -> None:
-    """Print the kept tail of job JOB_ID's standard output (or error).
+def logs(job_id: int, stderr: bool, follow: bool, api_url: str) -> None:
+    """Print the tail of job JOB_ID's standard output (or error).
 
-    The daemon keeps the last 64 KiB of each stream of a finished job; a job
-    still running shows nothing yet (its files are in its job directory).
+    The last 64 KiB, read from the job's file under the daemon's state
+    directory (a batch job's too, on the shared file system); a first line
+    "[... N bytes before]" says when it is not the whole output. With
+    --follow, the output is printed as it grows until the job ends.
     """
-    result = _call(api_url, "jobs.logs", {"job_id": job_id, "stream": "stderr" if stderr else "stdout"})
-    text = result["text"]
-    click.echo(text, nl=bool(text) and not text.endswith("\n"))
+    stream = "stderr" if stderr else "stdout"
+    if not follow:
+        piece = _call(api_url, "jobs.output", {"job_id": job_id, "stream": stream})
+        _print_output(piece, first=True)
+        if piece["text"] and not piece["text"].endswith("\n"):
+            click.echo("")
+        return
+    token = _token()
+
+    async def stream_output() -> None:
+        offset: int | None = None
+        delay = 0.5
+        while True:
+            try:
+                async with api_client.connect(api_url, token=token) as client:
+                    delay = 0.5
+                    while True:
+                        piece = await client.call("jobs.output", {
+                            "job_id": job_id, "stream": stream, "offset": offset, "wait": 10})
+                        _print_output(piece, first=offset is None)
+                        sys.stdout.flush()
+                        if not piece["more"] or piece["next"] is None:
+                            return
+                        offset = piece["next"]
+            except (api_client.DaemonUnreachable, api_client.ConnectionLost) as exc:
+                click.echo(f"muppet: {exc}; resuming at byte {offset or 0} in {delay:g} s", err=True)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    try:
+        trio.run(stream_output)
+    except (RpcError, ValueError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _print_output(piece: Mapping[str, Any], *, first: bool) -> None:
+    """A piece of jobs.output; the first says whether output came before it."""
+    if first:
+        before = piece.get("offset")
+        if before:
+            click.echo(f"[... {before:,} bytes before]")
+        elif piece.get("kept") == "database" and len(piece["text"].encode()) >= LOG_TAIL_BYTES - 3:
+            click.echo("[... earlier output not kept]")
+    click.echo(piece["text"], nl=False)
 
 
 def _describe(action: str, job_id: int, result: Any) -> str:
@@ -401,6 +545,129 @@ is cancelled; the steps that depend on it are skipped.""")
 _job_command("rerun", """Run ended job JOB_ID's slot again, as a new job with a full set
 of tries (the jobs downstream that were skipped because of it run again too);
 prints the new job's id.""")
+
+
+# --- pipelines ---------------------------------------------------------------------
+
+PIPELINE_COLUMNS = (
+    ("NAME", "name"), ("OWNER", "owner"), ("STEPS", "steps"), ("CRON", "cron"), ("TIMEZONE", "timezone"),
+    ("NEXT FIRING", "next_firing"), ("NEWEST RUN", "newest"), ("RUNNING", "running"), ("ATTENTION", "attention"),
+)
+
+
+@main.command()
+@_json_option
+@_api_option
+def pipelines(as_json: bool, api_url: str) -> None:
+    """List the configured pipelines, those that need attention first.
+
+    STEPS counts their steps; NEXT FIRING is the next cron firing; NEWEST
+    RUN its id and state; RUNNING the runs not ended; ATTENTION why to look
+    (late, a failed newest run, failed jobs in runs still going).
+    """
+
+    async def work(client: api_client.Client) -> list[dict[str, Any]]:
+        configured = {p["name"]: p for p in await client.call("pipelines.list")}
+        status: list[dict[str, Any]] = await client.call("pipelines.status")
+        rows = []
+        for item in status:
+            newest = item["newest_run"]
+            rows.append({
+                **item,
+                "steps": len(configured[item["name"]]["steps"]) if item["name"] in configured else None,
+                "cron": "; ".join(item["cron"]) or None,
+                "newest": None if newest is None else f"{newest['id']} {newest['state']}",
+                "running": len(item["running_runs"]),
+                "attention": "; ".join(item["attention"]) or None,
+            })
+        return rows
+
+    rows = _session(api_url, work)
+    if as_json:
+        click.echo(json.dumps([{k: v for k, v in r.items() if k not in ("newest", "running")} for r in rows],
+                              indent=2))
+        return
+    _print_rows(rows, False, PIPELINE_COLUMNS, "no pipelines")
+
+
+@main.command()
+@click.argument("pipeline")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object (the API's shape) instead of text.")
+@_api_option
+def show(pipeline: str, as_json: bool, api_url: str) -> None:
+    """Show pipeline PIPELINE: its triggers, next firings, steps and graph.
+
+    The steps are listed parents first, each with its jobs, executor,
+    retries and command; the graph draws each step under its parents (a step
+    with several parents is drawn under the first and named under the
+    others).
+    """
+    found = _call(api_url, "pipelines.get", {"pipeline": pipeline})
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    for line in _pipeline_lines(found):
+        click.echo(line)
+
+
+def _pipeline_lines(found: Mapping[str, Any]) -> list[str]:
+    triggers = [f"cron {expr} ({found['timezone']})" for expr in found["cron"]]
+    triggers += [f"data: {slug} complete" for slug in found["requires"]]
+    triggers.append("manual (muppet trigger)")
+    lines = [
+        f"pipeline    {found['name']}",
+        f"owner       {found['owner']}",
+        f"file        {found.get('source') or '-'}",
+        f"triggers    {'; '.join(triggers)}",
+        f"produces    {', '.join(found['produces']) or '-'}",
+        f"next cron   {', '.join(found['next_firings']) or '-'}",
+        "",
+    ]
+    steps = found["steps"]
+    rows = []
+    for step in steps:
+        retry = step.get("retry") or {}
+        rows.append({
+            "name": step["name"],
+            "parents": ", ".join(step["parents"]) or None,
+            "jobs": step["jobs"],
+            "executor": step["executor"],
+            "tries": retry.get("tries"),
+            "command": step["command"],
+        })
+    lines.append(_table(rows, (
+        ("STEP", "name"), ("PARENTS", "parents"), ("JOBS", "jobs"), ("EXECUTOR", "executor"),
+        ("TRIES", "tries"), ("COMMAND", "command"),
+    )))
+    lines.append("")
+    lines.append("graph")
+    lines.extend(_graph_lines(steps))
+    return lines
+
+
+def _graph_lines(steps: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The steps as a text tree, roots first: each step under its first
+    parent; under another parent it is named with "(under PARENT)"."""
+    by_name = {step["name"]: step for step in steps}
+    lines: list[str] = []
+
+    def draw(name: str, prefix: str, last: bool, parent: str | None, depth: int) -> None:
+        step = by_name[name]
+        branch = "" if parent is None else ("└── " if last else "├── ")
+        first_parent = step["parents"][0] if step["parents"] else None
+        if parent is not None and parent != first_parent:
+            lines.append(f"{prefix}{branch}{name} (under {first_parent})")
+            return
+        lines.append(f"{prefix}{branch}{name}")
+        children = [c for c in step.get("children", []) if c in by_name]
+        inner = prefix + ("" if parent is None else ("    " if last else "│   "))
+        for i, child in enumerate(children):
+            draw(child, inner, i == len(children) - 1, name, depth + 1)
+
+    for step in steps:
+        if not step["parents"]:
+            draw(step["name"], "  ", True, None, 0)
+    return lines
 
 
 # --- the index ---------------------------------------------------------------------

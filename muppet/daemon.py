@@ -38,7 +38,7 @@ from functools import partial
 
 import trio
 
-from . import cron
+from . import cron, metrics
 from .api import server as api_task
 from .db import task as database_task
 from .db.health import DatabaseHealth
@@ -50,6 +50,7 @@ from .messages import Persisted, ToDatabase, ToExecutor, ToScheduler
 from .model import Config
 from .scheduler import task as scheduler_task
 from .scheduler.core import Scheduler
+from .web import task as web_task
 
 log = logging.getLogger("muppet.daemon")
 
@@ -91,6 +92,12 @@ async def _serve(
     listening sockets."""
     # one view of the database's outages for every task that talks to it
     health = DatabaseHealth(store.describe())
+    # the daemon's metrics, found by every task started below (muppet/metrics.py)
+    figures = metrics.Metrics()
+    metrics.CURRENT.set(figures)
+    # the web page's address: one written in the configuration and in use
+    # stops the daemon here, before any task starts
+    web_listener = web_task.bind(config.web)
     core = Scheduler(
         config.pipelines,
         config.executors,
@@ -128,6 +135,13 @@ async def _serve(
         ))
         nursery.start_soon(partial(cron.run, config.pipelines, to_scheduler.clone(), last_fired=snapshot.last_cron))
         nursery.start_soon(expiry.run, config.index, to_database.clone())
+        if web_listener is not None:
+            # last: it takes the tasks running now as those that must keep running
+            nursery.start_soon(partial(
+                web_task.run, config, web_listener, health=health, metrics=figures,
+                scheduler=to_scheduler.clone(), api_port=port,
+                running_tasks=lambda: frozenset(task.name for task in nursery.child_tasks),
+            ))
         log.info("API listening on %s://%s:%s", config.api.scheme, config.api.host, port)
         task_status.started(port)
 

@@ -234,6 +234,26 @@ class ApiConfig:
         return int(self.listen.rsplit(":", 1)[1])
 
 
+@attrs.frozen
+class WebConfig:
+    """The ``[web]`` table: where the daemon serves its web page, ``/metrics``
+    and ``/healthz`` (docs/configuration.md, "[web]")."""
+
+    #: HOST:PORT, or "" for no web server at all
+    listen: str = "127.0.0.1:8780"
+    #: ``listen`` was written in the file: an address in use then stops the
+    #: daemon, as the API's does; the built-in default only gives a warning
+    explicit: bool = False
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
 # --- the Productstatus index ------------------------------------------------------
 # The declared kinds of things (products, formats, backends) are configuration;
 # their instances and files live in the database and travel as dicts
@@ -326,6 +346,8 @@ class Config:
     source: str = ""
     #: what the loader found allowed but probably not meant, for the log
     warnings: tuple[str, ...] = ()
+    #: the web page, /metrics and /healthz
+    web: WebConfig = WebConfig()
 
     def __hash__(self) -> int:
         return id(self)

@@ -16,7 +16,7 @@ from .. import messages, model
 from ..db.health import DatabaseHealth
 from ..db.store import DatabaseUnavailable, Store
 from ..index.events import EventHub, QueryCache
-from .protocol import DATABASE_UNAVAILABLE, INTERNAL_ERROR, UNAUTHORIZED, UNAVAILABLE, MethodSpec, RpcError
+from .protocol import ANYONE, DATABASE_UNAVAILABLE, INTERNAL_ERROR, UNAUTHORIZED, UNAVAILABLE, MethodSpec, RpcError
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -163,7 +163,7 @@ class Context:
         writes need a token, and reads too unless open_reads (docs/api.md,
         "Tokens and roles")."""
         api = self.config.api
-        if not api.tokens_file:
+        if not api.tokens_file or spec.role == ANYONE:
             return
         if spec.role == "read" and api.open_reads:
             return

@@ -177,7 +177,7 @@ class MethodSpec:
     """A method's name and its declared params, in positional order.
 
     ``role`` is the least token role that may call it (model.ROLES), once
-    ``[api] tokens_file`` is set.
+    ``[api] tokens_file`` is set; ``ANYONE``: no token needed at all.
     """
 
     name: str
@@ -230,6 +230,11 @@ class MethodSpec:
             else:
                 bound[param.name] = param.check(value)
         return bound
+
+
+#: the role of a method that needs no token even with a tokens file: the
+#: one that presents a token (a browser's websocket cannot send headers)
+ANYONE = "anyone"
 
 
 def method_table(specs: Iterable[MethodSpec]) -> dict[str, MethodSpec]:
@@ -295,6 +300,30 @@ METHODS: dict[str, MethodSpec] = method_table([
     MethodSpec("jobs.rerun", (_JOB_ID,), "run an ended job's slot again, as a new job", "write"),
     MethodSpec("daemon.echo", (Param("data", "string", default=""),),
                "answers its data: the API's ceiling, for benchmarks"),
+    # --- the operator's console (muppet/api/console.py)
+    MethodSpec("pipelines.get", (Param("pipeline", "string", required=True),),
+               "one pipeline's whole configuration and its next cron firings"),
+    MethodSpec("pipelines.status", (),
+               "every pipeline's runs and jobs by state, next firing, lateness; those needing attention first"),
+    MethodSpec("runs.search", (
+        Param("pipeline", "string", nullable=True),
+        Param("state", "string", nullable=True, choices=_RUN_STATES),
+        Param("begin", "string", nullable=True, doc="reference times from (ISO 8601)"),
+        Param("end", "string", nullable=True, doc="reference times before (ISO 8601)"),
+        Param("before_id", "integer", nullable=True, minimum=1),
+        Param("limit", "integer", default=100, minimum=1, maximum=1000),
+    ), "runs, newest first, by pipeline, state and a window of reference times"),
+    MethodSpec("jobs.output", (
+        _JOB_ID,
+        Param("stream", "string", default="stdout", choices=("stdout", "stderr")),
+        Param("offset", "integer", nullable=True, minimum=0, doc="the byte to read from; default: the tail"),
+        Param("limit", "integer", default=65536, minimum=1, maximum=1048576, doc="bytes at most"),
+        Param("wait", "number", default=0, minimum=0, maximum=30,
+              doc="seconds to wait for more output when there is none yet"),
+    ), "a job's output from its file, from an offset, as it grows"),
+    MethodSpec("jobs.command", (_JOB_ID,), "what a job runs: its command and environment"),
+    MethodSpec("session.authenticate", (Param("token", "string", required=True),),
+               "present a token's secret on this connection", ANYONE),
     # --- the index
     MethodSpec("products.list", (_CURSOR, _LIMIT), "products by slug, a page"),
     MethodSpec("products.get", (_PRODUCT,), "one product"),

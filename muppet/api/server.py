@@ -23,15 +23,15 @@ import attrs
 import trio
 import trio_websocket
 
-from .. import codec, cron, messages, model
+from .. import codec, cron, messages, metrics, model
 from ..db import reads
 from ..db.health import DatabaseHealth, until_available
 from ..db.store import DatabaseUnavailable, Store, open_store
 from ..index import queries
 from ..index.events import EventHub
 from ..messages import CONFLICT, NOT_FOUND
+from . import console, protocol
 from . import index as index_methods
-from . import protocol
 from .context import Connection, Context, ReadPool
 from .protocol import DATABASE_UNAVAILABLE, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, RpcError
 
@@ -58,11 +58,7 @@ Handler = Callable[[Context, Mapping[str, Any], Connection], Awaitable[Any]]
 
 
 async def _daemon_status(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
-    return {
-        "version": _version(),
-        "pipelines": sorted(ctx.config.pipelines),
-        "started_at": codec.format_time(ctx.started_at),
-    }
+    return await console.daemon_status(ctx, _version())
 
 
 async def _daemon_echo(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
@@ -228,6 +224,7 @@ HANDLERS: dict[str, Handler] = {
     "jobs.rerun": _command("rerun"),
     "daemon.echo": _daemon_echo,
     **index_methods.HANDLERS,
+    **console.HANDLERS,
 }
 
 if HANDLERS.keys() != protocol.METHODS.keys():  # a method declared without handler, or the reverse
@@ -240,6 +237,7 @@ if HANDLERS.keys() != protocol.METHODS.keys():  # a method declared without hand
 
 
 async def _answer(ctx: Context, conn: Connection, call: protocol.Call) -> dict[str, Any] | None:
+    began = time.perf_counter()
     try:
         ctx.authorize(conn, protocol.METHODS[call.method])
         result = await HANDLERS[call.method](ctx, call.params, conn)
@@ -256,6 +254,9 @@ async def _answer(ctx: Context, conn: Connection, call: protocol.Call) -> dict[s
         log.exception("API method %s failed", call.method)
         reply = protocol.error_reply(call.id, RpcError(
             INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}"))
+    # requests and errors by method (docs/operations.md, "Metrics")
+    failed = reply.get("error")
+    metrics.current().api_call(call.method, time.perf_counter() - began, None if failed is None else failed["code"])
     return None if call.notification else reply
 
 
@@ -268,6 +269,7 @@ def _fast(ctx: Context, conn: Connection, call: protocol.Call) -> dict[str, Any]
         ctx.authorize(conn, protocol.METHODS[call.method])
     except RpcError:
         return None  # the slow path answers with the error
+    metrics.current().api_call(call.method, 0.0, None)
     return protocol.result_reply(call.id, protocol.Raw(text))
 
 
@@ -450,6 +452,7 @@ async def run(
 
         start = await trio.to_thread.run_sync(reads.last_event_id, hub_store)
         hub = EventHub(read_events, start)
+        metrics.current().watch_events(lambda: len(hub.subscriptions), lambda: hub.position - start)
         ctx = Context(
             config=config,
             scheduler=scheduler,

@@ -5,7 +5,7 @@ without a file.
 
 Two kinds of file (docs/configuration.md is the reference):
 
-* the daemon file (``muppet.toml``): ``[daemon]``, ``[api]``,
+* the daemon file (``muppet.toml``): ``[daemon]``, ``[api]``, ``[web]``,
   ``[executors.NAME]``, ``[stakeholders.NAME]``, and the index's
   ``[products.SLUG]``, ``[formats.SLUG]``, ``[backends.SLUG]``, ``[index]``;
   every key has an embedded default, so an empty file is a valid
@@ -39,11 +39,12 @@ from .daemon import daemon_table, default_daemon
 from .executors import default_executors, executor_tables
 from .index import DEFAULT_FORMATS, index_tables, local_backend, stakeholder_tables
 from .pipelines import SAMPLE_REFERENCE_TIME, pipeline_file
+from .web import web_table
 
 __all__ = ["ConfigError", "Problem", "default_config", "load_config", "validate_paths"]
 
 #: the tables a daemon file may hold
-DAEMON_TABLES = ("daemon", "api", "executors", "stakeholders", "products", "formats", "backends", "index")
+DAEMON_TABLES = ("daemon", "api", "executors", "stakeholders", "products", "formats", "backends", "index", "web")
 
 
 def default_config() -> Config:
@@ -207,6 +208,7 @@ def _daemon_file(loader: _Loader, path: str, display: str, data: dict[str, Any])
 
     daemon, globs = daemon_table(f, data, base_dir)
     api = api_table(f, data, base_dir)
+    web = web_table(f, data, api)
     executors = executor_tables(f, data)
     loader.add_stakeholders(f, stakeholder_tables(f, data))
     files = _pipeline_files(loader, f, globs, base_dir, os.path.dirname(display))
@@ -229,6 +231,7 @@ def _daemon_file(loader: _Loader, path: str, display: str, data: dict[str, Any])
         backends=backends,
         index=index,
         source=os.path.abspath(path),
+        web=web,
     )
     return config, files
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ import attrs
 import psycopg
 import trio
 
+from .. import metrics
 from ..executor.jobdir import highest_job_id
 from ..messages import Change, DefineIndex, IndexWritten, Persist, Persisted, ToDatabase
 from ..model import Config
@@ -220,6 +222,7 @@ async def _commit(
     attempt = 1
     while True:
         try:
+            began = time.perf_counter()
             # abandon_on_cancel=False (the default): cancellation waits for the
             # thread, so a commit is never left running behind our back
             done = await trio.to_thread.run_sync(write)
@@ -234,6 +237,9 @@ async def _commit(
             attempt += 1
             continue
         health.answered()
+        # the latency of the attempt that committed, and the batch size
+        # (docs/operations.md, "Metrics")
+        metrics.current().committed(time.perf_counter() - began, len(changes))
         if attempt > 1:
             log.debug("commit of %d changes succeeded at attempt %d", len(changes), attempt)
         return done

@@ -12,9 +12,24 @@ from collections.abc import Callable, Iterable
 import attrs
 import trio
 
-from ..messages import Asked, EndedRun, KillJob, Persist, Reply, StartJob, ToExecutor, ToScheduler, WhyWaiting
+from .. import codec, metrics
+from ..messages import (
+    Asked,
+    Command,
+    EndedRun,
+    KillJob,
+    Persist,
+    Persisted,
+    Reply,
+    StartJob,
+    ToExecutor,
+    ToScheduler,
+    Trigger,
+    WhyWaiting,
+)
 from ..model import Job, Run
 from .core import Answer, Effect, Event, Notice, Scheduler, WakeAt
+from .watch import Ended, JobWatch, RunEnded, Started
 
 log = logging.getLogger("muppet.scheduler")
 
@@ -50,6 +65,9 @@ async def run(
     """
     requests = _Requests()
     runs, jobs = loaded
+    # read twice: by the core and by the watch that logs and counts changes
+    runs, jobs = tuple(runs), tuple(jobs)
+    watch = JobWatch(runs, jobs)
     effects = core.load(runs, jobs, clock(), ended)
     wake_at = math.inf
     while True:
@@ -66,6 +84,7 @@ async def run(
         if not batch and wake_at > now:
             continue  # woke early (clock stepped); wait again
         wake_at = math.inf
+        _hear(watch, batch)
         effects = core.handle(batch, now)
 
 
@@ -75,6 +94,8 @@ class _Requests:
     def __init__(self) -> None:
         self.numbers = itertools.count(1)
         self.waiting: dict[int, trio.MemorySendChannel[Reply]] = {}
+        #: what each operator's request asked, for the log line of its outcome
+        self.asked: dict[int, str] = {}
 
     def take(self, message: ToScheduler, core: Scheduler, clock: Callable[[], float]) -> list[Event]:
         """The event for the core, numbered when it is a request; a question
@@ -88,10 +109,14 @@ class _Requests:
             return []
         request = next(self.numbers)
         self.waiting[request] = message.reply
+        self.asked[request] = _operator_action(message.event)
         return [attrs.evolve(message.event, request=request)]
 
     def answer(self, answer: Answer) -> None:
         reply = answer.reply
+        action = self.asked.pop(answer.request, None)
+        if action is not None:
+            _log_operator_action(action, reply)
         channel = self.waiting.pop(answer.request, None)
         if channel is None:
             # nobody asked (cron, a data trigger): a refusal is only news
@@ -107,6 +132,48 @@ class _Requests:
             # the requester went away (its connection closed); the change
             # itself is committed all the same
             log.debug("reply dropped: %r", reply)
+
+
+def _hear(watch: JobWatch, batch: list[Event]) -> None:
+    """Log what the committed changes of ``batch`` tell an operator and count
+    them in the daemon's metrics (``watch.py``)."""
+    figures = metrics.current()
+    for event in batch:
+        if not isinstance(event, Persisted):
+            continue
+        heard = watch.persisted(event)
+        for line in heard.lines:
+            log.warning("%s", line)
+        for seen in heard.observations:
+            if isinstance(seen, Started):
+                figures.job_started(seen.pipeline, seen.waited)
+            elif isinstance(seen, Ended):
+                figures.job_ended(seen.pipeline, seen.state, seen.duration)
+            elif isinstance(seen, RunEnded):
+                figures.run_ended(seen.pipeline, seen.state, seen.duration)
+
+
+def _operator_action(event: object) -> str:
+    """An operator's request in words, as the log tells it."""
+    if isinstance(event, Command):
+        return f"{event.action} job {event.job_id}"
+    if isinstance(event, Trigger):
+        return f"trigger {event.pipeline} for {codec.format_time(event.reference_time)}"
+    return f"{type(event).__name__.lower()} {getattr(event, 'pipeline', '')}".strip()
+
+
+def _log_operator_action(action: str, reply: Reply) -> None:
+    """One line for every operator's action, once the scheduler has answered
+    it: what was asked and what came of it (docs/operations.md, "Steering jobs")."""
+    if reply.error is not None:
+        log.info("operator: %s: refused: %s", action, reply.error)
+        return
+    result = reply.result
+    if isinstance(result, dict):
+        outcome = ", ".join(f"{key} {value}" for key, value in result.items())
+    else:
+        outcome = "done"
+    log.info("operator: %s: %s", action, outcome)
 
 
 async def _carry_out(

@@ -1,0 +1,223 @@
+"""The ASGI app the daemon's web server serves (starlette, on hypercorn's
+trio worker: ``muppet/web/task.py``).
+
+Routes:
+
+* ``/``: the operator's console, one HTML page and its JavaScript modules
+  and style sheet under ``/static/`` (shipped in the package: the page works
+  with no internet). The page holds no data: it talks to the websocket API,
+  as the ``muppet`` command does (docs/console.md);
+* ``/console.json``: where that API is and whether it wants a token;
+* ``/metrics``: Prometheus's text format (docs/operations.md, "Metrics");
+* ``/healthz``: 200 or 503 with a JSON reason (docs/operations.md,
+  "Health check").
+
+Everything that blocks (the database, the files) runs in worker threads:
+the reads here through ``trio.to_thread``, the static files through
+starlette's own (anyio's) threads.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.resources
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import attrs
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .. import messages, summary
+from ..db.health import DatabaseHealth
+from ..db.store import DatabaseUnavailable, Store, StoreError, open_store
+from ..metrics import DatabaseCounts, Metrics
+from ..model import Config
+from .health import PROBE_TIMEOUT, Check, judge, tasks_check
+
+#: the page and its assets, package data of muppet.web
+STATIC = importlib.resources.files("muppet.web") / "static"
+
+#: what the page may load and talk to: only this server and a websocket
+#: (the API is on another port, so 'self' does not cover it)
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+    "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("muppet")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class DatabaseReader:
+    """The web server's own connection to the database, opened when first
+    needed and used by one worker thread at a time: the daemon's other
+    connections belong to the tasks that opened them."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.store: Store | None = None
+        self.lock = trio.Lock()
+
+    async def run(self, fn: Callable[[Store], Any]) -> Any:
+        """``fn(store)`` in a worker thread; DatabaseUnavailable when the
+        database does not answer."""
+        async with self.lock:
+            return await trio.to_thread.run_sync(self._call, fn)
+
+    def _call(self, fn: Callable[[Store], Any]) -> Any:
+        if self.store is None:
+            try:
+                self.store = open_store(self.url)
+            except StoreError as exc:
+                raise DatabaseUnavailable(str(exc)) from exc
+        return fn(self.store)
+
+    async def aclose(self) -> None:
+        async with self.lock:
+            if self.store is not None:
+                await trio.to_thread.run_sync(self.store.close)
+                self.store = None
+
+
+@attrs.define
+class WebState:
+    """What the routes need: the daemon's configuration, its shared
+    database health and metrics, the scheduler's inbox (for the health
+    probe), the names of the daemon's running tasks, and where the API is."""
+
+    config: Config
+    health: DatabaseHealth
+    metrics: Metrics
+    scheduler: trio.MemorySendChannel[messages.Asked]
+    running_tasks: Callable[[], frozenset[str]]
+    api_port: int
+    reader: DatabaseReader
+    #: the tasks that must be running, as seen once the daemon was up
+    expected_tasks: frozenset[str] | None = None
+
+
+def _database_counts(store: Store) -> DatabaseCounts:
+    return DatabaseCounts(
+        jobs=summary.jobs_by_pipeline_and_state(store),
+        runs=summary.runs_by_pipeline_and_state(store),
+        active=summary.active_by_executor(store),
+        index=summary.index_size(store),
+    )
+
+
+async def _metrics(state: WebState, request: Request) -> Response:
+    # the figures the database holds are read for each scrape; while it is
+    # away they are left out (muppet_database_up says why)
+    try:
+        counts = await state.reader.run(_database_counts)
+    except DatabaseUnavailable as exc:
+        state.health.failed(exc)
+        counts = None
+    else:
+        state.health.answered()
+    state.metrics.set_database_counts(counts)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _database_check(state: WebState) -> Check:
+    if not state.health.available:
+        return Check("database", False, f"unavailable for {state.health.outage_seconds():.0f} s: "
+                                        f"{state.health.cause}")
+    with trio.move_on_after(PROBE_TIMEOUT):
+        try:
+            await state.reader.run(summary.ping)
+        except DatabaseUnavailable as exc:
+            state.health.failed(exc)
+            return Check("database", False, f"unavailable: {exc}")
+        state.health.answered()
+        return Check("database", True, f"{state.health.name} answers")
+    return Check("database", False, f"{state.health.name} did not answer within {PROBE_TIMEOUT:g} s")
+
+
+async def _scheduler_check(state: WebState) -> Check:
+    send, receive = trio.open_memory_channel[messages.Reply](1)
+    with trio.move_on_after(PROBE_TIMEOUT):
+        try:
+            await state.scheduler.send(messages.Asked(messages.WhyWaiting(()), send))
+            await receive.receive()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
+            return Check("scheduler", False, "not running")
+        return Check("scheduler", True, "answers")
+    return Check("scheduler", False, f"did not answer within {PROBE_TIMEOUT:g} s")
+
+
+async def _healthz(state: WebState, request: Request) -> Response:
+    checks: dict[str, Check] = {}
+
+    async def probe(name: str, check: Callable[[WebState], Any]) -> None:
+        checks[name] = await check(state)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(probe, "database", _database_check)
+        nursery.start_soon(probe, "scheduler", _scheduler_check)
+    running = state.running_tasks()
+    expected = state.expected_tasks if state.expected_tasks is not None else running
+    status, body = judge([checks["database"], checks["scheduler"], tasks_check(expected, running)])
+    return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+async def _console_json(state: WebState, request: Request) -> Response:
+    api = state.config.api
+    host: str | None = api.host
+    if host in ("", "0.0.0.0", "::"):
+        host = None  # any address: the page uses the one it was loaded from
+    return JSONResponse({
+        "api": {"scheme": api.scheme, "host": host, "port": state.api_port},
+        "tokens": bool(api.tokens_file),
+        "open_reads": api.open_reads,
+        "version": _version(),
+    }, headers={"Cache-Control": "no-store"})
+
+
+async def _page(request: Request) -> Response:
+    with importlib.resources.as_file(STATIC / "index.html") as path:
+        return FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
+class _SecurityHeaders:
+    """Every answer says what the page may load (Content-Security-Policy)
+    and that it must not be framed."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def make_app(state: WebState) -> Any:
+    """The ASGI app for one daemon."""
+    with importlib.resources.as_file(STATIC) as static_dir:
+        static = StaticFiles(directory=static_dir)
+    app = Starlette(routes=[
+        Route("/", _page),
+        Route("/console.json", partial(_console_json, state)),
+        Route("/metrics", partial(_metrics, state)),
+        Route("/healthz", partial(_healthz, state)),
+        Mount("/static", app=static, name="static"),
+    ])
+    return _SecurityHeaders(app)
