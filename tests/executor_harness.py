@@ -1,8 +1,12 @@
 """The executor task driven as the daemon drives it, for the executor tests
-(local, Grid Engine, Slurm): StartJob/KillJob in, JobStarted/JobFinished out."""
+(local, Grid Engine, Slurm): StartJob/KillJob in, JobStarted/JobFinished (or
+JobNotStarted) out; and a file system filled to its last byte, for the tests
+of a full disk."""
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,7 +14,7 @@ from pathlib import Path
 import trio
 
 from muppet.executor import task as executor_task
-from muppet.messages import JobFinished, JobStarted, StartJob
+from muppet.messages import JobFinished, JobNotStarted, JobStarted, StartJob
 from muppet.model import ExecutorConfig
 
 #: seconds; only so that a broken test fails instead of hanging
@@ -54,6 +58,15 @@ class Executor:
             if isinstance(message, JobStarted) and message.job_id == job_id:
                 return message
 
+    async def until_not_started(self, job_id: int) -> JobNotStarted:
+        """The JobNotStarted of ``job_id``; any other report of it fails."""
+        while True:
+            message = await self.next()
+            if message.job_id != job_id:
+                continue
+            assert isinstance(message, JobNotStarted), message
+            return message
+
     async def run_job(self, spec: StartJob) -> tuple[JobStarted | None, JobFinished]:
         await self.send.send(spec)
         return await self.until_finished(spec.job.id)
@@ -86,3 +99,23 @@ def make_dirs(tmp_path: Path) -> tuple[Path, Path]:
     state.mkdir()
     out.mkdir()
     return state, out
+
+
+def fill(path: Path) -> int:
+    """Write ``path`` until its file system is full (ENOSPC); the bytes
+    written. Blocking: call it in a worker thread from a Trio test."""
+    written = 0
+    with open(path, "wb", buffering=0) as file:
+        while True:
+            try:
+                count = file.write(b"\0" * 65536)
+            except OSError as error:
+                assert error.errno == errno.ENOSPC, error
+                return written
+            written += count or 0
+
+
+def free_pages(path: Path, pages: int) -> None:
+    """Give back ``pages`` pages (4 KiB) of a file that :func:`fill` wrote,
+    so that exactly that much space is free. Blocking."""
+    os.truncate(path, os.path.getsize(path) - pages * 4096)

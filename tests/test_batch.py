@@ -320,34 +320,89 @@ def _controller(kind: str, action: str) -> None:
         assert done.returncode == 0, done.stderr[-2000:]
 
 
-async def test_controller_down_leaves_the_job_waiting_then_submits(kind, dirs, caplog):
+async def test_controller_down_is_not_started_then_submits(kind, dirs, caplog):
+    """sbatch/qsub cannot reach the controller: the job is not started
+    (JobNotStarted with the system's words, not a failure), nothing of it is
+    queued, the log says so once; once the controller is back the job is
+    submitted once and runs."""
     if os.geteuid() != 0:
         service_missing("stopping and starting the batch system's controller needs root")
     state, out = dirs
     job_id = new_id()
     spec = make_spec(job_id, "echo made it")
+    job_dir = JobDir(str(state), job_id)
+    system = "Grid Engine" if kind == "gridengine" else "Slurm"
+
+    def warnings(words: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "muppet.executor" and words in r.getMessage()]
+
     await trio.to_thread.run_sync(_controller, kind, "stop")
     try:
-        async with executor(kind, state, out, max_submit_backoff=2.0, submit_timeout=30.0) as ex:
-            await ex.send.send(spec)
-
-            def failed_submissions() -> int:
-                return sum(
-                    f"submitting muppet-{job_id} failed" in r.getMessage()
-                    for r in caplog.records if r.name.startswith("muppet.executor")
-                )
-
-            await wait_until_async(failed_submissions, SAFETY, "a submission failing while the controller is down")
-            # a failed submission is not the job's failure: no batch id, no report
-            assert not await trio.Path(JobDir(str(state), job_id).batch_id_file).exists()
-            assert not any(m.job_id == job_id for m in ex.messages)
+        async with executor(kind, state, out, submit_timeout=30.0) as ex:
+            # twice, as the scheduler sends it again after its backoff
+            for _ in range(2):
+                await ex.send.send(spec)
+                report = await ex.until_not_started(job_id)
+                assert report.reason.startswith(f"{system} did not take muppet-{job_id}: "), report.reason
+                assert not await trio.Path(job_dir.batch_id_file).exists()
+                assert not await trio.Path(job_dir.wrapper).exists(), "nothing of it was submitted"
+            assert len(warnings("cannot start jobs")) == 1, warnings("cannot start jobs")
             await trio.to_thread.run_sync(_controller, kind, "start")
-            _, finished = await ex.until_finished(job_id)
+            started, finished = await ex.run_job(spec)
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(_controller, kind, "start")
+    assert started is not None
     assert finished.state == "succeeded" and finished.stdout_tail == "made it\n"
     assert await submissions(kind, f"muppet-{job_id}") == 1
+    assert len(warnings("jobs start again after")) == 1
+
+
+async def test_a_duplicate_that_finds_the_job_claimed_follows_the_claimant(kind, dirs, tmp_path):
+    """Two batch jobs of one job (the daemon died between submitting and
+    recording the id, and the queue did not list the first at restart, so
+    it was submitted again): the copy that starts second exits 75 (claimed),
+    and the executor follows the first, which the status record names,
+    instead of calling the job lost. The command runs once and its end is
+    reported."""
+    state, out = dirs
+    job_id = new_id()
+    runs, release = tmp_path / "runs", tmp_path / "release"
+    command = f"echo run >> {runs}; while [ ! -e {release} ]; do sleep 0.1; done; echo finished"
+    hold = ["-h"] if kind == "gridengine" else ["--hold"]
+    # the executor's copy is submitted held, so that the other one claims first
+    spec = make_spec(job_id, command, resources={"submit_options": hold})
+    job_dir = JobDir(str(state), job_id)
+    release_tool = ["qrls"] if kind == "gridengine" else ["scontrol", "release"]
+    async with executor(kind, state, out) as ex:
+        await ex.send.send(spec)
+        await wait_for_file(Path(job_dir.batch_id_file), "the executor's batch id")
+        ours = await trio.to_thread.run_sync(job_dir.read_batch_id)
+        # the first submission, as the dead daemon made it: same script, same name
+        backend = make_backends(executors(kind), str(state))["cluster"]
+        from muppet.executor.batch import merge_resources
+
+        first = (await run(backend.submit_argv(job_dir, merge_resources({}, {}, where="test")))).strip().split(";")[0]
+
+        async def claimed_by_first() -> bool:
+            status = await trio.to_thread.run_sync(job_dir.read_status)
+            return status is not None and status.batch_id == first
+
+        await wait_until_async(claimed_by_first, SAFETY, f"batch job {first} to claim the job")
+        await run([*release_tool, ours])
+
+        async def following_first() -> bool:
+            return await trio.to_thread.run_sync(job_dir.read_batch_id) == first
+
+        await wait_until_async(following_first, SAFETY, f"the executor to follow {first} after {ours} ended")
+        assert await trio.Path(runs).read_text() == "run\n"
+        await trio.Path(release).write_text("go")
+        started, finished = await ex.until_finished(job_id)
+    assert started is not None and started.batch_id == first
+    assert finished.state == "succeeded", finished
+    assert finished.stdout_tail == "finished\n"
+    assert await trio.Path(runs).read_text() == "run\n", "the command ran once"
+    assert await submissions(kind, f"muppet-{job_id}") == 2
 
 
 # --- restarts -------------------------------------------------------------------------------------

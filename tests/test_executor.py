@@ -12,12 +12,12 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
-from executor_harness import SAFETY, make_dirs, running_executor
+from executor_harness import SAFETY, fill, free_pages, make_dirs, running_executor
 from waiting import wait_until_async
 
 from muppet.executor.backend import BACKEND_TYPES, backend_factory, make_backends
-from muppet.executor.jobdir import CLAIMED_EXIT, JobDir, Status, parse_status
-from muppet.executor.local import _is_wrapper, group_members
+from muppet.executor.jobdir import CANNOT_START_EXIT, CLAIMED_EXIT, JobDir, Status, parse_status
+from muppet.executor.local import _cmdline, _is_wrapper, group_members
 from muppet.executor.outputs import (
     MissingOutput,
     OutputError,
@@ -418,6 +418,158 @@ def test_wrapper_claims_the_job_once(dirs, tmp_path):
     assert job_dir.read_status().exit_code == 0
 
 
+def test_wrapper_that_cannot_write_its_claim_exits_74_and_claims_nothing(small_tmpfs, tmp_path):
+    """A full disk between preparing and the claim: the wrapper exits with
+    CANNOT_START_EXIT (not CLAIMED_EXIT), says why, runs nothing and leaves
+    no status file, so that the job can be prepared and started again."""
+    marker = tmp_path / "ran"
+    spec = make_spec(47, f"echo once >> {marker}")
+    job_dir = JobDir(str(small_tmpfs), 47)
+    job_dir.prepare(spec)
+    fill(small_tmpfs / "fill")
+    full = subprocess.run(["/bin/bash", job_dir.wrapper], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert full.returncode == CANNOT_START_EXIT != CLAIMED_EXIT
+    assert "No space left on device" in full.stderr and f"cannot write the status file {job_dir.status}" in full.stderr
+    assert job_dir.read_status() is None, "the claim it could not write is withdrawn"
+    assert not marker.exists()
+    (small_tmpfs / "fill").unlink()
+    job_dir.prepare(spec)  # again: nothing was claimed
+    again = subprocess.run(["/bin/bash", job_dir.wrapper], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout == "muppet: claimed\n"
+    assert marker.read_text() == "once\n"
+    assert job_dir.read_status().exit_code == 0
+
+
+async def test_a_command_exiting_74_or_75_is_its_own_failure(dirs):
+    """The wrapper's codes mean something only without an end record: a
+    command that exits with them has run, and failed."""
+    state, out = dirs
+    async with executor(state, out) as ex:
+        for job_id, code in ((48, CANNOT_START_EXIT), (49, CLAIMED_EXIT)):
+            started, finished = await ex.run_job(make_spec(job_id, f"exit {code}"))
+            assert started is not None
+            assert (finished.state, finished.exit_code, finished.reason) == ("failed", code, f"exit code {code}")
+
+
+# --- the machinery failing: a full disk is not the job's failure ---------------------------
+
+
+def _warnings(caplog, words: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "muppet.executor" and words in r.getMessage()]
+
+
+async def test_full_disk_at_prepare_is_not_started_and_starts_once_emptied(small_tmpfs, tmp_path, caplog):
+    """state_dir full: each StartJob is answered JobNotStarted naming the job
+    directory and the error (no JobStarted, no failure), the log says so once
+    for all the jobs, and once the disk is emptied the same jobs start and
+    succeed, with one line saying that jobs start again."""
+    out = tmp_path / "out"
+    out.mkdir()
+    await trio.to_thread.run_sync(fill, small_tmpfs / "fill")
+    specs = [make_spec(job_id, "echo ran") for job_id in (50, 51, 52)]
+    async with executor(small_tmpfs, out) as ex:
+        for spec in specs:
+            await ex.send.send(spec)
+            report = await ex.until_not_started(spec.job.id)
+            job_dir = JobDir(str(small_tmpfs), spec.job.id)
+            assert report.reason.startswith(f"cannot prepare {job_dir.root}: ")
+            assert "No space left on device" in report.reason and job_dir.wrapper in report.reason
+            assert not await trio.Path(job_dir.wrapper).exists(), "no wrapper written in part"
+        assert len(_warnings(caplog, "cannot start jobs")) == 1
+        assert _warnings(caplog, "cannot start jobs")[0].startswith("executor local: cannot start jobs: cannot prepare")
+        await trio.Path(small_tmpfs / "fill").unlink()
+        # what the scheduler does after its backoff: the same StartJob again
+        for spec in specs:
+            started, finished = await ex.run_job(spec)
+            assert started is not None and finished.state == "succeeded", finished
+            assert finished.stdout_tail == "ran\n"
+    assert len(_warnings(caplog, "cannot start jobs")) == 1
+    assert len(_warnings(caplog, "jobs start again after")) == 1
+
+
+async def test_a_claim_the_wrapper_cannot_write_is_not_started(small_tmpfs, tmp_path, caplog):
+    """Room for the wrapper but not for its status file: the wrapper exits
+    74 and the executor reports JobNotStarted with what the wrapper said, never
+    JobStarted; the next StartJob runs the command once."""
+    out, marker = tmp_path / "out", tmp_path / "ran"
+    out.mkdir()
+    for directory in ("jobs", "scratch"):
+        await trio.Path(small_tmpfs / directory).mkdir()
+    await trio.to_thread.run_sync(fill, small_tmpfs / "fill")
+    await trio.to_thread.run_sync(free_pages, small_tmpfs / "fill", 1)  # the wrapper's page
+    spec = make_spec(53, f"echo once >> {marker}")
+    job_dir = JobDir(str(small_tmpfs), 53)
+    async with executor(small_tmpfs, out) as ex:
+        await ex.send.send(spec)
+        report = await ex.until_not_started(53)
+        assert report.reason.startswith(f"cannot write the status file {job_dir.status}: ")
+        assert "No space left on device" in report.reason and f"(exit {CANNOT_START_EXIT})" in report.reason
+        assert not any(isinstance(m, JobStarted) for m in ex.messages)
+        assert job_dir.read_status() is None and not marker.exists()
+        await trio.Path(small_tmpfs / "fill").unlink()
+        started, finished = await ex.run_job(spec)
+    assert started is not None and finished.state == "succeeded", finished
+    assert marker.read_text() == "once\n"
+    assert len(_warnings(caplog, "cannot start jobs")) == 1
+    assert len(_warnings(caplog, "jobs start again after")) == 1
+
+
+async def test_an_end_record_that_cannot_be_written_waits_for_space(small_tmpfs, tmp_path):
+    """The command has run when the disk fills: its exit code is not lost.
+    The wrapper writes the end record again until it fits, on a line of its
+    own; the job ends with its real exit code, not lost."""
+    out = tmp_path / "out"
+    out.mkdir()
+    filled = small_tmpfs / "fill"
+    # the command pads the status file to the end of its page (a line of
+    # spaces: no record), so that the end record needs a page of its own,
+    # then fills the disk
+    command = (
+        'n=$(( 4096 - $(wc -c < "$MUPPET_JOB_DIR/status") - 1 )); printf "%${n}s\\n" "" >> "$MUPPET_JOB_DIR/status"; '
+        f"head -c 2M /dev/zero > {filled} 2>/dev/null; exit 3"
+    )
+    job_dir = JobDir(str(small_tmpfs), 54)
+    async with executor(small_tmpfs, out) as ex:
+        await ex.send.send(make_spec(54, command))
+        await ex.next(JobStarted)
+
+        def retrying() -> bool:
+            # the wrapper sleeps between attempts, in its process group
+            members = group_members(int(ex.messages[0].batch_id))
+            return any(_cmdline(pid)[:1] == ["/bin/sleep"] for pid in members)
+
+        async def retried() -> bool:
+            return await trio.to_thread.run_sync(retrying)
+
+        await wait_until(retried, "the wrapper to try the end record again")
+        assert not (job_dir.read_status() or Status("x")).has_ended
+        await trio.Path(filled).unlink()
+        finished = await ex.next(JobFinished)
+    assert (finished.state, finished.exit_code, finished.reason) == ("failed", 3, "exit code 3")
+    text = await trio.Path(job_dir.status).read_text()
+    assert '\n\n{"state":"ended"' in text, "the retried record starts a line of its own"
+
+
+async def test_outputs_that_cannot_be_moved_wait_for_space(small_tmpfs, dirs, caplog):
+    """output_dir full once the command succeeded: the outputs wait in the
+    scratch directory and are moved once there is room; the job succeeds."""
+    state, _ = dirs
+    out = small_tmpfs
+    await trio.to_thread.run_sync(fill, out / "fill")
+    spec = make_spec(55, "head -c 20000 /dev/urandom > big.bin", outputs=("big.bin",))
+    async with executor(state, out) as ex:
+        await ex.send.send(spec)
+        await ex.next(JobStarted)
+        await wait_until(lambda: _warnings(caplog, "job 55: cannot finish"), "the move to fail")
+        assert not [m for m in ex.messages if isinstance(m, JobFinished)]
+        await trio.Path(out / "fill").unlink()
+        finished = await ex.next(JobFinished)
+    assert finished.state == "succeeded", finished
+    assert (out / "big.bin").stat().st_size == 20000
+    assert [o.path for o in finished.outputs] == ["big.bin"]
+    assert sorted(p.name for p in out.iterdir()) == ["big.bin"], "no temporary copy left beside it"
+
+
 # --- status parsing, registry ---------------------------------------------------
 
 
@@ -432,6 +584,14 @@ def test_parse_status_is_defensive():
     assert parse_status(start + "\0\0garbage\n").state == "running"
     assert parse_status('{"state":"ended","pid":"7"}\n[1]\n"x"\n').state == "claimed"
     assert parse_status('{"state":"running","pid":true,"host":"h","started":1}\n').state == "claimed"
+    # the batch job that wrote the record, when the wrapper knows it; records
+    # without the field (local wrappers, older ones) still count
+    batch_start = start[:-2] + ',"batch_id":"8812"}\n'
+    assert parse_status(batch_start) == Status("running", 7, "h", 1.5, batch_id="8812")
+    assert parse_status(batch_start + end[:-2] + ',"batch_id":"8812"}\n').batch_id == "8812"
+    assert parse_status(start[:-2] + ',"batch_id":"x\\"y"}\n') == Status("running", 7, "h", 1.5)
+    assert parse_status(start[:-2] + ',"batch_id":12}\n') == Status("running", 7, "h", 1.5)
+    assert parse_status("\n" + start + "   \n\n" + end) == Status("ended", 7, "h", 1.5, 2.5, 3)
 
 
 def test_backend_registry():

@@ -12,12 +12,14 @@ The life of one job, as the executor task drives a backend::
     batch_id = await backend.find(job_dir, None)      # a live job (restart)?
     if batch_id: re-attach: await backend.wait(job_dir, batch_id)
     else:
-        job_dir.prepare(spec)                          # AlreadyStarted if status exists
-        batch_id = await backend.launch(job_dir, spec)
+        job_dir.prepare(spec, backend.batch_id_variable)   # AlreadyStarted if status exists
+        batch_id = await backend.launch(job_dir, spec)     # NotStarted: JobNotStarted
         await backend.wait(job_dir, batch_id)
     # AlreadyStarted: an end record -> finished while no daemon watched;
     # else await backend.find(job_dir, status): live -> wait; gone -> lost
     status = job_dir.read_status()                     # the end record, or lost
+    # no end record, and the wrapper exited 75 (claimed): find the claimant
+    # and wait for it; exited 74 (cannot start) with no claim: not started
 
 A backend never decides success or failure; the end record in ``status`` does.
 """
@@ -50,12 +52,28 @@ class Ended(Lost):
 
 
 class BackendError(Exception):
-    """The backend cannot tell or cannot do what was asked *right now* (the
-    batch system's controller is down, ``qsub`` refused the job, ...).
+    """The backend cannot tell or cannot do what was asked (``qsub`` refused
+    the job as written, the controller cannot be asked right now, ...).
 
-    From ``launch`` it fails the job (nothing was started) with the message as
-    reason. From ``find`` or ``wait`` the executor retries later rather than
-    guess: guessing "not running" could start the user's command twice.
+    From ``launch`` it fails the job (nothing was started, and the job's own
+    request is at fault: an unknown queue, an impossible resource) with the
+    message as reason. From ``find`` or ``wait`` the executor retries later
+    rather than guess: guessing "not running" could start the user's command
+    twice.
+    """
+
+
+class NotStarted(Exception):
+    """The job's command did not run, for a failure of MUPPET's own machinery:
+    the state directory full or failing, a process that cannot be spawned,
+    the batch system out of reach, a wrapper that could not write its claim
+    (MUPPET design: such a failure is never the job's). The message says
+    what went wrong, naming the path or the system.
+
+    From ``launch`` (or from preparing the job directory) the executor reports
+    ``JobNotStarted``, and the scheduler tries the job again after a backoff,
+    its tries unused. Whoever raises it leaves nothing of the job running or
+    queued, and nothing that a later ``find`` could take for a live job.
     """
 
 
@@ -75,6 +93,12 @@ class Backend(Protocol):
     #: ``status`` (it polls the file while ``wait`` runs).
     runs_at_launch: bool
 
+    #: the environment variable in which the batch system gives a job its id
+    #: (``SLURM_JOB_ID``, ``JOB_ID``): the wrapper writes it into its status
+    #: records, so that the executor knows which of two batch jobs of one
+    #: job holds the claim. None for local.
+    batch_id_variable: str | None
+
     # Optional, not part of the protocol: a class attribute
     # ``launch_prepares = True`` says that ``launch`` itself calls
     # ``job_dir.prepare(spec)`` (in the worker thread that does its own
@@ -91,24 +115,32 @@ class Backend(Protocol):
         backend should name the job after ``job_dir.name`` (``muppet-<id>``)
         and record the batch id with ``job_dir.write_batch_id`` so that
         ``find`` works after a crash at any moment. Raises BackendError when
-        nothing was started.
+        nothing was started for the job's own fault (its resources, its
+        queue), NotStarted when nothing was started for the machinery's
+        (the system out of reach, no process could be spawned).
         """
         ...
 
-    async def wait(self, job_dir: JobDir, batch_id: str) -> None:
+    async def wait(self, job_dir: JobDir, batch_id: str) -> int | None:
         """Return once the job has ended (its wrapper process is gone, or the
-        batch system lists it as finished). Raises Lost when the job vanished
-        without running to its end; BackendError (or any other error) makes
-        the executor log it and call ``wait`` again a bit later."""
+        batch system lists it as finished), with the wrapper's exit status
+        when the backend knows it (None otherwise): the executor needs it
+        only when the status file has no end record, to tell a wrapper that
+        found the job claimed (``CLAIMED_EXIT``) or could not start it
+        (``CANNOT_START_EXIT``) from a lost one. Raises Lost when the job
+        vanished without running to its end; BackendError (or any other
+        error) makes the executor log it and call ``wait`` again a bit
+        later."""
         ...
 
     async def find(self, job_dir: JobDir, status: Status | None) -> str | None:
         """Re-attach after a daemon restart: the batch id of this job if it is
         still queued or running, else None. ``status`` is what the wrapper has
         written so far (None: nothing yet, the job may be queued or between
-        spawn and the wrapper's first write). Must raise BackendError rather
-        than answer None when it cannot tell: None makes the executor start
-        the job (if it has no start record)."""
+        spawn and the wrapper's first write); a record with a ``batch_id``
+        names the batch job that holds the claim. Must raise BackendError
+        rather than answer None when it cannot tell: None makes the executor
+        start the job (if it has no start record)."""
         ...
 
     async def kill(self, job_dir: JobDir, batch_id: str) -> None:

@@ -1,10 +1,14 @@
 """The batch backend: what the Grid Engine and Slurm executors share.
 
-``BatchBackend`` submits with retries and backoff, writes the batch id into
-the job directory before ``launch`` returns, waits through the shared poller,
-re-attaches by batch id and job name, kills, and turns a job the system ended
-into ``Lost`` with the system's reason. A subclass (``gridengine.py``,
-``slurm.py``) says how to build each command and read its answer.
+``BatchBackend`` submits, writes the batch id into the job directory before
+``launch`` returns, waits through the shared poller, re-attaches by batch id
+and job name (and to the batch job whose wrapper holds the claim, which its
+status record names), kills, and turns a job the system ended into ``Lost``
+with the system's reason. A submission the system did not take because it
+could not be reached raises ``NotStarted`` (the job waits, not the job's
+failure); one that may have gone through (a timeout) is retried here, after
+looking for it in the queue. A subclass (``gridengine.py``, ``slurm.py``)
+says how to build each command and read its answer.
 
 Beside it: ``batch_results.py`` holds the parsed shapes of the commands'
 output, ``batch_poller.py`` runs the commands and the batched queue listing,
@@ -23,10 +27,10 @@ import trio
 from ..messages import StartJob
 from ..model import ExecutorConfig
 from ..resources import ResourceError, Resources, batch_setting, merge_resources
-from .backend import BackendError, Ended, Lost
+from .backend import BackendError, Ended, Lost, NotStarted
 from .batch_poller import BatchPoller, CommandResult, backoff, run_command
 from .batch_results import BatchEnd, Phase, QueueEntry, SubmitOutcome, Unparseable, clean_message
-from .jobdir import JobDir, Status
+from .jobdir import CANNOT_START_EXIT, CLAIMED_EXIT, JobDir, Status
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,8 @@ class BatchBackend:
 
     #: batch jobs may queue: JobStarted comes from the wrapper's start record
     runs_at_launch = False
+    #: the variable holding the job's id in its environment (a subclass's)
+    batch_id_variable: str | None = None
     #: "Grid Engine" / "Slurm", for messages
     system = "batch system"
     #: commands may take a while when the controller is unreachable (Slurm
@@ -143,11 +149,20 @@ class BatchBackend:
             if outcome.ok:
                 # recorded before launch returns, so that a restarted daemon
                 # finds the job by id whenever the scheduler saw it submitted
-                await trio.to_thread.run_sync(job_dir.write_batch_id, outcome.batch_id)
+                await self._record(job_dir, outcome.batch_id)
                 self.poller.poke()
                 return outcome.batch_id
             if outcome.permanent:
                 raise BackendError(f"{self.system} refused job {job_dir.name}: {outcome.error}")
+            if not outcome.uncertain:
+                # The system did not take it (the controller is down or out of
+                # reach): not the job's failure, and nothing of it is queued.
+                # Without its wrapper a later ``find`` knows that at once,
+                # instead of waiting for a queue listing the controller cannot
+                # give (MUPPET design: the job waits with the reason).
+                await trio.to_thread.run_sync(job_dir.remove_wrapper)
+                raise NotStarted(f"{self.system} did not take {job_dir.name}: {outcome.error}")
+            # A timeout, or an answer without an id: the job may be queued.
             attempt += 1
             delay = backoff(attempt, cap=self.max_submit_backoff)
             log.warning(
@@ -161,10 +176,23 @@ class BatchBackend:
             adopted = await self._find_by_name(job_dir.name)
             if adopted:
                 log.warning("%s: %s was submitted after all, as %s", self.config.name, job_dir.name, adopted)
-                await trio.to_thread.run_sync(job_dir.write_batch_id, adopted)
+                await self._record(job_dir, adopted)
                 return adopted
 
-    async def wait(self, job_dir: JobDir, batch_id: str) -> None:
+    async def _record(self, job_dir: JobDir, batch_id: str) -> None:
+        """``write_batch_id``, for a job that is queued: when the file cannot
+        be written (a full disk), the job is not lost for that. It is watched
+        by the id in memory, its wrapper's records name it, and after a
+        restart ``find`` looks for it by name."""
+        try:
+            await trio.to_thread.run_sync(job_dir.write_batch_id, batch_id)
+        except OSError as error:
+            log.warning(
+                "%s: %s is %s job %s, but its id cannot be recorded (%s); a restarted daemon "
+                "finds it by its name", self.config.name, job_dir.name, self.system, batch_id, error,
+            )
+
+    async def wait(self, job_dir: JobDir, batch_id: str) -> int | None:
         name = job_dir.name
         last: QueueEntry | None = None
         while True:
@@ -180,13 +208,18 @@ class BatchBackend:
                     f"{self.system} put job {batch_id} in error state {entry.state}"
                     + (f": {reason}" if reason else "")
                 )
-        await self._explain_end(job_dir, batch_id, last_seen_pending=last is not None and last.phase is Phase.PENDING)
+        return await self._explain_end(
+            job_dir, batch_id, last_seen_pending=last is not None and last.phase is Phase.PENDING
+        )
 
-    async def _explain_end(self, job_dir: JobDir, batch_id: str, *, last_seen_pending: bool = False) -> None:
+    async def _explain_end(self, job_dir: JobDir, batch_id: str, *, last_seen_pending: bool = False) -> int | None:
         """The job has left the queue. Return when the wrapper's end record
-        tells the story; raise Lost with the system's reason when the system
-        ended the job (a limit, qdel/scancel, a node failure) or the wrapper
-        left no end record."""
+        tells the story, when the status file shows another batch job holding
+        the claim (the executor follows that one), or when the system says
+        the wrapper exited with its claimed or cannot-start code (the
+        returned exit status; the executor decides). Raise Lost with the
+        system's reason when the system ended the job (a limit, qdel/scancel,
+        a node failure) or the wrapper left no end record."""
         name = job_dir.name
         end: BatchEnd | Unparseable | None = None
         status = None
@@ -203,7 +236,11 @@ class BatchBackend:
             if status is not None and status.has_ended and (status.exit_code or 0) < 128:
                 # the command ended on its own: no need to ask the system
                 # (qacct reads the whole accounting file on every call)
-                return
+                return None
+            if status is not None and status.batch_id is not None and status.batch_id != batch_id:
+                # another batch job of this job holds the claim (a duplicate
+                # submission): this one found it claimed and ran nothing
+                return None
             end = await self.ended(batch_id, name)
             if isinstance(end, BatchEnd) or trio.current_time() > deadline:
                 break
@@ -212,7 +249,13 @@ class BatchBackend:
         if isinstance(end, BatchEnd) and end.killed:
             raise Ended(end.killed)
         if status is not None and status.has_ended:
-            return
+            return None
+        if isinstance(end, BatchEnd) and end.exit_code in (CLAIMED_EXIT, CANNOT_START_EXIT) and (
+            status is None or status.batch_id is None
+        ):
+            # the wrapper's own words: it found the job claimed, or could not
+            # set it up (and withdrew its claim); the command did not run here
+            return end.exit_code
         if isinstance(end, BatchEnd):
             code = f"signal {end.signal}" if end.signal else f"exit status {end.exit_code}"
             raise Lost(
@@ -230,6 +273,13 @@ class BatchBackend:
             return None
         if status is None:
             status = await trio.to_thread.run_sync(job_dir.read_status)
+        if status is not None and status.batch_id is not None:
+            # the wrapper's record names the batch job that holds the claim:
+            # it ran (or runs) under that id, whichever one we recorded (a
+            # duplicate submission); wait() finds out how it ends
+            if status.batch_id != recorded:
+                await self._record(job_dir, status.batch_id)
+            return status.batch_id
         if recorded and status is not None:
             # it ran (or runs) under this id: wait() finds out how it ends
             return recorded
@@ -252,7 +302,7 @@ class BatchBackend:
         if found:
             adopted = max(found, key=lambda e: _id_key(e.batch_id)).batch_id
             log.warning("%s: adopting %s job %s named %s", self.config.name, self.system, adopted, name)
-            await trio.to_thread.run_sync(job_dir.write_batch_id, adopted)
+            await self._record(job_dir, adopted)
             return adopted
         return None
 

@@ -34,6 +34,8 @@ class CommandResult:
     returncode: int | None  # None: timed out or could not start
     stdout: str
     stderr: str
+    #: it was stopped after its timeout: what it did meanwhile is unknown
+    timed_out: bool = False
 
     @property
     def text(self) -> str:
@@ -61,7 +63,7 @@ async def run_command(argv: Iterable[str], *, timeout: float) -> CommandResult: 
     except OSError as exc:
         return CommandResult(argv, None, "", f"cannot run {argv[0]}: {exc}")
     if scope.cancelled_caught:
-        return CommandResult(argv, None, "", f"{argv[0]} timed out after {timeout:g} s")
+        return CommandResult(argv, None, "", f"{argv[0]} timed out after {timeout:g} s", timed_out=True)
     return CommandResult(
         argv,
         done.returncode,

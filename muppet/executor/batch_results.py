@@ -28,6 +28,7 @@ __all__ = [
     "clean_message",
     "job_id_of",
     "job_name",
+    "submit_may_have_gone_through",
     "unparseable",
 ]
 
@@ -79,12 +80,17 @@ class SubmitOutcome:
 
     Exactly one of: ``batch_id`` set (submitted); ``permanent`` (the system
     refused the job as configured: it would refuse it again); otherwise a
-    transient failure (controller down, timeout, garbage) worth retrying.
+    transient failure worth retrying, where ``uncertain`` says whether the
+    job may have been submitted all the same (the command timed out, or
+    exited 0 without an id we can read) or surely was not (the command said
+    it could not reach the controller: the controller is down or out of
+    reach).
     """
 
     batch_id: str = ""
     error: str = ""
     permanent: bool = False
+    uncertain: bool = False
 
     @property
     def ok(self) -> bool:
@@ -156,6 +162,25 @@ def classify_submit_error(text: str) -> bool:
     if _TRANSIENT.search(text):
         return False
     return bool(_PERMANENT.search(text))
+
+
+#: words of a command that reached the controller but got no answer: the
+#: request may have been carried out (Slurm: "Socket timed out on send/recv
+#: operation"; Grid Engine: "got syncron message receive timeout error")
+_NO_ANSWER = re.compile(r"timed? ?out", re.IGNORECASE)
+
+
+def submit_may_have_gone_through(returncode: int | None, text: str, *, timed_out: bool) -> bool:
+    """Whether a submit command that gave no job id may have submitted the
+    job nonetheless: it was stopped after its timeout, it exited 0 (accepted)
+    without an id we can read, or it says it waited in vain for the
+    controller's answer. A command that could not be run, or that exited
+    non-zero saying it could not reach the controller, submitted nothing."""
+    if timed_out or returncode == 0:
+        return True
+    if returncode is None:
+        return False  # it could not be run at all
+    return bool(_NO_ANSWER.search(text))
 
 
 def clean_message(text: str) -> str:

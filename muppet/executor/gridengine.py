@@ -24,6 +24,7 @@ from .batch_results import (
     Unparseable,
     classify_submit_error,
     clean_message,
+    submit_may_have_gone_through,
     unparseable,
 )
 from .jobdir import JobDir
@@ -38,8 +39,9 @@ def parse_qsub(result: CommandResult) -> SubmitOutcome:
     """``qsub -terse`` prints the job id alone; without -terse "Your job N
     ("name") has been submitted". Refusals ("Unable to run job: ...") are
     permanent when they name the job's own request (queue, PE, resource)."""
+    uncertain = submit_may_have_gone_through(result.returncode, result.text, timed_out=result.timed_out)
     if result.returncode is None:
-        return SubmitOutcome(error=clean_message(result.text) or "qsub did not finish")
+        return SubmitOutcome(error=clean_message(result.text) or "qsub did not finish", uncertain=uncertain)
     if result.returncode == 0:
         for line in result.stdout.splitlines():
             line = line.strip()
@@ -48,9 +50,10 @@ def parse_qsub(result: CommandResult) -> SubmitOutcome:
                 return SubmitOutcome(batch_id=found.group(1))
         # accepted but no id we can read: do not guess (and do not resubmit
         # blindly either: re-attach by name finds it if it exists)
-        return SubmitOutcome(error=f"qsub printed no job id: {clean_message(result.text)!r}")
+        return SubmitOutcome(error=f"qsub printed no job id: {clean_message(result.text)!r}", uncertain=True)
     message = clean_message(result.text) or f"qsub exited with {result.returncode}"
-    return SubmitOutcome(error=message, permanent=classify_submit_error(result.text))
+    permanent = classify_submit_error(result.text)
+    return SubmitOutcome(error=message, permanent=permanent, uncertain=uncertain and not permanent)
 
 
 def sge_phase(state: str) -> Phase:
@@ -175,6 +178,8 @@ class GridEngineBackend(BatchBackend):
     """
 
     system = "Grid Engine"
+    #: set by Grid Engine in the job's environment (qsub(1), "ENVIRONMENTAL VARIABLES")
+    batch_id_variable = "JOB_ID"
 
     def submit_argv(self, job_dir: JobDir, resources: Resources) -> list[str]:
         argv = [

@@ -17,11 +17,20 @@ record per line, each written with a single ``write`` by bash's ``printf``::
     {"state":"running","pid":4711,"host":"node1","started":1795879793.356735}
     {"state":"ended","pid":4711,"host":"node1","started":...,"ended":...,"exit_code":0}
 
-The wrapper creates the file with O_EXCL (bash ``set -C``) as it writes the
-start record: that is the claim that makes the command run at most once per job
+A wrapper submitted to a batch system also writes the system's id of the
+batch job that runs it (``"batch_id":"8812"``, from ``SLURM_JOB_ID`` or
+Grid Engine's ``JOB_ID``) in both records: when two batch jobs of one job
+exist, the executor learns from it which one runs the command.
+
+The wrapper creates the file with O_EXCL (bash ``set -C``) as it writes the start
+record: that is the claim that makes the command run at most once per job
 id, whatever a crashed daemon, a duplicate submission or a batch system's
-requeue does. A second wrapper finds the file there and exits with 75 without
-running anything.
+requeue does. A second wrapper finds the file there and exits with
+``CLAIMED_EXIT`` (75) without running anything. A wrapper that cannot set
+the job up (open its output files, enter its scratch directory, create or
+write its status file: a full disk, an I/O error) withdraws its claim and
+exits with ``CANNOT_START_EXIT`` (74): the command did not run, and the
+executor reports the job not started rather than failed (docs/executor.md).
 
 Why not a temporary file and ``mv``: each ``mv`` is a process, and two of them
 per job made the wrapper cost five times a plain spawn of ``true`` (measured on
@@ -40,6 +49,7 @@ needs six already (its directory, scratch, wrapper, status, stdout, stderr);
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -54,14 +64,37 @@ from ..messages import StartJob
 from ..model import LOG_TAIL_BYTES
 
 #: the wrapper's exit code when another wrapper has claimed the job already
-#: (EX_TEMPFAIL from sysexits.h)
+#: (EX_TEMPFAIL from sysexits.h): this wrapper ran nothing, the other one runs
+#: the command
 CLAIMED_EXIT = 75
+#: the wrapper's exit code when it could not set the job up: open its stdout
+#: and stderr files, enter its scratch directory, create or write its status
+#: file (EX_IOERR from sysexits.h). It claimed nothing (a status file it made
+#: but could not write is removed again) and the command did not run.
+CANNOT_START_EXIT = 74
+#: the line the wrapper prints on its own stdout once it holds the claim; the
+#: local backend reads it from a pipe (a batch system discards it)
+CLAIMED_LINE = "muppet: claimed"
+
+#: errors of a file system or of the machine, never of a job: no space, no
+#: quota left, an I/O error, a read-only file system, no file descriptors or
+#: memory left. Moving a succeeded job's outputs is tried again after them
+#: (the executor); any other error there (a file where a directory must go)
+#: fails the job. Preparing a job directory takes every OSError for the
+#: machine's, since the job gives it nothing but its id.
+MACHINE_ERRORS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+)
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
-#: the status file's records as the wrapper's printf formats (see the module docstring)
-_START_RECORD = r'{"state":"running","pid":%d,"host":"%s","started":%s}\n'
-_END_RECORD = r'{"state":"ended","pid":%d,"host":"%s","started":%s,"ended":%s,"exit_code":%d}\n'
+#: the status file's records as the wrapper's printf formats (see the module
+#: docstring); ``%s`` after the record's fields is ``,"batch_id":"ID"`` or nothing
+_START_RECORD = r'{"state":"running","pid":%d,"host":"%s","started":%s%s}\n'
+_END_RECORD = r'%s{"state":"ended","pid":%d,"host":"%s","started":%s,"ended":%s,"exit_code":%d%s}\n'
+#: a batch system's job id as the wrapper writes it: only characters that
+#: need no escaping in JSON (ids are digits, with "." or "_" for array tasks)
+_BATCH_ID = re.compile(r"[0-9A-Za-z._-]+\Z")
 
 
 class AlreadyStarted(Exception):
@@ -88,6 +121,9 @@ class Status:
     started: float | None = None
     ended: float | None = None
     exit_code: int | None = None
+    #: the batch job that wrote the record (batch backends; None in records
+    #: of local wrappers and of wrappers older than the field)
+    batch_id: str | None = None
 
     @property
     def has_ended(self) -> bool:
@@ -120,12 +156,15 @@ def _record(record: object) -> Status | None:
     pid, started = _as_int(record.get("pid")), _as_number(record.get("started"))
     if state not in ("running", "ended") or pid is None or not isinstance(host, str) or started is None:
         return None
+    batch_id = record.get("batch_id")
+    if not (isinstance(batch_id, str) and _BATCH_ID.match(batch_id)):
+        batch_id = None
     if state == "running":
-        return Status("running", pid=pid, host=host, started=started)
+        return Status("running", pid=pid, host=host, started=started, batch_id=batch_id)
     ended, exit_code = _as_number(record.get("ended")), _as_int(record.get("exit_code"))
     if ended is None or exit_code is None:
         return None
-    return Status("ended", pid, host, started, ended, exit_code)
+    return Status("ended", pid, host, started, ended, exit_code, batch_id)
 
 
 def _as_int(value: object) -> int | None:
@@ -180,15 +219,24 @@ class JobDir:
             return None
         return parse_status(data.decode("utf-8", errors="replace"))
 
-    def prepare(self, spec: StartJob) -> None:
+    def prepare(self, spec: StartJob, batch_id_variable: str | None = None) -> None:
         """Write the wrapper, make the scratch directory fresh.
 
         Only for a job without a status file: its command has never run, so
-        whatever a launch that never got that far left behind can go. Raises
-        AlreadyStarted when there is a status file, ValueError naming a bad
-        environment variable name.
+        whatever an earlier attempt left behind (a wrapper, a scratch
+        directory, empty output files: a launch on a full disk, a batch
+        system that did not take the job) can go, and preparing the same job
+        again is always safe. ``batch_id_variable`` names the variable in
+        which a batch system gives the wrapper its job id (``SLURM_JOB_ID``,
+        ``JOB_ID``), for the status records (see the module docstring).
+
+        Raises AlreadyStarted when there is a status file; ValueError when
+        the job itself is wrong (an environment variable's name, a command
+        that is not text), before anything is touched; OSError when the file
+        system fails (full, read-only, an I/O error), naming the file, with a
+        wrapper written only in part removed again.
         """
-        script = render_wrapper(self, spec)
+        script = render_wrapper(self, spec, batch_id_variable).encode("utf-8")
         status = self.read_status()
         if status is not None:
             raise AlreadyStarted(status)
@@ -196,8 +244,32 @@ class JobDir:
         if os.path.lexists(self.scratch):
             shutil.rmtree(self.scratch)
         _make_directory(self.scratch)
-        with open(self.wrapper, "w", encoding="utf-8") as file:
-            file.write(script)
+        try:
+            with open(self.wrapper, "wb") as file:
+                file.write(script)
+        except OSError as error:
+            # a wrapper in part must not pass for a prepared job: a batch
+            # backend takes a wrapper for a sign that the job may have been
+            # submitted (``BatchBackend.find``)
+            self.remove_wrapper()
+            if error.filename is None:  # raised by write() or close(), not open()
+                error.filename = self.wrapper
+            raise
+
+    def remove_wrapper(self) -> None:
+        """Remove the wrapper script, if any: the job was not handed to anyone."""
+        try:
+            os.unlink(self.wrapper)
+        except OSError:
+            pass  # gone already, or the file system fails: nothing to do about it here
+
+    def forget_batch_id(self) -> None:
+        """Remove the recorded batch id: that batch job ended without running
+        the command, and must not be re-attached to."""
+        try:
+            os.unlink(self.batch_id_file)
+        except FileNotFoundError:
+            pass
 
     def read_tails(self, limit: int = LOG_TAIL_BYTES) -> tuple[str, str]:
         """The last ``limit`` bytes of stdout and stderr, as text."""
@@ -221,6 +293,23 @@ class JobDir:
             os.rmdir(self.scratch)  # the common case, and far cheaper than rmtree
         except OSError:
             shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def disk_trouble(path: str) -> str:
+    """What is wrong with the file system of ``path`` as statvfs(2) sees it
+    (full, out of inodes, read-only), or "" when nothing shows: words for a
+    reason when a wrapper on another host could not write there. Blocking."""
+    try:
+        stats = os.statvfs(path)
+    except OSError as error:
+        return str(error)
+    if stats.f_flag & os.ST_RDONLY:
+        return f"the file system of {path} is read-only"
+    if stats.f_bavail == 0:
+        return f"the file system of {path} is full"
+    if stats.f_files and stats.f_favail == 0:
+        return f"the file system of {path} has no free inodes"
+    return ""
 
 
 def _make_directory(path: str) -> None:
@@ -275,41 +364,93 @@ def job_environment(job_dir: JobDir, spec: StartJob) -> dict[str, str]:
     return environment
 
 
-def render_wrapper(job_dir: JobDir, spec: StartJob) -> str:
+def render_wrapper(job_dir: JobDir, spec: StartJob, batch_id_variable: str | None = None) -> str:
     """The bash script that runs one job, self-contained so that a batch node
     can run a copy of it: everything the job needs is inside.
 
     Only builtins run besides the command itself (no ``date``, ``hostname``,
     ``mv``): it is run once per job and its cost is the engine's overhead.
+    Only on the paths where the file system fails does it run ``rm`` (to
+    withdraw a claim it could not write) or ``sleep`` (between attempts to
+    write the end record).
+
+    ``batch_id_variable`` (``SLURM_JOB_ID``, ``JOB_ID``) is read before the
+    step's ``env`` is exported, so that the step cannot change it.
     """
+    if batch_id_variable is not None and not _NAME.match(batch_id_variable):
+        raise ValueError(f"batch_id_variable: {batch_id_variable!r} is not a variable name")
     exports = "\n".join(
         f"export {name}={shlex.quote(value)}" for name, value in job_environment(job_dir, spec).items()
     )
+    job_id = spec.job.id
     status = shlex.quote(job_dir.status)
+    batch_id = ""
+    if batch_id_variable is not None:
+        batch_id = (
+            f'[ -n "${{{batch_id_variable}-}}" ] && printf -v _muppet_batch_id \',"batch_id":"%s"\' '
+            f'"${{{batch_id_variable}//[^0-9A-Za-z._-]/}}"\n'
+        )
     return f"""#!/bin/bash
-# MUPPET job {spec.job.id}: {spec.job.pipeline}.{spec.job.step}[{spec.job.index}], run {spec.job.run_id}
+# MUPPET job {job_id}: {spec.job.pipeline}.{spec.job.step}[{spec.job.index}], run {spec.job.run_id}
 # Written by the daemon; the status file is its record of the run (see docs/executor.md).
-{exports}
+_muppet_batch_id=
+{batch_id}{exports}
 _muppet_started=${{EPOCHREALTIME/,/.}}
+# Set the job up before claiming it, so that a failure here (a full disk, an I/O
+# error) claims nothing: stdout and stderr opened for appending (a second wrapper
+# must not truncate the first one's output), the scratch directory entered.
+if ! exec 5>>{shlex.quote(job_dir.stdout)} 6>>{shlex.quote(job_dir.stderr)} || ! cd "$MUPPET_SCRATCH"; then
+    echo "muppet: job {job_id}: cannot open the output files in $MUPPET_JOB_DIR" \\
+        "or enter $MUPPET_SCRATCH; not started" >&2
+    exit {CANNOT_START_EXIT}
+fi
 # Claim the job: O_EXCL creation of the status file, so the command runs at most once.
 set -C
-{{ printf '{_START_RECORD}' $$ "$HOSTNAME" "$_muppet_started" >{status}; }} 2>/dev/null || {{
-    echo "muppet: job {spec.job.id} was started already (status file exists); not running it again" >&2
-    exit {CLAIMED_EXIT}
-}}
+if ! exec 3>{status}; then
+    if [ -e {status} ]; then
+        echo "muppet: job {job_id} was started already (status file exists); not running it again" >&2
+        exit {CLAIMED_EXIT}
+    fi
+    echo "muppet: job {job_id}: cannot create the status file "{status}"; not started" >&2
+    exit {CANNOT_START_EXIT}
+fi
 set +C
+if ! printf '{_START_RECORD}' $$ "$HOSTNAME" "$_muppet_started" "$_muppet_batch_id" >&3; then
+    # The claim holds no record (a full disk, an I/O error): withdraw it. The
+    # file is this wrapper's own (O_EXCL), so no other wrapper's claim goes.
+    exec 3>&-
+    /bin/rm -f {status}
+    echo "muppet: job {job_id}: cannot write the status file "{status}"; not started" >&2
+    exit {CANNOT_START_EXIT}
+fi
+exec 3>&-
+# Tell a local executor reading our stdout that the job is claimed; SIGPIPE is
+# ignored meanwhile, so that a daemon that has died since cannot kill the job.
+trap '' PIPE
+echo '{CLAIMED_LINE}' 2>/dev/null
+trap - PIPE
 # A signal to the wrapper waits for the command to end (bash runs a trap only
 # then), so the end record is still written; the command gets the default action.
 _muppet_exit=
 trap '_muppet_exit=${{_muppet_exit:-143}}' TERM
 trap '_muppet_exit=${{_muppet_exit:-130}}' INT
 trap '_muppet_exit=${{_muppet_exit:-129}}' HUP
-exec </dev/null >{shlex.quote(job_dir.stdout)} 2>{shlex.quote(job_dir.stderr)} && cd "$MUPPET_SCRATCH" || _muppet_exit=1
+exec </dev/null >&5 2>&6 5>&- 6>&-
 if [ -z "$_muppet_exit" ]; then
     # a subshell, so that the command's own exit, exec or traps leave the wrapper alone
     ( eval {shlex.quote(spec.step.command)} )
     _muppet_exit=$?
 fi
-printf '{_END_RECORD}' $$ "$HOSTNAME" "$_muppet_started" "${{EPOCHREALTIME/,/.}}" "$_muppet_exit" >>{status}
+_muppet_ended=${{EPOCHREALTIME/,/.}}
+# The command has run: its exit code must reach the status file. A write that
+# fails (a full disk, an I/O error) is tried again until it succeeds, each
+# retry on a new line so that a record written in part stays apart.
+_muppet_line= _muppet_delay=1
+until printf '{_END_RECORD}' "$_muppet_line" $$ "$HOSTNAME" "$_muppet_started" "$_muppet_ended" "$_muppet_exit" \\
+        "$_muppet_batch_id" >>{status} 2>/dev/null; do
+    _muppet_line=$'\\n'
+    /bin/sleep $_muppet_delay
+    _muppet_delay=$(( _muppet_delay < 30 ? _muppet_delay * 2 : 60 ))
+done
 exit $_muppet_exit
 """

@@ -6,6 +6,14 @@ daemon's death reaches it. It outlives the daemon; the next daemon finds it by
 the pid in its status file (checked against ``/proc/PID/cmdline``, since pids
 are reused) and watches it through a pidfd.
 
+``launch`` returns once the wrapper holds the claim: the wrapper's stdout and
+stderr are a pipe until it has claimed the job, and it prints
+``jobdir.CLAIMED_LINE`` there once it has. A wrapper that exits without it
+could not set the job up (a full disk, an I/O error: its exit code is
+``CANNOT_START_EXIT``): launch raises NotStarted with what the wrapper said,
+and the job was never reported started. Reading a pipe costs no thread and
+no polling (Trio waits for the file descriptor).
+
 Options (``[executors.NAME]``): ``kill_grace`` (seconds between SIGTERM and
 SIGKILL, default 10), ``poll_interval`` (seconds between liveness checks when
 pidfds are not available, default 0.25).
@@ -16,6 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Mapping
@@ -24,8 +33,8 @@ import trio
 
 from ..messages import StartJob
 from ..model import ExecutorConfig
-from .backend import BackendError
-from .jobdir import JobDir, Status
+from .backend import NotStarted
+from .jobdir import CANNOT_START_EXIT, CLAIMED_LINE, JobDir, Status
 
 log = logging.getLogger("muppet.executor.local")
 
@@ -60,6 +69,8 @@ class LocalBackend:
     #: ``launch`` prepares the job directory itself, in the worker thread that
     #: spawns the wrapper: one thread hop per job instead of two
     launch_prepares = True
+    #: a local wrapper's id is its pid, which its records hold already
+    batch_id_variable = None
 
     def __init__(self, config: ExecutorConfig, state_dir: str) -> None:
         self.config = config
@@ -79,36 +90,72 @@ class LocalBackend:
         self._orphans_lock = trio.Lock()
 
     async def launch(self, job_dir: JobDir, spec: StartJob) -> str:
+        """The wrapper's pid once it has claimed the job (or found it claimed
+        by another wrapper: the executor's ``wait`` and the status file tell
+        the rest). Raises NotStarted when the wrapper could not set the job
+        up, or could not be spawned; OSError when the job directory cannot be
+        prepared. Cancelling it leaves the wrapper running."""
         _sweep()
-        process = await trio.to_thread.run_sync(self._prepare_and_spawn, job_dir, spec)
+        process, said = await trio.to_thread.run_sync(self._prepare_and_spawn, job_dir, spec)
         batch_id = str(process.pid)
         self._children[batch_id] = process
         self._by_wrapper[job_dir.wrapper] = batch_id
+        try:
+            claimed, text = await _read_claim(said)
+            if claimed:
+                return batch_id
+            # no claim: the wrapper exits (or has), and its exit code says why
+            await _wait_child(process, self.poll_interval)
+        except BaseException:
+            if process.poll() is None:
+                _abandoned.add(process)
+            self._forget(job_dir, batch_id)
+            raise
+        if process.returncode == CANNOT_START_EXIT:
+            self._forget(job_dir, batch_id)
+            raise NotStarted(_cannot_start_words(job_dir, text))
+        # CLAIMED_EXIT (another wrapper has the job), or killed before its
+        # claim: ``wait`` returns at once, and the status file decides
         return batch_id
 
+    def _forget(self, job_dir: JobDir, batch_id: str) -> None:
+        self._children.pop(batch_id, None)
+        if self._by_wrapper.get(job_dir.wrapper) == batch_id:
+            del self._by_wrapper[job_dir.wrapper]
+
     @staticmethod
-    def _prepare_and_spawn(job_dir: JobDir, spec: StartJob) -> subprocess.Popen[bytes]:
+    def _prepare_and_spawn(job_dir: JobDir, spec: StartJob) -> tuple[subprocess.Popen[bytes], int]:
+        """The wrapper, and the read end of the pipe on which it says whether
+        it claimed the job."""
         job_dir.prepare(spec)  # raises AlreadyStarted when the status file exists
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
-            return subprocess.Popen(
+            process = subprocess.Popen(
                 [BASH, job_dir.wrapper],
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
-                # the wrapper redirects to the job directory itself
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                # until it holds the claim; then it redirects to the job directory
+                stdout=write_end,
+                stderr=write_end,
                 cwd=job_dir.root,
             )
         except OSError as error:
-            raise BackendError(f"cannot start {BASH} {job_dir.wrapper}: {error}") from None
+            # no process (EAGAIN, ENOMEM, EMFILE: the machine's limits): not the job's failure
+            os.close(read_end)
+            raise NotStarted(f"cannot start {BASH} {job_dir.wrapper}: {error}") from None
+        finally:
+            os.close(write_end)
+        return process, read_end
 
-    async def wait(self, job_dir: JobDir, batch_id: str) -> None:
-        """Cancelling it leaves the process running (it must outlive us)."""
+    async def wait(self, job_dir: JobDir, batch_id: str) -> int | None:
+        """The wrapper's exit status (None for a previous daemon's wrapper,
+        which is not our child). Cancelling it leaves the process running
+        (it must outlive us)."""
         process = self._children.get(batch_id)
         if process is None:
             await _wait_foreign(int(batch_id), job_dir.wrapper, self.poll_interval)
             _sweep()
-            return
+            return None
         try:
             await _wait_child(process, self.poll_interval)
         except BaseException:
@@ -116,9 +163,8 @@ class LocalBackend:
                 _abandoned.add(process)
             raise
         finally:
-            self._children.pop(batch_id, None)
-            if self._by_wrapper.get(job_dir.wrapper) == batch_id:
-                del self._by_wrapper[job_dir.wrapper]
+            self._forget(job_dir, batch_id)
+        return process.returncode
 
     async def find(self, job_dir: JobDir, status: Status | None) -> str | None:
         batch_id = self._by_wrapper.get(job_dir.wrapper)
@@ -162,6 +208,48 @@ class LocalBackend:
         if pid is not None and _is_wrapper(pid, wrapper):
             return pid
         return None
+
+
+#: what the wrapper says on the pipe at most, before its claim (bash's error
+#: messages and its own line)
+_CLAIM_TEXT_LIMIT = 8192
+
+
+async def _read_claim(descriptor: int) -> tuple[bool, str]:
+    """Read the wrapper's pipe until it says it claimed the job (True) or
+    closes it without (False); what it said, as text. Owns ``descriptor``."""
+    said = b""
+    marker = CLAIMED_LINE.encode() + b"\n"
+    async with trio.lowlevel.FdStream(descriptor) as stream:
+        while True:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                return False, said.decode("utf-8", errors="replace")
+            said = (said + chunk)[-_CLAIM_TEXT_LIMIT:]
+            if said.startswith(marker) or b"\n" + marker in said:
+                return True, ""
+
+
+_BASH_PREFIX = re.compile(r"^\S*wrapper\.sh: line \d+: ")
+_JOB_PREFIX = re.compile(r"^job \d+: ")
+
+
+def _cannot_start_words(job_dir: JobDir, text: str) -> str:
+    """The reason of a wrapper that exited CANNOT_START_EXIT, from what it
+    said: its own line ("muppet: job N: cannot write its status file; not
+    started") and bash's error before it ("printf: write error: No space
+    left on device")."""
+    ours, details = "", []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("muppet: "):
+            ours = _JOB_PREFIX.sub("", line.removeprefix("muppet: ")).removesuffix("; not started")
+        elif line:
+            details.append(_BASH_PREFIX.sub("", line))
+    words = ours or f"the wrapper {job_dir.wrapper} could not set the job up"
+    if details:
+        words += ": " + "; ".join(details)
+    return f"{words} (exit {CANNOT_START_EXIT})"
 
 
 def _signal_group(pgid: int, signum: int) -> bool:

@@ -22,10 +22,15 @@ from datetime import datetime
 
 from ..fileio import fsync_directory, write_atomically
 from ..messages import MovedOutput
+from .jobdir import MACHINE_ERRORS
 
 
 class OutputError(Exception):
-    """A declared output cannot be moved; the message names it."""
+    """A declared output cannot be moved, for the job's own fault or its
+    configuration's (a directory where a file must go, a permission); the
+    message names it. Errors of the machine (``jobdir.MACHINE_ERRORS``: a
+    full disk, an I/O error) come out as OSError instead, with nothing
+    half-done left at the destination: the executor tries again later."""
 
 
 class MissingOutput(OutputError):
@@ -124,6 +129,8 @@ def move_into_place(source: str, destination: str, *, sync_directory: bool = Tru
     try:
         os.rename(source, destination)
     except OSError as error:
+        if error.errno in MACHINE_ERRORS:
+            raise
         if error.errno != errno.EXDEV:
             raise OutputError(f"cannot move {source} to {destination}: {error.strerror}") from None
         copy_then_rename(source, destination, sync_directory=sync_directory)
@@ -150,6 +157,17 @@ def copy_then_rename(source: str, destination: str, *, sync_directory: bool = Tr
             _copy_file(source, temporary)
         os.rename(temporary, destination)
     except OSError as error:
+        # a copy cut short gives its space back at once: on a full disk the
+        # next attempt needs it
+        if os.path.isdir(temporary) and not os.path.islink(temporary):
+            shutil.rmtree(temporary, ignore_errors=True)
+        elif os.path.lexists(temporary):
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+        if error.errno in MACHINE_ERRORS:
+            raise
         raise OutputError(f"cannot copy {source} to {destination}: {error.strerror or error}") from None
     if sync_directory:
         fsync_directory(directory)

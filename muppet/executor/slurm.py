@@ -30,6 +30,7 @@ from .batch_results import (
     Unparseable,
     classify_submit_error,
     clean_message,
+    submit_may_have_gone_through,
     unparseable,
 )
 from .jobdir import JobDir
@@ -43,16 +44,18 @@ _SBATCH = re.compile(r"^(\d+(?:_\d+)?)(?:;\S*)?$")
 
 def parse_sbatch(result: CommandResult) -> SubmitOutcome:
     """``sbatch --parsable`` prints ``ID`` or ``ID;cluster``."""
+    uncertain = submit_may_have_gone_through(result.returncode, result.text, timed_out=result.timed_out)
     if result.returncode is None:
-        return SubmitOutcome(error=clean_message(result.text) or "sbatch did not finish")
+        return SubmitOutcome(error=clean_message(result.text) or "sbatch did not finish", uncertain=uncertain)
     if result.returncode == 0:
         for line in result.stdout.splitlines():
             found = _SBATCH.match(line.strip())
             if found:
                 return SubmitOutcome(batch_id=found.group(1))
-        return SubmitOutcome(error=f"sbatch printed no job id: {clean_message(result.text)!r}")
+        return SubmitOutcome(error=f"sbatch printed no job id: {clean_message(result.text)!r}", uncertain=True)
     message = clean_message(result.text) or f"sbatch exited with {result.returncode}"
-    return SubmitOutcome(error=message, permanent=classify_submit_error(result.text))
+    permanent = classify_submit_error(result.text)
+    return SubmitOutcome(error=message, permanent=permanent, uncertain=uncertain and not permanent)
 
 
 _PENDING_STATES = frozenset(
@@ -256,6 +259,8 @@ class SlurmBackend(BatchBackend):
     """
 
     system = "Slurm"
+    #: set by Slurm in the job's environment (sbatch(1), "OUTPUT ENVIRONMENT VARIABLES")
+    batch_id_variable = "SLURM_JOB_ID"
 
     def __init__(self, config: ExecutorConfig, state_dir: str) -> None:
         super().__init__(config, state_dir)

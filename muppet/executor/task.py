@@ -6,6 +6,17 @@ It is the common part of every executor type: it prepares the job directory
 file, the log tails and moves the outputs (``outputs.py``). The status file,
 not the backend, says how a job ended; so a job that ended while no daemon
 watched is reported with its real exit code.
+
+A failure of MUPPET's own machinery before the command ran is not the job's
+failure (MUPPET design): a job directory that cannot be prepared (any
+OSError: a full disk, a quota, an I/O error, a read-only file system, no
+file descriptors left), a wrapper that cannot be spawned or cannot write its
+claim, a batch system that cannot be reached. The job is reported
+``JobNotStarted`` with the reason, and the scheduler tries it again later.
+What is the job's own fault (an environment variable's name, an executor
+that is not configured, a queue or resource the batch system refuses) fails
+it. The log says once when jobs of an executor cannot start, and once when
+they start again (docs/operations.md, "When the disk is full").
 """
 
 from __future__ import annotations
@@ -19,10 +30,10 @@ from typing import TypeVar
 import attrs
 import trio
 
-from ..messages import JobFinished, JobStarted, KillJob, MovedOutput, StartJob
+from ..messages import JobFinished, JobNotStarted, JobStarted, KillJob, MovedOutput, StartJob
 from ..model import ExecutorConfig, JobState
-from .backend import Backend, BackendError, Ended, Lost, make_backends
-from .jobdir import AlreadyStarted, JobDir, Status
+from .backend import Backend, BackendError, Ended, Lost, NotStarted, make_backends
+from .jobdir import CANNOT_START_EXIT, CLAIMED_EXIT, MACHINE_ERRORS, AlreadyStarted, JobDir, Status, disk_trouble
 from .outputs import OutputError, describe_output, move_outputs
 
 log = logging.getLogger("muppet.executor")
@@ -31,15 +42,25 @@ log = logging.getLogger("muppet.executor")
 RETRY_INTERVAL = 5.0
 #: seconds between looks at a queued batch job's status file for its start record
 START_POLL_INTERVAL = 1.0
+#: seconds before the first and the longest between two attempts of file work
+#: that the machinery failed (moving a succeeded job's outputs; starting a
+#: job that was reported started already): as the scheduler's backoff for a
+#: failed start (docs/states.md)
+TROUBLE_RETRY_FIRST = 1.0
+TROUBLE_RETRY_MAX = 60.0
 
 KILLED_REASON = "killed by operator"
 
 _T = TypeVar("_T")
 
 
+#: what the executor reports to the scheduler
+Report = JobStarted | JobFinished | JobNotStarted
+
+
 async def run(
     receive: trio.MemoryReceiveChannel[StartJob | KillJob],
-    send: trio.MemorySendChannel[JobStarted | JobFinished],
+    send: trio.MemorySendChannel[Report],
     *,
     executors: Mapping[str, ExecutorConfig],
     state_dir: str,
@@ -55,7 +76,10 @@ async def run(
     has it reported "killed"; for a job not in hand it does nothing.
 
     Sends ``JobStarted`` once a job runs (again after a re-attach) and
-    ``JobFinished`` once it ended, with its exit code, reason and log tails.
+    ``JobFinished`` once it ended, with its exit code, reason and log tails;
+    or, instead of both, ``JobNotStarted`` with the reason when the machinery
+    failed before the command could run (see the module docstring): the job
+    then is no longer in hand, and the next StartJob tries it afresh.
 
     On cancellation (the daemon stops) it stops watching and returns without
     reporting anything more: the jobs go on running and the next daemon's
@@ -81,7 +105,7 @@ class _Executor:
     def __init__(
         self,
         backends: dict[str, Backend],
-        send: trio.MemorySendChannel[JobStarted | JobFinished],
+        send: trio.MemorySendChannel[Report],
         state_dir: str,
         output_dir: str,
     ) -> None:
@@ -92,6 +116,25 @@ class _Executor:
         self.host = socket.gethostname()
         self.jobs: dict[int, _Job] = {}
         self.nursery: trio.Nursery
+        #: executor name -> when (trio clock) its jobs began failing to start
+        self.start_trouble: dict[str, float] = {}
+
+    def start_failed(self, executor: str, reason: str) -> None:
+        """A job of ``executor`` could not start: log it if this begins an
+        incident (once per incident, not once per job)."""
+        if executor not in self.start_trouble:
+            self.start_trouble[executor] = trio.current_time()
+            log.warning("executor %s: cannot start jobs: %s", executor, reason)
+
+    def start_worked(self, executor: str, attempt_began: float) -> None:
+        """A job of ``executor`` started, in an attempt that began at
+        ``attempt_began``. Ends the incident only if the attempt began after
+        it did: an attempt that was under way when the disk filled may still
+        succeed, and must not make the log say that jobs start again."""
+        began = self.start_trouble.get(executor)
+        if began is not None and attempt_began >= began:
+            del self.start_trouble[executor]
+            log.warning("executor %s: jobs start again after %.0f s", executor, trio.current_time() - began)
 
     def start(self, spec: StartJob) -> None:
         if spec.job.id in self.jobs:
@@ -143,18 +186,38 @@ class _Job:
 
     async def run(self) -> None:
         try:
-            try:
-                finished = await self._drive()
-            except Exception as error:
-                log.exception("job %d: executor error", self.id)
-                finished = self._finished(
-                    None, "failed", f"executor error: {type(error).__name__}: {error}", ("", "")
-                )
-            await self.executor.send.send(finished)
+            await self.executor.send.send(await self._report())
         finally:
             self.executor.jobs.pop(self.id, None)
 
-    async def _drive(self) -> JobFinished:
+    async def _report(self) -> JobFinished | JobNotStarted:
+        """What to tell the scheduler at the end: JobFinished, or
+        JobNotStarted when the job could not start and was never reported
+        started."""
+        attempts = 0
+        while True:
+            began = trio.current_time()
+            try:
+                return await self._drive(began)
+            except NotStarted as error:
+                reason = str(error)
+            except Exception as error:
+                log.exception("job %d: executor error", self.id)
+                return self._finished(None, "failed", f"executor error: {type(error).__name__}: {error}", ("", ""))
+            self.executor.start_failed(self.spec.step.executor, reason)
+            if self.reported_start is None:
+                return JobNotStarted(self.id, reason)
+            # The scheduler was told it started (its claim was seen, then
+            # withdrawn: a wrapper's record written in part) and holds it
+            # running, where a JobNotStarted does not apply: try again here.
+            attempts += 1
+            delay = min(TROUBLE_RETRY_FIRST * 2 ** (attempts - 1), TROUBLE_RETRY_MAX)
+            log.info("job %d: not started: %s; trying again in %.0f s", self.id, reason, delay)
+            await trio.sleep(delay)
+
+    async def _drive(self, began: float) -> JobFinished:
+        """Start or re-attach the job and follow it to its end. Raises
+        NotStarted when the machinery failed before the command ran."""
         if self.backend is None:
             return self._finished(
                 None, "failed", f"step {self.spec.job.pipeline}.{self.spec.step.name}: "
@@ -173,10 +236,18 @@ class _Job:
         except AlreadyStarted as error:
             status = error.status
         except BackendError as error:
+            # the job's own request refused (a queue, a resource)
             return self._finished(None, "failed", f"cannot start: {error}", ("", ""))
-        except (OSError, ValueError) as error:
+        except ValueError as error:
+            # the job's own definition (an environment variable's name)
             return self._finished(None, "failed", f"cannot prepare {self.job_dir.root}: {error}", ("", ""))
+        except OSError as error:
+            # Every OSError of preparing is the machine's: the job gives the
+            # directory only its id and the wrapper's text (ENOSPC, EDQUOT,
+            # EIO, EROFS, EMFILE, ENFILE, EACCES on a mis-set state_dir, ...).
+            raise NotStarted(f"cannot prepare {self.job_dir.root}: {error}") from None
         else:
+            self.executor.start_worked(self.spec.step.executor, began)
             return await self._watch(batch_id, None)
         if not status.has_ended:
             batch_id = await self._retrying("find", self.backend.find, self.job_dir, status)
@@ -191,29 +262,57 @@ class _Job:
         AlreadyStarted (nothing done) when the job has a status file after all."""
         assert self.backend is not None
         if not getattr(self.backend, "launch_prepares", False):
-            await trio.to_thread.run_sync(self.job_dir.prepare, self.spec)
+            await trio.to_thread.run_sync(self.job_dir.prepare, self.spec, self.backend.batch_id_variable)
         return await self.backend.launch(self.job_dir, self.spec)
 
     async def _watch(self, batch_id: str, status: Status | None) -> JobFinished:
-        """Follow a launched or re-attached job to its end."""
+        """Follow a launched or re-attached job to its end; on to the batch
+        job that holds the claim when ours found the job claimed."""
         assert self.backend is not None
-        self.batch_id = batch_id
-        if self.kill_requested:
-            self.executor.nursery.start_soon(self._kill, batch_id)
-        if status is not None and status.started is not None:
-            await self._report_start(batch_id, status.host, status.started)
-        elif self.reported_start is None and self.backend.runs_at_launch:
-            await self._report_start(batch_id, self.executor.host, time.time())
-        lost = None
-        async with trio.open_nursery() as nursery:
-            if self.reported_start is None:
-                nursery.start_soon(self._watch_for_start, batch_id)
-            try:
-                await self._retrying("wait", self.backend.wait, self.job_dir, batch_id)
-            except Lost as error:
-                lost = str(error) if isinstance(error, Ended) else f"lost: {error}"
-            nursery.cancel_scope.cancel()
-        return await self._conclude(lost=lost, batch_id=batch_id)
+        while True:
+            self.batch_id = batch_id
+            if self.kill_requested:
+                self.executor.nursery.start_soon(self._kill, batch_id)
+            if status is not None and status.started is not None:
+                await self._report_start(status.batch_id or batch_id, status.host, status.started)
+            elif self.reported_start is None and self.backend.runs_at_launch:
+                await self._report_start(batch_id, self.executor.host, time.time())
+            lost = None
+            exit_status = None
+            async with trio.open_nursery() as nursery:
+                if self.reported_start is None:
+                    nursery.start_soon(self._watch_for_start, batch_id)
+                try:
+                    exit_status = await self._retrying("wait", self.backend.wait, self.job_dir, batch_id)
+                except Lost as error:
+                    lost = str(error) if isinstance(error, Ended) else f"lost: {error}"
+                nursery.cancel_scope.cancel()
+            if lost is not None:
+                return await self._conclude(lost=lost, batch_id=batch_id)
+            status = await trio.to_thread.run_sync(self.job_dir.read_status)
+            if _claimed_by_another(batch_id, status, exit_status):
+                assert status is not None
+                claimant = await self._retrying("find", self.backend.find, self.job_dir, status)
+                if claimant is not None and claimant != batch_id:
+                    log.info("job %d: %s found the job claimed by %s; following that one", self.id, batch_id, claimant)
+                    batch_id = claimant
+                    continue
+            if _never_ran(status, exit_status):
+                await trio.to_thread.run_sync(self.job_dir.forget_batch_id)
+                raise NotStarted(await self._never_ran_words(batch_id, exit_status))
+            return await self._conclude(batch_id=batch_id)
+
+    async def _never_ran_words(self, batch_id: str, exit_status: int | None) -> str:
+        if exit_status == CLAIMED_EXIT:
+            return (
+                f"{batch_id} found the job claimed (exit {CLAIMED_EXIT}), and the claim has been withdrawn "
+                "since: its wrapper could not write its status file"
+            )
+        trouble = await trio.to_thread.run_sync(disk_trouble, self.job_dir.root)
+        return (
+            f"the wrapper ({batch_id}) could not open the output files, enter the scratch directory or write "
+            f"the status file in {self.job_dir.root} (exit {CANNOT_START_EXIT})" + (f": {trouble}" if trouble else "")
+        )
 
     async def _watch_for_start(self, batch_id: str) -> None:
         """A queued batch job: report JobStarted when its start record shows."""
@@ -221,7 +320,9 @@ class _Job:
             await trio.sleep(START_POLL_INTERVAL)
             status = await trio.to_thread.run_sync(self.job_dir.read_status)
             if status is not None and status.started is not None:
-                await self._report_start(batch_id, status.host, status.started)
+                # the record names the batch job that holds the claim, which
+                # need not be the one we submitted (a duplicate submission)
+                await self._report_start(status.batch_id or batch_id, status.host, status.started)
                 return
 
     async def _report_start(self, batch_id: str, host: str, started: float) -> None:
@@ -253,10 +354,10 @@ class _Job:
     async def _conclude(self, lost: str | None = None, batch_id: str | None = None) -> JobFinished:
         """Read the status and the tails, move the outputs of a success, build
         the report (all the file work in one worker thread)."""
-        status, tails, problem = await trio.to_thread.run_sync(self._finish_files, lost is None)
+        status, tails, problem = await self._finish_files_retrying(lost is None)
         if status is not None and status.started is not None and self.reported_start is None:
             # a job that ran while no daemon watched: let its host and start be known
-            batch_id = batch_id or self.spec.job.batch_id or str(status.pid)
+            batch_id = status.batch_id or batch_id or self.spec.job.batch_id or str(status.pid)
             if self.spec.job.state is not JobState.RUNNING or self.spec.job.batch_id != batch_id:
                 await self._report_start(batch_id, status.host, status.started)
         if self.kill_requested:
@@ -268,6 +369,25 @@ class _Job:
         if problem is not None:
             return self._finished(status, "failed", problem, tails)
         return attrs.evolve(self._finished(status, "succeeded", "", tails), outputs=self.moved)
+
+    async def _finish_files_retrying(self, may_move: bool) -> tuple[Status | None, tuple[str, str], str | None]:
+        """``_finish_files`` in a worker thread, again after a backoff while
+        the file systems fail (``MACHINE_ERRORS``: a full output_dir, an I/O
+        error): the command has run, and its outputs wait in the scratch
+        directory; a full disk fails no job (MUPPET design)."""
+        attempts = 0
+        while True:
+            try:
+                return await trio.to_thread.run_sync(self._finish_files, may_move)
+            except OSError as error:
+                if error.errno not in MACHINE_ERRORS:
+                    raise
+                attempts += 1
+                delay = min(TROUBLE_RETRY_FIRST * 2 ** (attempts - 1), TROUBLE_RETRY_MAX)
+                if attempts == 1:
+                    log.warning("job %d: cannot finish (its status, log tails or outputs): %s; trying again "
+                                "until it works", self.id, error)
+                await trio.sleep(delay)
 
     def _finish_files(self, may_move: bool) -> tuple[Status | None, tuple[str, str], str | None]:
         status = self.job_dir.read_status()
@@ -305,3 +425,22 @@ class _Job:
             stderr_tail=tails[1],
         )
 
+
+
+def _claimed_by_another(batch_id: str, status: Status | None, exit_status: int | None) -> bool:
+    """Did the wrapper we watched find the job claimed by another one that
+    has not ended? Its record names the batch job that holds the claim; a
+    record without that field (local wrappers, older ones) only the claimed
+    exit code tells."""
+    if status is None or status.has_ended:
+        return False
+    if status.batch_id is not None:
+        return status.batch_id != batch_id
+    return exit_status == CLAIMED_EXIT
+
+
+def _never_ran(status: Status | None, exit_status: int | None) -> bool:
+    """The command did not run and nobody holds the claim: the wrapper could
+    not set the job up (it withdrew its claim), or found it claimed by one
+    that has withdrawn since."""
+    return status is None and exit_status in (CANNOT_START_EXIT, CLAIMED_EXIT)
