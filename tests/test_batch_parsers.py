@@ -67,17 +67,26 @@ def test_qsub_refusals_are_permanent_with_the_message(prefix, words):
     assert "Exiting." not in outcome.error
 
 
-def test_qsub_with_qmaster_down_is_transient():
+def test_qsub_with_qmaster_down_is_transient_and_surely_not_submitted():
     outcome = sge.parse_qsub(result(1, "sge-qsub-qmaster-down", "qsub"))
     assert not outcome.ok and not outcome.permanent
+    assert not outcome.uncertain, "qsub could not send the job: nothing is queued"
     assert "unable to send message to qmaster" in outcome.error
 
 
-def test_qsub_timeout_and_success_without_id_are_transient():
-    timed_out = sge.parse_qsub(CommandResult(("qsub",), None, "", "qsub timed out after 30 s"))
+def test_qsub_timeout_and_success_without_id_are_transient_and_maybe_submitted():
+    timed_out = sge.parse_qsub(CommandResult(("qsub",), None, "", "qsub timed out after 30 s", timed_out=True))
     assert not timed_out.ok and not timed_out.permanent and "timed out" in timed_out.error
+    assert timed_out.uncertain
     no_id = sge.parse_qsub(CommandResult(("qsub",), 0, "hello\n", ""))
-    assert not no_id.ok and not no_id.permanent
+    assert not no_id.ok and not no_id.permanent and no_id.uncertain
+    no_answer = sge.parse_qsub(CommandResult(
+        ("qsub",), 1, "", "error: failed receiving gdi request response for mid=1 (got syncron message receive "
+        "timeout error).\n"
+    ))
+    assert not no_answer.permanent and no_answer.uncertain, "the qmaster got it but did not answer"
+    missing = sge.parse_qsub(CommandResult(("qsub",), None, "", "cannot run qsub: [Errno 2] No such file"))
+    assert not missing.permanent and not missing.uncertain
 
 
 def test_qstat_xml_running_and_pending():
@@ -176,10 +185,21 @@ def test_sbatch_refusals_are_permanent(prefix, words):
     assert not outcome.ok and outcome.permanent and words in outcome.error
 
 
-def test_sbatch_with_controller_down_is_transient():
+def test_sbatch_with_controller_down_is_transient_and_surely_not_submitted():
     outcome = slurm.parse_sbatch(result(1, "slurm-sbatch-controller-down", "sbatch"))
-    assert not outcome.ok and not outcome.permanent
+    assert not outcome.ok and not outcome.permanent and not outcome.uncertain
     assert "Unable to contact slurm controller" in outcome.error
+
+
+def test_sbatch_without_an_answer_may_have_submitted():
+    no_answer = slurm.parse_sbatch(CommandResult(
+        ("sbatch",), 1, "", "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation\n"
+    ))
+    assert not no_answer.permanent and no_answer.uncertain
+    killed = slurm.parse_sbatch(CommandResult(("sbatch",), None, "", "sbatch timed out after 60 s", timed_out=True))
+    assert not killed.permanent and killed.uncertain
+    no_id = slurm.parse_sbatch(CommandResult(("sbatch",), 0, "Submitted\n", ""))
+    assert no_id.uncertain
 
 
 def test_squeue_all_states():
