@@ -1,0 +1,218 @@
+"""Cycling, end to end in a real daemon (docs/configuration.md, "Cycling"):
+intercycle parents and runahead over 48 backfilled cycles, a Europe/Oslo
+pipeline backfilled across both changes of the clocks, a kill -9 of the
+daemon during a cron catch-up, clock triggers, expiry and lateness. Real
+database (SQLite and PostgreSQL), real processes, the real API; judged by the
+jobs' own times, the numbered event log and a ledger the jobs write outside
+the state directory."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import trio
+from waiting import wait_until_async  # tests/ is on sys.path
+
+from muppet import daemon
+from muppet.api.client import connect
+from muppet.config import load_config
+
+MUPPET = [sys.executable, "-m", "muppet.cli"]
+STAKEHOLDER = """
+[stakeholders.ops]
+name = "Operations"
+"""
+#: the run states in which a run has ended (docs/states.md, "Run states")
+ENDED = {"succeeded", "failed", "expired"}
+HOUR = timedelta(hours=1)
+
+
+def write_config(tmp_path: Path, database_url: str, pipelines: dict[str, str], port: int = 0,
+                 max_jobs: int = 8) -> Path:
+    (tmp_path / "pipelines").mkdir(exist_ok=True)
+    for name, text in pipelines.items():
+        (tmp_path / "pipelines" / f"{name}.toml").write_text(STAKEHOLDER + textwrap.dedent(text))
+    config = tmp_path / "muppet.toml"
+    config.write_text(textwrap.dedent(f"""
+        [daemon]
+        database = "{database_url}"
+        state_dir = "{tmp_path / 'state'}"
+        output_dir = "{tmp_path / 'output'}"
+        pipelines = ["pipelines/*.toml"]
+        [api]
+        listen = "127.0.0.1:{port}"
+        [web]
+        listen = "127.0.0.1:0"
+        [executors.local]
+        type = "local"
+        max_jobs = {max_jobs}
+        """))
+    return config
+
+
+async def start(nursery: trio.Nursery, config_path: Path) -> str:
+    port = await nursery.start(daemon.serve, load_config(config_path))
+    return f"ws://127.0.0.1:{port}"
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def when(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def by_step(run: dict) -> dict[str, dict]:
+    """The newest job of each step of a run of one-job steps."""
+    return {job["step"]: job for job in sorted(run["jobs"], key=lambda j: j["id"])}
+
+
+async def wait_runs_ended(client: Any, run_ids: Iterable[int], seconds: float) -> list[dict]:
+    """Every run of ``run_ids`` with its jobs, once each has ended."""
+    wanted = sorted(run_ids)
+
+    async def ended() -> list[dict] | None:
+        runs = [await client.call("runs.get", {"run_id": run_id}) for run_id in wanted]
+        return runs if all(r["state"] in ENDED for r in runs) else None
+
+    async def states() -> str:
+        runs = [await client.call("runs.get", {"run_id": run_id}) for run_id in wanted]
+        return "\n".join(f"{r['id']} {r['reference_time']} {r['state']}: "
+                         + ", ".join(f"{j['step']} {j['state']} {j['reason']}" for j in r["jobs"]) for r in runs)
+
+    try:
+        return await wait_until_async(ended, seconds, f"runs {wanted[0]}..{wanted[-1]} ending")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{await states()}") from None
+
+
+async def all_events(client: Any, kinds: list[str]) -> list[dict]:
+    events: list[dict] = []
+    while True:
+        page = await client.call("events.list", {"since": events[-1]["id"] if events else 0, "kinds": kinds})
+        if not page:
+            return events
+        events += page
+
+
+# --- 48 hourly cycles, a[-PT1H], runahead 5 -------------------------------------------------------
+
+FIRST = datetime(2026, 12, 1, 0, tzinfo=UTC)
+CYCLES = 48
+RUNAHEAD = 5
+CHAIN = f"""
+[pipeline]
+name = "chain"
+owner = "ops"
+cron = ["0 * * * *"]
+initial = {iso(FIRST)}
+runahead = {RUNAHEAD}
+
+[steps.a]
+parents = ["a[-PT1H]"]
+command = "true"
+
+[steps.b]
+parents = ["a"]
+command = "true"
+
+[steps.c]
+parents = ["b"]
+command = "true"
+"""
+
+
+def most_at_once(intervals: Iterable[tuple[float, float]]) -> int:
+    """The most intervals [begin, end) open at one moment; one that ends at
+    the moment another begins does not overlap it."""
+    moments = sorted(m for begin, end in intervals for m in ((begin, 1), (end, -1)))
+    most = current = 0
+    for _, step in moments:
+        current += step
+        most = max(most, current)
+    return most
+
+
+async def test_48_cycles_keep_their_order_and_the_runahead(nursery, tmp_path, database_url):
+    """One backfill makes 48 hourly cycles of a -> b -> c, a waiting on the
+    previous cycle's a, at most 5 running (docs/configuration.md, "Cycling").
+
+    The order is read from the jobs' own times. The runahead counts runs
+    *running*: a queued run is unfinished but has not begun (docs/states.md,
+    "Run states": queued is "made, and waiting for its pipeline's
+    runahead"), so all 48 are unfinished the moment the backfill makes them,
+    and what must never exceed 5 is the runs between leaving ``queued`` (or
+    being made running) and ending. A run's row keeps when it was made and
+    when it ended, not when it left ``queued``; that moment is its event in
+    the numbered log (every change of a run is one, in commit order), and
+    its jobs' times must all come after it."""
+    url = await start(nursery, write_config(tmp_path, database_url, {"chain": CHAIN}))
+    async with connect(url) as client:
+        last = FIRST + (CYCLES - 1) * HOUR
+        reply = await client.call("runs.backfill", {"pipeline": "chain", "from": iso(FIRST), "to": iso(last)})
+        assert reply["skipped"] == [] and len(reply["run_ids"]) == CYCLES
+        runs = await wait_runs_ended(client, reply["run_ids"], 120)
+        events = await all_events(client, ["run"])
+    # oldest first, one per firing, each succeeded with its three jobs
+    runs.sort(key=lambda r: r["reference_time"])
+    assert [r["id"] for r in runs] == reply["run_ids"]
+    assert [r["reference_time"] for r in runs] == [iso(FIRST + n * HOUR) for n in range(CYCLES)]
+    assert {r["state"] for r in runs} == {"succeeded"} and {r["cause"] for r in runs} == {"manual"}
+    jobs = [by_step(r) for r in runs]
+    assert all(len(r["jobs"]) == 3 and {j["state"] for j in r["jobs"]} == {"succeeded"} for r in runs)
+
+    # each cycle's a started after the previous cycle's a succeeded; b and c
+    # after their parents in the cycle
+    for n in range(1, CYCLES):
+        assert when(jobs[n]["a"]["started_at"]) >= when(jobs[n - 1]["a"]["ended_at"]), (n, jobs[n - 1], jobs[n])
+    for cycle in jobs:
+        assert when(cycle["b"]["started_at"]) >= when(cycle["a"]["ended_at"])
+        assert when(cycle["c"]["started_at"]) >= when(cycle["b"]["ended_at"])
+
+    # the run's moves, in commit order: made running or queued, queued ->
+    # running oldest first, then ended; never more than 5 running
+    state: dict[int, str] = {}
+    running_since: dict[int, float] = {}
+    most = 0
+    promoted: list[int] = []
+    for event in events:
+        run = event["data"]
+        if run["pipeline"] != "chain":
+            continue
+        before = state.get(run["id"])
+        state[run["id"]] = run["state"]
+        if run["state"] == "running" and before != "running":
+            running_since[run["id"]] = when(event["at"]).timestamp()
+            if before == "queued":
+                promoted.append(run["id"])
+        most = max(most, sum(s == "running" for s in state.values()))
+    assert most == RUNAHEAD, f"at most {most} runs running at once"
+    first_state = {}
+    for event in events:
+        first_state.setdefault(event["data"]["id"], event["data"]["state"])
+    ids = [r["id"] for r in runs]
+    assert [first_state[i] for i in ids] == ["running"] * RUNAHEAD + ["queued"] * (CYCLES - RUNAHEAD)
+    assert promoted == ids[RUNAHEAD:], "queued runs start oldest reference time first"
+    # from the times: a run is running from its made-running moment (its
+    # created_at when it was never queued) to its ended_at; no job of a run
+    # is submitted before then; never more than 5 such spans overlap
+    spans = []
+    for run, cycle in zip(runs, jobs, strict=True):
+        begun = when(run["created_at"]).timestamp() if first_state[run["id"]] == "running" else (
+            running_since[run["id"]])
+        submitted = min(when(j["submitted_at"]).timestamp() for j in cycle.values())
+        assert submitted >= begun, (run, cycle)
+        spans.append((begun, when(run["ended_at"]).timestamp()))
+    assert most_at_once(spans) <= RUNAHEAD
+    # and, from the jobs' times alone, the runs that had a job submitted and
+    # had not ended: never more than the runahead either
+    assert most_at_once(
+        (min(when(j["submitted_at"]).timestamp() for j in cycle.values()), when(run["ended_at"]).timestamp())
+        for run, cycle in zip(runs, jobs, strict=True)
+    ) <= RUNAHEAD
