@@ -213,7 +213,9 @@ def daemon(config_path: str | None) -> None:
         trio.run(serve_until_signal, config)
     except Exception as exc:
         # What an operator can fix (a port in use, a database that cannot be
-        # reached) is one line; anything else is a bug and keeps its traceback.
+        # reached, a directory that cannot be made) is one line naming the
+        # file, the key and the cause; anything else is a bug and keeps its
+        # traceback (docs/operations.md, "Start-up errors").
         leaves = _leaves(exc)
         for leaf in leaves:
             if isinstance(leaf, LeaseHeld):
@@ -222,11 +224,20 @@ def daemon(config_path: str | None) -> None:
                 sys.exit(2)
         if not all(isinstance(e, _operator_errors()) for e in leaves):
             raise
-        _fail("; ".join(f"{e}" for e in leaves))
+        for leaf in leaves:
+            line = _operator_line(leaf, config_path, config.daemon.database, config.daemon.state_dir,
+                                  config.daemon.output_dir)
+            click.echo(f"muppet: error: {line}", err=True)
+        sys.exit(1)
     log.info("stopped")
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
+    """Every exception in ``exc``'s nested groups. Not muppet.unwrap_group,
+    which takes out one exception from one group: the daemon's nurseries
+    nest (serve_until_signal's around serve's around the tasks'), and two
+    tasks can fail at once; each leaf is judged, and all must be an
+    operator's to be said in one line each."""
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for e in exc.exceptions for leaf in _leaves(e)]
     return [exc]
@@ -241,6 +252,64 @@ def _operator_errors() -> tuple[type[BaseException], ...]:
     from .db.task import StateMismatch
 
     return (OSError, sqlite3.Error, psycopg.Error, StoreError, DatabaseUnavailable, StateMismatch)
+
+
+def _operator_line(
+    error: BaseException, config_path: str | None, database: str, state_dir: str, output_dir: str
+) -> str:
+    """``FILE: [TABLE] KEY: cause`` for one of :func:`_operator_errors`, on
+    one line. The key is the one the error is about: an error that names its
+    own (``[api] listen: ...``) keeps it; a database error is ``[daemon]
+    database``, a mismatched state directory ``[daemon] state_dir``; a file
+    system error is the configured directory or database its path is in."""
+    import re
+    import sqlite3
+    from pathlib import Path
+
+    import psycopg
+
+    from .db.dialect import describe_url, sqlite_path
+    from .db.store import DatabaseUnavailable, StoreError
+    from .db.task import StateMismatch
+
+    where = f"{config_path}: " if config_path else ""
+    text = str(error)
+    key = ""
+    if isinstance(error, (sqlite3.Error, psycopg.Error, StoreError, DatabaseUnavailable)):
+        key = "[daemon] database"
+        cause = error.__cause__ if isinstance(error, DatabaseUnavailable) else error
+        if isinstance(cause, OSError) and cause.filename is not None:
+            text = _os_cause(cause)
+        if describe_url(database) not in text:
+            # sqlite3's own messages ("file is not a database") name no file
+            text = f"{describe_url(database)}: {text}"
+    elif isinstance(error, StateMismatch):
+        key = "[daemon] state_dir"
+    elif isinstance(error, OSError) and error.filename is not None and not re.match(r"\[\w+\] ", text):
+        path = Path(error.filename).absolute()
+        paths = [("[daemon] state_dir", Path(state_dir).absolute()),
+                 ("[daemon] output_dir", Path(output_dir).absolute())]
+        if database.startswith("sqlite:"):
+            # first: by default the database is inside state_dir
+            paths.insert(0, ("[daemon] database", Path(sqlite_path(database)).absolute()))
+        # the path itself or one inside it; else one of its parents (making
+        # the directory failed higher up)
+        key = next((name for name, configured in paths if path.is_relative_to(configured)), "") or next(
+            (name for name, configured in paths if configured.is_relative_to(path)), "")
+        text = _os_cause(error)
+    # psycopg's messages run over several lines ("... failed: Connection
+    # refused\n\tIs the server running on that host ...?")
+    text = " ".join(text.split())
+    return f"{where}{key}: {text}" if key else f"{where}{text}"
+
+
+def _os_cause(error: OSError) -> str:
+    """``strerror: path``, and for mkdir on a path that is a file, what that means."""
+    import errno
+
+    if error.errno == errno.EEXIST:
+        return f"{error.filename} is not a directory"
+    return f"{error.strerror or error}: {error.filename}"
 
 
 @main.command()
