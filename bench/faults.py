@@ -23,7 +23,8 @@ Every command appends ``RUN STEP INDEX JOB start`` and, when it succeeds,
 ``RUN STEP INDEX JOB end`` to a ledger outside ``state_dir``: the ledger, not
 the database, says what ran. Each scenario starts on a fresh database.
 
-It prints, per scenario: the faults done, lost slots (a slot with no ``end``
+It prints, per scenario: the faults done (and how often the daemon's log
+says they hit it: failed starts, the outage seen), lost slots (a slot with no ``end``
 line from the job the database says succeeded in it, or a slot of a run that
 did not succeed), duplicated starts (a job id with two ``start`` lines, or a
 slot that started its command more often than its failed jobs explain), the
@@ -178,6 +179,8 @@ class Result:
     failed_jobs: int = 0
     #: the daemon's exits that the benchmark did not cause
     daemon_deaths: list[str] = field(default_factory=list)
+    #: how often the daemon's log says the fault hit it (disk-full, pg-outage)
+    fault_hits: int | None = None
     log_tracebacks: int = 0
     log_refusals: int = 0
     workdir: Path | None = None
@@ -187,7 +190,7 @@ class Result:
         return not self.lost and not self.duplicates and self.state == "succeeded" and not self.daemon_deaths
 
     def line(self) -> str:
-        return (f"{self.scenario:<14} {self.database:<9} {self.faults:<22} {len(self.lost):>5} "
+        return (f"{self.scenario:<14} {self.database:<9} {self.faults:<36} {len(self.lost):>5} "
                 f"{len(self.duplicates):>5}  {self.state:<10} {self.wall:7.1f} s  {self.jobs:>4} jobs, "
                 f"{self.failed_jobs} failed tries, {len(self.daemon_deaths)} daemon deaths, "
                 f"{self.log_tracebacks} tracebacks in its log")
@@ -208,7 +211,7 @@ class Result:
         return "\n".join(parts)
 
 
-HEADER = (f"{'scenario':<14} {'database':<9} {'faults':<22} {'lost':>5} {'dup':>5}  {'run':<10} {'wall':>9}")
+HEADER = f"{'scenario':<14} {'database':<9} {'faults':<36} {'lost':>5} {'dup':>5}  {'run':<10} {'wall':>9}"
 
 
 class Daemon:
@@ -462,6 +465,14 @@ async def run_scenario(
         log = await trio.Path(work / "daemon.log").read_text(errors="replace")
         result.log_tracebacks = log.count("Traceback")
         result.log_refusals = log.count("refused: job")
+        # how often the fault bit, as the daemon saw it
+        if scenario == "disk-full":
+            # the executor's warning when a start fails for MUPPET's own machinery
+            result.fault_hits = log.count("cannot start jobs:")
+            result.faults += f", {result.fault_hits} failed starts"
+        elif scenario == "pg-outage":
+            result.fault_hits = log.count("database unavailable:")
+            result.faults += f", {result.fault_hits} outage seen"
         if keep == "always" or (keep == "failed" and not result.ok):
             result.workdir = work
         return result
@@ -537,8 +548,9 @@ async def _pg_outage(postgres: PostgresServer, ledger: Path, shape: Shape, outag
     await trio.sleep(outage)  # the outage itself: its length is the scenario
     await trio.to_thread.run_sync(postgres.ctl, "start")
     length = time.monotonic() - stopped
-    say(f"  PostgreSQL started again after {length:.1f} s")
-    return f"outage {length:.1f} s"
+    # pg_ctl start returns once the server has recovered and takes connections
+    say(f"  PostgreSQL taking connections again {length:.1f} s after the stop")
+    return f"down {length:.1f} s"
 
 
 def _fill(path: Path) -> int:

@@ -38,6 +38,7 @@ async def test_kills_lose_and_repeat_nothing_sqlite():
 async def test_a_postgres_outage_loses_and_repeats_nothing(postgres_server):
     result = await faults.run_scenario("pg-outage", jobs=JOBS, outage=1.0, postgres=postgres_server)
     assert result.ok, _verdict(result)
+    assert result.fault_hits, f"the daemon never saw the outage\n{_verdict(result)}"
 
 
 @pytest.mark.slow
@@ -48,3 +49,4 @@ async def test_a_full_state_dir_loses_and_repeats_nothing():
     except faults.CannotMount as exc:
         service_missing(str(exc))
     assert result.ok, _verdict(result)
+    assert result.fault_hits, f"no start met the full disk\n{_verdict(result)}"
