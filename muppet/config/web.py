@@ -22,9 +22,9 @@ WEB_KEYS = ("listen",)
 
 
 def _listen(value: Any) -> str:
+    if value == "":
+        return ""  # no web server
     listen = string(value)
-    if listen == "":
-        return listen  # no web server
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise Bad(
