@@ -24,7 +24,7 @@ Every command appends ``RUN STEP INDEX JOB start`` and, when it succeeds,
 the database, says what ran. Each scenario starts on a fresh database.
 
 It prints, per scenario: the faults done (and how often the daemon's log
-says they hit it: failed starts, the outage seen), lost slots (a slot with no ``end``
+says they hit it: stretches of failed starts, the outage seen), lost slots (a slot with no ``end``
 line from the job the database says succeeded in it, or a slot of a run that
 did not succeed), duplicated starts (a job id with two ``start`` lines, or a
 slot that started its command more often than its failed jobs explain), the
@@ -467,9 +467,10 @@ async def run_scenario(
         result.log_refusals = log.count("refused: job")
         # how often the fault bit, as the daemon saw it
         if scenario == "disk-full":
-            # the executor's warning when a start fails for MUPPET's own machinery
+            # the executor's warning, once per stretch of failed starts (it
+            # stops starting jobs until its state directory takes them again)
             result.fault_hits = log.count("cannot start jobs:")
-            result.faults += f", {result.fault_hits} failed starts"
+            result.faults += f", starts paused {result.fault_hits}x"
         elif scenario == "pg-outage":
             result.fault_hits = log.count("database unavailable:")
             result.faults += f", {result.fault_hits} outage seen"
