@@ -8,12 +8,15 @@ the state directory."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import sys
 import textwrap
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import trio
 from waiting import wait_until_async  # tests/ is on sys.path
@@ -216,3 +219,135 @@ async def test_48_cycles_keep_their_order_and_the_runahead(nursery, tmp_path, da
         (min(when(j["submitted_at"]).timestamp() for j in cycle.values()), when(run["ended_at"]).timestamp())
         for run, cycle in zip(runs, jobs, strict=True)
     ) <= RUNAHEAD
+
+
+
+async def test_asking_why_jobs_wait_repeats_nothing(nursery, tmp_path, database_url):
+    """Operators ask why jobs wait all the time (`muppet jobs`, the web page:
+    docs/states.md, "Why a job waits"); the scheduler answers at once, and
+    the question must change nothing. The 48 cycles again, with a client
+    asking every 10 ms: the backfill's reply names the 48 runs it made, and
+    the event log holds one event per change of a run or a job
+    (docs/architecture.md, "One writer, batched"), never the same change of
+    the same run or job twice in a row."""
+    url = await start(nursery, write_config(tmp_path, database_url, {"chain": CHAIN}))
+    async with connect(url) as client:
+
+        async def ask() -> None:
+            while True:
+                await client.call("jobs.list", {"state": "waiting", "limit": 1000})
+                await trio.sleep(0.01)
+
+        async with trio.open_nursery() as asking:
+            asking.start_soon(ask)
+            last = FIRST + (CYCLES - 1) * HOUR
+            reply = await client.call("runs.backfill", {"pipeline": "chain", "from": iso(FIRST), "to": iso(last)})
+            run_ids = [r["id"] for r in await client.call("runs.list", {"pipeline": "chain"})]
+            runs = await wait_runs_ended(client, run_ids, 120)
+            asking.cancel_scope.cancel()
+        events = await all_events(client, ["run", "job"])
+    assert {r["state"] for r in runs} == {"succeeded"}
+    assert (reply["run_ids"], reply["skipped"]) == (sorted(run_ids), [])
+    repeated = [
+        (event["id"], earlier["id"], event["kind"], event["subject_id"])
+        for earlier, event in _each_subject_in_turn(events)
+        if earlier["data"] == event["data"]
+    ]
+    assert not repeated, f"{len(repeated)} of {len(events)} events repeat the change before them: {repeated[:5]}"
+
+
+def _each_subject_in_turn(events: list[dict]) -> Iterable[tuple[dict, dict]]:
+    """(the event before, the event) of the same run or job, in log order."""
+    last: dict[tuple[str, int], dict] = {}
+    for event in events:
+        key = (event["kind"], event["subject_id"])
+        if key in last:
+            yield last[key], event
+        last[key] = event
+
+# --- Europe/Oslo across both changes of the clocks -------------------------------------------------
+
+OSLO = ZoneInfo("Europe/Oslo")
+#: three local days around each change of 2026: the clocks go forward at
+#: 02:00 on 29 March and back at 03:00 on 25 October
+SPRING = [datetime(2026, 3, 28) + timedelta(days=d) for d in range(3)]
+AUTUMN = [datetime(2026, 10, 24) + timedelta(days=d) for d in range(3)]
+OSLO_PIPELINE = """
+[pipeline]
+name = "{name}"
+owner = "ops"
+cron = ["0 0,6,12,18 * * *"]
+timezone = "Europe/Oslo"
+initial = {initial}
+
+[steps.a]
+parents = ["a[-PT6H]"]
+command = "true"
+
+[steps.b]
+parents = ["a", "b[-P1D]"]
+command = "true"
+"""
+
+
+def oslo_firings(days: list[datetime]) -> list[datetime]:
+    """The reference times docs/configuration.md gives a cron of fixed local
+    hours: each firing at 00, 06, 12 and 18 Oslo time, in UTC (none of those
+    hours is skipped or repeated by a change of the clocks)."""
+    return [(day + timedelta(hours=h)).replace(tzinfo=OSLO).astimezone(UTC) for day in days for h in (0, 6, 12, 18)]
+
+
+async def test_an_oslo_pipeline_finds_every_parent_across_both_changes_of_the_clocks(
+    nursery, tmp_path, database_url,
+):
+    """Offsets move the reference time on the pipeline's wall clock: -PT6H is
+    the previous firing on every day, the two days the clocks change
+    included (5 and 7 hours back in absolute time), and -P1D the same local
+    hour the day before. Two pipelines alike, each with its ``initial`` at
+    the first of three days around one change: one backfilled through the
+    API, the other with ``muppet trigger --from --to``. No job ever waits
+    for a run that does not exist, and every job starts after its parents
+    in the cycle before have ended."""
+    pipelines = {}
+    for name, days in (("spring", SPRING), ("autumn", AUTUMN)):
+        initial = days[0].replace(tzinfo=OSLO).isoformat()
+        pipelines[name] = OSLO_PIPELINE.format(name=name, initial=initial)
+    url = await start(nursery, write_config(tmp_path, database_url, pipelines))
+    spring, autumn = oslo_firings(SPRING), oslo_firings(AUTUMN)
+    # what the docs say, written out: the hours between cycles
+    assert [(b - a) / HOUR for a, b in itertools.pairwise(spring)] == [6] * 4 + [5] + [6] * 6
+    assert [(b - a) / HOUR for a, b in itertools.pairwise(autumn)] == [6] * 4 + [7] + [6] * 6
+    reasons: set[str] = set()
+    async with connect(url) as client:
+
+        async def watch(cancel: trio.CancelScope) -> None:
+            # why every waiting job waits, as long as any may wait
+            with cancel:
+                while True:
+                    for job in await client.call("jobs.list", {"state": "waiting", "limit": 1000}):
+                        reasons.add(job["reason"])
+                    await trio.sleep(0.01)
+
+        watching = trio.CancelScope()
+        nursery.start_soon(watch, watching)
+        await client.call("runs.backfill", {"pipeline": "spring", "from": iso(spring[0]), "to": iso(spring[-1])})
+        # exit 0, or run_process raises
+        await trio.run_process(
+            [*MUPPET, "trigger", "autumn", "--from", iso(autumn[0]), "--to", iso(autumn[-1])],
+            capture_stdout=True, capture_stderr=True, env={**os.environ, "MUPPET_API": url},
+        )
+        for name, firings in (("spring", spring), ("autumn", autumn)):
+            # the runs as the database has them (the replies are another
+            # test's business: test_asking_why_jobs_wait_repeats_nothing)
+            run_ids = [r["id"] for r in await client.call("runs.list", {"pipeline": name})]
+            runs = sorted(await wait_runs_ended(client, run_ids, 120), key=lambda r: r["reference_time"])
+            assert [r["reference_time"] for r in runs] == [iso(t) for t in firings], name
+            assert {r["state"] for r in runs} == {"succeeded"}, runs
+            jobs = [by_step(r) for r in runs]
+            for n in range(1, len(runs)):
+                # a[-PT6H]: the previous firing; b[-P1D]: four firings back
+                assert when(jobs[n]["a"]["started_at"]) >= when(jobs[n - 1]["a"]["ended_at"]), (name, n)
+                if n >= 4:
+                    assert when(jobs[n]["b"]["started_at"]) >= when(jobs[n - 4]["b"]["ended_at"]), (name, n)
+        watching.cancel()
+    assert not [r for r in reasons if "no run for" in r], reasons
