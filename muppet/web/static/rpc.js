@@ -75,11 +75,13 @@ export class Api {
               this.role = null;
             }
           }
-          await this.subscribe();
+          // calls may go as soon as the token is presented; the
+          // subscription's reply need not be waited for
           ready = true;
           this.delay = 500;
-          this.setState("live");
           resolve();
+          await this.subscribe();
+          this.setState("live");
         } catch (error) {
           reject(error);
           ws.close();
