@@ -10,20 +10,30 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
+import socket
+import subprocess
 import sys
 import textwrap
+import time
+from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 import trio
-from waiting import wait_until_async  # tests/ is on sys.path
+from waiting import wait_until, wait_until_async  # tests/ is on sys.path
 
 from muppet import daemon
 from muppet.api.client import connect
 from muppet.config import load_config
+from muppet.db import writes
+from muppet.db.store import open_store
+from muppet.messages import NewRun
+from muppet.model import Job, JobState, Run, RunCause, RunState
 
 MUPPET = [sys.executable, "-m", "muppet.cli"]
 STAKEHOLDER = """
@@ -351,3 +361,188 @@ async def test_an_oslo_pipeline_finds_every_parent_across_both_changes_of_the_cl
                     assert when(jobs[n]["b"]["started_at"]) >= when(jobs[n - 4]["b"]["ended_at"]), (name, n)
         watching.cancel()
     assert not [r for r in reasons if "no run for" in r], reasons
+
+
+
+# --- kill -9 during a catch-up of 24 cycles --------------------------------------------------------
+
+# The jobs write their cycle and step to a ledger outside state_dir when they
+# start and when they end; cycle {gated}'s a waits for the test to open its
+# gate (for 5 minutes at most, so that a failed test leaves no job behind).
+CATCHUP = """
+[pipeline]
+name = "catchup"
+owner = "ops"
+cron = ["0 * * * *"]
+catchup = "all"
+runahead = 5
+
+[steps.a]
+parents = ["a[-PT1H]"]
+command = '''
+echo "$MUPPET_REFERENCE_TIME a $MUPPET_JOB_ID start" >> {ledger}
+if [ "$MUPPET_REFERENCE_TIME" = "{gated}" ]; then
+  until [ -e {gate} ] || [ $SECONDS -ge 300 ]; do sleep 0.05; done
+fi
+echo "$MUPPET_REFERENCE_TIME a $MUPPET_JOB_ID end" >> {ledger}'''
+
+[steps.b]
+parents = ["a"]
+command = '''
+echo "$MUPPET_REFERENCE_TIME b $MUPPET_JOB_ID start" >> {ledger}
+echo "$MUPPET_REFERENCE_TIME b $MUPPET_JOB_ID end" >> {ledger}'''
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class DaemonProcess:
+    """`muppet daemon` as a process of its own, so that it can be killed -9."""
+
+    def __init__(self, config: Path, port: int, log: Path) -> None:
+        self.config, self.log = config, log
+        self.url = f"ws://127.0.0.1:{port}"
+        self.port = port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen([*MUPPET, "daemon", "--config", str(self.config)], stdout=log, stderr=log)
+
+        def listening() -> bool:
+            assert self.process is not None and self.process.poll() is None, self.log.read_text()
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            except OSError:
+                return False
+            return True
+
+        wait_until(listening, 30, "the daemon listening", detail=self.log.read_text)
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        async def one() -> Any:
+            async with connect(self.url) as client:
+                return await client.call(method, params)
+
+        return trio.run(one)
+
+    def runs(self, pipeline: str) -> list[dict]:
+        """Every run of ``pipeline``, oldest reference time first, with its jobs."""
+        async def every() -> list[dict]:
+            async with connect(self.url) as client:
+                listed = await client.call("runs.list", {"pipeline": pipeline, "limit": 1000})
+                return [await client.call("runs.get", {"run_id": r["id"]}) for r in listed]
+
+        return sorted(trio.run(every), key=lambda r: r["reference_time"])
+
+    def events(self, kinds: list[str]) -> list[dict]:
+        async def every() -> list[dict]:
+            async with connect(self.url) as client:
+                return await all_events(client, kinds)
+
+        return trio.run(every)
+
+    def stop(self, sig: int) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        return self.process.wait(timeout=30)
+
+
+def last_cron_run(database_url: str, reference_time: datetime) -> None:
+    """The database as a daemon that stopped a day ago leaves it: its last
+    cron run, at ``reference_time``, succeeded. Written by the daemon's own
+    writer (``writes.write``, a NewRun with cause cron, as the database task
+    commits one), so the run, its jobs and their events are what a daemon
+    writes; only the job directories of that day are not there."""
+    made = time.time() - 24 * 3600
+    run = Run(id=1, pipeline="catchup", reference_time=reference_time, state=RunState.SUCCEEDED,
+              cause=RunCause.CRON, created_at=made, ended_at=made + 2)
+    jobs = tuple(
+        Job(id=n, run_id=1, pipeline="catchup", step=step, index=0, count=1, executor="local",
+            state=JobState.SUCCEEDED, exit_code=0, created_at=made, submitted_at=made + n - 1,
+            started_at=made + n - 1, ended_at=made + n)
+        for n, step in ((1, "a"), (2, "b"))
+    )
+    with open_store(database_url) as store:
+        committed = writes.write(store, [NewRun(run, jobs)])
+    assert committed.rejected == ()
+
+
+def ledger_lines(ledger: Path) -> list[tuple[str, str, str, str]]:
+    if not ledger.exists():
+        return []
+    return [tuple(line.split()) for line in ledger.read_text().splitlines()]  # type: ignore[misc]
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_catch_up_of_24_cycles_runs_each_cycle_once(tmp_path, database_url):
+    """The newest cron run in the database is 24 hours old and the pipeline
+    has catchup = "all": the daemon makes the 24 missed cycles at start,
+    oldest first, under the runahead, each waiting on the one before
+    (docs/configuration.md, "Cycling"). It is killed -9 while the 8th
+    cycle's a runs (5 runs running, the rest queued); that job ends while no
+    daemon runs; a new daemon takes over from the database alone. Every
+    cycle ran each of its jobs once (the ledger), in order, and every run
+    ended succeeded."""
+    ledger, gate = tmp_path / "ledger", tmp_path / "gate"
+    now = datetime.now(UTC)
+    top = now.replace(minute=0, second=0, microsecond=0)  # the newest firing
+    last = top - 24 * HOUR
+    gated = top - 16 * HOUR  # the 8th missed firing
+    last_cron_run(database_url, last)
+    port = free_port()
+    pipeline = CATCHUP.format(ledger=ledger, gate=gate, gated=iso(gated))
+    d = DaemonProcess(write_config(tmp_path, database_url, {"catchup": pipeline}, port=port),
+                      port, tmp_path / "daemon.log")
+    d.start()
+    try:
+        wait_until(lambda: (iso(gated), "a") in {(t, step) for t, step, _, _ in ledger_lines(ledger)}, 60,
+                   "the 8th cycle's a running", detail=d.log.read_text)
+        before = {r["reference_time"]: r["state"] for r in d.runs("catchup")}
+        # made at start: the 24 missed firings, each once, oldest first
+        assert sorted(before) == [iso(last + n * HOUR) for n in range(len(before))]
+        assert len(before) >= 25  # and the 25th, if the hour turned meanwhile
+        assert "catching up catchup (catchup = all): 24 run(s)" in d.log.read_text() or len(before) > 25
+        assert Counter(before.values())["running"] == 5, before
+        assert (iso(gated), "a", "end") not in {(t, s, e) for t, s, _, e in ledger_lines(ledger)}
+        assert d.stop(signal.SIGKILL) == -signal.SIGKILL
+        gate.touch()
+        wait_until(lambda: (iso(gated), "a", "end") in {(t, s, e) for t, s, _, e in ledger_lines(ledger)}, 30,
+                   "the 8th cycle's a ending while no daemon runs")
+        d.start()
+
+        def all_ended() -> list[dict] | None:
+            runs = d.runs("catchup")
+            return runs if all(r["state"] in ENDED for r in runs) and len(runs) >= 25 else None
+
+        runs = wait_until(all_ended, 120, "every cycle ending", detail=d.log.read_text)
+        events = d.events(["run"])
+    finally:
+        if d.process is not None and d.process.poll() is None:
+            d.stop(signal.SIGTERM)
+    # one run per hourly firing from the last cron run on, made by cron
+    assert [r["reference_time"] for r in runs] == [iso(last + n * HOUR) for n in range(len(runs))]
+    assert {r["cause"] for r in runs} == {"cron"}
+    assert [r["state"] for r in runs] == ["succeeded"] * len(runs), [(r["reference_time"], r["state"]) for r in runs]
+    # each job of each cycle ran once: one start and one end in the ledger,
+    # by the job the database has in that slot
+    lines = ledger_lines(ledger)
+    assert len(lines) == len(set(lines)), "a line written twice: a job ran twice"
+    expected = {
+        (r["reference_time"], j["step"], str(j["id"]), edge)
+        for r in runs[1:] for j in r["jobs"] for edge in ("start", "end")
+    }
+    assert set(lines) == expected
+    assert all(len(r["jobs"]) == 2 for r in runs)  # no retry, no second job in a slot
+    for earlier, later in itertools.pairwise(runs):
+        assert when(by_step(later)["a"]["started_at"]) >= when(by_step(earlier)["a"]["ended_at"])
+    # the runahead held across the restart: never more than 5 running
+    state: dict[int, str] = {}
+    for event in events:
+        state[event["data"]["id"]] = event["data"]["state"]
+        assert sum(s == "running" for s in state.values()) <= 5, event
