@@ -131,7 +131,7 @@ async def _serve(
         ))
         nursery.start_soon(partial(
             scheduler_task.run, core, scheduler_inbox, to_database.clone(), to_executor,
-            loaded=(snapshot.runs, snapshot.jobs), ended=snapshot.ended,
+            loaded=(snapshot.runs, snapshot.jobs), ended=snapshot.ended, controls=snapshot.controls,
         ))
         nursery.start_soon(partial(cron.run, config.pipelines, to_scheduler.clone(), last_fired=snapshot.last_cron))
         nursery.start_soon(expiry.run, config.index, to_database.clone())

@@ -22,7 +22,18 @@ from __future__ import annotations
 import os
 import secrets
 
-__all__ = ["fsync_directory", "write_atomically"]
+__all__ = ["fsync_directory", "usable_directory", "write_atomically"]
+
+
+def usable_directory(path: str | os.PathLike[str]) -> None:
+    """Make the directory ``path`` if needed, and write and remove a file in
+    it: a daemon that cannot use its state or output directory says so when
+    it starts (an OSError naming the path), not at its first job."""
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".muppet-probe.{secrets.token_hex(4)}")
+    with open(probe, "wb") as file:
+        file.write(b"probe")
+    os.remove(probe)
 
 
 def write_atomically(path: str | os.PathLike[str], data: bytes) -> None:

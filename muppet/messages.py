@@ -50,6 +50,34 @@ class EndedRun:
 
 
 @attrs.frozen
+class OperatorEvent:
+    """An operator's action, for the event log (kind "operator"): who,
+    why, what they asked and what it touched (JSON-able)."""
+
+    action: str
+    by: Operator
+    target: Any
+
+
+@attrs.frozen
+class Ack:
+    """A marker in a Persist: request ``request`` is answered once the batch
+    holding it is committed (Persisted.acks)."""
+
+    request: int
+
+
+@attrs.frozen
+class Control:
+    """A standing operator's order, kept in the database so that a restart
+    keeps it: ``key`` "paused:PIPELINE" or "draining"; ``value`` what the
+    daemon shows of it (who, since when), None to lift it."""
+
+    key: str
+    value: Any = None
+
+
+@attrs.frozen
 class LateNotice:
     """A job or a run became late (not succeeded by its late_after): one
     event of kind "late" in the same transaction as the flag."""
@@ -188,7 +216,7 @@ class IndexWritten:
 #: what one Persist may carry: a new run (with its jobs), or the new state of an
 #: existing run or job, or a finished job's log tail, or the index registration
 #: of a job's outputs, or a lateness event
-Change = NewRun | Run | Job | JobLog | IndexChange | LateNotice
+Change = NewRun | Run | Job | JobLog | IndexChange | LateNotice | OperatorEvent | Control | Ack
 
 
 @attrs.frozen
@@ -236,6 +264,8 @@ class Persisted:
     completed: tuple[CompletedInstance, ...] = ()
     #: the ended runs the committed NewRuns' ``needs`` named
     ended: tuple[EndedRun, ...] = ()
+    #: the requests whose Ack this batch committed
+    acks: tuple[int, ...] = ()
     #: the number of the newest event once this batch committed (not part of
     #: equality: two writes of the same changes are the same commit)
     last_event_id: int = attrs.field(default=0, eq=False)
@@ -251,6 +281,8 @@ class Trigger:
     #: the number of the request it answers ({"run_id": N} once persisted, or
     #: an error); 0 when nobody waits (cron, a data-driven run)
     request: int = 0
+    #: the operator who asked (None: cron, data, a catch-up)
+    by: Operator | None = None
 
 
 @attrs.frozen
@@ -304,11 +336,23 @@ class MovedOutput:
 
 
 @attrs.frozen
-class Command:
-    """An operator's command on one job: "hold", "release", "kill" or "rerun".
+class Operator:
+    """Who asked for an operator's action, and why: the API token's name
+    ("local" where the API is open) and the reason given (docs/operations.md,
+    "Who did what")."""
 
-    For "rerun" of a job whose run is no longer in the scheduler's memory (it
-    finished), the API loads the run and its jobs and passes them along.
+    name: str = "local"
+    reason: str = ""
+
+
+@attrs.frozen
+class Command:
+    """An operator's command on one job: "hold", "release", "kill", "rerun"
+    (with ``downstream``: every job after it in the run too) or "set" (to
+    ``outcome``, "succeeded" or "failed").
+
+    For a command on a job whose run is no longer in the scheduler's memory
+    (it ended), the API loads the run and its jobs and passes them along.
     """
 
     action: str
@@ -317,6 +361,47 @@ class Command:
     request: int = 0
     run: Run | None = None
     jobs: tuple[Job, ...] = ()
+    by: Operator = Operator()
+    downstream: bool = False
+    outcome: str = ""
+
+
+@attrs.frozen
+class RunCommand:
+    """An operator's command on a whole run: "hold", "release", "kill"
+    (every job of the run), "rerun" (every slot that ended failed, killed,
+    expired or skipped) or "bypass" (``step``'s jobs end without running,
+    their children go on as if they had succeeded). ``run`` and ``jobs`` as
+    in Command."""
+
+    action: str
+    run_id: int
+    request: int = 0
+    run: Run | None = None
+    jobs: tuple[Job, ...] = ()
+    by: Operator = Operator()
+    step: str = ""
+
+
+@attrs.frozen
+class PipelineCommand:
+    """"pause" (no new job of the pipeline starts; its cron runs wait) or
+    "resume" (its catch-up policy decides which of those run)."""
+
+    action: str
+    pipeline: str
+    request: int = 0
+    by: Operator = Operator()
+
+
+@attrs.frozen
+class DaemonCommand:
+    """"drain" (the daemon starts no new job at all; running ones finish) or
+    "undrain"."""
+
+    action: str
+    request: int = 0
+    by: Operator = Operator()
 
 
 @attrs.frozen
@@ -328,6 +413,7 @@ class Backfill:
     pipeline: str
     reference_times: tuple[datetime, ...]
     request: int = 0
+    by: Operator | None = None
 
 
 @attrs.frozen
@@ -347,7 +433,7 @@ class Asked:
     the core sees it, and sends the core's Answer of that number here. A
     WhyWaiting the task answers itself."""
 
-    event: Trigger | Command | Backfill | WhyWaiting
+    event: Trigger | Command | RunCommand | PipelineCommand | DaemonCommand | Backfill | WhyWaiting
     reply: trio.MemorySendChannel[Reply]
 
 

@@ -366,6 +366,7 @@ class JobState(str, enum.Enum):
     KILLED = "killed"
     SKIPPED = "skipped"  # downstream of a job that failed for good
     EXPIRED = "expired"  # not started by its expiry (expire_after), or downstream of one
+    BYPASSED = "bypassed"  # ended without running: an operator bypassed its step
 
     @property
     def active(self) -> bool:
@@ -378,7 +379,10 @@ class JobState(str, enum.Enum):
 
 
 FINISHED_JOB_STATES = frozenset(
-    {JobState.SUCCEEDED, JobState.FAILED, JobState.KILLED, JobState.SKIPPED, JobState.EXPIRED}
+    {
+        JobState.SUCCEEDED, JobState.FAILED, JobState.KILLED, JobState.SKIPPED, JobState.EXPIRED,
+        JobState.BYPASSED,
+    }
 )
 
 

@@ -18,7 +18,9 @@ import hypothesis.strategies as st
 from hypothesis import given, settings
 
 from muppet.messages import (
+    Ack,
     Command,
+    Control,
     EndedRun,
     JobFinished,
     JobNotStarted,
@@ -26,6 +28,7 @@ from muppet.messages import (
     KillJob,
     LateNotice,
     NewRun,
+    OperatorEvent,
     Persist,
     Persisted,
     Reply,
@@ -79,6 +82,7 @@ class Harness:
         self.waiting: dict[int, ReplyBox] = {}
         self.unanswered: list[Reply] = []
         self.late_notices: list[LateNotice] = []
+        self.operator_events: list[OperatorEvent] = []
 
     def feed(self, *events) -> None:
         self._take(self.core.handle(events, self.now))
@@ -114,10 +118,18 @@ class Harness:
         ended runs a NewRun's ``needs`` names, as writes.py reads them)."""
         batch, self.unsent = self.unsent, []
         for persist in batch:
-            committed, rejected, needs = [], [], set()
+            committed, rejected, needs, acks = [], [], set(), []
             for change in persist.changes:
                 if isinstance(change, LateNotice):
                     self.late_notices.append(change)
+                    continue
+                if isinstance(change, OperatorEvent):
+                    self.operator_events.append(change)
+                    continue
+                if isinstance(change, Ack):
+                    acks.append(change.request)
+                    continue
+                if isinstance(change, Control):
                     continue
                 if isinstance(change, NewRun):
                     needs.update((change.run.pipeline, moment) for moment in change.needs)
@@ -134,7 +146,7 @@ class Harness:
                     self.db_jobs[change.id] = change
                 committed.append(change)
             self.transactions += 1
-            self.feed(Persisted(tuple(committed), tuple(rejected), ended=self.ended_runs(needs)))
+            self.feed(Persisted(tuple(committed), tuple(rejected), ended=self.ended_runs(needs), acks=tuple(acks)))
 
     def ended_runs(self, wanted) -> tuple[EndedRun, ...]:
         found = []

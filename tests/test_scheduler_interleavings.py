@@ -34,15 +34,22 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 
 from muppet.messages import (
+    Ack,
     Command,
+    Control,
+    DaemonCommand,
     JobFinished,
     JobNotStarted,
     JobStarted,
     KillJob,
+    LateNotice,
     NewRun,
+    OperatorEvent,
     Persist,
     Persisted,
+    PipelineCommand,
     Reply,
+    RunCommand,
     StartJob,
     Trigger,
 )
@@ -192,7 +199,13 @@ class World:
         persist = self.unsent.popleft()
         committed: list[Any] = []
         rejected: list[NewRun] = []
+        acks: list[int] = []
         for change in persist.changes:
+            if isinstance(change, (OperatorEvent, Control, LateNotice)):
+                continue  # events and standing orders: nothing the core reads back
+            if isinstance(change, Ack):
+                acks.append(change.request)
+                continue
             if isinstance(change, NewRun):
                 key = (change.run.pipeline, change.run.reference_time)
                 if key in self.keys:
@@ -206,7 +219,7 @@ class World:
             elif isinstance(change, Job):
                 self.jobs[change.id] = change
             committed.append(change)
-        self.feed(Persisted(tuple(committed), tuple(rejected)))
+        self.feed(Persisted(tuple(committed), tuple(rejected), acks=tuple(acks)))
 
     def deliver(self) -> None:
         report = self.reports.popleft()
@@ -221,7 +234,7 @@ class World:
         if process.job.id in self.in_hand:
             self.reports.append(self._finished(process))
 
-    def ask(self, event: Command | Trigger) -> None:
+    def ask(self, event: Any) -> None:
         self.requests += 1
         self.asked[self.requests] = event
         self.feed(attrs.evolve(event, request=self.requests))
@@ -231,9 +244,17 @@ class World:
             return
         job = self.jobs[sorted(self.jobs)[index % len(self.jobs)]]
         run = self.runs[job.run_id]
-        # the API passes a rerun the run and its jobs from the database
+        # the API passes a command the run and its jobs from the database
         jobs = tuple(j for j in self.jobs.values() if j.run_id == run.id)
-        self.ask(Command(action, job.id, run=run, jobs=jobs) if action == "rerun" else Command(action, job.id))
+        if action.startswith("run-"):
+            step = "b" if index % 2 else "c"
+            self.ask(RunCommand(action[4:], run.id, run=run, jobs=jobs, step=step))
+        elif action == "rerun-down":
+            self.ask(Command("rerun", job.id, run=run, jobs=jobs, downstream=True))
+        elif action.startswith("set-"):
+            self.ask(Command("set", job.id, run=run, jobs=jobs, outcome=action[4:]))
+        else:
+            self.ask(Command(action, job.id, run=run, jobs=jobs))
 
     def tick(self, seconds: float) -> None:
         self.now += seconds
@@ -275,6 +296,10 @@ class World:
                 self.deliver()
             elif self.trouble:
                 self.trouble = False  # the disk is emptied
+            elif "draining" in self.core.controls:
+                self.ask(DaemonCommand("undrain"))
+            elif "paused:p" in self.core.controls:
+                self.ask(PipelineCommand("resume", "p"))
             elif any(not p.ended for p in self.processes.values()):
                 self.end_process(0, "succeeded")
             elif any(j.state is JobState.HELD for j in self.core.jobs.values()):
@@ -290,11 +315,12 @@ class World:
 
 ACTIONS = [
     "commit", "deliver", "succeed", "fail", "kill", "hold", "release", "rerun", "trigger", "tick", "restart",
-    "trouble",
+    "trouble", "rerun-down", "set-succeeded", "set-failed", "run-hold", "run-release", "run-kill", "run-rerun",
+    "run-bypass", "pause", "resume", "drain", "undrain",
 ]
 
 
-@settings(max_examples=int(os.environ.get("MUPPET_EXAMPLES", "400")), deadline=None,
+@settings(max_examples=int(os.environ.get("MUPPET_EXAMPLES", "400")), deadline=None, print_blob=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(
     data=st.data(),
@@ -313,8 +339,14 @@ def test_every_interleaving_keeps_the_promises(data, depends, tries):
             world.deliver()
         elif action in ("succeed", "fail") and any(not p.ended for p in world.processes.values()):
             world.end_process(data.draw(st.integers(0, 9)), "succeeded" if action == "succeed" else "failed")
-        elif action in ("kill", "hold", "release", "rerun"):
+        elif action in ("kill", "hold", "release", "rerun", "rerun-down", "set-succeeded", "set-failed") or (
+            action.startswith("run-")
+        ):
             world.command(action, data.draw(st.integers(0, 30)))
+        elif action in ("pause", "resume"):
+            world.ask(PipelineCommand(action, "p"))
+        elif action in ("drain", "undrain"):
+            world.ask(DaemonCommand(action))
         elif action == "trigger":
             world.ask(Trigger("p", T0 + timedelta(hours=data.draw(st.integers(0, 2))), "manual"))
         elif action == "tick":

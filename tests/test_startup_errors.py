@@ -192,14 +192,29 @@ def test_an_api_host_that_does_not_resolve(tmp_path, tokens):
 def test_a_state_dir_under_a_file(tmp_path):
     (tmp_path / "plain").write_text("x")
     path, line = start(tmp_path, state_dir=str(tmp_path / "plain" / "state"))
-    assert line == (f"muppet: error: {path}: [daemon] state_dir: Not a directory: "
-                    f"{tmp_path / 'plain' / 'state' / 'jobs'}")
+    assert line == f"muppet: error: {path}: [daemon] state_dir: Not a directory: {tmp_path / 'plain' / 'state'}"
 
 
 def test_a_state_dir_that_is_a_file(tmp_path):
     (tmp_path / "plain").write_text("x")
     path, line = start(tmp_path, state_dir=str(tmp_path / "plain"))
-    assert line == f"muppet: error: {path}: [daemon] state_dir: Not a directory: {tmp_path / 'plain' / 'jobs'}"
+    assert line == f"muppet: error: {path}: [daemon] state_dir: {tmp_path / 'plain'} is not a directory"
+
+
+def test_a_state_dir_on_a_read_only_file_system(tmp_path):
+    """Checked when the daemon starts, by writing a file there: not at the
+    first job."""
+    mountpoint = tmp_path / "readonly"
+    mountpoint.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mountpoint)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        service_missing(f"cannot mount a read-only tmpfs: {done.stderr.strip()}")
+    try:
+        path, line = start(tmp_path, state_dir=str(mountpoint))
+    finally:
+        subprocess.run(["umount", "--lazy", str(mountpoint)], check=True)
+    assert line.startswith(f"muppet: error: {path}: [daemon] state_dir: Read-only file system: {mountpoint}/"), line
 
 
 def test_a_state_dir_ahead_of_its_database(tmp_path):

@@ -195,7 +195,12 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         ALTER TABLE instances ADD COLUMN run_id INTEGER;
         -- the record that replaced a file registered again at its URL
         ALTER TABLE data_instances ADD COLUMN superseded_by INTEGER;
-        CREATE INDEX data_instances_url ON data_instances (url) WHERE deleted = 0
+        CREATE INDEX data_instances_url ON data_instances (url) WHERE deleted = 0;
+        -- operators' standing orders: paused pipelines, a draining daemon
+        CREATE TABLE controls (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL         -- JSON: who, since when
+        )
         """,
     ),
 )

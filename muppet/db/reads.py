@@ -39,6 +39,8 @@ class Snapshot:
     last_cron: dict[str, datetime]
     #: the ended runs the unfinished ones wait on through intercycle parents
     ended: tuple[EndedRun, ...] = ()
+    #: operators' standing orders (messages.Control), by key
+    controls: dict[str, Any] = attrs.field(factory=dict)
 
 
 def load_snapshot(store: Store) -> Snapshot:
@@ -63,12 +65,14 @@ def load_snapshot(store: Store) -> Snapshot:
             "SELECT pipeline, MAX(reference_time) FROM runs WHERE cause = ? GROUP BY pipeline",
             (RunCause.CRON.value,),
         )
+        controls = {key: json.loads(value) for key, value in rows("SELECT key, value FROM controls")}
         return Snapshot(
             runs=tuple(run_from_row(r) for r in runs),
             jobs=tuple(job_from_row(r) for r in jobs),
             next_run_id=(max_run or 0) + 1,
             next_job_id=(max_job or 0) + 1,
             last_cron={name: codec.parse_time(text) for name, text in cron},
+            controls=controls,
         )
 
     return store.transaction(work, write=False)

@@ -26,6 +26,7 @@ import trio
 
 from .. import metrics
 from ..executor.jobdir import highest_job_id
+from ..fileio import usable_directory
 from ..messages import Change, DefineIndex, IndexWritten, Persist, Persisted, ToDatabase
 from ..model import Config
 from ..scheduler import cycling
@@ -59,6 +60,10 @@ async def opened(config: Config, api: str) -> AsyncIterator[tuple[Store, Snapsho
     Store is closed and the lease let go on exit.
     """
     url = config.daemon.database
+    # the directories the executor needs, before anything is touched: an
+    # unusable one stops the daemon here, naming its path
+    for directory in (config.daemon.state_dir, config.daemon.output_dir):
+        await trio.to_thread.run_sync(usable_directory, directory)
     lease = Lease(url)
     try:
         await trio.to_thread.run_sync(lease.take)
@@ -187,9 +192,10 @@ async def run(
                 except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
             _answer(replies, done)
-            if done.changes or done.rejected or done.completed:
+            if done.changes or done.rejected or done.completed or done.acks:
                 await send.send(Persisted(
-                    done.changes, done.rejected, done.completed, done.ended, last_event_id=done.last_event_id,
+                    done.changes, done.rejected, done.completed, done.ended, done.acks,
+                    last_event_id=done.last_event_id,
                 ))
 
 

@@ -21,14 +21,17 @@ import attrs
 from .. import codec
 from ..index import write as index_write
 from ..messages import (
+    Ack,
     Change,
     CompletedInstance,
+    Control,
     DefineIndex,
     DeleteFiles,
     EndedRun,
     IndexWritten,
     LateNotice,
     NewRun,
+    OperatorEvent,
     RegisterFiles,
     SetTorrent,
 )
@@ -51,6 +54,8 @@ class Committed:
     index: tuple[IndexWritten, ...] = ()
     #: the ended runs the committed NewRuns' ``needs`` named
     ended: tuple[EndedRun, ...] = ()
+    #: the requests whose Ack the batch held
+    acks: tuple[int, ...] = ()
     #: the number of the newest event once the batch committed (not part of
     #: equality: two writes of the same changes are the same commit)
     last_event_id: int = attrs.field(default=0, eq=False)
@@ -152,6 +157,20 @@ def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | 
             logs.append((change.job_id, change.stdout, change.stderr))
         elif isinstance(change, LateNotice):
             events.append((now, "late", change.id, _late_payload(change), None))
+        elif isinstance(change, OperatorEvent):
+            payload = {"action": change.action, "by": change.by.name, "reason": change.by.reason,
+                       "target": change.target}
+            events.append((now, "operator", 0, json.dumps(payload, separators=(",", ":")), None))
+        elif isinstance(change, Ack):
+            pass  # a marker: Committed.acks
+        elif isinstance(change, Control):
+            if change.value is None:
+                cursor.execute(store.sql("DELETE FROM controls WHERE key = ?"), (change.key,))
+            else:
+                cursor.execute(store.sql(
+                    "INSERT INTO controls (key, value) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                ), (change.key, json.dumps(change.value, separators=(",", ":"))))
         elif isinstance(change, INDEX_CHANGES):
             written[position] = index_write.apply(cursor, store.sql, change, now, events)
         else:
@@ -242,6 +261,7 @@ def _committed(
         elif position in rejected:
             assert isinstance(change, NewRun)
             refused.append(change)
-        elif not isinstance(change, LateNotice):  # an event only
+        elif not isinstance(change, (LateNotice, OperatorEvent, Control, Ack)):  # events, orders, marks
             engine.append(change)
-    return Committed(tuple(engine), tuple(refused), tuple(index), last_event_id=last_event_id)
+    acks = tuple(change.request for change in changes if isinstance(change, Ack))
+    return Committed(tuple(engine), tuple(refused), tuple(index), acks=acks, last_event_id=last_event_id)

@@ -47,6 +47,7 @@ from ..messages import (
     Change,
     Command,
     CompletedInstance,
+    DaemonCommand,
     EndedRun,
     JobFinished,
     JobNotStarted,
@@ -57,8 +58,10 @@ from ..messages import (
     NewRun,
     Persist,
     Persisted,
+    PipelineCommand,
     RegisterFiles,
     Reply,
+    RunCommand,
     StartJob,
     Trigger,
 )
@@ -74,8 +77,9 @@ from ..model import (
     RunState,
     ServiceBackend,
 )
-from . import cycling, states
+from . import cycling, operators, states
 from .cycling import Deadlines
+from .operators import DRAINING, paused_key
 from .states import IllegalTransition
 
 #: the backoff after a failed start (the executor's trouble, not the job's):
@@ -108,12 +112,16 @@ class WakeAt:
 
 
 Effect = Persist | StartJob | KillJob | Answer | WakeAt | Notice
-Event = Trigger | Persisted | JobStarted | JobFinished | JobNotStarted | Command | Backfill
+Event = (
+    Trigger | Persisted | JobStarted | JobFinished | JobNotStarted | Backfill
+    | Command | RunCommand | PipelineCommand | DaemonCommand
+)
 
 
 class Scheduler:
     """The state of every unfinished run and its jobs, and the rules that move
-    them. Call `load` once, then `handle` for each batch of events."""
+    them. Call `load` once, then `handle` for each batch of events. The
+    operators' commands are in ``operators.py``."""
 
     def __init__(
         self,
@@ -158,6 +166,10 @@ class Scheduler:
         self.timer_sequence = itertools.count()
         # backfills answered once each of their runs is committed or refused
         self.backfills: dict[int, _Backfill] = {}
+        # operators' standing orders (paused pipelines, draining), as committed
+        self.controls: dict[str, Any] = {}
+        # replies owed once the transaction with the request's Ack commits
+        self.owed_ack: dict[int, Reply] = {}
         self.jobs: dict[int, Job] = {}
         # per run, the newest job of each (step, index) slot
         self.current: dict[int, dict[tuple[str, int], int]] = {}
@@ -189,7 +201,12 @@ class Scheduler:
     # --- entry points ---------------------------------------------------------
 
     def load(
-        self, runs: Iterable[Run], jobs: Iterable[Job], now: float, ended: Iterable[EndedRun] = (),
+        self,
+        runs: Iterable[Run],
+        jobs: Iterable[Job],
+        now: float,
+        ended: Iterable[EndedRun] = (),
+        controls: Mapping[str, Any] | None = None,
     ) -> list[Effect]:
         """Take over the unfinished runs a previous daemon left in the database
         (and the ended runs their intercycle parents are in).
@@ -201,6 +218,7 @@ class Scheduler:
         """
         for earlier in ended:
             self.ended[(earlier.pipeline, earlier.reference_time)] = earlier
+        self.controls.update(controls or {})
         for run in runs:
             self._store_run(run)
         for job in sorted(jobs, key=lambda j: j.id):
@@ -247,7 +265,13 @@ class Scheduler:
             elif isinstance(event, JobNotStarted):
                 self._job_not_started(event, changes, now)
             elif isinstance(event, Command):
-                effects.extend(self._command(event, changes, now))
+                effects.extend(operators.job_command(self, event, changes, now))
+            elif isinstance(event, RunCommand):
+                effects.extend(operators.run_command(self, event, changes, now))
+            elif isinstance(event, PipelineCommand):
+                effects.extend(operators.pipeline_command(self, event, changes, now))
+            elif isinstance(event, DaemonCommand):
+                effects.extend(operators.daemon_command(self, event, changes, now))
             elif isinstance(event, Backfill):
                 effects.extend(self._backfill(event, changes, now))
             else:
@@ -278,7 +302,10 @@ class Scheduler:
     ) -> Run:
         """A new run with all of its jobs, queued when the pipeline's
         runahead is full (it runs when an earlier one ends, oldest first)."""
-        queued = pipeline.runahead is not None and self._unfinished(pipeline.name) >= pipeline.runahead
+        # beyond the runahead, and a paused pipeline's cron runs, wait queued
+        queued = (pipeline.runahead is not None and self._unfinished(pipeline.name) >= pipeline.runahead) or (
+            cause is RunCause.CRON and paused_key(pipeline.name) in self.controls
+        )
         run = Run(
             id=self._new_run_id(),
             pipeline=pipeline.name,
@@ -332,6 +359,10 @@ class Scheduler:
         effects: list[Effect] = []
         for earlier in event.ended:
             self.ended[(earlier.pipeline, earlier.reference_time)] = earlier
+        for request in event.acks:
+            reply = self.owed_ack.pop(request, None)
+            if reply is not None:
+                effects.append(Answer(request, reply))
         for new in event.rejected:
             self.pending_new.pop(new.run.id, None)
             for request, _ in self.owed_run.pop(new.run.id, []):
@@ -492,7 +523,7 @@ class Scheduler:
         job = self._latest(event.job_id)
         if job is None or job.state.finished:
             return
-        common = dict(
+        common: dict[str, Any] = dict(
             exit_code=event.exit_code,
             started_at=job.started_at if job.started_at is not None else event.started_at,
             ended_at=event.ended_at,
@@ -530,83 +561,12 @@ class Scheduler:
             self._move(job, JobState.FAILED, changes, **common)
             self._skip_downstream(job, changes, now)
 
-    def _command(self, event: Command, changes: list[Change], now: float) -> list[Effect]:
-        job = self._latest(event.job_id)
-        if job is None and event.action == "rerun" and event.run is not None:
-            job = self._reopen(event.run, event.jobs, event.job_id, changes)
-            if job is not None:
-                effects = self._command_on(job, event, changes, now)
-                if job.run_id not in self.pending_runs:
-                    self._forget_run(job.run_id)  # refused: the ended run leaves memory again
-                return effects
-        if job is None:
-            return [_error(event.request, NOT_FOUND, f"job {event.job_id} is not in an unfinished run")]
-        return self._command_on(job, event, changes, now)
-
-    def _command_on(self, job: Job, event: Command, changes: list[Change], now: float) -> list[Effect]:
-        if job.id in self.pending_jobs and event.action != "kill":
-            return [_error(event.request, CONFLICT, f"job {job.id} is changing; try again")]
-        state = job.state
-        if event.action == "hold":
-            if state is not JobState.WAITING:
-                why = f"job {job.id} is {state.value}; only a waiting job can be held"
-                return [_error(event.request, CONFLICT, why)]
-            self._move(job, JobState.HELD, changes)
-        elif event.action == "release":
-            if state is not JobState.HELD:
-                return [_error(event.request, CONFLICT, f"job {job.id} is {state.value}, not held")]
-            self._move(job, JobState.WAITING, changes)
-        elif event.action == "kill":
-            if state in (JobState.WAITING, JobState.HELD):
-                self._move(job, JobState.KILLED, changes, reason=states.KILLED_BY_OPERATOR, ended_at=now)
-                self._skip_downstream(job, changes, now)
-            elif state.active:
-                if not job.kill_requested:
-                    self._move(job, state, changes, kill_requested=True)
-                killing = {"job_id": job.id, "state": "killing"}
-                if job.id not in self.pending_jobs:
-                    return [_answer(event.request, killing)]  # asked before, and committed
-                # "killing" only once the request is committed: it then holds
-                # across a crash
-                if event.request:
-                    self.owed_job[job.id].append((event.request, Reply(result=killing)))
-                return []
-            else:
-                return [_error(event.request, CONFLICT, f"job {job.id} has already ended ({state.value})")]
-        elif event.action == "rerun":
-            if not state.finished or job.successor is not None:
-                why = f"job {job.id} is {state.value}; only the newest job of a slot that has ended can be rerun"
-                return [_error(event.request, CONFLICT, why)]
-            blocker = self._ended_parent(job)
-            if blocker is not None:
-                # its rerun would wait for ever on a parent that will not
-                # succeed (docs/cli.md, "muppet rerun")
-                why = (
-                    f"job {job.id} ({job.step}[{job.index}]) depends on job {blocker.id} "
-                    f"({blocker.step}[{blocker.index}]), which is {blocker.state.value}: rerun job "
-                    f"{blocker.id}, which reruns this one with it"
-                )
-                return [_error(event.request, CONFLICT, why)]
-            fresh = self._rerun(job, changes, now)
-            if event.request:
-                self.owed_job[fresh.id].append((event.request, Reply(result={"job_id": fresh.id})))
-            return []
-        else:
-            return [_error(event.request, NOT_FOUND, f"unknown command {event.action!r}")]
-        if job.id not in self.pending_jobs:
-            # the table refused the move (a Notice says why)
-            return [_error(event.request, CONFLICT, f"job {job.id}: {event.action} refused, see the daemon's log")]
-        if event.request:
-            reply = Reply(result={"job_id": job.id, "state": self.pending_jobs[job.id].state.value})
-            self.owed_job[job.id].append((event.request, reply))
-        return []
-
     # --- rules ------------------------------------------------------------------
 
     def _schedule(self, changes: list[Change], now: float) -> None:
         """Submit every waiting job whose dependencies, backoff, step concurrency,
         conflicts and executor slots allow it, oldest first."""
-        if not self.waiting:
+        if not self.waiting or DRAINING in self.controls:
             return
         per_step: dict[tuple[str, str], int] = defaultdict(int)
         per_executor: dict[str, int] = defaultdict(int)
@@ -630,6 +590,8 @@ class Scheduler:
             pipeline = self.pipelines.get(job.pipeline)
             if pipeline is None or job.step not in pipeline.steps:
                 continue  # made fail in _start_job when it was configured away
+            if paused_key(pipeline.name) in self.controls:
+                continue
             step = pipeline.steps[job.step]
             clock = self._deadlines(job).not_before
             if clock is not None and clock > now:
@@ -713,9 +675,9 @@ class Scheduler:
     def _dependencies_met(self, job: Job, pipeline: Pipeline) -> bool:
         for slot in self._parent_slots(job, pipeline):
             current = self.current[job.run_id].get(slot)
-            if current is None or self.jobs[current].state is not JobState.SUCCEEDED:
+            if current is None or self.jobs[current].state not in DONE:
                 return False
-        return all(state is JobState.SUCCEEDED for _, _, _, state in self._earlier_parents(job, pipeline))
+        return all(state in DONE for _, _, _, state in self._earlier_parents(job, pipeline))
 
     def _earlier_parents(
         self, job: Job, pipeline: Pipeline,
@@ -763,7 +725,7 @@ class Scheduler:
         pipeline = self.pipelines[job.pipeline]
         for slot in self._parent_slots(job, pipeline):
             parent = self._newest_in_slot(job.run_id, slot)
-            if parent is not None and parent.state.finished and parent.state is not JobState.SUCCEEDED:
+            if parent is not None and parent.state.finished and parent.state not in DONE:
                 return parent
         return None
 
@@ -804,16 +766,34 @@ class Scheduler:
                     why = states.upstream_did_not_succeed(failed)
                     self._move(job, JobState.SKIPPED, changes, ended_at=now, reason=why)
 
-    def _rerun(self, job: Job, changes: list[Change], now: float) -> Job:
+    def _rerun(self, job: Job, changes: list[Change], now: float, *, downstream: bool = False) -> Job:
         """A fresh job in the same slot (a full set of tries), and fresh jobs for
-        the slots downstream that were skipped or expired because of it. An
+        the slots downstream that were skipped or expired because of it (with
+        ``downstream``: every slot after it in the run that has ended). An
         operator's rerun does not expire (docs/configuration.md, "Cycling")."""
         fresh = self._successor(job, changes, now)
+        self._revive_downstream(job, changes, now, downstream=downstream)
+        # a run whose end is still in flight is reopened too: the RUNNING
+        # proposal replaces the pending end, so the run is not forgotten (a
+        # queued run stays queued: its runahead decides)
+        self._reopen_run(job.run_id, changes)
+        return fresh
+
+    def _reopen_run(self, run_id: int, changes: list[Change]) -> None:
+        """An ended run (or one whose end is in flight) runs again."""
+        run = self.runs[run_id]
+        pending = self.pending_runs.get(run.id)
+        if run.state.finished or (pending is not None and pending.state.finished):
+            self._move_run(run, RunState.RUNNING, changes, ended_at=None)
+
+    def _revive_downstream(self, job: Job, changes: list[Change], now: float, *, downstream: bool) -> None:
+        """Fresh jobs for the ended slots after ``job``'s in its run: those
+        skipped or expired because of it, or (``downstream``) all of them."""
         pipeline = self.pipelines[job.pipeline]
         descendants = pipeline.descendants(job.step)
         # parents before children (the pipeline's steps are in topological
         # order), so that a revived child sees its revived parents; a child
-        # with another parent that ended without success stays skipped: it
+        # with another parent that ended without success stays as it is: it
         # would wait for ever
         slots = self.current[job.run_id]
         for step_name in pipeline.steps:
@@ -822,18 +802,10 @@ class Scheduler:
             for slot, current in sorted(slots.items()):
                 if slot[0] != step_name:
                     continue
-                downstream = self._current_copy(current)
-                if downstream.state in _REVIVED and downstream.successor is None:
-                    if self._ended_parent(downstream) is None:
-                        self._successor(downstream, changes, now)
-        run = self.runs[job.run_id]
-        # a run whose end is still in flight is reopened too: the RUNNING
-        # proposal replaces the pending end, so the run is not forgotten (a
-        # queued run stays queued: its runahead decides)
-        pending = self.pending_runs.get(run.id)
-        if run.state.finished or (pending is not None and pending.state.finished):
-            self._move_run(run, RunState.RUNNING, changes, ended_at=None)
-        return fresh
+                later = self._current_copy(current)
+                wanted = later.state.finished if downstream else later.state in _REVIVED
+                if wanted and later.successor is None and self._ended_parent(later) is None:
+                    self._successor(later, changes, now)
 
     def _successor(
         self,
@@ -844,11 +816,14 @@ class Scheduler:
         failures: int = 0,
         not_before: float = 0.0,
         ending: JobState | None = None,
+        born: JobState = JobState.WAITING,
+        born_reason: str = "",
         **ended: Any,
     ) -> Job:
         """A new job in ``job``'s slot, linked both ways; the old job moves to
         ``ending`` (its failure, for a retry) with ``ended``, or keeps its state
-        (a rerun of an ended job)."""
+        (a rerun of an ended job). The new job is waiting, or ``born`` ended
+        (an operator set the slot's outcome: ``born_reason`` says so)."""
         fresh = Job(
             id=self._new_job_id(),
             run_id=job.run_id,
@@ -861,6 +836,9 @@ class Scheduler:
             predecessor=job.id,
             not_before=not_before,
             created_at=now,
+            state=born,
+            reason=born_reason,
+            ended_at=now if born.finished else None,
         )
         self._move(job, ending or job.state, changes, successor=fresh.id, **ended)
         self._propose(fresh, changes)
@@ -889,9 +867,9 @@ class Scheduler:
             if not state.finished:
                 return
             states_seen.add(state)
-        if states_seen <= {JobState.SUCCEEDED}:
+        if states_seen <= DONE:
             outcome = RunState.SUCCEEDED
-        elif states_seen <= {JobState.SUCCEEDED, JobState.EXPIRED}:
+        elif states_seen <= DONE | {JobState.EXPIRED}:
             outcome = RunState.EXPIRED
         else:
             outcome = RunState.FAILED
@@ -1026,7 +1004,7 @@ class Scheduler:
                 queued[run.pipeline].append(run)
         for name, waiting in queued.items():
             pipeline = self.pipelines.get(name)
-            if pipeline is None:
+            if pipeline is None or paused_key(name) in self.controls:
                 continue
             room = (pipeline.runahead or len(waiting)) - self._unfinished(name)
             for run in sorted(waiting, key=lambda r: r.reference_time)[: max(room, 0)]:
@@ -1139,6 +1117,9 @@ class Scheduler:
         return self.next_job_id - 1
 
 
+#: the states of a parent that let its children go on (a bypassed step's
+#: children go on as if it had succeeded)
+DONE = frozenset({JobState.SUCCEEDED, JobState.BYPASSED})
 #: the states in which a job has not started: it can still expire
 _UNSTARTED = frozenset({JobState.WAITING, JobState.HELD})
 #: a rerun brings back the downstream slots that ended so because of it

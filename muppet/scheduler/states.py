@@ -30,9 +30,12 @@ _J = JobState
 JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     # waiting: the scheduler submits it, an operator holds or kills it, or a
     # parent that failed for good leaves it no way to run
-    # -> expired: not started by its step's expire_after, or downstream of one
-    _J.WAITING: frozenset({_J.SUBMITTED, _J.HELD, _J.KILLED, _J.SKIPPED, _J.EXPIRED}),
-    _J.HELD: frozenset({_J.WAITING, _J.KILLED, _J.SKIPPED, _J.EXPIRED}),
+    # -> expired: not started by its step's expire_after, or downstream of one;
+    # -> succeeded, failed: an operator set its outcome; -> bypassed: an
+    # operator bypassed its step
+    _J.WAITING: frozenset({_J.SUBMITTED, _J.HELD, _J.KILLED, _J.SKIPPED, _J.EXPIRED,
+                           _J.SUCCEEDED, _J.FAILED, _J.BYPASSED}),
+    _J.HELD: frozenset({_J.WAITING, _J.KILLED, _J.SKIPPED, _J.EXPIRED, _J.SUCCEEDED, _J.FAILED, _J.BYPASSED}),
     # submitted -> succeeded/failed without running: the executor may report
     # the end before it saw the start (a short job, a re-attach after a crash);
     # submitted -> waiting: the executor could not start it for its own
@@ -47,6 +50,7 @@ JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     _J.KILLED: frozenset(),
     _J.SKIPPED: frozenset(),
     _J.EXPIRED: frozenset(),
+    _J.BYPASSED: frozenset(),
 }
 
 _R = RunState
@@ -74,13 +78,14 @@ JOB_STATE_MEANINGS: Mapping[JobState, str] = {
     _J.KILLED: "stopped, or kept from starting, by an operator",
     _J.SKIPPED: "never run: a job it depends on failed for good or was killed",
     _J.EXPIRED: "never run: not started by its expire_after, or a job it depends on expired",
+    _J.BYPASSED: "never run: an operator bypassed its step; its children go on as if it had succeeded",
 }
 
 #: what each run state means
 RUN_STATE_MEANINGS: Mapping[RunState, str] = {
     _R.QUEUED: "made, and waiting for its pipeline's runahead to let it run",
     _R.RUNNING: "some of its slots have not ended",
-    _R.SUCCEEDED: "the newest job of every slot succeeded",
+    _R.SUCCEEDED: "the newest job of every slot succeeded (or was bypassed)",
     _R.FAILED: "every slot ended and at least one failed, was killed or skipped",
     _R.EXPIRED: "every slot ended succeeded or expired, and at least one expired",
 }

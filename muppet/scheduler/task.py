@@ -7,7 +7,8 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import attrs
 import trio
@@ -42,6 +43,7 @@ async def run(
     *,
     loaded: tuple[Iterable[Run], Iterable[Job]] = ((), ()),
     ended: Iterable[EndedRun] = (),
+    controls: Mapping[str, Any] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> None:
     """Feed the core every event that arrives and carry out its effects.
@@ -52,7 +54,8 @@ async def run(
     database task, `StartJob`/`KillJob` to the executor, and each `Reply` on
     the channel of the request it answers. ``loaded`` is ``(runs, jobs)`` of
     the unfinished work a previous daemon left, taken over before anything
-    else; ``ended`` the ended runs those wait on through intercycle parents.
+    else; ``ended`` the ended runs those wait on through intercycle parents;
+    ``controls`` the operators' standing orders (paused pipelines, draining).
 
     The core sees requests by number: this task numbers each Asked and keeps
     its channel until the core's Answer of that number.
@@ -68,7 +71,7 @@ async def run(
     # read twice: by the core and by the watch that logs and counts changes
     runs, jobs = tuple(runs), tuple(jobs)
     watch = JobWatch(runs, jobs)
-    effects = core.load(runs, jobs, clock(), ended)
+    effects = core.load(runs, jobs, clock(), ended, controls)
     wake_at = math.inf
     while True:
         wake_at = await _carry_out(effects, to_database, to_executor, requests, wake_at)
