@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -363,6 +364,128 @@ async def test_an_oslo_pipeline_finds_every_parent_across_both_changes_of_the_cl
     assert not [r for r in reasons if "no run for" in r], reasons
 
 
+
+
+# --- clock triggers, expiry and lateness ------------------------------------------------------------
+
+# Seconds, so that a test sees them pass: clock may start 2 s after the
+# reference time; slow runs until the test opens its gate (5 minutes at most)
+# and is late 3 s after; after must start within 4 s (it cannot: slow still
+# runs), the other steps within 8 s; the run is late after 3 s. One run at a
+# time: a second waits queued, and expires there.
+DEADLINES = """
+[pipeline]
+name = "deadlines"
+owner = "ops"
+runahead = 1
+expire_after = "PT8S"
+late_after = "PT3S"
+
+[steps.clock]
+not_before = "PT2S"
+command = "true"
+
+[steps.slow]
+parents = ["clock"]
+late_after = "PT3S"
+command = "until [ -e {gate} ] || [ $SECONDS -ge 300 ]; do sleep 0.05; done"
+
+[steps.after]
+parents = ["slow"]
+expire_after = "PT4S"
+command = "true"
+
+[steps.tail]
+parents = ["after"]
+command = "true"
+"""
+
+
+def expired_by(moment: datetime) -> re.Pattern[str]:
+    """The reason of a job not started by ``moment`` (docs/states.md,
+    "Reasons"), its time with or without milliseconds."""
+    return re.compile(re.escape(f"not started by {iso(moment)[:-1]}") + r"(\.000)?Z \(expire_after\)")
+
+
+async def test_clock_triggers_expiry_and_lateness(nursery, tmp_path, database_url):
+    """docs/configuration.md, "Cycling", through a real daemon: a job waits
+    for its not_before ("clock: not before ..."); a job not started by its
+    expire_after ends expired, and so do the jobs downstream of it; a run
+    whose jobs ended succeeded or expired ends expired; a queued run's jobs
+    expire while it waits, and it ends without having run; a job or run not
+    succeeded by its late_after is flagged late, with an event of kind late
+    (docs/states.md)."""
+    gate = tmp_path / "gate"
+    url = await start(nursery, write_config(tmp_path, database_url, {"deadlines": DEADLINES.format(gate=gate)}))
+    # a reference time a little ahead, so that the clock trigger is seen waiting
+    first = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    second = first + timedelta(seconds=1)
+    seconds = timedelta(seconds=1)
+    async with connect(url) as client:
+        one = (await client.call("runs.trigger", {"pipeline": "deadlines", "reference_time": iso(first)}))["run_id"]
+        two = (await client.call("runs.trigger", {"pipeline": "deadlines", "reference_time": iso(second)}))["run_id"]
+
+        async def reasons(run_id: int) -> dict[str, str]:
+            run = await client.call("runs.get", {"run_id": run_id})
+            return {j["step"]: j["reason"] for j in run["jobs"] if j["state"] == "waiting"}
+
+        waiting = await reasons(one)
+        assert waiting["clock"] == f"clock: not before {iso(first + 2 * seconds)}", waiting
+        queued = await client.call("runs.get", {"run_id": two})
+        assert queued["state"] == "queued"
+        assert set((await reasons(two)).values()) == {"runahead: 1 of 1 runs of deadlines running; this one is queued"}
+        # the queued run expires where it waits, never having run
+        (never,) = await wait_runs_ended(client, [two], 60)
+        # slow runs and after has expired: let slow end
+        (ran,) = await wait_runs_ended_when_gated(client, one, gate)
+        late = await all_events(client, ["late"])
+    jobs = by_step(ran)
+    assert ran["state"] == "expired" and ran["late"] is True
+    assert [(step, jobs[step]["state"]) for step in jobs] == [
+        ("clock", "succeeded"), ("slow", "succeeded"), ("after", "expired"), ("tail", "expired")]
+    assert when(jobs["clock"]["started_at"]) >= first + 2 * seconds
+    assert expired_by(first + 4 * seconds).fullmatch(jobs["after"]["reason"]), jobs["after"]
+    assert when(jobs["after"]["ended_at"]) >= first + 4 * seconds
+    assert jobs["after"]["started_at"] is None and jobs["tail"]["started_at"] is None
+    assert jobs["tail"]["reason"] == f"upstream job {jobs['after']['id']} (after[0]) expired"
+    assert [jobs[step]["late"] for step in jobs] == [False, True, False, False]
+
+    held = by_step(never)
+    assert never["state"] == "expired" and never["late"] is True
+    assert {j["state"] for j in never["jobs"]} == {"expired"}
+    assert all(j["submitted_at"] is None and j["started_at"] is None for j in never["jobs"])
+    assert expired_by(second + 4 * seconds).fullmatch(held["after"]["reason"]), held["after"]
+    assert held["tail"]["reason"] == f"upstream job {held['after']['id']} (after[0]) expired"
+    assert expired_by(second + 8 * seconds).fullmatch(held["clock"]["reason"]), held["clock"]
+    # slow's own expire_after is the same moment as clock's: either reason
+    assert (expired_by(second + 8 * seconds).fullmatch(held["slow"]["reason"])
+            or held["slow"]["reason"] == f"upstream job {held['clock']['id']} (clock[0]) expired"), held["slow"]
+    assert when(held["clock"]["ended_at"]) >= second + 8 * seconds
+    assert [held[step]["late"] for step in held] == [False, True, False, False]
+
+    # one kind of late event per run and per late job, at its late_after
+    flagged = {(e["data"]["kind"], e["data"]["id"]): e for e in late}
+    assert set(flagged) == {("run", one), ("job", jobs["slow"]["id"]), ("run", two), ("job", held["slow"]["id"])}
+    for (kind, ident), event in flagged.items():
+        reference = first if (kind, ident) in (("run", one), ("job", jobs["slow"]["id"])) else second
+        assert when(event["data"]["late_after"]) == reference + 3 * seconds, event
+        assert event["data"]["pipeline"] == "deadlines" and event["data"]["reference_time"] == iso(reference)
+        if kind == "job":
+            assert (event["data"]["step"], event["data"]["index"]) == ("slow", 0), event
+        assert when(event["at"]) >= reference + 3 * seconds
+
+
+async def wait_runs_ended_when_gated(client: Any, run_id: int, gate: Path) -> list[dict]:
+    """Open ``gate`` once run ``run_id``'s after has expired, and its run
+    late; then the run, once ended."""
+
+    async def expired() -> bool:
+        run = await client.call("runs.get", {"run_id": run_id})
+        return by_step(run)["after"]["state"] == "expired" and run["late"]
+
+    await wait_until_async(expired, 60, f"run {run_id}'s after expired and the run late")
+    await trio.Path(gate).touch()
+    return await wait_runs_ended(client, [run_id], 60)
 
 # --- kill -9 during a catch-up of 24 cycles --------------------------------------------------------
 
