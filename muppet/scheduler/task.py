@@ -85,7 +85,10 @@ async def run(
                 break
         now = clock()
         if not batch and wake_at > now:
-            continue  # woke early (clock stepped); wait again
+            # woke early (the clock stepped, or a question was answered
+            # without an event): nothing new to carry out; wait again
+            effects = []
+            continue
         wake_at = math.inf
         _hear(watch, batch)
         effects = core.handle(batch, now)
