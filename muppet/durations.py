@@ -37,6 +37,9 @@ def parse(text: str) -> Duration:
     if not isinstance(text, str):
         raise ValueError(f"must be an ISO 8601 duration such as \"PT6H\" or \"P1D\", got {text!r}")
     try:
+        # ISO 8601 wants an element after the "T"; isodate reads "PT" as zero
+        if text.upper().endswith("T"):
+            raise ValueError(text)
         duration: Duration = isodate.parse_duration(text)
     except (isodate.ISO8601Error, ValueError):
         raise ValueError(

@@ -78,9 +78,6 @@ REFUSED = [
         'expire_after = "PT"\n',
         '[steps.a]\ncommand = "true"\n',
         '[pipeline] expire_after: must be an ISO 8601 duration such as "PT6H", "PT3H20M" or "P1D", got \'PT\'',
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "muppet/durations.py parse: isodate reads \"PT\" (no element, not ISO 8601) as a zero "
-            "duration, so expire_after = \"PT\" passes as 'at the reference time'")),
     ),
     case(
         "a negative late_after (it counts from the reference time)",
@@ -184,9 +181,6 @@ def test_every_problem_of_a_file_at_once(tmp_path):
         assert any(line.startswith(prefix) and words in line for line in lines), (prefix, words, lines)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "muppet/config/pipelines.py _parents: a zero offset written with its minus gets the hint "
-    "\"--PT0S\" (the hint prefixes '-' to the offset as written)"))
 def test_a_zero_offset_is_a_loop_within_one_cycle_and_its_hint_is_a_duration(tmp_path):
     path = pipeline_file(tmp_path, steps='[steps.a]\ncommand = "true"\nparents = ["a[-PT0S]"]\n')
     (line,) = refused(path)

@@ -147,6 +147,10 @@ def _parents(f: TomlFile, body: Mapping[str, Any], table: str) -> tuple[tuple[st
         except ValueError as exc:
             f.problem(table, "parents", f"{show(item)}: the offset {exc}")
             continue
+        if durations.is_zero(parsed):
+            f.problem(table, "parents", f"{show(item)}: the offset must point back in time "
+                      f"(a zero offset is this cycle's {step}: write {show(step)})")
+            continue
         if not durations.is_negative(parsed):
             f.problem(table, "parents", f"{show(item)}: the offset must point back in time (\"-{offset.lstrip('+')}\")")
             continue
