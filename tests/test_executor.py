@@ -440,6 +440,21 @@ def test_wrapper_that_cannot_write_its_claim_exits_74_and_claims_nothing(small_t
     assert job_dir.read_status().exit_code == 0
 
 
+def test_a_wrapper_whose_job_directory_is_gone_ends(dirs):
+    """No one is left to read an end record when the job directory has been
+    removed (state_dir wiped under a running job): the wrapper gives up after
+    its first failed write and exits with the command's code, instead of
+    trying again for ever."""
+    state, _ = dirs
+    spec = make_spec(48, 'rm -rf "$MUPPET_JOB_DIR"; exit 5')
+    job_dir = JobDir(str(state), 48)
+    job_dir.prepare(spec)
+    done = subprocess.run(["/bin/bash", job_dir.wrapper], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 5, done.stderr
+    assert not os.path.exists(job_dir.root)
+
+
 async def test_a_command_exiting_74_or_75_is_its_own_failure(dirs):
     """The wrapper's codes mean something only without an end record: a
     command that exits with them has run, and failed."""

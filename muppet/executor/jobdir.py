@@ -444,10 +444,12 @@ fi
 _muppet_ended=${{EPOCHREALTIME/,/.}}
 # The command has run: its exit code must reach the status file. A write that
 # fails (a full disk, an I/O error) is tried again until it succeeds, each
-# retry on a new line so that a record written in part stays apart.
+# retry on a new line so that a record written in part stays apart. A job
+# directory that is gone has no reader left (state_dir removed), so it stops.
 _muppet_line= _muppet_delay=1
 until printf '{_END_RECORD}' "$_muppet_line" $$ "$HOSTNAME" "$_muppet_started" "$_muppet_ended" "$_muppet_exit" \\
         "$_muppet_batch_id" >>{status} 2>/dev/null; do
+    [ -d {shlex.quote(job_dir.root)} ] || exit $_muppet_exit
     _muppet_line=$'\\n'
     /bin/sleep $_muppet_delay
     _muppet_delay=$(( _muppet_delay < 30 ? _muppet_delay * 2 : 60 ))
