@@ -181,11 +181,15 @@ def test_every_problem_of_a_file_at_once(tmp_path):
         assert any(line.startswith(prefix) and words in line for line in lines), (prefix, words, lines)
 
 
-def test_a_zero_offset_is_a_loop_within_one_cycle_and_its_hint_is_a_duration(tmp_path):
-    path = pipeline_file(tmp_path, steps='[steps.a]\ncommand = "true"\nparents = ["a[-PT0S]"]\n')
-    (line,) = refused(path)
-    assert line.startswith(f'{path}: [steps.a] parents: "a[-PT0S]": the offset must point back in time')
-    assert "--" not in line, line
+def test_a_zero_offset_is_refused_as_the_same_cycle(tmp_path):
+    """``b[-PT0S]`` is b of the same cycle: not an earlier cycle, and said so."""
+    path = pipeline_file(
+        tmp_path, steps='[steps.a]\ncommand = "true"\nparents = ["b[-PT0S]"]\n[steps.b]\ncommand = "true"\n',
+    )
+    assert refused(path) == [
+        f'{path}: [steps.a] parents: "b[-PT0S]": the offset must point back in time '
+        '(a zero offset is this cycle\'s b: write "b")'
+    ]
 
 
 def test_a_loop_through_time_is_allowed(tmp_path):
