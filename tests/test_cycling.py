@@ -239,7 +239,7 @@ async def test_asking_why_jobs_wait_repeats_nothing(nursery, tmp_path, database_
     the question must change nothing. The 48 cycles again, with a client
     asking every 10 ms: the backfill's reply names the 48 runs it made, and
     the event log holds one event per change of a run or a job
-    (docs/architecture.md, "One writer, batched"), never the same change of
+    (docs/architecture.md, "The rules they keep"), never the same change of
     the same run or job twice in a row."""
     url = await start(nursery, write_config(tmp_path, database_url, {"chain": CHAIN}))
     async with connect(url) as client:
@@ -341,17 +341,20 @@ async def test_an_oslo_pipeline_finds_every_parent_across_both_changes_of_the_cl
 
         watching = trio.CancelScope()
         nursery.start_soon(watch, watching)
-        await client.call("runs.backfill", {"pipeline": "spring", "from": iso(spring[0]), "to": iso(spring[-1])})
-        # exit 0, or run_process raises
-        await trio.run_process(
+        reply = await client.call("runs.backfill", {"pipeline": "spring", "from": iso(spring[0]),
+                                                    "to": iso(spring[-1])})
+        done = await trio.run_process(  # exit 0, or it raises
             [*MUPPET, "trigger", "autumn", "--from", iso(autumn[0]), "--to", iso(autumn[-1])],
             capture_stdout=True, capture_stderr=True, env={**os.environ, "MUPPET_API": url},
         )
+        assert done.stderr == b"", done.stderr  # nothing skipped
+        made = {"spring": reply["run_ids"], "autumn": [int(line) for line in done.stdout.split()]}
         for name, firings in (("spring", spring), ("autumn", autumn)):
-            # the runs as the database has them (the replies are another
-            # test's business: test_asking_why_jobs_wait_repeats_nothing)
+            # the runs the replies name are every run the database has
             run_ids = [r["id"] for r in await client.call("runs.list", {"pipeline": name})]
+            assert sorted(run_ids) == made[name], name
             runs = sorted(await wait_runs_ended(client, run_ids, 120), key=lambda r: r["reference_time"])
+            assert [r["id"] for r in runs] == made[name]
             assert [r["reference_time"] for r in runs] == [iso(t) for t in firings], name
             assert {r["state"] for r in runs} == {"succeeded"}, runs
             jobs = [by_step(r) for r in runs]
@@ -626,7 +629,14 @@ def test_kill_9_during_a_catch_up_of_24_cycles_runs_each_cycle_once(tmp_path, da
     try:
         wait_until(lambda: (iso(gated), "a") in {(t, step) for t, step, _, _ in ledger_lines(ledger)}, 60,
                    "the 8th cycle's a running", detail=d.log.read_text)
-        before = {r["reference_time"]: r["state"] for r in d.runs("catchup")}
+
+        def settled() -> dict[str, str] | None:
+            # the cycles before the gated one ended: nothing moves until the gate opens
+            states = {r["reference_time"]: r["state"] for r in d.runs("catchup")}
+            done = all(state == "succeeded" for t, state in states.items() if t < iso(gated))
+            return states if done else None
+
+        before = wait_until(settled, 60, "the cycles before the 8th succeeded", detail=d.log.read_text)
         # made at start: the 24 missed firings, each once, oldest first
         assert sorted(before) == [iso(last + n * HOUR) for n in range(len(before))]
         assert len(before) >= 25  # and the 25th, if the hour turned meanwhile
