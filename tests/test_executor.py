@@ -16,7 +16,7 @@ from executor_harness import SAFETY, fill, free_pages, make_dirs, running_execut
 from waiting import wait_until_async
 
 from muppet.executor.backend import BACKEND_TYPES, backend_factory, make_backends
-from muppet.executor.jobdir import CANNOT_START_EXIT, CLAIMED_EXIT, JobDir, Status, parse_status
+from muppet.executor.jobdir import CANNOT_START_EXIT, CLAIMED_EXIT, JobDir, Status, parse_status, render_wrapper
 from muppet.executor.local import _cmdline, _is_wrapper, group_members
 from muppet.executor.outputs import (
     MissingOutput,
@@ -510,10 +510,11 @@ async def test_a_claim_the_wrapper_cannot_write_is_not_started(small_tmpfs, tmp_
     out.mkdir()
     for directory in ("jobs", "scratch"):
         await trio.Path(small_tmpfs / directory).mkdir()
-    await trio.to_thread.run_sync(fill, small_tmpfs / "fill")
-    await trio.to_thread.run_sync(free_pages, small_tmpfs / "fill", 1)  # the wrapper's page
     spec = make_spec(53, f"echo once >> {marker}")
     job_dir = JobDir(str(small_tmpfs), 53)
+    wrapper_pages = -(-len(render_wrapper(job_dir, spec).encode()) // 4096)
+    await trio.to_thread.run_sync(fill, small_tmpfs / "fill")
+    await trio.to_thread.run_sync(free_pages, small_tmpfs / "fill", wrapper_pages)  # room for the wrapper only
     async with executor(small_tmpfs, out) as ex:
         await ex.send.send(spec)
         report = await ex.until_not_started(53)

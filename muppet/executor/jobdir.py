@@ -268,7 +268,10 @@ class JobDir:
         the command, and must not be re-attached to."""
         try:
             os.unlink(self.batch_id_file)
-        except FileNotFoundError:
+        except OSError:
+            # gone already; or the file system fails, and the next start
+            # re-attaches to that ended batch job, finds again that it ran
+            # nothing, and tries this again
             pass
 
     def read_tails(self, limit: int = LOG_TAIL_BYTES) -> tuple[str, str]:

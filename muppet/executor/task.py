@@ -207,9 +207,10 @@ class _Job:
             self.executor.start_failed(self.spec.step.executor, reason)
             if self.reported_start is None:
                 return JobNotStarted(self.id, reason)
-            # The scheduler was told it started (its claim was seen, then
-            # withdrawn: a wrapper's record written in part) and holds it
-            # running, where a JobNotStarted does not apply: try again here.
+            # JobStarted went out already: a local wrapper is reported once it
+            # has run, and this one found the job claimed by another wrapper
+            # that withdrew its claim since. The scheduler holds the job
+            # running, where JobNotStarted does not apply: try again here.
             attempts += 1
             delay = min(TROUBLE_RETRY_FIRST * 2 ** (attempts - 1), TROUBLE_RETRY_MAX)
             log.info("job %d: not started: %s; trying again in %.0f s", self.id, reason, delay)
