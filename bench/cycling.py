@@ -13,8 +13,13 @@ the same but for its name.
 Runs the daemon in this process (database, scheduler, executor and API tasks
 as ``muppet daemon`` has them) on SQLite, and also on a PostgreSQL 15 started
 here with --postgres. ``--repeat N`` measures N times on fresh databases and
-prints each. ``--profile FILE`` writes a cProfile of the 48-cycle SQLite
-measurement (``python -m pstats FILE``).
+prints each, with where the time of the chain of ``a`` jobs goes (from the
+jobs' own times: the end of one ``a`` to the submission of the next, the
+submission to the start, the start to the end). ``--profile FILE`` writes a
+cProfile of the first SQLite daemon's whole life (start, 1 cycle, 48 cycles;
+the event loop's thread only, not the database's worker threads) for
+``python -m pstats FILE``. The machine's load average is printed beside: other
+processes move these figures.
 
     .venv/bin/python bench/cycling.py [--postgres] [--repeat 3] [--max-jobs N] [--profile out.prof]
 
