@@ -369,6 +369,57 @@ async def test_an_oslo_pipeline_finds_every_parent_across_both_changes_of_the_cl
 
 
 
+
+# Hourly in Oslo: on 29 March 2026 the firing after 01:00 CET is 03:00 CEST
+# (02:00 does not exist that day), one hour later in absolute time.
+HOURLY = """
+[pipeline]
+name = "hourly"
+owner = "ops"
+cron = ["0 * * * *"]
+timezone = "Europe/Oslo"
+initial = 2026-03-29T00:00:00+01:00
+
+[steps.a]
+parents = ["a[-PT1H]"]
+command = "true"
+"""
+
+
+async def test_an_hourly_oslo_cycle_after_the_skipped_hour_waits_on_the_cycle_before(
+    nursery, tmp_path, database_url,
+):
+    """A parent one hour back, across the hour the clocks skip: 03:00 CEST
+    minus one hour on the wall clock is 02:00, which does not exist that
+    day. Whatever the rule for such a time, the parent must be an earlier
+    cycle: the one at 01:00 CET, the previous firing (docs/configuration.md,
+    "Cycling": "the offset points back"); never the run itself, on which its
+    job would wait for ever."""
+    url = await start(nursery, write_config(tmp_path, database_url, {"hourly": HOURLY}))
+    firings = [datetime(2026, 3, 28, 23, tzinfo=UTC) + n * HOUR for n in range(5)]
+    local = [t.astimezone(ZoneInfo("Europe/Oslo")).strftime("%H:%M") for t in firings]
+    assert local == ["00:00", "01:00", "03:00", "04:00", "05:00"]
+    async with connect(url) as client:
+        reply = await client.call("runs.backfill", {"pipeline": "hourly", "from": iso(firings[0]),
+                                                    "to": iso(firings[-1])})
+        assert len(reply["run_ids"]) == len(firings)
+
+        async def ended_or_waiting_on_itself() -> tuple[str, Any] | None:
+            runs = [await client.call("runs.get", {"run_id": run_id}) for run_id in reply["run_ids"]]
+            for run in runs:
+                for job in run["jobs"]:
+                    if job["state"] == "waiting" and f"(run {run['id']} for " in job["reason"]:
+                        return "waits on its own run", (run["reference_time"], job["reason"])
+            return ("ended", runs) if all(r["state"] in ENDED for r in runs) else None
+
+        outcome, seen = await wait_until_async(
+            ended_or_waiting_on_itself, 60, "the runs ending, or a job waiting on its own run")
+    assert outcome == "ended", seen
+    runs = sorted(seen, key=lambda r: r["reference_time"])
+    assert {r["state"] for r in runs} == {"succeeded"}
+    for earlier, later in itertools.pairwise(runs):
+        assert when(by_step(later)["a"]["started_at"]) >= when(by_step(earlier)["a"]["ended_at"]), later
+
 # --- clock triggers, expiry and lateness ------------------------------------------------------------
 
 # Seconds, so that a test sees them pass: clock may start 2 s after the
