@@ -158,7 +158,7 @@ def _set_outcome(core: Scheduler, job: Job, event: Command, changes: list[Change
         return [_error(event.request, CONFLICT, why)]
     # a new job in the slot, succeeded by hand; what was skipped or
     # expired because of the old one may now run
-    fresh = core._successor(job, changes, now, born=JobState.SUCCEEDED, reason=reason)
+    fresh = core._successor(job, changes, now, born=JobState.SUCCEEDED, born_reason=reason)
     core._revive_downstream(job, changes, now, downstream=False)
     core._reopen_run(job.run_id, changes)
     touched["new_job_id"] = fresh.id
