@@ -1006,7 +1006,8 @@ class Scheduler:
             pipeline = self.pipelines.get(name)
             if pipeline is None or paused_key(name) in self.controls:
                 continue
-            room = (pipeline.runahead or len(waiting)) - self._unfinished(name)
+            # no runahead (only a pause made them queued): every one runs
+            room = len(waiting) if pipeline.runahead is None else pipeline.runahead - self._unfinished(name)
             for run in sorted(waiting, key=lambda r: r.reference_time)[: max(room, 0)]:
                 self._move_run(run, RunState.RUNNING, changes)
 
