@@ -340,6 +340,8 @@ class Scheduler:
         if pipeline is None:
             return [_error(event.request, NOT_FOUND, f"unknown pipeline {event.pipeline!r}")]
         made = _Backfill(event.request)
+        if not event.reference_times:  # a range without a cron firing: nothing to make, nobody did anything
+            return [_answer(event.request, made.result())]
         for moment in sorted(set(event.reference_times)):
             if self._run_in_memory(pipeline.name, moment) is not None:
                 made.skipped.append(moment)
