@@ -132,7 +132,7 @@ class _Executor:
         it did: an attempt that was under way when the disk filled may still
         succeed, and must not make the log say that jobs start again."""
         began = self.start_trouble.get(executor)
-        if began is not None and attempt_began >= began:
+        if began is not None and attempt_began > began:
             del self.start_trouble[executor]
             log.warning("executor %s: jobs start again after %.0f s", executor, trio.current_time() - began)
 
