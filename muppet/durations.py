@@ -64,16 +64,24 @@ def shift(reference_time: datetime, text: str, zone: str) -> datetime:
     wall clock of ``zone`` (an IANA name), in UTC."""
     tz = ZoneInfo(zone)
     wall = reference_time.astimezone(tz).replace(tzinfo=None)
-    moved: datetime = wall + parse(text)
-    return _localize(moved, tz)
+    duration = parse(text)
+    moved: datetime = wall + duration
+    return _localize(moved, tz, backward=is_negative(duration))
 
 
-def _localize(wall: datetime, tz: ZoneInfo) -> datetime:
+def _localize(wall: datetime, tz: ZoneInfo, *, backward: bool = False) -> datetime:
     """A naive wall-clock time in ``tz`` as an aware UTC time: the first of
-    two that repeat, the first moment after a gap for one that is skipped."""
+    two that repeat; one that is skipped (the clocks went forward) is read
+    as the first moment after the gap, or, moving ``backward``, as the same
+    distance before it: 03:00 CEST less PT1H is 01:00 CET, the hour before,
+    not 03:00 CEST again (docs/configuration.md, "Cycling")."""
     first = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
     if first.astimezone(tz).replace(tzinfo=None) == wall:
         return first
+    if backward:
+        # zoneinfo reads a skipped time with the offset before the change
+        # (fold=0) or after it (fold=1); the earlier of the two is before the gap
+        return min(first, wall.replace(tzinfo=tz, fold=1).astimezone(UTC))
     # skipped: from the earlier of the two readings, the first minute whose
     # wall clock is at or past ``wall`` (a gap is an hour, rarely two)
     moment = min(first, wall.replace(tzinfo=tz, fold=1).astimezone(UTC))

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import attrs
 from test_scheduler_core import Harness, ReplyBox  # tests/ is on sys.path
 
+from muppet import durations
 from muppet.messages import Backfill, JobFinished, JobStarted, Trigger
 from muppet.model import ExecutorConfig, IntercycleParent, Job, JobState, Pipeline, Run, RunState, Step
 from muppet.scheduler.core import Scheduler
@@ -243,3 +244,18 @@ def test_trigger_of_an_existing_queued_run_is_refused():
     box = ReplyBox()
     h.ask(Trigger("p", T0 + HOUR, "manual"), box)
     assert box.replies[0].code == -32002
+
+
+def test_a_duration_moves_on_the_wall_clock_and_a_skipped_hour_counts_back_from_before_it():
+    """Europe/Oslo, 29 March 2026: the clocks go from 02:00 CET to 03:00 CEST
+    (01:00Z). Backward, 03:00 CEST less PT1H is the hour before the skip
+    (01:00 CET, 00:00Z), not 03:00 CEST again; forward, 01:00 CET plus PT1H
+    is the first moment after it (03:00 CEST, 01:00Z); across the day,
+    -P1D keeps the wall-clock hour."""
+    oslo = "Europe/Oslo"
+    at = datetime.fromisoformat
+    assert durations.shift(at("2026-03-29T01:00:00+00:00"), "-PT1H", oslo) == at("2026-03-29T00:00:00+00:00")
+    assert durations.shift(at("2026-03-29T01:30:00+00:00"), "-PT1H", oslo) == at("2026-03-29T00:30:00+00:00")
+    assert durations.shift(at("2026-03-29T00:00:00+00:00"), "PT1H", oslo) == at("2026-03-29T01:00:00+00:00")
+    assert durations.shift(at("2026-03-29T04:00:00+00:00"), "-P1D", oslo) == at("2026-03-28T05:00:00+00:00")
+    assert durations.shift(at("2026-03-29T01:00:00+00:00"), "-PT1H", "UTC") == at("2026-03-29T00:00:00+00:00")
