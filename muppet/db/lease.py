@@ -134,6 +134,13 @@ class Lease:
             self._fd = None
         if self._conn is not None:
             try:
+                # unlocked here, at once: closing alone leaves the lock to the
+                # server's backend, which ends a moment later, so a daemon
+                # started right after could find the lease still held
+                self._conn.execute("SELECT pg_advisory_unlock(%s)", (LEASE_KEY,))
+            except psycopg.Error:
+                pass  # the connection is gone, and the lock with it
+            try:
                 self._conn.close()
             except psycopg.Error:
                 pass
