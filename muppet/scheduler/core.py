@@ -430,7 +430,10 @@ class Scheduler:
         never launched."""
         effects: list[Effect] = []
         latest = self._current_copy(job.id)
-        if job.state is JobState.SUBMITTED and job.id not in self.handed and not latest.kill_requested:
+        # the newest copy decides: a copy committed again after the executor
+        # reported it not started (the job waits again) is not handed over
+        if (job.state is JobState.SUBMITTED and latest.state is JobState.SUBMITTED and job.id not in self.handed
+                and not latest.kill_requested):
             start = self._start_job(job, now, changes)
             if start is not None:
                 self.handed.add(job.id)
@@ -493,6 +496,8 @@ class Scheduler:
         machinery is never a job's failure); its tries stay unused."""
         job = self._latest(event.job_id)
         if job is None or job.state is not JobState.SUBMITTED:
+            if job is not None and not job.state.active:
+                self.handed.discard(job.id)  # not with the executor, whatever it was
             return
         self.handed.discard(job.id)
         if job.kill_requested:
