@@ -14,7 +14,8 @@ import click
 import trio
 
 from .api import client as api_client
-from .api.protocol import RpcError
+from .api.protocol import EVENT_KINDS, RpcError
+from .model import JobState, RunState
 
 #: the tail the daemon keeps of each stream (model.LOG_TAIL_BYTES), and the
 #: tail `muppet logs` shows
@@ -59,6 +60,15 @@ def _token() -> str | None:
 _json_option = click.option(
     "--json", "as_json", is_flag=True,
     help="Print a JSON array of objects (the API's shape) instead of a table.",
+)
+
+
+_reason_option = click.option(
+    "--reason", default="", metavar="TEXT",
+    help="Why: kept with your name in the operator event (muppet events --kind operator).",
+)
+_echo_json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print the API's answer as a JSON object instead of a sentence.",
 )
 
 
@@ -344,7 +354,8 @@ def status(api_url: str, as_json: bool) -> None:
 
     Its version, start time, pipelines and uptime; the database's health and
     the executors' slots in use; the jobs of the runs that have not ended,
-    by state; each pipeline's next cron firing; then the running jobs.
+    by state; each pipeline's next cron firing; a drain or a paused
+    pipeline, by whom and since when; then the running jobs.
     """
     result = _call(api_url, "daemon.status")
     if as_json:
@@ -398,6 +409,12 @@ def _with_times(job: Mapping[str, Any]) -> dict[str, Any]:
     return {**job, "duration": duration}
 
 
+def _order_text(order: Mapping[str, Any]) -> str:
+    """Who gave a standing order, since when, and why."""
+    text = f"by {order['by']} since {order['since']}"
+    return text + (f": {order['reason']}" if order.get("reason") else "")
+
+
 def _status_lines(result: Mapping[str, Any]) -> list[str]:
     database = result.get("database") or {}
     if database.get("available", True):
@@ -415,7 +432,14 @@ def _status_lines(result: Mapping[str, Any]) -> list[str]:
     else:
         counts = ", ".join(f"{n} {state}" for state, n in sorted(jobs.items(), key=lambda i: (-i[1], i[0])))
     firings = ", ".join(f"{name} {when or '-'}" for name, when in (result.get("next_firings") or {}).items())
+    orders = []
+    draining = result.get("draining")
+    if draining:
+        orders.append(f"draining    no new job starts: {_order_text(draining)} (muppet undrain)")
+    for name, paused in (result.get("paused") or {}).items():
+        orders.append(f"paused      {name}: {_order_text(paused)} (muppet resume {name})")
     return [
+        *orders,
         f"version     {result['version']}",
         f"started at  {result['started_at']}",
         f"pipelines   {', '.join(result['pipelines']) or '-'}",
@@ -438,9 +462,11 @@ def _status_lines(result: Mapping[str, Any]) -> list[str]:
               help="Backfill: a run for every cron firing from this reference time ...")
 @click.option("--to", "last", metavar="ISO", help="... to this one, both included, oldest first.")
 @click.option("--yes", is_flag=True, help="Backfill more than 1000 runs.")
+@_reason_option
 @_api_option
 def trigger(
-    pipeline: str, reference_time: str | None, first: str | None, last: str | None, yes: bool, api_url: str,
+    pipeline: str, reference_time: str | None, first: str | None, last: str | None, yes: bool, reason: str,
+    api_url: str,
 ) -> None:
     """Make a run of PIPELINE; print its run id alone on stdout.
 
@@ -456,7 +482,7 @@ def trigger(
     if first is None and last is None:
         if yes:
             _fail("--yes goes with --from and --to (a backfill)")
-        params: dict[str, Any] = {"pipeline": pipeline}
+        params: dict[str, Any] = {"pipeline": pipeline, "reason": reason}
         if reference_time is not None:
             params["reference_time"] = reference_time
         result = _call(api_url, "runs.trigger", params)
@@ -466,7 +492,8 @@ def trigger(
         _fail("a backfill needs both --from and --to")
     if reference_time is not None:
         _fail("give --reference-time (one run) or --from and --to (a backfill), not both")
-    result = _call(api_url, "runs.backfill", {"pipeline": pipeline, "from": first, "to": last, "yes": yes})
+    result = _call(api_url, "runs.backfill",
+                   {"pipeline": pipeline, "from": first, "to": last, "yes": yes, "reason": reason})
     for run_id in result["run_ids"]:
         click.echo(run_id)
     if result["skipped"]:
@@ -475,7 +502,7 @@ def trigger(
 
 @main.command()
 @click.option("--pipeline", metavar="NAME", help="Only runs of this pipeline.")
-@click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "expired"]),
+@click.option("--state", type=click.Choice([state.value for state in RunState]),
               help="Only runs in this state.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True,
               help="At most this many runs, newest first.")
@@ -489,8 +516,7 @@ def runs(pipeline: str | None, state: str | None, limit: int, as_json: bool, api
 
 @main.command()
 @click.argument("run_id", type=click.IntRange(min=1), required=False)
-@click.option("--state", type=click.Choice(
-    ["waiting", "held", "submitted", "running", "succeeded", "failed", "killed", "skipped", "expired"]),
+@click.option("--state", type=click.Choice([state.value for state in JobState]),
     help="Only jobs in this state.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=1000, show_default=True,
               help="At most this many jobs (without RUN_ID: the newest).")
@@ -579,41 +605,169 @@ def _print_output(piece: Mapping[str, Any], *, first: bool) -> None:
     click.echo(piece["text"], nl=False)
 
 
+def _answer(as_json: bool, result: Any, sentence: str) -> None:
+    click.echo(json.dumps(result) if as_json else sentence)
+
+
 def _describe(action: str, job_id: int, result: Any) -> str:
     if not isinstance(result, dict):
         return f"job {job_id}: {action} done"
     if action == "rerun":
         return f"job {job_id}: rerun as job {result.get('job_id')}"
     state = result.get("state")
-    verb = {"hold": "held", "release": "released", "kill": "kill requested"}[action]
+    verb = {"hold": "held", "release": "released", "kill": "kill requested", "set": "set"}[action]
     text = f"job {job_id}: {verb}"
     acted_on = result.get("job_id")
     if acted_on is not None and acted_on != job_id:
-        # the scheduler acts on the newest job of the slot (a retry of job_id)
-        text = f"job {acted_on} (the newest retry of job {job_id}): {verb}"
+        # the scheduler acts on the newest job of the slot (a retry of job_id),
+        # or a set of an ended job makes a new one
+        text = f"job {job_id}: {verb} as job {acted_on}" if action == "set" else (
+            f"job {acted_on} (the newest retry of job {job_id}): {verb}")
     return text + (f" (now {state})" if state else "")
 
 
-def _job_command(action: str, summary: str) -> Callable[..., None]:
-    @click.argument("job_id", type=click.IntRange(min=1))
+def _job_or_run_command(action: str, summary: str) -> Callable[..., None]:
+    @click.argument("id_", metavar="ID", type=click.IntRange(min=1))
+    @click.option("--run", "whole_run", is_flag=True, help=f"ID is a run: {action} every job of it.")
+    @_reason_option
+    @_echo_json_option
     @_api_option
-    def command(job_id: int, api_url: str) -> None:
-        result = _call(api_url, f"jobs.{action}", {"job_id": job_id})
-        click.echo(_describe(action, job_id, result))
+    def command(id_: int, whole_run: bool, reason: str, as_json: bool, api_url: str) -> None:
+        if whole_run:
+            result = _call(api_url, f"runs.{action}", {"run_id": id_, "reason": reason})
+            _answer(as_json, result, f"run {id_}: {action} of {result['jobs']} job(s)")
+            return
+        result = _call(api_url, f"jobs.{action}", {"job_id": id_, "reason": reason})
+        _answer(as_json, result, _describe(action, id_, result))
 
     command.__doc__ = summary
     return main.command(name=action)(command)
 
 
-_job_command("hold", """Keep waiting job JOB_ID from starting until it is released.
+_job_or_run_command("hold", """Keep waiting job ID (with --run: every waiting job of run ID)
+from starting until it is released.
 
-Fails for a job that has started or ended.""")
-_job_command("release", """Let held job JOB_ID start again when its turn comes.""")
-_job_command("kill", """Kill job JOB_ID: a running job is killed, a waiting or held one
-is cancelled; the steps that depend on it are skipped.""")
-_job_command("rerun", """Run ended job JOB_ID's slot again, as a new job with a full set
-of tries (the jobs downstream that were skipped because of it run again too);
-prints the new job's id.""")
+Fails for a job that has started or ended, and for a run with no waiting job.""")
+_job_or_run_command("release", """Let held job ID (with --run: every held job of run ID) start
+again when its turn comes.""")
+_job_or_run_command("kill", """Kill job ID (with --run: every job of run ID not yet ended): a
+running job is killed, a waiting or held one is cancelled; the steps that
+depend on it are skipped.""")
+
+
+@main.command()
+@click.argument("id_", metavar="ID", type=click.IntRange(min=1))
+@click.option("--downstream", is_flag=True, help="Rerun every job after it in the run too, in order.")
+@click.option("--run", "whole_run", is_flag=True, help="ID is a run (give --failed too).")
+@click.option("--failed", is_flag=True,
+              help="With --run: rerun every failed, killed, expired or skipped slot of the run.")
+@_reason_option
+@_echo_json_option
+@_api_option
+def rerun(id_: int, downstream: bool, whole_run: bool, failed: bool, reason: str, as_json: bool,
+          api_url: str) -> None:
+    """Run ended job ID's slot again, as a new job with a full set of tries
+    ("job 4: rerun as job 52"). The jobs downstream that were skipped because
+    of it run again too; with --downstream every job after it in the run
+    runs again, in order, whatever its outcome.
+
+    With --run --failed: every failed, killed, expired or skipped slot of run
+    ID runs again (parents first); prints how many.
+
+    Refused for a job that has not ended, a job that is not the newest of its
+    slot, and a job whose parent ended without success (rerun the parent:
+    this one runs again with it).
+    """
+    if whole_run:
+        if not failed:
+            _fail("say which slots of the run: --failed (every failed, killed, expired or skipped slot)")
+        if downstream:
+            _fail("--downstream goes with a job; --run --failed reruns the run's failed slots")
+        result = _call(api_url, "runs.rerun", {"run_id": id_, "reason": reason})
+        _answer(as_json, result, f"run {id_}: {result['jobs']} slot(s) run again")
+        return
+    if failed:
+        _fail("--failed goes with --run (a run's failed slots)")
+    result = _call(api_url, "jobs.rerun", {"job_id": id_, "downstream": downstream, "reason": reason})
+    _answer(as_json, result, _describe("rerun", id_, result))
+
+
+@main.command(name="set")
+@click.argument("job_id", type=click.IntRange(min=1))
+@click.option("--succeeded", "outcome", flag_value="succeeded", help="End it as succeeded: its children run.")
+@click.option("--failed", "outcome", flag_value="failed", help="End it as failed: its children are skipped.")
+@_reason_option
+@_echo_json_option
+@_api_option
+def set_outcome(job_id: int, outcome: str | None, reason: str, as_json: bool, api_url: str) -> None:
+    """Set job JOB_ID's outcome by hand: the job ends so, the jobs downstream
+    act on it, and the operator event says you set it.
+
+    A waiting or held job ends succeeded or failed. A job that ended without
+    success (failed, killed, skipped, expired) can be set --succeeded: a new
+    job of its slot records the success and what was skipped because of it
+    runs. Refused for a running job (kill it first) and a job that succeeded.
+    """
+    if outcome is None:
+        _fail("give --succeeded or --failed")
+    result = _call(api_url, "jobs.set", {"job_id": job_id, "outcome": outcome, "reason": reason})
+    _answer(as_json, result, _describe("set", job_id, result))
+
+
+@main.command()
+@click.argument("run_id", type=click.IntRange(min=1))
+@click.argument("step")
+@_reason_option
+@_echo_json_option
+@_api_option
+def bypass(run_id: int, step: str, reason: str, as_json: bool, api_url: str) -> None:
+    """End STEP's jobs in run RUN_ID without running them; the steps after
+    it go on as if it had succeeded (Cylc's skip mode).
+
+    The jobs show as bypassed, never as succeeded, and register no outputs in
+    the index. Refused while a job of the step runs (kill it first) and for a
+    step that has ended.
+    """
+    result = _call(api_url, "runs.bypass", {"run_id": run_id, "step": step, "reason": reason})
+    _answer(as_json, result, f"run {run_id}: {step} bypassed ({result['jobs']} job(s))")
+
+
+def _pipeline_command(action: str, summary: str) -> None:
+    @click.argument("pipeline")
+    @_reason_option
+    @_echo_json_option
+    @_api_option
+    def command(pipeline: str, reason: str, as_json: bool, api_url: str) -> None:
+        result = _call(api_url, f"pipelines.{action}", {"pipeline": pipeline, "reason": reason})
+        _answer(as_json, result, f"pipeline {pipeline}: {action}d")
+
+    command.__doc__ = summary
+    main.command(name=action)(command)
+
+
+_pipeline_command("pause", """Start no new job of PIPELINE until it is resumed; running jobs
+finish. Its cron firings meanwhile make runs that wait (queued).""")
+_pipeline_command("resume", """Start PIPELINE's jobs again. Of the cron runs made while it was
+paused, its catch-up policy picks which run: "all" (up to catchup_limit),
+"latest" (the newest) or "none"; the others expire without running.""")
+
+
+def _daemon_command(action: str, summary: str) -> None:
+    @_reason_option
+    @_echo_json_option
+    @_api_option
+    def command(reason: str, as_json: bool, api_url: str) -> None:
+        result = _call(api_url, f"daemon.{action}", {"reason": reason})
+        _answer(as_json, result, "the daemon is draining: no new job starts" if result["draining"]
+                else "the daemon starts jobs again")
+
+    command.__doc__ = summary
+    main.command(name=action)(command)
+
+
+_daemon_command("drain", """Start no new job at all; running jobs finish (for maintenance of a
+cluster or of the daemon's host). muppet status says so. Needs an admin token.""")
+_daemon_command("undrain", """Start jobs again after muppet drain. Needs an admin token.""")
 
 
 # --- pipelines ---------------------------------------------------------------------
@@ -840,9 +994,25 @@ def _event_line(event: Mapping[str, Any]) -> str:
     elif kind == "file":
         state = " deleted" if data.get("deleted") else ""
         what = f"file {data['id']} {data['backend']} {data['url']}{state}"
+    elif kind == "operator":
+        target = " ".join(
+            f"{key}={_compact(value)}" for key, value in (data.get("target") or {}).items() if value not in (None, [])
+        )
+        reason = f": {data['reason']}" if data.get("reason") else ""
+        what = f"operator {data['by']} {data['action']} {target}".rstrip() + reason
+    elif kind == "late":
+        slot = f".{data['step']}[{data['index']}]" if data.get("kind") == "job" else ""
+        what = f"late {data['kind']} {data['id']} {data['pipeline']}{slot} {data['reference_time']}"
     else:
         what = f"{kind} {data.get('slug', '')}"
     return f"{event['id']:>8}  {event['at']}  {what}"
+
+
+def _compact(value: Any) -> str:
+    """A target's value on one line: lists joined by commas."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 @main.command()
@@ -851,7 +1021,7 @@ def _event_line(event: Mapping[str, Any]) -> str:
 @click.option("--follow", "-f", is_flag=True,
               help="Keep printing events as they happen; reconnects and resumes after a lost connection.")
 @click.option("--kind", "kinds", multiple=True,
-              type=click.Choice(["run", "job", "product", "format", "backend", "instance", "file"]),
+              type=click.Choice(list(EVENT_KINDS)),
               help="Only events of this kind (repeatable).")
 @click.option("--product", "products_", multiple=True, metavar="SLUG",
               help="Only index events of this product (repeatable).")

@@ -35,6 +35,8 @@ class NewRun:
     run: Run
     jobs: tuple[Job, ...]
     needs: tuple[datetime, ...] = ()
+    #: the operator who triggered it: an operator event with the run
+    by: Operator | None = None
 
 
 @attrs.frozen
@@ -65,6 +67,15 @@ class Ack:
     holding it is committed (Persisted.acks)."""
 
     request: int
+
+
+#: the Control key of a drain, and the prefix of a pipeline's pause
+DRAINING = "draining"
+PAUSED_PREFIX = "paused:"
+
+
+def paused_key(pipeline: str) -> str:
+    return PAUSED_PREFIX + pipeline
 
 
 @attrs.frozen
@@ -426,6 +437,10 @@ class WhyWaiting:
     job_ids: tuple[int, ...]
 
 
+#: what an operator or a client asks of the scheduler, answered by a Reply
+Request = Trigger | Command | RunCommand | PipelineCommand | DaemonCommand | Backfill
+
+
 @attrs.frozen
 class Asked:
     """From the API: a Trigger or Command, and the channel on which the API
@@ -433,7 +448,7 @@ class Asked:
     the core sees it, and sends the core's Answer of that number here. A
     WhyWaiting the task answers itself."""
 
-    event: Trigger | Command | RunCommand | PipelineCommand | DaemonCommand | Backfill | WhyWaiting
+    event: Request | WhyWaiting
     reply: trio.MemorySendChannel[Reply]
 
 

@@ -258,7 +258,7 @@ def test_defaults_are_filled_in():
     assert bound("runs.list") == {"pipeline": None, "state": None, "limit": 100, "before_id": None}
     assert bound("jobs.list", {}) == {"run_id": None, "state": None, "limit": 1000}
     assert bound("jobs.logs", {"job_id": 3}) == {"job_id": 3, "stream": "stdout"}
-    assert bound("runs.trigger", {"pipeline": "p"}) == {"pipeline": "p", "reference_time": None}
+    assert bound("runs.trigger", {"pipeline": "p"}) == {"pipeline": "p", "reference_time": None, "reason": ""}
 
 
 def test_positional_and_named_bind_alike():
@@ -314,8 +314,8 @@ def test_too_many_positional_params():
 def test_every_muppet_method_takes_no_or_known_params():
     for name, spec in METHODS.items():
         samples = {"integer": 1, "string": "x", "object": {}, "array": [], "boolean": True, "number": 1.5}
-        required = {p.name: samples[p.type] for p in spec.params if p.required}
-        assert bound(name, required) .keys() == {p.name for p in spec.params}
+        required = {p.name: p.choices[0] if p.choices else samples[p.type] for p in spec.params if p.required}
+        assert bound(name, required).keys() == {p.name for p in spec.params}
         assert_error(answer(call(name, {**required, "nope": 1}), METHODS), INVALID_PARAMS, 1)
 
 

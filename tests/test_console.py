@@ -206,9 +206,9 @@ async def test_failures_retries_and_operators_actions_are_logged(api, caplog):
     assert f"job {first} (flaky.try[0], run {run['id']}) failed: exit code 3; retried as job {retry}" in text
     assert f"job {retry} (flaky.try[0], run {run['id']}) failed: exit code 3; no tries left" in text
     assert f"run {run['id']} (flaky " in text and ") failed" in text
-    assert f"operator: trigger flaky for {run['reference_time']}: run_id {run['id']}" in text
-    assert f"operator: rerun job {retry}: job_id " in text
-    assert f"operator: hold job {first}: refused: " in text
+    assert f"operator: local: trigger flaky for {run['reference_time']}: run_id {run['id']}" in text
+    assert f"operator: local: rerun job {retry}: job_id " in text
+    assert f"operator: local: hold job {first}: refused: " in text
 
 
 async def test_a_browser_presents_its_token_on_the_connection(nursery, tmp_path):

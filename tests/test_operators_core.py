@@ -388,10 +388,12 @@ def test_run_kill_kills_waiting_jobs_at_once_and_asks_running_ones():
     assert result == {"run_id": 1, "jobs": 3} and event.target == {"run_id": 1, "job_ids": [1, 2, 3]}
     assert [h.db_jobs[j].state for j in (2, 3)] == [JobState.KILLED] * 2
     assert h.db_jobs[1].state is JobState.SUBMITTED and h.db_jobs[1].kill_requested and h.kills == [1]
+    assert refuse(h, RunCommand("kill", 1)) == "run 1's jobs are being killed already"
     h.feed(JobFinished(1, "killed", None, "killed by operator", 1.0, 2.0))
     h.settle()
     assert h.run().state is RunState.FAILED
-    assert refuse(h, RunCommand("kill", 1, **h.ended()), NOT_FOUND) == "run 1 is not an unfinished run"
+    assert refuse(h, RunCommand("kill", 1, **h.ended())).startswith("run 1 has ended (failed): ")
+    assert refuse(h, RunCommand("kill", 1), NOT_FOUND) == "run 1 is not an unfinished run"
     assert h.core.runs == {}
 
 
@@ -447,7 +449,9 @@ def test_bypass_of_an_ended_run_is_refused_and_it_leaves_memory_again():
     h = Ops(chain())
     h.trigger("p")
     h.run_job(1, "failed", 1)
-    assert "step b has ended" in refuse(h, RunCommand("bypass", 1, step="b", **h.ended()))
+    message = refuse(h, RunCommand("bypass", 1, step="b", **h.ended()), CONFLICT)
+    assert message == ("run 1 has ended (failed): no job of it is left to bypass; "
+                       "muppet rerun 1 --run --failed runs its failed slots again")
     assert h.core.runs == {} and h.core.jobs == {}
 
 

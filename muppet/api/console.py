@@ -27,7 +27,7 @@ import trio
 from .. import codec, model, summary
 from ..db import reads
 from ..executor.jobdir import JobDir, job_environment
-from ..messages import NOT_FOUND, StartJob
+from ..messages import DRAINING, NOT_FOUND, PAUSED_PREFIX, StartJob
 from .context import Connection, Context
 from .protocol import DATABASE_UNAVAILABLE, INVALID_PARAMS, UNAUTHORIZED, RpcError
 
@@ -57,6 +57,7 @@ async def daemon_status(ctx: Context, version: str) -> dict[str, Any]:
     jobs = await _best_effort(ctx, summary.jobs_by_pipeline_and_state)
     active = await _best_effort(ctx, summary.active_by_executor)
     running = await _best_effort(ctx, summary.running_jobs, RUNNING_SHOWN)
+    orders = await _best_effort(ctx, reads.controls)
     by_state: dict[str, int] | None = None
     if jobs is not None:
         by_state = {}
@@ -87,7 +88,18 @@ async def daemon_status(ctx: Context, version: str) -> dict[str, Any]:
         "jobs": by_state,
         "running": None if running is None else [codec.job_to_dict(j) for j in running],
         "next_firings": firings,
+        # operators' standing orders (docs/cli.md, "muppet drain", "muppet pause")
+        "draining": None if orders is None else _order(orders.get(DRAINING)),
+        "paused": None if orders is None else {
+            key.removeprefix(PAUSED_PREFIX): _order(value)
+            for key, value in sorted(orders.items()) if key.startswith(PAUSED_PREFIX)
+        },
     }
+
+
+def _order(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A standing order as the API shows it: who, why, since when."""
+    return None if value is None else {"by": value["by"], "reason": value["reason"], "since": value["since"]}
 
 
 def _jsonable(inst: Any, field: Any, value: Any) -> Any:

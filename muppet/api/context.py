@@ -103,7 +103,7 @@ class Context:
         if not self.health.available:
             raise _database_unavailable(self.health.cause)
 
-    async def ask(self, event: messages.Trigger | messages.Command | messages.Backfill) -> Any:
+    async def ask(self, event: messages.Request) -> Any:
         """Send ``event`` to the scheduler and relay its Reply's result."""
         self.refuse_while_database_away()
         return await self._ask(event)
@@ -123,7 +123,7 @@ class Context:
                 pass
         return {}
 
-    async def _ask(self, event: messages.Trigger | messages.Command | messages.Backfill | messages.WhyWaiting) -> Any:
+    async def _ask(self, event: messages.Request | messages.WhyWaiting) -> Any:
         send, receive = trio.open_memory_channel[messages.Reply](1)
         reply = await self._wait(self.scheduler, messages.Asked(event, send), receive, "scheduler")
         if reply.error is not None:
@@ -175,7 +175,8 @@ class Context:
             why = "no token was sent (--token or MUPPET_TOKEN)"
         else:
             why = f"token {conn.token_name!r} has role {conn.role!r}"
-        raise RpcError(UNAUTHORIZED, f"unauthorized: {spec.name} needs a {spec.role} token; {why}")
+        article = "an" if spec.role.startswith("a") else "a"
+        raise RpcError(UNAUTHORIZED, f"unauthorized: {spec.name} needs {article} {spec.role} token; {why}")
 
 
 @attrs.define(eq=False)

@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 
 from ..messages import CONFLICT, NOT_FOUND
+from ..model import JobState, RunState
 
 # --- error codes ---------------------------------------------------------------
 
@@ -255,10 +256,12 @@ _PRODUCT = Param("product", "string", required=True, doc="a product's slug")
 _CURSOR = Param("cursor", "string", nullable=True, doc="from the previous page's next")
 _LIMIT = Param("limit", "integer", default=100, minimum=1, maximum=1000)
 _INSTANCE_ID = Param("instance_id", "integer", required=True, minimum=1)
+_RUN_ID = Param("run_id", "integer", required=True, minimum=1)
+_REASON = Param("reason", "string", default="", doc="why, for the operator event (muppet events --kind operator)")
 #: kinds of events in the log
-EVENT_KINDS = ("run", "job", "late", "product", "format", "backend", "instance", "file")
-_RUN_STATES = ("queued", "running", "succeeded", "failed", "expired")
-_JOB_STATES = ("waiting", "held", "submitted", "running", "succeeded", "failed", "killed", "skipped", "expired")
+EVENT_KINDS = ("run", "job", "late", "operator", "product", "format", "backend", "instance", "file")
+_RUN_STATES = tuple(state.value for state in RunState)
+_JOB_STATES = tuple(state.value for state in JobState)
 
 #: MUPPET's methods. docs/api.md documents each with an example.
 METHODS: dict[str, MethodSpec] = method_table([
@@ -268,12 +271,14 @@ METHODS: dict[str, MethodSpec] = method_table([
         Param("pipeline", "string", required=True),
         Param("reference_time", "string", nullable=True,
               doc="ISO 8601; default now, whole seconds, UTC"),
-    ), "make a run of a pipeline now; replies with its id once persisted"),
+        _REASON,
+    ), "make a run of a pipeline now; replies with its id once persisted", "write"),
     MethodSpec("runs.backfill", (
         Param("pipeline", "string", required=True),
         Param("from", "string", required=True, doc="ISO 8601: the first reference time, included"),
         Param("to", "string", required=True, doc="ISO 8601: the last reference time, included"),
         Param("yes", "boolean", default=False, doc="allow more than 1000 runs"),
+        _REASON,
     ), "make a run for every cron firing in [from, to], oldest first, under runahead", "write"),
     MethodSpec("runs.list", (
         Param("pipeline", "string", nullable=True),
@@ -294,10 +299,32 @@ METHODS: dict[str, MethodSpec] = method_table([
         _JOB_ID,
         Param("stream", "string", default="stdout", choices=("stdout", "stderr")),
     ), "the kept tail of a job's stdout or stderr"),
-    MethodSpec("jobs.hold", (_JOB_ID,), "keep a waiting job from starting", "write"),
-    MethodSpec("jobs.release", (_JOB_ID,), "let a held job start again", "write"),
-    MethodSpec("jobs.kill", (_JOB_ID,), "kill a running job, or cancel a waiting one", "write"),
-    MethodSpec("jobs.rerun", (_JOB_ID,), "run an ended job's slot again, as a new job", "write"),
+    MethodSpec("jobs.hold", (_JOB_ID, _REASON), "keep a waiting job from starting", "write"),
+    MethodSpec("jobs.release", (_JOB_ID, _REASON), "let a held job start again", "write"),
+    MethodSpec("jobs.kill", (_JOB_ID, _REASON), "kill a running job, or cancel a waiting one", "write"),
+    MethodSpec("jobs.rerun", (
+        _JOB_ID,
+        Param("downstream", "boolean", default=False, doc="rerun every job after it in the run too"),
+        _REASON,
+    ), "run an ended job's slot again, as a new job", "write"),
+    MethodSpec("jobs.set", (
+        _JOB_ID,
+        Param("outcome", "string", required=True, choices=("succeeded", "failed")),
+        _REASON,
+    ), "end a job as succeeded or failed by hand; its downstream acts on it", "write"),
+    MethodSpec("runs.hold", (_RUN_ID, _REASON), "hold every waiting job of a run", "write"),
+    MethodSpec("runs.release", (_RUN_ID, _REASON), "release every held job of a run", "write"),
+    MethodSpec("runs.kill", (_RUN_ID, _REASON), "kill every running job of a run, cancel the others", "write"),
+    MethodSpec("runs.rerun", (_RUN_ID, _REASON),
+               "rerun every failed, killed, expired or skipped slot of a run", "write"),
+    MethodSpec("runs.bypass", (_RUN_ID, Param("step", "string", required=True), _REASON),
+               "end a step's jobs in a run without running them; its children go on", "write"),
+    MethodSpec("pipelines.pause", (Param("pipeline", "string", required=True), _REASON),
+               "start no new job of a pipeline; its cron runs wait", "write"),
+    MethodSpec("pipelines.resume", (Param("pipeline", "string", required=True), _REASON),
+               "start a paused pipeline's jobs again; its catch-up policy picks the runs made meanwhile", "write"),
+    MethodSpec("daemon.drain", (_REASON,), "start no new job at all; running ones finish", "admin"),
+    MethodSpec("daemon.undrain", (_REASON,), "start jobs again after a drain", "admin"),
     MethodSpec("daemon.echo", (Param("data", "string", default=""),),
                "answers its data: the API's ceiling, for benchmarks"),
     # --- the operator's console (muppet/api/console.py)

@@ -98,7 +98,8 @@ async def _runs_trigger(ctx: Context, params: Mapping[str, Any], conn: Connectio
             raise RpcError(
                 INVALID_PARAMS, f"invalid params: 'reference_time' {exc}", {"param": "reference_time"}
             ) from None
-    return await ctx.ask(messages.Trigger(name, reference_time, cause=model.RunCause.MANUAL.value))
+    return await ctx.ask(messages.Trigger(
+        name, reference_time, cause=model.RunCause.MANUAL.value, by=_operator(conn, params)))
 
 
 #: more runs than this in one backfill need ``yes``
@@ -133,7 +134,7 @@ async def _runs_backfill(ctx: Context, params: Mapping[str, Any], conn: Connecti
                            "split the range", {"param": "to"})
         raise RpcError(INVALID_PARAMS, f"invalid params: more than {BACKFILL_CONFIRM} runs: give yes = true "
                        "(muppet trigger --yes) to make them all", {"param": "yes"})
-    return await ctx.ask(messages.Backfill(name, tuple(times)))
+    return await ctx.ask(messages.Backfill(name, tuple(times), by=_operator(conn, params)))
 
 
 async def _runs_list(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
@@ -189,21 +190,67 @@ async def _jobs_logs(ctx: Context, params: Mapping[str, Any], conn: Connection) 
     return {"job_id": job.id, "stream": stream, "text": text}
 
 
-def _command(action: str) -> Handler:
+def _operator(conn: Connection, params: Mapping[str, Any]) -> messages.Operator:
+    """Who asks, for the operator event: the token's name, "local" where the
+    API is open (docs/operations.md, "Who did what"), and the reason given."""
+    return messages.Operator(conn.token_name or "local", params.get("reason") or "")
+
+
+async def _run_and_jobs(ctx: Context, run_id: int) -> tuple[model.Run, tuple[model.Job, ...]]:
+    found = await ctx.query(reads.run_with_jobs, run_id)
+    if found is None:
+        raise RpcError(NOT_FOUND, f"unknown run {run_id}", {"run_id": run_id})
+    run, jobs = found
+    return run, tuple(jobs)
+
+
+def _job_command(action: str) -> Handler:
     async def handle(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
         job = await _load_job(ctx, params["job_id"])
         run: model.Run | None = None
         jobs: tuple[model.Job, ...] = ()
-        if action == "rerun":
-            # The scheduler forgets a run once it has ended; a rerun brings it
-            # back, so it gets the run and all of its jobs from the database.
-            found = await ctx.query(reads.run_with_jobs, job.run_id)
-            if found is None:
-                raise RpcError(CONFLICT, f"job {job.id}: its run {job.run_id} is missing")
-            run, jobs = found
-        return await ctx.ask(messages.Command(action, job.id, run=run, jobs=jobs))
+        if action in ("rerun", "set"):
+            # The scheduler forgets a run once it has ended; a rerun or a set
+            # brings it back, so it gets the run and all of its jobs.
+            try:
+                run, jobs = await _run_and_jobs(ctx, job.run_id)
+            except RpcError:
+                raise RpcError(CONFLICT, f"job {job.id}: its run {job.run_id} is missing") from None
+        return await ctx.ask(messages.Command(
+            action, job.id, run=run, jobs=jobs, by=_operator(conn, params),
+            downstream=bool(params.get("downstream")), outcome=params.get("outcome") or "",
+        ))
 
     handle.__name__ = f"_jobs_{action}"
+    return handle
+
+
+def _run_command(action: str) -> Handler:
+    async def handle(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
+        run, jobs = await _run_and_jobs(ctx, params["run_id"])
+        if action not in ("rerun", "bypass"):
+            jobs = ()  # only these bring an ended run back
+        return await ctx.ask(messages.RunCommand(
+            action, run.id, run=run, jobs=jobs, by=_operator(conn, params), step=params.get("step") or "",
+        ))
+
+    handle.__name__ = f"_runs_{action}"
+    return handle
+
+
+def _pipeline_command(action: str) -> Handler:
+    async def handle(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
+        return await ctx.ask(messages.PipelineCommand(action, params["pipeline"], by=_operator(conn, params)))
+
+    handle.__name__ = f"_pipelines_{action}"
+    return handle
+
+
+def _daemon_command(action: str) -> Handler:
+    async def handle(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
+        return await ctx.ask(messages.DaemonCommand(action, by=_operator(conn, params)))
+
+    handle.__name__ = f"_daemon_{action}"
     return handle
 
 
@@ -218,10 +265,20 @@ HANDLERS: dict[str, Handler] = {
     "jobs.list": _jobs_list,
     "jobs.get": _jobs_get,
     "jobs.logs": _jobs_logs,
-    "jobs.hold": _command("hold"),
-    "jobs.release": _command("release"),
-    "jobs.kill": _command("kill"),
-    "jobs.rerun": _command("rerun"),
+    "jobs.hold": _job_command("hold"),
+    "jobs.release": _job_command("release"),
+    "jobs.kill": _job_command("kill"),
+    "jobs.rerun": _job_command("rerun"),
+    "jobs.set": _job_command("set"),
+    "runs.hold": _run_command("hold"),
+    "runs.release": _run_command("release"),
+    "runs.kill": _run_command("kill"),
+    "runs.rerun": _run_command("rerun"),
+    "runs.bypass": _run_command("bypass"),
+    "pipelines.pause": _pipeline_command("pause"),
+    "pipelines.resume": _pipeline_command("resume"),
+    "daemon.drain": _daemon_command("drain"),
+    "daemon.undrain": _daemon_command("undrain"),
     "daemon.echo": _daemon_echo,
     **index_methods.HANDLERS,
     **console.HANDLERS,

@@ -183,6 +183,11 @@ def events_since(store: Store, after_id: int, limit: int = 1000) -> list[EventRe
     return [(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
 
+def controls(store: Store) -> dict[str, Any]:
+    """The operators' standing orders (messages.Control), by key."""
+    return {key: json.loads(value) for key, value in store.query("SELECT key, value FROM controls")}
+
+
 def last_event_id(store: Store) -> int:
     """The number of the newest event, 0 when there is none."""
     newest: int | None = store.query("SELECT MAX(id) FROM events")[0][0]

@@ -66,6 +66,12 @@ class Committed:
         return tuple(c for written in self.index for c in written.completed)
 
 
+def _operator_payload(change: OperatorEvent) -> str:
+    """An operator event as the log keeps it (docs/api.md, "Operator events")."""
+    payload = {"action": change.action, "by": change.by.name, "reason": change.by.reason, "target": change.target}
+    return json.dumps(payload, separators=(",", ":"))
+
+
 def _upsert(table: str, columns: str, key: str) -> str:
     names = [c.strip() for c in columns.split(",")]
     updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != key)
@@ -147,6 +153,12 @@ def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | 
             for job in change.jobs:
                 jobs.append(job_row(job))
                 events.append((now, "job", job.id, event_payload(job), None))
+            if change.by is not None:
+                # a trigger's operator event exists only with the run it made
+                target = {"pipeline": change.run.pipeline, "run_id": change.run.id,
+                          "reference_time": codec.format_time(change.run.reference_time)}
+                events.append((now, "operator", 0, _operator_payload(OperatorEvent("trigger", change.by, target)),
+                               None))
         elif isinstance(change, Run):
             runs.append(run_row(change))
             events.append((now, "run", change.id, event_payload(change), None))
@@ -158,9 +170,7 @@ def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | 
         elif isinstance(change, LateNotice):
             events.append((now, "late", change.id, _late_payload(change), None))
         elif isinstance(change, OperatorEvent):
-            payload = {"action": change.action, "by": change.by.name, "reason": change.by.reason,
-                       "target": change.target}
-            events.append((now, "operator", 0, json.dumps(payload, separators=(",", ":")), None))
+            events.append((now, "operator", 0, _operator_payload(change), None))
         elif isinstance(change, Ack):
             pass  # a marker: Committed.acks
         elif isinstance(change, Control):

@@ -42,6 +42,7 @@ import attrs
 from ..codec import format_time
 from ..messages import (
     CONFLICT,
+    DRAINING,
     NOT_FOUND,
     Backfill,
     Change,
@@ -56,6 +57,7 @@ from ..messages import (
     LateNotice,
     NewFile,
     NewRun,
+    Operator,
     Persist,
     Persisted,
     PipelineCommand,
@@ -64,6 +66,7 @@ from ..messages import (
     RunCommand,
     StartJob,
     Trigger,
+    paused_key,
 )
 from ..model import (
     Depends,
@@ -79,7 +82,6 @@ from ..model import (
 )
 from . import cycling, operators, states
 from .cycling import Deadlines
-from .operators import DRAINING, paused_key
 from .states import IllegalTransition
 
 #: the backoff after a failed start (the executor's trouble, not the job's):
@@ -292,13 +294,14 @@ class Scheduler:
         existing = self._run_in_memory(pipeline.name, event.reference_time)
         if existing is not None:
             return [_error(event.request, CONFLICT, _exists(existing))]
-        run = self._new_run(pipeline, event.reference_time, RunCause(event.cause), changes, now)
+        run = self._new_run(pipeline, event.reference_time, RunCause(event.cause), changes, now, by=event.by)
         if event.request:
             self.owed_run[run.id].append((event.request, Reply(result={"run_id": run.id})))
         return []
 
     def _new_run(
         self, pipeline: Pipeline, reference_time: datetime, cause: RunCause, changes: list[Change], now: float,
+        by: Operator | None = None,
     ) -> Run:
         """A new run with all of its jobs, queued when the pipeline's
         runahead is full (it runs when an earlier one ends, oldest first)."""
@@ -330,7 +333,7 @@ class Scheduler:
                     )
                 )
         needs = tuple(sorted(cycling.parent_references(pipeline, reference_time))) if pipeline.cycling else ()
-        new = NewRun(run, tuple(jobs), needs)
+        new = NewRun(run, tuple(jobs), needs, by=by)
         self.pending_new[run.id] = new
         changes.append(new)
         return run
@@ -349,6 +352,10 @@ class Scheduler:
             run = self._new_run(pipeline, moment, RunCause.MANUAL, changes, now)
             made.waiting.add(run.id)
             made.order.append(run.id)
+        if event.by is not None and made.order:
+            target = {"pipeline": pipeline.name, "from": format_time(min(event.reference_times)),
+                      "to": format_time(max(event.reference_times)), "runs": len(made.order)}
+            operators.operator_event(self, "backfill", event.by, target, changes)
         if not made.waiting:
             return [_answer(event.request, made.result())]
         for run_id in made.waiting:
@@ -546,7 +553,9 @@ class Scheduler:
                 changes.append(register)
             return
         if event.state == "killed" or job.kill_requested:
-            reason = event.reason or states.KILLED_BY_OPERATOR
+            # an operator's kill keeps the reason given with it (who, why)
+            asked = job.kill_requested and job.reason.startswith(states.KILLED_BY_OPERATOR)
+            reason = job.reason if asked else event.reason or states.KILLED_BY_OPERATOR
             self._move(job, JobState.KILLED, changes, **{**common, "reason": reason})
             self._skip_downstream(job, changes, now)
             return
@@ -581,6 +590,7 @@ class Scheduler:
             job = self._current_copy(job_id)
             per_step[(job.pipeline, job.step)] += 1
             per_executor[job.executor] += 1
+
         def all_full() -> bool:
             return all(per_executor[name] >= e.max_jobs for name, e in self.executors.items())
 
@@ -620,8 +630,9 @@ class Scheduler:
 
     def why_waiting(self, job_id: int, now: float) -> str:
         """Why a waiting or held job has not started, in words an operator
-        can act on (docs/states.md, "Why a job waits"), checked in the order
-        the scheduling pass checks; "" for a job that is not waiting here."""
+        can act on (docs/states.md, "Why a job waits"): an operator's order
+        first, then in the order the scheduling pass checks; "" for a job
+        that is not waiting here."""
         job = self._latest(job_id)
         if job is None:
             return ""
@@ -635,6 +646,13 @@ class Scheduler:
         pipeline = self.pipelines.get(job.pipeline)
         if pipeline is None or job.step not in pipeline.steps:
             return f"step {job.pipeline}.{job.step} is no longer configured"
+        # an operator's standing order first: it holds whatever else is met
+        draining = self.controls.get(DRAINING)
+        if draining is not None:
+            return f"the daemon is draining ({_order_text(draining)}): muppet undrain starts jobs again"
+        paused = self.controls.get(paused_key(pipeline.name))
+        if paused is not None:
+            return f"pipeline {pipeline.name} is paused ({_order_text(paused)}): muppet resume {pipeline.name}"
         run = self.runs[job.run_id]
         if run.state is RunState.QUEUED:
             return (f"runahead: {self._unfinished(pipeline.name)} of {pipeline.runahead} runs of "
@@ -650,10 +668,10 @@ class Scheduler:
         for slot in self._parent_slots(job, pipeline):
             current = self.current[job.run_id].get(slot)
             parent = None if current is None else self._current_copy(current)
-            if parent is None or parent.state is not JobState.SUCCEEDED:
+            if parent is None or parent.state not in DONE:
                 unmet.append(f"{slot[0]}[{slot[1]}] {parent.state.value if parent else 'missing'}")
         for name, moment, run_id, state in self._earlier_parents(job, pipeline):
-            if state is not JobState.SUCCEEDED:
+            if state not in DONE:
                 if state is None:
                     unmet.append(f"{name}: no run for {format_time(moment)} yet")
                 else:
@@ -1128,6 +1146,12 @@ class Scheduler:
 #: the states of a parent that let its children go on (a bypassed step's
 #: children go on as if it had succeeded)
 DONE = frozenset({JobState.SUCCEEDED, JobState.BYPASSED})
+
+
+def _order_text(order: Mapping[str, Any]) -> str:
+    """Who gave a standing order, since when, why."""
+    text = f"by {order['by']} since {order['since']}"
+    return text + (f": {order['reason']}" if order.get("reason") else "")
 #: the states in which a job has not started: it can still expire
 _UNSTARTED = frozenset({JobState.WAITING, JobState.HELD})
 #: a rerun brings back the downstream slots that ended so because of it

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..codec import format_time
 from ..messages import (
     CONFLICT,
+    DRAINING,
     NOT_FOUND,
     Ack,
     Change,
@@ -29,6 +30,7 @@ from ..messages import (
     PipelineCommand,
     Reply,
     RunCommand,
+    paused_key,
 )
 from ..model import Job, JobState, Run, RunCause, RunState
 from . import states
@@ -38,14 +40,6 @@ if TYPE_CHECKING:
 
 #: the states of a slot that ``rerun RUN --run`` runs again
 RERUN_FAILED = frozenset({JobState.FAILED, JobState.KILLED, JobState.EXPIRED, JobState.SKIPPED})
-
-
-def paused_key(pipeline: str) -> str:
-    return f"paused:{pipeline}"
-
-
-DRAINING = "draining"
-
 
 
 # --- one job -------------------------------------------------------------------
@@ -64,6 +58,7 @@ def job_command(core: Scheduler, event: Command, changes: list[Change], now: flo
     if job is None:
         return [_error(event.request, NOT_FOUND, f"job {event.job_id} is not in an unfinished run")]
     return _job_command_on(core, job, event, changes, now)
+
 
 def _job_command_on(core: Scheduler, job: Job, event: Command, changes: list[Change], now: float) -> list[Effect]:
     if job.id in core.pending_jobs and event.action != "kill":
@@ -99,6 +94,7 @@ def _job_command_on(core: Scheduler, job: Job, event: Command, changes: list[Cha
     result = {"job_id": job.id, "state": core.pending_jobs[job.id].state.value}
     return _done(core, event.request, event.action, event.by, touched, result, changes)
 
+
 def _kill(core: Scheduler, job: Job, request: int, by: Operator, changes: list[Change], now: float) -> list[Effect]:
     state = job.state
     touched = {"job_id": job.id, "run_id": job.run_id}
@@ -110,11 +106,13 @@ def _kill(core: Scheduler, job: Job, request: int, by: Operator, changes: list[C
         if job.kill_requested and job.id not in core.pending_jobs:
             return [_answer(request, {"job_id": job.id, "state": "killing"})]  # asked before, committed
         if not job.kill_requested:
-            core._move(job, state, changes, kill_requested=True)
+            # the reason now, with who asked: the job ends with it (core._job_finished)
+            core._move(job, state, changes, kill_requested=True, reason=_by(states.KILLED_BY_OPERATOR, by))
         # "killing" only once the request is committed: it then holds
         # across a crash
         return _done(core, request, "kill", by, touched, {"job_id": job.id, "state": "killing"}, changes)
     return [_error(request, CONFLICT, f"job {job.id} has already ended ({state.value})")]
+
 
 def _rerun_refusal(core: Scheduler, job: Job) -> str | None:
     if not job.state.finished or job.successor is not None:
@@ -129,6 +127,7 @@ def _rerun_refusal(core: Scheduler, job: Job) -> str | None:
             f"{blocker.id}, which reruns this one with it"
         )
     return None
+
 
 def _set_outcome(core: Scheduler, job: Job, event: Command, changes: list[Change], now: float) -> list[Effect]:
     """Set a job's outcome by hand (docs/cli.md, "muppet set"): a waiting
@@ -148,7 +147,7 @@ def _set_outcome(core: Scheduler, job: Job, event: Command, changes: list[Change
         if outcome is JobState.FAILED:
             core._skip_downstream(job, changes, now)
         return _done(core, event.request, "set", event.by, touched, {"job_id": job.id, "state": outcome.value},
-                          changes)
+                 changes)
     if job.successor is not None:
         return [_error(event.request, CONFLICT, f"job {job.id} is not the newest of its slot: set job "
                                                 f"{job.successor} instead")]
@@ -163,24 +162,33 @@ def _set_outcome(core: Scheduler, job: Job, event: Command, changes: list[Change
     core._reopen_run(job.run_id, changes)
     touched["new_job_id"] = fresh.id
     return _done(core, event.request, "set", event.by, touched, {"job_id": fresh.id, "state": "succeeded"},
-                      changes)
+                 changes)
+
 
 # --- a whole run -----------------------------------------------------------------
 
 def run_command(core: Scheduler, event: RunCommand, changes: list[Change], now: float) -> list[Effect]:
     run = core.runs.get(event.run_id)
     reopened = False
-    if run is None and event.run is not None and event.action in ("rerun", "bypass"):
+    # only a rerun can act on an ended run (its other commands need jobs
+    # that have not ended)
+    if run is None and event.run is not None and event.action == "rerun":
         job = core._reopen(event.run, event.jobs, 0, changes)
         del job
         run = core.runs.get(event.run_id)
         reopened = run is not None
+    if run is None and event.run is not None:
+        why = f"run {event.run_id} has ended ({event.run.state.value}): no job of it is left to {event.action}"
+        if event.run.state is not RunState.SUCCEEDED:
+            why += f"; muppet rerun {event.run_id} --run --failed runs its failed slots again"
+        return [_error(event.request, CONFLICT, why)]
     if run is None:
         return [_error(event.request, NOT_FOUND, f"run {event.run_id} is not an unfinished run")]
     effects = _run_command_on(core, run, event, changes, now)
     if reopened and run.id not in core.pending_runs:
         core._forget_run(run.id)  # refused: the ended run leaves memory again
     return effects
+
 
 def _run_command_on(core: Scheduler, run: Run, event: RunCommand, changes: list[Change], now: float) -> list[Effect]:
     # each slot's newest job, a successor still being committed included
@@ -198,19 +206,23 @@ def _run_command_on(core: Scheduler, run: Run, event: RunCommand, changes: list[
             return [_error(event.request, CONFLICT, f"run {run.id} has no {source.value} job to {event.action}")]
         for job in chosen:
             core._move(job, target, changes)
-        touched["job_ids"] = [j.id for j in chosen]
+        touched["job_ids"] = sorted(j.id for j in chosen)
     elif event.action == "kill":
-        chosen = [j for j in newest if not j.state.finished]
+        left = [j for j in newest if not j.state.finished]
+        # a job whose kill is asked already is not asked again
+        chosen = [j for j in left if not core._current_copy(j.id).kill_requested]
         if not chosen:
-            return [_error(event.request, CONFLICT, f"run {run.id} has no job left to kill")]
+            why = "'s jobs are being killed already" if left else " has no job left to kill"
+            return [_error(event.request, CONFLICT, f"run {run.id}{why}")]
         for job in chosen:
             latest = core._current_copy(job.id)
             if latest.state in (JobState.WAITING, JobState.HELD):
                 reason = _by(states.KILLED_BY_OPERATOR, event.by)
                 core._move(latest, JobState.KILLED, changes, reason=reason, ended_at=now)
             elif latest.state.active and not latest.kill_requested:
-                core._move(latest, latest.state, changes, kill_requested=True)
-        touched["job_ids"] = [j.id for j in chosen]
+                reason = _by(states.KILLED_BY_OPERATOR, event.by)
+                core._move(latest, latest.state, changes, kill_requested=True, reason=reason)
+        touched["job_ids"] = sorted(j.id for j in chosen)
     elif event.action == "rerun":
         # parents first (the pipeline's steps are in topological order), so
         # that a slot whose parent runs again may run again too; one whose
@@ -232,7 +244,8 @@ def _run_command_on(core: Scheduler, run: Run, event: RunCommand, changes: list[
     else:
         return [_error(event.request, NOT_FOUND, f"unknown command {event.action!r}")]
     result = {"run_id": run.id, "jobs": len(chosen)}
-    return _done(core, event.request, event.action + "-run", event.by, touched, result, changes)
+    return _done(core, event.request, event.action, event.by, touched, result, changes)
+
 
 def _bypass(
     core: Scheduler, run: Run, newest: list[Job], event: RunCommand, changes: list[Change], now: float,
@@ -255,9 +268,10 @@ def _bypass(
     reason = _by("bypassed by operator", event.by)
     for job in chosen:
         core._move(job, JobState.BYPASSED, changes, reason=reason, ended_at=now)
-    touched = {"run_id": run.id, "step": event.step, "job_ids": [j.id for j in chosen]}
+    touched = {"run_id": run.id, "step": event.step, "job_ids": sorted(j.id for j in chosen)}
     return _done(core, event.request, "bypass", event.by, touched, {"run_id": run.id, "jobs": len(chosen)},
-                      changes)
+                 changes)
+
 
 # --- a pipeline, the daemon --------------------------------------------------------
 
@@ -283,6 +297,7 @@ def pipeline_command(
         return [_error(event.request, NOT_FOUND, f"unknown command {event.action!r}")]
     return _done(core, event.request, event.action, event.by, touched, {"pipeline": pipeline.name}, changes)
 
+
 def _catch_up_paused(core: Scheduler, name: str, paused: dict[str, Any], changes: list[Change],
                      now: float) -> list[int]:
     """On resume, the pipeline's catch-up policy decides which of the
@@ -306,6 +321,7 @@ def _catch_up_paused(core: Scheduler, name: str, paused: dict[str, Any], changes
                 core._move(job, JobState.EXPIRED, changes, reason=reason, ended_at=now)
     return [r.id for r in dropped]
 
+
 def daemon_command(core: Scheduler, event: DaemonCommand, changes: list[Change], now: float) -> list[Effect]:
     draining = core.controls.get(DRAINING)
     if event.action == "drain":
@@ -321,6 +337,7 @@ def daemon_command(core: Scheduler, event: DaemonCommand, changes: list[Change],
         return [_error(event.request, NOT_FOUND, f"unknown command {event.action!r}")]
     return _done(core, event.request, event.action, event.by, {}, {"draining": event.action == "drain"}, changes)
 
+
 # --- shared ---------------------------------------------------------------------
 
 def _control(core: Scheduler, key: str, value: Any, changes: list[Change]) -> None:
@@ -331,6 +348,7 @@ def _control(core: Scheduler, key: str, value: Any, changes: list[Change]) -> No
     else:
         core.controls[key] = value
     changes.append(Control(key, value))
+
 
 def _done(
     core: Scheduler,
@@ -349,9 +367,11 @@ def _done(
         changes.append(Ack(request))
     return []
 
+
 def operator_event(core: Scheduler, action: str, by: Operator, touched: dict[str, Any],
                    changes: list[Change]) -> None:
     changes.append(OperatorEvent(action, by, touched))
+
 
 def _order(by: Operator, now: float) -> dict[str, Any]:
     """What a standing order says of itself: who, why, since when."""

@@ -16,12 +16,17 @@ import trio
 from .. import codec, metrics
 from ..messages import (
     Asked,
+    Backfill,
     Command,
+    DaemonCommand,
     EndedRun,
     KillJob,
+    Operator,
     Persist,
     Persisted,
+    PipelineCommand,
     Reply,
+    RunCommand,
     StartJob,
     ToExecutor,
     ToScheduler,
@@ -160,12 +165,26 @@ def _hear(watch: JobWatch, batch: list[Event]) -> None:
 
 
 def _operator_action(event: object) -> str:
-    """An operator's request in words, as the log tells it."""
+    """An operator's request in words, as the log tells it: who, what, why."""
     if isinstance(event, Command):
-        return f"{event.action} job {event.job_id}"
-    if isinstance(event, Trigger):
-        return f"trigger {event.pipeline} for {codec.format_time(event.reference_time)}"
-    return f"{type(event).__name__.lower()} {getattr(event, 'pipeline', '')}".strip()
+        what = f"{event.action} job {event.job_id}" + (f" {event.outcome}" if event.outcome else "")
+        what += " and downstream" if event.downstream else ""
+    elif isinstance(event, RunCommand):
+        what = f"{event.action} run {event.run_id}" + (f" step {event.step}" if event.step else "")
+    elif isinstance(event, PipelineCommand):
+        what = f"{event.action} {event.pipeline}"
+    elif isinstance(event, DaemonCommand):
+        what = event.action
+    elif isinstance(event, Trigger):
+        what = f"trigger {event.pipeline} for {codec.format_time(event.reference_time)}"
+    elif isinstance(event, Backfill):
+        what = f"backfill {event.pipeline} ({len(event.reference_times)} reference times)"
+    else:
+        what = type(event).__name__.lower()
+    by: Operator | None = getattr(event, "by", None)
+    if by is None:
+        return what
+    return f"{by.name}: {what}" + (f" ({by.reason})" if by.reason else "")
 
 
 def _log_operator_action(action: str, reply: Reply) -> None:
