@@ -203,6 +203,36 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         )
         """,
     ),
+    (
+        4,
+        """
+        -- each pipeline definition a run was made with, by its hash: a run
+        -- finishes under its own definition across a reload or a restart
+        CREATE TABLE definitions (
+            hash TEXT PRIMARY KEY,
+            pipeline TEXT NOT NULL,
+            definition TEXT NOT NULL,   -- JSON of the pipeline as loaded
+            created_at REAL NOT NULL
+        );
+        ALTER TABLE runs ADD COLUMN definition TEXT NOT NULL DEFAULT '';
+        -- requests for product updates (products.request_update): one waits
+        -- while products its pipeline requires are not complete for its time
+        CREATE TABLE update_requests (
+            id INTEGER PRIMARY KEY,
+            product TEXT NOT NULL,
+            reference_time TEXT NOT NULL,
+            pipeline TEXT NOT NULL,
+            state TEXT NOT NULL,        -- waiting, done
+            waiting_for TEXT NOT NULL,  -- JSON: the required products not complete yet
+            by_name TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            done_at REAL,
+            run_id INTEGER              -- the run made or rerun for it
+        );
+        CREATE INDEX update_requests_state ON update_requests (state)
+        """,
+    ),
 )
 
 
