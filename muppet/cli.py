@@ -770,6 +770,63 @@ cluster or of the daemon's host). muppet status says so. Needs an admin token.""
 _daemon_command("undrain", """Start jobs again after muppet drain. Needs an admin token.""")
 
 
+@main.command()
+@click.argument("product")
+@click.option("--reference-time", required=True, metavar="ISO",
+              help="The reference time of the instance wanted, ISO 8601 (without a zone: UTC).")
+@click.option("--pipeline", metavar="NAME", help="The pipeline that makes it, when several produce the product.")
+@_reason_option
+@_echo_json_option
+@_api_option
+def request(product: str, reference_time: str, pipeline: str | None, reason: str, as_json: bool,
+            api_url: str) -> None:
+    """Ask for an update of PRODUCT for a reference time: the daemon makes a
+    run of the pipeline that produces it for that time, or, when there is
+    one, reruns the steps whose outputs make up the product and what is
+    downstream of them. Prints what happened: the run, or that the request
+    waits for products the pipeline requires (muppet requests shows it; it
+    is carried out when they are complete).
+
+    Fails for an unknown product and one that no pipeline produces.
+    """
+    params: dict[str, Any] = {"product": product, "reference_time": reference_time, "reason": reason}
+    if pipeline is not None:
+        params["pipeline"] = pipeline
+    result = _call(api_url, "products.request_update", params)
+    if as_json:
+        click.echo(json.dumps(result))
+    elif result["state"] == "waiting":
+        click.echo(f"request {result['request_id']}: waiting for {', '.join(result['waiting_for'])}")
+    elif result["made"]:
+        click.echo(f"request {result['request_id']}: run {result['run_id']} made")
+    elif result["rerun_job_ids"]:
+        jobs = ", ".join(str(j) for j in result["rerun_job_ids"])
+        click.echo(f"request {result['request_id']}: run {result['run_id']}: the steps that make {product} "
+                   f"run again (job(s) {jobs})")
+    else:
+        click.echo(f"request {result['request_id']}: run {result['run_id']} makes it already")
+
+
+REQUEST_COLUMNS = (
+    ("ID", "id"), ("PRODUCT", "product"), ("REFERENCE TIME", "reference_time"), ("PIPELINE", "pipeline"),
+    ("STATE", "state"), ("WAITING FOR", "waiting_for"), ("RUN", "run_id"), ("BY", "by"), ("REASON", "reason"),
+    ("CREATED", "created_at"),
+)
+
+
+@main.command()
+@click.option("--state", type=click.Choice(["waiting", "done", "refused"]), help="Only requests in this state.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True, help="At most this many.")
+@_json_option
+@_api_option
+def requests(state: str | None, limit: int, as_json: bool, api_url: str) -> None:
+    """The requests for product updates, newest first: those still waiting
+    say for which products."""
+    found = _call(api_url, "requests.list", {"state": state, "limit": limit})
+    rows = [{**r, "waiting_for": ", ".join(r["waiting_for"])} for r in found]
+    _print_rows(found if as_json else rows, as_json, REQUEST_COLUMNS, "no requests")
+
+
 # --- pipelines ---------------------------------------------------------------------
 
 PIPELINE_COLUMNS = (

@@ -8,9 +8,12 @@ a reference time keeps whole seconds, other timestamps keep milliseconds.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from .model import Job, JobState, Run, RunCause, RunState
+
+if TYPE_CHECKING:
+    from .messages import UpdateRequest
 
 
 @overload
@@ -72,6 +75,24 @@ def _from_iso(text: str) -> datetime:
         return datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except (ValueError, AttributeError, TypeError):
         raise ValueError(f"not an ISO 8601 time: {text!r}") from None
+
+
+def request_to_dict(request: UpdateRequest) -> dict[str, Any]:
+    """A request for a product update as the API shows it (docs/api.md,
+    "products.request_update")."""
+    return {
+        "id": request.id,
+        "product": request.product,
+        "reference_time": format_time(request.reference_time),
+        "pipeline": request.pipeline,
+        "state": request.state,
+        "waiting_for": list(request.waiting_for),
+        "by": request.by.name,
+        "reason": request.by.reason,
+        "created_at": format_time(request.created_at),
+        "done_at": format_time(request.done_at),
+        "run_id": request.run_id,
+    }
 
 
 def run_to_dict(run: Run) -> dict[str, Any]:

@@ -103,6 +103,7 @@ async def _serve(
         config.executors,
         next_run_id=snapshot.next_run_id,
         next_job_id=snapshot.next_job_id,
+        next_request_id=snapshot.next_request_id,
         outputs_backend=config.backends.get(config.index.outputs_backend),
         strict=strict,
     )
@@ -132,6 +133,7 @@ async def _serve(
         nursery.start_soon(partial(
             scheduler_task.run, core, scheduler_inbox, to_database.clone(), to_executor,
             loaded=(snapshot.runs, snapshot.jobs), ended=snapshot.ended, controls=snapshot.controls,
+            update_requests=snapshot.update_requests,
         ))
         nursery.start_soon(partial(cron.run, config.pipelines, to_scheduler.clone(), last_fired=snapshot.last_cron))
         nursery.start_soon(expiry.run, config.index, to_database.clone())

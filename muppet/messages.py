@@ -227,7 +227,34 @@ class IndexWritten:
 #: what one Persist may carry: a new run (with its jobs), or the new state of an
 #: existing run or job, or a finished job's log tail, or the index registration
 #: of a job's outputs, or a lateness event
-Change = NewRun | Run | Job | JobLog | IndexChange | LateNotice | OperatorEvent | Control | Ack
+@attrs.frozen
+class UpdateRequest:
+    """A request for a product update (products.request_update), as kept:
+    "waiting" while ``waiting_for`` (products the pipeline requires that
+    have no complete instance for ``reference_time``) is not empty, "done"
+    once carried out (``run_id``: the run made or rerun for it), "refused"
+    when it could not be (scheduler/requests.py says when).
+
+    Written with ``check``, the database works ``waiting_for`` out again in
+    the same transaction, from the instances it holds: an instance that
+    completes before that commit is counted, one after it comes to the
+    scheduler as a ``CompletedInstance`` after this request's ``Persisted``.
+    """
+
+    id: int
+    product: str
+    reference_time: datetime
+    pipeline: str
+    state: str
+    waiting_for: tuple[str, ...]
+    by: Operator
+    created_at: float
+    done_at: float | None = None
+    run_id: int | None = None
+    check: bool = attrs.field(default=False, eq=False)
+
+
+Change = NewRun | Run | Job | JobLog | IndexChange | LateNotice | OperatorEvent | Control | Ack | UpdateRequest
 
 
 @attrs.frozen
@@ -280,6 +307,9 @@ class Persisted:
     #: the number of the newest event once this batch committed (not part of
     #: equality: two writes of the same changes are the same commit)
     last_event_id: int = attrs.field(default=0, eq=False)
+    #: the update requests of the batch as committed (``waiting_for`` as
+    #: the database worked it out)
+    requests: tuple[UpdateRequest, ...] = ()
 
 
 @attrs.frozen
@@ -437,8 +467,26 @@ class WhyWaiting:
     job_ids: tuple[int, ...]
 
 
+@attrs.frozen
+class RequestUpdate:
+    """products.request_update: make the run of ``pipeline`` (which
+    produces ``product``) for ``reference_time``, or rerun the steps of the
+    existing one that make the product and what is downstream of them; once
+    the products it requires are complete for that time. ``run`` and
+    ``jobs``: the existing run, from the database, when there is one (it
+    may have ended). The reply is ``{"request_id", "state", ...}``."""
+
+    product: str
+    reference_time: datetime
+    pipeline: str
+    request: int = 0
+    by: Operator = Operator()
+    run: Run | None = None
+    jobs: tuple[Job, ...] = ()
+
+
 #: what an operator or a client asks of the scheduler, answered by a Reply
-Request = Trigger | Command | RunCommand | PipelineCommand | DaemonCommand | Backfill
+Request = Trigger | Command | RunCommand | PipelineCommand | DaemonCommand | Backfill | RequestUpdate
 
 
 @attrs.frozen

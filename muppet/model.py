@@ -402,6 +402,7 @@ class RunCause(str, enum.Enum):
     CRON = "cron"
     MANUAL = "manual"
     DATA = "data"
+    REQUEST = "request"  # a request for a product update (products.request_update)
 
 
 @attrs.frozen

@@ -34,6 +34,7 @@ from muppet.messages import (
     Reply,
     StartJob,
     Trigger,
+    UpdateRequest,
 )
 from muppet.model import (
     Depends,
@@ -83,6 +84,10 @@ class Harness:
         self.unanswered: list[Reply] = []
         self.late_notices: list[LateNotice] = []
         self.operator_events: list[OperatorEvent] = []
+        # the index as the database sees it: (product, reference time) pairs
+        # with a complete instance, and the update requests as written
+        self.complete: set[tuple[str, datetime]] = set()
+        self.db_requests: dict[int, UpdateRequest] = {}
 
     def feed(self, *events) -> None:
         self._take(self.core.handle(events, self.now))
@@ -118,8 +123,17 @@ class Harness:
         ended runs a NewRun's ``needs`` names, as writes.py reads them)."""
         batch, self.unsent = self.unsent, []
         for persist in batch:
-            committed, rejected, needs, acks = [], [], set(), []
+            committed, rejected, needs, acks, requests = [], [], set(), [], []
             for change in persist.changes:
+                if isinstance(change, UpdateRequest):
+                    # writes.py: with check, what it waits for as the index holds it now
+                    waiting = change.waiting_for
+                    if change.check:
+                        waiting = tuple(p for p in waiting if (p, change.reference_time) not in self.complete)
+                    written = attrs.evolve(change, waiting_for=waiting, check=False)
+                    self.db_requests[change.id] = written
+                    requests.append(written)
+                    continue
                 if isinstance(change, LateNotice):
                     self.late_notices.append(change)
                     continue
@@ -146,7 +160,8 @@ class Harness:
                     self.db_jobs[change.id] = change
                 committed.append(change)
             self.transactions += 1
-            self.feed(Persisted(tuple(committed), tuple(rejected), ended=self.ended_runs(needs), acks=tuple(acks)))
+            self.feed(Persisted(tuple(committed), tuple(rejected), ended=self.ended_runs(needs), acks=tuple(acks),
+                                requests=tuple(requests)))
 
     def ended_runs(self, wanted) -> tuple[EndedRun, ...]:
         found = []

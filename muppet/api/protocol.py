@@ -323,6 +323,17 @@ METHODS: dict[str, MethodSpec] = method_table([
                "start no new job of a pipeline; its cron runs wait", "write"),
     MethodSpec("pipelines.resume", (Param("pipeline", "string", required=True), _REASON),
                "start a paused pipeline's jobs again; its catch-up policy picks the runs made meanwhile", "write"),
+    MethodSpec("products.request_update", (
+        _PRODUCT,
+        Param("reference_time", "string", required=True, doc="ISO 8601: the instance wanted"),
+        Param("pipeline", "string", nullable=True, doc="the producing pipeline, when several produce it"),
+        _REASON,
+    ), "make or rerun the run that produces a product for a reference time, once its inputs are complete",
+        "write"),
+    MethodSpec("requests.list", (
+        Param("state", "string", nullable=True, choices=("waiting", "done", "refused")),
+        Param("limit", "integer", default=100, minimum=1, maximum=1000),
+    ), "requests for product updates, newest first"),
     MethodSpec("daemon.drain", (_REASON,), "start no new job at all; running ones finish", "admin"),
     MethodSpec("daemon.undrain", (_REASON,), "start jobs again after a drain", "admin"),
     MethodSpec("daemon.echo", (Param("data", "string", default=""),),

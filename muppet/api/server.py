@@ -254,6 +254,40 @@ def _daemon_command(action: str) -> Handler:
     return handle
 
 
+async def _products_request_update(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
+    """Find the pipeline that produces the product and hand the request to
+    the scheduler (docs/api.md, "products.request_update")."""
+    slug = params["product"]
+    if await ctx.query(queries.get_product, slug) is None:
+        raise RpcError(NOT_FOUND, f"unknown product {slug!r}", {"product": slug})
+    producers = sorted(name for name, p in ctx.config.pipelines.items() if slug in p.produces)
+    chosen = params["pipeline"]
+    if chosen is not None and chosen not in producers:
+        raise RpcError(NOT_FOUND, f"pipeline {chosen!r} does not produce product {slug!r}"
+                       + (f" ({', '.join(producers)} does)" if producers else ""), {"pipeline": chosen})
+    if chosen is None and not producers:
+        raise RpcError(NOT_FOUND, f"no pipeline produces product {slug!r}: a pipeline lists the products it "
+                       "makes in produces (docs/configuration.md)", {"product": slug})
+    if chosen is None and len(producers) > 1:
+        raise RpcError(INVALID_PARAMS, f"invalid params: product {slug!r} is produced by {', '.join(producers)}: "
+                       "give 'pipeline'", {"param": "pipeline"})
+    pipeline = chosen or producers[0]
+    try:
+        reference_time = codec.parse_time(params["reference_time"])
+    except ValueError as exc:
+        raise RpcError(INVALID_PARAMS, f"invalid params: 'reference_time' {exc}", {"param": "reference_time"}) from None
+    found = await ctx.query(reads.find_run, pipeline, reference_time)
+    run, jobs = found if found is not None else (None, ())
+    return await ctx.ask(messages.RequestUpdate(
+        slug, reference_time, pipeline, by=_operator(conn, params), run=run, jobs=tuple(jobs),
+    ))
+
+
+async def _requests_list(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
+    found = await ctx.query(reads.list_requests, state=params["state"], limit=params["limit"])
+    return [codec.request_to_dict(r) for r in found]
+
+
 #: method name -> handler; the params each gets are declared in protocol.METHODS
 HANDLERS: dict[str, Handler] = {
     "daemon.status": _daemon_status,
@@ -277,6 +311,8 @@ HANDLERS: dict[str, Handler] = {
     "runs.bypass": _run_command("bypass"),
     "pipelines.pause": _pipeline_command("pause"),
     "pipelines.resume": _pipeline_command("resume"),
+    "products.request_update": _products_request_update,
+    "requests.list": _requests_list,
     "daemon.drain": _daemon_command("drain"),
     "daemon.undrain": _daemon_command("undrain"),
     "daemon.echo": _daemon_echo,

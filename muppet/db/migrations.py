@@ -222,7 +222,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             product TEXT NOT NULL,
             reference_time TEXT NOT NULL,
             pipeline TEXT NOT NULL,
-            state TEXT NOT NULL,        -- waiting, done
+            state TEXT NOT NULL,        -- waiting, done, refused
             waiting_for TEXT NOT NULL,  -- JSON: the required products not complete yet
             by_name TEXT NOT NULL,
             reason TEXT NOT NULL,

@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 import attrs
 
 from .. import codec
-from ..messages import EndedRun
+from ..messages import EndedRun, UpdateRequest
 from ..model import Job, JobLog, JobState, Run, RunCause, RunState
-from .rows import JOB_COLUMNS, RUN_COLUMNS, job_from_row, run_from_row
+from .rows import JOB_COLUMNS, REQUEST_COLUMNS, RUN_COLUMNS, job_from_row, request_from_row, run_from_row
 from .store import Store
 
 E = TypeVar("E", bound=enum.Enum)
@@ -41,6 +41,10 @@ class Snapshot:
     ended: tuple[EndedRun, ...] = ()
     #: operators' standing orders (messages.Control), by key
     controls: dict[str, Any] = attrs.field(factory=dict)
+    #: the requests for product updates still waiting, with what they wait
+    #: for worked out again from the instances now
+    update_requests: tuple[UpdateRequest, ...] = ()
+    next_request_id: int = 1
 
 
 def load_snapshot(store: Store) -> Snapshot:
@@ -66,6 +70,17 @@ def load_snapshot(store: Store) -> Snapshot:
             (RunCause.CRON.value,),
         )
         controls = {key: json.loads(value) for key, value in rows("SELECT key, value FROM controls")}
+        waiting = [
+            request_from_row(row) for row in rows(f"SELECT {REQUEST_COLUMNS} FROM update_requests WHERE state = ?",
+                                                  ("waiting",))
+        ]
+        # a completion committed just before a crash was never heard by the
+        # scheduler: what each request waits for is read again
+        waiting = [
+            attrs.evolve(r, waiting_for=missing_products(store, cursor, r.waiting_for, r.reference_time))
+            for r in waiting
+        ]
+        max_request = rows("SELECT MAX(id) FROM update_requests")[0][0]
         return Snapshot(
             runs=tuple(run_from_row(r) for r in runs),
             jobs=tuple(job_from_row(r) for r in jobs),
@@ -73,6 +88,8 @@ def load_snapshot(store: Store) -> Snapshot:
             next_job_id=(max_job or 0) + 1,
             last_cron={name: codec.parse_time(text) for name, text in cron},
             controls=controls,
+            update_requests=tuple(waiting),
+            next_request_id=(max_request or 0) + 1,
         )
 
     return store.transaction(work, write=False)
@@ -186,6 +203,34 @@ def events_since(store: Store, after_id: int, limit: int = 1000) -> list[EventRe
 def controls(store: Store) -> dict[str, Any]:
     """The operators' standing orders (messages.Control), by key."""
     return {key: json.loads(value) for key, value in store.query("SELECT key, value FROM controls")}
+
+
+def missing_products(store: Store, cursor: Any, products: Sequence[str], reference_time: datetime) -> tuple[str, ...]:
+    """Those of ``products`` with no complete instance (any version) for
+    ``reference_time``, as ``cursor``'s transaction sees them."""
+    missing = []
+    for product in products:
+        cursor.execute(store.sql(
+            "SELECT 1 FROM instances WHERE product = ? AND reference_time = ? AND completed_at IS NOT NULL LIMIT 1"
+        ), (product, codec.format_time(reference_time)))
+        if cursor.fetchone() is None:
+            missing.append(product)
+    return tuple(missing)
+
+
+def list_requests(store: Store, *, state: str | None = None, limit: int = 100) -> list[UpdateRequest]:
+    """Requests for product updates, newest first."""
+    where, params = _where(("state = ?", state))
+    rows = store.query(f"SELECT {REQUEST_COLUMNS} FROM update_requests{where} ORDER BY id DESC LIMIT ?",
+                       [*params, int(limit)])
+    return [request_from_row(row) for row in rows]
+
+
+def find_run(store: Store, pipeline: str, reference_time: datetime) -> tuple[Run, tuple[Job, ...]] | None:
+    """The run of ``pipeline`` for ``reference_time`` with its jobs, if there is one."""
+    found = store.query("SELECT id FROM runs WHERE pipeline = ? AND reference_time = ?",
+                        (pipeline, codec.format_time(reference_time)))
+    return run_with_jobs(store, found[0][0]) if found else None
 
 
 def last_event_id(store: Store) -> int:

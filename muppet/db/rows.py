@@ -1,5 +1,5 @@
 """Rows <-> model objects for the engine's tables (runs, jobs, job logs,
-events): the one place that knows their column order. The index's rows are
+events, update requests): the one place that knows their column order. The index's rows are
 in ``muppet/index/queries.py``."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import codec
+from ..messages import Operator, UpdateRequest
 from ..model import Job, JobState, Run, RunCause, RunState
 
 RUN_COLUMNS = "id, pipeline, reference_time, state, cause, created_at, ended_at, late"
@@ -18,8 +19,28 @@ JOB_COLUMNS = (
     " created_at, submitted_at, started_at, ended_at, kill_requested, late"
 )
 
+REQUEST_COLUMNS = (
+    "id, product, reference_time, pipeline, state, waiting_for, by_name, reason, created_at, done_at, run_id"
+)
+
 #: a row as the database driver takes it (ints, floats, strings, None)
 Row = tuple[Any, ...]
+
+
+def request_row(request: UpdateRequest) -> Row:
+    return (
+        request.id, request.product, codec.format_time(request.reference_time), request.pipeline, request.state,
+        json.dumps(list(request.waiting_for)), request.by.name, request.by.reason, request.created_at,
+        request.done_at, request.run_id,
+    )
+
+
+def request_from_row(row: Sequence[Any]) -> UpdateRequest:
+    return UpdateRequest(
+        id=row[0], product=row[1], reference_time=codec.parse_time(row[2]), pipeline=row[3], state=row[4],
+        waiting_for=tuple(json.loads(row[5])), by=Operator(row[6], row[7]), created_at=row[8], done_at=row[9],
+        run_id=row[10],
+    )
 
 
 def run_row(run: Run) -> Row:

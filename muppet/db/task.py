@@ -192,10 +192,10 @@ async def run(
                 except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
             _answer(replies, done)
-            if done.changes or done.rejected or done.completed or done.acks:
+            if done.changes or done.rejected or done.completed or done.acks or done.requests:
                 await send.send(Persisted(
                     done.changes, done.rejected, done.completed, done.ended, done.acks,
-                    last_event_id=done.last_event_id,
+                    last_event_id=done.last_event_id, requests=done.requests,
                 ))
 
 

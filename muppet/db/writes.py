@@ -34,10 +34,11 @@ from ..messages import (
     OperatorEvent,
     RegisterFiles,
     SetTorrent,
+    UpdateRequest,
 )
 from ..model import Job, JobLog, Run
-from .reads import ended_runs
-from .rows import JOB_COLUMNS, RUN_COLUMNS, event_payload, job_row, run_row
+from .reads import ended_runs, missing_products
+from .rows import JOB_COLUMNS, REQUEST_COLUMNS, RUN_COLUMNS, event_payload, job_row, request_row, run_row
 from .store import Store
 
 log = logging.getLogger("muppet.db")
@@ -56,6 +57,8 @@ class Committed:
     ended: tuple[EndedRun, ...] = ()
     #: the requests whose Ack the batch held
     acks: tuple[int, ...] = ()
+    #: the update requests of the batch as committed
+    requests: tuple[UpdateRequest, ...] = ()
     #: the number of the newest event once the batch committed (not part of
     #: equality: two writes of the same changes are the same commit)
     last_event_id: int = attrs.field(default=0, eq=False)
@@ -124,7 +127,8 @@ def write(store: Store, changes: Sequence[Change], *, token: str | None = None) 
                 last_event_id = cursor.fetchone()[0] or 0
                 rejected = set(json.loads(row[1]))
                 committed = _committed(batch, rejected, _written_from_json(row[2]), last_event_id)
-                return attrs.evolve(committed, ended=_ended_needed(store, cursor, batch, rejected))
+                return attrs.evolve(committed, ended=_ended_needed(store, cursor, batch, rejected),
+                                    requests=_requests_written(store, cursor, batch))
         return _write(store, cursor, batch, token)
 
     return store.transaction(work, write=True)
@@ -173,6 +177,8 @@ def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | 
             events.append((now, "operator", 0, _operator_payload(change), None))
         elif isinstance(change, Ack):
             pass  # a marker: Committed.acks
+        elif isinstance(change, UpdateRequest):
+            _write_request(store, cursor, change)
         elif isinstance(change, Control):
             if change.value is None:
                 cursor.execute(store.sql("DELETE FROM controls WHERE key = ?"), (change.key,))
@@ -202,7 +208,34 @@ def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | 
     cursor.execute("SELECT MAX(id) FROM events")
     last_event_id = cursor.fetchone()[0] or 0
     committed = _committed(changes, rejected, written, last_event_id)
-    return attrs.evolve(committed, ended=_ended_needed(store, cursor, changes, rejected))
+    return attrs.evolve(committed, ended=_ended_needed(store, cursor, changes, rejected),
+                        requests=_requests_written(store, cursor, changes))
+
+
+def _write_request(store: Store, cursor: Any, change: UpdateRequest) -> None:
+    """Upsert an update request; with ``check``, its ``waiting_for`` keeps
+    only the products with no complete instance for its time, as this
+    transaction sees them (messages.UpdateRequest)."""
+    waiting_for = change.waiting_for
+    if change.check:
+        waiting_for = missing_products(store, cursor, waiting_for, change.reference_time)
+    marks = ", ".join("?" for _ in REQUEST_COLUMNS.split(","))
+    cursor.execute(store.sql(
+        f"INSERT INTO update_requests ({REQUEST_COLUMNS}) VALUES ({marks})"
+        " ON CONFLICT (id) DO UPDATE SET state = excluded.state, waiting_for = excluded.waiting_for,"
+        " done_at = excluded.done_at, run_id = excluded.run_id"
+    ), request_row(attrs.evolve(change, waiting_for=waiting_for)))
+
+
+def _requests_written(store: Store, cursor: Any, changes: tuple[Change, ...]) -> tuple[UpdateRequest, ...]:
+    """The batch's update requests as the table holds them now."""
+    wanted = [change for change in changes if isinstance(change, UpdateRequest)]
+    written = []
+    for change in wanted:
+        cursor.execute(store.sql("SELECT state, waiting_for FROM update_requests WHERE id = ?"), (change.id,))
+        state, waiting_for = cursor.fetchone()
+        written.append(attrs.evolve(change, state=state, waiting_for=tuple(json.loads(waiting_for)), check=False))
+    return tuple(written)
 
 
 def _ended_needed(
@@ -271,7 +304,7 @@ def _committed(
         elif position in rejected:
             assert isinstance(change, NewRun)
             refused.append(change)
-        elif not isinstance(change, (LateNotice, OperatorEvent, Control, Ack)):  # events, orders, marks
-            engine.append(change)
+        elif not isinstance(change, (LateNotice, OperatorEvent, Control, Ack, UpdateRequest)):
+            engine.append(change)  # not events, orders, marks or requests (Committed.requests)
     acks = tuple(change.request for change in changes if isinstance(change, Ack))
     return Committed(tuple(engine), tuple(refused), tuple(index), acks=acks, last_event_id=last_event_id)

@@ -63,9 +63,11 @@ from ..messages import (
     PipelineCommand,
     RegisterFiles,
     Reply,
+    RequestUpdate,
     RunCommand,
     StartJob,
     Trigger,
+    UpdateRequest,
     paused_key,
 )
 from ..model import (
@@ -80,7 +82,7 @@ from ..model import (
     RunState,
     ServiceBackend,
 )
-from . import cycling, operators, states
+from . import cycling, operators, requests, states
 from .cycling import Deadlines
 from .states import IllegalTransition
 
@@ -116,7 +118,7 @@ class WakeAt:
 Effect = Persist | StartJob | KillJob | Answer | WakeAt | Notice
 Event = (
     Trigger | Persisted | JobStarted | JobFinished | JobNotStarted | Backfill
-    | Command | RunCommand | PipelineCommand | DaemonCommand
+    | Command | RunCommand | PipelineCommand | DaemonCommand | RequestUpdate
 )
 
 
@@ -132,6 +134,7 @@ class Scheduler:
         *,
         next_run_id: int = 1,
         next_job_id: int = 1,
+        next_request_id: int = 1,
         outputs_backend: ServiceBackend | None = None,
         strict: bool = True,
     ) -> None:
@@ -172,6 +175,12 @@ class Scheduler:
         self.controls: dict[str, Any] = {}
         # replies owed once the transaction with the request's Ack commits
         self.owed_ack: dict[int, Reply] = {}
+        # requests for product updates (requests.py): the next id, the
+        # committed ones that wait for products, and what the API gave with
+        # each until it is carried out
+        self.next_request_id = next_request_id
+        self.waiting_requests: dict[int, UpdateRequest] = {}
+        self.requests_asked: dict[int, requests.Asked] = {}
         self.jobs: dict[int, Job] = {}
         # per run, the newest job of each (step, index) slot
         self.current: dict[int, dict[tuple[str, int], int]] = {}
@@ -209,6 +218,7 @@ class Scheduler:
         now: float,
         ended: Iterable[EndedRun] = (),
         controls: Mapping[str, Any] | None = None,
+        update_requests: Iterable[UpdateRequest] = (),
     ) -> list[Effect]:
         """Take over the unfinished runs a previous daemon left in the database
         (and the ended runs their intercycle parents are in).
@@ -242,6 +252,7 @@ class Scheduler:
         self._timers_due(changes, touched, now)
         for run_id in touched:
             self._maybe_finish_run(run_id, changes, now)
+        effects.extend(requests.load(self, tuple(update_requests), changes, now))
         self._promote_queued(changes)
         self._schedule(changes, now)
         return self._finish(now, changes, effects)
@@ -276,6 +287,8 @@ class Scheduler:
                 effects.extend(operators.daemon_command(self, event, changes, now))
             elif isinstance(event, Backfill):
                 effects.extend(self._backfill(event, changes, now))
+            elif isinstance(event, RequestUpdate):
+                effects.extend(requests.request_update(self, event, changes, now))
             else:
                 raise TypeError(f"the scheduler does not handle {event!r}")
         self._timers_due(changes, touched, now)
@@ -407,8 +420,10 @@ class Scheduler:
                 if change.id not in self.pending_jobs:  # the newest copy: what was asked is done
                     effects.extend(self._pay(self.owed_job, change.id))
                 effects.extend(self._hand_over(change, before, changes, now))
+        effects.extend(requests.persisted(self, event.requests, changes, now))
         for completed in event.completed:
             effects.extend(self._data_triggers(completed, changes, now))
+            effects.extend(requests.completed(self, completed, changes, now))
         return effects
 
     def _backfilled(self, run: Run, *, made: bool) -> list[Effect]:

@@ -26,11 +26,13 @@ from ..messages import (
     Persisted,
     PipelineCommand,
     Reply,
+    RequestUpdate,
     RunCommand,
     StartJob,
     ToExecutor,
     ToScheduler,
     Trigger,
+    UpdateRequest,
     WhyWaiting,
 )
 from ..model import Job, Run
@@ -49,6 +51,7 @@ async def run(
     loaded: tuple[Iterable[Run], Iterable[Job]] = ((), ()),
     ended: Iterable[EndedRun] = (),
     controls: Mapping[str, Any] | None = None,
+    update_requests: Iterable[UpdateRequest] = (),
     clock: Callable[[], float] = time.time,
 ) -> None:
     """Feed the core every event that arrives and carry out its effects.
@@ -60,7 +63,8 @@ async def run(
     the channel of the request it answers. ``loaded`` is ``(runs, jobs)`` of
     the unfinished work a previous daemon left, taken over before anything
     else; ``ended`` the ended runs those wait on through intercycle parents;
-    ``controls`` the operators' standing orders (paused pipelines, draining).
+    ``controls`` the operators' standing orders (paused pipelines, draining);
+    ``update_requests`` the requests for product updates still waiting.
 
     The core sees requests by number: this task numbers each Asked and keeps
     its channel until the core's Answer of that number.
@@ -76,7 +80,7 @@ async def run(
     # read twice: by the core and by the watch that logs and counts changes
     runs, jobs = tuple(runs), tuple(jobs)
     watch = JobWatch(runs, jobs)
-    effects = core.load(runs, jobs, clock(), ended, controls)
+    effects = core.load(runs, jobs, clock(), ended, controls, update_requests)
     wake_at = math.inf
     while True:
         wake_at = await _carry_out(effects, to_database, to_executor, requests, wake_at)
@@ -177,6 +181,8 @@ def _operator_action(event: object) -> str:
         what = event.action
     elif isinstance(event, Trigger):
         what = f"trigger {event.pipeline} for {codec.format_time(event.reference_time)}"
+    elif isinstance(event, RequestUpdate):
+        what = f"request {event.product} for {codec.format_time(event.reference_time)} from {event.pipeline}"
     elif isinstance(event, Backfill):
         what = f"backfill {event.pipeline} ({len(event.reference_times)} reference times)"
     else:
