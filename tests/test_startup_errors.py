@@ -173,7 +173,8 @@ def test_an_api_address_not_of_this_host(tmp_path, tokens):
         tokens_file = "{tokens}"
         """)  # RFC 5737 TEST-NET-1
     assert line == (f"muppet: error: {path}: [api] listen: cannot listen on ws://192.0.2.1:8765: "
-                    "Cannot assign requested address (another daemon there? choose another address)")
+                    "Cannot assign requested address (not an address of this host: give one of its own, "
+                    "or 0.0.0.0 for all of them)")
 
 
 def test_an_api_host_that_does_not_resolve(tmp_path, tokens):
@@ -183,7 +184,34 @@ def test_an_api_host_that_does_not_resolve(tmp_path, tokens):
         tokens_file = "{tokens}"
         """)
     assert line == (f"muppet: error: {path}: [api] listen: cannot listen on ws://{MISSING_HOST}:8765: "
-                    f"{why} (another daemon there? choose another address)")
+                    f"{why} (the host name does not resolve here: give an address, or a name this host "
+                    "resolves)")
+
+
+def test_an_api_certificate_that_does_not_load(tmp_path, tokens):
+    (tmp_path / "api.crt").write_text("not a certificate\n")
+    (tmp_path / "api.key").write_text("not a key\n")
+    path, line = start(tmp_path, api=f"""
+        listen = "127.0.0.1:0"
+        tokens_file = "{tokens}"
+        tls_cert = "{tmp_path / 'api.crt'}"
+        tls_key = "{tmp_path / 'api.key'}"
+        """)
+    assert line.startswith(f"muppet: error: {path}: [api] tls_cert: cannot load the certificate "
+                           f"{tmp_path / 'api.crt'} with the key {tmp_path / 'api.key'}: "), line
+    assert line.endswith(" (both PEM, the key matching the certificate)"), line
+
+
+def test_a_web_address_not_of_this_host(tmp_path, tokens):
+    path, line = start(tmp_path, api=f"""
+        listen = "127.0.0.1:0"
+        tokens_file = "{tokens}"
+        [web]
+        listen = "192.0.2.1:8780"
+        """)
+    assert line == (f"muppet: error: {path}: [web] listen: cannot listen on http://192.0.2.1:8780: "
+                    "Cannot assign requested address (not an address of this host: give one of its own, "
+                    "or 0.0.0.0 for all of them, or listen = \"\" for no web page)")
 
 
 # --- the state directory --------------------------------------------------------------

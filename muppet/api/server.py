@@ -29,6 +29,7 @@ from ..db.health import DatabaseHealth, until_available
 from ..db.store import DatabaseUnavailable, Store, open_store
 from ..index import queries
 from ..index.events import EventHub
+from ..listening import cannot_listen
 from ..messages import CONFLICT, NOT_FOUND
 from . import console, protocol
 from . import index as index_methods
@@ -466,16 +467,23 @@ async def listen(api: model.ApiConfig) -> Listeners:
     trio_websocket.serve_websocket would open them. The daemon opens them
     before anything else, so that an address in use stops it before it
     touches its database. Raises ListenError naming the address."""
-    try:
-        if not api.tls_cert:
-            return await trio.open_tcp_listeners(api.port, host=api.host)
+    context = None
+    if api.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(api.tls_cert, api.tls_key)
+        try:
+            context.load_cert_chain(api.tls_cert, api.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ListenError(
+                f"[api] tls_cert: cannot load the certificate {api.tls_cert} with the key {api.tls_key}: "
+                f"{exc.strerror or exc} (both PEM, the key matching the certificate)"
+            ) from exc
+    try:
+        if context is None:
+            return await trio.open_tcp_listeners(api.port, host=api.host)
         return await trio.open_ssl_over_tcp_listeners(api.port, context, host=api.host, https_compatible=True)
     except OSError as exc:
         raise ListenError(
-            f"[api] listen: cannot listen on {api.scheme}://{api.listen}: "
-            f"{exc.strerror or exc} (another daemon there? choose another address)"
+            f"[api] listen: cannot listen on {api.scheme}://{api.listen}: {cannot_listen(exc)}"
         ) from exc
 
 

@@ -19,6 +19,7 @@ from hypercorn.trio import serve
 
 from .. import messages
 from ..db.health import DatabaseHealth
+from ..listening import cannot_listen
 from ..metrics import Metrics
 from ..model import Config, WebConfig
 from .app import DatabaseReader, WebState, make_app
@@ -51,13 +52,12 @@ def bind(web: WebConfig) -> socket.socket | None:
         sock.listen(128)
     except OSError as exc:
         sock.close()
-        message = (
-            f"[web] listen: cannot listen on http://{web.listen}: {exc.strerror or exc}"
-        )
         if web.explicit:
-            raise WebListenError(f"{message} (another daemon there? choose another address, "
+            why = cannot_listen(exc)
+            raise WebListenError(f"[web] listen: cannot listen on http://{web.listen}: {why[:-1]}, "
                                  'or listen = "" for no web page)') from exc
-        log.warning("%s; no web page, /metrics or /healthz: set [web] listen to another address", message)
+        log.warning("[web] listen: cannot listen on http://%s: %s; no web page, /metrics or /healthz: "
+                    "set [web] listen to another address", web.listen, exc.strerror or exc)
         return None
     return sock
 
