@@ -193,6 +193,7 @@ async def test_hold_release_and_kill_a_whole_run(nursery, tmp_path, database_url
         assert (held.returncode, held.stdout) == (0, f"run {run_id}: hold of 3 job(s)\n"), held.stderr
         steps = await newest(client, run_id)
         assert [j["state"] for j in steps["make"] + steps["last"]] == ["held"] * 3
+        assert {j["reason"] for j in steps["make"] + steps["last"]} == {"held by operator: disk on lustre-a"}
         assert steps["gate"][0]["state"] == "running"
         message = await refused(client, "runs.hold", {"run_id": run_id}, CONFLICT)
         assert message == f"run {run_id} has no waiting job to hold"
@@ -201,6 +202,7 @@ async def test_hold_release_and_kill_a_whole_run(nursery, tmp_path, database_url
         assert (released.returncode, json.loads(released.stdout)) == (0, {"run_id": run_id, "jobs": 3})
         steps = await newest(client, run_id)
         assert [j["state"] for j in steps["make"] + steps["last"]] == ["waiting"] * 3
+        assert all(j["reason"].startswith("parents: ") for j in steps["make"] + steps["last"]), steps
 
         killed = await muppet(url, "kill", str(run_id), "--run", "--reason", "bad input")
         assert (killed.returncode, killed.stdout) == (0, f"run {run_id}: kill of 4 job(s)\n"), killed.stderr

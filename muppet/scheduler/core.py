@@ -655,7 +655,7 @@ class Scheduler:
         if committed is not None and job.state is not committed.state:
             return f"{job.state.value}: being committed"
         if job.state is JobState.HELD:
-            return "held by operator"
+            return job.reason or operators.HELD_BY_OPERATOR
         if job.state is not JobState.WAITING:
             return ""
         pipeline = self.pipelines.get(job.pipeline)

@@ -38,6 +38,9 @@ from . import states
 if TYPE_CHECKING:
     from .core import Effect, Scheduler
 
+#: a held job's reason, with who held it and why (docs/states.md, "Why a job waits")
+HELD_BY_OPERATOR = "held by operator"
+
 #: the states of a slot that ``rerun RUN --run`` runs again
 RERUN_FAILED = frozenset({JobState.FAILED, JobState.KILLED, JobState.EXPIRED, JobState.SKIPPED})
 
@@ -69,11 +72,11 @@ def _job_command_on(core: Scheduler, job: Job, event: Command, changes: list[Cha
         if state is not JobState.WAITING:
             why = f"job {job.id} is {state.value}; only a waiting job can be held"
             return [_error(event.request, CONFLICT, why)]
-        core._move(job, JobState.HELD, changes)
+        core._move(job, JobState.HELD, changes, reason=_by(HELD_BY_OPERATOR, event.by))
     elif event.action == "release":
         if state is not JobState.HELD:
             return [_error(event.request, CONFLICT, f"job {job.id} is {state.value}, not held")]
-        core._move(job, JobState.WAITING, changes)
+        core._move(job, JobState.WAITING, changes, reason="")
     elif event.action == "kill":
         return _kill(core, job, event.request, event.by, changes, now)
     elif event.action == "rerun":
@@ -205,7 +208,8 @@ def _run_command_on(core: Scheduler, run: Run, event: RunCommand, changes: list[
         if not chosen:
             return [_error(event.request, CONFLICT, f"run {run.id} has no {source.value} job to {event.action}")]
         for job in chosen:
-            core._move(job, target, changes)
+            held = target is JobState.HELD
+            core._move(job, target, changes, reason=_by(HELD_BY_OPERATOR, event.by) if held else "")
         touched["job_ids"] = sorted(j.id for j in chosen)
     elif event.action == "kill":
         left = [j for j in newest if not j.state.finished]
