@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 import trio
 
+from .alerts.changes import AlertChange, AlertWrite
 from .model import DataFormat, Job, JobLog, JobState, Product, Run, RunState, ServiceBackend, Step
 
 # --- to the database task ------------------------------------------------------
@@ -254,7 +255,10 @@ class UpdateRequest:
     check: bool = attrs.field(default=False, eq=False)
 
 
-Change = NewRun | Run | Job | JobLog | IndexChange | LateNotice | OperatorEvent | Control | Ack | UpdateRequest
+#: ... and incidents, beside the changes that caused them (docs/alerts.md, "Incidents")
+Change = (
+    NewRun | Run | Job | JobLog | IndexChange | LateNotice | OperatorEvent | Control | Ack | UpdateRequest | AlertChange
+)
 
 
 @attrs.frozen
@@ -281,7 +285,7 @@ class IndexWrite:
 
 
 #: what the database task receives
-ToDatabase = Persist | IndexWrite
+ToDatabase = Persist | IndexWrite | AlertWrite
 
 
 # --- to the scheduler ------------------------------------------------------------

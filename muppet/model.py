@@ -35,6 +35,13 @@ class Stakeholder:
     key: str
     name: str
     email: str = ""
+    #: where incidents are posted as JSON (docs/alerts.md, "Webhooks"); "" none
+    webhook: str = ""
+    #: the incident kinds they hear of (docs/alerts.md, "Kinds"); None: all
+    notify: tuple[str, ...] | None = None
+    #: a PagerDuty Events API v2 integration key: the webhook is that API,
+    #: which takes one event per request (docs/alerts.md, "Webhooks")
+    routing_key: str = ""
 
 
 @attrs.frozen
@@ -277,6 +284,9 @@ class Product:
     #: grid and time-step metadata, free-form (projection, resolution,
     #: bounding_box, time_steps, time_step_hours, ...)
     metadata: Mapping[str, object] = attrs.field(factory=dict, converter=_objects)
+    #: an instance not complete this long (ISO 8601) after its reference
+    #: time is an incident (Productstatus's grace time; docs/alerts.md)
+    expected_after: str | None = None
 
     def __hash__(self) -> int:
         return hash(self.slug)
@@ -317,6 +327,31 @@ class IndexConfig:
     delete_expired_files: bool = False
 
 
+@attrs.frozen
+class AlertsConfig:
+    """The ``[alerts]`` table: how incidents reach stakeholders (docs/alerts.md)."""
+
+    #: HOST:PORT of the SMTP server; "" sends no mail
+    smtp: str = ""
+    #: "" (plain SMTP), "starttls" or "ssl" (SMTP over TLS from the start)
+    security: str = ""
+    username: str = ""
+    #: read from ``password_file`` at load; never shown
+    password: str = attrs.field(default="", repr=False)
+    password_file: str = ""
+    #: the From: address
+    sender: str = ""
+    #: at most one message per stakeholder and channel in this many seconds
+    digest_seconds: float = 60.0
+    #: stakeholders who hear of every incident
+    default_to: tuple[str, ...] = ()
+    #: an open incident nobody acknowledged is told again after this many
+    #: seconds; 0: never
+    remind_seconds: float = 4 * 3600.0
+    #: seconds one SMTP conversation or webhook request may take
+    timeout: float = 30.0
+
+
 def _copy_products(mapping: Mapping[str, Product]) -> dict[str, Product]:
     return dict(mapping)
 
@@ -348,6 +383,8 @@ class Config:
     warnings: tuple[str, ...] = ()
     #: the web page, /metrics and /healthz
     web: WebConfig = WebConfig()
+    #: how incidents reach stakeholders
+    alerts: AlertsConfig = AlertsConfig()
 
     def __hash__(self) -> int:
         return id(self)

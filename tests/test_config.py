@@ -1047,3 +1047,110 @@ def test_tls_needs_both_files(tmp_path):
     (tmp_path / "api.crt").write_text("x")
     problems = problems_of(setup(tmp_path, daemon='[api]\ntls_cert = "api.crt"\n'))
     find(problems, "api", "tls_key", "go together")
+
+
+# --- alerts: [alerts], the stakeholders' webhook and notify, a product's expected_after (docs/alerts.md) ---
+
+
+def test_alerts_keys_are_loaded(tmp_path):
+    (tmp_path / "smtp.password").write_text("s3cret\n")
+    conf = setup(tmp_path, GOOD_PIPELINE, """
+        [alerts]
+        smtp = "smtp.example.org:587"
+        starttls = true
+        username = "muppet"
+        password_file = "smtp.password"
+        from = "muppet@example.org"
+        digest_seconds = 30
+        default_to = ["desk"]
+        remind_seconds = 0
+        [stakeholders.desk]
+        name = "Operations desk"
+        email = "desk@example.org"
+        webhook = "https://chat.example.org/hooks/abc"
+        notify = ["job_failed", "database_down"]
+        [stakeholders.pager]
+        webhook = "https://events.pagerduty.com/v2/enqueue"
+        routing_key = "R0UT1NGKEY"
+        [products.example-product]
+        name = "Example"
+        contact = "desk"
+        expected_after = "PT3H"
+    """)
+    config = load_config(conf)
+    alerts = config.alerts
+    assert (alerts.smtp, alerts.security, alerts.username, alerts.password, alerts.sender) == (
+        "smtp.example.org:587", "starttls", "muppet", "s3cret", "muppet@example.org")
+    assert alerts.password_file == str(tmp_path / "smtp.password")
+    assert "s3cret" not in repr(alerts)
+    assert (alerts.digest_seconds, alerts.default_to, alerts.remind_seconds) == (30, ("desk",), 0)
+    desk = config.stakeholders["desk"]
+    assert (desk.webhook, desk.notify, desk.routing_key) == (
+        "https://chat.example.org/hooks/abc", ("job_failed", "database_down"), "")
+    assert config.stakeholders["pager"].routing_key == "R0UT1NGKEY"
+    assert config.stakeholders["ops"].notify is None  # all kinds
+    assert config.products["example-product"].expected_after == "PT3H"
+
+
+def test_alerts_defaults(tmp_path):
+    config = load_config(setup(tmp_path, GOOD_PIPELINE))
+    assert (config.alerts.smtp, config.alerts.digest_seconds, config.alerts.default_to) == ("", 60.0, ())
+    assert config.products["example-product"].expected_after is None
+
+
+@pytest.mark.parametrize(
+    "section, table, key, words",
+    [
+        ('[alerts]\nsmtp = "mail.example.org"\nfrom = "m@x.org"', "alerts", "smtp", ("HOST:PORT",)),
+        ('[alerts]\nsmtp = "h:25"\nfrom = "m@x.org"\nssl = true\nstarttls = true', "alerts", "ssl",
+         ("not both",)),
+        ('[alerts]\nsmtp = "h:25"', "alerts", "from", ("From: address",)),
+        ('[alerts]\nsmtp = "h:25"\nfrom = "nobody"', "alerts", "from", ("not an e-mail address",)),
+        ('[alerts]\nsmtp = "h:25"\nfrom = "m@x.org"\nusername = "u"', "alerts", "password_file", ("missing",)),
+        ('[alerts]\nsmtp = "h:25"\nfrom = "m@x.org"\nusername = "u"\npassword_file = "nope"', "alerts",
+         "password_file", ("cannot read",)),
+        ('[alerts]\nstarttls = true', "alerts", "starttls", ("without smtp",)),
+        ('[alerts]\ndigest_seconds = -1', "alerts", "digest_seconds", (">= 0",)),
+        ('[alerts]\ndigest_seconds = "60"', "alerts", "digest_seconds", ("a number",)),
+        ('[alerts]\ndefault_to = "desk"', "alerts", "default_to", ("list of strings",)),
+        ('[alerts]\ndefault_to = ["nobody"]', "alerts", "default_to", ("unknown stakeholder",)),
+        ('[alerts]\nsmpt = "h:25"', "alerts", "smpt", ('did you mean "smtp"',)),
+        ('[stakeholders.x]\nwebhook = "ftp://x/y"', "stakeholders.x", "webhook", ("http:// or https://",)),
+        ('[stakeholders.x]\nnotify = ["failure"]', "stakeholders.x", "notify", ('unknown kind "failure"',)),
+        ('[stakeholders.x]\nnotify = "job_failed"', "stakeholders.x", "notify", ("list of strings",)),
+        ('[stakeholders.x]\nrouting_key = "k"', "stakeholders.x", "routing_key", ("without webhook",)),
+        ('[products.x]\nname = "X"\nexpected_after = "3 hours"', "products.x", "expected_after",
+         ("ISO 8601 duration",)),
+        ('[products.x]\nname = "X"\nexpected_after = "-PT3H"', "products.x", "expected_after", ("point back",)),
+    ],
+)
+def test_bad_alerts_values(tmp_path, section, table, key, words):
+    conf = write(tmp_path / "muppet.toml", section + "\n")
+    problem = find(problems_of(conf), table, key, *words)
+    assert problem.file == str(conf)
+
+
+def test_muppet_validate_names_file_table_and_key_of_alerts_problems(tmp_path):
+    conf = write(tmp_path / "muppet.toml", """
+        [alerts]
+        smtp = "localhost"
+        default_to = ["desk"]
+        [stakeholders.ops]
+        notify = ["late", "lateness"]
+    """)
+    done = subprocess.run([sys.executable, "-m", "muppet.cli", "validate", str(conf)], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f'{conf}: [stakeholders.ops] notify: unknown kind "lateness" (kinds: job_failed, run_failed, run_expired, '
+        'late, product_late, database_down, executor_down, takeover)',
+        f'{conf}: [alerts] smtp: must be HOST:PORT with a port 1-65535 (such as "smtp.example.org:587"), got '
+        '"localhost"',
+        f'{conf}: [alerts] default_to: unknown stakeholder "desk" (known: ops)',
+    ]
+
+
+def test_default_to_with_an_address_but_no_smtp_is_a_warning(tmp_path):
+    conf = setup(tmp_path, GOOD_PIPELINE, '[alerts]\ndefault_to = ["ops"]\n')
+    config = load_config(conf)
+    assert any("[alerts] smtp: warning: not set: ops in default_to will get no mail" in w for w in config.warnings)

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from ..model import DataFormat, IndexConfig, Product, ServiceBackend, Stakeholder
 from ..tomlcheck import Bad, TomlFile, any_string, boolean, integer, number, show, string, string_list
+from .alerts import STAKEHOLDER_ALERT_KEYS, expected_after, stakeholder_alert_keys
 from .checks import named_tables
 
 __all__ = [
@@ -32,7 +33,10 @@ PRODUCT_METADATA_KEYS = (
     "projection", "grid_resolution", "grid_resolution_units", "bounding_box",
     "time_steps", "time_step_hours",
 )
-_PRODUCT_KEYS = ("name", "contact", "parents", "file_count", "operational", "lifetime_hours", *PRODUCT_METADATA_KEYS)
+_PRODUCT_KEYS = (
+    "name", "contact", "parents", "file_count", "operational", "lifetime_hours", *PRODUCT_METADATA_KEYS,
+    "expected_after",
+)
 
 #: formats every daemon knows; [formats.X] may rename them or add more
 DEFAULT_FORMATS = {
@@ -91,6 +95,7 @@ def _products(f: TomlFile, data: Mapping[str, Any]) -> dict[str, Product]:
             operational=f.get(body, table, "operational", boolean, False),
             lifetime_hours=f.get(body, table, "lifetime_hours", number(0, exclusive=True), None),
             metadata=metadata,
+            expected_after=f.get(body, table, "expected_after", expected_after, None),
         )
     for slug, product in products.items():
         for parent in product.parents:
@@ -157,10 +162,10 @@ def stakeholder_tables(f: TomlFile, data: Mapping[str, Any]) -> list[tuple[Stake
     loader says where a stakeholder defined twice was first defined)."""
     found = []
     for key, table, body in named_tables(f, data, "stakeholders"):
-        f.unknown(body, table, ("name", "email"))
+        f.unknown(body, table, ("name", "email", *STAKEHOLDER_ALERT_KEYS))
         name = f.get(body, table, "name", string, key)
         email = f.get(body, table, "email", any_string, "")
         if email and ("@" not in email or any(c.isspace() for c in email)):
             f.problem(table, "email", f"not an e-mail address: {show(email)}")
-        found.append((Stakeholder(key, name, email), f.display))
+        found.append((Stakeholder(key, name, email, **stakeholder_alert_keys(f, body, table)), f.display))
     return found

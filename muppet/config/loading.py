@@ -34,6 +34,7 @@ import attrs
 
 from ..model import ApiConfig, Config, ExecutorConfig, IndexConfig, Pipeline, Product, Stakeholder, Step
 from ..tomlcheck import ConfigError, Problem, TomlFile, read_toml, show
+from .alerts import alerts_table, check_recipients
 from .api import api_table
 from .daemon import daemon_table, default_daemon
 from .executors import default_executors, executor_tables
@@ -44,7 +45,9 @@ from .web import web_table
 __all__ = ["ConfigError", "Problem", "default_config", "load_config", "validate_paths"]
 
 #: the tables a daemon file may hold
-DAEMON_TABLES = ("daemon", "api", "executors", "stakeholders", "products", "formats", "backends", "index", "web")
+DAEMON_TABLES = (
+    "daemon", "api", "executors", "stakeholders", "products", "formats", "backends", "index", "web", "alerts",
+)
 
 
 def default_config() -> Config:
@@ -220,6 +223,8 @@ def _daemon_file(loader: _Loader, path: str, display: str, data: dict[str, Any])
         if product.contact and product.contact not in loader.stakeholders:
             known = ", ".join(sorted(loader.stakeholders)) or "none"
             f.problem(f"products.{key}", "contact", f"unknown stakeholder {show(product.contact)} (known: {known})")
+    alerts = alerts_table(f, data, base_dir)
+    check_recipients(f, alerts, {key: s for key, (s, _) in loader.stakeholders.items()})
     config = Config(
         daemon=daemon,
         api=api,
@@ -232,6 +237,7 @@ def _daemon_file(loader: _Loader, path: str, display: str, data: dict[str, Any])
         index=index,
         source=os.path.abspath(path),
         web=web,
+        alerts=alerts,
     )
     return config, files
 

@@ -233,6 +233,54 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX update_requests_state ON update_requests (state)
         """,
     ),
+    (
+        5,
+        """
+        -- incidents: a failure for good, lateness, a product not complete in
+        -- time, the daemon's own troubles (docs/alerts.md); one open per key
+        CREATE TABLE incidents (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            key TEXT NOT NULL,          -- kind|pipeline|step|subject|reference time
+            kind TEXT NOT NULL,
+            pipeline TEXT NOT NULL,
+            step TEXT NOT NULL,
+            subject TEXT NOT NULL,      -- the product or executor it is about, or ''
+            reference_time TEXT NOT NULL,  -- '' for the daemon's own troubles
+            run_id INTEGER,
+            job_id INTEGER,
+            summary TEXT NOT NULL,
+            opened_at REAL NOT NULL,
+            resolved_at REAL,
+            resolution TEXT NOT NULL DEFAULT '',
+            acked_at REAL,
+            acked_by TEXT NOT NULL DEFAULT '',
+            ack_reason TEXT NOT NULL DEFAULT '',
+            reminded_at REAL NOT NULL   -- the last trigger or reminder
+        );
+        CREATE UNIQUE INDEX incidents_open ON incidents (key) WHERE resolved_at IS NULL;
+        CREATE INDEX incidents_key ON incidents (key);
+        CREATE INDEX incidents_cause ON incidents (pipeline, reference_time) WHERE resolved_at IS NULL;
+        -- what stakeholders must hear of each incident: its trigger, its
+        -- reminders, its resolution; pending until every destination has it
+        CREATE TABLE alert_notices (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            incident_id INTEGER NOT NULL REFERENCES incidents (id),
+            action TEXT NOT NULL,       -- trigger, remind, resolve
+            at REAL NOT NULL,
+            done INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX alert_notices_pending ON alert_notices (done, id);
+        -- each notice a destination (STAKEHOLDER:mail, STAKEHOLDER:webhook)
+        -- has been sent: never sent there again
+        CREATE TABLE alert_sends (
+            notice_id INTEGER NOT NULL REFERENCES alert_notices (id),
+            destination TEXT NOT NULL,
+            sent_at REAL NOT NULL,
+            PRIMARY KEY (notice_id, destination)
+        );
+        CREATE INDEX alert_sends_destination ON alert_sends (destination, sent_at)
+        """,
+    ),
 )
 
 

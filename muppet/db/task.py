@@ -25,6 +25,7 @@ import psycopg
 import trio
 
 from .. import metrics
+from ..alerts.changes import AlertWrite
 from ..executor.jobdir import highest_job_id
 from ..fileio import usable_directory
 from ..messages import Change, DefineIndex, IndexWritten, Persist, Persisted, ToDatabase
@@ -122,8 +123,10 @@ async def run(
 ) -> None:
     """Persist what arrives on ``receive``; report each commit.
 
-    Receives: ``Persist`` (the scheduler's changes) and ``IndexWrite`` (an
-    index change from the API or the expiry task, with its reply channel). It
+    Receives: ``Persist`` (the scheduler's changes), ``IndexWrite`` (an
+    index change from the API or the expiry task, with its reply channel) and
+    ``AlertWrite`` (the alerts task's and the API's incident changes, answered
+    ``True`` once committed: docs/alerts.md). It
     waits for one, then takes every message already waiting on the channel
     without waiting again, and writes all of their changes in ONE transaction
     (one ``trio.to_thread.run_sync`` call to ``writes.write``).
@@ -178,8 +181,13 @@ async def run(
             changes: list[Change] = []
             # one per index change of the batch, in order: who waits for it
             replies: list[trio.MemorySendChannel[IndexWritten] | None] = []
+            alert_replies: list[trio.MemorySendChannel[bool]] = []
             for message in batch:
-                if isinstance(message, Persist):
+                if isinstance(message, AlertWrite):
+                    changes.extend(message.changes)
+                    if message.reply is not None:
+                        alert_replies.append(message.reply)
+                elif isinstance(message, Persist):
                     changes.extend(message.changes)
                     replies.extend(None for c in message.changes if isinstance(c, writes.INDEX_CHANGES))
                 else:
@@ -192,6 +200,11 @@ async def run(
                 except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
             _answer(replies, done)
+            for alert_reply in alert_replies:
+                try:
+                    alert_reply.send_nowait(True)
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the requester went away; the write is committed all the same
             if done.changes or done.rejected or done.completed or done.acks or done.requests:
                 await send.send(Persisted(
                     done.changes, done.rejected, done.completed, done.ended, done.acks,

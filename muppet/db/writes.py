@@ -19,6 +19,8 @@ from typing import Any
 import attrs
 
 from .. import codec
+from ..alerts import records as alert_records
+from ..alerts.changes import ALERT_CHANGES
 from ..index import write as index_write
 from ..messages import (
     Ack,
@@ -189,6 +191,9 @@ def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | 
                 ), (change.key, json.dumps(change.value, separators=(",", ":"))))
         elif isinstance(change, INDEX_CHANGES):
             written[position] = index_write.apply(cursor, store.sql, change, now, events)
+        elif isinstance(change, ALERT_CHANGES):
+            # an incident commits with its cause (docs/alerts.md, "Incidents")
+            alert_records.apply(cursor, store.sql, change, now, events)
         else:
             raise TypeError(f"change {position}: cannot persist a {type(change).__name__}")
     for sql, rows in (
@@ -196,6 +201,9 @@ def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | 
     ):
         if rows:
             cursor.executemany(store.sql(sql), rows)
+    # a late product that arrived resolves its incident in the same commit
+    alert_records.resolve_completed(cursor, store.sql, (
+        (c.product, c.reference_time) for w in written.values() for c in w.completed), now)
     if token is not None:
         cursor.execute(
             store.sql(
@@ -304,7 +312,7 @@ def _committed(
         elif position in rejected:
             assert isinstance(change, NewRun)
             refused.append(change)
-        elif not isinstance(change, (LateNotice, OperatorEvent, Control, Ack, UpdateRequest)):
+        elif not isinstance(change, (LateNotice, OperatorEvent, Control, Ack, UpdateRequest, *ALERT_CHANGES)):
             engine.append(change)  # not events, orders, marks or requests (Committed.requests)
     acks = tuple(change.request for change in changes if isinstance(change, Ack))
     return Committed(tuple(engine), tuple(refused), tuple(index), acks=acks, last_event_id=last_event_id)

@@ -39,6 +39,7 @@ from typing import Any
 
 import attrs
 
+from ..alerts.rules import IncidentRules
 from ..codec import format_time
 from ..messages import (
     CONFLICT,
@@ -145,6 +146,8 @@ class Scheduler:
         #: reported in a Notice (the daemon)
         self.strict = strict
         self.notices: list[str] = []
+        #: which changes open or resolve incidents (docs/alerts.md, "Incidents")
+        self.incident_rules = IncidentRules()
         # pipelines a product's completion may trigger (MUPPET design: "a
         # pipeline that requires a product is triggered when an instance of
         # that product becomes complete")
@@ -928,6 +931,8 @@ class Scheduler:
     def _finish(self, now: float, changes: list[Change], effects: list[Effect] | None = None) -> list[Effect]:
         out: list[Effect] = []
         if changes:
+            # an incident is persisted with the change that caused it
+            changes.extend(self.incident_rules.derive(self, tuple(changes), now))
             out.append(Persist(tuple(changes)))
         out.extend(effects or ())
         out.extend(Notice(text) for text in self.notices)
