@@ -1,0 +1,301 @@
+"""MUPPET at scale: big runs over a database with history, through a real daemon.
+
+For each database (SQLite, and PostgreSQL with --postgres), a database is
+seeded with HISTORY finished jobs (runs of 100 succeeded jobs, written by the
+daemon's own writer) and the daemon loads 200 cron pipelines (that do not
+fire during the benchmark) besides the measured ones. Then, in a daemon in
+this process (its tasks as `muppet daemon` has them):
+
+- runs of N jobs for each N of --sizes: a fan-out (one step, ``jobs = N``)
+  and ``each`` chains of 5 steps (N/5 jobs per step), command ``true``;
+  for each it prints the wall time, jobs/s, the scheduler core's CPU per
+  job event (time in ``Scheduler.handle`` and ``load``, on the Trio thread;
+  a job has three events: submitted, running, ended) and the daemon
+  process's peak RSS;
+- while the largest fan-out runs, a client asks ``daemon.status``,
+  ``runs.list`` and ``jobs.list`` (100 jobs of the run) in a loop: p50 and
+  p99 of each, in ms;
+- the start-up time with the largest run's jobs all unfinished (waiting):
+  from ``daemon.serve`` to the API answering ``daemon.status``, with the
+  run drained first so that the load is the daemon's alone.
+
+Targets (docs/performance.md): core CPU per event within 2x between the
+smallest and largest size; RSS under 300 MB at 50k active jobs; API p99
+under 50 ms; start-up under 5 s with 50k unfinished jobs.
+
+    .venv/bin/python bench/scale.py [--sizes 1000,10000,50000] [--history 100000] [--postgres] [--max-jobs 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from pgserver import PostgresServer  # noqa: E402
+
+from muppet import daemon  # noqa: E402
+from muppet.api.client import connect  # noqa: E402
+from muppet.config import load_config  # noqa: E402
+from muppet.db import writes  # noqa: E402
+from muppet.db.store import open_store  # noqa: E402
+from muppet.messages import NewRun  # noqa: E402
+from muppet.model import Job, JobState, Run, RunCause, RunState  # noqa: E402
+from muppet.scheduler.core import Scheduler  # noqa: E402
+
+CRON_PIPELINES = 200
+HEAD = '[stakeholders.b]\nname = "bench"\n'
+
+
+# --- the configuration ----------------------------------------------------------------
+
+
+def write_config(root: Path, database: str, max_jobs: int, sizes: list[int]) -> Path:
+    pipelines = root / "pipelines"
+    pipelines.mkdir(parents=True)
+    for n in range(CRON_PIPELINES):
+        # loaded, never fired here: once a year, at a minute the benchmark does not meet
+        (pipelines / f"cron{n:03d}.toml").write_text(
+            HEAD + f'[pipeline]\nname = "cron{n:03d}"\nowner = "b"\ncron = ["{n % 60} 3 1 1 *"]\n'
+            '[steps.a]\ncommand = "true"\n[steps.b]\ncommand = "true"\nparents = ["a"]\n'
+        )
+    for size in sizes:
+        (pipelines / f"fan{size}.toml").write_text(
+            HEAD + f'[pipeline]\nname = "fan{size}"\nowner = "b"\n[steps.a]\ncommand = "true"\njobs = {size}\n'
+        )
+        each = max(size // 5, 1)
+        text = HEAD + f'[pipeline]\nname = "each{size}"\nowner = "b"\n'
+        for step in range(5):
+            text += f'[steps.s{step}]\ncommand = "true"\njobs = {each}\n'
+            if step:
+                text += f'parents = ["s{step - 1}"]\ndepends = "each"\n'
+        (pipelines / f"each{size}.toml").write_text(text)
+    path = root / "muppet.toml"
+    path.write_text(
+        f'[daemon]\ndatabase = "{database}"\nstate_dir = "{root / "state"}"\n'
+        f'output_dir = "{root / "out"}"\npipelines = ["pipelines/*.toml"]\n'
+        f'[api]\nlisten = "127.0.0.1:0"\n[web]\nlisten = ""\n'
+        f'[executors.local]\ntype = "local"\nmax_jobs = {max_jobs}\n'
+    )
+    return path
+
+
+def seed_history(url: str, jobs: int, first_run_id: int) -> int:
+    """``jobs`` finished jobs in runs of 100, with the daemon's own writer;
+    returns the next run id."""
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    store = open_store(url)
+    try:
+        job_id = first_run_id * 1000
+        run_id = first_run_id
+        batch: list[NewRun] = []
+        for index in range(max(jobs // 100, 0)):
+            now = time.time() - 86400
+            run = Run(id=run_id, pipeline="history", reference_time=start + timedelta(hours=index),
+                      state=RunState.SUCCEEDED, cause=RunCause.CRON, created_at=now, ended_at=now + 60)
+            made = tuple(
+                Job(id=job_id + i, run_id=run_id, pipeline="history", step="a", index=i, count=100,
+                    executor="local", state=JobState.SUCCEEDED, exit_code=0, created_at=now,
+                    submitted_at=now, started_at=now, ended_at=now + 1)
+                for i in range(100)
+            )
+            batch.append(NewRun(run, made))
+            run_id += 1
+            job_id += 100
+            if len(batch) == 50:
+                writes.write(store, batch)
+                batch = []
+        if batch:
+            writes.write(store, batch)
+        return run_id
+    finally:
+        store.close()
+
+
+# --- measuring ------------------------------------------------------------------------
+
+
+class CoreClock:
+    """CPU time the scheduler core spends in ``handle`` and ``load``, on the
+    thread that calls them (the Trio thread)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        originals = Scheduler.handle, Scheduler.load
+
+        def timed(method: Callable[..., Any]) -> Callable[..., Any]:
+            def wrapper(core: Scheduler, *args: Any, **kwargs: Any) -> Any:
+                began = time.thread_time()
+                try:
+                    return method(core, *args, **kwargs)
+                finally:
+                    self.seconds += time.thread_time() - began
+            return wrapper
+
+        Scheduler.handle = timed(originals[0])  # type: ignore[method-assign]
+        Scheduler.load = timed(originals[1])  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            Scheduler.handle, Scheduler.load = originals  # type: ignore[method-assign]
+
+
+def rss_mb() -> float:
+    """The process's peak resident set so far (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+async def wait_ended(client: Any, run_id: int) -> dict[str, Any]:
+    while True:
+        run: dict[str, Any] = (await client.call("runs.list", {"limit": 1}))[0]
+        if run["id"] == run_id and run["state"] not in ("running", "queued"):
+            return run
+        await trio.sleep(0.2)
+
+
+async def one_run(config_path: Path, pipeline: str, jobs: int, clock: CoreClock,
+                  probe: bool) -> dict[str, Any]:
+    """Trigger ``pipeline`` and wait for its end; the figures."""
+    config = load_config(config_path)
+    latencies: dict[str, list[float]] = {"daemon.status": [], "runs.list": [], "jobs.list": []}
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(daemon.serve, config)
+        url = f"ws://127.0.0.1:{port}"
+        async with connect(url) as client:
+            core_before = clock.seconds
+            began = time.perf_counter()
+            run_id = (await client.call("runs.trigger", {"pipeline": pipeline}))["run_id"]
+            if probe:
+                nursery.start_soon(_probe, url, run_id, latencies)
+            run = await wait_ended(client, run_id)
+            elapsed = time.perf_counter() - began
+            core = clock.seconds - core_before
+        nursery.cancel_scope.cancel()
+    assert run["state"] == "succeeded", run
+    return {"elapsed": elapsed, "rate": jobs / elapsed, "core_per_event": core / (3 * jobs),
+            "rss": rss_mb(), "latencies": latencies}
+
+
+async def _probe(url: str, run_id: int, latencies: dict[str, list[float]]) -> None:
+    calls = {
+        "daemon.status": {},
+        "runs.list": {"limit": 100},
+        "jobs.list": {"run_id": run_id, "limit": 100},
+    }
+    async with connect(url) as client:
+        while True:
+            for method, params in calls.items():
+                began = time.perf_counter()
+                await client.call(method, params)
+                latencies[method].append((time.perf_counter() - began) * 1000)
+            await trio.sleep(0.05)
+
+
+async def start_up(config_path: Path, url: str, pipeline: str, jobs: int) -> float:
+    """Seconds from ``daemon.serve`` to an answered ``daemon.status``, with a
+    run of ``jobs`` waiting jobs in the database, the daemon draining (so
+    that it starts nothing and the figure is the load alone)."""
+    now = time.time()
+    store = open_store(url)
+    try:
+        run_id = store.query("SELECT MAX(id) FROM runs")[0][0] + 1
+        first_job = store.query("SELECT MAX(id) FROM jobs")[0][0] + 1
+        run = Run(id=run_id, pipeline=pipeline, reference_time=datetime(2026, 6, 1, tzinfo=UTC),
+                  state=RunState.RUNNING, cause=RunCause.MANUAL, created_at=now)
+        waiting = tuple(
+            Job(id=first_job + i, run_id=run.id, pipeline=pipeline, step="a", index=i, count=jobs,
+                executor="local", created_at=now)
+            for i in range(jobs)
+        )
+        writes.write(store, [NewRun(run, waiting)])
+        store.transaction(lambda cursor: cursor.execute(store.sql(
+            "INSERT INTO controls (key, value) VALUES ('draining', ?)"),
+            ('{"by": "bench", "reason": "start-up figure", "since": "", "at": 0}',)), write=True)
+    finally:
+        store.close()
+    config = load_config(config_path)
+    async with trio.open_nursery() as nursery:
+        began = time.perf_counter()
+        port = await nursery.start(daemon.serve, config)
+        async with connect(f"ws://127.0.0.1:{port}") as client:
+            await client.call("daemon.status")
+        elapsed = time.perf_counter() - began
+        nursery.cancel_scope.cancel()
+    return elapsed
+
+
+# --- the report -------------------------------------------------------------------------
+
+
+def bench_database(name: str, url: str, root: Path, args: argparse.Namespace, sizes: list[int]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    config = write_config(root, url, args.max_jobs, sizes)
+    began = time.perf_counter()
+    seed_history(url, args.history, 1_000_000)
+    print(f"{name}: {args.history:,} finished jobs seeded in {time.perf_counter() - began:.1f} s; "
+          f"{CRON_PIPELINES} cron pipelines loaded")
+    clock = CoreClock()
+    per_event = {}
+    with clock.installed():
+        for size in sizes:
+            for shape in ("fan", "each"):
+                probe = shape == "fan" and size == max(sizes)
+                figures = trio.run(one_run, config, f"{shape}{size}", size, clock, probe)
+                per_event[(shape, size)] = figures["core_per_event"]
+                print(f"  {shape:4s} {size:>6,} jobs: {figures['elapsed']:7.1f} s  {figures['rate']:6.1f} jobs/s  "
+                      f"core {figures['core_per_event'] * 1e6:6.1f} us/event  peak RSS {figures['rss']:6.1f} MB")
+                if probe:
+                    for method, values in figures["latencies"].items():
+                        if values:
+                            print(f"    {method:14s} while it ran: p50 {statistics.median(values):6.1f} ms  "
+                                  f"p99 {percentile(values, 0.99):6.1f} ms  ({len(values)} calls)")
+        for shape in ("fan", "each"):
+            low, high = per_event[(shape, min(sizes))], per_event[(shape, max(sizes))]
+            print(f"  {shape}: core CPU per event at {max(sizes):,} jobs is {high / low:.2f}x that at "
+                  f"{min(sizes):,} (target: within 2x)")
+    seconds = trio.run(start_up, config, url, f"fan{max(sizes)}", max(sizes))
+    print(f"  start-up with {max(sizes):,} unfinished jobs: {seconds:.2f} s (target: under 5 s); "
+          f"peak RSS {rss_mb():.1f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,10000,50000", help="jobs per run, comma-separated")
+    parser.add_argument("--history", type=int, default=100_000, help="finished jobs in the database first")
+    parser.add_argument("--max-jobs", type=int, default=16, help="the local executor's max_jobs")
+    parser.add_argument("--postgres", action="store_true", help="also on a PostgreSQL 15 started here")
+    args = parser.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; sizes {sizes}, "
+          f"history {args.history:,} jobs, max_jobs {args.max_jobs}")
+    with tempfile.TemporaryDirectory(prefix="muppet-scale-") as tmp:
+        bench_database("sqlite", f"sqlite:///{tmp}/sqlite/muppet.db", Path(tmp) / "sqlite", args, sizes)
+        if args.postgres:
+            with PostgresServer() as pg:
+                bench_database("postgres", pg.create_database("scale"), Path(tmp) / "postgres", args, sizes)
+
+
+if __name__ == "__main__":
+    main()
