@@ -137,7 +137,8 @@ class Pipeline:
     #: the first reference time of its cycles: an intercycle parent before
     #: it counts as satisfied (None: every parent must have its run)
     initial: datetime | None = None
-    #: at most this many runs unfinished at a time; more wait "queued"
+    #: at most this many runs running at a time; more wait "queued" (a queued
+    #: run has not begun, so it does not count: docs/states.md)
     runahead: int | None = None
     #: what cron does about firings missed while no daemon ran: "latest"
     #: (one run, for the latest), "all" (each, oldest first, at most
