@@ -54,10 +54,8 @@ async def daemon_status(ctx: Context, version: str) -> dict[str, Any]:
     """The answer of ``daemon.status`` (docs/api.md, "daemon.status")."""
     now = time.time()
     health = ctx.health
-    jobs = await _best_effort(ctx, summary.jobs_by_pipeline_and_state)
-    active = await _best_effort(ctx, summary.active_by_executor)
-    running = await _best_effort(ctx, summary.running_jobs, RUNNING_SHOWN)
-    orders = await _best_effort(ctx, reads.controls)
+    found = await _best_effort(ctx, _status_reads)
+    jobs, active, running, orders = (None, None, None, None) if found is None else found
     by_state: dict[str, int] | None = None
     if jobs is not None:
         by_state = {}
@@ -95,6 +93,18 @@ async def daemon_status(ctx: Context, version: str) -> dict[str, Any]:
             for key, value in sorted(orders.items()) if key.startswith(PAUSED_PREFIX)
         },
     }
+
+
+def _status_reads(store: Any) -> tuple[Any, ...]:
+    """The four reads of daemon.status, in one worker thread: one hop, not
+    four, each of which waits its turn on a busy daemon (the console's
+    overview asks for it on every first paint, bench/console.py)."""
+    return (
+        summary.jobs_by_pipeline_and_state(store),
+        summary.active_by_executor(store),
+        summary.running_jobs(store, RUNNING_SHOWN),
+        reads.controls(store),
+    )
 
 
 def _order(value: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -6,21 +6,29 @@ Routes:
 * ``/``: the operator's console, one HTML page and its JavaScript modules
   and style sheet under ``/static/`` (shipped in the package: the page works
   with no internet). The page holds no data: it talks to the websocket API,
-  as the ``muppet`` command does (docs/console.md);
-* ``/console.json``: where that API is and whether it wants a token;
+  as the ``muppet`` command does (docs/console.md). Where that API is comes
+  in the page itself (a ``<meta>``), so that the page connects without
+  asking first; the files are read once and served from memory, each with
+  an ETag (a reload of the page costs a 304 per file);
+* ``/console.json``: where that API is and whether it wants a token (the
+  same as the page's ``<meta>``);
 * ``/metrics``: Prometheus's text format (docs/operations.md, "Metrics");
 * ``/healthz``: 200 or 503 with a JSON reason (docs/operations.md,
   "Health check").
 
-Everything that blocks (the database, the files) runs in worker threads:
-the reads here through ``trio.to_thread``, the static files through
-starlette's own (anyio's) threads.
+Everything that blocks runs in worker threads: the database reads here
+through ``trio.to_thread``. The page's files are read once, when the app
+is made.
 """
 
 from __future__ import annotations
 
+import hashlib
+import html
 import importlib.metadata
 import importlib.resources
+import json
+import mimetypes
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -30,9 +38,8 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from .. import messages, summary
 from ..db.health import DatabaseHealth
@@ -172,22 +179,83 @@ async def _healthz(state: WebState, request: Request) -> Response:
     return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
 
 
-async def _console_json(state: WebState, request: Request) -> Response:
+def _console_info(state: WebState) -> dict[str, Any]:
+    """Where the API is, whether it wants a token, the version: what the
+    page needs before it can connect."""
     api = state.config.api
     host: str | None = api.host
     if host in ("", "0.0.0.0", "::"):
         host = None  # any address: the page uses the one it was loaded from
-    return JSONResponse({
+    return {
         "api": {"scheme": api.scheme, "host": host, "port": state.api_port},
         "tokens": bool(api.tokens_file),
         "open_reads": api.open_reads,
         "version": _version(),
-    }, headers={"Cache-Control": "no-store"})
+    }
 
 
-async def _page(request: Request) -> Response:
-    with importlib.resources.as_file(STATIC / "index.html") as path:
-        return FileResponse(path, headers={"Cache-Control": "no-cache"})
+async def _console_json(state: WebState, request: Request) -> Response:
+    return JSONResponse(_console_info(state), headers={"Cache-Control": "no-store"})
+
+
+@attrs.frozen
+class Asset:
+    """A file of the page, read once: its bytes, type and ETag."""
+
+    body: bytes
+    media_type: str
+    etag: str
+
+
+def _load_assets() -> dict[str, Asset]:
+    """Every file of ``STATIC``, in memory: about 100 KiB, and serving from
+    memory spares each request the worker-thread hops of a file read (they
+    made the first paint wait on a busy daemon, bench/console.py)."""
+    assets = {}
+    for entry in STATIC.iterdir():
+        if not entry.is_file():
+            continue
+        body = entry.read_bytes()
+        media_type = mimetypes.guess_type(entry.name)[0] or "application/octet-stream"
+        if media_type.startswith("text/") or media_type.endswith(("javascript", "json", "svg+xml")):
+            media_type += "; charset=utf-8"
+        assets[entry.name] = Asset(body, media_type, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
+    return assets
+
+
+#: where the page's <meta> with the console's facts goes
+META_MARK = "<!-- console facts -->"
+
+
+def _asset_response(request: Request, asset: Asset, body: bytes | None = None) -> Response:
+    headers = {"ETag": asset.etag, "Cache-Control": "no-cache"}
+    if request.headers.get("if-none-match") == asset.etag:
+        return Response(status_code=304, headers=headers)
+    return Response(asset.body if body is None else body, media_type=asset.media_type, headers=headers)
+
+
+def _page(state: WebState, assets: dict[str, Asset]) -> Callable[[Request], Any]:
+    template = assets["index.html"]
+
+    async def page(request: Request) -> Response:
+        info = json.dumps(_console_info(state), separators=(",", ":"))
+        meta = f'<meta name="muppet-console" content="{html.escape(info, quote=True)}">'
+        body = template.body.decode().replace(META_MARK, meta, 1).encode()
+        # the ETag covers the facts too: a reload that changes them is seen
+        etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+        return _asset_response(request, attrs.evolve(template, etag=etag), body)
+
+    return page
+
+
+def _static(assets: dict[str, Asset]) -> Callable[[Request], Any]:
+    async def static(request: Request) -> Response:
+        asset = assets.get(request.path_params["name"])
+        if asset is None:
+            return Response("not found", status_code=404, media_type="text/plain")
+        return _asset_response(request, asset)
+
+    return static
 
 
 class _SecurityHeaders:
@@ -211,13 +279,12 @@ class _SecurityHeaders:
 
 def make_app(state: WebState) -> Any:
     """The ASGI app for one daemon."""
-    with importlib.resources.as_file(STATIC) as static_dir:
-        static = StaticFiles(directory=static_dir)
+    assets = _load_assets()
     app = Starlette(routes=[
-        Route("/", _page),
+        Route("/", _page(state, assets)),
         Route("/console.json", partial(_console_json, state)),
         Route("/metrics", partial(_metrics, state)),
         Route("/healthz", partial(_healthz, state)),
-        Mount("/static", app=static, name="static"),
+        Route("/static/{name:str}", _static(assets)),
     ])
     return _SecurityHeaders(app)

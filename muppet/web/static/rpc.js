@@ -116,13 +116,17 @@ export class Api {
     }
   }
 
-  send(method, params) {
+  // A request, and the Promise of its reply (JSON-RPC 2.0: matched by id).
+  request(method, params) {
     const id = this.nextId++;
-    const text = JSON.stringify({ jsonrpc: "2.0", method, params: params || {}, id });
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.ws.send(text);
-    });
+    const promise = new Promise((resolve, reject) => this.pending.set(id, { resolve, reject }));
+    return [{ jsonrpc: "2.0", method, params: params || {}, id }, promise];
+  }
+
+  send(method, params) {
+    const [request, promise] = this.request(method, params);
+    this.ws.send(JSON.stringify(request));
+    return promise;
   }
 
   async call(method, params) {
@@ -130,10 +134,13 @@ export class Api {
     return this.send(method, params);
   }
 
-  // Several calls in one message (a JSON-RPC batch): one round trip.
+  // Several calls in one message (a JSON-RPC batch, docs/api.md "Requests,
+  // replies, batches"): one round trip, and the daemon runs them side by side.
   async batch(calls) {
     await this.connect();
-    return Promise.all(calls.map(([method, params]) => this.send(method, params)));
+    const made = calls.map(([method, params]) => this.request(method, params));
+    this.ws.send(JSON.stringify(made.map(([request]) => request)));
+    return Promise.all(made.map(([, promise]) => promise));
   }
 
   receive(text) {
