@@ -22,7 +22,15 @@ import trio
 
 from .torrent_status import SEEDING_STATES
 
-__all__ = ["ALERT_MASK", "AlertEffect", "AlertHandler", "RequestResume", "TorrentRecord", "WriteResume"]
+__all__ = [
+    "ALERT_MASK",
+    "SESSION_COUNTERS",
+    "AlertEffect",
+    "AlertHandler",
+    "RequestResume",
+    "TorrentRecord",
+    "WriteResume",
+]
 
 log = logging.getLogger("muppet.sync.engine")
 
@@ -34,6 +42,19 @@ ALERT_MASK = (
     | lt.alert_category.ip_block
     | lt.alert_category.piece_progress
     | lt.alert_category.tracker
+)
+
+
+#: the session's counters that muppet-sync reports on /metrics (see
+#: docs/sync.md, "Metrics and health check"), by libtorrent's names
+#: ("Session statistics" in its manual): payload bytes sent and received
+#: since the session started, peers connected now, pieces that failed their
+#: hash check. A session_stats_alert carries them whatever the alert mask says.
+SESSION_COUNTERS = (
+    "net.sent_payload_bytes",
+    "net.recv_payload_bytes",
+    "peer.num_peers_connected",
+    "ses.num_piece_failed",
 )
 
 
@@ -107,6 +128,12 @@ class AlertHandler:
         self.listen_error: str | None = None
         #: connections refused by the [peers] allow/deny filter so far
         self.peers_blocked = 0
+        #: SESSION_COUNTERS from the newest session_stats_alert (None before
+        #: the first); ``stats_received`` counts those alerts and
+        #: ``stats_changed`` wakes the tasks waiting for the next one
+        self.session_counters: dict[str, int] | None = None
+        self.stats_received = 0
+        self.stats_changed = trio.Event()
 
     def expect_removal(self, info_hash: str, delete_files: bool) -> trio.Event:
         """The event set when libtorrent has removed this torrent (and, with
@@ -139,6 +166,13 @@ class AlertHandler:
         if isinstance(alert, lt.peer_blocked_alert):
             self.peers_blocked += 1
             log.info("%s: blocked peer %s (%s)", alert.torrent_name, alert.ip, alert.message())
+            return None
+        if isinstance(alert, lt.session_stats_alert):
+            values = alert.values  # every counter, by name: read once, it is built anew each time
+            self.session_counters = {name: int(values.get(name, 0)) for name in SESSION_COUNTERS}
+            self.stats_received += 1
+            self.stats_changed.set()
+            self.stats_changed = trio.Event()
             return None
         if isinstance(alert, lt.tracker_error_alert):
             log.warning("%s", alert.message())

@@ -15,8 +15,10 @@ parked in ``wait_for_alert``) and hands each to the alert handler
 (sync.alerts), which copies what it needs out of it at once (alerts die at
 the next pop) and wakes the waiters. Calls that wait for an answer from
 libtorrent's network thread (``add_torrent``, ``status``, building and
-destroying the session) run in worker threads; calls that only post a request
-(``connect_peer``, ``flush_cache``, ``save_resume_data``) run on the loop.
+destroying the session) run in worker threads, and so do the reads of its
+figures for /metrics (``status``, ``post_session_stats``); calls that only
+post a request for a torrent (``connect_peer``, ``flush_cache``,
+``save_resume_data``) run on the loop.
 
 Around it: sync.engine_settings (what the session is set up with, and why),
 sync.alerts (what the engine learns from libtorrent), sync.resume (resume
@@ -36,7 +38,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -53,7 +55,7 @@ from .resume import SAVE_FLAGS, ResumeFiles, ResumeWriter, params_from_resume_da
 from .torrent import torrent_info
 from .torrent_status import TorrentStatus, torrent_status_of
 
-__all__ = ["CLOSE_RESUME_TIMEOUT", "LISTEN_TIMEOUT", "RECONNECT_INTERVAL", "Engine", "open_engine"]
+__all__ = ["CLOSE_RESUME_TIMEOUT", "LISTEN_TIMEOUT", "RECONNECT_INTERVAL", "STATS_TIMEOUT", "Engine", "open_engine"]
 
 log = logging.getLogger("muppet.sync.engine")
 
@@ -68,6 +70,11 @@ CLOSE_RESUME_TIMEOUT = 10.0
 
 #: how long opening waits for libtorrent to report its listen socket
 LISTEN_TIMEOUT = 20.0
+
+#: how long :meth:`Engine.counters` waits for libtorrent's answer: it comes
+#: within milliseconds (one trip through the network thread); a scrape
+#: must not hang on a stuck session
+STATS_TIMEOUT = 2.0
 
 
 class Engine:
@@ -276,6 +283,25 @@ class Engine:
                 status = attrs.evolve(status, state="error", error=torrent.error)
             statuses.append(status)
         return sorted(statuses, key=lambda s: (s.name, s.info_hash))
+
+    async def counters(self) -> Mapping[str, int] | None:
+        """The session's counters (sync.alerts.SESSION_COUNTERS, by
+        libtorrent's names) as libtorrent reports them now; None when it
+        has not answered within ``STATS_TIMEOUT`` seconds. The byte and
+        piece counts start at zero with the engine."""
+        alerts = self._alerts
+        asked = alerts.stats_received
+        # The request only queues work for libtorrent's network thread, but
+        # it goes through a worker thread like the other reads of the
+        # session's figures (status): a scrape never holds up the loop. The
+        # answer comes as an alert, to the alert loop.
+        await trio.to_thread.run_sync(self._session().post_session_stats)
+        with trio.move_on_after(STATS_TIMEOUT):
+            while alerts.stats_received == asked:
+                await alerts.stats_changed.wait()
+            return alerts.session_counters
+        log.warning("libtorrent did not report its session counters within %ss", STATS_TIMEOUT)
+        return None
 
     def has(self, info_hash: str) -> bool:
         """Whether the engine holds this torrent (added, or restored from

@@ -95,6 +95,13 @@ async def test_one_seeder_two_fetchers(tmp_path):
         # the fetchers keep seeding: a third engine gets the file from them alone
         await seeder.remove(ih)
         assert await seeder.status() == []
+        # the session's counters (what /metrics reports) outlive a removed
+        # torrent; every piece came from the seeder at least once
+        size = original.stat().st_size
+        assert (await seeder.counters())["net.sent_payload_bytes"] >= size
+        for engine in (fetcher_a, fetcher_b):
+            counters = await engine.counters()
+            assert counters["net.recv_payload_bytes"] >= size and counters["ses.num_piece_failed"] == 0
         async with open_engine(settings(tmp_path / "c-state")) as fetcher_c:
             with trio.fail_after(SAFETY):
                 peers = [("127.0.0.1", fetcher_a.listen_port), ("127.0.0.1", fetcher_b.listen_port)]
