@@ -21,7 +21,9 @@ from muppet.unwrap_group import unwrap_group
 
 if TYPE_CHECKING:  # imported where used, so that `status` starts without libtorrent
     from .config import FetchConfig, SeedConfig
+    from .fetch import Fetcher
     from .progress import ProgressBars
+    from .seed import Seeder
 
 #: a click command function, which the option decorators hand back as it is
 _Command = TypeVar("_Command", bound=Callable[..., Any])
@@ -123,6 +125,7 @@ async def _run(config: SeedConfig | FetchConfig, token: str | None, bars: Progre
     from .seed import Seeder
     from .select import Selection
     from .state import load_state
+    from .web import bind
 
     # Everything the file names that this host may not have, before anything
     # starts: one line each rather than a stack trace from deep inside.
@@ -135,6 +138,7 @@ async def _run(config: SeedConfig | FetchConfig, token: str | None, bars: Progre
         selection = Selection(config.select)
     else:
         selection = Selection(config.select, own_backend=config.backend, need_torrent=True)
+    listener = await trio.to_thread.run_sync(bind, config.source, config.metrics_listen)
     try:
         async with open_engine(EngineSettings.from_config(config)) as engine:
             async with open_link(config.api, token) as link:
@@ -153,13 +157,48 @@ async def _run(config: SeedConfig | FetchConfig, token: str | None, bars: Progre
                     run = Fetcher(config, engine, link, selection, state, peer, token)
                 if bars is not None:
                     run.on_status.append(bars.update)
-                if isinstance(run, Fetcher):
-                    await run.check_backend()
-                log.info("muppet-sync %s: index %s, peer %s, listening on port %d, products %s",
-                         run.role, config.api, peer, engine.listen_port, ", ".join(selection.products))
-                await run.run()
+                # the body's own error (BackendMissing) comes out as itself
+                with unwrap_group():
+                    async with trio.open_nursery() as nursery:
+                        if listener is not None:
+                            # first: /healthz says why while the index is awaited
+                            await nursery.start(_serve_web, listener, run, token)
+                        if isinstance(run, Fetcher):
+                            await run.check_backend()
+                        log.info("muppet-sync %s: index %s, peer %s, listening on port %d, products %s",
+                                 run.role, config.api, peer, engine.listen_port, ", ".join(selection.products))
+                        await run.run()
+                        nursery.cancel_scope.cancel()
     except ListenError as e:  # only opening the engine raises it
         raise StartupError([f"{config.source}: listen: {e}"]) from None
+    finally:
+        if listener is not None:
+            listener.close()  # nothing when the web task took it over
+
+
+async def _serve_web(
+    listener: socket.socket, run: Seeder | Fetcher, token: str | None, *, task_status: trio.TaskStatus[str]
+) -> None:
+    """/metrics and /healthz of ``run`` (sync.web), until cancelled."""
+    from .engine import Engine
+    from .follow import IndexLink, follow
+    from .resume import ResumeWriter
+    from .run import SyncRun
+    from .web import WebState, running_task_names, serve
+
+    # The tasks that live as long as the command, by the names Trio gives
+    # them: /healthz fails when one is gone (docs/sync.md, "Metrics and
+    # health check"). The work for one file comes and goes.
+    expected = frozenset(f"{fn.__module__}.{fn.__qualname__}" for fn in (
+        follow, IndexLink._keep, Engine._alert_loop, ResumeWriter.run, SyncRun._status_loop, SyncRun._expiry_loop,
+    ))
+    root = trio.lowlevel.current_root_task()
+    state = WebState(
+        metrics=run.metrics, sample=run.sample, api=run.config.api, token=token, events=run.index_state,
+        running_tasks=lambda: running_task_names(root) if root is not None else frozenset(),
+        expected_tasks=expected,
+    )
+    await serve(listener, state, task_status=task_status)
 
 
 async def _until_signalled(config: SeedConfig | FetchConfig, token: str | None, bars: ProgressBars | None) -> None:

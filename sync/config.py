@@ -17,6 +17,8 @@
     deny = []
     upload_rate = 0                   # bytes per second, 0 = unlimited
     download_rate = 0
+    [metrics]
+    listen = "0.0.0.0:8781"           # /metrics and /healthz; "" or no [metrics]: none
 
 ``fetch.toml`` (consumer host) has the same keys plus ``data_dir``,
 ``layout``, ``backend`` (its own service backend) and ``on_complete``.
@@ -141,6 +143,9 @@ class SeedConfig:
     #: "HOST[:PORT]" other peers reach this host at, published in the index
     #: (None: worked out at start, see sync.follow.advertised_peer)
     advertise: str | None = None
+    #: ``[metrics] listen``: "HOST:PORT" where /metrics and /healthz are
+    #: served, "" for none (sync.web)
+    metrics_listen: str = ""
 
 
 @attrs.frozen
@@ -160,6 +165,7 @@ class FetchConfig:
     peers: PeerPolicy
     utp: bool = False
     advertise: str | None = None
+    metrics_listen: str = ""
 
 
 # --- value checks --------------------------------------------------------------
@@ -240,6 +246,26 @@ def _advertise(value: Any) -> str:
     return address
 
 
+def _metrics_listen(value: Any) -> str:
+    if value == "":
+        return ""  # no /metrics and /healthz
+    listen = _string(value)
+    rule = 'must be HOST:PORT (such as "0.0.0.0:8781" or "[::]:8781"), or "" for none'
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise _Bad(f"{rule}, got {_show(listen)}")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise _Bad(f"{host[1:-1]!r} in brackets is not an IPv6 address") from None
+    elif ":" in host:
+        raise _Bad(f'an IPv6 address goes in brackets ("[::]:8781"), got {_show(listen)}')
+    elif any(c.isspace() for c in host):
+        raise _Bad(f"{rule}, got {_show(listen)}")
+    return listen
+
+
 def _networks(value: Any) -> tuple[Network, ...]:
     if not isinstance(value, list):
         raise _Bad(f"must be a list of networks in CIDR notation (\"10.0.0.0/8\"), got {_show(value)}")
@@ -260,11 +286,12 @@ def _networks(value: Any) -> tuple[Network, ...]:
 
 # --- the files -------------------------------------------------------------------
 
-_COMMON_KEYS = ("api", "state_dir", "listen", "advertise", "trackers", "utp", "select", "peers")
+_COMMON_KEYS = ("api", "state_dir", "listen", "advertise", "trackers", "utp", "select", "peers", "metrics")
 _SEED_KEYS = _COMMON_KEYS
 _FETCH_KEYS = (*_COMMON_KEYS, "data_dir", "layout", "backend", "on_complete")
 _SELECT_KEYS = ("products", "formats", "backend", "recent")
 _PEERS_KEYS = ("allow", "deny", "upload_rate", "download_rate")
+_METRICS_KEYS = ("listen",)
 
 
 def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, TomlFile]:
@@ -290,6 +317,7 @@ def _common(data: Mapping[str, Any], file: TomlFile, base_dir: Path) -> dict[str
         "utp": get(data, "", "utp", _bool, False),
         "select": _selects(data, file),
         "peers": _peers(data, file),
+        "metrics_listen": _metrics(data, file),
     }
     return common
 
@@ -331,6 +359,18 @@ def _peers(data: Mapping[str, Any], file: TomlFile) -> PeerPolicy:
         upload_rate=file.get(raw, table, "upload_rate", _integer(0), 0),
         download_rate=file.get(raw, table, "download_rate", _integer(0), 0),
     )
+
+
+def _metrics(data: Mapping[str, Any], file: TomlFile) -> str:
+    # Default: none. muppet-sync runs on hosts that are not MUPPET's own (a
+    # THREDDS server, the MET API), sometimes more than one on a host (a seed
+    # and a fetch): a port opened there unasked, or two processes fighting
+    # over one built-in port, would cost more than the line that asks for it
+    # (docs/sync.md, "Metrics and health check").
+    raw = file.table(data, "", "metrics")
+    file.unknown(raw, "metrics", _METRICS_KEYS)
+    listen: str = file.get(raw, "metrics", "listen", _metrics_listen, "")
+    return listen
 
 
 def parse_seed_config(data: Mapping[str, Any], source: str, base_dir: Path | None = None) -> SeedConfig:

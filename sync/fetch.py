@@ -32,11 +32,14 @@ import base64
 import errno
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
 import trio
+
+from muppet.codec import parse_zoned_time
 
 from .config import FetchConfig
 from .errors import DiskFull, HashMismatch, LayoutError, PlaceError, SyncError, TorrentError
@@ -118,6 +121,7 @@ class Fetcher(SyncRun[FetchConfig]):
                 verify_and_place, downloaded, self.config.data_dir, relative, file.hash
             )
         except HashMismatch as e:
+            self.metrics.verification_failed()
             await self.engine.remove(info_hash, delete_files=True)
             raise Stop(str(e)) from None
         except DiskFull as e:
@@ -125,6 +129,7 @@ class Fetcher(SyncRun[FetchConfig]):
         except PlaceError as e:
             raise Stop(str(e)) from None
         seconds = time.monotonic() - started
+        placed_at = datetime.now(UTC)
         # The path may have held an older version of this file: it is this one's now.
         for record in self.state.held.values():
             if record.get("placed") == str(relative):
@@ -134,6 +139,8 @@ class Fetcher(SyncRun[FetchConfig]):
         self.record(file, info_hash=info_hash, placed=str(relative), own_id=own_id)
         await self.save_now()
         self.row(file, "seeding", path=str(placed), progress=1.0)
+        # counted once it shows as seeding, so that a scrape never sees it placed and still downloading
+        self.metrics.placed(_registered(copies, self.config.backend), placed_at)
         log.info("placed %s (%d bytes in %.1f s, %.1f MB/s), registered as file %d on %s",
                  placed, file.size, seconds, file.size / max(seconds, 1e-6) / 1e6, own_id, self.config.backend)
         await run_on_complete(self.config.on_complete, placed)
@@ -209,6 +216,22 @@ class Fetcher(SyncRun[FetchConfig]):
     async def forget_torrent(self, info_hash: str) -> None:
         await self.engine.remove(info_hash, delete_files=True)
         await trio.to_thread.run_sync(_remove_tree, Path(self.config.state_dir) / "downloads" / info_hash)
+
+
+def _registered(copies: list[dict[str, Any]], own_backend: str) -> datetime | None:
+    """When the file was registered in the index: the earliest ``created_at``
+    of its copies other than this host's own (the original comes first;
+    the consumers' copies are registered after it). None when the index
+    says nothing usable."""
+    times = []
+    for copy in copies:
+        if copy.get("backend") == own_backend or not copy.get("created_at"):
+            continue
+        try:
+            times.append(parse_zoned_time(copy["created_at"], f"the index: file {copy.get('id')}: created_at"))
+        except ValueError as e:
+            log.warning("%s", e)
+    return min(times, default=None)
 
 
 def _unlink(path: Path) -> None:

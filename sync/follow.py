@@ -139,7 +139,7 @@ async def follow(
     recent: Callable[[str], int],
     position: int | None,
     on_file: Callable[[dict[str, Any], int | None], Awaitable[None]],
-    on_connected: Callable[[bool], None] = lambda up: None,
+    on_connected: Callable[[bool, str | None], None] = lambda up, problem: None,
     on_caught_up: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Follow the index for ever (cancel to stop).
@@ -149,13 +149,15 @@ async def follow(
     caller saves it as its position once it has handled the file). ``position``:
     the last event number handled before (None: start with what is there now).
     ``on_caught_up()`` runs after each catch-up, before the live events.
+    ``on_connected(up, problem)``: True once subscribed, False with what went
+    wrong when the stream is lost or cannot be had.
     """
     backoff = 1.0
     while True:
         try:
             async with connect(url, token=token) as client:
                 events = await client.subscribe(since=position, kinds=["file"], products=list(products))
-                on_connected(True)
+                on_connected(True, None)
                 log.info("following %s from event %s", url, position if position is not None else "now")
                 for product in products:
                     for file in await catch_up_files(client, product, recent(product)):
@@ -171,12 +173,12 @@ async def follow(
                     await on_file(event["data"], event["id"])
                     position = event["id"]
         except _UNREACHABLE as e:
-            on_connected(False)
+            on_connected(False, str(e))
             log.warning("index %s: %s; subscribing again from event %s in %.0f s", url, e, position, backoff)
         except RpcError as e:
             # a product of ours unknown to the index, a token without read
             # rights: wait and try again, an operator can fix the daemon
-            on_connected(False)
+            on_connected(False, f"the index refused: {e}")
             log.error("index %s refused: %s; trying again in %.0f s", url, e, backoff)
         await trio.sleep(backoff)
         backoff = min(backoff * 2, MAX_BACKOFF)

@@ -11,6 +11,7 @@ with its partial download), then cleans up.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -25,7 +26,9 @@ from muppet.codec import format_time
 
 from .config import FetchConfig, SeedConfig
 from .engine import Engine
+from .errors import EngineError
 from .follow import IndexLink, follow, parse_peer
+from .metrics import EngineFigures, Sample, SyncMetrics
 from .select import Action, AddPeer, FileRef, Release, Selection, Take
 from .state import (
     RELEASED_SHOWN_SECONDS,
@@ -76,7 +79,11 @@ class SyncRun(Generic[ConfigT]):
         self.peer = peer
         self.token = token
         self.rows: dict[int, FileRow] = {}
+        #: whether the index's event stream is subscribed; if not, why (None: connecting)
         self.connected = False
+        self.index_problem: str | None = None
+        #: this process's figures for /metrics (sync.web)
+        self.metrics = SyncMetrics(self.role)
         self._work: dict[int, tuple[trio.CancelScope, trio.Event]] = {}
         self._dirty = False
         self._cleaned = False
@@ -129,8 +136,11 @@ class SyncRun(Generic[ConfigT]):
         """Subclasses: drop a torrent no file holds (a consumer deletes its download)."""
         await self.engine.remove(info_hash)
 
-    def _on_connected(self, up: bool) -> None:
+    def _on_connected(self, up: bool, problem: str | None) -> None:
+        if self.connected and not up:
+            self.metrics.index_lost()
         self.connected = up
+        self.index_problem = problem
 
     async def _on_file(self, data: dict[str, Any], event_id: int | None) -> None:
         try:
@@ -268,7 +278,7 @@ class SyncRun(Generic[ConfigT]):
             "pid": os.getpid(),
             "role": self.role,
             "written": now,
-            "index": "connected" if self.connected else f"not connected ({self.link.problem or 'connecting'})",
+            "index": "connected" if self.connected else f"not connected ({self._index_problem()})",
             "peer": self.peer,
             "position": self.state.position,
             "files": [_row_json(r) for r in sorted(self.rows.values(), key=_row_order)],
@@ -278,6 +288,29 @@ class SyncRun(Generic[ConfigT]):
         await trio.to_thread.run_sync(write_status, self.config.state_dir, status)
         if self._dirty:
             await self.save_now()
+
+    def _index_problem(self) -> str:
+        return self.index_problem or self.link.problem or "connecting"
+
+    def index_state(self) -> tuple[bool, str]:
+        """Whether the index's event stream is subscribed, and in words."""
+        if self.connected:
+            return True, f"subscribed to {self.config.api}"
+        return False, f"not subscribed: {self._index_problem()}"
+
+    async def sample(self) -> Sample:
+        """The figures of this moment for /metrics (sync.metrics): the files
+        by state, the index, and libtorrent's counters and torrents (read
+        in worker threads)."""
+        try:
+            torrents = collections.Counter(status.state for status in await self.engine.status())
+            counters = await self.engine.counters()
+        except EngineError:  # closing: the session is gone
+            engine = None
+        else:
+            engine = EngineFigures(torrents=torrents, peers_blocked=self.engine.peers_blocked, counters=counters)
+        files = collections.Counter(row.state for row in self.rows.values())
+        return Sample(files=files, index_up=self.connected, engine=engine)
 
     async def _expiry_loop(self) -> None:
         while True:

@@ -31,6 +31,7 @@ import attrs
 from muppet.fileio import write_atomically
 
 __all__ = [
+    "FILE_STATES",
     "STATE_FILE",
     "STATUS_FILE",
     "FileRow",
@@ -50,6 +51,11 @@ STATUS_FILE = "status.json"
 
 #: how long a released file stays in the status view
 RELEASED_SHOWN_SECONDS = 3600
+
+#: the states of a file in the operator's view (see docs/sync.md,
+#: "The operator's view"): waiting for its torrent or a slot, downloading,
+#: seeding, released (with why), given up (with the error)
+FILE_STATES = ("queued", "downloading", "seeding", "expired", "error")
 
 
 @attrs.define

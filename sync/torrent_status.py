@@ -7,7 +7,10 @@ from __future__ import annotations
 import attrs
 import libtorrent as lt
 
-__all__ = ["CHECKING_STATES", "SEEDING_STATES", "TorrentStatus", "torrent_status_of"]
+__all__ = ["CHECKING_STATES", "SEEDING_STATES", "TORRENT_STATES", "TorrentStatus", "torrent_status_of"]
+
+#: every ``TorrentStatus.state``
+TORRENT_STATES = ("queued", "checking", "downloading", "seeding", "error")
 
 
 @attrs.frozen

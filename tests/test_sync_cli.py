@@ -159,6 +159,40 @@ def test_a_listen_address_not_of_this_host(tmp_path):
     )
 
 
+def with_metrics(path: Path, listen: str) -> Path:
+    return write(path, path.read_text() + f'[metrics]\nlisten = "{listen}"\n')
+
+
+@pytest.mark.parametrize("role", ["seed", "fetch"])
+def test_a_metrics_address_in_use(tmp_path, role):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = with_metrics(config(tmp_path, role), f"127.0.0.1:{port}")
+        assert one_line(run(role, "--config", str(path), cwd=tmp_path)) == (
+            f"muppet-sync: error: {path}: [metrics] listen: cannot listen on http://127.0.0.1:{port}: "
+            'Address already in use (another daemon there? choose another address, or listen = "" for no '
+            "/metrics and /healthz)"
+        )
+
+
+def test_a_metrics_address_not_of_this_host_or_not_resolving(tmp_path):
+    path = with_metrics(config(tmp_path), "192.0.2.1:8781")  # RFC 5737 TEST-NET-1
+    assert one_line(run("seed", "--config", str(path), cwd=tmp_path)) == (
+        f"muppet-sync: error: {path}: [metrics] listen: cannot listen on http://192.0.2.1:8781: "
+        "Cannot assign requested address (not an address of this host: give one of its own, or 0.0.0.0 for "
+        'all of them, or listen = "" for no /metrics and /healthz)'
+    )
+    why = no_such_name()
+    path = with_metrics(config(tmp_path), f"{MISSING_HOST}:8781")
+    assert one_line(run("seed", "--config", str(path), cwd=tmp_path)) == (
+        f"muppet-sync: error: {path}: [metrics] listen: cannot listen on http://{MISSING_HOST}:8781: "
+        f"{why} (the host name does not resolve here: give an address, or a name this host resolves, "
+        'or listen = "" for no /metrics and /healthz)'
+    )
+
+
 def test_a_port_out_of_range(tmp_path):
     path = config(tmp_path, listen='"0.0.0.0:70000"')
     assert one_line(run("seed", "--config", str(path), cwd=tmp_path)) == (

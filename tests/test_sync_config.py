@@ -67,6 +67,17 @@ def test_the_example_fetch_configuration_loads():
     assert config.peers.upload_rate == 0
 
 
+@pytest.mark.parametrize(("name", "load", "listen"), [
+    ("sync-seed.toml", load_seed_config, "0.0.0.0:8782"), ("sync-fetch.toml", load_fetch_config, "0.0.0.0:8781"),
+])
+def test_the_examples_metrics_key_is_off_until_uncommented(tmp_path, name, load, listen):
+    text = (CONF / name).read_text()
+    assert load(CONF / name).metrics_listen == ""
+    assert "#[metrics]\n#listen" in text
+    config = load(write(tmp_path, text.replace("#[metrics]\n#listen", "[metrics]\nlisten"), name))
+    assert config.metrics_listen == listen
+
+
 def test_defaults_relative_paths_and_port_range(tmp_path):
     config = load_fetch_config(write(tmp_path, FETCH_OK))
     assert config.state_dir == tmp_path / "state"
@@ -209,6 +220,34 @@ def test_bad_listen(tmp_path, listen, message):
     found = problems(load_fetch_config, write(tmp_path, text))
     assert len(found) == 1 and found[0].startswith(f"{tmp_path / 'fetch.toml'}: listen: "), found
     assert message in found[0]
+
+
+@pytest.mark.parametrize(("load", "name"), [(load_seed_config, "seed.toml"), (load_fetch_config, "fetch.toml")])
+def test_metrics_listen_in_both_files(tmp_path, load, name):
+    text = FETCH_OK if name == "fetch.toml" else FETCH_OK.replace('data_dir = "data"\nbackend = "thredds-1"\n', "")
+    assert load(write(tmp_path, text, name)).metrics_listen == ""  # absent: none
+    for listen in ("0.0.0.0:8781", "[::]:8781", "metrics.example:9000", "127.0.0.1:0", ""):
+        config = load(write(tmp_path, text + f'[metrics]\nlisten = "{listen}"\n', name))
+        assert config.metrics_listen == listen
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('[metrics]\nlisten = "8781"', '[metrics] listen: must be HOST:PORT (such as "0.0.0.0:8781" or '
+                                        '"[::]:8781"), or "" for none, got "8781"'),
+        ('[metrics]\nlisten = "0.0.0.0:99999"', "[metrics] listen: must be HOST:PORT"),
+        ('[metrics]\nlisten = "::1:8781"', '[metrics] listen: an IPv6 address goes in brackets ("[::]:8781")'),
+        ('[metrics]\nlisten = "[nope]:8781"', "[metrics] listen: 'nope' in brackets is not an IPv6 address"),
+        ('[metrics]\nlisten = 8781', "[metrics] listen: must be a string, got 8781"),
+        ('[metrics]\nport = 8781', "[metrics] port: unknown key (expected: listen)"),
+        ('metrics = "0.0.0.0:8781"', 'metrics: must be a table, got "0.0.0.0:8781"'),
+    ],
+)
+def test_bad_metrics(tmp_path, table, message):
+    text = FETCH_OK.replace("[[select]]", table + "\n[[select]]")
+    found = problems(load_fetch_config, write(tmp_path, text))
+    assert len(found) == 1 and found[0].startswith(f"{tmp_path / 'fetch.toml'}: {message}"), found
 
 
 def test_seed_file_refuses_fetch_keys_and_needs_select(tmp_path):

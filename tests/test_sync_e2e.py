@@ -123,7 +123,8 @@ class Cluster:
 
         await self.wait(answering, "the daemon answering daemon.status")
 
-    def seed_config(self, trackers: list[str] | None = None) -> Path:
+    def seed_config(self, trackers: list[str] | None = None, metrics: int | None = None) -> Path:
+        """``metrics``: the port of [metrics] listen on 127.0.0.1 (None: none)."""
         path = self.tmp / "seed" / "seed.toml"
         path.parent.mkdir(exist_ok=True)
         path.write_text(textwrap.dedent(f"""
@@ -135,10 +136,10 @@ class Cluster:
             products = ["arome"]
             backend = "lustre-a"
             recent = 4
-            """))
+            """) + _metrics_table(metrics))
         return path
 
-    def fetch_config(self, name: str, download_rate: int = 0) -> Path:
+    def fetch_config(self, name: str, download_rate: int = 0, metrics: int | None = None) -> Path:
         path = self.tmp / name / "fetch.toml"
         path.parent.mkdir(exist_ok=True)
         path.write_text(textwrap.dedent(f"""
@@ -155,7 +156,7 @@ class Cluster:
             [peers]
             allow = ["127.0.0.0/8"]
             download_rate = {download_rate}
-            """))
+            """) + _metrics_table(metrics))
         return path
 
     async def start(self, name: str, argv: list[str]) -> trio.Process:
@@ -167,12 +168,12 @@ class Cluster:
         self.processes[name] = process
         return process
 
-    async def start_seed(self, trackers: list[str] | None = None) -> None:
-        config = await trio.to_thread.run_sync(self.seed_config, trackers)
+    async def start_seed(self, trackers: list[str] | None = None, metrics: int | None = None) -> None:
+        config = await trio.to_thread.run_sync(self.seed_config, trackers, metrics)
         await self.start("seed", [sys.executable, "-m", "sync.cli", "seed", "--config", str(config)])
 
-    async def start_fetch(self, name: str, download_rate: int = 0) -> None:
-        config = await trio.to_thread.run_sync(self.fetch_config, name, download_rate)
+    async def start_fetch(self, name: str, download_rate: int = 0, metrics: int | None = None) -> None:
+        config = await trio.to_thread.run_sync(self.fetch_config, name, download_rate, metrics)
         await self.start(name, [sys.executable, "-m", "sync.cli", "fetch", "--config", str(config), "--no-progress"])
 
     async def stop(self, name: str, signum: int = signal.SIGTERM) -> None:
@@ -228,6 +229,10 @@ class Cluster:
                 if process.poll() is None:
                     process.kill()
                     await process.wait()
+
+
+def _metrics_table(port: int | None) -> str:
+    return "" if port is None else f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
 
 
 @pytest.fixture
