@@ -1,13 +1,19 @@
 """The console in a real browser (docs/console.md): Debian's chromium driven
 by Playwright against a real `muppet daemon` process. Trigger a run from the
 page and watch its jobs change state live, open a job and watch its log
-grow, kill a job, and keep screenshots of every page in docs/images/ (each
-checked not to be blank)."""
+grow, kill a job; bypass a step of a run (a refusal first) and kill the
+whole run, each with a reason; pause a pipeline and drain the daemon and
+see both on the pages, and the operator events in words; request a
+product's update; and keep screenshots of every page in docs/images/ (each
+checked not to be blank). Every wait is for a condition, with a deadline."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -51,7 +57,33 @@ PIPELINES = {
         [steps.copy]
         command = "exit 2"
         """,
+    # gate runs until killed; make waits on it, so that it can be bypassed
+    "steer": """
+        [pipeline]
+        name = "steer"
+        owner = "ops"
+        [steps.gate]
+        command = "sleep 120"
+        [steps.make]
+        parents = ["gate"]
+        jobs = 2
+        command = "true"
+        [steps.last]
+        parents = ["make"]
+        command = "true"
+        """,
+    "maker": """
+        [pipeline]
+        name = "maker"
+        owner = "ops"
+        produces = ["arome"]
+        [steps.make]
+        command = "true"
+        """,
 }
+#: the longest a condition on the page may take to come (a safety net for a
+#: loaded machine, not a timing)
+DEADLINE = 20_000
 
 INDEX = """
 [products.arome]
@@ -87,7 +119,6 @@ def page(daemon):
         tab = context.new_page()
         errors: list[str] = []
         tab.on("pageerror", lambda error: errors.append(str(error)))
-        tab.on("dialog", lambda dialog: dialog.accept())
         tab.errors = errors
         yield tab
         assert not errors, errors
@@ -97,6 +128,27 @@ def page(daemon):
 def show(page, daemon: Daemon, where: str, ready: str) -> None:
     page.goto(f"{daemon.web}/{where}")
     page.wait_for_selector(f'main[data-ready="{ready}"]', timeout=20_000)
+
+
+def act(page, reason: str = "", press: bool = True, **fields: str) -> None:
+    """Fill the open action dialog (its fields, the reason) and press its
+    button (unless not ``press``); the caller waits for what comes of it."""
+    dialog = page.locator("#action-dialog")
+    dialog.wait_for(state="visible", timeout=DEADLINE)
+    for name, value in fields.items():
+        field = dialog.locator(f'[name="{name}"]')
+        if field.evaluate("(el) => el.tagName") == "SELECT":
+            field.select_option(value)
+        else:
+            field.fill(value)
+    dialog.locator('input[name="reason"]').fill(reason)
+    if press:
+        dialog.locator("[data-confirm]").click()
+
+
+def acted(page) -> None:
+    """The action dialog closed: the daemon took the action."""
+    page.locator("#action-dialog").wait_for(state="hidden", timeout=DEADLINE)
 
 
 def screenshot(page, name: str) -> None:
@@ -123,10 +175,30 @@ async def _index(api: str) -> None:
             "info_hash": "ab" * 20}]})
 
 
+def test_the_page_says_where_the_api_is_and_its_files_revalidate(daemon):
+    with urllib.request.urlopen(f"{daemon.web}/") as answer:
+        page = answer.read().decode()
+    facts = re.search(r'<meta name="muppet-console" content="([^"]*)">', page)
+    assert facts, "the page names the API itself: it connects without asking /console.json first"
+    assert json.loads(html.unescape(facts[1]))["api"]["port"] == daemon.api_port
+    with urllib.request.urlopen(f"{daemon.web}/static/run.js") as answer:
+        etag = answer.headers["ETag"]
+        assert "javascript" in answer.headers["Content-Type"]  # a module needs a JavaScript type
+    again = urllib.request.Request(f"{daemon.web}/static/run.js", headers={"If-None-Match": etag})
+    with pytest.raises(urllib.error.HTTPError) as unchanged:
+        urllib.request.urlopen(again)
+    assert unchanged.value.code == 304
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(f"{daemon.web}/static/nothing.js")
+    assert missing.value.code == 404
+
+
 def test_a_run_triggered_from_the_page_changes_live(page, daemon):
     show(page, daemon, "#/", "overview")
     row = page.locator('tr[data-pipeline="live"]')
     row.locator('button[data-action="trigger"]').click()
+    act(page, "a test run")
+    acted(page)
     made = page.locator("#flash").filter(has_text="run ")
     made.wait_for(timeout=20_000)
     run_id = int(re.search(r"run (\d+) made", made.inner_text())[1])
@@ -177,10 +249,61 @@ def test_a_job_is_killed_from_its_page(page, daemon):
                            timeout=20_000)
     screenshot(page, "job")
     page.locator('button[data-action="kill"]').click()
+    # a destructive action says so before anything happens
+    assert page.locator('#action-dialog[data-destructive="true"]').is_visible()
+    act(page, "stuck on lustre")
     page.wait_for_selector('h2[data-state="killed"]', timeout=20_000)
-    assert page.locator('dd[data-fact="reason"]').inner_text() == "killed by operator"
+    assert page.locator('dd[data-fact="reason"]').inner_text() == "killed by operator: stuck on lustre"
     jobs = json.loads(daemon.muppet("jobs", str(run_id), "--json"))
     assert next(j for j in jobs if j["id"] == job["id"])["state"] == "killed"
+
+
+def test_a_step_is_bypassed_and_the_run_killed_with_reasons(page, daemon):
+    run_id = int(daemon.muppet("trigger", "steer"))
+    show(page, daemon, f"#/run/{run_id}", "run")
+    page.wait_for_selector('.node[data-step="gate"] .chip[data-state="running"]', timeout=DEADLINE)
+    # a refusal stays in the dialog, in the API's words: what to do instead
+    page.locator('button[data-action="bypass"]').click()
+    act(page, "model down", step="gate")
+    problem = page.locator("#action-dialog .problem")
+    problem.wait_for(state="visible", timeout=DEADLINE)
+    assert "step gate has jobs running" in problem.inner_text()
+    assert "kill them first, then bypass" in problem.inner_text()
+    act(page, "model down", step="make")
+    acted(page)
+    page.wait_for_function(
+        "() => document.querySelectorAll('.node[data-step=\"make\"] .chip[data-state=\"bypassed\"]').length === 2",
+        timeout=DEADLINE)
+    bypassed = page.locator('.jobrow[data-state="bypassed"] .reason').first
+    bypassed.wait_for(timeout=DEADLINE)
+    assert bypassed.inner_text() == "bypassed by operator: model down"
+    # the whole run: its running gate is killed, with the reason given
+    page.locator('button[data-action="kill-run"]').click()
+    assert page.locator('#action-dialog[data-destructive="true"]').is_visible()
+    act(page, "bad input", press=False)
+    screenshot(page, "action")
+    page.locator("#action-dialog [data-confirm]").click()
+    acted(page)
+    page.wait_for_selector('.run-header .state[data-state="failed"]', timeout=DEADLINE)
+    page.wait_for_selector('.jobrow[data-state="killed"]', timeout=DEADLINE)
+    assert page.locator('.jobrow[data-state="killed"] .reason').inner_text() == "killed by operator: bad input"
+    jobs = json.loads(daemon.muppet("jobs", str(run_id), "--json"))
+    assert sorted(j["state"] for j in jobs) == ["bypassed", "bypassed", "killed", "succeeded"]
+
+
+def test_a_product_update_is_requested_from_the_index(page, daemon):
+    show(page, daemon, "#/index", "index")
+    page.locator('tr[data-product="arome"] button[data-action="request"]').click()
+    act(page, "THREDDS lost the 06 files", reference_time="2026-11-29T06:00:00Z")
+    acted(page)
+    page.locator("#flash").filter(has_text="run ").wait_for(timeout=DEADLINE)
+    done = page.locator('table.requests tr[data-state="done"]').first
+    done.wait_for(timeout=DEADLINE)
+    assert "THREDDS lost the 06 files" in done.inner_text()
+    assert "maker" in done.inner_text()
+    run_id = int(re.search(r"run (\d+)", done.inner_text())[1])
+    runs = json.loads(daemon.muppet("runs", "--pipeline", "maker", "--json"))
+    assert [(r["id"], r["cause"]) for r in runs] == [(run_id, "request")]
 
 
 def test_every_page_and_its_screenshot(page, daemon):
@@ -191,7 +314,6 @@ def test_every_page_and_its_screenshot(page, daemon):
     # those that need attention come first
     first = page.locator("section.pipelines tbody tr").first
     assert first.get_attribute("data-attention") == "true"
-    screenshot(page, "overview")
     show(page, daemon, "#/runs?pipeline=live", "runs")
     assert page.locator("table.runs tbody tr").count() >= 3
     screenshot(page, "runs")
@@ -203,7 +325,47 @@ def test_every_page_and_its_screenshot(page, daemon):
     page.wait_for_selector('li[data-backend="thredds-1"]', timeout=20_000)
     assert "seeded by thredds-1.example:6881" in page.locator('li[data-backend="thredds-1"]').inner_text()
     screenshot(page, "index")
+
+
+def test_a_pause_and_a_drain_show_on_the_pages(page, daemon):
+    show(page, daemon, "#/", "overview")
+    page.locator('tr[data-pipeline="archive"] button[data-action="pause"]').click()
+    act(page, "ECMWF late")
+    acted(page)
+    paused = page.locator('tr[data-pipeline="archive"][data-paused="true"] p.paused')
+    paused.wait_for(timeout=DEADLINE)
+    assert re.fullmatch(r"paused by local since \S+ \S+Z: ECMWF late", paused.inner_text()), paused.inner_text()
+    page.locator('button[data-action="drain"]').click()
+    assert page.locator('#action-dialog[data-destructive="true"]').is_visible()
+    act(page, "Slurm upgrade")
+    acted(page)
+    banner = page.locator("#draining")
+    banner.wait_for(state="visible", timeout=DEADLINE)
+    assert "Slurm upgrade" in banner.inner_text() and "by local since" in banner.inner_text()
+    screenshot(page, "overview")
+    # a job of a paused pipeline says why it waits, in the scheduler's words
+    run_id = int(daemon.muppet("trigger", "archive", "--reference-time", "2026-11-02T00:00:00Z"))
+    show(page, daemon, f"#/run/{run_id}", "run")
+    page.wait_for_function("() => document.querySelector('.why').textContent.includes('muppet')", timeout=DEADLINE)
+    assert banner.is_visible(), "the drain shows on every page"
+    # lifting both: the banner's own button, and Resume
+    banner.locator('button[data-action="undrain"]').click()
+    act(page, "Slurm is back")
+    acted(page)
+    banner.wait_for(state="hidden", timeout=DEADLINE)
+    show(page, daemon, "#/", "overview")
+    page.locator('tr[data-pipeline="archive"] button[data-action="resume"]').click()
+    act(page)
+    acted(page)
+    page.wait_for_selector('tr[data-pipeline="archive"][data-paused="false"]', timeout=DEADLINE)
+    # the operators' events in words: who did what, and why
     show(page, daemon, "#/events", "events")
+    said = page.locator('ol.events li[data-kind="operator"]').all_inner_texts()
+    assert any("local paused pipeline archive: ECMWF late" in line for line in said), said
+    assert any("local drained the daemon: no new job starts: Slurm upgrade" in line for line in said), said
+    assert any("local resumed pipeline archive (no reason given)" in line for line in said), said
+    assert any(re.search(r"local killed run \d+ \(job \d+\): bad input", line) for line in said), said
+    assert any(re.search(r"local killed job \d+ of run \d+: stuck on lustre", line) for line in said), said
     before = page.locator("ol.events li").count()
     daemon.muppet("trigger", "archive", "--reference-time", "2026-11-01T00:00:00Z")
     page.wait_for_function(f"() => document.querySelectorAll('ol.events li').length > {before}", timeout=20_000)

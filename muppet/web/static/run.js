@@ -1,10 +1,15 @@
-// One run: its steps as a graph (each step under its parents, its jobs' states
-// as colours and as words), then every job of the run in a table that only
-// puts the rows in view into the page, so a run of thousands of jobs stays
-// quick. Job events change it live, painted once per animation frame.
+// One run: the actions on the whole run and why its jobs wait, its steps as
+// a graph (each step under its parents, its jobs' states as colours and as
+// words), then every job of the run in a table that only puts the rows in
+// view into the page, so a run of thousands of jobs stays quick. Job events
+// change it live, painted once per animation frame.
+//
+// A read of the run (runs.get) may answer from before an event the page has
+// already seen: the events that come while a read is on its way are applied
+// again on top of its answer, so the page never goes back to an older state.
 
-import { actionButtons } from "./actions.js";
-import { clear, count, errorBox, h, JOB_STATES, jobDuration, link, perFrame, shortTime, stateBadge } from "./util.js";
+import { actionButtons, actionMenu } from "./actions.js";
+import { clear, count, errorBox, h, JOB_STATES, jobDuration, link, perFrame, shortTime, stateBadge, throttle } from "./util.js";
 
 const NODE_WIDTH = 210;
 const COLUMN_GAP = 60;
@@ -15,15 +20,19 @@ const ROW_HEIGHT = 30;
 const VIEWPORT_ROWS = 16;
 
 const SHORT = { waiting: "wait", held: "held", submitted: "sub", running: "run", succeeded: "ok",
-  failed: "fail", killed: "kill", skipped: "skip", expired: "exp" };
+  failed: "fail", killed: "kill", skipped: "skip", expired: "exp", bypassed: "byp" };
+//: the reasons of waiting jobs the header shows, the most common first
+const REASONS_SHOWN = 3;
 
-export function runView(main, api, match, { flash }) {
+export function runView(main, api, match, { flash, first }) {
   const runId = Number(match[1]);
   let stopped = false;
   let run = null;
   let steps = [];
   const jobs = new Map(); // id -> job
   const header = h("div.run-header");
+  const why = h("div.why", { "aria-label": "why its jobs wait" });
+  const runActions = h("div.actions", { "aria-label": "the run" });
   const graph = h("div.graph", { "aria-label": "the run's steps" });
   const filterState = h("select", { "aria-label": "only jobs in state" }, h("option", { value: "" }, "every state"),
     JOB_STATES.map((s) => h("option", { value: s }, s)));
@@ -35,7 +44,7 @@ export function runView(main, api, match, { flash }) {
   viewport.append(spacer, rowsBox);
   const columns = ["job", "step", "state", "exit", "try", "started", "took", "host", "batch id", "reason", ""];
   const tableHead = h("div.jobrow.head", null, columns.map((c) => h("span", null, c)));
-  clear(main, header, graph, h("h3", null, "Jobs ", filterState, " ", stepNote), tableHead, viewport);
+  clear(main, header, runActions, why, graph, h("h3", null, "Jobs ", filterState, " ", stepNote), tableHead, viewport);
 
   let ordered = []; // the jobs the table shows, by id
 
@@ -49,6 +58,20 @@ export function runView(main, api, match, { flash }) {
       shortTime(run.reference_time), " ", stateBadge(run.state), run.late ? h("span.late", null, " late") : null),
     h("p.facts", null, `cause ${run.cause}, created ${shortTime(run.created_at)}, ended ${shortTime(run.ended_at)}; `,
       count(jobs.size, "job"), " (retries included)"));
+    const slots = current();
+    clear(runActions, actionButtons(api, "run", { ...run, slots, steps: steps.map((s) => s.name) },
+      (message, failed) => flash(`run ${run.id}: ${message}`, failed)));
+    // why its jobs wait, in the scheduler's words (docs/states.md, "Why a job waits")
+    const reasons = new Map();
+    for (const job of slots) {
+      if (job.state !== "waiting" && job.state !== "held") continue;
+      const key = `${job.state}: ${job.reason || "-"}`;
+      reasons.set(key, (reasons.get(key) || 0) + 1);
+    }
+    const common = [...reasons].sort((a, b) => b[1] - a[1]);
+    clear(why, run.reason ? h("p.reason", null, run.reason) : null,
+      common.slice(0, REASONS_SHOWN).map(([reason, n]) => h("p.reason", null, `${count(n, "job")} ${reason}`)),
+      common.length > REASONS_SHOWN ? h("p.note", null, `and ${common.length - REASONS_SHOWN} other reasons`) : null);
   }
 
   function layout() {
@@ -180,7 +203,7 @@ export function runView(main, api, match, { flash }) {
         h("span", null, job.host || "-"),
         h("span", null, job.batch_id || "-"),
         h("span.reason", { title: job.reason || "" }, job.reason || "-"),
-        h("span", null, actionButtons(api, "job", job, (message, failed) => flash(`job ${job.id}: ${message}`, failed)))));
+        h("span", null, actionMenu(api, "job", job, (message, failed) => flash(`job ${job.id}: ${message}`, failed)))));
     }
     clear(rowsBox, rows);
   }
@@ -195,30 +218,10 @@ export function runView(main, api, match, { flash }) {
   viewport.addEventListener("scroll", perFrame(paintRows));
   filterState.addEventListener("change", refilter);
 
-  async function load() {
-    try {
-      const found = await api.call("runs.get", { run_id: runId });
-      if (stopped) return;
-      const fresh = !run;
-      run = found;
-      jobs.clear();
-      for (const job of found.jobs) jobs.set(job.id, job);
-      if (fresh) {
-        const pipeline = await api.call("pipelines.get", { pipeline: run.pipeline }).catch(() => null);
-        steps = pipeline ? pipeline.steps : [...new Set(found.jobs.map((j) => j.step))].map((name) => ({
-          name, parents: [], jobs: Math.max(...found.jobs.filter((j) => j.step === name).map((j) => j.index)) + 1 }));
-        buildGraph();
-      }
-      renderHeader();
-      paintGraph();
-      refilter();
-      main.dataset.ready = "run";
-    } catch (error) {
-      if (!stopped) clear(header, errorBox(error));
-    }
-  }
+  // the events seen while a read is on its way, applied again on its answer
+  const reading = new Set();
 
-  const off = api.onEvents((events) => {
+  function apply(events) {
     let touched = false;
     for (const event of events) {
       if (event.kind === "job" && event.data.run_id === runId) {
@@ -233,13 +236,60 @@ export function runView(main, api, match, { flash }) {
         touched = true;
       }
     }
-    if (touched) paint();
+    return touched;
+  }
+
+  // `first`: runs.get and pipelines.list, which main.js sent while this
+  // module loaded, and the events it saw since
+  async function load(first) {
+    const seen = first ? first.take() : [];
+    reading.add(seen);
+    try {
+      let found;
+      if (first) {
+        const [got, pipelines] = await first.answer;
+        found = got;
+        const pipeline = pipelines.find((p) => p.name === got.pipeline);
+        if (pipeline) steps = pipeline.steps;
+      } else {
+        found = await api.call("runs.get", { run_id: runId });
+      }
+      if (stopped) return;
+      const fresh = !run;
+      run = found;
+      jobs.clear();
+      for (const job of found.jobs) jobs.set(job.id, job);
+      apply(seen);
+      if (fresh) {
+        if (!steps.length) {
+          steps = [...new Set(found.jobs.map((j) => j.step))].map((name) => ({
+            name, parents: [], jobs: Math.max(...found.jobs.filter((j) => j.step === name).map((j) => j.index)) + 1 }));
+        }
+        buildGraph();
+      }
+      renderHeader();
+      paintGraph();
+      refilter();
+      main.dataset.ready = "run";
+    } catch (error) {
+      if (!stopped) clear(header, errorBox(error));
+    } finally {
+      reading.delete(seen);
+    }
+  }
+
+  const reloadSoon = throttle(() => load(null), 500);
+  const off = api.onEvents((events) => {
+    for (const seen of reading) seen.push(...events);
+    if (apply(events)) paint();
+    // a pause, a drain or their end changes why jobs wait, without a job event
+    if (events.some((e) => e.kind === "operator" && e.data.action !== "trigger")) reloadSoon();
   });
   // why each waiting job waits changes without an event (a slot frees up
   // elsewhere): read the run again now and then while some wait
   const timer = setInterval(() => {
-    if ([...jobs.values()].some((j) => j.state === "waiting" || j.state === "held")) load();
+    if ([...jobs.values()].some((j) => j.state === "waiting" || j.state === "held")) load(null);
   }, 10000);
-  load();
+  load(first);
   return { stop() { stopped = true; off(); clearInterval(timer); } };
 }

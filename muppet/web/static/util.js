@@ -61,7 +61,8 @@ export function jobDuration(job) {
 
 // Every job and run state has a colour AND its name in text (docs/console.md):
 // the colour is for the eye, the word for everyone.
-export const JOB_STATES = ["waiting", "held", "submitted", "running", "succeeded", "failed", "killed", "skipped", "expired"];
+export const JOB_STATES = ["waiting", "held", "submitted", "running", "succeeded", "failed", "killed", "skipped", "expired",
+  "bypassed"];
 export const RUN_STATES = ["queued", "running", "succeeded", "failed", "expired"];
 
 export function stateBadge(state, extra) {
@@ -103,6 +104,12 @@ export function throttle(fn, ms) {
       }, Math.max(wait, 0));
     }
   };
+}
+
+// A standing order of an operator (a pause, a drain) in words: who, since
+// when, why (daemon.status, docs/api.md).
+export function order(o) {
+  return `by ${o.by} since ${shortTime(o.since)}${o.reason ? `: ${o.reason}` : ""}`;
 }
 
 export function link(href, text) {
