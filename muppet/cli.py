@@ -148,7 +148,10 @@ LONG_JOB_COLUMNS = (
 RUN_COLUMNS = (
     ("ID", "id"), ("PIPELINE", "pipeline"), ("REFERENCE TIME", "reference_time"),
     ("STATE", "state"), ("LATE", "late"), ("CAUSE", "cause"), ("CREATED", "created_at"), ("ENDED", "ended_at"),
+    ("DEFINITION", "definition"),
 )
+#: how much of a definition's hash the tables show (as git shows a commit's)
+SHORT_HASH = 12
 JOB_COLUMNS = (
     ("ID", "id"), ("RUN", "run_id"), ("PIPELINE", "pipeline"), ("STEP", "step"), ("INDEX", "index"),
     ("STATE", "state"), ("EXIT", "exit_code"), ("FAILURES", "failures"),
@@ -509,8 +512,12 @@ def trigger(
 @_json_option
 @_api_option
 def runs(pipeline: str | None, state: str | None, limit: int, as_json: bool, api_url: str) -> None:
-    """List runs, newest first."""
+    """List runs, newest first. DEFINITION: the start of the hash of the
+    pipeline definition the run was made with, and finishes under (a reload
+    that changes the pipeline gives its new runs another)."""
     rows = _call(api_url, "runs.list", {"pipeline": pipeline, "state": state, "limit": limit})
+    if not as_json:  # the pipeline definition each run runs under, by its hash's start
+        rows = [{**row, "definition": (row.get("definition") or "")[:SHORT_HASH]} for row in rows]
     _print_rows(rows, as_json, RUN_COLUMNS, "no runs")
 
 
@@ -768,6 +775,43 @@ def _daemon_command(action: str, summary: str) -> None:
 _daemon_command("drain", """Start no new job at all; running jobs finish (for maintenance of a
 cluster or of the daemon's host). muppet status says so. Needs an admin token.""")
 _daemon_command("undrain", """Start jobs again after muppet drain. Needs an admin token.""")
+
+
+@main.command()
+@_reason_option
+@_echo_json_option
+@_api_option
+def reload(reason: str, as_json: bool, api_url: str) -> None:
+    """Read the daemon's configuration again (its --config file and every
+    pipeline file it lists) and run on it, without a restart; as SIGHUP to
+    the daemon does. Needs an admin token.
+
+    Prints what changed once the daemon runs on it: pipelines added,
+    changed and removed (runs in progress finish under the definition they
+    were made with), executors, index declarations, and the settings that
+    wait for a restart. On any problem in the files nothing changes: every
+    problem is printed, one per line, and it exits 1.
+    """
+    from .config.changes import Changes
+
+    async def work(client: api_client.Client) -> Any:
+        try:
+            return await client.call("daemon.reload", {"reason": reason})
+        except RpcError as error:
+            for problem in (error.data or {}).get("problems", []) if isinstance(error.data, dict) else []:
+                click.echo(problem, err=True)
+            raise
+
+    result = _session(api_url, work)
+    for warning in result.get("warnings", []):
+        click.echo(warning, err=True)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    changes = Changes.from_target(result)
+    click.echo(f"reloaded {result['source']}" if result["changed"] else f"nothing changed in {result['source']}")
+    for line in changes.lines():
+        click.echo(line)
 
 
 @main.command()

@@ -1,5 +1,6 @@
 """Runs and jobs as plain JSON-able dicts: one shape for the API, the CLI's
-``--json`` and the event table's payloads.
+``--json`` and the event table's payloads; and pipeline definitions as the
+canonical JSON that names them by hash.
 
 Times go out as ISO 8601 strings in UTC with a ``Z`` (``2026-11-28T06:15:00Z``);
 a reference time keeps whole seconds, other timestamps keep milliseconds.
@@ -7,10 +8,13 @@ a reference time keeps whole seconds, other timestamps keep milliseconds.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, overload
 
-from .model import Job, JobState, Run, RunCause, RunState
+from .model import Depends, IntercycleParent, Job, JobState, Pipeline, RetryPolicy, Run, RunCause, RunState, Step
 
 if TYPE_CHECKING:
     from .messages import UpdateRequest
@@ -105,6 +109,7 @@ def run_to_dict(run: Run) -> dict[str, Any]:
         "created_at": format_time(run.created_at),
         "ended_at": format_time(run.ended_at),
         "late": run.late,
+        "definition": run.definition,
     }
 
 
@@ -149,6 +154,7 @@ def run_from_dict(data: dict[str, Any]) -> Run:
         created_at=_timestamp(data["created_at"]) or 0.0,
         ended_at=_timestamp(data["ended_at"]),
         late=data.get("late", False),
+        definition=data.get("definition", ""),
     )
 
 
@@ -177,3 +183,111 @@ def job_from_dict(data: dict[str, Any]) -> Job:
         kill_requested=data.get("kill_requested", False),
         late=data.get("late", False),
     )
+
+
+# --- pipeline definitions ----------------------------------------------------------
+# A run finishes under the definition of its pipeline it was made with, whatever
+# a reload changes (docs/operations.md, "Reload"): the definitions table keeps
+# each one as JSON, by the SHA-256 of that JSON. Canonical: keys sorted, no
+# spaces, steps as a list in their (topological) order, so that one definition
+# always gives one hash. The round trip gives back an equal Pipeline; a field
+# added to Pipeline or Step must be added here (tests/test_reload_core.py
+# checks that every field is).
+
+
+def pipeline_to_json(pipeline: Pipeline) -> dict[str, Any]:
+    """Every field of ``pipeline`` as JSON-able values."""
+    return {
+        "name": pipeline.name,
+        "owner": pipeline.owner,
+        "steps": [_step_to_json(step) for step in pipeline.steps.values()],
+        "requires": list(pipeline.requires),
+        "produces": list(pipeline.produces),
+        "cron": list(pipeline.cron),
+        "timezone": pipeline.timezone,
+        "source": pipeline.source,
+        "initial": format_time(pipeline.initial),
+        "runahead": pipeline.runahead,
+        "catchup": pipeline.catchup,
+        "catchup_limit": pipeline.catchup_limit,
+        "expire_after": pipeline.expire_after,
+        "late_after": pipeline.late_after,
+    }
+
+
+def _step_to_json(step: Step) -> dict[str, Any]:
+    return {
+        "name": step.name,
+        "command": step.command,
+        "parents": list(step.parents),
+        "jobs": step.jobs,
+        "depends": step.depends.value,
+        "concurrency": step.concurrency,
+        "conflicts": list(step.conflicts),
+        "env": dict(step.env),
+        "executor": step.executor,
+        "outputs": list(step.outputs),
+        "retry": {"tries": step.retry.tries, "interval": step.retry.interval, "factor": step.retry.factor},
+        "resources": dict(step.resources),
+        "product": step.product,
+        "intercycle": [{"step": parent.step, "offset": parent.offset} for parent in step.intercycle],
+        "not_before": step.not_before,
+        "expire_after": step.expire_after,
+        "late_after": step.late_after,
+    }
+
+
+def pipeline_from_json(data: Mapping[str, Any]) -> Pipeline:
+    """The Pipeline that :func:`pipeline_to_json` gave ``data`` for."""
+    initial = data["initial"]
+    return Pipeline(
+        name=data["name"],
+        owner=data["owner"],
+        steps={step["name"]: _step_from_json(step) for step in data["steps"]},
+        requires=tuple(data["requires"]),
+        produces=tuple(data["produces"]),
+        cron=tuple(data["cron"]),
+        timezone=data["timezone"],
+        source=data["source"],
+        initial=None if initial is None else parse_time(initial),
+        runahead=data["runahead"],
+        catchup=data["catchup"],
+        catchup_limit=data["catchup_limit"],
+        expire_after=data["expire_after"],
+        late_after=data["late_after"],
+    )
+
+
+def _step_from_json(data: Mapping[str, Any]) -> Step:
+    retry = data["retry"]
+    return Step(
+        name=data["name"],
+        command=data["command"],
+        parents=tuple(data["parents"]),
+        jobs=data["jobs"],
+        depends=Depends(data["depends"]),
+        concurrency=data["concurrency"],
+        conflicts=tuple(data["conflicts"]),
+        env=data["env"],
+        executor=data["executor"],
+        outputs=tuple(data["outputs"]),
+        retry=RetryPolicy(tries=retry["tries"], interval=float(retry["interval"]), factor=float(retry["factor"])),
+        resources=data["resources"],
+        product=data["product"],
+        intercycle=tuple(IntercycleParent(p["step"], p["offset"]) for p in data["intercycle"]),
+        not_before=data["not_before"],
+        expire_after=data["expire_after"],
+        late_after=data["late_after"],
+    )
+
+
+def definition_text(pipeline: Pipeline) -> str:
+    """The canonical JSON of a pipeline's definition, as the definitions
+    table keeps it."""
+    return json.dumps(pipeline_to_json(pipeline), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def definition_hash(text: str) -> str:
+    """The hash that names a definition: the SHA-256 of its canonical JSON,
+    in hex."""
+    return hashlib.sha256(text.encode()).hexdigest()

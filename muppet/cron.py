@@ -26,6 +26,7 @@ from croniter import croniter
 
 from .messages import Trigger
 from .model import Pipeline, RunCause
+from .running import RunningConfig
 
 log = logging.getLogger("muppet.cron")
 
@@ -117,6 +118,7 @@ async def run(
     *,
     last_fired: Mapping[str, datetime],
     clock: Callable[[], float] = time.time,
+    running: RunningConfig | None = None,
 ) -> None:
     """Send a `Trigger` (cause "cron") to the scheduler at each firing.
 
@@ -127,6 +129,13 @@ async def run(
     before starts from now. Cancellation is harmless at any await: a firing
     whose Trigger was not persisted is caught up at the next start (a run
     already made for one is refused as existing).
+
+    With ``running``, a reload that adds, changes or removes pipelines
+    applies at once (docs/operations.md, "Reload"): a removed pipeline fires
+    no more, a new one fires from its next firing after the reload (no
+    catch-up), one whose cron or time zone changed from its next firing
+    under the new ones. Without it, ``pipelines`` hold for good and the task
+    returns when none has cron.
     """
     timed = {name: p for name, p in pipelines.items() if p.cron}
     now = _now_utc(clock)
@@ -143,16 +152,43 @@ async def run(
             for moment in missed:
                 await to_scheduler.send(Trigger(name, moment, RunCause.CRON.value))
         _schedule(due, name, next_firing(pipeline, now))
-    while due:
-        name = min(due, key=due.__getitem__)
-        moment = due[name]
-        delay = moment.timestamp() - clock()
+    version = 0 if running is None else running.version
+    while due or running is not None:
+        name = min(due, key=due.__getitem__) if due else ""
+        moment = due.get(name, _now_utc(clock))
+        delay = moment.timestamp() - clock() if due else MAX_SLEEP
         if delay > 0:
-            await trio.sleep(min(delay, MAX_SLEEP))
+            if running is None:
+                await trio.sleep(min(delay, MAX_SLEEP))
+                continue
+            with trio.move_on_after(min(delay, MAX_SLEEP)):
+                config = await running.changed(version)
+                version = running.version
+                timed = _reloaded(timed, due, config.pipelines, _now_utc(clock))
             continue
         log.info("firing %s for %s", name, moment.isoformat())
         await to_scheduler.send(Trigger(name, moment, RunCause.CRON.value))
         _schedule(due, name, next_firing(timed[name], moment))
+
+
+def _reloaded(
+    timed: Mapping[str, Pipeline], due: dict[str, datetime], pipelines: Mapping[str, Pipeline], now: datetime,
+) -> dict[str, Pipeline]:
+    """The pipelines with cron after a reload, and ``due`` brought in line:
+    a pipeline taken away (or its cron) no longer fires; a new one, or one
+    whose cron or time zone changed, fires next after ``now``."""
+    reloaded = {name: p for name, p in pipelines.items() if p.cron}
+    for name in [n for n in due if n not in reloaded]:
+        del due[name]
+        log.info("%s fires no more (reloaded)", name)
+    for name, pipeline in reloaded.items():
+        before = timed.get(name)
+        if before is None or (before.cron, before.timezone) != (pipeline.cron, pipeline.timezone):
+            due.pop(name, None)
+            _schedule(due, name, next_firing(pipeline, now))
+            if name in due:
+                log.info("%s fires next at %s (reloaded)", name, due[name].isoformat())
+    return reloaded
 
 
 def _schedule(due: dict[str, datetime], name: str, firing: datetime | None) -> None:

@@ -9,6 +9,7 @@ number (``request``) and answers by number (``Answer`` in ``scheduler/core.py``)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +17,19 @@ import attrs
 import trio
 
 from .alerts.changes import AlertChange, AlertWrite
-from .model import DataFormat, Job, JobLog, JobState, Product, Run, RunState, ServiceBackend, Step
+from .model import (
+    DataFormat,
+    ExecutorConfig,
+    Job,
+    JobLog,
+    JobState,
+    Pipeline,
+    Product,
+    Run,
+    RunState,
+    ServiceBackend,
+    Step,
+)
 
 # --- to the database task ------------------------------------------------------
 
@@ -38,6 +51,9 @@ class NewRun:
     needs: tuple[datetime, ...] = ()
     #: the operator who triggered it: an operator event with the run
     by: Operator | None = None
+    #: the canonical JSON of the definition ``run.definition`` names, kept
+    #: in the definitions table (once per hash) with the run
+    definition: str = ""
 
 
 @attrs.frozen
@@ -397,7 +413,8 @@ class Command:
     ``outcome``, "succeeded" or "failed").
 
     For a command on a job whose run is no longer in the scheduler's memory
-    (it ended), the API loads the run and its jobs and passes them along.
+    (it ended), the API loads the run, its jobs and its definition and
+    passes them along.
     """
 
     action: str
@@ -409,6 +426,9 @@ class Command:
     by: Operator = Operator()
     downstream: bool = False
     outcome: str = ""
+    #: the definition ``run`` was made with, from the database (a rerun
+    #: brings an ended run back under its own: docs/operations.md, "Reload")
+    definition: Pipeline | None = None
 
 
 @attrs.frozen
@@ -426,6 +446,8 @@ class RunCommand:
     jobs: tuple[Job, ...] = ()
     by: Operator = Operator()
     step: str = ""
+    #: as in Command
+    definition: Pipeline | None = None
 
 
 @attrs.frozen
@@ -500,7 +522,7 @@ class Asked:
     the core sees it, and sends the core's Answer of that number here. A
     WhyWaiting the task answers itself."""
 
-    event: Request | WhyWaiting
+    event: Request | WhyWaiting | Reconfigure
     reply: trio.MemorySendChannel[Reply]
 
 
@@ -529,6 +551,7 @@ class KillJob:
 #: by the API as they are)
 NOT_FOUND = -32001  # unknown pipeline, run or job
 CONFLICT = -32002  # run exists already, job not in a state that allows the command
+INVALID_CONFIGURATION = -32006  # a reload's file does not load: nothing was reloaded
 
 
 @attrs.frozen
@@ -541,9 +564,63 @@ class Reply:
     code: int = 0
 
 
+# --- reloading the configuration (docs/operations.md, "Reload") -------------------
+
+
+@attrs.frozen
+class Reload:
+    """To the reload task (``muppet reload``, ``daemon.reload``, SIGHUP):
+    read the daemon's configuration file again and run on it from now on.
+    ``by`` says who asked and why; ``reply`` gets the outcome (None: nobody
+    waits, as for SIGHUP)."""
+
+    by: Operator
+    reply: trio.MemorySendChannel[Reloaded] | None = None
+
+
+@attrs.frozen
+class Reloaded:
+    """What a Reload came to: ``result``, what changed (docs/api.md,
+    "daemon.reload"), once committed; or ``error`` with a JSON-RPC ``code``
+    and, for a configuration that does not load, every ``problem`` (each
+    naming its file, table and key). A refused reload changed nothing."""
+
+    result: Any = None
+    error: str | None = None
+    code: int = 0
+    problems: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Reconfigure:
+    """From the reload task to the scheduler: make runs from ``pipelines``
+    from now on, and start jobs under ``executors``' limits. Runs in
+    progress keep the definition they were made with. ``index`` (the
+    declarations that changed, if any) and the operator event of ``by``
+    (its target ``summary``, what changed) are written in one transaction;
+    the Reply comes once it is committed."""
+
+    pipelines: Mapping[str, Pipeline]
+    executors: Mapping[str, ExecutorConfig]
+    #: where step outputs are registered from now on (Scheduler.outputs_backend)
+    outputs_backend: ServiceBackend | None
+    summary: Any
+    index: DefineIndex | None = None
+    request: int = 0
+    by: Operator = Operator()
+
+
+@attrs.frozen
+class ExecutorSettings:
+    """To the executor, from the scheduler as it takes a Reconfigure: the
+    executors from now on. It comes before any StartJob made under them."""
+
+    executors: Mapping[str, ExecutorConfig]
+
+
 # --- what each task's inbox carries (the channel types in daemon.py) --------------
 
 #: the scheduler's inbox: committed facts, triggers, job reports, requests
 ToScheduler = Persisted | Trigger | Asked | JobStarted | JobFinished | JobNotStarted
 #: the executor's inbox
-ToExecutor = StartJob | KillJob
+ToExecutor = StartJob | KillJob | ExecutorSettings

@@ -456,6 +456,11 @@ class Run:
     ended_at: float | None = None
     #: not succeeded by its pipeline's late_after
     late: bool = False
+    #: the hash of the pipeline's definition it was made with (its row in
+    #: the ``definitions`` table): it finishes under that one whatever a
+    #: reload changes; "" for a run made before definitions were kept, which
+    #: runs under its pipeline's current one (docs/operations.md, "Reload")
+    definition: str = ""
 
 
 @attrs.frozen

@@ -56,7 +56,8 @@ async def test_runs_json_and_table(api):
     result = await muppet("runs", "--api", api.url)
     assert result.returncode == 0, err(result)
     lines = out(result).splitlines()
-    assert lines[0].split() == ["ID", "PIPELINE", "REFERENCE", "TIME", "STATE", "LATE", "CAUSE", "CREATED", "ENDED"]
+    assert lines[0].split() == ["ID", "PIPELINE", "REFERENCE", "TIME", "STATE", "LATE", "CAUSE", "CREATED", "ENDED",
+                                "DEFINITION"]
     assert lines[1].split()[:6] == ["2", "arome", "2026-11-28T12:00:00Z", "running", "-", "manual"]
     assert lines[2].split()[:6] == ["1", "ecmwf", "2026-11-28T06:00:00Z", "failed", "-", "cron"]
     # aligned: every column starts at the same offset on every line

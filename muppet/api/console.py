@@ -192,13 +192,17 @@ async def _job(ctx: Context, job_id: int) -> model.Job:
 async def jobs_command(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
     job = await _job(ctx, params["job_id"])
     job_dir = JobDir(ctx.config.daemon.state_dir, job.id)
-    pipeline = ctx.config.pipelines.get(job.pipeline)
-    step = None if pipeline is None else pipeline.steps.get(job.step)
     answer: dict[str, Any] = {
         "job_id": job.id, "command": None, "environment": {},
         "job_dir": job_dir.root, "scratch": job_dir.scratch,
     }
     run = await ctx.query(reads.get_run, job.run_id)
+    # the definition its run was made with, which it runs under whatever a
+    # reload changed since (docs/operations.md, "Reload"); a run made before
+    # definitions were kept runs under its pipeline's current one
+    pipeline = None if run is None or not run.definition else await ctx.query(reads.get_definition, run.definition)
+    pipeline = pipeline or ctx.config.pipelines.get(job.pipeline)
+    step = None if pipeline is None else pipeline.steps.get(job.step)
     if step is None or run is None:
         return answer
     try:
@@ -307,10 +311,11 @@ async def session_authenticate(ctx: Context, params: Mapping[str, Any], conn: Co
     api = ctx.config.api
     if not api.tokens_file:
         return {"name": None, "role": model.ROLES[-1]}
-    token = api.tokens.get(hashlib.sha256(params["token"].encode()).hexdigest())
+    digest = hashlib.sha256(params["token"].encode()).hexdigest()
+    token = api.tokens.get(digest)
     if token is None:
         raise RpcError(UNAUTHORIZED, "unauthorized: the token sent is not in the tokens file")
-    conn.role, conn.token_name, conn.token_problem = token.role, token.name, ""
+    conn.role, conn.token_name, conn.token_problem, conn.token_digest = token.role, token.name, "", digest
     return {"name": token.name, "role": token.role}
 
 

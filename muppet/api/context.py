@@ -16,6 +16,7 @@ from .. import messages, model
 from ..db.health import DatabaseHealth
 from ..db.store import DatabaseUnavailable, Store
 from ..index.events import EventHub, QueryCache
+from ..running import RunningConfig
 from .protocol import ANYONE, DATABASE_UNAVAILABLE, INTERNAL_ERROR, UNAUTHORIZED, UNAVAILABLE, MethodSpec, RpcError
 
 P = ParamSpec("P")
@@ -68,17 +69,25 @@ def _database_unavailable(cause: object) -> RpcError:
 
 @attrs.define
 class Context:
-    """What the handlers share: the configuration, the channels to the
-    scheduler (commands) and to the database task (index writes), the read
-    stores, the event hub and its query cache."""
+    """What the handlers share: the configuration the daemon runs now, the
+    channels to the scheduler (commands), to the database task (index
+    writes) and to the reload task, the read stores, the event hub and its
+    query cache."""
 
-    config: model.Config
+    running: RunningConfig
     scheduler: trio.MemorySendChannel[messages.Asked]
     database: trio.MemorySendChannel[messages.IndexWrite]
     readers: ReadPool
     hub: EventHub
     started_at: float
     reply_timeout: float
+    reloads: trio.MemorySendChannel[messages.Reload] | None = None
+
+    @property
+    def config(self) -> model.Config:
+        """The configuration as the daemon runs it now: a reload replaces it
+        (docs/operations.md, "Reload")."""
+        return self.running.config
 
     @property
     def cache(self) -> QueryCache:
@@ -130,6 +139,16 @@ class Context:
             raise RpcError(reply.code or INTERNAL_ERROR, reply.error)
         return reply.result
 
+    async def reload(self, by: messages.Operator) -> messages.Reloaded:
+        """Ask the reload task to read the configuration again; its outcome
+        once committed (or refused). Refused at once while the database is
+        away, like every command."""
+        self.refuse_while_database_away()
+        if self.reloads is None:
+            raise RpcError(UNAVAILABLE, "unavailable: this daemon does not reload its configuration")
+        send, receive = trio.open_memory_channel[messages.Reloaded](1)
+        return await self._wait(self.reloads, messages.Reload(by, send), receive, "reload task")
+
     async def write(self, change: messages.IndexChange) -> messages.IndexWritten:
         """Send ``change`` to the database task; its outcome once committed
         (RpcError for a refusal, which wrote nothing)."""
@@ -165,6 +184,14 @@ class Context:
         api = self.config.api
         if not api.tokens_file or spec.role == ANYONE:
             return
+        if conn.token_digest:
+            # the tokens as the daemon runs them now: a reload that revoked
+            # the token or changed its role applies to the next call
+            token = api.tokens.get(conn.token_digest)
+            if token is None:
+                conn.role, conn.token_problem = None, "the token sent is not in the tokens file"
+            else:
+                conn.role, conn.token_name, conn.token_problem = token.role, token.name, ""
         if spec.role == "read" and api.open_reads:
             return
         if conn.role is not None and model.ROLES.index(conn.role) >= model.ROLES.index(spec.role):
@@ -188,6 +215,9 @@ class Connection:
     role: str | None = None
     token_name: str = ""
     token_problem: str = ""
+    #: the SHA-256 of the secret it presented ("" for none), looked up in
+    #: the tokens at each call
+    token_digest: str = ""
     #: subscription id -> the cancel scope of the task streaming it
     subscriptions: dict[int, trio.CancelScope] = attrs.field(factory=dict)
     #: set once the reply that made them has been sent: a subscription's
@@ -214,7 +244,8 @@ class Connection:
                 else:
                     conn.token_problem = "the Authorization header is not 'Bearer SECRET'"
         if secret is not None:
-            token = config.api.tokens.get(hashlib.sha256(secret.encode()).hexdigest())
+            conn.token_digest = hashlib.sha256(secret.encode()).hexdigest()
+            token = config.api.tokens.get(conn.token_digest)
             if token is None:
                 conn.token_problem = "the token sent is not in the tokens file"
             else:

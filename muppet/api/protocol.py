@@ -24,7 +24,7 @@ from typing import Any
 
 import attrs
 
-from ..messages import CONFLICT, NOT_FOUND
+from ..messages import CONFLICT, INVALID_CONFIGURATION, NOT_FOUND
 from ..model import JobState, RunState
 
 # --- error codes ---------------------------------------------------------------
@@ -54,6 +54,7 @@ ERROR_NAMES = {
     UNAVAILABLE: "unavailable",
     UNAUTHORIZED: "unauthorized",
     DATABASE_UNAVAILABLE: "database unavailable",
+    INVALID_CONFIGURATION: "invalid configuration",
 }
 
 
@@ -336,6 +337,8 @@ METHODS: dict[str, MethodSpec] = method_table([
     ), "requests for product updates, newest first"),
     MethodSpec("daemon.drain", (_REASON,), "start no new job at all; running ones finish", "admin"),
     MethodSpec("daemon.undrain", (_REASON,), "start jobs again after a drain", "admin"),
+    MethodSpec("daemon.reload", (_REASON,),
+               "read the configuration again and run on it; answers what changed once committed", "admin"),
     MethodSpec("daemon.echo", (Param("data", "string", default=""),),
                "answers its data: the API's ceiling, for benchmarks"),
     # --- the operator's console (muppet/api/console.py)

@@ -31,8 +31,10 @@ from ..index import queries
 from ..index.events import EventHub
 from ..listening import cannot_listen
 from ..messages import CONFLICT, NOT_FOUND
+from ..running import RunningConfig
 from . import console, protocol
 from . import index as index_methods
+from . import reload as reload_methods
 from .context import Connection, Context, ReadPool
 from .protocol import DATABASE_UNAVAILABLE, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, RpcError
 
@@ -205,6 +207,14 @@ async def _run_and_jobs(ctx: Context, run_id: int) -> tuple[model.Run, tuple[mod
     return run, tuple(jobs)
 
 
+async def _definition(ctx: Context, run: model.Run | None) -> model.Pipeline | None:
+    """The definition ``run`` was made with, for a command that may bring
+    the ended run back (docs/operations.md, "Reload")."""
+    if run is None or not run.definition:
+        return None
+    return await ctx.query(reads.get_definition, run.definition)
+
+
 def _job_command(action: str) -> Handler:
     async def handle(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
         job = await _load_job(ctx, params["job_id"])
@@ -220,6 +230,7 @@ def _job_command(action: str) -> Handler:
         return await ctx.ask(messages.Command(
             action, job.id, run=run, jobs=jobs, by=_operator(conn, params),
             downstream=bool(params.get("downstream")), outcome=params.get("outcome") or "",
+            definition=await _definition(ctx, run),
         ))
 
     handle.__name__ = f"_jobs_{action}"
@@ -233,6 +244,7 @@ def _run_command(action: str) -> Handler:
             jobs = ()  # only these bring an ended run back
         return await ctx.ask(messages.RunCommand(
             action, run.id, run=run, jobs=jobs, by=_operator(conn, params), step=params.get("step") or "",
+            definition=await _definition(ctx, run) if jobs else None,
         ))
 
     handle.__name__ = f"_runs_{action}"
@@ -319,6 +331,7 @@ HANDLERS: dict[str, Handler] = {
     "daemon.echo": _daemon_echo,
     **index_methods.HANDLERS,
     **console.HANDLERS,
+    **reload_methods.HANDLERS,
 }
 
 if HANDLERS.keys() != protocol.METHODS.keys():  # a method declared without handler, or the reverse
@@ -506,6 +519,8 @@ async def run(
     health: DatabaseHealth | None = None,
     listeners: Listeners | None = None,
     reply_timeout: float = REPLY_TIMEOUT,
+    running: RunningConfig | None = None,
+    reloads: trio.MemorySendChannel[messages.Reload] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The API task: serve JSON-RPC 2.0 over websocket on ``config.api.listen``
@@ -513,7 +528,9 @@ async def run(
 
     Receives: on ``committed``, the newest event number after each commit of
     the database task (without it, the event hub looks every second);
-    requests from websocket clients.
+    requests from websocket clients. Answers from ``running``, the
+    configuration the daemon runs now (a reload replaces it; without it,
+    ``config`` for good), and sends ``daemon.reload`` to ``reloads``.
     Sends: ``messages.Asked`` (a Trigger or Command) to ``scheduler`` and
     ``messages.IndexWrite`` to ``database``, each with the send end of a
     fresh one-slot channel on which it waits (at most ``reply_timeout``
@@ -555,7 +572,8 @@ async def run(
         hub = EventHub(read_events, start)
         metrics.current().watch_events(lambda: len(hub.subscriptions), lambda: hub.position - start)
         ctx = Context(
-            config=config,
+            running=running or RunningConfig(config),
+            reloads=reloads,
             scheduler=scheduler,
             database=database,
             readers=readers,

@@ -14,7 +14,7 @@ import attrs
 
 from .. import codec
 from ..messages import EndedRun, UpdateRequest
-from ..model import Job, JobLog, JobState, Run, RunCause, RunState
+from ..model import Job, JobLog, JobState, Pipeline, Run, RunCause, RunState
 from .rows import JOB_COLUMNS, REQUEST_COLUMNS, RUN_COLUMNS, job_from_row, request_from_row, run_from_row
 from .store import Store
 
@@ -39,6 +39,8 @@ class Snapshot:
     last_cron: dict[str, datetime]
     #: the ended runs the unfinished ones wait on through intercycle parents
     ended: tuple[EndedRun, ...] = ()
+    #: the pipeline definitions the unfinished runs were made with, by hash
+    definitions: dict[str, Pipeline] = attrs.field(factory=dict)
     #: operators' standing orders (messages.Control), by key
     controls: dict[str, Any] = attrs.field(factory=dict)
     #: the requests for product updates still waiting, with what they wait
@@ -69,6 +71,11 @@ def load_snapshot(store: Store) -> Snapshot:
             "SELECT pipeline, MAX(reference_time) FROM runs WHERE cause = ? GROUP BY pipeline",
             (RunCause.CRON.value,),
         )
+        definitions = rows(
+            "SELECT hash, definition FROM definitions WHERE hash IN"
+            " (SELECT definition FROM runs WHERE state IN (?, ?))",
+            unfinished,
+        )
         controls = {key: json.loads(value) for key, value in rows("SELECT key, value FROM controls")}
         waiting = [
             request_from_row(row) for row in rows(f"SELECT {REQUEST_COLUMNS} FROM update_requests WHERE state = ?",
@@ -87,6 +94,7 @@ def load_snapshot(store: Store) -> Snapshot:
             next_run_id=(max_run or 0) + 1,
             next_job_id=(max_job or 0) + 1,
             last_cron={name: codec.parse_time(text) for name, text in cron},
+            definitions={key: codec.pipeline_from_json(json.loads(text)) for key, text in definitions},
             controls=controls,
             update_requests=tuple(waiting),
             next_request_id=(max_request or 0) + 1,
@@ -231,6 +239,13 @@ def find_run(store: Store, pipeline: str, reference_time: datetime) -> tuple[Run
     found = store.query("SELECT id FROM runs WHERE pipeline = ? AND reference_time = ?",
                         (pipeline, codec.format_time(reference_time)))
     return run_with_jobs(store, found[0][0]) if found else None
+
+
+def get_definition(store: Store, key: str) -> Pipeline | None:
+    """The pipeline definition named ``key`` (a run's ``definition``), or
+    None (a run made before definitions were kept has "")."""
+    rows = store.query("SELECT definition FROM definitions WHERE hash = ?", (key,))
+    return codec.pipeline_from_json(json.loads(rows[0][0])) if rows else None
 
 
 def last_event_id(store: Store) -> int:

@@ -12,7 +12,7 @@ from .. import codec
 from ..messages import Operator, UpdateRequest
 from ..model import Job, JobState, Run, RunCause, RunState
 
-RUN_COLUMNS = "id, pipeline, reference_time, state, cause, created_at, ended_at, late"
+RUN_COLUMNS = "id, pipeline, reference_time, state, cause, created_at, ended_at, late, definition"
 JOB_COLUMNS = (
     "id, run_id, pipeline, step, job_index, count, executor, state, failures,"
     " predecessor, successor, not_before, exit_code, reason, batch_id, host,"
@@ -46,7 +46,7 @@ def request_from_row(row: Sequence[Any]) -> UpdateRequest:
 def run_row(run: Run) -> Row:
     return (
         run.id, run.pipeline, codec.format_time(run.reference_time), run.state.value,
-        run.cause.value, run.created_at, run.ended_at, int(run.late),
+        run.cause.value, run.created_at, run.ended_at, int(run.late), run.definition,
     )
 
 
@@ -54,7 +54,7 @@ def run_from_row(row: Sequence[Any]) -> Run:
     return Run(
         id=row[0], pipeline=row[1], reference_time=codec.parse_time(row[2]),
         state=RunState(row[3]), cause=RunCause(row[4]), created_at=row[5], ended_at=row[6],
-        late=bool(row[7]),
+        late=bool(row[7]), definition=row[8],
     )
 
 

@@ -84,7 +84,7 @@ async def _store(config: Config, lease: Lease, api: str) -> AsyncIterator[tuple[
         holder = Holder.this_process(api)
         await trio.to_thread.run_sync(lease.announce, store, holder)
         snapshot = await trio.to_thread.run_sync(reads.load_snapshot, store)
-        needed = cycling.needed_runs(dict(config.pipelines), snapshot.runs)
+        needed = cycling.needed_runs(config.pipelines, snapshot.runs, snapshot.definitions)
         if needed:
             ended = await trio.to_thread.run_sync(reads.load_ended_runs, store, needed)
             snapshot = attrs.evolve(snapshot, ended=ended)

@@ -88,12 +88,17 @@ def _upsert(table: str, columns: str, key: str) -> str:
 
 
 _INSERT_NEW_RUN = (
-    f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (pipeline, reference_time) DO NOTHING"
 )
 _UPSERT_RUN = _upsert("runs", RUN_COLUMNS, "id")
 _UPSERT_JOB = _upsert("jobs", JOB_COLUMNS, "id")
 _UPSERT_LOG = _upsert("job_logs", "job_id, stdout, stderr", "job_id")
+#: a run's pipeline definition, kept once per hash (docs/operations.md, "Reload")
+_INSERT_DEFINITION = (
+    "INSERT INTO definitions (hash, pipeline, definition, created_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (hash) DO NOTHING"
+)
 _INSERT_EVENT = "INSERT INTO events (at, kind, subject_id, payload, product) VALUES (?, ?, ?, ?, ?)"
 #: the changes that ``muppet/index/write.py`` applies
 INDEX_CHANGES = (RegisterFiles, DefineIndex, DeleteFiles, SetTorrent)
@@ -143,6 +148,7 @@ def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | 
     jobs: list[tuple[Any, ...]] = []
     logs: list[tuple[Any, ...]] = []
     events: list[index_write.EventRow] = []
+    definitions: dict[str, tuple[Any, ...]] = {}
     now = time.time()
     insert_new_run = store.sql(_INSERT_NEW_RUN)
     # Rows of one table keep their order (a later state of a job wins); the
@@ -156,6 +162,9 @@ def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | 
                 rejected.add(position)
                 continue
             events.append((now, "run", change.run.id, event_payload(change.run), None))
+            if change.definition and change.run.definition not in definitions:
+                definitions[change.run.definition] = (change.run.definition, change.run.pipeline, change.definition,
+                                                      now)
             for job in change.jobs:
                 jobs.append(job_row(job))
                 events.append((now, "job", job.id, event_payload(job), None))
@@ -196,6 +205,8 @@ def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | 
             alert_records.apply(cursor, store.sql, change, now, events)
         else:
             raise TypeError(f"change {position}: cannot persist a {type(change).__name__}")
+    if definitions:
+        cursor.executemany(store.sql(_INSERT_DEFINITION), list(definitions.values()))
     for sql, rows in (
         (_UPSERT_RUN, runs), (_UPSERT_JOB, jobs), (_UPSERT_LOG, logs), (_INSERT_EVENT, events),
     ):

@@ -30,9 +30,9 @@ from typing import TypeVar
 import attrs
 import trio
 
-from ..messages import JobFinished, JobNotStarted, JobStarted, KillJob, MovedOutput, StartJob
+from ..messages import ExecutorSettings, JobFinished, JobNotStarted, JobStarted, KillJob, MovedOutput, StartJob
 from ..model import ExecutorConfig, JobState
-from .backend import Backend, BackendError, Ended, Lost, NotStarted, make_backends
+from .backend import Backend, BackendError, Ended, Lost, NotStarted, backend_factory, make_backends
 from .jobdir import CANNOT_START_EXIT, CLAIMED_EXIT, MACHINE_ERRORS, AlreadyStarted, JobDir, Status, disk_trouble
 from .outputs import OutputError, describe_output, move_outputs
 
@@ -59,7 +59,7 @@ Report = JobStarted | JobFinished | JobNotStarted
 
 
 async def run(
-    receive: trio.MemoryReceiveChannel[StartJob | KillJob],
+    receive: trio.MemoryReceiveChannel[StartJob | KillJob | ExecutorSettings],
     send: trio.MemorySendChannel[Report],
     *,
     executors: Mapping[str, ExecutorConfig],
@@ -68,12 +68,17 @@ async def run(
 ) -> None:
     """Run jobs until cancelled.
 
-    Receives ``StartJob`` and ``KillJob``. ``StartJob`` is idempotent and
+    Receives ``StartJob``, ``KillJob`` and ``ExecutorSettings``. ``StartJob`` is idempotent and
     doubles as re-attach: a job whose directory shows it started already (by
     a previous daemon) is watched, not started again; one that finished while
     no daemon ran is reported at once. A ``StartJob`` for a job already being
     handled is ignored. ``KillJob`` kills a job being started or running and
     has it reported "killed"; for a job not in hand it does nothing.
+    ``ExecutorSettings`` (a reload) makes a new backend for each executor
+    that is new or whose type or options changed, for the jobs started
+    from then on; the jobs in hand keep theirs, and the backend of an
+    executor no longer configured stays for the jobs that still name it
+    (docs/operations.md, "Reload").
 
     Sends ``JobStarted`` once a job runs (again after a re-attach) and
     ``JobFinished`` once it ended, with its exit code, reason and log tails;
@@ -96,6 +101,8 @@ async def run(
                 executor.start(message)
             elif isinstance(message, KillJob):
                 executor.kill(message.job_id)
+            elif isinstance(message, ExecutorSettings):
+                executor.reconfigure(message.executors)
             else:
                 log.error("executor: unexpected message %r", message)
         nursery.cancel_scope.cancel()
@@ -135,6 +142,25 @@ class _Executor:
         if began is not None and attempt_began > began:
             del self.start_trouble[executor]
             log.warning("executor %s: jobs start again after %.0f s", executor, trio.current_time() - began)
+
+    def reconfigure(self, executors: Mapping[str, ExecutorConfig]) -> None:
+        """New backends for the executors that are new or changed; ``max_jobs``
+        is the scheduler's to keep, so a change of it alone keeps the backend
+        (and what it knows of the jobs it runs)."""
+        for name, config in executors.items():
+            old = self.backends.get(name)
+            old_config = getattr(old, "config", None)
+            if isinstance(old_config, ExecutorConfig) and (old_config.type, old_config.options) == (
+                config.type, config.options,
+            ):
+                continue
+            try:
+                self.backends[name] = backend_factory(config.type)(config, self.state_dir)
+            except ValueError as error:
+                # muppet validate checks the same: not expected after a reload
+                log.error("executor %s: kept as it was: %s", name, error)
+                continue
+            log.info("executor %s: %s", name, "changed" if old is not None else "added")
 
     def start(self, spec: StartJob) -> None:
         if spec.job.id in self.jobs:

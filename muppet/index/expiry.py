@@ -22,6 +22,7 @@ import trio
 
 from ..messages import DeleteFiles, IndexWrite, IndexWritten
 from ..model import IndexConfig
+from ..running import RunningConfig
 
 log = logging.getLogger("muppet.index")
 
@@ -31,13 +32,26 @@ async def run(
     database: trio.MemorySendChannel[IndexWrite],
     *,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    running: RunningConfig | None = None,
 ) -> None:
     """Receives nothing; sends ``IndexWrite(DeleteFiles(expired_at=now))`` to
     the database task every ``config.expiry_interval`` seconds and waits for
     its outcome. Cancellation while waiting leaves the write to complete or
-    not; the next pass (or the next daemon) finds what is still expired."""
+    not; the next pass (or the next daemon) finds what is still expired.
+
+    With ``running``, its ``[index]`` settings are the ones the daemon runs
+    now: a reload's new interval counts from the last pass
+    (docs/operations.md, "Reload")."""
     while True:
-        await trio.sleep(config.expiry_interval)
+        began = trio.current_time()
+        while running is not None and trio.current_time() < began + running.config.index.expiry_interval:
+            version = running.version
+            with trio.move_on_at(began + running.config.index.expiry_interval):
+                await running.changed(version)
+        if running is None:
+            await trio.sleep(config.expiry_interval)
+        else:
+            config = running.config.index
         await expire_once(config, database, clock())
 
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import attrs
 
+from .. import codec
 from ..alerts.rules import IncidentRules
 from ..codec import format_time
 from ..messages import (
@@ -51,6 +52,7 @@ from ..messages import (
     CompletedInstance,
     DaemonCommand,
     EndedRun,
+    ExecutorSettings,
     JobFinished,
     JobNotStarted,
     JobStarted,
@@ -62,6 +64,7 @@ from ..messages import (
     Persist,
     Persisted,
     PipelineCommand,
+    Reconfigure,
     RegisterFiles,
     Reply,
     RequestUpdate,
@@ -83,7 +86,7 @@ from ..model import (
     RunState,
     ServiceBackend,
 )
-from . import cycling, operators, requests, states
+from . import cycling, operators, reconfigure, requests, states
 from .cycling import Deadlines
 from .states import IllegalTransition
 
@@ -116,10 +119,11 @@ class WakeAt:
     time: float
 
 
-Effect = Persist | StartJob | KillJob | Answer | WakeAt | Notice
+Effect = Persist | StartJob | KillJob | Answer | WakeAt | Notice | ExecutorSettings
 Event = (
     Trigger | Persisted | JobStarted | JobFinished | JobNotStarted | Backfill
     | Command | RunCommand | PipelineCommand | DaemonCommand | RequestUpdate
+    | Reconfigure
 )
 
 
@@ -138,8 +142,22 @@ class Scheduler:
         next_request_id: int = 1,
         outputs_backend: ServiceBackend | None = None,
         strict: bool = True,
+        definitions: Mapping[str, Pipeline] | None = None,
     ) -> None:
-        self.pipelines = dict(pipelines)
+        """``definitions``: the pipeline definitions, by hash, that the runs
+        ``load`` takes over were made with (read from the database)."""
+        # every pipeline definition by hash: the current ones and those of
+        # runs in memory, each of which finishes under its own
+        # (docs/operations.md, "Reload"); and each pipeline's current one
+        self.definitions: dict[str, Pipeline] = dict(definitions or {})
+        self.current_definition: dict[str, str] = {}
+        # the JSON of the current definitions, written with each NewRun
+        self.definition_texts: dict[str, str] = {}
+        # each definition's conflicting steps, made symmetric, by step; by
+        # the definition's id (the scheduling pass asks for every waiting
+        # job), holding the definition so that its id is not reused
+        self.conflict_sets: dict[int, tuple[Pipeline, dict[str, frozenset[str]]]] = {}
+        self.pipelines: dict[str, Pipeline] = {}
         #: where step outputs are registered in the index; None: not at all
         self.outputs_backend = outputs_backend
         #: an illegal state move raises (tests) instead of being refused and
@@ -152,10 +170,7 @@ class Scheduler:
         # pipeline that requires a product is triggered when an instance of
         # that product becomes complete")
         self.required_by: dict[str, list[Pipeline]] = defaultdict(list)
-        for pipeline in self.pipelines.values():
-            for product in pipeline.requires:
-                self.required_by[product].append(pipeline)
-        self.executors = dict(executors)
+        self.executors: dict[str, ExecutorConfig] = {}
         self.next_run_id = next_run_id
         self.next_job_id = next_job_id
         # persisted copies of unfinished runs and all of their jobs
@@ -202,15 +217,7 @@ class Scheduler:
         # replies owed (by request number) once a run / job write comes back
         self.owed_run: dict[int, list[tuple[int, Reply]]] = defaultdict(list)
         self.owed_job: dict[int, list[tuple[int, Reply]]] = defaultdict(list)
-        # steps that conflict, made symmetric
-        self.conflicts: dict[tuple[str, str], frozenset[str]] = {}
-        for pipeline in self.pipelines.values():
-            for step in pipeline.steps.values():
-                others = set(step.conflicts)
-                others.update(
-                    s.name for s in pipeline.steps.values() if step.name in s.conflicts
-                )
-                self.conflicts[(pipeline.name, step.name)] = frozenset(others)
+        self.configure(pipelines, executors)
 
     # --- entry points ---------------------------------------------------------
 
@@ -236,6 +243,9 @@ class Scheduler:
         self.controls.update(controls or {})
         for run in runs:
             self._store_run(run)
+            if run.definition and run.definition not in self.definitions:
+                self.notices.append(f"run {run.id} ({run.pipeline}): its definition {run.definition} is not in the "
+                                    "database; it runs under its pipeline's current one")
         for job in sorted(jobs, key=lambda j: j.id):
             self._store_job(job)
         effects: list[Effect] = []
@@ -292,6 +302,8 @@ class Scheduler:
                 effects.extend(self._backfill(event, changes, now))
             elif isinstance(event, RequestUpdate):
                 effects.extend(requests.request_update(self, event, changes, now))
+            elif isinstance(event, Reconfigure):
+                effects.extend(reconfigure.apply(self, event, changes, now))
             else:
                 raise TypeError(f"the scheduler does not handle {event!r}")
         self._timers_due(changes, touched, now)
@@ -332,6 +344,7 @@ class Scheduler:
             state=RunState.QUEUED if queued else RunState.RUNNING,
             cause=cause,
             created_at=now,
+            definition=self.current_definition[pipeline.name],
         )
         jobs = []
         for step in pipeline.steps.values():
@@ -349,7 +362,7 @@ class Scheduler:
                     )
                 )
         needs = tuple(sorted(cycling.parent_references(pipeline, reference_time))) if pipeline.cycling else ()
-        new = NewRun(run, tuple(jobs), needs, by=by)
+        new = NewRun(run, tuple(jobs), needs, by=by, definition=self.definition_texts[run.definition])
         self.pending_new[run.id] = new
         changes.append(new)
         return run
@@ -490,7 +503,7 @@ class Scheduler:
         with the job's success in the same transaction (MUPPET design, "files
         a step produces")."""
         backend = self.outputs_backend
-        pipeline = self.pipelines.get(job.pipeline)
+        pipeline = self.job_pipeline(job)
         if backend is None or pipeline is None or not event.outputs or job.step not in pipeline.steps:
             return None
         step = pipeline.steps[job.step]
@@ -577,11 +590,12 @@ class Scheduler:
             self._move(job, JobState.KILLED, changes, **{**common, "reason": reason})
             self._skip_downstream(job, changes, now)
             return
-        step = self.pipelines[job.pipeline].steps[job.step]
+        pipeline = self.job_pipeline(job)
+        step = None if pipeline is None else pipeline.steps.get(job.step)
         failures = job.failures + 1
         # no retry when a parent has since ended without success (an
         # operator reran and killed it): the retry would wait for ever
-        if failures < step.retry.tries and self._ended_parent(job) is None:
+        if step is not None and failures < step.retry.tries and self._ended_parent(job) is None:
             self._successor(
                 job,
                 changes,
@@ -620,9 +634,10 @@ class Scheduler:
             if job_id in self.pending_jobs:
                 continue
             job = self.jobs[job_id]
-            if job.not_before > now or self.runs[job.run_id].state is not RunState.RUNNING:
+            run = self.runs[job.run_id]
+            if job.not_before > now or run.state is not RunState.RUNNING:
                 continue  # a backoff, or a queued run
-            pipeline = self.pipelines.get(job.pipeline)
+            pipeline = self.run_pipeline(run)
             if pipeline is None or job.step not in pipeline.steps:
                 continue  # made fail in _start_job when it was configured away
             if paused_key(pipeline.name) in self.controls:
@@ -636,7 +651,7 @@ class Scheduler:
                 continue
             if step.concurrency is not None and per_step[(job.pipeline, job.step)] >= step.concurrency:
                 continue
-            if any(per_step[(job.pipeline, other)] for other in self.conflicts.get((job.pipeline, job.step), ())):
+            if any(per_step[(job.pipeline, other)] for other in self._conflicting(pipeline, job.step)):
                 continue
             if not self._dependencies_met(job, pipeline):
                 continue
@@ -661,7 +676,7 @@ class Scheduler:
             return job.reason or operators.HELD_BY_OPERATOR
         if job.state is not JobState.WAITING:
             return ""
-        pipeline = self.pipelines.get(job.pipeline)
+        pipeline = self.job_pipeline(job)
         if pipeline is None or job.step not in pipeline.steps:
             return f"step {job.pipeline}.{job.step} is no longer configured"
         # an operator's standing order first: it holds whatever else is met
@@ -709,7 +724,7 @@ class Scheduler:
             if len(same) >= step.concurrency:
                 return (f"concurrency: {len(same)} of {step.concurrency} {job.step} jobs running"
                         f" ({', '.join(map(str, same[:5]))})")
-        conflicting = self.conflicts.get((job.pipeline, job.step), frozenset())
+        conflicting = self._conflicting(pipeline, job.step)
         for other in active:
             if other.pipeline == job.pipeline and other.step in conflicting:
                 return f"conflict: {other.step} job {other.id} running"
@@ -765,7 +780,9 @@ class Scheduler:
     def _ended_parent(self, job: Job) -> Job | None:
         """A parent slot's newest job that has ended without success, if any
         (a rerun of that slot still in flight counts as its newest job)."""
-        pipeline = self.pipelines[job.pipeline]
+        pipeline = self.job_pipeline(job)
+        if pipeline is None:
+            return None
         for slot in self._parent_slots(job, pipeline):
             parent = self._newest_in_slot(job.run_id, slot)
             if parent is not None and parent.state.finished and parent.state not in DONE:
@@ -786,7 +803,9 @@ class Scheduler:
         """A job that failed for good (or was killed) leaves every job that
         depends on it, directly or not, without a way to run: they end
         skipped; downstream of an expired job they expire with it."""
-        pipeline = self.pipelines[failed.pipeline]
+        pipeline = self.job_pipeline(failed)
+        if pipeline is None:
+            return
         todo = [(failed.step, failed.index)]
         seen: set[tuple[str, int]] = set()
         while todo:
@@ -832,7 +851,9 @@ class Scheduler:
     def _revive_downstream(self, job: Job, changes: list[Change], now: float, *, downstream: bool) -> None:
         """Fresh jobs for the ended slots after ``job``'s in its run: those
         skipped or expired because of it, or (``downstream``) all of them."""
-        pipeline = self.pipelines[job.pipeline]
+        pipeline = self.job_pipeline(job)
+        if pipeline is None:
+            return
         descendants = pipeline.descendants(job.step)
         # parents before children (the pipeline's steps are in topological
         # order), so that a revived child sees its revived parents; a child
@@ -887,9 +908,15 @@ class Scheduler:
         self._propose(fresh, changes)
         return fresh
 
-    def _reopen(self, run: Run, jobs: tuple[Job, ...], job_id: int, changes: list[Change]) -> Job | None:
-        """Bring a finished run back into memory for a rerun of one of its jobs."""
-        if run.id in self.runs or run.pipeline not in self.pipelines:
+    def _reopen(
+        self, run: Run, jobs: tuple[Job, ...], job_id: int, changes: list[Change], definition: Pipeline | None = None,
+    ) -> Job | None:
+        """Bring a finished run back into memory for a rerun of one of its
+        jobs, under the definition it was made with (``definition``, read
+        from the database when the scheduler no longer holds it)."""
+        if definition is not None and run.definition:
+            self.definitions.setdefault(run.definition, definition)
+        if run.id in self.runs or self.run_pipeline(run) is None:
             return None
         self.runs[run.id] = run
         for job in sorted(jobs, key=lambda j: j.id):
@@ -920,11 +947,73 @@ class Scheduler:
 
     def _start_job(self, job: Job, now: float, changes: list[Change]) -> StartJob | None:
         run = self.runs[job.run_id]
-        pipeline = self.pipelines.get(job.pipeline)
+        pipeline = self.run_pipeline(run)
         if pipeline is None or job.step not in pipeline.steps:
             self._move(job, JobState.FAILED, changes, ended_at=now, reason=states.no_longer_configured(job))
             return None
         return StartJob(job=job, step=pipeline.steps[job.step], reference_time=run.reference_time)
+
+    # --- the configuration, and the definition each run finishes under -----------
+
+    def configure(self, pipelines: Mapping[str, Pipeline], executors: Mapping[str, ExecutorConfig]) -> None:
+        """Make new runs from ``pipelines`` and start jobs under
+        ``executors``' limits from now on: at start, and at a reload
+        (``reconfigure.py``). A run keeps the definition it was made with; an
+        executor taken out of the configuration stays while jobs of runs in
+        memory may still run on it (their definitions name it)."""
+        self.pipelines = dict(pipelines)
+        self.required_by = defaultdict(list)
+        self.current_definition, self.definition_texts = {}, {}
+        for pipeline in self.pipelines.values():
+            for product in pipeline.requires:
+                self.required_by[product].append(pipeline)
+            text = codec.definition_text(pipeline)
+            key = codec.definition_hash(text)
+            self.current_definition[pipeline.name] = key
+            self.definition_texts[key] = text
+            self.definitions[key] = pipeline
+        in_use = {job.executor for job in self.jobs.values() if not job.state.finished}
+        in_use.update(job.executor for new in self.pending_new.values() for job in new.jobs)
+        kept = {name: executor for name, executor in self.executors.items() if name in in_use}
+        self.executors = {**kept, **executors}
+
+    def forget_unused_definitions(self) -> None:
+        """Keep only the current definitions and those of runs in memory
+        (a run brought back for a rerun brings its own)."""
+        used = {run.definition for run in self.runs.values()}
+        used.update(new.run.definition for new in self.pending_new.values())
+        used.update(self.definition_texts)
+        self.definitions = {key: p for key, p in self.definitions.items() if key in used}
+        self.conflict_sets.clear()
+
+    def run_pipeline(self, run: Run) -> Pipeline | None:
+        """The definition ``run`` was made with and finishes under: its own,
+        by hash; for a run made before definitions were kept (""), or one
+        whose definition the database lacked, its pipeline's current one.
+        None when there is neither (its pipeline was configured away)."""
+        if run.definition:
+            found = self.definitions.get(run.definition)
+            if found is not None:
+                return found
+        return self.pipelines.get(run.pipeline)
+
+    def job_pipeline(self, job: Job) -> Pipeline | None:
+        """The definition of ``job``'s run (``run_pipeline``)."""
+        run = self.runs.get(job.run_id)
+        return None if run is None else self.run_pipeline(run)
+
+    def _conflicting(self, pipeline: Pipeline, step: str) -> frozenset[str]:
+        """The steps of ``pipeline`` (one definition) that never run at the
+        same time as ``step``, made symmetric."""
+        found = self.conflict_sets.get(id(pipeline))
+        if found is None:
+            table = {}
+            for one in pipeline.steps.values():
+                others = set(one.conflicts)
+                others.update(s.name for s in pipeline.steps.values() if one.name in s.conflicts)
+                table[one.name] = frozenset(others)
+            found = self.conflict_sets[id(pipeline)] = (pipeline, table)
+        return found[1].get(step, _NO_CONFLICTS)
 
     # --- bookkeeping --------------------------------------------------------------
 
@@ -958,8 +1047,8 @@ class Scheduler:
         key = (job.run_id, job.step)
         found = self.deadlines.get(key)
         if found is None:
-            pipeline = self.pipelines.get(job.pipeline)
             run = self.runs.get(job.run_id)
+            pipeline = None if run is None else self.run_pipeline(run)
             if pipeline is None or run is None or job.step not in pipeline.steps:
                 found = Deadlines()
             else:
@@ -1002,7 +1091,7 @@ class Scheduler:
     def _store_run(self, run: Run) -> None:
         self.runs[run.id] = run
         self.run_at[(run.pipeline, run.reference_time)] = run.id
-        pipeline = self.pipelines.get(run.pipeline)
+        pipeline = self.run_pipeline(run)
         if pipeline is not None and not run.late:
             self._timer(cycling.run_late_deadline(pipeline, run.reference_time), "late-run", run.id)
 
@@ -1012,8 +1101,9 @@ class Scheduler:
         with its commit: NewRun.needs)."""
         needed: set[datetime] = set()
         for run in (*self.runs.values(), *(new.run for new in self.pending_new.values())):
-            if run.pipeline == pipeline.name:
-                needed |= cycling.parent_references(pipeline, run.reference_time)
+            definition = self.run_pipeline(run) if run.pipeline == pipeline.name else None
+            if definition is not None:
+                needed |= cycling.parent_references(definition, run.reference_time)
         for key in [k for k in self.ended if k[0] == pipeline.name and k[1] not in needed]:
             del self.ended[key]
 
@@ -1048,7 +1138,9 @@ class Scheduler:
             if run.state is RunState.QUEUED and run.id not in self.pending_runs:
                 queued[run.pipeline].append(run)
         for name, waiting in queued.items():
-            pipeline = self.pipelines.get(name)
+            # the runahead configured now; a pipeline configured away lets its
+            # queued runs run under their own definition's
+            pipeline = self.pipelines.get(name) or self.run_pipeline(waiting[0])
             if pipeline is None or paused_key(name) in self.controls:
                 continue
             # no runahead (only a pause made them queued): every one runs
@@ -1123,7 +1215,7 @@ class Scheduler:
         slots = self.current.pop(run_id, {})
         if run is not None:
             self.run_at.pop((run.pipeline, run.reference_time), None)
-            pipeline = self.pipelines.get(run.pipeline)
+            pipeline = self.run_pipeline(run)
             if pipeline is not None and pipeline.cycling:
                 # later cycles may wait on it: keep what they need to know
                 states_by_slot = tuple(sorted(
@@ -1172,6 +1264,7 @@ def _order_text(order: Mapping[str, Any]) -> str:
     """Who gave a standing order, since when, why."""
     text = f"by {order['by']} since {order['since']}"
     return text + (f": {order['reason']}" if order.get("reason") else "")
+_NO_CONFLICTS: frozenset[str] = frozenset()
 #: the states in which a job has not started: it can still expire
 _UNSTARTED = frozenset({JobState.WAITING, JobState.HELD})
 #: a rerun brings back the downstream slots that ended so because of it

@@ -6,6 +6,7 @@ unfinished runs wait on)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 import attrs
@@ -38,12 +39,15 @@ def parent_references(pipeline: Pipeline, reference_time: datetime) -> frozenset
     return frozenset(found)
 
 
-def needed_runs(pipelines: dict[str, Pipeline], runs: tuple[Run, ...]) -> set[tuple[str, datetime]]:
+def needed_runs(
+    pipelines: Mapping[str, Pipeline], runs: tuple[Run, ...], definitions: Mapping[str, Pipeline] | None = None,
+) -> set[tuple[str, datetime]]:
     """(pipeline, reference time) of every earlier run the unfinished
-    ``runs`` wait on."""
+    ``runs`` wait on, each under the definition it was made with (in
+    ``definitions``, by hash; else its pipeline's current one)."""
     needed: set[tuple[str, datetime]] = set()
     for run in runs:
-        pipeline = pipelines.get(run.pipeline)
+        pipeline = (definitions or {}).get(run.definition) or pipelines.get(run.pipeline)
         if pipeline is not None and pipeline.cycling:
             needed.update((run.pipeline, moment) for moment in parent_references(pipeline, run.reference_time))
     return needed

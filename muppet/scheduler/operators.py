@@ -52,7 +52,7 @@ def job_command(core: Scheduler, event: Command, changes: list[Change], now: flo
     if job is None and event.run is not None:
         # its run has ended: bring it back for a rerun or a set; a refused
         # command leaves it out of memory again
-        job = core._reopen(event.run, event.jobs, event.job_id, changes)
+        job = core._reopen(event.run, event.jobs, event.job_id, changes, event.definition)
         if job is not None:
             effects = _job_command_on(core, job, event, changes, now)
             if job.run_id not in core.pending_runs:
@@ -176,7 +176,7 @@ def run_command(core: Scheduler, event: RunCommand, changes: list[Change], now: 
     # only a rerun can act on an ended run (its other commands need jobs
     # that have not ended)
     if run is None and event.run is not None and event.action == "rerun":
-        job = core._reopen(event.run, event.jobs, 0, changes)
+        job = core._reopen(event.run, event.jobs, 0, changes, event.definition)
         del job
         run = core.runs.get(event.run_id)
         reopened = run is not None
@@ -232,7 +232,8 @@ def _run_command_on(core: Scheduler, run: Run, event: RunCommand, changes: list[
         # that a slot whose parent runs again may run again too; one whose
         # parent stays ended without success (its end still being
         # committed) would wait for ever and is left as it is
-        order = {name: position for position, name in enumerate(core.pipelines[run.pipeline].steps)}
+        definition = core.run_pipeline(run)
+        order = {name: position for position, name in enumerate(definition.steps if definition else ())}
         chosen, fresh = [], []
         for job in sorted(newest, key=lambda j: (order.get(j.step, 0), j.index)):
             if job.state in RERUN_FAILED and job.id not in core.pending_jobs and core._ended_parent(job) is None:
@@ -256,7 +257,7 @@ def _bypass(
 ) -> list[Effect]:
     """The step's jobs end without running, its children go on as if it
     had succeeded (Cylc's skip mode); ``bypassed`` registers no outputs."""
-    pipeline = core.pipelines.get(run.pipeline)
+    pipeline = core.run_pipeline(run)
     if pipeline is None or event.step not in pipeline.steps:
         return [_error(event.request, NOT_FOUND, f"run {run.id}: {run.pipeline} has no step {event.step!r}")]
     slots = [j for j in newest if j.step == event.step]

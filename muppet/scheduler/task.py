@@ -20,11 +20,13 @@ from ..messages import (
     Command,
     DaemonCommand,
     EndedRun,
+    ExecutorSettings,
     KillJob,
     Operator,
     Persist,
     Persisted,
     PipelineCommand,
+    Reconfigure,
     Reply,
     RequestUpdate,
     RunCommand,
@@ -58,8 +60,9 @@ async def run(
 
     Receives on ``inbox``: `Persisted` (database task), `Trigger` (cron),
     `JobStarted`/`JobFinished` (executor) and `Asked` (a Trigger or Command
-    from the API, with the channel its Reply goes to). Sends `Persist` to the
-    database task, `StartJob`/`KillJob` to the executor, and each `Reply` on
+    from the API, with the channel its Reply goes to; a Reconfigure from the
+    reload task). Sends `Persist` to the database task, `StartJob`/`KillJob`
+    (and a reload's `ExecutorSettings`) to the executor, and each `Reply` on
     the channel of the request it answers. ``loaded`` is ``(runs, jobs)`` of
     the unfinished work a previous daemon left, taken over before anything
     else; ``ended`` the ended runs those wait on through intercycle parents;
@@ -185,6 +188,8 @@ def _operator_action(event: object) -> str:
         what = f"request {event.product} for {codec.format_time(event.reference_time)} from {event.pipeline}"
     elif isinstance(event, Backfill):
         what = f"backfill {event.pipeline} ({len(event.reference_times)} reference times)"
+    elif isinstance(event, Reconfigure):
+        what = "reload"
     else:
         what = type(event).__name__.lower()
     by: Operator | None = getattr(event, "by", None)
@@ -217,7 +222,7 @@ async def _carry_out(
     for effect in effects:
         if isinstance(effect, Persist):
             await to_database.send(effect)
-        elif isinstance(effect, (StartJob, KillJob)):
+        elif isinstance(effect, (StartJob, KillJob, ExecutorSettings)):
             await to_executor.send(effect)
         elif isinstance(effect, Answer):
             requests.answer(effect)
