@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import importlib.metadata
 import logging
+import os
 import signal
 import socket
 import sys
@@ -116,20 +117,38 @@ def _setup_logging(level: str, bars: ProgressBars | None) -> None:
 
 async def _run(config: SeedConfig | FetchConfig, token: str | None, bars: ProgressBars | None) -> None:
     from .config import SeedConfig
+    from .errors import StartupError
+    from .preflight import check_environment
+    from .state import StateDirInUse, lock_state_dir
+
+    # Everything the file names that this host may not have, before anything
+    # starts: one line each rather than a stack trace from deep inside.
+    await trio.to_thread.run_sync(check_environment, config)
+    role = "seed" if isinstance(config, SeedConfig) else "fetch"
+    try:
+        lock = await trio.to_thread.run_sync(lock_state_dir, config.state_dir, role)
+    except StateDirInUse as e:
+        raise StartupError([f"{config.source}: state_dir: {e}"]) from None
+    try:
+        await _run_locked(config, token, bars)
+    finally:
+        os.close(lock)
+
+
+async def _run_locked(config: SeedConfig | FetchConfig, token: str | None, bars: ProgressBars | None) -> None:
+    """``_run`` once the state directory is this process's."""
+    from .config import SeedConfig
     from .engine import open_engine
     from .engine_settings import EngineSettings
     from .errors import ListenError, StartupError
     from .fetch import Fetcher
     from .follow import advertised_peer, open_link
-    from .preflight import check_environment, resolve_problem
+    from .preflight import resolve_problem
     from .seed import Seeder
     from .select import Selection
     from .state import load_state
     from .web import bind
 
-    # Everything the file names that this host may not have, before anything
-    # starts: one line each rather than a stack trace from deep inside.
-    await trio.to_thread.run_sync(check_environment, config)
     try:
         state = await trio.to_thread.run_sync(load_state, config.state_dir)
     except ValueError as e:

@@ -10,6 +10,10 @@ file, fsync, rename, fsync of the directory):
     half-way is taken again after a restart, and libtorrent's resume data
     makes that continue from the verified pieces.
 
+``lock`` (held with flock for the process's whole life): one seed or fetch
+per state directory, since two would follow, place and record over each
+other; it names its holder (pid, role, since when) for the refusal.
+
 ``status.json`` (rewritten every second by the running command):
     the process id, when it was written, the index connection, and one row
     per file: state (queued, downloading, seeding, expired, error), progress,
@@ -20,8 +24,10 @@ Everything here blocks (file I/O): under Trio call it in a worker thread.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -48,6 +54,7 @@ __all__ = [
 
 STATE_FILE = "state.json"
 STATUS_FILE = "status.json"
+LOCK_FILE = "lock"
 
 #: how long a released file stays in the status view
 RELEASED_SHOWN_SECONDS = 3600
@@ -119,6 +126,35 @@ class Status(TypedDict):
     peer: str | None
     position: int | None
     files: list[StatusRow]
+
+
+class StateDirInUse(Exception):
+    """Another muppet-sync holds this state directory; the message names it."""
+
+
+def lock_state_dir(state_dir: Path, role: str) -> int:
+    """Take ``state_dir``'s lock for this process (the descriptor: closing
+    it, or the process ending, lets it go), writing who holds it; raise
+    StateDirInUse naming the holder when another process has it."""
+    path = state_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = json.loads(os.read(fd, 4096) or b"{}")
+        except ValueError:
+            holder = {}
+        os.close(fd)
+        who = (f"muppet-sync {holder.get('role', '?')} (pid {holder.get('pid', '?')} on "
+               f"{holder.get('host', '?')}, since {holder.get('since', '?')})") if holder else "another muppet-sync"
+        raise StateDirInUse(f"{state_dir} is in use by {who}: one seed or fetch per state_dir; "
+                            "stop that one first, or give this one another state_dir") from None
+    since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "role": role, "host": socket.gethostname(),
+                              "since": since}).encode(), 0)
+    return fd
 
 
 def load_state(state_dir: Path) -> SyncState:

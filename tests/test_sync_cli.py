@@ -19,6 +19,7 @@ import pytest
 import trio
 from click.testing import CliRunner
 from services import service_missing  # tests/ is on sys.path
+from waiting import wait_until
 
 from sync import cli, preflight
 
@@ -396,3 +397,32 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
     # group, not turned into one line): click's caller prints its traceback
     assert isinstance(result.exception, ZeroDivisionError), result.output
     assert "muppet-sync: error" not in result.output
+
+
+@pytest.mark.parametrize("role", ["seed", "fetch"])
+def test_a_state_dir_held_by_another_process(tmp_path, role):
+    """Two processes on one state directory would follow, place and record
+    over each other: the second is refused, naming the first."""
+    path = config(tmp_path, role)
+    first = subprocess.Popen([sys.executable, "-m", "sync.cli", role, "--config", str(path)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        lock = tmp_path / "state" / "lock"
+        wait_until(lambda: lock.exists() and f'"pid": {first.pid}' in lock.read_text(), 30,
+                   "the first process holding the state directory")
+        line = one_line(run(role, "--config", str(path), cwd=tmp_path))
+        assert line.startswith(f"muppet-sync: error: {path}: state_dir: {tmp_path / 'state'} is in use by "
+                               f"muppet-sync {role} (pid {first.pid} on {socket.gethostname()}, since "), line
+        assert line.endswith("): one seed or fetch per state_dir; stop that one first, or give this one "
+                             "another state_dir"), line
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
+    # gone with its process: a new one takes it
+    again = subprocess.Popen([sys.executable, "-m", "sync.cli", role, "--config", str(path)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        wait_until(lambda: f'"pid": {again.pid}' in lock.read_text(), 30, "a new process holding it")
+    finally:
+        again.terminate()
+        again.wait(timeout=30)
