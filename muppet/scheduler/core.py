@@ -630,6 +630,9 @@ class Scheduler:
         # once per batch of events, over every waiting job)
         if all_full():
             return
+        # each run's definition and its conflicts, looked up once a pass
+        # (the pass looks at every waiting job)
+        of_run: dict[int, tuple[Pipeline | None, Mapping[str, frozenset[str]]]] = {}
         for job_id in sorted(self.waiting):
             if job_id in self.pending_jobs:
                 continue
@@ -637,7 +640,11 @@ class Scheduler:
             run = self.runs[job.run_id]
             if job.not_before > now or run.state is not RunState.RUNNING:
                 continue  # a backoff, or a queued run
-            pipeline = self.run_pipeline(run)
+            found = of_run.get(run.id)
+            if found is None:
+                defined = self.run_pipeline(run)
+                found = of_run[run.id] = (defined, {} if defined is None else self._conflict_table(defined))
+            pipeline, conflicts = found
             if pipeline is None or job.step not in pipeline.steps:
                 continue  # made fail in _start_job when it was configured away
             if paused_key(pipeline.name) in self.controls:
@@ -651,7 +658,7 @@ class Scheduler:
                 continue
             if step.concurrency is not None and per_step[(job.pipeline, job.step)] >= step.concurrency:
                 continue
-            if any(per_step[(job.pipeline, other)] for other in self._conflicting(pipeline, job.step)):
+            if any(per_step[(job.pipeline, other)] for other in conflicts.get(job.step, _NO_CONFLICTS)):
                 continue
             if not self._dependencies_met(job, pipeline):
                 continue
@@ -724,7 +731,7 @@ class Scheduler:
             if len(same) >= step.concurrency:
                 return (f"concurrency: {len(same)} of {step.concurrency} {job.step} jobs running"
                         f" ({', '.join(map(str, same[:5]))})")
-        conflicting = self._conflicting(pipeline, job.step)
+        conflicting = self._conflict_table(pipeline).get(job.step, _NO_CONFLICTS)
         for other in active:
             if other.pipeline == job.pipeline and other.step in conflicting:
                 return f"conflict: {other.step} job {other.id} running"
@@ -1002,9 +1009,9 @@ class Scheduler:
         run = self.runs.get(job.run_id)
         return None if run is None else self.run_pipeline(run)
 
-    def _conflicting(self, pipeline: Pipeline, step: str) -> frozenset[str]:
-        """The steps of ``pipeline`` (one definition) that never run at the
-        same time as ``step``, made symmetric."""
+    def _conflict_table(self, pipeline: Pipeline) -> Mapping[str, frozenset[str]]:
+        """For each step of ``pipeline`` (one definition), the steps that
+        never run at the same time as it, made symmetric."""
         found = self.conflict_sets.get(id(pipeline))
         if found is None:
             table = {}
@@ -1013,7 +1020,7 @@ class Scheduler:
                 others.update(s.name for s in pipeline.steps.values() if one.name in s.conflicts)
                 table[one.name] = frozenset(others)
             found = self.conflict_sets[id(pipeline)] = (pipeline, table)
-        return found[1].get(step, _NO_CONFLICTS)
+        return found[1]
 
     # --- bookkeeping --------------------------------------------------------------
 
