@@ -871,6 +871,55 @@ def requests(state: str | None, limit: int, as_json: bool, api_url: str) -> None
     _print_rows(found if as_json else rows, as_json, REQUEST_COLUMNS, "no requests")
 
 
+# --- incidents (docs/alerts.md) --------------------------------------------------------
+
+INCIDENT_COLUMNS = (
+    ("ID", "id"), ("KIND", "kind"), ("STATE", "state"), ("PIPELINE", "pipeline"), ("STEP", "step"),
+    ("ABOUT", "subject"), ("REFERENCE TIME", "reference_time"), ("OPENED", "opened_at"), ("SUMMARY", "summary"),
+)
+
+
+@main.command()
+@click.argument("incident_id", metavar="INCIDENT", type=click.IntRange(min=1), required=False)
+@click.option("--open", "open_only", is_flag=True, help="Only the incidents not resolved.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True, help="At most this many.")
+@_json_option
+@_api_option
+def alerts(incident_id: int | None, open_only: bool, limit: int, as_json: bool, api_url: str) -> None:
+    """The incidents, newest first: failures for good, lateness, products
+    not complete in time, the daemon's own troubles; with INCIDENT, that one
+    with its notices and whom each reached."""
+    if incident_id is None:
+        found = _call(api_url, "alerts.list", {"open": open_only, "limit": limit})
+        _print_rows(found, as_json, INCIDENT_COLUMNS, "no incidents")
+        return
+    incident = _call(api_url, "alerts.get", {"incident_id": incident_id})
+    if as_json:
+        click.echo(json.dumps(incident, indent=2))
+        return
+    for title, key in (*INCIDENT_COLUMNS, ("DEDUP KEY", "dedup_key"), ("RUN", "run_id"), ("JOB", "job_id"),
+                       ("RESOLVED", "resolved_at"), ("RESOLUTION", "resolution"), ("ACKNOWLEDGED", "acked_at"),
+                       ("BY", "acked_by"), ("REASON", "ack_reason")):
+        value = incident.get(key)
+        click.echo(f"{title.lower() + ':':16}{'-' if value in (None, '') else value}")
+    for notice in incident["notices"]:
+        sent = ", ".join(f"{s['destination']} at {s['at']}" for s in notice["sent"]) or "nobody yet"
+        click.echo(f"{notice['action']} {notice['at']}: {'pending; ' if notice['pending'] else ''}sent to {sent}")
+
+
+@main.command()
+@click.argument("incident_id", metavar="INCIDENT", type=click.IntRange(min=1))
+@click.option("--reason", required=True, metavar="TEXT", help="Why, or who looks at it: kept with your name.")
+@_echo_json_option
+@_api_option
+def ack(incident_id: int, reason: str, as_json: bool, api_url: str) -> None:
+    """Acknowledge open incident INCIDENT: nobody is reminded of it any
+    more; its resolution is still told. Your token's name and the reason
+    are kept with it (and in an operator event)."""
+    result = _call(api_url, "alerts.ack", {"incident_id": incident_id, "reason": reason})
+    _answer(as_json, result, f"incident {incident_id}: acknowledged by {result['acked_by']}")
+
+
 # --- pipelines ---------------------------------------------------------------------
 
 PIPELINE_COLUMNS = (

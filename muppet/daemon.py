@@ -43,6 +43,7 @@ from functools import partial
 import trio
 
 from . import cron, metrics, reloader
+from .alerts import task as alerts_task
 from .api import server as api_task
 from .db import task as database_task
 from .db.health import DatabaseHealth
@@ -157,6 +158,12 @@ async def _serve(
         ))
         nursery.start_soon(partial(expiry.run, config.index, to_database.clone(), running=running))
         nursery.start_soon(reloader.run, reload_inbox, to_scheduler.clone(), running)
+        # incidents to stakeholders by mail and webhook, beside the scheduler:
+        # a dead mail server slows nothing else (docs/alerts.md)
+        nursery.start_soon(partial(
+            alerts_task.run, config.daemon.database, to_database.clone(), current=lambda: running.config,
+            health=health,
+        ))
         if reloads is not None:
             nursery.start_soon(_forward, reloads, to_reloader.clone())
         if web_listener is not None:

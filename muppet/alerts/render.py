@@ -86,7 +86,8 @@ def mail(notices: Sequence[Notice], stderr: Mapping[int, str], sender: str, to: 
     for notice in notices:
         body += _notice_text(notice, stderr)
     message = EmailMessage()
-    message["Subject"] = subject[:250]
+    # one line: a reason may hold line breaks (a database's error message)
+    message["Subject"] = " ".join(subject.split())[:250]
     message["From"] = sender
     message["To"] = to
     message["Date"] = formatdate(localtime=False)

@@ -76,7 +76,7 @@ class Context:
 
     running: RunningConfig
     scheduler: trio.MemorySendChannel[messages.Asked]
-    database: trio.MemorySendChannel[messages.IndexWrite]
+    database: trio.MemorySendChannel[messages.ToDatabase]
     readers: ReadPool
     hub: EventHub
     started_at: float

@@ -259,6 +259,7 @@ _LIMIT = Param("limit", "integer", default=100, minimum=1, maximum=1000)
 _INSTANCE_ID = Param("instance_id", "integer", required=True, minimum=1)
 _RUN_ID = Param("run_id", "integer", required=True, minimum=1)
 _REASON = Param("reason", "string", default="", doc="why, for the operator event (muppet events --kind operator)")
+_INCIDENT_ID = Param("incident_id", "integer", required=True, minimum=1, doc="the incident's id")
 #: kinds of events in the log
 EVENT_KINDS = ("run", "job", "late", "operator", "product", "format", "backend", "instance", "file")
 _RUN_STATES = tuple(state.value for state in RunState)
@@ -335,6 +336,16 @@ METHODS: dict[str, MethodSpec] = method_table([
         Param("state", "string", nullable=True, choices=("waiting", "done", "refused")),
         Param("limit", "integer", default=100, minimum=1, maximum=1000),
     ), "requests for product updates, newest first"),
+    # --- incidents (muppet/api/alerts.py; docs/alerts.md)
+    MethodSpec("alerts.list", (
+        Param("open", "boolean", default=False, doc="only the incidents not resolved"),
+        Param("limit", "integer", default=100, minimum=1, maximum=1000),
+    ), "incidents, newest first"),
+    MethodSpec("alerts.get", (_INCIDENT_ID,), "one incident, with its notices and whom each reached"),
+    MethodSpec("alerts.ack", (
+        _INCIDENT_ID,
+        Param("reason", "string", required=True, doc="why, kept with your name"),
+    ), "acknowledge an open incident: no more reminders", "write"),
     MethodSpec("daemon.drain", (_REASON,), "start no new job at all; running ones finish", "admin"),
     MethodSpec("daemon.undrain", (_REASON,), "start jobs again after a drain", "admin"),
     MethodSpec("daemon.reload", (_REASON,),

@@ -32,6 +32,7 @@ from ..index.events import EventHub
 from ..listening import cannot_listen
 from ..messages import CONFLICT, NOT_FOUND
 from ..running import RunningConfig
+from . import alerts as alert_methods
 from . import console, protocol
 from . import index as index_methods
 from . import reload as reload_methods
@@ -331,6 +332,7 @@ HANDLERS: dict[str, Handler] = {
     "daemon.echo": _daemon_echo,
     **index_methods.HANDLERS,
     **console.HANDLERS,
+    **alert_methods.HANDLERS,
     **reload_methods.HANDLERS,
 }
 
@@ -513,7 +515,7 @@ def address(api: model.ApiConfig, listeners: Listeners) -> str:
 async def run(
     config: model.Config,
     scheduler: trio.MemorySendChannel[messages.Asked],
-    database: trio.MemorySendChannel[messages.IndexWrite],
+    database: trio.MemorySendChannel[messages.ToDatabase],
     *,
     committed: trio.MemoryReceiveChannel[int] | None = None,
     health: DatabaseHealth | None = None,
