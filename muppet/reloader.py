@@ -123,7 +123,9 @@ async def _reload(
     metrics.current().watch_config(config)
     log.info("reload by %s: %s reloaded", who, source)
     for line in changes.lines():
-        (log.warning if line.startswith("waiting for a restart") else log.info)("reload by %s: %s", who, line)
+        # what waits for a restart is a warning: the operator has more to do
+        level = logging.WARNING if line.startswith("waiting for a restart") else logging.INFO
+        log.log(level, "reload by %s: %s", who, line)
     return Reloaded(result=_result(source, True, changes, loaded))
 
 

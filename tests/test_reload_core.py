@@ -265,6 +265,12 @@ def test_what_only_a_restart_changes_keeps_its_running_value():
         "[daemon] state_dir, [web] listen (the daemon runs on the old values until it restarts)"]
 
 
+def test_the_default_web_address_written_out_is_no_change():
+    running = default_config()
+    loaded = attrs.evolve(running, web=attrs.evolve(running.web, explicit=True))
+    assert compare(running, loaded).changes == Changes()
+
+
 def test_tokens_apply_at_once_but_an_open_api_stays_open_until_a_restart():
     read, admin = Token("reader", "read", "a" * 64), Token("admin", "admin", "b" * 64)
     with_tokens = attrs.evolve(default_config(), api=ApiConfig(tokens_file="/etc/t.toml", tokens={read.sha256: read}))

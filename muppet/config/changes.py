@@ -119,7 +119,7 @@ def compare(running: Config, loaded: Config) -> Plan:
         # the tokens themselves apply at once: a new one works, a revoked
         # one stops working at its next call (muppet/api/context.py)
         api = attrs.evolve(running.api, tokens_file=loaded.api.tokens_file, tokens=loaded.api.tokens)
-    keep("web", "listen", running.web, loaded.web)
+    keep("web", "listen", running.web.listen, loaded.web.listen)
     index, backends = loaded.index, dict(loaded.backends)
     if "[daemon] output_dir" in restart:
         # outputs are still moved into the running output_dir: they are

@@ -68,12 +68,13 @@ async def run(
 ) -> None:
     """Run jobs until cancelled.
 
-    Receives ``StartJob``, ``KillJob`` and ``ExecutorSettings``. ``StartJob`` is idempotent and
-    doubles as re-attach: a job whose directory shows it started already (by
-    a previous daemon) is watched, not started again; one that finished while
-    no daemon ran is reported at once. A ``StartJob`` for a job already being
-    handled is ignored. ``KillJob`` kills a job being started or running and
-    has it reported "killed"; for a job not in hand it does nothing.
+    Receives ``StartJob``, ``KillJob`` and ``ExecutorSettings``.
+    ``StartJob`` is idempotent and doubles as re-attach: a job whose
+    directory shows it started already (by a previous daemon) is watched,
+    not started again; one that finished while no daemon ran is reported
+    at once. A ``StartJob`` for a job already being handled is ignored.
+    ``KillJob`` kills a job being started or running and has it reported
+    "killed"; for a job not in hand it does nothing.
     ``ExecutorSettings`` (a reload) makes a new backend for each executor
     that is new or whose type or options changed, for the jobs started
     from then on; the jobs in hand keep theirs, and the backend of an
