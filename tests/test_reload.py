@@ -1,6 +1,7 @@
 """Reloading the configuration without a restart, end to end: a real daemon on
 SQLite and PostgreSQL, real jobs, the real API and the ``muppet`` command, and
-SIGHUP to a real ``muppet daemon`` process (docs/operations.md, "Reload").
+SIGHUP to a real ``muppet daemon`` process (docs/operations.md, "Reload");
+and cron and expiry taking a reload, on Trio's virtual clock.
 
 Each job that must wait for the test waits on a gate file of its own run
 (``open-RUN_ID``) or job (``open-job-JOB_ID``); each job that tells what it
@@ -42,8 +43,9 @@ from muppet import cron, daemon
 from muppet.api.client import DaemonUnreachable, RpcError, connect
 from muppet.api.protocol import NOT_FOUND, UNAUTHORIZED
 from muppet.config import default_config, load_config
-from muppet.messages import INVALID_CONFIGURATION, Trigger
-from muppet.model import Pipeline, Step
+from muppet.index import expiry
+from muppet.messages import INVALID_CONFIGURATION, IndexWrite, IndexWritten, Trigger
+from muppet.model import IndexConfig, Pipeline, Step
 from muppet.running import RunningConfig
 
 REF = "2026-11-28T06:00:00Z"
@@ -421,6 +423,26 @@ async def test_cron_fires_what_the_reload_gives_it(autojump_clock):
         nursery.cancel_scope.cancel()
     assert [(t.pipeline, t.reference_time.strftime("%H:%M")) for t in fired] == [
         ("b", "14:10"), ("c", "14:45"), ("b", "15:10"), ("c", "15:45")]
+
+
+async def test_expiry_takes_a_new_interval_from_its_last_pass(autojump_clock):
+    config = attrs.evolve(default_config(), index=IndexConfig(expiry_interval=60.0))
+    running = RunningConfig(config)
+    send, receive = trio.open_memory_channel[IndexWrite](10)
+    passes: list[float] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(expiry.run, config.index, send, running=running))
+        for _ in range(2):
+            write = await receive.receive()
+            passes.append(trio.current_time())
+            assert write.reply is not None
+            write.reply.send_nowait(IndexWritten(result={"deleted": []}))
+        await trio.sleep(5)
+        running.replace(attrs.evolve(config, index=IndexConfig(expiry_interval=10.0)))
+        await receive.receive()
+        passes.append(trio.current_time())
+        nursery.cancel_scope.cancel()
+    assert passes == [60.0, 120.0, 130.0]
 
 
 # --- SIGHUP to a real daemon --------------------------------------------------------------------
