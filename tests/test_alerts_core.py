@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import attrs
 import pytest
 from test_scheduler_core import T0, Harness, pipeline  # tests/ is on sys.path
 
@@ -356,3 +357,16 @@ def test_the_incident_key_and_dedup_key_are_stable():
 def test_each_action_has_its_word(action, word):
     assert render.mail([Notice(1, action, 1.0, incident(1))], {}, "m@x.org", "o@x.org", "h").get_content().count(
         f"{word}: job_failed") == 1
+
+
+def test_a_reload_applies_alerts_at_once():
+    """The alerts task reads the configuration the daemon runs now: a
+    changed [alerts] is a setting applied by a reload, not one waiting for a
+    restart (docs/operations.md, "Reload")."""
+    from muppet.config.changes import compare
+
+    old = config()
+    new = attrs.evolve(old, alerts=attrs.evolve(old.alerts, digest_seconds=5.0, sender="other@x.org"))
+    plan = compare(old, new)
+    assert plan.changes.settings == ("[alerts] digest_seconds", "[alerts] from") and plan.changes.restart == ()
+    assert plan.config.alerts.digest_seconds == 5.0

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ..model import Config
+from ..model import AlertsConfig, Config
 
 T = TypeVar("T")
 
@@ -140,6 +140,9 @@ def compare(running: Config, loaded: Config) -> Plan:
     for key in ("outputs_backend", "expiry_interval", "delete_expired_files"):
         if getattr(index, key) != getattr(running.index, key):
             settings.append(f"[index] {key}")
+    # the alerts task reads the running configuration at each pass: [alerts]
+    # applies at once (docs/alerts.md, "Who hears of it")
+    settings += [f"[alerts] {key}" for key in _alerts_changed(running.alerts, config.alerts)]
     added, changed, removed = _delta(running.stakeholders, config.stakeholders)
     settings += [f"[stakeholders.{key}]" for key in sorted(added + changed + removed)]
 
@@ -154,6 +157,16 @@ def compare(running: Config, loaded: Config) -> Plan:
         settings=tuple(settings),
         restart=tuple(sorted(restart)),
     ))
+
+
+#: the [alerts] keys as the file writes them, by AlertsConfig field
+_ALERTS_KEYS = {"sender": "from", "security": "starttls, ssl", "password": "password_file"}
+
+
+def _alerts_changed(old: AlertsConfig, new: AlertsConfig) -> list[str]:
+    keys = [_ALERTS_KEYS.get(f.name, f.name) for f in attrs.fields(AlertsConfig)
+            if getattr(old, f.name) != getattr(new, f.name)]
+    return sorted(set(keys))
 
 
 def _delta(old: Mapping[str, T], new: Mapping[str, T]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
