@@ -2,10 +2,18 @@
 first paint of the overview and of a run of 1,000 jobs, and the delay from a
 job's state change in the database to its colour on the page.
 
-A database is filled with RUNS ended runs of 1,000 jobs each (default 1,000
-runs: a million jobs and their events, written through the daemon's own
-write path, muppet/db/writes.py), then `muppet daemon` serves it and
-Debian's chromium (Playwright) opens the pages:
+A database (SQLite, or PostgreSQL with --database postgresql: a throw-away
+server, tests/pgserver.py) is filled with RUNS ended runs of 1,000 jobs each
+(default 1,000 runs: a million jobs and their events, written through the
+daemon's own write path, muppet/db/writes.py), the last of them for the
+pipeline's latest cron firing, so that the daemon has no run to catch up
+on; then `muppet daemon` serves it and Debian's chromium (Playwright)
+opens the pages, each --repeat times in a fresh browser context (nothing
+cached), first with the daemon idle, then busy: a run of BUSY_JOBS jobs
+of `true` going, MAX_JOBS at a time, as fast as the daemon can (a hundred
+and more jobs a second here, three events each, every one pushed to the
+page; the state the bench first measured 1,188 ms in, when the daemon
+caught up on a cron run of 1,000 such jobs as it started):
 
 - overview: from navigation to the first contentful paint, and to the
   overview drawn with its data (the frame after the page marks itself
@@ -16,13 +24,19 @@ Debian's chromium (Playwright) opens the pages:
   after the change), and each change is matched with the job's event in the
   log, whose ``at`` is the time of the database transaction that made it.
 
-Target: under 1 s each. Usage: .venv/bin/python bench/console.py [--runs N]
+Each figure is the median and the worst of its repeats. The machine's
+load average is printed beside them: on a shared machine the figures move
+with it, so compare runs made in the same state.
+
+Target: under 1 s each. Usage:
+.venv/bin/python bench/console.py [--runs N] [--repeat N] [--database sqlite|postgresql]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -42,6 +56,8 @@ from muppet.messages import NewRun  # noqa: E402
 
 JOBS_PER_RUN = 1000
 LIVE_JOBS = 24
+BUSY_JOBS = 5000
+MAX_JOBS = 8
 #: the states the seeded jobs end in, in this proportion: a run's page has colours
 ENDINGS = [model.JobState.SUCCEEDED] * 8 + [model.JobState.FAILED, model.JobState.SKIPPED]
 
@@ -75,6 +91,14 @@ PIPELINES = {
         jobs = {LIVE_JOBS}
         command = "sleep 0.3"
         """,
+    "busy": f"""
+        [pipeline]
+        name = "busy"
+        owner = "ops"
+        [steps.work]
+        jobs = {BUSY_JOBS}
+        command = "true"
+        """,
 }
 
 SLOTS = [("fetch", 0, 1)] + [("convert", i, JOBS_PER_RUN // 2) for i in range(JOBS_PER_RUN // 2)] + [
@@ -82,10 +106,12 @@ SLOTS = [("fetch", 0, 1)] + [("convert", i, JOBS_PER_RUN // 2) for i in range(JO
 
 
 def seed(database: str, runs: int) -> float:
-    """RUNS ended runs of pipeline big, 1,000 jobs each; seconds it took."""
+    """RUNS ended runs of pipeline big (a daily cron at 00:00 UTC), 1,000
+    jobs each, the last for today's firing; seconds it took."""
     began = time.perf_counter()
     store = open_store(database)
-    start = datetime(2024, 1, 1, tzinfo=UTC)
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = today - timedelta(days=runs)
     job_id = 1
     try:
         for first in range(0, runs, 10):
@@ -129,6 +155,22 @@ new MutationObserver((records) => {
 """
 
 
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def figures(values: list[float]) -> str:
+    """The median and the worst of some milliseconds."""
+    return f"median {statistics.median(values):.0f} ms, worst {max(values):.0f} ms"
+
+
+def first_paints(chromium: object, url: str, ready: str, repeat: int) -> str:
+    """``first_paint`` ``repeat`` times, in words."""
+    found = [first_paint(chromium, url, ready) for _ in range(repeat)]
+    return (f"first contentful paint {figures([fcp for fcp, _ in found])}; "
+            f"drawn with its data {figures([drawn for _, drawn in found])}")
+
+
 def first_paint(chromium: object, url: str, ready: str) -> tuple[float, float]:
     """(first contentful paint, the view drawn with its data), ms from navigation."""
     context = chromium.new_context(viewport={"width": 1400, "height": 900})  # type: ignore[attr-defined]
@@ -146,31 +188,70 @@ def first_paint(chromium: object, url: str, ready: str) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=1000, help="ended runs of 1,000 jobs in the database")
+    parser.add_argument("--repeat", type=int, default=5, help="loads of each page (fresh browser context each)")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     args = parser.parse_args()
+    server = None
     with tempfile.TemporaryDirectory(prefix="muppet-console-bench-") as tmp:
         folder = Path(tmp)
-        daemon = Daemon(folder, PIPELINES, max_jobs=8)
-        database = f"sqlite:///{folder / 'state' / 'muppet.db'}"
         (folder / "state").mkdir()
-        took = seed(database, args.runs)
-        print(f"database: {args.runs} ended runs of {JOBS_PER_RUN} jobs ({args.runs * JOBS_PER_RUN:,} jobs) "
-              f"written in {took:.1f} s")
-        daemon.start(timeout=300)
+        if args.database == "postgresql":
+            from pgserver import PostgresServer  # tests/pgserver.py
+
+            server = PostgresServer()
+            server.start()
+            database = server.create_database("bench")
+        else:
+            database = f"sqlite:///{folder / 'state' / 'muppet.db'}"
         try:
-            with browser() as chromium:
-                # the browser's own start is not the page's: one blank tab first
-                warm = chromium.new_page()
-                warm.goto("about:blank")
-                warm.close()
-                fcp, drawn = first_paint(chromium, f"{daemon.web}/#/", "overview")
-                print(f"overview: first contentful paint {fcp:.0f} ms, drawn with its data {drawn:.0f} ms")
-                middle = max(1, args.runs // 2)
-                fcp, drawn = first_paint(chromium, f"{daemon.web}/#/run/{middle}", "run")
-                print(f"run of {JOBS_PER_RUN} jobs: first contentful paint {fcp:.0f} ms, graph and table "
-                      f"drawn {drawn:.0f} ms")
-                print(f"live: {live_delays(chromium, daemon, args.runs)}")
+            daemon = Daemon(folder, PIPELINES, max_jobs=MAX_JOBS, database=database)
+            took = seed(database, args.runs)
+            print(f"database: {args.database}, {args.runs} ended runs of {JOBS_PER_RUN} jobs "
+                  f"({args.runs * JOBS_PER_RUN:,} jobs) written in {took:.1f} s")
+            print(f"machine: {os.cpu_count()} cores, load average {load_average()} (1, 5, 15 min) before")
+            daemon.start(timeout=300)
+            try:
+                with browser() as chromium:
+                    # the browser's own start is not the page's: one blank tab first
+                    warm = chromium.new_page()
+                    warm.goto("about:blank")
+                    warm.close()
+                    middle = max(1, args.runs // 2)
+                    for state in ("idle", "busy"):
+                        busy = start_busy(daemon) if state == "busy" else None
+                        print(f"{state}: overview, {args.repeat} loads: "
+                              f"{first_paints(chromium, f'{daemon.web}/#/', 'overview', args.repeat)}")
+                        print(f"{state}: run of {JOBS_PER_RUN} jobs, {args.repeat} loads: "
+                              f"{first_paints(chromium, f'{daemon.web}/#/run/{middle}', 'run', args.repeat)}")
+                        if busy is not None:
+                            print(f"busy: {stop_busy(daemon, busy)}")
+                    print(f"live: {live_delays(chromium, daemon, args.runs)}")
+            finally:
+                daemon.stop()
+            print(f"machine: load average {load_average()} after")
         finally:
-            daemon.stop()
+            if server is not None:
+                server.stop()
+
+
+def start_busy(daemon: Daemon) -> tuple[int, float]:
+    """A run of pipeline busy, once its first jobs run: (its id, when)."""
+    run_id = int(daemon.muppet("trigger", "busy"))
+    deadline = time.monotonic() + 60
+    while not json.loads(daemon.muppet("jobs", str(run_id), "--state", "running", "--json")):
+        assert time.monotonic() < deadline, "the busy run did not start"
+        time.sleep(0.1)
+    return run_id, time.monotonic()
+
+
+def stop_busy(daemon: Daemon, busy: tuple[int, float]) -> str:
+    """Kill the busy run; how many of its jobs had ended meanwhile."""
+    run_id, began = busy
+    took = time.monotonic() - began
+    status = json.loads(daemon.muppet("status", "--json"))
+    daemon.muppet("kill", str(run_id), "--run")
+    ended = status["jobs"].get("succeeded", 0)
+    return f"{ended} of its {BUSY_JOBS} jobs ended in the {took:.0f} s measured ({ended / took:.0f} a second)"
 
 
 def live_delays(chromium: object, daemon: Daemon, runs: int) -> str:

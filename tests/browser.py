@@ -70,9 +70,11 @@ def browser() -> Iterator[object]:
 
 class Daemon:
     """`muppet daemon` in a folder of its own, its API and web page on free
-    ports; ``log`` is its standard error."""
+    ports, on ``database`` (default: SQLite in its state_dir); ``log`` is
+    its standard error."""
 
-    def __init__(self, folder: Path, pipelines: dict[str, str], max_jobs: int = 8, extra: str = "") -> None:
+    def __init__(self, folder: Path, pipelines: dict[str, str], max_jobs: int = 8, extra: str = "",
+                 database: str = "") -> None:
         self.folder = folder
         self.api_port, self.web_port = free_port(), free_port()
         self.api = f"ws://127.0.0.1:{self.api_port}"
@@ -85,6 +87,7 @@ class Daemon:
             [daemon]
             state_dir = "{folder / 'state'}"
             pipelines = ["pipelines/*.toml"]
+            {f'database = "{database}"' if database else ""}
             [api]
             listen = "127.0.0.1:{self.api_port}"
             [web]

@@ -261,7 +261,11 @@ def test_a_job_is_killed_from_its_page(page, daemon):
 def test_a_step_is_bypassed_and_the_run_killed_with_reasons(page, daemon):
     run_id = int(daemon.muppet("trigger", "steer"))
     show(page, daemon, f"#/run/{run_id}", "run")
+    # the page started on a run, not the overview: main.js's first calls are the run's
+    page.reload()
+    page.wait_for_selector('main[data-ready="run"]', timeout=DEADLINE)
     page.wait_for_selector('.node[data-step="gate"] .chip[data-state="running"]', timeout=DEADLINE)
+    assert not page.locator("main .error").count(), page.locator("main").inner_text()
     # a refusal stays in the dialog, in the API's words: what to do instead
     page.locator('button[data-action="bypass"]').click()
     act(page, "model down", step="gate")

@@ -117,6 +117,8 @@ function routeOf(hash) {
   return [null, null];
 }
 
+// Show the view the address names; resolves once its first calls are
+// answered (at once for a view without them), rejects when they fail.
 async function show(api) {
   const mine = ++shown;
   if (current) current.stop();
@@ -145,7 +147,9 @@ async function show(api) {
     a.classList.toggle("current", href === "#/" ? route.name === "overview" : hash.startsWith(href));
   }
   current = module[route.name](main, api, match, { flash, first, orders });
-  if (first) first.take();
+  if (!first) return null;
+  first.take();
+  return first.answer;
 }
 
 // A view's first calls, as one batch, and the events that come while it
@@ -198,13 +202,17 @@ async function boot() {
     location.reload();
   };
   window.addEventListener("hashchange", () => show(api));
-  show(api);
+  const shownFirst = show(api);
   api.onEvents((events) => orders.events(events));
   const { actionButtons } = await actions;
   orders.button = (daemon) => actionButtons(api, "daemon", daemon, flash);
-  // the overview reads daemon.status itself; the other pages ask once
-  if (route && route.name !== "overview") api.call("daemon.status").then((s) => orders.status(s), () => {});
-  else if (orders.draining) orders.set(orders.draining);
+  if (orders.draining) orders.set(orders.draining);
+  // the overview reads daemon.status itself; the other pages ask once,
+  // after their own first calls, which the first paint waits on
+  if (route && route.name !== "overview") {
+    await shownFirst.catch(() => {}); // the view shows the error
+    api.call("daemon.status").then((s) => orders.status(s), () => {});
+  }
 }
 
 boot().catch((error) => clear(document.getElementById("view"), errorBox(error)));
