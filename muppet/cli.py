@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -206,6 +207,11 @@ def daemon(config_path: str | None) -> None:
     from .config import ConfigError, default_config, load_config
     from .daemon import serve_until_signal  # the engine's imports are only for this command
     from .db.lease import LeaseHeld
+
+    # SIGHUP is the reload signal (docs/operations.md, "Reload"): one that
+    # comes while the files load, before the daemon listens for it, must not
+    # end the process as its default action would
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     try:
         config = load_config(config_path) if config_path else default_config()
