@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, NoReturn
 
 import click
@@ -193,12 +194,19 @@ def main() -> None:
     help="The daemon's configuration file (TOML). Without it: the built-in defaults "
          "(SQLite in the state directory, no pipelines, API on 127.0.0.1:8765).",
 )
-def daemon(config_path: str | None) -> None:
+@click.option(
+    "--standby", is_flag=True, default=None,
+    help="When another daemon holds the database, serve reads and wait to take over from it "
+         "instead of exiting 2 (also [daemon] standby = true).",
+)
+def daemon(config_path: str | None, standby: bool | None) -> None:
     """Run the MUPPET daemon in the foreground until SIGTERM or SIGINT.
 
     It loads the configuration and every pipeline file it names, refuses to
     start on any problem (listing them all), then runs cron, the scheduler,
-    the executors, the database and the API in one process.
+    the executors, the database and the API in one process. As a standby
+    (--standby) it serves reads while another daemon holds the database,
+    and takes over within seconds when that one dies.
     """
     import logging
 
@@ -206,7 +214,7 @@ def daemon(config_path: str | None) -> None:
 
     from .config import ConfigError, default_config, load_config
     from .daemon import serve_until_signal  # the engine's imports are only for this command
-    from .db.lease import LeaseHeld
+    from .db.lease import LeaseHeld, LeaseLost
 
     # SIGHUP is the reload signal (docs/operations.md, "Reload"): one that
     # comes while the files load, before the daemon listens for it, must not
@@ -229,13 +237,19 @@ def daemon(config_path: str | None) -> None:
     for warning in config.warnings:
         log.warning("configuration: %s", warning)
     try:
-        trio.run(serve_until_signal, config)
+        trio.run(partial(serve_until_signal, config, standby=standby or None))
     except Exception as exc:
         # What an operator can fix (a port in use, a database that cannot be
         # reached, a directory that cannot be made) is one line naming the
         # file, the key and the cause; anything else is a bug and keeps its
         # traceback (docs/operations.md, "Start-up errors").
         leaves = _leaves(exc)
+        for leaf in leaves:
+            if isinstance(leaf, LeaseLost):
+                # exit status 3: a standby took over from this daemon, which
+                # stopped acting (docs/operations.md, "Running a standby")
+                click.echo(f"muppet: error: {leaf}", err=True)
+                sys.exit(3)
         for leaf in leaves:
             if isinstance(leaf, LeaseHeld):
                 # exit status 2: another daemon has the database (docs/operations.md)
@@ -449,6 +463,7 @@ def _status_lines(result: Mapping[str, Any]) -> list[str]:
         orders.append(f"paused      {name}: {_order_text(paused)} (muppet resume {name})")
     return [
         *orders,
+        *_standing_lines(result),
         f"version     {result['version']}",
         f"started at  {result['started_at']}",
         f"pipelines   {', '.join(result['pipelines']) or '-'}",
@@ -458,6 +473,27 @@ def _status_lines(result: Mapping[str, Any]) -> list[str]:
         f"jobs        {counts or 'none in runs still going'}",
         f"next cron   {firings or '-'}",
     ]
+
+
+def _standing_lines(result: Mapping[str, Any]) -> list[str]:
+    """Which daemon is active, since when, and which standbys wait
+    (docs/operations.md, "Running a standby"): said when there is a standby."""
+    standbys = result.get("standbys") or []
+    active = result.get("active")
+    if result.get("role") != "standby" and not standbys:
+        return []
+
+    def who(daemon: Mapping[str, Any], since: str) -> str:
+        return f"{daemon['host']} (pid {daemon['pid']}, {since} {daemon['since']}, API {daemon['api']})"
+
+    lines = []
+    if result.get("role") == "standby":
+        lines.append("role        STANDBY: this daemon serves reads and waits to take over; "
+                     "writes and commands go to the active one")
+    lines.append(f"active      {who(active, 'since') if active else 'none now (a standby takes over)'}")
+    for number, daemon in enumerate(standbys):
+        lines.append(f"{'standby' if number == 0 else '':<12}{who(daemon, 'waiting since')}")
+    return lines
 
 
 @main.command()

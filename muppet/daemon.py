@@ -38,22 +38,29 @@ import logging
 import math
 import os
 import signal
+import sqlite3
+import time
 from functools import partial
 
+import attrs
+import psycopg
 import trio
 
 from . import cron, metrics, reloader
 from .alerts import task as alerts_task
 from .api import server as api_task
 from .db import task as database_task
+from .db.dialect import describe_url
 from .db.health import DatabaseHealth
+from .db.lease import STANDBY_POLL, Fence, Holder, Lease, LeaseHeld, Standing
+from .db.lease import keep as lease_keep
 from .db.reads import Snapshot
-from .db.store import Store
+from .db.store import CONNECTION_TAG, DatabaseUnavailable, Store
 from .executor import task as executor_task
 from .index import expiry
 from .messages import Operator, Persisted, Reload, ToDatabase, ToExecutor, ToScheduler
 from .model import Config
-from .running import RunningConfig
+from .running import Role, RunningConfig
 from .scheduler import task as scheduler_task
 from .scheduler.core import Scheduler
 from .web import task as web_task
@@ -70,26 +77,139 @@ QUEUE = 1000
 STRICT_STATES = "MUPPET_STRICT_STATES"
 
 
+@attrs.define
+class _Wiring:
+    """What the API shares with the other tasks: made before the API starts,
+    which on a standby is long before the others do."""
+
+    config: Config
+    health: DatabaseHealth
+    figures: metrics.Metrics
+    running: RunningConfig
+    role: Role
+    to_reloader: trio.MemorySendChannel[Reload]
+    reload_inbox: trio.MemoryReceiveChannel[Reload]
+    to_scheduler: trio.MemorySendChannel[ToScheduler]
+    scheduler_inbox: trio.MemoryReceiveChannel[ToScheduler]
+    to_database: trio.MemorySendChannel[ToDatabase]
+    database_inbox: trio.MemoryReceiveChannel[ToDatabase]
+    to_api: trio.MemorySendChannel[int]
+    committed: trio.MemoryReceiveChannel[int]
+
+    @classmethod
+    def make(cls, config: Config, role: Role) -> _Wiring:
+        to_reloader, reload_inbox = trio.open_memory_channel[Reload](RELOADS)
+        to_scheduler, scheduler_inbox = trio.open_memory_channel[ToScheduler](math.inf)
+        to_database, database_inbox = trio.open_memory_channel[ToDatabase](QUEUE)
+        # one slot: while a number waits, a newer one is dropped; the hub
+        # reads up to the newest event whatever number woke it
+        to_api, committed = trio.open_memory_channel[int](1)
+        return cls(
+            config, DatabaseHealth(describe_url(config.daemon.database)), metrics.Metrics(),
+            # the configuration as the daemon runs it now: the reload task
+            # replaces it, the API, cron and expiry read it (docs/architecture.md)
+            RunningConfig(config), role,
+            to_reloader, reload_inbox, to_scheduler, scheduler_inbox, to_database, database_inbox, to_api, committed,
+        )
+
+    async def api(self, listeners: api_task.Listeners, task_status: trio.TaskStatus[int]) -> None:
+        await api_task.run(
+            self.config, self.to_scheduler.clone(), self.to_database.clone(),
+            committed=self.committed, health=self.health, listeners=listeners, running=self.running,
+            reloads=self.to_reloader.clone(), role=self.role, task_status=task_status,
+        )
+
+
 async def serve(
     config: Config,
     *,
+    standby: bool | None = None,
     reloads: trio.MemoryReceiveChannel[Reload] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the daemon until cancelled. ``task_status.started`` gets the API's
-    port once every task runs and the API listens. ``reloads``: Reloads
-    from outside the API (SIGHUP), for the reload task."""
+    port once every task runs and the API listens (a standby's: once its
+    API serves reads, while it waits). ``reloads``: Reloads from outside
+    the API (SIGHUP), for the reload task.
+
+    ``standby`` (default: ``[daemon] standby``): when another daemon holds
+    the database's lease, serve reads and wait to take it over
+    (docs/operations.md, "Running a standby") instead of raising LeaseHeld.
+    Raises LeaseLost when another daemon takes the lease over from this
+    one: by then this one has stopped starting and killing jobs and
+    committing anything (``muppet/db/lease.py``)."""
     strict = os.environ.get(STRICT_STATES) == "1"
+    standby = config.daemon.standby if standby is None else standby
     # the API's address first: one in use stops the daemon before it
     # touches the database
     listeners = await api_task.listen(config.api)
+    lease = Lease(config.daemon.database, api_task.address(config.api, listeners))
+    # every database session of this daemon carries its tag, so that a
+    # standby that takes its expired lease over can end them all
+    tagged = CONNECTION_TAG.set(lease.tag)
     try:
-        async with database_task.opened(config, api_task.address(config.api, listeners)) as (store, snapshot):
-            await _serve(config, store, snapshot, listeners, strict, task_status, reloads)
+        await database_task.check_directories(config)
+        waiting = False
+        try:
+            await database_task.take_lease(lease)
+        except LeaseHeld as held:
+            if not standby:
+                raise
+            waiting = True
+            lease.standing = Standing(held.holder, ())
+        wiring = _Wiring.make(config, Role(not waiting, standing=lambda: lease.standing))
+        # the daemon's metrics, found by every task started below (muppet/metrics.py)
+        metrics.CURRENT.set(wiring.figures)
+        async with trio.open_nursery() as nursery:
+            api_port: int | None = None
+            if waiting:
+                api_port = await nursery.start(wiring.api, listeners)
+                log.info("standby: API listening on %s://%s:%s, serving reads; waiting for the lease on %s",
+                         config.api.scheme, config.api.host, api_port, lease.database)
+                task_status.started(api_port)
+                task_status = trio.TASK_STATUS_IGNORED
+                await _wait_for_lease(lease)
+            began = time.monotonic()
+            async with database_task.opened(config, lease) as (store, snapshot):
+                fence = Fence(lease.lease_time)
+                fence.renewed(began)
+                await _serve(config, store, snapshot, listeners, strict, task_status, reloads,
+                             wiring=wiring, lease=lease, fence=fence, api_port=api_port)
     finally:
         with trio.CancelScope(shield=True):
+            CONNECTION_TAG.reset(tagged)
+            await trio.to_thread.run_sync(lease.release)
             for listener in listeners:
                 await listener.aclose()
+
+
+async def _wait_for_lease(lease: Lease) -> None:
+    """A standby's wait: look at the lease every ``STANDBY_POLL`` seconds
+    until its lock is this daemon's (``Lease.try_takeover``: free, or its
+    holder's sessions ended once it expired)."""
+    said: Holder | bool | None = False
+    trouble: str | None = None
+    while True:
+        try:
+            if await trio.to_thread.run_sync(lease.try_takeover):
+                active = lease.standing.active
+                log.warning("standby: took the lease on %s%s: taking over", lease.database,
+                            f" from {active.describe()}" if active is not None else "")
+                return
+        except (DatabaseUnavailable, OSError, sqlite3.Error, psycopg.Error) as exc:
+            if trouble is None:
+                log.warning("standby: cannot look at the lease on %s: %s; trying again", lease.database, exc)
+            trouble = str(exc)
+        else:
+            if trouble is not None:
+                log.info("standby: the lease on %s can be read again", lease.database)
+                trouble = None
+            active = lease.standing.active
+            if active != said:
+                who = active.describe() if active is not None else "no daemon (it has not said who yet)"
+                log.info("standby: the lease on %s is held by %s", lease.database, who)
+                said = active
+        await trio.sleep(STANDBY_POLL)
 
 
 async def _serve(
@@ -100,14 +220,15 @@ async def _serve(
     strict: bool,
     task_status: trio.TaskStatus[int],
     reloads: trio.MemoryReceiveChannel[Reload] | None = None,
+    *,
+    wiring: _Wiring,
+    lease: Lease,
+    fence: Fence,
+    api_port: int | None = None,
 ) -> None:
-    """The tasks and their channels, over an open database and the API's
-    listening sockets."""
-    # one view of the database's outages for every task that talks to it
-    health = DatabaseHealth(store.describe())
-    # the daemon's metrics, found by every task started below (muppet/metrics.py)
-    figures = metrics.Metrics()
-    metrics.CURRENT.set(figures)
+    """The tasks and their channels, over an open database whose lease this
+    daemon holds, and the API's listening sockets (``api_port``: the API
+    runs already, a standby's)."""
     # the web page's address: one written in the configuration and in use
     # stops the daemon here, before any task starts
     web_listener = web_task.bind(config.web)
@@ -121,35 +242,33 @@ async def _serve(
         strict=strict,
         definitions=snapshot.definitions,
     )
-    # the configuration as the daemon runs it now: the reload task replaces
-    # it, the API, cron and expiry read it (docs/architecture.md)
-    running = RunningConfig(config)
-    to_reloader, reload_inbox = trio.open_memory_channel[Reload](RELOADS)
-    to_scheduler, scheduler_inbox = trio.open_memory_channel[ToScheduler](math.inf)
-    to_database, database_inbox = trio.open_memory_channel[ToDatabase](QUEUE)
+    health, running = wiring.health, wiring.running
+    to_scheduler, to_database, to_reloader = wiring.to_scheduler, wiring.to_database, wiring.to_reloader
     to_executor, executor_inbox = trio.open_memory_channel[ToExecutor](QUEUE)
-    # one slot: while a number waits, a newer one is dropped; the hub
-    # reads up to the newest event whatever number woke it
-    to_api, committed = trio.open_memory_channel[int](1)
     persisted: trio.MemorySendChannel[Persisted] = to_scheduler.clone()
     async with trio.open_nursery() as nursery:
-        # the API first, so that clients are answered from the start
-        # (requests wait in the channels until the other tasks run)
-        port = await nursery.start(partial(
-            api_task.run, config, to_scheduler.clone(), to_database.clone(),
-            committed=committed, health=health, listeners=listeners, running=running, reloads=to_reloader.clone(),
-        ))
+        # the lease first: renewed from now on, and its loss ends the daemon
+        # (muppet/db/lease.py)
+        nursery.start_soon(lease_keep, lease, fence)
+        if api_port is None:
+            # the API first, so that clients are answered from the start
+            # (requests wait in the channels until the other tasks run)
+            port = await nursery.start(wiring.api, listeners)
+        else:
+            port = api_port
         nursery.start_soon(partial(
-            database_task.run, store, database_inbox, persisted, committed=to_api, health=health,
+            database_task.run, store, wiring.database_inbox, persisted, committed=wiring.to_api, health=health,
+            epoch=lease.epoch,
         ))
         nursery.start_soon(partial(
             executor_task.run, executor_inbox, to_scheduler.clone(),
             executors=config.executors,
             state_dir=config.daemon.state_dir,
             output_dir=config.daemon.output_dir,
+            fence=fence.wait_valid,
         ))
         nursery.start_soon(partial(
-            scheduler_task.run, core, scheduler_inbox, to_database.clone(), to_executor,
+            scheduler_task.run, core, wiring.scheduler_inbox, to_database.clone(), to_executor,
             loaded=(snapshot.runs, snapshot.jobs), ended=snapshot.ended, controls=snapshot.controls,
             update_requests=snapshot.update_requests,
         ))
@@ -157,7 +276,7 @@ async def _serve(
             cron.run, config.pipelines, to_scheduler.clone(), last_fired=snapshot.last_cron, running=running,
         ))
         nursery.start_soon(partial(expiry.run, config.index, to_database.clone(), running=running))
-        nursery.start_soon(reloader.run, reload_inbox, to_scheduler.clone(), running)
+        nursery.start_soon(reloader.run, wiring.reload_inbox, to_scheduler.clone(), running)
         # incidents to stakeholders by mail and webhook, beside the scheduler:
         # a dead mail server slows nothing else (docs/alerts.md)
         nursery.start_soon(partial(
@@ -169,10 +288,12 @@ async def _serve(
         if web_listener is not None:
             # last: it takes the tasks running now as those that must keep running
             nursery.start_soon(partial(
-                web_task.run, config, web_listener, health=health, metrics=figures,
+                web_task.run, config, web_listener, health=health, metrics=wiring.figures,
                 scheduler=to_scheduler.clone(), api_port=port,
                 running_tasks=lambda: frozenset(task.name for task in nursery.child_tasks),
             ))
+        # writes and commands go to the scheduler and the database task from now on
+        wiring.role.activate()
         log.info("API listening on %s://%s:%s", config.api.scheme, config.api.host, port)
         task_status.started(port)
 
@@ -187,14 +308,14 @@ async def _forward(receive: trio.MemoryReceiveChannel[Reload], send: trio.Memory
 RELOADS = 16
 
 
-async def serve_until_signal(config: Config) -> None:
+async def serve_until_signal(config: Config, *, standby: bool | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then stop cleanly: local jobs go on
     running and are re-attached at the next start. SIGHUP reloads the
-    configuration (docs/operations.md, "Reload")."""
+    configuration (docs/operations.md, "Reload"). ``standby``: as ``serve``'s."""
     send, receive = trio.open_memory_channel[Reload](RELOADS)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(serve, config, reloads=receive))
+            nursery.start_soon(partial(serve, config, reloads=receive, standby=standby))
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     try:

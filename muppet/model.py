@@ -192,6 +192,9 @@ class DaemonConfig:
     state_dir: str
     output_dir: str
     pipeline_globs: tuple[str, ...] = ()
+    #: wait for the lease as a hot standby instead of refusing to start
+    #: (docs/operations.md, "Running a standby")
+    standby: bool = False
 
 
 @attrs.frozen

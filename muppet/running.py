@@ -13,6 +13,9 @@ a reload in their inboxes, in order with everything else they receive.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import trio
 
 from .model import Config
@@ -47,3 +50,28 @@ class RunningConfig:
         while self.version == version:
             await self._replaced.wait()
         return self._config
+
+
+class Role:
+    """Whether this daemon is the active one or a standby waiting for the
+    lease (docs/operations.md, "Running a standby"), for the API: a standby
+    serves reads and refuses writes and commands, naming the active daemon.
+
+    ``standing`` returns who is active and who waits, as the standby last
+    read it (a ``muppet.db.lease.Standing``, or None before its first look).
+    Not thread-safe: read and changed from the Trio thread only."""
+
+    def __init__(self, active: bool, standing: Callable[[], Any] = lambda: None) -> None:
+        self.active = active
+        self.standing = standing
+        self._activated = trio.Event()
+        if active:
+            self._activated.set()
+
+    def activate(self) -> None:
+        """This daemon holds the lease now, and its tasks run."""
+        self.active = True
+        self._activated.set()
+
+    async def wait_active(self) -> None:
+        await self._activated.wait()

@@ -26,6 +26,7 @@ import trio
 
 from .. import codec, model, summary
 from ..db import reads
+from ..db.lease import read_standing
 from ..executor.jobdir import JobDir, job_environment
 from ..messages import DRAINING, NOT_FOUND, PAUSED_PREFIX, StartJob
 from .context import Connection, Context
@@ -55,7 +56,7 @@ async def daemon_status(ctx: Context, version: str) -> dict[str, Any]:
     now = time.time()
     health = ctx.health
     found = await _best_effort(ctx, _status_reads)
-    jobs, active, running, orders = (None, None, None, None) if found is None else found
+    jobs, active, running, orders, standing = (None, None, None, None, None) if found is None else found
     by_state: dict[str, int] | None = None
     if jobs is not None:
         by_state = {}
@@ -68,6 +69,11 @@ async def daemon_status(ctx: Context, version: str) -> dict[str, Any]:
         firings[name] = codec.format_time(found[0]) if found else None
     return {
         "version": version,
+        # this daemon's role, the active one and the standbys
+        # (docs/operations.md, "Running a standby")
+        "role": "active" if ctx.role.active else "standby",
+        "active": None if standing is None or standing.active is None else standing.active.to_dict(),
+        "standbys": None if standing is None else [holder.to_dict() for holder in standing.standbys],
         "pipelines": sorted(ctx.config.pipelines),
         "started_at": codec.format_time(ctx.started_at),
         "uptime_seconds": round(now - ctx.started_at, 3),
@@ -96,14 +102,15 @@ async def daemon_status(ctx: Context, version: str) -> dict[str, Any]:
 
 
 def _status_reads(store: Any) -> tuple[Any, ...]:
-    """The four reads of daemon.status, in one worker thread: one hop, not
-    four, each of which waits its turn on a busy daemon (the console's
+    """The five reads of daemon.status, in one worker thread: one hop, not
+    five, each of which waits its turn on a busy daemon (the console's
     overview asks for it on every first paint, bench/console.py)."""
     return (
         summary.jobs_by_pipeline_and_state(store),
         summary.active_by_executor(store),
         summary.running_jobs(store, RUNNING_SHOWN),
         reads.controls(store),
+        read_standing(store),
     )
 
 

@@ -16,8 +16,17 @@ from .. import messages, model
 from ..db.health import DatabaseHealth
 from ..db.store import DatabaseUnavailable, Store
 from ..index.events import EventHub, QueryCache
-from ..running import RunningConfig
-from .protocol import ANYONE, DATABASE_UNAVAILABLE, INTERNAL_ERROR, UNAUTHORIZED, UNAVAILABLE, MethodSpec, RpcError
+from ..running import Role, RunningConfig
+from .protocol import (
+    ANYONE,
+    DATABASE_UNAVAILABLE,
+    INTERNAL_ERROR,
+    STANDBY,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+    MethodSpec,
+    RpcError,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -82,6 +91,8 @@ class Context:
     started_at: float
     reply_timeout: float
     reloads: trio.MemorySendChannel[messages.Reload] | None = None
+    #: active, or a standby that serves reads only
+    role: Role = attrs.field(factory=lambda: Role(True))
 
     @property
     def config(self) -> model.Config:
@@ -112,8 +123,27 @@ class Context:
         if not self.health.available:
             raise _database_unavailable(self.health.cause)
 
+    def refuse_on_standby(self, spec: MethodSpec | None = None) -> None:
+        """A standby serves reads and refuses every write and command with
+        -32007, naming the active daemon's API in the message and in
+        ``data.active`` (docs/api.md, "Errors"): nothing was done, and the
+        caller sends it there."""
+        if self.role.active or (spec is not None and spec.role in ("read", ANYONE)):
+            return
+        standing = self.role.standing()
+        active = getattr(standing, "active", None)
+        standbys = [h.api for h in getattr(standing, "standbys", ())]
+        if active is None:
+            where, api = "no daemon is active now (a standby takes over soon): retry", None
+        else:
+            where, api = f"send it to the active daemon, at {active.api} ({active.host}, pid {active.pid})", active.api
+        name = spec.name if spec is not None else "this call"
+        raise RpcError(STANDBY, f"standby: this daemon is a standby, it serves reads only; {name} was not done: "
+                       f"{where}", {"active": api, "standbys": standbys})
+
     async def ask(self, event: messages.Request) -> Any:
         """Send ``event`` to the scheduler and relay its Reply's result."""
+        self.refuse_on_standby()
         self.refuse_while_database_away()
         return await self._ask(event)
 
@@ -122,8 +152,8 @@ class Context:
         empty answer when it does not answer within a few seconds: the
         caller shows what the database says)."""
         ids = tuple(job.id for job in jobs if job.state in (model.JobState.WAITING, model.JobState.HELD))
-        if not ids:
-            return {}
+        if not ids or not self.role.active:
+            return {}  # a standby has no scheduler to ask
         with trio.move_on_after(WHY_WAITING_WAIT):
             try:
                 answer: dict[int, str] = await self._ask(messages.WhyWaiting(ids))
@@ -143,6 +173,7 @@ class Context:
         """Ask the reload task to read the configuration again; its outcome
         once committed (or refused). Refused at once while the database is
         away, like every command."""
+        self.refuse_on_standby()
         self.refuse_while_database_away()
         if self.reloads is None:
             raise RpcError(UNAVAILABLE, "unavailable: this daemon does not reload its configuration")
@@ -152,6 +183,7 @@ class Context:
     async def write(self, change: messages.IndexChange) -> messages.IndexWritten:
         """Send ``change`` to the database task; its outcome once committed
         (RpcError for a refusal, which wrote nothing)."""
+        self.refuse_on_standby()
         self.refuse_while_database_away()
         send, receive = trio.open_memory_channel[messages.IndexWritten](1)
         written = await self._wait(self.database, messages.IndexWrite(change, send), receive, "database")

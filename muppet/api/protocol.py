@@ -42,6 +42,7 @@ INTERNAL_ERROR = -32603
 UNAVAILABLE = -32003  # the scheduler did not answer in time, or is gone
 UNAUTHORIZED = -32004  # no token, a wrong one, or one whose role is too low
 DATABASE_UNAVAILABLE = -32005  # the database does not answer now; nothing was done, retry
+STANDBY = -32007  # this daemon is a standby: it serves reads; writes and commands go to the active one
 
 ERROR_NAMES = {
     PARSE_ERROR: "parse error",
@@ -55,6 +56,7 @@ ERROR_NAMES = {
     UNAUTHORIZED: "unauthorized",
     DATABASE_UNAVAILABLE: "database unavailable",
     INVALID_CONFIGURATION: "invalid configuration",
+    STANDBY: "standby",
 }
 
 

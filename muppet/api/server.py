@@ -31,7 +31,7 @@ from ..index import queries
 from ..index.events import EventHub
 from ..listening import cannot_listen
 from ..messages import CONFLICT, NOT_FOUND
-from ..running import RunningConfig
+from ..running import Role, RunningConfig
 from . import alerts as alert_methods
 from . import console, protocol
 from . import index as index_methods
@@ -348,7 +348,9 @@ if HANDLERS.keys() != protocol.METHODS.keys():  # a method declared without hand
 async def _answer(ctx: Context, conn: Connection, call: protocol.Call) -> dict[str, Any] | None:
     began = time.perf_counter()
     try:
-        ctx.authorize(conn, protocol.METHODS[call.method])
+        spec = protocol.METHODS[call.method]
+        ctx.authorize(conn, spec)
+        ctx.refuse_on_standby(spec)
         result = await HANDLERS[call.method](ctx, call.params, conn)
         reply = protocol.result_reply(call.id, result)
     except RpcError as error:
@@ -472,6 +474,8 @@ class ListenError(OSError):
 
 #: read Stores the index queries share
 READERS = 4
+#: seconds between a standby's looks at the event log
+STANDBY_POLL = 0.25
 
 
 Listeners = list[trio.SSLListener[trio.SocketStream]] | list[trio.SocketListener]
@@ -523,6 +527,7 @@ async def run(
     reply_timeout: float = REPLY_TIMEOUT,
     running: RunningConfig | None = None,
     reloads: trio.MemorySendChannel[messages.Reload] | None = None,
+    role: Role | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The API task: serve JSON-RPC 2.0 over websocket on ``config.api.listen``
@@ -542,6 +547,12 @@ async def run(
     Calls ``task_status.started(port)`` once listening, with the bound port
     (the one the kernel chose when the configured port is 0). Serves on
     ``listeners`` when given (``listen``), else opens them itself.
+
+    ``role``: whether this daemon is the active one (the default) or a
+    standby; a standby answers reads from the database and refuses writes
+    and commands with -32007 naming the active daemon (``Context.
+    refuse_on_standby``); its event hub looks at the log every
+    ``STANDBY_POLL`` seconds, since no database task tells it of commits.
 
     Database outages: every read reports to ``health`` (the daemon's shared
     one). A call that cannot read gets -32005; a command or write while the
@@ -582,12 +593,17 @@ async def run(
             hub=hub,
             started_at=time.time(),
             reply_timeout=reply_timeout,
+            role=role or Role(True),
         )
         if committed is None:
             _never, committed = trio.open_memory_channel[int](0)
             poll = 1.0
         else:
             poll = 5.0
+        if not ctx.role.active:
+            # a standby: another daemon commits, and nothing tells this one
+            # (once active, its database task does, and the look is cheap)
+            poll = STANDBY_POLL
         # trio-websocket closes a connection whose message exceeds its own
         # limit (1009, message too big); up to twice the configured limit, the
         # client gets a JSON-RPC error naming the limit instead

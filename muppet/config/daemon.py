@@ -13,12 +13,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..model import DaemonConfig
-from ..tomlcheck import Bad, TomlFile, show, string, string_list
+from ..tomlcheck import Bad, TomlFile, boolean, show, string, string_list
 from .checks import path, resolve
 
 __all__ = ["daemon_table", "default_daemon", "default_state_dir", "sqlite_path", "sqlite_url"]
 
-DAEMON_KEYS = ("database", "state_dir", "output_dir", "pipelines")
+DAEMON_KEYS = ("database", "state_dir", "output_dir", "pipelines", "standby")
 
 
 def default_state_dir() -> str:
@@ -99,10 +99,12 @@ def daemon_table(f: TomlFile, data: Mapping[str, Any], base_dir: str) -> tuple[D
         section, "daemon", "database", _database(base_dir), sqlite_url(os.path.join(state_dir, "muppet.db"))
     )
     globs: tuple[str, ...] = f.get(section, "daemon", "pipelines", string_list(), ())
+    standby: bool = f.get(section, "daemon", "standby", boolean, False)
     daemon = DaemonConfig(
         database=database,
         state_dir=state_dir,
         output_dir=output_dir,
         pipeline_globs=tuple(resolve(base_dir, g) for g in globs),
+        standby=standby,
     )
     return daemon, globs

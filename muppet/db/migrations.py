@@ -281,6 +281,27 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX alert_sends_destination ON alert_sends (destination, sent_at)
         """,
     ),
+    (
+        6,
+        """
+        -- the lease of the active daemon (muppet/db/lease.py): its epoch,
+        -- raised by each daemon that takes it, fences the writes of an
+        -- earlier holder; expires (the database's clock, seconds since the
+        -- epoch) is renewed by the holder, and a standby takes over a lease
+        -- that expired (docs/operations.md, "Running a standby")
+        CREATE TABLE lease (
+            id INTEGER PRIMARY KEY,
+            epoch INTEGER NOT NULL,
+            holder TEXT NOT NULL,
+            expires REAL NOT NULL
+        );
+        INSERT INTO lease (id, epoch, holder, expires) VALUES (1, 0, '', 0);
+        -- each daemon's own name for its database sessions (application_name),
+        -- and when a standby last said it waits
+        ALTER TABLE daemons ADD COLUMN tag TEXT NOT NULL DEFAULT '';
+        ALTER TABLE daemons ADD COLUMN seen REAL NOT NULL DEFAULT 0
+        """,
+    ),
 )
 
 

@@ -11,6 +11,7 @@ events) and ``muppet/index/queries.py`` (the index).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import sqlite3
@@ -52,12 +53,24 @@ _SQLITE_TRANSIENT = frozenset({
 _MIGRATION_LOCK = 0x4D5550504554
 
 
-def connect_postgresql(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+#: the ``application_name`` of the PostgreSQL sessions opened in this
+#: context (a Trio task and its worker threads): a daemon names every session
+#: it opens, so that a standby that takes its expired lease over can end them
+#: all (``lease.py``)
+CONNECTION_TAG: contextvars.ContextVar[str] = contextvars.ContextVar("muppet_connection_tag", default="")
+
+
+def connect_postgresql(url: str, **defaults: Any) -> psycopg.Connection[tuple[Any, ...]]:
     """A connection to ``url`` in autocommit mode (psycopg opens no
-    transaction of its own; the caller says BEGIN), with ``_PG_DEFAULTS``
-    where the URL does not set its own."""
+    transaction of its own; the caller says BEGIN), with ``defaults`` and
+    ``_PG_DEFAULTS`` where the URL does not set its own, named by
+    ``CONNECTION_TAG`` when that is set."""
     given = conninfo_to_dict(url)
-    settings: dict[str, Any] = {k: v for k, v in _PG_DEFAULTS.items() if k not in given}
+    wanted = {**_PG_DEFAULTS, **defaults}
+    tag = CONNECTION_TAG.get()
+    if tag:
+        wanted["application_name"] = tag
+    settings: dict[str, Any] = {k: v for k, v in wanted.items() if k not in given}
     return psycopg.connect(url, autocommit=True, **settings)
 
 

@@ -34,7 +34,7 @@ from ..scheduler import cycling
 from . import reads, writes
 from .dialect import describe_url
 from .health import DatabaseHealth
-from .lease import Holder, Lease
+from .lease import Lease
 from .reads import Snapshot
 from .store import DatabaseUnavailable, Store, open_store
 from .writes import Committed
@@ -46,43 +46,39 @@ class StateMismatch(Exception):
     """The state directory and the database do not belong together."""
 
 
+async def check_directories(config: Config) -> None:
+    """The directories the executor needs, before anything is touched: an
+    unusable one stops the daemon here, naming its path."""
+    for directory in (config.daemon.state_dir, config.daemon.output_dir):
+        await trio.to_thread.run_sync(usable_directory, directory)
+
+
+async def take_lease(lease: Lease) -> None:
+    """Take ``lease``'s lock now (LeaseHeld, naming the holder, when
+    another daemon has it; nothing is touched then)."""
+    try:
+        await trio.to_thread.run_sync(lease.take)
+    except (OSError, psycopg.OperationalError) as exc:
+        raise DatabaseUnavailable(f"{describe_url(lease.url)}: {exc}") from exc
+
+
 @asynccontextmanager
-async def opened(config: Config, api: str) -> AsyncIterator[tuple[Store, Snapshot]]:
+async def opened(config: Config, lease: Lease) -> AsyncIterator[tuple[Store, Snapshot]]:
     """The daemon's writing Store and what the previous daemon left in it.
 
-    Takes the database's lease first (``lease.py``: LeaseHeld, naming the
-    holder, when another daemon has it; nothing is touched then), opens (and
-    migrates) ``[daemon] database``, names this daemon as the lease's holder
-    (with ``api``, where its API listens),
+    ``lease``'s lock is taken (``take_lease``, or a standby's
+    ``Lease.try_takeover``). Opens (and migrates) ``[daemon] database``,
+    makes this daemon the lease's holder (``Lease.claim``: a new epoch, which
+    fences the writes of any earlier holder, and its row in ``daemons``),
     loads the snapshot of unfinished runs, refuses a ``state_dir`` that holds
     job directories the database has not reached (StateMismatch: new jobs
     would reuse their ids), and declares the configured products, formats and
     backends in the index before anything may register files of them. The
-    Store is closed and the lease let go on exit.
+    Store is closed on exit; the lease is the caller's to release.
     """
-    url = config.daemon.database
-    # the directories the executor needs, before anything is touched: an
-    # unusable one stops the daemon here, naming its path
-    for directory in (config.daemon.state_dir, config.daemon.output_dir):
-        await trio.to_thread.run_sync(usable_directory, directory)
-    lease = Lease(url)
-    try:
-        await trio.to_thread.run_sync(lease.take)
-    except (OSError, psycopg.OperationalError) as exc:
-        raise DatabaseUnavailable(f"{describe_url(url)}: {exc}") from exc
-    try:
-        async with _store(config, lease, api) as opened_store:
-            yield opened_store
-    finally:
-        lease.release()
-
-
-@asynccontextmanager
-async def _store(config: Config, lease: Lease, api: str) -> AsyncIterator[tuple[Store, Snapshot]]:
     store = await trio.to_thread.run_sync(open_store, config.daemon.database)
     try:
-        holder = Holder.this_process(api)
-        await trio.to_thread.run_sync(lease.announce, store, holder)
+        epoch = await trio.to_thread.run_sync(lease.claim, store)
         snapshot = await trio.to_thread.run_sync(reads.load_snapshot, store)
         needed = cycling.needed_runs(config.pipelines, snapshot.runs, snapshot.definitions)
         if needed:
@@ -96,14 +92,14 @@ async def _store(config: Config, lease: Lease, api: str) -> AsyncIterator[tuple[
                 f"{snapshot.next_job_id - 1}: a new database with an old state_dir? Move "
                 f"{config.daemon.state_dir}/jobs away or set another state_dir"
             )
-        await trio.to_thread.run_sync(writes.write, store, [DefineIndex(
+        await trio.to_thread.run_sync(functools.partial(writes.write, store, [DefineIndex(
             products=tuple(config.products.values()),
             formats=tuple(config.formats.values()),
             backends=tuple(config.backends.values()),
-        )])
+        )], epoch=epoch))
         log.info(
-            "database %s: %d unfinished runs, %d of their jobs",
-            store.describe(), len(snapshot.runs), len(snapshot.jobs),
+            "database %s: %d unfinished runs, %d of their jobs (lease epoch %d)",
+            store.describe(), len(snapshot.runs), len(snapshot.jobs), epoch,
         )
         yield store, snapshot
     finally:
@@ -120,6 +116,7 @@ async def run(
     retry_max: float = 5.0,
     committed: trio.MemorySendChannel[int] | None = None,
     health: DatabaseHealth | None = None,
+    epoch: int | None = None,
 ) -> None:
     """Persist what arrives on ``receive``; report each commit.
 
@@ -155,6 +152,10 @@ async def run(
     although its acknowledgement was lost. Any other error (a broken constraint
     is a bug, not weather) propagates and takes the daemon down rather than
     loop for ever; nothing of the failed batch was written.
+
+    Fencing: with ``epoch`` (the lease's, ``lease.py``), each transaction
+    first checks that no other daemon has taken the lease since; when one
+    has, nothing of the batch is written and LeaseLost takes the daemon down.
 
     Ends when ``receive`` is closed and drained, closing ``send``; it does not
     close the store (whoever opened it does).
@@ -193,7 +194,7 @@ async def run(
                 else:
                     changes.append(message.change)
                     replies.append(message.reply)
-            done = await _commit(store, changes, health, retry_initial, retry_max)
+            done = await _commit(store, changes, health, retry_initial, retry_max, epoch)
             if committed is not None:
                 try:
                     committed.send_nowait(done.last_event_id)
@@ -233,10 +234,11 @@ def _reply(channel: trio.MemorySendChannel[IndexWritten], outcome: IndexWritten)
 
 
 async def _commit(
-    store: Store, changes: list[Change], health: DatabaseHealth, retry_initial: float, retry_max: float
+    store: Store, changes: list[Change], health: DatabaseHealth, retry_initial: float, retry_max: float,
+    epoch: int | None = None,
 ) -> Committed:
     token = uuid.uuid4().hex
-    write = functools.partial(writes.write, store, changes, token=token)
+    write = functools.partial(writes.write, store, changes, token=token, epoch=epoch)
     delay = retry_initial
     attempt = 1
     while True:

@@ -30,6 +30,7 @@ from typing import TypeVar
 import attrs
 import trio
 
+from ..db.lease import LeaseLost
 from ..messages import ExecutorSettings, JobFinished, JobNotStarted, JobStarted, KillJob, MovedOutput, StartJob
 from ..model import ExecutorConfig, JobState
 from .backend import Backend, BackendError, Ended, Lost, NotStarted, backend_factory, make_backends
@@ -65,6 +66,7 @@ async def run(
     executors: Mapping[str, ExecutorConfig],
     state_dir: str,
     output_dir: str,
+    fence: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Run jobs until cancelled.
 
@@ -91,10 +93,17 @@ async def run(
     reporting anything more: the jobs go on running and the next daemon's
     StartJob re-attaches to them. When ``receive`` is closed it does the same.
 
+    Fencing: ``fence`` (the daemon's lease, ``Fence.wait_valid`` in
+    ``muppet/db/lease.py``) is awaited right before each launch and each
+    kill: it returns at once while the lease is fresh, waits while it is
+    not, and raises LeaseLost, which ends the daemon, once another daemon
+    took it over. So a daemon woken after a pause, or cut off from its
+    database, starts and kills nothing before it has renewed its lease.
+
     Raises ValueError at once when an executor's type is unknown.
     """
     backends = make_backends(executors, state_dir)
-    executor = _Executor(backends, send, state_dir, output_dir)
+    executor = _Executor(backends, send, state_dir, output_dir, fence or _unfenced)
     async with trio.open_nursery() as nursery:
         executor.nursery = nursery
         async for message in receive:
@@ -109,6 +118,10 @@ async def run(
         nursery.cancel_scope.cancel()
 
 
+async def _unfenced() -> None:
+    """No lease to check (an executor outside a daemon: the tests)."""
+
+
 class _Executor:
     def __init__(
         self,
@@ -116,7 +129,9 @@ class _Executor:
         send: trio.MemorySendChannel[Report],
         state_dir: str,
         output_dir: str,
+        fence: Callable[[], Awaitable[None]],
     ) -> None:
+        self.fence = fence
         self.backends = backends
         self.send = send
         self.state_dir = state_dir
@@ -206,6 +221,7 @@ class _Job:
 
     async def _kill(self, batch_id: str) -> None:
         assert self.backend is not None
+        await self.executor.fence()
         try:
             await self.backend.kill(self.job_dir, batch_id)
         except Exception:
@@ -228,6 +244,8 @@ class _Job:
                 return await self._drive(began)
             except NotStarted as error:
                 reason = str(error)
+            except LeaseLost:
+                raise  # not the job's: the daemon ends (its fence)
             except Exception as error:
                 log.exception("job %d: executor error", self.id)
                 return self._finished(None, "failed", f"executor error: {type(error).__name__}: {error}", ("", ""))
@@ -289,6 +307,9 @@ class _Job:
         """Prepare the job directory and launch; the batch id. Raises
         AlreadyStarted (nothing done) when the job has a status file after all."""
         assert self.backend is not None
+        # the lease is fresh, by the monotonic clock, right before the job
+        # is handed over (docs/operations.md, "Running a standby")
+        await self.executor.fence()
         if not getattr(self.backend, "launch_prepares", False):
             await trio.to_thread.run_sync(self.job_dir.prepare, self.spec, self.backend.batch_id_variable)
         return await self.backend.launch(self.job_dir, self.spec)
