@@ -58,12 +58,8 @@ class Recorder(Harness):
         self.persists += [e for e in effects if isinstance(e, Persist)]
         super()._take(effects)
 
-    def alerts(self, executors: bool = False) -> list:
-        """The alert changes so far; ``executors``: with the resolution of
-        executor_down that the first start of each executor writes (a
-        daemon before this one may have left one open)."""
-        return [c for p in self.persists for c in p.changes if isinstance(c, ALERT_CHANGES)
-                and (executors or not (isinstance(c, ResolveIncidents) and c.kinds == (EXECUTOR_DOWN,)))]
+    def alerts(self) -> list:
+        return [c for p in self.persists for c in p.changes if isinstance(c, ALERT_CHANGES)]
 
     def opened(self) -> list[tuple[str, str, str]]:
         return [(c.kind, c.pipeline, c.step) for c in self.alerts() if isinstance(c, OpenIncident)]
@@ -147,7 +143,7 @@ def test_an_executor_that_cannot_start_jobs_opens_once_and_resolves_on_a_start()
     assert opened[0].summary == "executor local cannot start jobs: sbatch: error: Unable to contact slurm controller"
     h.now += 60
     h.drain()
-    assert [(c.kinds, c.subject) for c in h.alerts(executors=True) if isinstance(c, ResolveIncidents)] == [
+    assert [(c.kinds, c.subject) for c in h.alerts() if isinstance(c, ResolveIncidents)] == [
         ((EXECUTOR_DOWN,), "local")]
 
 
@@ -370,3 +366,23 @@ def test_a_reload_applies_alerts_at_once():
     plan = compare(old, new)
     assert plan.changes.settings == ("[alerts] digest_seconds", "[alerts] from") and plan.changes.restart == ()
     assert plan.config.alerts.digest_seconds == 5.0
+
+
+def test_an_executors_trouble_left_open_by_a_daemon_before_ends_with_a_start(database_url):
+    """The rules know only the troubles their daemon opened; the alerts task
+    asks the database for the others (records.stale_troubles)."""
+    from muppet.messages import NewRun
+    from muppet.model import Job, Run
+
+    store = open_store(database_url)
+    try:
+        writes.write(store, [OpenIncident(EXECUTOR_DOWN, 10.0, "executor slurm cannot start jobs", subject="slurm")])
+        assert records.stale_troubles(store, 15.0) == []  # nothing started since
+        run = Run(1, "p", T0, created_at=16.0)
+        job = Job(1, 1, "p", "a", 0, 1, "slurm", state=JobState.RUNNING, created_at=16.0, started_at=20.0)
+        writes.write(store, [NewRun(run, (job,))])
+        [(incident, executor)] = records.stale_troubles(store, 15.0)
+        assert executor == "slurm"
+        assert records.stale_troubles(store, 5.0) == []  # opened by this daemon: its rules resolve it
+    finally:
+        store.close()

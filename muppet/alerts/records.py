@@ -287,9 +287,13 @@ def unfinished_references(store: Store, pipelines: Sequence[str], products: Sequ
     found: list[tuple[str, str, str]] = []
     if pipelines:
         marks = ", ".join("?" for _ in pipelines)
+        # those with a complete instance of a product of ``products`` are not late
+        products_marks = ", ".join("?" for _ in products) or "''"
         for pipeline, moment in store.query(
-            f"SELECT pipeline, reference_time FROM runs WHERE pipeline IN ({marks})"
-            " AND reference_time >= ? AND reference_time <= ?", (*pipelines, since, until),
+            f"SELECT r.pipeline, r.reference_time FROM runs r WHERE r.pipeline IN ({marks})"
+            " AND r.reference_time >= ? AND r.reference_time <= ? AND NOT EXISTS (SELECT 1 FROM instances i"
+            f" WHERE i.product IN ({products_marks}) AND i.reference_time = r.reference_time"
+            " AND i.completed_at IS NOT NULL)", (*pipelines, since, until, *products),
         ):
             found.append((pipeline, "", moment))
     if products:
@@ -302,6 +306,17 @@ def unfinished_references(store: Store, pipelines: Sequence[str], products: Sequ
         ):
             found.append(("", product, moment))
     return found
+
+
+def stale_troubles(store: Store, before: float) -> list[tuple[int, str]]:
+    """(id, executor) of the open executor_down incidents opened before
+    ``before`` (by a daemon before this one), whose executor has started
+    a job since ``before``: over."""
+    return [(row[0], row[1]) for row in store.query(
+        "SELECT i.id, i.subject FROM incidents i WHERE i.kind = 'executor_down' AND i.resolved_at IS NULL"
+        " AND i.opened_at < ? AND EXISTS (SELECT 1 FROM jobs j WHERE j.executor = i.subject AND j.started_at >= ?)",
+        (before, before),
+    )]
 
 
 def complete(store: Store, product: str, reference_time: str) -> bool:

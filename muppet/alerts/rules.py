@@ -25,7 +25,8 @@ The rules, each keyed by (kind, pipeline, step, subject, reference time):
 - a job put back to waiting with ``not started: ...`` (the executor could
   not start it: docs/operations.md, "When the disk is full") opens
   ``executor_down`` for its executor; a job of that executor seen running
-  resolves it.
+  resolves it (one that a daemon before this one left open is resolved by
+  the alerts task, ``task.py``, when a job of the executor starts).
 """
 
 from __future__ import annotations
@@ -67,11 +68,9 @@ class IncidentRules:
     known to be in trouble, and since when (sans-I/O, as ``Scheduler``)."""
 
     def __init__(self) -> None:
-        #: executor -> when its trouble opened (as the core's ``now``)
+        #: executor -> when its trouble opened (as the core's ``now``); one
+        #: that a daemon before this one left open the alerts task resolves
         self.troubled: dict[str, float] = {}
-        #: executors seen starting jobs since this daemon started: a start of
-        #: any other resolves a trouble that a previous daemon may have left open
-        self.clear: set[str] = set()
 
     def derive(self, view: SchedulerView, changes: Iterable[object], now: float) -> list[AlertChange]:
         out: list[AlertChange] = []
@@ -95,20 +94,17 @@ class IncidentRules:
         if job.state is JobState.WAITING and job.reason.startswith(NOT_STARTED):
             if job.executor not in self.troubled:
                 self.troubled[job.executor] = now
-                self.clear.discard(job.executor)
                 out.append(OpenIncident(
                     EXECUTOR_DOWN, now, f"executor {job.executor} cannot start jobs: {job.reason[len(NOT_STARTED):]}",
                     subject=job.executor, job_id=job.id, run_id=job.run_id,
                 ))
             return
-        if self._started(job):
-            since = self.troubled.get(job.executor)
+        since = self.troubled.get(job.executor)
+        if since is not None and self._started(job):
             # a start that began after the trouble did (an earlier one may
             # report late: docs/executor.md, "A failed start")
-            if (since is not None and (job.started_at or 0.0) >= since) or (
-                    since is None and job.executor not in self.clear):
+            if (job.started_at or 0.0) >= since:
                 self.troubled.pop(job.executor, None)
-                self.clear.add(job.executor)
                 out.append(ResolveIncidents((EXECUTOR_DOWN,), now, f"job {job.id} started", subject=job.executor))
         if run is None:
             return

@@ -51,7 +51,7 @@ from ..model import AlertsConfig, Config
 from . import records, render, routing
 from .changes import AlertChange, AlertWrite, Delivered, OpenIncident, Remind, ResolveIncidents, incident_key
 from .digest import Digest, Message
-from .kinds import DATABASE_DOWN, DATABASE_GRACE, PRODUCT_LATE, TAKEOVER
+from .kinds import DATABASE_DOWN, DATABASE_GRACE, EXECUTOR_DOWN, PRODUCT_LATE, TAKEOVER
 from .records import Incident, Notice
 from .send import SendFailed, post_json, send_mail
 
@@ -134,6 +134,10 @@ class _Alerts:
         self.stderr: dict[int, str] = {}
         self.outage: _Outage | None = None
         self.next_checks = 0.0
+        self.started = clock()
+        #: product_late keys opened (or found opened) already, with their
+        #: reference times: each is looked up in the database once
+        self.late_known: dict[str, datetime] = {}
         self.outcomes, self.receive = trio.open_memory_channel[_Outcome](math.inf)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
@@ -174,14 +178,14 @@ class _Alerts:
                 config = self.current()
                 self.digest.digest_seconds = config.alerts.digest_seconds
                 await self._database_outage(nursery, config)
-                if not self.health.available:
-                    wake = None
-                    continue
+                # tried during an outage too: a read that answers ends it
+                # (the database task retries only while it has a batch)
                 try:
                     if self.clock() >= self.next_checks:
                         every = config.alerts.remind_seconds
                         self.next_checks = self.clock() + (min(checks, every) if every > 0 else checks)
                         await self._reminders(config)
+                        await self._stale_troubles()
                         await self._late_products(config)
                     wake = await self._pass(nursery, config)
                 except DatabaseUnavailable as exc:
@@ -248,11 +252,22 @@ class _Alerts:
         if due:
             await self._write(Remind(tuple(due), now, before=now - every))
 
+    async def _stale_troubles(self) -> None:
+        """An executor's trouble that a daemon before this one left open ends
+        when a job of that executor starts (this daemon's rules know only
+        the troubles it opened)."""
+        for _, executor in await self._read(records.stale_troubles, self.started):
+            await self._write(ResolveIncidents((EXECUTOR_DOWN,), self.clock(),
+                                               f"a job of executor {executor} started", subject=executor))
+
     async def _late_products(self, config: Config) -> None:
         """Open ``product_late`` for each instance not complete by its
         product's ``expected_after`` (Productstatus's grace time)."""
         now = self.clock()
         moment = datetime.fromtimestamp(now, UTC)
+        # what fell out of every product's window is not looked at again
+        oldest = moment - LATE_LOOKBACK - timedelta(days=366)
+        self.late_known = {k: t for k, t in self.late_known.items() if t >= oldest}
         for product in config.products.values():
             if not product.expected_after:
                 continue
@@ -264,6 +279,9 @@ class _Alerts:
                 reference_time = codec.parse_time(text)
                 pipeline = pipeline or (producers[0] if producers else "")
                 key = incident_key(PRODUCT_LATE, pipeline, "", product.slug, reference_time)
+                if key in self.late_known:
+                    continue
+                self.late_known[key] = reference_time
                 if await self._read(records.complete, product.slug, text) or await self._read(
                         records.ever_opened, key):
                     continue
