@@ -50,7 +50,9 @@ def _api_option(command: Callable[..., Any]) -> Callable[..., Any]:
         default=api_client.DEFAULT_URL,
         show_default=True,
         show_envvar=True,
-        help="The daemon's API, as ws://HOST:PORT or wss://HOST:PORT (its [api] listen address).",
+        help="The daemon's API, as ws://HOST:PORT or wss://HOST:PORT (its [api] listen address); an active "
+             "daemon and its standbys comma-separated: writes go to the active one, and a daemon that goes "
+             "away is left for another.",
     )(command)
 
 

@@ -137,7 +137,7 @@ async def _run(config: SeedConfig | FetchConfig, token: str | None, bars: Progre
 
 async def _run_locked(config: SeedConfig | FetchConfig, token: str | None, bars: ProgressBars | None) -> None:
     """``_run`` once the state directory is this process's."""
-    from .config import SeedConfig
+    from .config import SeedConfig, api_hosts
     from .engine import open_engine
     from .engine_settings import EngineSettings
     from .errors import ListenError, StartupError
@@ -167,7 +167,7 @@ async def _run_locked(config: SeedConfig | FetchConfig, token: str | None, bars:
                     )
                 except socket.gaierror:
                     # check_environment found the name; the resolver has failed since
-                    host = urlsplit(config.api).hostname or ""
+                    host = api_hosts(config.api)[0]
                     raise StartupError([f"{config.source}: api: {resolve_problem(host)}"]) from None
                 run: Seeder | Fetcher
                 if isinstance(config, SeedConfig):
@@ -361,7 +361,8 @@ def status(config_path: str | None, state_dir: str | None, as_json: bool) -> Non
 @click.argument("file_id", metavar="DATA_INSTANCE_ID", type=click.IntRange(min=1))
 @click.option("--output", "-o", required=True, metavar="FILE", help="Where to write the .torrent file.")
 @click.option("--api", default="ws://127.0.0.1:8765", show_default=True, envvar="MUPPET_API",
-              show_envvar=True, help="The daemon's API (ws://HOST:PORT).")
+              show_envvar=True,
+              help="The daemon's API (ws://HOST:PORT; an active daemon and its standbys: comma-separated).")
 @_token_option
 def torrent(file_id: int, output: str, api: str) -> None:
     """Write the torrent of an indexed file (a data instance) to --output.
@@ -407,13 +408,14 @@ def _check_api(api: str) -> None:
     """--api (or MUPPET_API) as the API client needs it, else one line."""
     ctx = click.get_current_context()
     where = "MUPPET_API" if ctx.get_parameter_source("api") == click.core.ParameterSource.ENVIRONMENT else "--api"
-    parts = urlsplit(api)
-    try:
-        parts.port  # noqa: B018 - urllib checks the port's range only when it is read
-    except ValueError as e:
-        _fail(f"{where}: {api!r}: {e}")
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        _fail(f"{where}: must be the daemon's API as ws://HOST:PORT or wss://HOST:PORT, got {api!r}")
+    for url in api.split(","):
+        parts = urlsplit(url.strip())
+        try:
+            parts.port  # noqa: B018 - urllib checks the port's range only when it is read
+        except ValueError as e:
+            _fail(f"{where}: {api!r}: {e}")
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            _fail(f"{where}: must be the daemon's API as ws://HOST:PORT or wss://HOST:PORT, got {api!r}")
 
 
 def _write_output(output: str, data: bytes) -> None:

@@ -172,11 +172,22 @@ class FetchConfig:
 
 
 def _api(value: Any) -> str:
-    url = _string(value)
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise _Bad(f"must be the index's WebSocket URL (ws://HOST:PORT or wss://...), got {_show(url)}")
-    return url
+    """One daemon's API, or several (an active daemon and its standbys:
+    a list, or comma-separated), kept comma-separated as the API client
+    takes them (docs/operations.md, "Running a standby")."""
+    urls = _string_list()(value) if isinstance(value, list) else [u.strip() for u in _string(value).split(",")]
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise _Bad(f"must be the index's WebSocket URL (ws://HOST:PORT or wss://...), got {_show(url)}")
+    if not urls:
+        raise _Bad("must name the index's WebSocket URL (ws://HOST:PORT)")
+    return ",".join(urls)
+
+
+def api_hosts(api: str) -> list[str]:
+    """The host names of an ``api`` value (one URL or comma-separated)."""
+    return [urlsplit(url.strip()).hostname or "" for url in api.split(",")]
 
 
 def _tracker(value: str) -> None:

@@ -200,7 +200,7 @@ def advertised_peer(advertise: str | None, listen_host: str, listen_port: int, a
         return f"{_bracket(advertise)}:{listen_port}"
     if listen_host not in ("0.0.0.0", "::", "") and _is_ip(listen_host):
         return f"{_bracket(listen_host)}:{listen_port}"
-    target = urlsplit(api_url).hostname or "127.0.0.1"
+    target = urlsplit(api_url.split(",")[0].strip()).hostname or "127.0.0.1"
     info = socket.getaddrinfo(target, 9, type=socket.SOCK_DGRAM)[0]
     with socket.socket(info[0], socket.SOCK_DGRAM) as probe:
         probe.connect(info[4])  # UDP: no packet sent, only a route chosen

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .config import FetchConfig, SeedConfig
+from .config import FetchConfig, SeedConfig, api_hosts
 from .errors import StartupError
 
 __all__ = ["check_environment", "resolve_problem"]
@@ -37,7 +37,7 @@ def check_environment(config: SeedConfig | FetchConfig) -> None:
     file's key order; make ``state_dir`` (and ``data_dir``) when missing."""
     source = config.source
     problems: list[str] = []
-    hosts = [("api", urlsplit(config.api).hostname or "")]
+    hosts = [("api", host) for host in api_hosts(config.api)]
     if config.advertise:
         hosts.append(("advertise", _advertised_host(config.advertise)))
     hosts += [("trackers", urlsplit(url).hostname or "") for url in config.trackers]
