@@ -398,6 +398,14 @@ class _Job:
             return f"lost: {batch_id or 'the job'} ended without running the wrapper (no status file)"
         if status.state == "claimed":
             return "lost: the wrapper claimed the job but died before writing its start record"
+        if self.backend is not None and self.backend.runs_at_launch and status.host and status.host not in (
+            self.executor.host, socket.gethostname(),
+        ):
+            # a local job of a daemon on another host (a standby took over
+            # from it): its process cannot be looked for from here
+            # (docs/operations.md, "Running a standby")
+            return (f"lost: wrapper pid {status.pid} ran on {status.host}, not on this host "
+                    f"({self.executor.host}): a local job cannot be re-attached from another host")
         return f"lost: wrapper pid {status.pid} on {status.host} ended without writing an end record"
 
     async def _conclude(self, lost: str | None = None, batch_id: str | None = None) -> JobFinished:
