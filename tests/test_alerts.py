@@ -674,3 +674,36 @@ async def test_a_database_away_for_longer_than_the_grace_is_told_while_it_lasts(
     text = mailbox.text("desk@example.org")
     assert text.count("OPENED: database_down") == 1 and text.count("RESOLVED: database_down") == 1
     assert mailbox.to("ops@example.org") == []
+
+
+async def test_a_mail_server_that_hangs_slows_nothing(tmp_path, database_url, mailbox):
+    """The SMTP server takes the mail's DATA and never answers: the send
+    waits in its worker thread (until [alerts] timeout), while the scheduler
+    runs 20 more runs to their end and the API answers."""
+    mailbox.hold = {"ops@example.org", "desk@example.org"}
+    mailbox.start()
+    config = write_config(tmp_path, database_url, mailbox, None, {
+        "fails": '[pipeline]\nname = "fails"\nowner = "ops"\n[steps.a]\ncommand = "exit 2"\n',
+        "fine": '[pipeline]\nname = "fine"\nowner = "ops"\n[steps.a]\ncommand = "true"\n[steps.b]\n'
+                'parents = ["a"]\ncommand = "true"\n',
+    })
+    config.write_text(config.read_text().replace("timeout = 5", "timeout = 120"))
+    async with trio.open_nursery() as nursery:
+        url = await start(nursery, config)
+        async with connect(url) as client:
+            await client.call("runs.trigger", {"pipeline": "fails"})
+            await wait_until_async(lambda: mailbox.held >= 2, DEADLINE, "both mails held by the server")
+            runs = []
+            for hour in range(20):
+                made = await client.call("runs.trigger", {"pipeline": "fine",
+                                                          "reference_time": f"2026-01-01T{hour:02}:00:00Z"})
+                runs.append(made["run_id"])
+
+            async def all_ended() -> bool:
+                return all([await _ended(client, run_id) for run_id in runs])
+
+            # a scheduler that waited for the mail would wait out its timeout (120 s) first
+            await wait_until_async(all_ended, DEADLINE, "20 runs to end while the mail server hangs")
+            assert mailbox.mails == []
+            mailbox.release()
+        nursery.cancel_scope.cancel()
