@@ -89,25 +89,40 @@ export function jobView(main, api, match, { flash }) {
     }
   }
 
+  // the events of this job that came while a read was on its way: its
+  // answer may be older, and they apply again on top of it
+  const reading = new Set();
+
+  function apply(event) {
+    const keep = job && job.state === event.data.state && !event.data.reason ? { reason: job.reason } : {};
+    job = { ...event.data, ...keep };
+  }
+
   async function load() {
+    const mine = [];
+    reading.add(mine);
     try {
       const [found, what] = await api.batch([["jobs.get", { job_id: jobId }], ["jobs.command", { job_id: jobId }]]);
       if (stopped) return;
       job = found;
+      mine.forEach(apply);
       renderJob();
       renderCommand(what);
       main.dataset.ready = "job";
     } catch (error) {
       if (!stopped) clear(title, errorBox(error));
+    } finally {
+      reading.delete(mine);
     }
   }
 
   streamSelect.addEventListener("change", () => follow(streamSelect.value));
   const off = api.onEvents((events) => {
     for (const event of events) {
-      if (event.kind === "job" && event.data.id === jobId && job) {
-        const keep = job.state === event.data.state && !event.data.reason ? { reason: job.reason } : {};
-        job = { ...event.data, ...keep };
+      if (event.kind !== "job" || event.data.id !== jobId) continue;
+      for (const mine of reading) mine.push(event);
+      if (job) {
+        apply(event);
         renderJob();
       }
     }
