@@ -261,3 +261,41 @@ def test_a_cron_pipeline_is_late_without_its_run_or_when_a_run_overruns():
         "run 7 (2026-11-27T06:00:00Z) still running at the next firing, 2026-11-28T06:00:00Z"]
     by_hand = model.Pipeline("q", "ops", {"s": model.Step("s", "true")})
     assert summary.late(by_hand, None, [], now) == []
+
+
+def test_the_overview_reads_each_pipelines_newest_run_by_the_indexes(database_url):
+    """pipelines.status's reads (muppet/summary.py) on SQLite and PostgreSQL:
+    each named pipeline's newest run and latest reference time, none for a
+    pipeline without runs, and the runs by state; on SQLite the plan uses
+    the indexes of schema migration 7 rather than reading every run."""
+    from muppet.db import writes
+    from muppet.db.store import open_store
+    from muppet.messages import NewRun
+
+    store = open_store(database_url)
+    try:
+        made = []
+        for run_id, (pipeline, hour, state) in enumerate(
+            [("a", 6, "succeeded"), ("b", 12, "failed"), ("a", 0, "failed"), ("b", 18, "running")], start=1
+        ):
+            # a's newest run (the highest id) is not its latest reference time
+            run = model.Run(run_id, pipeline, datetime(2026, 11, 28, hour, tzinfo=UTC), state=model.RunState(state),
+                            cause=model.RunCause.CRON, created_at=1.7e9 + run_id)
+            made.append(NewRun(run, ()))
+        writes.write(store, made)
+        newest = summary.newest_runs(store, ["a", "b", "never"])
+        assert {name: run.id for name, run in newest.items()} == {"a": 3, "b": 4}
+        latest = summary.latest_reference_times(store, ["a", "b", "never"])
+        assert latest == {"a": datetime(2026, 11, 28, 6, tzinfo=UTC), "b": datetime(2026, 11, 28, 18, tzinfo=UTC)}
+        assert summary.newest_runs(store, []) == {} and summary.latest_reference_times(store, []) == {}
+        assert summary.runs_by_pipeline_and_state(store) == {
+            ("a", "succeeded"): 1, ("a", "failed"): 1, ("b", "failed"): 1, ("b", "running"): 1}
+        if database_url.startswith("sqlite"):
+            plan = " ".join(str(row) for row in store.query(
+                "EXPLAIN QUERY PLAN SELECT pipeline, state, COUNT(*) FROM runs GROUP BY pipeline, state"))
+            assert "COVERING INDEX runs_pipeline_state" in plan, plan
+            plan = " ".join(str(row) for row in store.query(
+                "EXPLAIN QUERY PLAN SELECT MAX(r.id) FROM runs AS r WHERE r.pipeline = ?", ["a"]))
+            assert "runs_pipeline_id" in plan, plan
+    finally:
+        store.close()

@@ -151,21 +151,22 @@ async def pipelines_get(ctx: Context, params: Mapping[str, Any], conn: Connectio
 
 
 async def pipelines_status(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
-    found = await ctx.query(_overview_reads)
+    pipelines = ctx.config.pipelines
+    found = await ctx.query(_overview_reads, list(pipelines))
     runs, jobs, newest, latest, unfinished = found
     return summary.pipeline_status(
-        ctx.config.pipelines, runs=runs, jobs=jobs, newest=newest, latest_reference=latest,
+        pipelines, runs=runs, jobs=jobs, newest=newest, latest_reference=latest,
         unfinished=unfinished, now=summary.utc_now(time.time()),
     )
 
 
-def _overview_reads(store: Any) -> tuple[Any, ...]:
+def _overview_reads(store: Any, pipelines: list[str]) -> tuple[Any, ...]:
     """The five reads of pipelines.status, in one worker thread."""
     return (
         summary.runs_by_pipeline_and_state(store),
         summary.jobs_by_pipeline_and_state(store),
-        summary.newest_runs(store),
-        summary.latest_reference_times(store),
+        summary.newest_runs(store, pipelines),
+        summary.latest_reference_times(store, pipelines),
         summary.unfinished_runs(store),
     )
 

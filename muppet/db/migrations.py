@@ -302,6 +302,17 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         ALTER TABLE daemons ADD COLUMN seen REAL NOT NULL DEFAULT 0
         """,
     ),
+    (
+        7,
+        """
+        -- the console's overview (pipelines.status, muppet/summary.py): the
+        -- runs counted by pipeline and state from an index, not the table,
+        -- and each pipeline's newest run by one look-up; both read every run
+        -- before (216-279 ms and 13-24 ms at 200,000 runs on SQLite)
+        CREATE INDEX runs_pipeline_state ON runs (pipeline, state);
+        CREATE INDEX runs_pipeline_id ON runs (pipeline, id)
+        """,
+    ),
 )
 
 
