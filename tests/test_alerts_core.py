@@ -381,7 +381,7 @@ def test_an_executors_trouble_left_open_by_a_daemon_before_ends_with_a_start(dat
         run = Run(1, "p", T0, created_at=16.0)
         job = Job(1, 1, "p", "a", 0, 1, "slurm", state=JobState.RUNNING, created_at=16.0, started_at=20.0)
         writes.write(store, [NewRun(run, (job,))])
-        [(incident, executor)] = records.stale_troubles(store, 15.0)
+        [(_, executor)] = records.stale_troubles(store, 15.0)
         assert executor == "slurm"
         assert records.stale_troubles(store, 5.0) == []  # opened by this daemon: its rules resolve it
     finally:
