@@ -11,6 +11,7 @@ image library.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -74,7 +75,7 @@ class Daemon:
     its standard error."""
 
     def __init__(self, folder: Path, pipelines: dict[str, str], max_jobs: int = 8, extra: str = "",
-                 database: str = "") -> None:
+                 database: str = "", tokens: dict[str, tuple[str, str]] | None = None) -> None:
         self.folder = folder
         self.api_port, self.web_port = free_port(), free_port()
         self.api = f"ws://127.0.0.1:{self.api_port}"
@@ -82,6 +83,11 @@ class Daemon:
         (folder / "pipelines").mkdir(parents=True, exist_ok=True)
         for name, text in pipelines.items():
             (folder / "pipelines" / f"{name}.toml").write_text(textwrap.dedent(text))
+        # tokens: name -> (role, secret), in a tokens file (docs/configuration.md, "[api]")
+        if tokens:
+            (folder / "tokens.toml").write_text("".join(
+                f'[tokens.{name}]\nrole = "{role}"\nsha256 = "{hashlib.sha256(secret.encode()).hexdigest()}"\n'
+                for name, (role, secret) in tokens.items()))
         self.config = folder / "muppet.toml"
         self.config.write_text(textwrap.dedent(f"""
             [daemon]
@@ -90,6 +96,7 @@ class Daemon:
             {f'database = "{database}"' if database else ""}
             [api]
             listen = "127.0.0.1:{self.api_port}"
+            {'tokens_file = "tokens.toml"' if tokens else ""}
             [web]
             listen = "127.0.0.1:{self.web_port}"
             [executors.local]

@@ -113,16 +113,21 @@ def daemon(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(daemon):
-    with browser() as chromium:
-        context = chromium.new_context(viewport={"width": 1400, "height": 900})
-        tab = context.new_page()
-        errors: list[str] = []
-        tab.on("pageerror", lambda error: errors.append(str(error)))
-        tab.errors = errors
-        yield tab
-        assert not errors, errors
-        context.close()
+def chromium(daemon):
+    with browser() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def page(chromium):
+    context = chromium.new_context(viewport={"width": 1400, "height": 900})
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    tab.errors = errors
+    yield tab
+    assert not errors, errors
+    context.close()
 
 
 def show(page, daemon: Daemon, where: str, ready: str) -> None:
@@ -374,3 +379,25 @@ def test_a_pause_and_a_drain_show_on_the_pages(page, daemon):
     daemon.muppet("trigger", "archive", "--reference-time", "2026-11-01T00:00:00Z")
     page.wait_for_function(f"() => document.querySelectorAll('ol.events li').length > {before}", timeout=20_000)
     screenshot(page, "events")
+
+
+def test_a_write_token_may_pause_but_not_drain(chromium, tmp_path):
+    secret = "for-the-on-call-desk"
+    guarded = Daemon(tmp_path, {"live": PIPELINES["live"]}, tokens={"oncall": ("write", secret)})
+    guarded.start()
+    try:
+        context = chromium.new_context(viewport={"width": 1400, "height": 900})
+        tab = context.new_page()
+        tab.goto(f"{guarded.web}/")
+        asked = tab.locator("#token-dialog")
+        asked.wait_for(state="visible", timeout=DEADLINE)
+        asked.locator('input[name="token"]').fill(secret)
+        asked.locator('button[value="ok"]').click()
+        tab.wait_for_selector('main[data-ready="overview"]', timeout=DEADLINE)
+        assert tab.locator("#who").inner_text() == "role: write"
+        assert tab.locator('tr[data-pipeline="live"] button[data-action="pause"]').is_enabled()
+        drain = tab.locator('button[data-action="drain"]')
+        assert drain.is_disabled() and drain.get_attribute("title") == "needs an admin token"
+        context.close()
+    finally:
+        guarded.stop()

@@ -218,7 +218,7 @@ export function actionButtons(api, on, thing, done) {
       type: "button",
       dataset: action.destructive ? { action: action.key, destructive: "true" } : { action: action.key },
       disabled: !may,
-      title: may ? action.method : `needs a ${action.role} token`,
+      title: may ? action.method : `needs ${action.role === "admin" ? "an" : "a"} ${action.role} token`,
       on: { click: (event) => { event.stopPropagation(); perform(api, action, thing, done); } },
     }, action.label);
   });
