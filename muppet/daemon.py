@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sqlite3
 import time
 from functools import partial
@@ -183,6 +184,14 @@ async def serve(
                 await listener.aclose()
 
 
+def _took_over(lease: Lease) -> str:
+    """A standby's takeover in words, for its ``takeover`` incident
+    (docs/alerts.md, "Kinds")."""
+    active = lease.standing.active
+    return (f"the standby on {socket.gethostname()} took over the lease on {lease.database}"
+            + (f" from {active.describe()}" if active is not None else ""))
+
+
 async def _wait_for_lease(lease: Lease) -> None:
     """A standby's wait: look at the lease every ``STANDBY_POLL`` seconds
     until its lock is this daemon's (``Lease.try_takeover``: free, or its
@@ -258,7 +267,7 @@ async def _serve(
             port = api_port
         nursery.start_soon(partial(
             database_task.run, store, wiring.database_inbox, persisted, committed=wiring.to_api, health=health,
-            epoch=lease.epoch,
+            lease=lease.mark,
         ))
         nursery.start_soon(partial(
             executor_task.run, executor_inbox, to_scheduler.clone(),
@@ -281,7 +290,7 @@ async def _serve(
         # a dead mail server slows nothing else (docs/alerts.md)
         nursery.start_soon(partial(
             alerts_task.run, config.daemon.database, to_database.clone(), current=lambda: running.config,
-            health=health,
+            health=health, took_over="" if api_port is None else _took_over(lease),
         ))
         if reloads is not None:
             nursery.start_soon(_forward, reloads, to_reloader.clone())

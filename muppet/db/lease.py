@@ -32,12 +32,13 @@ daemons from acting at once (docs/operations.md, "Running a standby"):
    daemon woken after a pause, or cut off from its database, starts and
    kills nothing until it has renewed. The database's expiry is set after
    that moment, so it never ends before the holder's own view does.
-3. **Epoch.** Each daemon that takes the lease raises ``lease.epoch``; every
-   transaction of the database task first reads it (``FOR SHARE`` on
-   PostgreSQL: a takeover waits for a commit in flight and the commit for a
-   takeover) and is refused (``LeaseLost``) unless it is still the epoch it
-   took. So a holder that was taken over commits nothing more, whatever it
-   was doing when it stopped.
+3. **Epoch.** Each daemon that takes the lease raises ``lease.epoch`` and
+   replaces the active daemon's row in ``daemons``; every transaction of the
+   database task first reads both (its own row ``FOR SHARE`` on PostgreSQL:
+   a takeover waits for a commit in flight and the commit for a takeover)
+   and is refused (``LeaseLost``) unless they are still its own
+   (``check_epoch``). So a holder that was taken over commits nothing more,
+   whatever it was doing when it stopped.
 
 A daemon that learns it was taken over (its renewal finds another epoch or
 the lock held by another daemon, or its commit finds another epoch) raises
@@ -87,6 +88,8 @@ LEASE_TIME = 5.0
 RENEW_INTERVAL = 1.0
 #: seconds between a standby's looks at the lease
 STANDBY_POLL = 0.25
+#: seconds between a standby's writes that it waits (its ``daemons`` row)
+STANDBY_SAY = 5.0
 #: a standby that has not said it waits for this long is gone (killed)
 STANDBY_GONE = 30.0
 
@@ -176,10 +179,19 @@ class Lease:
         #: bookkeeping (the daemons rows; SQLite's renewals)
         self._store: Store | None = None
         self._since = time.time()
+        #: when this standby last said it waits (time.monotonic)
+        self._said_waiting = -math.inf
+        self._said_foreign = False
 
     @property
     def database(self) -> str:
         return describe_url(self.url)
+
+    @property
+    def mark(self) -> Mark:
+        """What the holder's writes check (``check_epoch``); after ``claim``."""
+        assert self.epoch is not None, "mark before claim"
+        return Mark(self.epoch, self.tag)
 
     # -- the lock
 
@@ -369,7 +381,9 @@ class Lease:
         store = self._bookkeeping()
         now = _NOW[store.kind]
         rows = store.query(f"SELECT epoch, holder, expires - {now} FROM lease WHERE id = 1")
-        self._say_waiting(store)
+        if time.monotonic() - self._said_waiting > STANDBY_SAY:
+            self._say_waiting(store)
+            self._said_waiting = time.monotonic()
         self.standing = self.read_standing(store)
         if not rows or self.kind == "sqlite":
             # SQLite: the kernel holds the lock for a live process, however
@@ -377,6 +391,20 @@ class Lease:
             return False
         epoch, holder, remaining = rows[0]
         if remaining >= 0:
+            return False
+        # only a holder that renews may be taken over: a lock held by
+        # another session (a MUPPET from before the lease row, which never
+        # renews it) is waited for, not broken
+        lockers = [row[0] for row in store.query(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = ? AND l.objid = ?"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            (LEASE_KEY >> 32, LEASE_KEY & 0xFFFFFFFF))]
+        if lockers and (not holder or any(name != holder for name in lockers)):
+            if not self._said_foreign:
+                log.warning("the lease on %s is held by a session that does not renew it (%s): waiting for it "
+                            "to end", self.database, ", ".join(repr(name) for name in lockers))
+                self._said_foreign = True
             return False
         who = self.standing.active.describe() if self.standing.active is not None else f"daemon {holder!r}"
         ended = self._end_sessions(store, exclude_tag=self.tag)
@@ -458,22 +486,39 @@ def lost_words(database: str, standing: Standing, epoch: int | None) -> str:
             "this daemon starts, kills and commits nothing more, and exits")
 
 
-def check_epoch(store: Store, cursor: Any, epoch: int) -> None:
+@attrs.frozen
+class Mark:
+    """What each write transaction of the holder checks (rule 3 of the
+    module docstring): the epoch it took, and its tag."""
+
+    epoch: int
+    tag: str
+
+
+def check_epoch(store: Store, cursor: Any, mark: Mark) -> None:
     """The epoch fence of a write transaction (rule 3 of the module
-    docstring): raise LeaseLost unless the lease's epoch is still ``epoch``.
-    On PostgreSQL the row is read ``FOR SHARE``: a takeover that raises the
-    epoch waits for this transaction, and this one for a takeover under way."""
+    docstring): raise LeaseLost unless the lease's epoch is still
+    ``mark.epoch`` and this daemon's row is the active one.
+
+    On PostgreSQL the daemon's own row in ``daemons`` is read ``FOR
+    SHARE``: a takeover (``Lease.claim``) deletes it, so it waits for a
+    transaction that checked before it, and one that checks after it finds
+    the row gone. The lease row itself is not locked, so that renewals
+    (which update it) never wait for a long write. SQLite's writers take
+    the database's lock up front (``BEGIN IMMEDIATE``): one at a time."""
     lock = " FOR SHARE" if store.kind == "postgresql" else ""
-    cursor.execute(f"SELECT epoch FROM lease WHERE id = 1{lock}")
+    cursor.execute(store.sql(f"SELECT 1 FROM daemons WHERE tag = ? AND role = 'active'{lock}"), (mark.tag,))
+    mine = cursor.fetchone() is not None
+    cursor.execute("SELECT epoch FROM lease WHERE id = 1")
     row = cursor.fetchone()
-    if row is None or int(row[0]) != epoch:
+    if not mine or row is None or int(row[0]) != mark.epoch:
         try:
             cursor.execute("SELECT host, pid, since, api, tag FROM daemons WHERE role = 'active'")
             rows = cursor.fetchall()
         except Exception:
             rows = []
         active = Holder(*rows[-1]) if rows else None
-        raise LeaseLost(lost_words(store.describe(), Standing(active, (), int(row[0]) if row else 0), epoch))
+        raise LeaseLost(lost_words(store.describe(), Standing(active, (), int(row[0]) if row else 0), mark.epoch))
 
 
 def read_standing(store: Store) -> Standing:

@@ -34,7 +34,7 @@ from ..scheduler import cycling
 from . import reads, writes
 from .dialect import describe_url
 from .health import DatabaseHealth
-from .lease import Lease
+from .lease import Lease, Mark
 from .reads import Snapshot
 from .store import DatabaseUnavailable, Store, open_store
 from .writes import Committed
@@ -96,7 +96,7 @@ async def opened(config: Config, lease: Lease) -> AsyncIterator[tuple[Store, Sna
             products=tuple(config.products.values()),
             formats=tuple(config.formats.values()),
             backends=tuple(config.backends.values()),
-        )], epoch=epoch))
+        )], lease=lease.mark))
         log.info(
             "database %s: %d unfinished runs, %d of their jobs (lease epoch %d)",
             store.describe(), len(snapshot.runs), len(snapshot.jobs), epoch,
@@ -116,7 +116,7 @@ async def run(
     retry_max: float = 5.0,
     committed: trio.MemorySendChannel[int] | None = None,
     health: DatabaseHealth | None = None,
-    epoch: int | None = None,
+    lease: Mark | None = None,
 ) -> None:
     """Persist what arrives on ``receive``; report each commit.
 
@@ -153,9 +153,10 @@ async def run(
     is a bug, not weather) propagates and takes the daemon down rather than
     loop for ever; nothing of the failed batch was written.
 
-    Fencing: with ``epoch`` (the lease's, ``lease.py``), each transaction
-    first checks that no other daemon has taken the lease since; when one
-    has, nothing of the batch is written and LeaseLost takes the daemon down.
+    Fencing: with ``lease`` (the lease's epoch and this daemon's tag,
+    ``lease.py``), each transaction first checks that no other daemon has
+    taken the lease since; when one has, nothing of the batch is written and
+    LeaseLost takes the daemon down.
 
     Ends when ``receive`` is closed and drained, closing ``send``; it does not
     close the store (whoever opened it does).
@@ -194,7 +195,7 @@ async def run(
                 else:
                     changes.append(message.change)
                     replies.append(message.reply)
-            done = await _commit(store, changes, health, retry_initial, retry_max, epoch)
+            done = await _commit(store, changes, health, retry_initial, retry_max, lease)
             if committed is not None:
                 try:
                     committed.send_nowait(done.last_event_id)
@@ -235,10 +236,10 @@ def _reply(channel: trio.MemorySendChannel[IndexWritten], outcome: IndexWritten)
 
 async def _commit(
     store: Store, changes: list[Change], health: DatabaseHealth, retry_initial: float, retry_max: float,
-    epoch: int | None = None,
+    lease: Mark | None = None,
 ) -> Committed:
     token = uuid.uuid4().hex
-    write = functools.partial(writes.write, store, changes, token=token, epoch=epoch)
+    write = functools.partial(writes.write, store, changes, token=token, lease=lease)
     delay = retry_initial
     attempt = 1
     while True:

@@ -39,7 +39,7 @@ from ..messages import (
     UpdateRequest,
 )
 from ..model import Job, JobLog, Run
-from .lease import check_epoch
+from .lease import Mark, check_epoch
 from .reads import ended_runs, missing_products
 from .rows import JOB_COLUMNS, REQUEST_COLUMNS, RUN_COLUMNS, event_payload, job_row, request_row, run_row
 from .store import Store
@@ -105,7 +105,7 @@ _INSERT_EVENT = "INSERT INTO events (at, kind, subject_id, payload, product) VAL
 INDEX_CHANGES = (RegisterFiles, DefineIndex, DeleteFiles, SetTorrent)
 
 
-def write(store: Store, changes: Sequence[Change], *, token: str | None = None, epoch: int | None = None) -> Committed:
+def write(store: Store, changes: Sequence[Change], *, token: str | None = None, lease: Mark | None = None) -> Committed:
     """Write ``changes`` in ONE transaction and commit; return what was committed.
 
     NewRun inserts its run unless one of the same pipeline and reference
@@ -119,9 +119,10 @@ def write(store: Store, changes: Sequence[Change], *, token: str | None = None, 
     returned. The database task passes one per batch, so that retrying a
     commit whose outcome was lost with the connection writes nothing twice.
 
-    ``epoch``: the lease's epoch this daemon holds; the transaction writes
-    nothing and raises LeaseLost when another daemon has taken the lease
-    since (``lease.check_epoch``; docs/operations.md, "Running a standby").
+    ``lease``: the lease this daemon holds (its epoch and tag); the
+    transaction writes nothing and raises LeaseLost when another daemon has
+    taken the lease since (``lease.check_epoch``; docs/operations.md,
+    "Running a standby").
 
     Raises DatabaseUnavailable (rolled back; retry later) for locks, lost
     connections and the like; other errors (a constraint broken by a bug)
@@ -130,8 +131,8 @@ def write(store: Store, changes: Sequence[Change], *, token: str | None = None, 
     batch = tuple(changes)
 
     def work(cursor: Any) -> Committed:
-        if epoch is not None:
-            check_epoch(store, cursor, epoch)
+        if lease is not None:
+            check_epoch(store, cursor, lease)
         if token is not None:
             cursor.execute(store.sql("SELECT token, rejected, written FROM last_write WHERE id = 1"))
             row = cursor.fetchone()
