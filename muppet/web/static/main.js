@@ -137,10 +137,14 @@ async function show(api) {
   try {
     module = await route.module();
   } catch (error) {
+    if (first) first.take();
     if (mine === shown) clear(main, errorBox(error));
     return;
   }
-  if (mine !== shown) return;
+  if (mine !== shown) {
+    if (first) first.take(); // another address was asked for meanwhile
+    return;
+  }
   clear(main);
   main.removeAttribute("data-ready");
   for (const a of document.querySelectorAll("nav a")) {
