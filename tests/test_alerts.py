@@ -514,9 +514,9 @@ class DaemonProcess:
         self.url = "ws://" + load_config(config).api.listen
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *more: str) -> None:
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([*MUPPET, "daemon", "--config", str(self.config)], stdout=log,
+            self.process = subprocess.Popen([*MUPPET, "daemon", "--config", str(self.config), *more], stdout=log,
                                             stderr=log, env=ENV)
 
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
@@ -707,3 +707,37 @@ async def test_a_mail_server_that_hangs_slows_nothing(tmp_path, database_url, ma
             assert mailbox.mails == []
             mailbox.release()
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_standby_that_takes_over_tells_default_to(tmp_path, postgres_url, mailbox):
+    """kill -9 of the active daemon: the standby takes its lease over and
+    opens a takeover incident, told to default_to (docs/alerts.md, "Kinds")."""
+    mailbox.start()
+    config = write_config(tmp_path, postgres_url, mailbox, None, {
+        "quiet": '[pipeline]\nname = "quiet"\nowner = "ops"\n[steps.a]\ncommand = "true"\n',
+    })
+    second = tmp_path / "standby.toml"
+    second.write_text(config.read_text().replace(load_config(config).api.listen, f"127.0.0.1:{free_port()}"))
+    active, standby = DaemonProcess(config, tmp_path / "active.log"), DaemonProcess(second, tmp_path / "standby.log")
+    try:
+        active.start()
+        wait_until(lambda: active.call("daemon.status"), DEADLINE, "the active daemon to answer")
+        standby.start("--standby")
+        wait_until(lambda: (standby.call("daemon.status") or {}).get("role") == "standby", DEADLINE,
+                   "the standby to wait", detail=standby.log.read_text)
+        active.kill()
+        wait_until(lambda: "OPENED: takeover" in mailbox.text("desk@example.org"), DEADLINE,
+                   "the takeover told to default_to", detail=standby.log.read_text)
+        [incident] = standby.call("alerts.list")
+        assert (incident["kind"], incident["state"]) == ("takeover", "open")
+        assert incident["summary"].startswith("the standby on ") and " took over the lease on " in incident["summary"]
+        assert mailbox.to("ops@example.org") == []  # the daemon's own news: default_to's
+        # it has no end of its own: acknowledging it ends it
+        standby.call("alerts.ack", {"incident_id": incident["id"], "reason": "node1 lost its disk; on it"})
+        wait_until(lambda: "RESOLVED: takeover" in mailbox.text("desk@example.org"), DEADLINE,
+                   "the acknowledged takeover resolved")
+    finally:
+        active.stop()
+        standby.stop()

@@ -21,8 +21,7 @@ DATABASE_DOWN = "database_down"
 #: an executor cannot start jobs (its batch system out of reach, the state
 #: directory full): the executor's "cannot start jobs"
 EXECUTOR_DOWN = "executor_down"
-#: a standby daemon took over the database's lease; no daemon raises it yet:
-#: the hook for the standby (docs/alerts.md, "Kinds")
+#: a standby daemon took over the database's lease (docs/alerts.md, "Kinds")
 TAKEOVER = "takeover"
 
 KINDS = (JOB_FAILED, RUN_FAILED, RUN_EXPIRED, LATE, PRODUCT_LATE, DATABASE_DOWN, EXECUTOR_DOWN, TAKEOVER)

@@ -22,7 +22,7 @@ import attrs
 from .. import codec
 from ..db.store import Store
 from .changes import AckIncident, AlertChange, Delivered, OpenIncident, Remind, ResolveIncidents
-from .kinds import PRODUCT_LATE
+from .kinds import PRODUCT_LATE, TAKEOVER
 
 #: an events row: (at, kind, subject_id, payload, product), as muppet/db/writes.py appends them
 EventRow = tuple[float, str, int, str, str | None]
@@ -56,6 +56,12 @@ def apply(cursor: Any, sql: Sql, change: AlertChange, now: float, events: list[E
             payload = {"action": "ack", "by": change.by, "reason": change.reason,
                        "target": {"incident_id": change.incident_id}}
             events.append((now, "operator", 0, json.dumps(payload, separators=(",", ":")), None))
+            # a takeover has no end of its own: an operator who has looked
+            # at it ends it (docs/alerts.md, "Kinds")
+            cursor.execute(sql("UPDATE incidents SET resolved_at = ?, resolution = ? WHERE id = ? AND kind = ?"),
+                           (change.at, f"acknowledged by {change.by}", change.incident_id, TAKEOVER))
+            if cursor.rowcount == 1:
+                _notice(cursor, sql, change.incident_id, "resolve", change.at)
     elif isinstance(change, Delivered):
         insert = sql("INSERT INTO alert_sends (notice_id, destination, sent_at) VALUES (?, ?, ?)"
                      " ON CONFLICT (notice_id, destination) DO NOTHING")

@@ -99,10 +99,15 @@ async def run(
     checks: float = CHECKS,
     clock: Callable[[], float] = time.time,
     host: str = "",
+    took_over: str = "",
 ) -> None:
     """Deliver the pending notices until cancelled; ``current()`` is the
-    configuration the daemon runs now (a reload changes who hears of what)."""
+    configuration the daemon runs now (a reload changes who hears of what).
+    ``took_over``: this daemon is a standby that took the database's lease
+    over, in words: a ``takeover`` incident is written first."""
     alerts = _Alerts(database_url, database, current, health, clock, host or socket.gethostname())
+    if took_over:
+        await alerts._write(takeover(clock(), took_over))
     try:
         await alerts.loop(poll, checks)
     finally:
@@ -368,7 +373,7 @@ async def _in_thread(call: Callable[[], None], alerts: AlertsConfig) -> None:
 
 
 def takeover(now: float, summary: str) -> OpenIncident:
-    """The incident a standby that takes over the database's lease sends
-    (in an ``AlertWrite``) once it runs: the hook for that feature
-    (docs/alerts.md, "Kinds")."""
+    """The incident of a standby that took over the database's lease
+    (``run``'s ``took_over``; docs/alerts.md, "Kinds"): its subject is this
+    host, and it stays open until an operator acknowledges it."""
     return OpenIncident(TAKEOVER, now, summary, subject=socket.gethostname())
