@@ -18,7 +18,11 @@ It prints each takeover and the median and worst of both, and checks the
 ledger: no job started twice, every slot of every run ended with a success
 (exit 1 otherwise).
 
-    .venv/bin/python bench/failover.py [--takeovers 10] [--jobs 400] [--seed N]
+    .venv/bin/python bench/failover.py [--takeovers 10] [--jobs 400] [--seed N] [--stop]
+
+``--stop`` stops the active daemon (SIGSTOP) instead: a host that is lost
+or frozen, which the standby takes over from once the lease has run out
+(5 s after the last renewal), then kills it.
 
 tests/test_standby.py uses its pieces (``Pair``, ``ledger_pipeline``,
 ``judge_ledger``) with real daemons on SQLite and PostgreSQL.
@@ -41,6 +45,7 @@ import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -353,6 +358,7 @@ async def first_answered_write(url: str, deadline: float) -> float | None:
 
 @dataclass
 class Takeover:
+    #: the daemon killed (or stopped)
     killed: str
     at_lines: int
     to_start: float | None
@@ -362,7 +368,7 @@ class Takeover:
         def show(seconds: float | None) -> str:
             return "-" if seconds is None else f"{seconds:6.2f} s"
 
-        return (f"  kill -9 of daemon {self.killed} at {self.at_lines:4d} ledger lines: first job start "
+        return (f"  daemon {self.killed} ended at {self.at_lines:4d} ledger lines: first job start "
                 f"{show(self.to_start)}, first answered write {show(self.to_write)}")
 
 
@@ -388,16 +394,12 @@ async def _runs(url: str) -> list[dict[str, Any]]:
         return [await client.call("runs.get", {"run_id": run["id"]}) for run in listed]
 
 
-async def _running(url: str) -> bool:
-    try:
-        async with connect(url) as client:
-            return bool(await client.call("runs.list", {"pipeline": "work", "state": "running"}))
-    except (DaemonUnreachable, ConnectionLost, OSError):
-        return True
-
-
-async def run_bench(postgres: PostgresServer, *, takeovers: int, jobs: int, seed: int,
+async def run_bench(postgres: PostgresServer, *, takeovers: int, jobs: int, seed: int, stop: bool = False,
                     say: Callable[[str], None]) -> Outcome:
+    """``takeovers`` takeovers on a fresh database; ``stop``: the active
+    daemon is stopped (SIGSTOP, as a host that is lost or frozen: the
+    standby takes over once its lease has run out) instead of killed, and
+    killed once the standby has taken over."""
     rng = random.Random(seed)
     work = Path(await trio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="muppet-failover-")))
     name = f"failover_{os.getpid()}_{time.monotonic_ns()}"
@@ -406,34 +408,48 @@ async def run_bench(postgres: PostgresServer, *, takeovers: int, jobs: int, seed
     pair.write_pipeline("work", ledger_pipeline("work", pair.ledger, fan=jobs - 3, sleep=0.2))
     pair.write_pipeline(PROBE, PROBE_PIPELINE)
     outcome = Outcome()
+    lines_per_run = 2 * jobs
     try:
         await pair.a.start()
         await pair.wait_role(pair.a, "active")
         await pair.b.start()
         await pair.wait_role(pair.b, "standby")
         active = pair.a
-        reference = 0
+        run_id = 0
         for number in range(1, takeovers + 1):
-            if not await _running(pair.urls):
-                reference += 1
+            # a random moment of a run, between a tenth and two thirds of
+            # the way, so that jobs are left for the new active daemon to start
+            done = sum(1 for line in await pair.ledger_lines() if line.run == run_id)
+            if run_id == 0 or done > lines_per_run // 3:
                 async with connect(pair.urls) as client:
-                    await client.call("runs.trigger", {
-                        "pipeline": "work", "reference_time": f"2026-01-01T{reference:02d}:00:00Z"})
-            # a random moment of the run, at least a second into this daemon's life
-            await trio.sleep(rng.uniform(1.0, 3.0))
+                    reference = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=number)
+                    run_id = (await client.call("runs.trigger", {
+                        "pipeline": "work", "reference_time": reference.isoformat()}))["run_id"]
+                done = 0
+            point = rng.randint(max(done, lines_per_run // 10), lines_per_run * 2 // 3)
+
+            async def reached(run: int = run_id, point: int = point) -> bool:
+                return sum(1 for line in await pair.ledger_lines() if line.run == run) >= point
+
+            await wait_until_async(reached, 300, f"{point} ledger lines of run {run_id}", interval=0.02,
+                                   detail=pair.logs)
             standby = pair.other(active)
             lines = len(await pair.ledger_lines())
             killed_at = time.time()
-            await active.kill()
+            if stop:
+                active.signal(signal.SIGSTOP)
+            else:
+                await active.kill()
             deadline = trio.current_time() + 60
             answered = await first_answered_write(standby.url, deadline)
-
             try:
                 first = await wait_until_async(
                     functools.partial(_first_start, pair, standby.name, killed_at), 60,
                     "a job started by the new active daemon", interval=0.05, detail=pair.logs)
             except AssertionError:
                 first = None
+            if stop:
+                await active.kill()
             takeover = Takeover(active.name, lines, None if first is None else first - killed_at,
                                 None if answered is None else answered - killed_at)
             outcome.takeovers.append(takeover)
@@ -473,23 +489,25 @@ def main() -> None:
     parser.add_argument("--takeovers", type=int, default=10, help="kill -9 of the active daemon (default 10)")
     parser.add_argument("--jobs", type=int, default=400, help="jobs in each run (default 400; 0.2 s each, 8 at once)")
     parser.add_argument("--seed", type=int, default=None, help="of the kills' random moments")
+    parser.add_argument("--stop", action="store_true",
+                        help="SIGSTOP the active daemon (a lost or frozen host) instead of SIGKILL")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    print(f"failover benchmark: {args.takeovers} takeovers, runs of {args.jobs} local jobs, PostgreSQL 15, "
-          f"seed {seed}, {os.cpu_count()} CPUs", flush=True)
+    how = "SIGSTOP" if args.stop else "kill -9"
+    print(f"failover benchmark: {args.takeovers} takeovers after {how}, runs of {args.jobs} local jobs, "
+          f"PostgreSQL 15, seed {seed}, {os.cpu_count()} CPUs", flush=True)
     server = PostgresServer()
     server.start()
     try:
         outcome = trio.run(functools.partial(
-            run_bench, server, takeovers=args.takeovers, jobs=args.jobs, seed=seed,
+            run_bench, server, takeovers=args.takeovers, jobs=args.jobs, seed=seed, stop=args.stop,
             say=lambda text: print(text, flush=True)))
     finally:
         server.stop()
     print()
-    print(f"kill -9 to the new active daemon's first job start: "
+    print(f"{how} to the new active daemon's first job start: "
           f"{_figures([t.to_start for t in outcome.takeovers])}")
-    print(f"kill -9 to its first answered write:                "
-          f"{_figures([t.to_write for t in outcome.takeovers])}")
+    print(f"{how} to its first answered write:{' ' * 16}{_figures([t.to_write for t in outcome.takeovers])}")
     print(f"{outcome.runs} runs, {outcome.jobs} jobs: {len(outcome.lost)} slots lost, "
           f"{len(outcome.duplicated)} duplicated starts")
     for item in (outcome.lost + outcome.duplicated)[:20]:
