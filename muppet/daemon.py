@@ -23,6 +23,14 @@ Index writes do not pass through the scheduler: the database task answers
 them, and tells the scheduler only the facts it acts on (an instance became
 complete) in its ``Persisted``.
 
+The lease (``db/lease.py``) holds it all together: the daemon takes it
+before any task starts, a small task renews it every second and moves the
+``Fence`` the executor waits on before it starts or kills a job, and the
+database task checks its epoch in each transaction. A standby
+(docs/operations.md, "Running a standby") runs only the API, whose
+``Role`` says it refuses writes, until it takes the lease over; then the
+other tasks start on the channels the API was given from the start.
+
 The scheduler's inbox is unbounded on purpose: scheduler -> database ->
 scheduler and scheduler -> executor -> scheduler are cycles, and two bounded
 channels in a cycle can deadlock (each side blocked sending to the other).

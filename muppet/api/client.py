@@ -45,6 +45,9 @@ DEFAULT_URL = "ws://127.0.0.1:8765"
 #: seconds a client with several daemons keeps trying to reach one that
 #: takes its call (a standby takes over within seconds)
 FAILOVER_TIMEOUT = 30.0
+#: seconds such a client waits for one daemon's handshake before it tries
+#: the next
+FAILOVER_CONNECT_TIMEOUT = 3.0
 
 
 class DaemonUnreachable(Exception):
@@ -270,11 +273,14 @@ class Client:
         """Open ``url`` and keep it until it closes or is dropped."""
         headers = [(b"Authorization", f"Bearer {self._token}".encode())] if self._token else None
         ssl_context = ssl.create_default_context() if url.startswith("wss://") else None
+        # with others to try, a daemon that takes the connection but does not
+        # answer (stopped, frozen) is left for the next one sooner
+        timeout = min(self._connect_timeout, FAILOVER_CONNECT_TIMEOUT) if self.failover else self._connect_timeout
         ws = None
         opened = False
         try:
             async with trio_websocket.open_websocket_url(
-                url, ssl_context, extra_headers=headers, connect_timeout=self._connect_timeout,
+                url, ssl_context, extra_headers=headers, connect_timeout=timeout,
                 max_message_size=MAX_MESSAGE,
             ) as ws:
                 opened = True
@@ -287,9 +293,7 @@ class Client:
         except (trio_websocket.HandshakeError, OSError) as exc:
             if opened:
                 return  # it went away; its callers have been told
-            raise DaemonUnreachable(
-                f"cannot reach the MUPPET daemon at {url}: {_why(exc, self._connect_timeout)}"
-            ) from exc
+            raise DaemonUnreachable(f"cannot reach the MUPPET daemon at {url}: {_why(exc, timeout)}") from exc
         finally:
             # trio-websocket 0.12.2: when the server closes first, the client side
             # waits for the server's TCP close (RFC 6455, 7.1.1) and then never
