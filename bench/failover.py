@@ -337,19 +337,20 @@ async def first_answered_write(url: str, deadline: float) -> float | None:
     when (time.time()), or None at ``deadline`` (trio's clock)."""
     while trio.current_time() < deadline:
         try:
-            with trio.move_on_after(2):
-                async with connect(url, connect_timeout=1) as client:
-                    while trio.current_time() < deadline:
-                        try:
+            # this daemon's own answer: not sent on to the one a refusal names
+            async with connect(url, connect_timeout=1, follow_active=False) as client:
+                while trio.current_time() < deadline:
+                    try:
+                        with trio.fail_after(30):  # a safety net: the daemon answers or goes away
                             await client.call("pipelines.pause", {"pipeline": PROBE, "reason": "failover bench"})
-                        except RpcError as error:
-                            if error.code == STANDBY:
-                                await trio.sleep(0.02)
-                                continue
-                            # any other answer (it was paused already) is the scheduler's
-                        answered = time.time()
-                        await client.call("pipelines.resume", {"pipeline": PROBE})
-                        return answered
+                    except RpcError as error:
+                        if error.code == STANDBY:
+                            await trio.sleep(0.02)
+                            continue
+                        # any other answer (it was paused already) is the scheduler's
+                    answered = time.time()
+                    await client.call("pipelines.resume", {"pipeline": PROBE})
+                    return answered
         except (DaemonUnreachable, ConnectionLost, OSError):
             pass
         await trio.sleep(0.02)

@@ -245,8 +245,10 @@ class Client:
         token: str | None,
         connect_timeout: float,
         failover_timeout: float,
+        follow_active: bool = True,
     ) -> None:
         self._nursery = nursery
+        self._follow_active = follow_active
         self.urls = list(urls)
         self._token = token
         self._connect_timeout = connect_timeout
@@ -279,8 +281,11 @@ class Client:
         ws = None
         opened = False
         try:
+            # disconnect_timeout: a handshake that timed out closes the
+            # connection, which waits that long for a peer that does not
+            # answer (trio-websocket's default: 60 s)
             async with trio_websocket.open_websocket_url(
-                url, ssl_context, extra_headers=headers, connect_timeout=timeout,
+                url, ssl_context, extra_headers=headers, connect_timeout=timeout, disconnect_timeout=timeout,
                 max_message_size=MAX_MESSAGE,
             ) as ws:
                 opened = True
@@ -378,7 +383,7 @@ class Client:
             try:
                 return await link.call(method, params)
             except RpcError as error:
-                if error.code != STANDBY or (redirected and not self.failover):
+                if error.code != STANDBY or (redirected and not self.failover) or not self._follow_active:
                     raise
                 link.standby = True
                 self._standbys.add(link.url)
@@ -506,6 +511,7 @@ async def connect(
     token: str | None = None,
     connect_timeout: float = 10.0,
     failover_timeout: float = FAILOVER_TIMEOUT,
+    follow_active: bool = True,
 ) -> AsyncIterator[Client]:
     """Open a connection to the API at ``url`` (``ws://HOST:PORT``, or
     ``wss://`` with TLS: the server's certificate is checked against the
@@ -514,7 +520,8 @@ async def connect(
     (``Client``); it connects to the first that answers.
 
     ``token`` is the secret of an API token, sent as ``Authorization: Bearer``
-    in the handshake.
+    in the handshake. ``follow_active=False``: a write a standby refuses
+    raises its -32007 rather than go to the active daemon it names.
 
     Raises ``DaemonUnreachable`` ("cannot reach the MUPPET daemon at URL:
     connection refused") when no connection can be made, ``ValueError`` for a
@@ -527,7 +534,7 @@ async def connect(
     with unwrap_group():
         async with trio.open_nursery() as nursery:
             client = Client(nursery, urls, token=token, connect_timeout=connect_timeout,
-                            failover_timeout=failover_timeout)
+                            failover_timeout=failover_timeout, follow_active=follow_active)
             await client._connection(False, None)
             yield client
             nursery.cancel_scope.cancel()
