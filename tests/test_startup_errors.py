@@ -262,7 +262,7 @@ def test_a_state_dir_ahead_of_its_database(tmp_path):
 def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch, nested):
     from muppet import daemon
 
-    async def broken(config):
+    async def broken(config, **options):
         if not nested:
             raise ZeroDivisionError("a bug")
 
