@@ -389,6 +389,10 @@ async def test_spawned_wrapper_without_status_is_found(dirs, tmp_path):
         ["/bin/bash", job_dir.wrapper], start_new_session=True, stdin=subprocess.DEVNULL
     )
     try:
+        # A process's command line is in /proc only once the kernel has set up
+        # its new image, a moment after the exec that open_process waits for:
+        # a daemon restarted seconds after a spawn never sees that moment.
+        await wait_until(lambda: _is_wrapper(orphan.pid, job_dir.wrapper), "the wrapper's command line")
         async with executor(state, out) as ex:
             await ex.send.send(spec)
             started = await ex.next(JobStarted)
