@@ -77,6 +77,12 @@ class TorrentRecord:
         self.resume_saves = 0  # saves finished (written or failed)
         self.resume_pending = False
         self.last_resume = 0.0
+        #: the (host, port) peers a fetch of it dials again every
+        #: RECONNECT_INTERVAL (sync.engine): those it started with and those
+        #: added while it runs (Engine.add_peers)
+        self.peers: set[tuple[str, int]] = set()
+        #: a fetch of it is under way (Engine.fetch)
+        self.fetching = False
         self.changed = trio.Event()
 
     def poke(self) -> None:

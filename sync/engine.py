@@ -203,20 +203,26 @@ class Engine:
             handle.clear_error()
             handle.resume()
         log.info("fetching %s (%s) from %s", info.name(), ih, ", ".join(f"{h}:{p}" for h, p in peers) or "trackers")
-        next_dial = 0.0
-        while not torrent.finished:
-            self._raise_if_failed(torrent)
-            if trio.current_time() >= next_dial:
-                _dial(torrent.name, handle, peers)
-                next_dial = trio.current_time() + RECONNECT_INTERVAL
-                # Belt and braces: a torrent restored complete from resume
-                # data may never post torrent_finished_alert.
-                status = await self._handle_status(torrent)
-                if status is not None and status.is_seeding:
-                    torrent.finished = True
-                    break
-            with trio.move_on_at(next_dial):
-                await torrent.changed.wait()
+        torrent.peers.update((host, int(port)) for host, port in peers)
+        torrent.fetching = True
+        try:
+            next_dial = 0.0
+            while not torrent.finished:
+                self._raise_if_failed(torrent)
+                if trio.current_time() >= next_dial:
+                    # the peers add_peers brought meanwhile too (new copies in the index)
+                    _dial(torrent.name, handle, sorted(torrent.peers))
+                    next_dial = trio.current_time() + RECONNECT_INTERVAL
+                    # Belt and braces: a torrent restored complete from resume
+                    # data may never post torrent_finished_alert.
+                    status = await self._handle_status(torrent)
+                    if status is not None and status.is_seeding:
+                        torrent.finished = True
+                        break
+                with trio.move_on_at(next_dial):
+                    await torrent.changed.wait()
+        finally:
+            torrent.fetching = False
         self._raise_if_failed(torrent)
         # torrent_finished_alert comes before the last blocks are in the file
         # (see the module docstring).
@@ -232,14 +238,22 @@ class Engine:
         log.info("fetched %s (%s)", path, ih)
         return path
 
-    async def add_peers(self, info_hash: str, peers: Sequence[tuple[str, int]]) -> bool:
+    async def add_peers(self, info_hash: str, peers: Sequence[tuple[str, int]], why: str = "") -> bool:
         """Dial these (host, port) peers for a torrent the engine has (a seeder
         learning of consumers, a consumer of a new holder); False when the
         engine does not have it. libtorrent keeps them in the torrent's peer
-        list and reconnects as it sees fit."""
+        list and reconnects as it sees fit; a :meth:`fetch` still under way
+        dials them again every ``RECONNECT_INTERVAL`` like its first peers.
+        A peer new to a download is logged, with ``why`` (where it came from)."""
         torrent = self._torrents.get(info_hash)
         if torrent is None or torrent.handle is None:
             return False
+        for host, port in peers:
+            peer = (host, int(port))
+            if peer not in torrent.peers and torrent.fetching:
+                log.info("%s (%s): a new peer %s:%d%s, dialling it", torrent.name, info_hash, host, peer[1],
+                         f" ({why})" if why else "")
+            torrent.peers.add(peer)
         _dial(torrent.name, torrent.handle, peers)
         return True
 

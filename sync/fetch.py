@@ -40,6 +40,7 @@ from urllib.parse import quote
 import trio
 
 from muppet.codec import parse_zoned_time
+from muppet.unwrap_group import unwrap_group
 
 from .config import FetchConfig
 from .errors import DiskFull, HashMismatch, LayoutError, PlaceError, SyncError, TorrentError
@@ -48,9 +49,14 @@ from .place import render_layout, run_on_complete, verify_and_place
 from .run import Stop, SyncRun
 from .select import FileRef
 
-__all__ = ["BackendMissing", "Fetcher"]
+__all__ = ["COPIES_INTERVAL", "BackendMissing", "Fetcher"]
 
 log = logging.getLogger("muppet.sync.fetch")
+
+#: while a file downloads, its copies are asked of the index this often, and
+#: the peers of new ones dialled (Fetcher._watch_copies; docs/sync.md, "How a
+#: fetch finds its peers")
+COPIES_INTERVAL = 10.0
 
 
 class BackendMissing(SyncError):
@@ -110,7 +116,11 @@ class Fetcher(SyncRun[FetchConfig]):
         self.row(file, "downloading", info_hash=info_hash)
         started = time.monotonic()
         try:
-            downloaded = await self.engine.fetch(torrent, save_dir, peers, self.config.trackers)
+            with unwrap_group():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watch_copies, file, info_hash, set(peers))
+                    downloaded = await self.engine.fetch(torrent, save_dir, peers, self.config.trackers)
+                    nursery.cancel_scope.cancel()
         except DiskFull as e:
             await self.engine.remove(info_hash, delete_files=True)
             raise Stop(f"disk full while downloading, download stopped and removed: {e}") from None
@@ -144,6 +154,29 @@ class Fetcher(SyncRun[FetchConfig]):
         log.info("placed %s (%d bytes in %.1f s, %.1f MB/s), registered as file %d on %s",
                  placed, file.size, seconds, file.size / max(seconds, 1e-6) / 1e6, own_id, self.config.backend)
         await run_on_complete(self.config.on_complete, placed)
+
+    async def _watch_copies(self, file: FileRef, info_hash: str, known: set[tuple[str, int]]) -> None:
+        """While the file downloads, ask the index for its copies every
+        ``COPIES_INTERVAL`` seconds and dial the peers of new ones (another
+        consumer that placed it meanwhile, a second seeder): the download
+        would otherwise draw only on the copies known when it started. The
+        index's file events bring most new copies sooner (sync.run, AddPeer),
+        but only those the ``[[select]]`` tables select: a consumer that
+        selects the originals' backend never hears of the other consumers'
+        copies there, and a peer that moved (a seeder restarted on another
+        address) keeps its copy's record. Cancelled when the download ends."""
+        while True:
+            await trio.sleep(COPIES_INTERVAL)
+            copies = await self.link.call("files.copies", {"data_id": file.data_id})
+            for copy in copies:
+                peer = copy.get("peer")
+                if (not peer or peer == self.peer or copy.get("deleted") or copy.get("info_hash") != info_hash
+                        or (address := parse_peer(peer)) is None or address in known):
+                    continue
+                known.add(address)
+                # the engine logs it: "NAME (INFOHASH): a new peer HOST:PORT (...), dialling it"
+                await self.engine.add_peers(
+                    info_hash, [address], f"file {copy.get('id')} on {copy.get('backend')}, from files.copies")
 
     async def _torrent(self, file: FileRef, copies: list[dict[str, Any]]) -> bytes:
         # The seeder stored the torrent with its copy; other consumers' copies

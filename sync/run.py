@@ -166,7 +166,8 @@ class SyncRun(Generic[ConfigT]):
                 self._start_take(action.file)
             elif isinstance(action, AddPeer):
                 if action.peer != self.peer and (address := parse_peer(action.peer)):
-                    self._running.start_soon(self.engine.add_peers, action.info_hash, [address])
+                    self._running.start_soon(self.engine.add_peers, action.info_hash, [address],
+                                             "a copy in the index's file events")
             elif isinstance(action, Release):
                 self._running.start_soon(self._release, action)
 

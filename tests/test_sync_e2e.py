@@ -7,6 +7,10 @@ daemon (its own process, with a tokens file), `muppet-sync seed` and several
   runs; an expiring file is removed everywhere and its copies marked deleted;
 * a consumer killed with SIGKILL part-way through a download continues from
   the verified pieces of its resume data after a restart;
+* a copy that appears in the index while a consumer downloads (a second
+  seeder, on a backend the consumer's [[select]] does not name, so that no
+  file event tells it) is found by asking the index, dialled, and finishes
+  the download after the first seeder stopped;
 * aria2c (Debian) downloads a file that the seed command serves, given the
   torrent from the index (`muppet-sync torrent`) and a standard tracker.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,6 +103,9 @@ class Cluster:
             [backends.lustre-a]
             name = "Lustre A"
             url = "file://{tmp}/lustre"
+            [backends.lustre-b]
+            name = "Lustre B (a second producer's copy)"
+            url = "file://{tmp}/lustre-b"
             [index]
             outputs_backend = "lustre-a"
             expiry_interval = 0.5
@@ -123,9 +131,11 @@ class Cluster:
 
         await self.wait(answering, "the daemon answering daemon.status")
 
-    def seed_config(self, trackers: list[str] | None = None, metrics: int | None = None) -> Path:
-        """``metrics``: the port of [metrics] listen on 127.0.0.1 (None: none)."""
-        path = self.tmp / "seed" / "seed.toml"
+    def seed_config(self, trackers: list[str] | None = None, metrics: int | None = None, name: str = "seed",
+                    backend: str = "lustre-a") -> Path:
+        """``metrics``: the port of [metrics] listen on 127.0.0.1 (None: none);
+        ``name``: the process's directory; ``backend``: whose files it seeds."""
+        path = self.tmp / name / "seed.toml"
         path.parent.mkdir(exist_ok=True)
         path.write_text(textwrap.dedent(f"""
             api = "{self.api}"
@@ -134,12 +144,14 @@ class Cluster:
             trackers = {json.dumps(trackers or [])}
             [[select]]
             products = ["arome"]
-            backend = "lustre-a"
+            backend = "{backend}"
             recent = 4
             """) + _metrics_table(metrics))
         return path
 
-    def fetch_config(self, name: str, download_rate: int = 0, metrics: int | None = None) -> Path:
+    def fetch_config(self, name: str, download_rate: int = 0, metrics: int | None = None,
+                     select_backend: str | None = None) -> Path:
+        """``select_backend``: the [[select]] table's ``backend`` (None: any)."""
         path = self.tmp / name / "fetch.toml"
         path.parent.mkdir(exist_ok=True)
         path.write_text(textwrap.dedent(f"""
@@ -153,6 +165,7 @@ class Cluster:
             [[select]]
             products = ["arome"]
             recent = 2
+            """) + (f'backend = "{select_backend}"\n' if select_backend else "") + textwrap.dedent(f"""
             [peers]
             allow = ["127.0.0.0/8"]
             download_rate = {download_rate}
@@ -168,12 +181,14 @@ class Cluster:
         self.processes[name] = process
         return process
 
-    async def start_seed(self, trackers: list[str] | None = None, metrics: int | None = None) -> None:
-        config = await trio.to_thread.run_sync(self.seed_config, trackers, metrics)
-        await self.start("seed", [sys.executable, "-m", "sync.cli", "seed", "--config", str(config)])
+    async def start_seed(self, trackers: list[str] | None = None, metrics: int | None = None, name: str = "seed",
+                         backend: str = "lustre-a") -> None:
+        config = await trio.to_thread.run_sync(self.seed_config, trackers, metrics, name, backend)
+        await self.start(name, [sys.executable, "-m", "sync.cli", "seed", "--config", str(config)])
 
-    async def start_fetch(self, name: str, download_rate: int = 0, metrics: int | None = None) -> None:
-        config = await trio.to_thread.run_sync(self.fetch_config, name, download_rate, metrics)
+    async def start_fetch(self, name: str, download_rate: int = 0, metrics: int | None = None,
+                          select_backend: str | None = None) -> None:
+        config = await trio.to_thread.run_sync(self.fetch_config, name, download_rate, metrics, select_backend)
         await self.start(name, [sys.executable, "-m", "sync.cli", "fetch", "--config", str(config), "--no-progress"])
 
     async def stop(self, name: str, signum: int = signal.SIGTERM) -> None:
@@ -382,6 +397,66 @@ async def test_a_killed_consumer_resumes_from_its_verified_pieces(tmp_path):
             assert await sha256(data / name) == await sha256(tmp_path / "lustre" / "arome" / name)
     finally:
         await cluster.stop_all()
+
+
+async def test_a_copy_that_appears_mid_download_is_dialled(tmp_path):
+    # c1 fetches a 6 MB file at 0.5 MB/s and selects only the originals on
+    # lustre-a, so the index's file events of other copies never reach it.
+    # Once it has part of the file, the only seeder stops; then a second
+    # seeder serves a copy on lustre-b. Only by asking the index for the
+    # file's copies during the download (sync/fetch.py, COPIES_INTERVAL) can
+    # c1 learn of it and finish.
+    size = 6_000_000
+    cluster = Cluster(tmp_path)
+    lustre, lustre_b = tmp_path / "lustre", tmp_path / "lustre-b"
+    try:
+        await cluster.start_daemon()
+        await cluster.start_seed()
+        await cluster.start_fetch("c1", download_rate=500_000, select_backend="lustre-a")
+        await trio.Path(lustre).mkdir(exist_ok=True)
+        await trio.Path(lustre_b).mkdir()
+        original = lustre / "late.nc"
+        await trio.Path(original).write_bytes(os.urandom(size))
+        digest = await sha256(original)
+        async with connect(cluster.api, token=SECRET) as client:
+            registered = await client.call("files.register", {"files": [{
+                "product": "arome", "reference_time": REF, "backend": "lustre-a", "format": "netcdf",
+                "url": f"file://{original}", "size": size, "hash": digest,
+            }]})
+            data_id = registered["files"][0]["data_id"]
+
+            async def part_downloaded():
+                rows = {r["name"]: r for r in (await cluster.status("c1"))["files"]}
+                row = rows.get("late.nc", {})
+                return row if row.get("state") == "downloading" and 0 < row.get("progress", 0) < 0.5 else None
+
+            await cluster.wait(part_downloaded, "c1 part-way through late.nc")
+            await cluster.stop("seed")
+            copy = lustre_b / "late.nc"
+            await trio.to_thread.run_sync(shutil.copyfile, original, copy)
+            await client.call("files.register", {"files": [{
+                "product": "arome", "reference_time": REF, "backend": "lustre-b", "format": "netcdf",
+                "url": f"file://{copy}", "size": size, "hash": digest, "data_id": data_id,
+            }]})
+            await cluster.start_seed(name="seed-b", backend="lustre-b")
+            served = await cluster.wait(partial(_served_copy, client, data_id, "lustre-b"),
+                                        "seed-b serving its copy")
+            placed = tmp_path / "c1" / "data" / "arome" / "20261201T00" / "late.nc"
+            await cluster.wait(partial(_all_there, placed.parent, ["late.nc"]), "late.nc placed on c1 from seed-b")
+        assert await sha256(placed) == digest
+        log = await cluster.read_log("c1")
+        line = f"a new peer {served['peer']} (file {served['id']} on lustre-b, from files.copies), dialling it"
+        assert line in log, log[-3000:]
+    finally:
+        await cluster.stop_all()
+
+
+async def _served_copy(client, data_id: int, backend: str):
+    """The copy of ``data_id`` on ``backend`` once it has a peer (its seeder serves it)."""
+    for copy in await client.call("files.copies", {"data_id": data_id}):
+        if copy["backend"] == backend and copy.get("peer") and copy.get("info_hash"):
+            return copy
+    return None
 
 
 def _verified_pieces(resume_dir: Path) -> dict[str, tuple[int, int, int]]:
