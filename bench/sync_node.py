@@ -207,8 +207,15 @@ async def trace(engine) -> None:
             st = handle.status()
             peers = handle.get_peer_info()
             cpu = os.times()
-            log.info("%s %.0f%% down %.1f up %.1f MB/s cpu %.1f s | %s", ih[:8], st.progress * 100,
+            # the pieces some peer has (a seeder's: the pieces it has put
+            # into the swarm), beside the bytes it sent: the difference is
+            # what it sent twice
+            have = [any(column) for column in zip(*(p.pieces for p in peers), strict=True)] if peers else []
+            piece = st.torrent_file.piece_length() if st.torrent_file else 0
+            log.info("%s %.0f%% down %.1f up %.1f MB/s cpu %.1f s sent %.1f MB, peers hold %.1f MB | %s",
+                     ih[:8], st.progress * 100,
                      st.download_payload_rate / 1e6, st.upload_payload_rate / 1e6, cpu.user + cpu.system,
+                     st.total_payload_upload / 1e6, sum(have) * piece / 1e6,
                      "; ".join(
                          f"{p.ip[0]} d{p.payload_down_speed / 1e6:.1f} u{p.payload_up_speed / 1e6:.1f}"
                          f"{' C' if p.flags & p.choked else ''}{' c' if p.flags & p.remote_choked else ''}"
@@ -232,6 +239,7 @@ def command(argv: list[str]) -> None:
     parser.add_argument("--setting", action="append", default=[])
     parser.add_argument("--super-seed", action="store_true")
     parser.add_argument("--log-alerts", action="store_true")
+    parser.add_argument("--log-pieces", action="store_true")
     parser.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
@@ -239,6 +247,8 @@ def command(argv: list[str]) -> None:
         patch_settings(args.setting)
     if args.log_alerts:
         patch_alert_log()
+    if args.log_pieces:
+        patch_piece_log()
     if args.super_seed:
         import sync.engine
 
@@ -261,8 +271,10 @@ def sniff(argv: list[str]) -> None:
 
     Opens a raw packet socket on the interface (root, in the host's namespace),
     says ``ready``, then watches incoming IPv4 TCP segments: the first one from
-    a peer's listening port (every host here listens on ``--port``; a consumer
-    dials the seeder there) carrying at least ``--min-bytes`` of TCP payload is
+    a connection to or from a peer's listening port (every host here listens
+    on ``--port``: the seeder is dialled there, and a consumer that another
+    one dialled gets its first piece on a connection to its own port)
+    carrying at least ``--min-bytes`` of TCP payload is
     a piece's data (BitTorrent's handshakes, bitfields and PEX messages are far
     smaller; the payload itself is encrypted, so its size is what tells). Says
     ``first_byte`` with its time and source, and exits. Stops when stdin closes.
@@ -298,9 +310,9 @@ def sniff(argv: list[str]) -> None:
         tcp = ip[ihl:]
         if len(tcp) < 20:
             continue
-        sport = struct.unpack_from("!H", tcp, 0)[0]
+        sport, dport = struct.unpack_from("!HH", tcp, 0)
         payload = total - ihl - (tcp[12] >> 4) * 4
-        if sport == args.port and payload >= args.min_bytes:
+        if args.port in (sport, dport) and payload >= args.min_bytes:
             say("first_byte", source=socket.inet_ntoa(ip[12:16]), bytes=payload, at=now)
             return
 
@@ -324,6 +336,8 @@ def main() -> None:
     parser.add_argument("--super-seed", action="store_true", help="seeder: libtorrent super-seeding")
     parser.add_argument("--verify", action="store_true", help="seeder: check the file up front (no seed mode)")
     parser.add_argument("--log-alerts", action="store_true", help="every libtorrent alert on stderr")
+    parser.add_argument("--log-pieces", action="store_true",
+                        help="each block sent and each piece completed on stderr (see patch_piece_log)")
     parser.add_argument("--trace", action="store_true", help="every second, each connection's rates on stderr")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="experiment: a libtorrent setting on top of the engine's (repeatable)")
@@ -334,7 +348,24 @@ def main() -> None:
         patch_settings(args.setting)
     if args.log_alerts:
         patch_alert_log()
+    if args.log_pieces:
+        patch_piece_log()
     trio.run(main_async, args)
+
+
+def add_alert_categories(categories: int) -> None:
+    """Bench-only: libtorrent posts these alert categories too (the engine
+    reads its mask from sync.engine_settings.session_settings, through
+    sync.engine's module global)."""
+    import sync.engine
+
+    original = sync.engine.session_settings
+
+    def with_categories(settings):
+        pack = original(settings)
+        return {**pack, "alert_mask": int(pack["alert_mask"]) | int(categories)}
+
+    sync.engine.session_settings = with_categories
 
 
 def patch_alert_log() -> None:
@@ -342,9 +373,9 @@ def patch_alert_log() -> None:
     until the engine's first finished piece (to see where the time to the
     first byte goes without flooding the log later)."""
     import sync.engine
+    from sync.alerts import ALERT_MASK
 
-    quiet = int(sync.engine._ALERT_MASK)
-    sync.engine._ALERT_MASK = lt.alert_category.all
+    add_alert_categories(lt.alert_category.all)
     original = sync.engine.Engine._on_alert
     log = logging.getLogger("bench.alert")
 
@@ -353,7 +384,35 @@ def patch_alert_log() -> None:
             log.info("%s: %s", alert.what(), alert.message())
             if isinstance(alert, lt.piece_finished_alert):
                 self._bench_quiet = True
-                self._ses.apply_settings({"alert_mask": quiet})
+                self._ses.apply_settings({"alert_mask": int(ALERT_MASK)})
+        return original(self, alert)
+
+    sync.engine.Engine._on_alert = on_alert
+
+
+#: the prefix of patch_piece_log's lines, which bench/sync.py reads back
+PIECE_LOG = "PIECE-LOG"
+
+
+def patch_piece_log() -> None:
+    """Bench-only: one line on stderr for each block this host sends
+    (libtorrent's block_uploaded_alert: to whom, which piece) and each piece
+    it completes (piece_finished_alert), with wall-clock times:
+    ``PIECE-LOG {"t": ..., "sent": PIECE, "to": IP}`` and ``PIECE-LOG {"t":
+    ..., "done": PIECE}``. bench/sync.py --log-pieces reads them to say why
+    the seeder sent a piece more than once."""
+    import sync.engine
+
+    add_alert_categories(lt.alert_category.upload)
+    original = sync.engine.Engine._on_alert
+
+    def on_alert(self, alert):
+        if isinstance(alert, lt.block_uploaded_alert):
+            print(PIECE_LOG, json.dumps({"t": time.time(), "sent": alert.piece_index, "to": alert.ip[0]}),
+                  file=sys.stderr, flush=False)
+        elif isinstance(alert, lt.piece_finished_alert):
+            print(PIECE_LOG, json.dumps({"t": time.time(), "done": alert.piece_index}), file=sys.stderr,
+                  flush=False)
         return original(self, alert)
 
     sync.engine.Engine._on_alert = on_alert
