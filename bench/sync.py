@@ -523,6 +523,12 @@ def seeder_repeats(seeder_log: Path, consumer_logs: dict[str, Path]) -> dict:
         for item in piece_log(log):
             if "done" in item:
                 done.setdefault(item["done"], {}).setdefault(ip, item["t"])
+    # times a consumer snubbed the seeder: no block from it within the request timeout
+    snubs = sum(1 for log in consumer_logs.values() for item in piece_log(log)
+                if item.get("snubbed") == SEEDER_IP)
+    # block requests to another consumer that timed out (asked again of someone else, often the seeder)
+    timeouts = sum(1 for log in consumer_logs.values() for item in piece_log(log)
+                   if "timeout" in item and item["from"] != SEEDER_IP)
     had, in_flight = 0, 0
     for piece, sends in first_sent.items():
         order = sorted(sends.items(), key=lambda kv: kv[1])
@@ -533,7 +539,7 @@ def seeder_repeats(seeder_log: Path, consumer_logs: dict[str, Path]) -> dict:
             else:
                 in_flight += 1
     return {"pieces": len(first_sent), "sends": sum(len(s) for s in first_sent.values()), "blocks": blocks,
-            "had": had, "in_flight": in_flight,
+            "had": had, "in_flight": in_flight, "snubs": snubs, "timeouts": timeouts,
             # when the last piece that no consumer had got yet began to leave
             # the seeder: the swarm cannot be done before it has it
             "last_new": max((min(sends.values()) for sends in first_sent.values()), default=None)}
@@ -842,7 +848,8 @@ def show_bt(result: dict, size: int) -> None:
         r = result["repeats"]
         print(f"  the seeder sent {r['pieces']} pieces {r['sends']} times: {r['had']} times a piece another consumer "
               f"had already, {r['in_flight']} times one that another was still receiving from it; the last piece "
-              f"new to the swarm began to leave it at {at(r['last_new'], 1)}")
+              f"new to the swarm began to leave it at {at(r['last_new'], 1)}; consumers snubbed the seeder "
+              f"{r['snubs']} times, and {r['timeouts']} of their block requests to each other timed out")
     print(f"  => {result['total']:.2f} s from the registration's commit to the last file placed "
           f"(first byte to last complete: {result['transfer']:.2f} s)")
 

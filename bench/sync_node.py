@@ -399,15 +399,25 @@ def patch_piece_log() -> None:
     (libtorrent's block_uploaded_alert: to whom, which piece) and each piece
     it completes (piece_finished_alert), with wall-clock times:
     ``PIECE-LOG {"t": ..., "sent": PIECE, "to": IP}`` and ``PIECE-LOG {"t":
-    ..., "done": PIECE}``. bench/sync.py --log-pieces reads them to say why
-    the seeder sent a piece more than once."""
+    ..., "done": PIECE}``; and each peer it snubs (no block from it within
+    libtorrent's request timeout: it then asks that peer for the pieces the
+    swarm has most of, and re-requests the late blocks elsewhere):
+    ``PIECE-LOG {"t": ..., "snubbed": IP}``; and each block request that
+    timed out (block_timeout_alert: asked again of another peer):
+    ``PIECE-LOG {"t": ..., "timeout": PIECE, "from": IP}``. bench/sync.py --log-pieces reads
+    them to say why the seeder sent a piece more than once."""
     import sync.engine
 
-    add_alert_categories(lt.alert_category.upload)
+    add_alert_categories(lt.alert_category.upload | lt.alert_category.peer)
     original = sync.engine.Engine._on_alert
 
     def on_alert(self, alert):
-        if isinstance(alert, lt.block_uploaded_alert):
+        if isinstance(alert, lt.peer_snubbed_alert):
+            print(PIECE_LOG, json.dumps({"t": time.time(), "snubbed": alert.ip[0]}), file=sys.stderr, flush=False)
+        elif isinstance(alert, lt.block_timeout_alert):
+            print(PIECE_LOG, json.dumps({"t": time.time(), "timeout": alert.piece_index, "from": alert.ip[0]}),
+                  file=sys.stderr, flush=False)
+        elif isinstance(alert, lt.block_uploaded_alert):
             print(PIECE_LOG, json.dumps({"t": time.time(), "sent": alert.piece_index, "to": alert.ip[0]}),
                   file=sys.stderr, flush=False)
         elif isinstance(alert, lt.piece_finished_alert):
