@@ -287,6 +287,13 @@ class Selection:
 
     def _offer_own(self, file: FileRef) -> list[Action]:
         held = self.held.get(file.data_id)
+        if file.deleted and file.superseded_by is not None:
+            # Registered again at its URL (docs/index.md, "Versions"): on this
+            # host's own backend only this host registers, so the copy lives
+            # on under the new record. A files.register retried after the
+            # connection dropped during the first one does this (sync.follow,
+            # IndexLink.call): releasing would delete the file just placed.
+            return []
         if file.deleted and held is not None:
             return [self._release(file.data_id, "its copy on this host was deleted in the index")]
         return []

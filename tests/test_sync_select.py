@@ -144,6 +144,21 @@ def test_own_copy_deleted_in_the_index_releases():
     ]
 
 
+def test_own_copy_registered_again_at_its_url_is_kept():
+    # files.register retried after a lost connection: the index supersedes
+    # the first record by the second, both on this host's backend
+    selection = consumer()
+    source = a_file(1)
+    selection.offer(source, NOW)
+    own = a_file(5, data_id=1, backend="thredds-1")
+    assert selection.offer(attrs.evolve(own, deleted=True, superseded_by=6), NOW) == []
+    assert 1 in selection.held
+    assert selection.offer(attrs.evolve(own, id=6), NOW) == []
+    assert selection.offer(attrs.evolve(own, id=6, deleted=True), NOW) == [
+        Release(source, "its copy on this host was deleted in the index")
+    ]
+
+
 def test_partial_files_and_unselected_deletions_are_ignored():
     selection = consumer()
     assert selection.offer(a_file(1, partial=True), NOW) == []
