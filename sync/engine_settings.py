@@ -19,6 +19,18 @@ on loopback and in network namespaces on a 2-core host:
   off): docs/sync.md promises that ``upload_rate`` and ``download_rate``
   apply on the LAN, and libtorrent's default exempts it (a 5 MB/s limit let
   200 MiB through in 1.3 s).
+
+Left at libtorrent's defaults after measuring the alternatives with 16
+consumers (bench/sync.py; docs/sync.md, "Sixteen consumers", has the
+figures): ``unchoke_slots_limit`` 8 ("the max number of unchoked peers in
+the session", libtorrent's settings_pack reference; 4 changed nothing, 1
+halved one consumer's rate, -1 made the seeder send more), the seeder's
+``seed_choking_algorithm`` round_robin (``anti_leech``, which "prioritizes
+peers who have just started or are just about to finish the download",
+and ``fastest_upload`` changed nothing), ``send_buffer_watermark`` and
+``send_socket_buffer_size``, and no super seeding (BEP 16: each piece
+leaves the seeder about once, but one piece at a time, and one consumer
+alone fetched at 1.6 MB/s instead of 2.4).
 """
 
 from __future__ import annotations
