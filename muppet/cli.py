@@ -1202,6 +1202,15 @@ def _event_line(event: Mapping[str, Any]) -> str:
     return f"{event['id']:>8}  {event['at']}  {what}"
 
 
+def _pruned_note(marker: Mapping[str, Any], since: int | None) -> str:
+    """What the marker of pruned events says (docs/api.md, "Subscribing to
+    events"): the events asked for that are gone."""
+    first = (since or 0) + 1
+    gone = f"event {first:,}" if first == marker["id"] else f"events {first:,} to {marker['id']:,}"
+    return (f"muppet: {gone} {'was' if first == marker['id'] else 'were'} pruned ([daemon] keep_history); "
+            f"the oldest kept is {marker['data']['oldest']:,}")
+
+
 def _compact(value: Any) -> str:
     """A target's value on one line: lists joined by commas."""
     if isinstance(value, list):
@@ -1230,9 +1239,15 @@ def events(since: int | None, follow: bool, kinds: tuple[str, ...], products_: t
     interrupted, resuming from its last number whenever the connection drops
     (the daemon restarting, a slow reader being let go).
     """
-    filters = {"kinds": list(kinds) or None, "products": list(products_) or None}
+    # the marker of pruned events comes whatever kinds were asked for
+    filters = {"kinds": list(dict.fromkeys([*kinds, "pruned"])) if kinds else None,
+               "products": list(products_) or None}
 
-    def emit(event: Mapping[str, Any]) -> None:
+    def emit(event: Mapping[str, Any], after: int | None) -> None:
+        """Print ``event``, read from above ``after``."""
+        if event["kind"] == "pruned" and not as_json:
+            click.echo(_pruned_note(event, after), err=True)
+            return
         click.echo(json.dumps(event) if as_json else _event_line(event))
         if follow:
             sys.stdout.flush()  # a pipe is block-buffered: a reader waits for each event
@@ -1242,7 +1257,7 @@ def events(since: int | None, follow: bool, kinds: tuple[str, ...], products_: t
         while True:
             batch = await client.call("events.list", {"since": after, **filters, "limit": 1000})
             for event in batch:
-                emit(event)
+                emit(event, after)
             if len(batch) < 1000:
                 return
             after = batch[-1]["id"]
@@ -1261,7 +1276,7 @@ def events(since: int | None, follow: bool, kinds: tuple[str, ...], products_: t
                 async with api_client.connect(api_url, token=token) as client:
                     delay = 0.5
                     async for event in await client.subscribe(position, **filters):
-                        emit(event)
+                        emit(event, position)
                         position = event["id"]
             except (api_client.DaemonUnreachable, api_client.ConnectionLost) as exc:
                 click.echo(f"muppet: {exc}; resuming after event {position or 0} in {delay:g} s", err=True)

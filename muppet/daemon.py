@@ -18,7 +18,9 @@ This is the whole flow-based network, drawn once::
 No task imports another; each gets only the channel ends it uses. The
 expiry task is a small sixth one: a timer that asks for an index write;
 the reload task a seventh: it reads the configuration again when asked
-(docs/architecture.md, "Reloading the configuration").
+(docs/architecture.md, "Reloading the configuration"); the history task
+prunes what is older than ``[daemon] keep_history`` through the database
+task, a chunk per transaction, and old job directories.
 Index writes do not pass through the scheduler: the database task answers
 them, and tells the scheduler only the facts it acts on (an instance became
 complete) in its ``Persisted``.
@@ -55,7 +57,7 @@ import attrs
 import psycopg
 import trio
 
-from . import cron, metrics, reloader
+from . import cron, history, metrics, reloader
 from .alerts import task as alerts_task
 from .api import server as api_task
 from .db import task as database_task
@@ -293,6 +295,9 @@ async def _serve(
             cron.run, config.pipelines, to_scheduler.clone(), last_fired=snapshot.last_cron, running=running,
         ))
         nursery.start_soon(partial(expiry.run, config.index, to_database.clone(), running=running))
+        # what is kept of the past, pruned in small chunks through the
+        # database task like every write (muppet/history.py)
+        nursery.start_soon(partial(history.run, to_database.clone(), running=running, health=health))
         nursery.start_soon(reloader.run, wiring.reload_inbox, to_scheduler.clone(), running)
         # incidents to stakeholders by mail and webhook, beside the scheduler:
         # a dead mail server slows nothing else (docs/alerts.md)

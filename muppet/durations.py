@@ -59,6 +59,15 @@ def is_zero(duration: Duration) -> bool:
     return bool(moment + duration == moment)
 
 
+def before(moment: datetime, text: str) -> datetime:
+    """``moment`` (aware) less the duration ``text``, on UTC's calendar: the
+    edge of a retention such as ``[daemon] keep_history`` ("P30D": everything
+    that ended before this is old). A retention needs no time zone: a day
+    more or less of history across a change of the clocks matters to nobody."""
+    earlier: datetime = moment.astimezone(UTC) - parse(text)
+    return earlier
+
+
 def shift(reference_time: datetime, text: str, zone: str) -> datetime:
     """``reference_time`` (aware, UTC) moved by the duration ``text`` on the
     wall clock of ``zone`` (an IANA name), in UTC."""

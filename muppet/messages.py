@@ -188,11 +188,13 @@ class DefineIndex:
 @attrs.frozen
 class DeleteFiles:
     """Mark data instances deleted: these ids, or every one whose ``expires``
-    is at or before ``expired_at``."""
+    is at or before ``expired_at`` (with ``limit``: at most that many, the
+    soonest expired first; expiry goes in chunks, one transaction each)."""
 
     ids: tuple[int, ...] = ()
     expired_at: datetime | None = None
     reason: str = ""
+    limit: int | None = None
 
 
 @attrs.frozen
@@ -207,6 +209,43 @@ class SetTorrent:
 
 
 IndexChange = RegisterFiles | DefineIndex | DeleteFiles | SetTorrent
+
+
+# --- pruning the history (to the database task) -----------------------------------
+# The history task sends one ``Prune`` per chunk in a ``PruneWrite``: each is
+# a transaction of the only writer, as small as ``limit`` says, so that the
+# scheduler's commits never wait long behind it (docs/database.md, "Pruning").
+
+
+@attrs.frozen
+class Prune:
+    """Remove at most about ``limit`` rows of history older than ``before``
+    (seconds since the epoch): finished runs that ended before it (those
+    after run ``after_run``), with their jobs and log tails; the events
+    before it, oldest first; the definitions no run uses any more."""
+
+    before: float
+    limit: int
+    after_run: int = 0
+
+
+@attrs.frozen
+class Pruned:
+    """What one ``Prune`` removed, and where the next chunk goes on."""
+
+    runs: int = 0
+    jobs: int = 0
+    logs: int = 0
+    events: int = 0
+    definitions: int = 0
+    #: the next chunk looks at the runs after this one
+    after_run: int = 0
+    #: the chunk was full: more may be left to remove
+    more: bool = False
+
+    @property
+    def rows(self) -> int:
+        return self.runs + self.jobs + self.logs + self.events + self.definitions
 
 
 @attrs.frozen
@@ -274,6 +313,7 @@ class UpdateRequest:
 #: ... and incidents, beside the changes that caused them (docs/alerts.md, "Incidents")
 Change = (
     NewRun | Run | Job | JobLog | IndexChange | LateNotice | OperatorEvent | Control | Ack | UpdateRequest | AlertChange
+    | Prune
 )
 
 
@@ -300,8 +340,17 @@ class IndexWrite:
     reply: trio.MemorySendChannel[IndexWritten] | None = None
 
 
+@attrs.frozen
+class PruneWrite:
+    """From the history task: commit ``change`` (with whatever else the
+    database task's batch holds) and send its ``Pruned`` on ``reply``."""
+
+    change: Prune
+    reply: trio.MemorySendChannel[Pruned] | None = None
+
+
 #: what the database task receives
-ToDatabase = Persist | IndexWrite | AlertWrite
+ToDatabase = Persist | IndexWrite | AlertWrite | PruneWrite
 
 
 # --- to the scheduler ------------------------------------------------------------

@@ -195,6 +195,11 @@ class DaemonConfig:
     #: wait for the lease as a hot standby instead of refusing to start
     #: (docs/operations.md, "Running a standby")
     standby: bool = False
+    #: how long finished runs (their jobs, logs and definitions) and events
+    #: are kept, an ISO 8601 duration (docs/operations.md, "What is kept")
+    keep_history: str = "P30D"
+    #: how long the job directories and scratch of finished jobs are kept
+    keep_job_dirs: str = "P7D"
 
 
 @attrs.frozen

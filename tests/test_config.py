@@ -727,6 +727,11 @@ def test_cron_aliases_and_time_zones_accepted(tmp_path):
         ("[daemon]\nstate_dir = 5", "daemon", "state_dir", ("must be a string",)),
         ('[daemon]\noutput_dir = ""', "daemon", "output_dir", ("must not be empty",)),
         ('[daemon]\npipelines = "*.toml"', "daemon", "pipelines", ("list of strings",)),
+        ('[daemon]\nkeep_history = "30 days"', "daemon", "keep_history", ("ISO 8601 duration", "30 days")),
+        ('[daemon]\nkeep_history = "P0D"', "daemon", "keep_history", ("longer than zero",)),
+        ('[daemon]\nkeep_job_dirs = "-P7D"', "daemon", "keep_job_dirs", ("longer than zero",)),
+        ('[daemon]\nkeep_history = "P3D"\nkeep_job_dirs = "P7D"', "daemon", "keep_job_dirs",
+         ("not be longer than keep_history", '"P3D"', '"P7D"')),
         ("daemon = 3", "", "daemon", ("must be a table",)),
         ('[api]\nlisten = "8765"', "api", "listen", ("HOST:PORT",)),
         ('[api]\nlisten = "localhost:http"', "api", "listen", ("HOST:PORT",)),
@@ -753,6 +758,16 @@ def test_daemon_values(tmp_path, section, table, key, words):
     conf = write(tmp_path / "muppet.toml", section + "\n")
     problem = find(problems_of(conf), table, key, *words)
     assert problem.file == str(conf)
+
+
+def test_history_is_kept_as_long_as_said(tmp_path):
+    """[daemon] keep_history and keep_job_dirs: the defaults, and durations
+    with calendar and clock parts (docs/configuration.md, "[daemon]")."""
+    assert (load_config(write(tmp_path / "empty.toml", "")).daemon.keep_history,
+            load_config(write(tmp_path / "empty.toml", "")).daemon.keep_job_dirs) == ("P30D", "P7D")
+    conf = write(tmp_path / "muppet.toml", '[daemon]\nkeep_history = "P1M"\nkeep_job_dirs = "PT36H"\n')
+    daemon = load_config(conf).daemon
+    assert (daemon.keep_history, daemon.keep_job_dirs) == ("P1M", "PT36H")
 
 
 def test_references_to_steps(tmp_path):

@@ -129,7 +129,34 @@ async def test_delete_and_torrent_and_copies(api):
         assert [c["id"] for c in await client.call("files.copies", {"data_id": item["data_id"]})] == [item["id"]]
 
 
+async def test_a_compact_files_list_holds_only_the_fields_asked_for(api):
+    async with connect(api) as client:
+        files = (await client.call("files.register", {"files": [
+            file_entry(f"{n}.nc") for n in range(3)]}))["files"]
+        instance_id = files[0]["instance_id"]
+        fields = ["url", "id", "size"]
+        first = await client.call("files.list", {"instance_id": instance_id, "limit": 2, "fields": fields})
+        # in a file's own order, whatever order they were asked in
+        assert [list(item) for item in first["items"]] == [["id", "url", "size"]] * 2
+        assert first["items"] == [{"id": f["id"], "url": f["url"], "size": 10} for f in files[:2]]
+        rest = await client.call("files.list", {"instance_id": instance_id, "limit": 2, "fields": fields,
+                                                "cursor": first["next"]})
+        assert rest == {"items": [{"id": files[2]["id"], "url": files[2]["url"], "size": 10}], "next": None}
+        # asked again, from the cache; and the whole files are another answer
+        assert await client.call("files.list", {"instance_id": instance_id, "limit": 2, "fields": fields}) == first
+        whole = await client.call("files.list", {"instance_id": instance_id})
+        assert [item["hash"] for item in whole["items"]] == [HASH] * 3
+        by_time = await client.call("files.list", {"product": "arome", "reference_time": REF, "fields": ["name"]})
+        assert by_time["items"] == [{"name": f"{n}.nc"} for n in range(3)]
+        # a file registered since is in the next compact answer: the cache is kept current
+        await client.call("files.register", {"files": [file_entry("3.nc")]})
+        assert len((await client.call("files.list", {"instance_id": instance_id, "fields": ["id"]}))["items"]) == 4
+
+
 @pytest.mark.parametrize("method, params, code, words", [
+    ("files.list", {"instance_id": 1, "fields": ["id", "colour"]}, INVALID_PARAMS, "fields holds 'colour'"),
+    ("files.list", {"instance_id": 1, "fields": []}, INVALID_PARAMS, "'fields' must name at least one field"),
+    ("files.list", {"instance_id": 1, "fields": "id"}, INVALID_PARAMS, "'fields' must be an array"),
     ("instances.latest", {"product": "nope"}, NOT_FOUND, "unknown product 'nope'"),
     ("instances.list", {"product": "nope"}, NOT_FOUND, "unknown product 'nope'"),
     ("products.get", {"product": "nope"}, NOT_FOUND, "unknown product 'nope'"),

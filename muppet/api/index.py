@@ -20,6 +20,7 @@ import trio
 import trio_websocket
 
 from .. import messages
+from ..db import reads
 from ..db.health import until_available
 from ..index import params as index_params
 from ..index import queries
@@ -220,6 +221,12 @@ async def _instances_completeness(ctx: Context, params: Mapping[str, Any], conn:
 
 
 async def _files_list(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:
+    try:
+        fields = index_params.slugs("fields", params["fields"], queries.FILE_FIELDS)
+    except index_params.ParamError as exc:
+        raise _invalid(exc) from None
+    if fields is not None and not fields:
+        raise RpcError(INVALID_PARAMS, "invalid params: 'fields' must name at least one field", {"param": "fields"})
     instance_id = params["instance_id"]
     if instance_id is None:
         if params["product"] is None or params["reference_time"] is None:
@@ -239,6 +246,7 @@ async def _files_list(ctx: Context, params: Mapping[str, Any], conn: Connection)
             page = await ctx.query(
                 queries.list_files, instance_id, backend=params["backend"], format=params["format"],
                 include_deleted=params["include_deleted"], cursor=params["cursor"], limit=params["limit"],
+                fields=fields,
             )
         except queries.BadCursor as exc:
             raise RpcError(INVALID_PARAMS, f"invalid params: 'cursor' {exc}", {"param": "cursor"}) from None
@@ -324,6 +332,9 @@ async def _events_subscribe(ctx: Context, params: Mapping[str, Any], conn: Conne
     hub = ctx.hub
     kinds, products = _filters(params)
     since = params["since"]
+    # where the kept events start: a subscriber whose filter leaves out the
+    # "pruned" marker learns it here (docs/api.md, "Subscribing to events")
+    oldest = await ctx.query(reads.oldest_event)
     subscription = hub.subscribe(kinds, products)
     replied = trio.Event()
     conn.replied.append(replied)
@@ -362,7 +373,7 @@ async def _events_subscribe(ctx: Context, params: Mapping[str, Any], conn: Conne
                 conn.subscriptions.pop(subscription.id, None)
 
     conn.nursery.start_soon(stream)
-    return {"subscription": subscription.id, "position": hub.position}
+    return {"subscription": subscription.id, "position": hub.position, "oldest": oldest}
 
 
 async def _events_unsubscribe(ctx: Context, params: Mapping[str, Any], conn: Connection) -> Any:

@@ -262,8 +262,9 @@ _INSTANCE_ID = Param("instance_id", "integer", required=True, minimum=1)
 _RUN_ID = Param("run_id", "integer", required=True, minimum=1)
 _REASON = Param("reason", "string", default="", doc="why, for the operator event (muppet events --kind operator)")
 _INCIDENT_ID = Param("incident_id", "integer", required=True, minimum=1, doc="the incident's id")
-#: kinds of events in the log
-EVENT_KINDS = ("run", "job", "late", "operator", "product", "format", "backend", "instance", "file")
+#: kinds of events in the log, and "pruned": the marker that stands for
+#: pruned events (docs/api.md, "Subscribing to events")
+EVENT_KINDS = ("run", "job", "late", "operator", "product", "format", "backend", "instance", "file", "pruned")
 _RUN_STATES = tuple(state.value for state in RunState)
 _JOB_STATES = tuple(state.value for state in JobState)
 
@@ -413,6 +414,7 @@ METHODS: dict[str, MethodSpec] = method_table([
         Param("format", "string", nullable=True),
         Param("include_deleted", "boolean", default=False),
         _CURSOR, _LIMIT,
+        Param("fields", "array", nullable=True, doc="only these fields of each file: a compact answer"),
     ), "the files (data instances) of an instance, by backend and format"),
     MethodSpec("files.get", (
         Param("file_id", "integer", required=True, minimum=1),

@@ -578,7 +578,8 @@ async def run(
         readers = ReadPool(stores[:-1], health)
 
         async def read_events(after: int, limit: int) -> list[dict[str, Any]]:
-            read = partial(queries.events_since, hub_store, after, limit=limit)
+            # the hub reads only what is new: never a pruned event
+            read = partial(queries.events_since, hub_store, after, limit=limit, pruned=False)
             return await until_available(health, partial(trio.to_thread.run_sync, read))
 
         start = await trio.to_thread.run_sync(reads.last_event_id, hub_store)

@@ -109,7 +109,9 @@ def compare(running: Config, loaded: Config) -> Plan:
 
     for key in ("database", "state_dir", "output_dir"):
         keep("daemon", key, getattr(running.daemon, key), getattr(loaded.daemon, key))
-    daemon = attrs.evolve(running.daemon, pipeline_globs=loaded.daemon.pipeline_globs)
+    # what is kept and for how long applies at the history task's next pass
+    daemon = attrs.evolve(running.daemon, pipeline_globs=loaded.daemon.pipeline_globs,
+                          keep_history=loaded.daemon.keep_history, keep_job_dirs=loaded.daemon.keep_job_dirs)
     for key in ("listen", "tls_cert", "tls_key", "open_reads", "max_message_bytes"):
         keep("api", key, getattr(running.api, key), getattr(loaded.api, key))
     api = running.api
@@ -135,6 +137,9 @@ def compare(running: Config, loaded: Config) -> Plan:
     settings: list[str] = []
     if daemon.pipeline_globs != running.daemon.pipeline_globs:
         settings.append("[daemon] pipelines")
+    for key in ("keep_history", "keep_job_dirs"):
+        if getattr(daemon, key) != getattr(running.daemon, key):
+            settings.append(f"[daemon] {key}")
     if api.tokens_file != running.api.tokens_file or api.tokens != running.api.tokens:
         settings.append("[api] tokens_file")
     for key in ("outputs_backend", "expiry_interval", "delete_expired_files"):

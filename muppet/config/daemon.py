@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from .. import durations
 from ..model import DaemonConfig
 from ..tomlcheck import Bad, TomlFile, boolean, show, string, string_list
 from .checks import path, resolve
 
 __all__ = ["daemon_table", "default_daemon", "default_state_dir", "sqlite_path", "sqlite_url"]
 
-DAEMON_KEYS = ("database", "state_dir", "output_dir", "pipelines", "standby")
+DAEMON_KEYS = ("database", "state_dir", "output_dir", "pipelines", "standby", "keep_history", "keep_job_dirs")
 
 
 def default_state_dir() -> str:
@@ -87,6 +89,25 @@ def _database(base_dir: str) -> Callable[[Any], str]:
     return check
 
 
+def retention(value: Any) -> str:
+    """``keep_history``, ``keep_job_dirs``: an ISO 8601 duration longer than
+    nothing ("P30D", "PT12H")."""
+    text = string(value)
+    try:
+        parsed = durations.parse(text)
+    except ValueError as exc:
+        raise Bad(str(exc)) from None
+    if durations.is_negative(parsed) or durations.is_zero(parsed):
+        raise Bad(f"must be a duration longer than zero, such as \"P30D\", got {show(text)}")
+    return text
+
+
+def _longer(first: str, second: str) -> bool:
+    """Whether the duration ``first`` reaches further back than ``second``."""
+    moment = datetime(2000, 1, 1, tzinfo=UTC)
+    return durations.before(moment, first) < durations.before(moment, second)
+
+
 def daemon_table(f: TomlFile, data: Mapping[str, Any], base_dir: str) -> tuple[DaemonConfig, tuple[str, ...]]:
     """The ``[daemon]`` table, and its ``pipelines`` globs as written (the
     loader matches them relative to ``base_dir``, the file's directory)."""
@@ -100,11 +121,20 @@ def daemon_table(f: TomlFile, data: Mapping[str, Any], base_dir: str) -> tuple[D
     )
     globs: tuple[str, ...] = f.get(section, "daemon", "pipelines", string_list(), ())
     standby: bool = f.get(section, "daemon", "standby", boolean, False)
+    keep_history: str = f.get(section, "daemon", "keep_history", retention, defaults.keep_history)
+    keep_job_dirs: str = f.get(section, "daemon", "keep_job_dirs", retention, defaults.keep_job_dirs)
+    if _longer(keep_job_dirs, keep_history):
+        # a job directory outliving its job's record would be found by no
+        # one: its job is gone from the database (docs/operations.md, "What is kept")
+        f.problem("daemon", "keep_job_dirs", f"must not be longer than keep_history ({show(keep_history)}), "
+                  f"got {show(keep_job_dirs)}")
     daemon = DaemonConfig(
         database=database,
         state_dir=state_dir,
         output_dir=output_dir,
         pipeline_globs=tuple(resolve(base_dir, g) for g in globs),
         standby=standby,
+        keep_history=keep_history,
+        keep_job_dirs=keep_job_dirs,
     )
     return daemon, globs

@@ -313,6 +313,25 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX runs_pipeline_id ON runs (pipeline, id)
         """,
     ),
+    (
+        8,
+        """
+        -- what pruning has removed ([daemon] keep_history; muppet/db/prune.py):
+        -- the highest event, run and job numbers gone, so that the numbering
+        -- goes on above them whatever is left, and a reader asking for
+        -- removed events is told where the kept ones start
+        CREATE TABLE pruned (
+            id INTEGER PRIMARY KEY,
+            events INTEGER NOT NULL,    -- every event up to this number is gone
+            runs INTEGER NOT NULL,
+            jobs INTEGER NOT NULL,
+            at REAL NOT NULL            -- when pruning last removed events
+        );
+        INSERT INTO pruned (id, events, runs, jobs, at) VALUES (1, 0, 0, 0, 0);
+        -- the definitions no run uses any more, found without reading every run
+        CREATE INDEX runs_definition ON runs (definition)
+        """,
+    ),
 )
 
 

@@ -65,8 +65,10 @@ def load_snapshot(store: Store) -> Snapshot:
             " (SELECT id FROM runs WHERE state IN (?, ?)) ORDER BY id",
             unfinished,
         )
-        max_run = rows("SELECT MAX(id) FROM runs")[0][0]
-        max_job = rows("SELECT MAX(id) FROM jobs")[0][0]
+        # ids go on above those pruned, even when none is left (db/prune.py)
+        _, pruned_runs, pruned_jobs = rows("SELECT events, runs, jobs FROM pruned WHERE id = 1")[0]
+        max_run = max(rows("SELECT MAX(id) FROM runs")[0][0] or 0, pruned_runs)
+        max_job = max(rows("SELECT MAX(id) FROM jobs")[0][0] or 0, pruned_jobs)
         cron = rows(
             "SELECT pipeline, MAX(reference_time) FROM runs WHERE cause = ? GROUP BY pipeline",
             (RunCause.CRON.value,),
@@ -249,9 +251,50 @@ def get_definition(store: Store, key: str) -> Pipeline | None:
 
 
 def last_event_id(store: Store) -> int:
-    """The number of the newest event, 0 when there is none."""
-    newest: int | None = store.query("SELECT MAX(id) FROM events")[0][0]
+    """The number of the newest event, 0 when there has been none; when
+    every event was pruned, the last one pruned (the numbering goes on)."""
+    newest: int | None = store.query(
+        "SELECT MAX(id) FROM (SELECT MAX(id) AS id FROM events UNION ALL SELECT events FROM pruned WHERE id = 1)"
+        " AS newest"
+    )[0][0]
     return newest or 0
+
+
+def ended_jobs(store: Store, ids: Sequence[int], before: float) -> list[int]:
+    """Those of the jobs ``ids`` that are finished and ended before
+    ``before`` (seconds since the epoch), or that were pruned: their files
+    may go ([daemon] keep_job_dirs). A job the database holds unfinished, or
+    does not know and has not pruned, is never among them. One read
+    transaction."""
+
+    def work(cursor: Any) -> list[int]:
+        cursor.execute("SELECT jobs FROM pruned WHERE id = 1")
+        pruned: int = cursor.fetchone()[0]
+        cursor.execute(store.sql(
+            f"SELECT id, state, COALESCE(ended_at, created_at) FROM jobs WHERE id IN ({', '.join('?' for _ in ids)})"
+        ), tuple(ids))
+        known = {row[0]: (JobState(row[1]), row[2]) for row in cursor.fetchall()}
+        old = []
+        for job_id in ids:
+            found = known.get(job_id)
+            if found is None:
+                if job_id <= pruned:
+                    old.append(job_id)
+            elif found[0].finished and found[1] < before:
+                old.append(job_id)
+        return old
+
+    if not ids:
+        return []
+    return store.transaction(work, write=False)
+
+
+def oldest_event(store: Store) -> int:
+    """The number of the oldest event the log keeps: one above the last one
+    pruned ([daemon] keep_history), 1 when none was; when the log holds
+    none, the number the next one will have."""
+    pruned: int = store.query("SELECT events FROM pruned WHERE id = 1")[0][0]
+    return pruned + 1
 
 
 def _value(enum_type: type[E], value: Any) -> str:

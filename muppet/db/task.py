@@ -28,7 +28,7 @@ from .. import metrics
 from ..alerts.changes import AlertWrite
 from ..executor.jobdir import highest_job_id
 from ..fileio import usable_directory
-from ..messages import Change, DefineIndex, IndexWritten, Persist, Persisted, ToDatabase
+from ..messages import Change, DefineIndex, IndexWritten, Persist, Persisted, Pruned, PruneWrite, ToDatabase
 from ..model import Config
 from ..scheduler import cycling
 from . import reads, writes
@@ -121,9 +121,10 @@ async def run(
     """Persist what arrives on ``receive``; report each commit.
 
     Receives: ``Persist`` (the scheduler's changes), ``IndexWrite`` (an
-    index change from the API or the expiry task, with its reply channel) and
+    index change from the API or the expiry task, with its reply channel),
     ``AlertWrite`` (the alerts task's and the API's incident changes, answered
-    ``True`` once committed: docs/alerts.md). It
+    ``True`` once committed: docs/alerts.md) and ``PruneWrite`` (a chunk of
+    the history task's pruning, answered with its ``Pruned``). It
     waits for one, then takes every message already waiting on the channel
     without waiting again, and writes all of their changes in ONE transaction
     (one ``trio.to_thread.run_sync`` call to ``writes.write``).
@@ -184,11 +185,16 @@ async def run(
             # one per index change of the batch, in order: who waits for it
             replies: list[trio.MemorySendChannel[IndexWritten] | None] = []
             alert_replies: list[trio.MemorySendChannel[bool]] = []
+            # one per Prune of the batch, in order
+            prune_replies: list[trio.MemorySendChannel[Pruned] | None] = []
             for message in batch:
                 if isinstance(message, AlertWrite):
                     changes.extend(message.changes)
                     if message.reply is not None:
                         alert_replies.append(message.reply)
+                elif isinstance(message, PruneWrite):
+                    changes.append(message.change)
+                    prune_replies.append(message.reply)
                 elif isinstance(message, Persist):
                     changes.extend(message.changes)
                     replies.extend(None for c in message.changes if isinstance(c, writes.INDEX_CHANGES))
@@ -207,6 +213,13 @@ async def run(
                     alert_reply.send_nowait(True)
                 except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # the requester went away; the write is committed all the same
+            for prune_reply, pruned in zip(prune_replies, done.pruned, strict=True):
+                if prune_reply is None:
+                    continue
+                try:
+                    prune_reply.send_nowait(pruned)
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the history task went away; the chunk is committed all the same
             if done.changes or done.rejected or done.completed or done.acks or done.requests:
                 await send.send(Persisted(
                     done.changes, done.rejected, done.completed, done.ended, done.acks,

@@ -34,11 +34,14 @@ from ..messages import (
     LateNotice,
     NewRun,
     OperatorEvent,
+    Prune,
+    Pruned,
     RegisterFiles,
     SetTorrent,
     UpdateRequest,
 )
 from ..model import Job, JobLog, Run
+from . import prune as history
 from .lease import Mark, check_epoch
 from .reads import ended_runs, missing_products
 from .rows import JOB_COLUMNS, REQUEST_COLUMNS, RUN_COLUMNS, event_payload, job_row, request_row, run_row
@@ -62,6 +65,8 @@ class Committed:
     acks: tuple[int, ...] = ()
     #: the update requests of the batch as committed
     requests: tuple[UpdateRequest, ...] = ()
+    #: what each Prune of the batch removed, in the order given
+    pruned: tuple[Pruned, ...] = ()
     #: the number of the newest event once the batch committed (not part of
     #: equality: two writes of the same changes are the same commit)
     last_event_id: int = attrs.field(default=0, eq=False)
@@ -142,8 +147,10 @@ def write(store: Store, changes: Sequence[Change], *, token: str | None = None, 
                 last_event_id = cursor.fetchone()[0] or 0
                 rejected = set(json.loads(row[1]))
                 committed = _committed(batch, rejected, _written_from_json(row[2]), last_event_id)
+                # what a Prune removed is not kept: the next chunk finds what is left
+                unknown = tuple(Pruned(after_run=c.after_run, more=True) for c in batch if isinstance(c, Prune))
                 return attrs.evolve(committed, ended=_ended_needed(store, cursor, batch, rejected),
-                                    requests=_requests_written(store, cursor, batch))
+                                    requests=_requests_written(store, cursor, batch), pruned=unknown)
         return _write(store, cursor, batch, token)
 
     return store.transaction(work, write=True)
@@ -157,6 +164,7 @@ def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | 
     logs: list[tuple[Any, ...]] = []
     events: list[index_write.EventRow] = []
     definitions: dict[str, tuple[Any, ...]] = {}
+    prunes: list[Prune] = []
     now = time.time()
     insert_new_run = store.sql(_INSERT_NEW_RUN)
     # Rows of one table keep their order (a later state of a job wins); the
@@ -211,6 +219,8 @@ def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | 
         elif isinstance(change, ALERT_CHANGES):
             # an incident commits with its cause (docs/alerts.md, "Incidents")
             alert_records.apply(cursor, store.sql, change, now, events)
+        elif isinstance(change, Prune):
+            prunes.append(change)  # after the batch's own rows (below)
         else:
             raise TypeError(f"change {position}: cannot persist a {type(change).__name__}")
     if definitions:
@@ -223,6 +233,11 @@ def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | 
     # a late product that arrived resolves its incident in the same commit
     alert_records.resolve_completed(cursor, store.sql, (
         (c.product, c.reference_time) for w in written.values() for c in w.completed), now)
+    cursor.execute("SELECT MAX(id) FROM events")
+    newest = cursor.fetchone()[0] or 0
+    # pruning sees the batch's own rows: a run that this batch brought back
+    # (a rerun) is running again, not old
+    pruned = tuple(history.prune(store, cursor, change, now) for change in prunes)
     if token is not None:
         cursor.execute(
             store.sql(
@@ -232,11 +247,11 @@ def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | 
             ),
             (token, json.dumps(sorted(rejected)), _written_to_json(written)),
         )
-    cursor.execute("SELECT MAX(id) FROM events")
-    last_event_id = cursor.fetchone()[0] or 0
+    # the newest event as it was before pruning: a prune may leave none
+    last_event_id = newest
     committed = _committed(changes, rejected, written, last_event_id)
     return attrs.evolve(committed, ended=_ended_needed(store, cursor, changes, rejected),
-                        requests=_requests_written(store, cursor, changes))
+                        requests=_requests_written(store, cursor, changes), pruned=pruned)
 
 
 def _write_request(store: Store, cursor: Any, change: UpdateRequest) -> None:
@@ -331,7 +346,7 @@ def _committed(
         elif position in rejected:
             assert isinstance(change, NewRun)
             refused.append(change)
-        elif not isinstance(change, (LateNotice, OperatorEvent, Control, Ack, UpdateRequest, *ALERT_CHANGES)):
+        elif not isinstance(change, (LateNotice, OperatorEvent, Control, Ack, UpdateRequest, Prune, *ALERT_CHANGES)):
             engine.append(change)  # not events, orders, marks or requests (Committed.requests)
     acks = tuple(change.request for change in changes if isinstance(change, Ack))
     return Committed(tuple(engine), tuple(refused), tuple(index), acks=acks, last_event_id=last_event_id)

@@ -189,6 +189,36 @@ def highest_job_id(state_dir: str) -> int:
     return max((int(name) for name in names if name.isdigit()), default=0)
 
 
+def job_ids_with_files(state_dir: str) -> list[int]:
+    """The job ids that have a job directory or a scratch directory under
+    ``state_dir``, in order. Blocking."""
+    found: set[int] = set()
+    for part in ("jobs", "scratch"):
+        try:
+            names = os.listdir(os.path.join(state_dir, part))
+        except FileNotFoundError:
+            continue
+        found.update(int(name) for name in names if name.isdigit())
+    return sorted(found)
+
+
+def remove_job_files(state_dir: str, job_id: int) -> str | None:
+    """Remove the job directory and the scratch directory of job ``job_id``
+    (its whole output, its wrapper, its status file), for good: only for a
+    job that has ended (the history task asks the database first,
+    muppet/history.py). Blocking. Returns what went wrong, or None; a
+    directory that is not there is no trouble."""
+    for part in ("jobs", "scratch"):
+        path = os.path.join(state_dir, part, str(job_id))
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            return f"cannot remove {path}: {error.strerror or error}"
+    return None
+
+
 class JobDir:
     """The paths of one job; the methods do blocking file work: call them in a
     worker thread (``trio.to_thread.run_sync``)."""

@@ -88,6 +88,15 @@ FILE_FROM = (
 )
 
 
+#: the fields of a file, as ``file_from_row`` gives them: what
+#: ``files.list``'s ``fields`` may name
+FILE_FIELDS = (
+    "id", "data_id", "instance_id", "product", "reference_time", "version", "name", "url", "format", "backend",
+    "size", "hash_type", "hash", "expires", "deleted", "partial", "info_hash", "time_begin", "time_end",
+    "variables", "created_at", "peer", "superseded_by",
+)
+
+
 def file_from_row(row: Sequence[Any]) -> dict[str, Any]:
     """A data instance (a file on one backend), with what its Data and
     ProductInstance say about it."""
@@ -297,8 +306,10 @@ def list_files(
     include_deleted: bool = False,
     cursor: str | None = None,
     limit: int = 100,
+    fields: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The data instances of one instance, by id."""
+    """The data instances of one instance, by id; with ``fields``, each
+    holds only those (in ``FILE_FIELDS``' order)."""
     limit = _limit(limit)
     sql = f"SELECT {FILE_COLUMNS}{FILE_FROM} WHERE di.instance_id = ?"
     params: list[Any] = [instance_id]
@@ -316,7 +327,11 @@ def list_files(
     sql += " ORDER BY di.id LIMIT ?"
     params.append(limit + 1)
     items = [file_from_row(r) for r in store.query(sql, params)]
-    return _page(items, limit, lambda item: str(item["id"]))
+    page = _page(items, limit, lambda item: str(item["id"]))
+    if fields is not None:
+        chosen = [name for name in FILE_FIELDS if name in fields]
+        page["items"] = [{name: item[name] for name in chosen} for item in page["items"]]
+    return page
 
 
 def get_file(store: Any, file_id: int, *, torrent: bool = False) -> dict[str, Any] | None:
@@ -360,6 +375,11 @@ def expiring(
 # --- events ------------------------------------------------------------------------
 
 
+#: the kind of the marker that stands for the pruned events (docs/api.md,
+#: "Subscribing to events"); no event of the log has it
+PRUNED = "pruned"
+
+
 def events_since(
     store: Any,
     after_id: int,
@@ -367,9 +387,18 @@ def events_since(
     limit: int = 1000,
     kinds: Sequence[str] | None = None,
     products: Sequence[str] | None = None,
+    pruned: bool = True,
 ) -> list[dict[str, Any]]:
     """Events numbered above ``after_id``, oldest first, as
-    ``{"id", "at", "kind", "product", "subject_id", "data"}``."""
+    ``{"id", "at", "kind", "product", "subject_id", "data"}``.
+
+    When some of them were pruned ([daemon] keep_history), the first item is
+    a marker of kind "pruned" that stands for them: its id is the last
+    number pruned, its ``at`` when they went, its data ``{"oldest": N}``,
+    the number of the oldest event kept. It passes the ``products`` filter,
+    and ``kinds`` when they name "pruned"; ``pruned=False`` leaves it out
+    (the API's event hub, which only reads what is new). One statement, so
+    that the marker and the events come from one moment of the log."""
     sql = "SELECT id, at, kind, product, subject_id, payload FROM events WHERE id > ?"
     params: list[Any] = [after_id]
     if kinds:
@@ -380,6 +409,13 @@ def events_since(
         params += list(products)
     sql += " ORDER BY id LIMIT ?"
     params.append(int(limit))
+    if pruned and (not kinds or PRUNED in kinds):
+        sql = (
+            f"SELECT id, at, kind, product, subject_id, payload FROM (SELECT events AS id, at, '{PRUNED}' AS kind,"
+            " NULL AS product, 0 AS subject_id, '{}' AS payload FROM pruned WHERE id = 1 AND events > ?"
+            f" UNION ALL SELECT * FROM ({sql}) AS kept) AS page ORDER BY id LIMIT ?"
+        )
+        params = [after_id, *params, int(limit)]
     return [event_from_row(r) for r in store.query(sql, params)]
 
 
@@ -390,5 +426,5 @@ def event_from_row(row: Sequence[Any]) -> dict[str, Any]:
         "kind": row[2],
         "product": row[3],
         "subject_id": row[4],
-        "data": json.loads(row[5]),
+        "data": {"oldest": row[0] + 1} if row[2] == PRUNED else json.loads(row[5]),
     }

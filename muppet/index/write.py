@@ -47,6 +47,8 @@ from .queries import (
 
 #: (at, kind, subject_id, payload JSON, product) rows for the events table
 EventRow = tuple[float, str, Any, str, "str | None"]
+#: ids in one statement's IN list: below SQLite's oldest limit of 999 variables
+_PART = 500
 
 
 class Refused(Exception):
@@ -352,10 +354,14 @@ class _Writer:
 
     def delete(self, change: DeleteFiles) -> tuple[dict[str, Any], tuple[str, ...]]:
         if change.expired_at is not None:
-            ids = [r[0] for r in self.rows(
-                "SELECT id FROM data_instances WHERE deleted = 0 AND expires <= ? ORDER BY id",
-                (codec.format_time(change.expired_at),),
-            )]
+            # the soonest expired first, at most ``limit`` (expiry's chunks):
+            # the partial index on expires gives them in its order
+            sql = "SELECT id FROM data_instances WHERE deleted = 0 AND expires <= ? ORDER BY expires, id"
+            params: list[Any] = [codec.format_time(change.expired_at)]
+            if change.limit is not None:
+                sql += " LIMIT ?"
+                params.append(change.limit)
+            ids = sorted(r[0] for r in self.rows(sql, params))
         else:
             ids = list(dict.fromkeys(change.ids))
             known = {r[0] for r in self.rows(
@@ -364,25 +370,37 @@ class _Writer:
             missing = [i for i in ids if i not in known]
             if missing:
                 raise Refused(NOT_FOUND, f"unknown data instance {missing[0]}")
-        deleted = []
-        paths = []
-        for file_id in ids:
+        deleted: list[int] = []
+        paths: list[str] = []
+        # a few statements per part, not per file: a chunk of expiry is
+        # thousands of files
+        for start in range(0, len(ids), _PART):
+            part = ids[start:start + _PART]
+            marks = ", ".join("?" for _ in part)
+            present = {r[0] for r in self.rows(
+                f"SELECT id FROM data_instances WHERE id IN ({marks}) AND deleted = 0", part)}
+            live = [i for i in part if i in present]  # deleted already: no second event
+            if not live:
+                continue
+            marks = ", ".join("?" for _ in live)
             self.cursor.execute(self.sql(
-                "UPDATE data_instances SET deleted = 1, deleted_at = ? WHERE id = ? AND deleted = 0"
-            ), (self.now, file_id))
-            if self.cursor.rowcount != 1:
-                continue  # deleted already: no second event
-            item = self._file(file_id)
-            item["reason"] = change.reason
-            self.event("file", file_id, item, item["product"])
-            deleted.append(file_id)
-            row = self.existing(
-                "SELECT b.url FROM data_instances di JOIN backends b ON b.slug = di.backend WHERE di.id = ?",
-                (file_id,),
-            )
-            if row[0].startswith("file://") and item["url"].startswith("file://"):
-                paths.append("/" + item["url"][len("file://"):].lstrip("/"))
+                f"UPDATE data_instances SET deleted = 1, deleted_at = ? WHERE id IN ({marks})"
+            ), (self.now, *live))
+            items = {row[0]: file_from_row(row) for row in self.rows(
+                f"SELECT {FILE_COLUMNS}{FILE_FROM} WHERE di.id IN ({marks})", live)}
+            for file_id in live:
+                item = items[file_id]
+                item["reason"] = change.reason
+                self.event("file", file_id, item, item["product"])
+                deleted.append(file_id)
+                if self._backend_url(item["backend"]).startswith("file://") and item["url"].startswith("file://"):
+                    paths.append("/" + item["url"][len("file://"):].lstrip("/"))
         return {"deleted": deleted}, tuple(paths)
+
+    def _backend_url(self, slug: str) -> str:
+        if slug not in self.known_backends:
+            self.known_backends[slug] = self.existing("SELECT url FROM backends WHERE slug = ?", (slug,))[0]
+        return self.known_backends[slug]
 
     def set_torrent(self, change: SetTorrent) -> dict[str, Any]:
         self.cursor.execute(self.sql(
