@@ -93,10 +93,20 @@ async def run(
         await trio.sleep(FIRST if first is None else first)
         while True:
             daemon = running.config.daemon
-            await prune(database, cutoff(clock(), daemon.keep_history))
+            began = trio.current_time()
+            history_edge = cutoff(clock(), daemon.keep_history)
+            pruned = await prune(database, history_edge)
             if store is None:
                 store = await until_available(health, opened)
-            await remove_old_job_files(store, daemon.state_dir, cutoff(clock(), daemon.keep_job_dirs), health)
+            files_edge = cutoff(clock(), daemon.keep_job_dirs)
+            removed = await remove_old_job_files(store, daemon.state_dir, files_edge, health)
+            # one line per pass, whatever it found (docs/operations.md, "What is kept")
+            log.info("history: pruned what ended before %s (keep_history %s): %d runs, %d jobs, %d log tails, "
+                     "%d events, %d definitions; removed the job directories of %d jobs ended before %s "
+                     "(keep_job_dirs %s); %.1f s",
+                     _moment(history_edge), daemon.keep_history, pruned.runs, pruned.jobs, pruned.logs,
+                     pruned.events, pruned.definitions, len(removed), _moment(files_edge), daemon.keep_job_dirs,
+                     trio.current_time() - began)
             await trio.sleep(PASS if every is None else every)
     finally:
         if store is not None:
@@ -125,10 +135,6 @@ async def prune(database: trio.MemorySendChannel[PruneWrite], before: float, *, 
         after = chunk.after_run
         # as long again: the writer is free for others at least half the time
         await trio.sleep(took)
-    if total.rows:
-        log.info("pruned the history before %s: %d runs, %d jobs, %d log tails, %d events, %d definitions",
-                 datetime.fromtimestamp(before, UTC).isoformat(timespec="seconds"),
-                 total.runs, total.jobs, total.logs, total.events, total.definitions)
     return total
 
 
@@ -143,10 +149,11 @@ async def remove_old_job_files(store: Store, state_dir: str, before: float, heal
         old = await until_available(health, partial(trio.to_thread.run_sync, reads.ended_jobs, store, part, before))
         if old:
             removed += await trio.to_thread.run_sync(_remove, state_dir, old)
-    if removed:
-        log.info("removed the job directories of %d jobs that ended before %s", len(removed),
-                 datetime.fromtimestamp(before, UTC).isoformat(timespec="seconds"))
     return removed
+
+
+def _moment(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
 def _remove(state_dir: str, ids: list[int]) -> list[int]:

@@ -9,8 +9,10 @@ itself."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -294,10 +296,12 @@ async def test_subscribers_and_muppet_events_are_told_of_pruned_events(nursery, 
 
 
 async def test_a_daemon_prunes_and_removes_old_job_directories_by_itself(nursery, tmp_path, database_url,
-                                                                       monkeypatch):
+                                                                       monkeypatch, caplog):
     """keep_history and keep_job_dirs of a few seconds, a pass every 0.2 s:
     an ended run goes with its job's directory, while a job still running
-    keeps its own, which goes once that job has ended and aged."""
+    keeps its own, which goes once that job has ended and aged; each pass
+    says in one log line what it removed."""
+    caplog.set_level(logging.INFO, logger="muppet.history")
     monkeypatch.setattr(history, "FIRST", 0.0)
     monkeypatch.setattr(history, "PASS", 0.2)
     config = make_config(tmp_path, database_url, keep_history="PT3S", keep_job_dirs="PT1S")
@@ -323,6 +327,12 @@ async def test_a_daemon_prunes_and_removes_old_job_directories_by_itself(nursery
         await wait_until_async(lambda: _gone(client, gated), DEADLINE, "the gated run pruned")
         listed = await client.call("events.list", {"since": 0})
         assert listed[0]["kind"] == "pruned"
+    passes = [r.getMessage() for r in caplog.records if r.name == "muppet.history"]
+    assert all(line.startswith("history: pruned what ended before ") for line in passes), passes
+    assert any(re.search(r": 1 runs, 1 jobs, \d+ log tails, [1-9]\d* events, \d+ definitions; ", line)
+               for line in passes), passes
+    assert any(re.search(r"removed the job directories of 1 jobs ended before .* \(keep_job_dirs PT1S\)", line)
+               for line in passes), passes
 
 
 # --- job directories ------------------------------------------------------------------------------

@@ -308,6 +308,17 @@ def test_other_settings_that_apply_at_once():
     assert plan.config.index.expiry_interval == 5.0 and plan.changes.applied
 
 
+def test_what_is_kept_applies_at_the_history_tasks_next_pass():
+    """[daemon] keep_history and keep_job_dirs: the history task reads them
+    from the running configuration at each pass (muppet/history.py)."""
+    running = default_config()
+    loaded = attrs.evolve(running, daemon=attrs.evolve(running.daemon, keep_history="P90D", keep_job_dirs="P2D"))
+    plan = compare(running, loaded)
+    assert plan.changes.settings == ("[daemon] keep_history", "[daemon] keep_job_dirs")
+    assert (plan.config.daemon.keep_history, plan.config.daemon.keep_job_dirs) == ("P90D", "P2D")
+    assert plan.changes.applied and not plan.changes.restart
+
+
 # --- the scheduler core ---------------------------------------------------------------------------------
 
 

@@ -121,9 +121,12 @@ def daemon_table(f: TomlFile, data: Mapping[str, Any], base_dir: str) -> tuple[D
     )
     globs: tuple[str, ...] = f.get(section, "daemon", "pipelines", string_list(), ())
     standby: bool = f.get(section, "daemon", "standby", boolean, False)
+    known = len(f.problems)
     keep_history: str = f.get(section, "daemon", "keep_history", retention, defaults.keep_history)
     keep_job_dirs: str = f.get(section, "daemon", "keep_job_dirs", retention, defaults.keep_job_dirs)
-    if _longer(keep_job_dirs, keep_history):
+    # compared only when both are good: a bad one stands as its default here,
+    # which the file does not say
+    if len(f.problems) == known and _longer(keep_job_dirs, keep_history):
         # a job directory outliving its job's record would be found by no
         # one: its job is gone from the database (docs/operations.md, "What is kept")
         f.problem("daemon", "keep_job_dirs", f"must not be longer than keep_history ({show(keep_history)}), "
