@@ -19,11 +19,19 @@ this process (its tasks as `muppet daemon` has them):
   from ``daemon.serve`` to the API answering ``daemon.status``, with the
   run drained first so that the load is the daemon's alone.
 
+With several --history levels (``--history 100000,1000000``) all of this
+is measured at each level in turn in the same run, the history grown
+between them, and the API latencies of the levels are printed side by
+side: a million jobs of history should leave them as they were
+(docs/operations.md, "What is kept"). The start-up is measured once, at
+the end.
+
 Targets (docs/performance.md): core CPU per event within 2x between the
 smallest and largest size; RSS under 300 MB at 50k active jobs; API p99
 under 50 ms; start-up under 5 s with 50k unfinished jobs.
 
-    .venv/bin/python bench/scale.py [--sizes 1000,10000,50000] [--history 100000] [--postgres] [--max-jobs 16]
+    .venv/bin/python bench/scale.py [--sizes 1000,10000,50000] [--history 100000[,1000000]] [--postgres]
+        [--max-jobs 16]
 """
 
 from __future__ import annotations
@@ -58,6 +66,8 @@ from muppet.model import Job, JobState, Run, RunCause, RunState  # noqa: E402
 from muppet.scheduler.core import Scheduler  # noqa: E402
 
 CRON_PIPELINES = 200
+#: the first history run's id (the measured runs' ids stay below it)
+HISTORY_RUNS = 1_000_000
 HEAD = '[stakeholders.b]\nname = "bench"\n'
 
 
@@ -94,18 +104,19 @@ def write_config(root: Path, database: str, max_jobs: int, sizes: list[int]) -> 
     return path
 
 
-def seed_history(url: str, jobs: int, first_run_id: int) -> int:
-    """``jobs`` finished jobs in runs of 100, with the daemon's own writer;
-    returns the next run id."""
+def seed_history(url: str, jobs: int) -> None:
+    """``jobs`` more finished jobs in runs of 100, with the daemon's own
+    writer, numbered above every run and job already there (run ``r`` has
+    the reference time ``r - HISTORY_RUNS`` hours after 2025-01-01)."""
     start = datetime(2025, 1, 1, tzinfo=UTC)
     store = open_store(url)
     try:
-        job_id = first_run_id * 1000
-        run_id = first_run_id
+        run_id = max(store.query("SELECT MAX(id) FROM runs")[0][0] or 0, HISTORY_RUNS - 1) + 1
+        job_id = (store.query("SELECT MAX(id) FROM jobs")[0][0] or 0) + 1
         batch: list[NewRun] = []
-        for index in range(max(jobs // 100, 0)):
+        for _ in range(max(jobs // 100, 0)):
             now = time.time() - 86400
-            run = Run(id=run_id, pipeline="history", reference_time=start + timedelta(hours=index),
+            run = Run(id=run_id, pipeline="history", reference_time=start + timedelta(hours=run_id - HISTORY_RUNS),
                       state=RunState.SUCCEEDED, cause=RunCause.CRON, created_at=now, ended_at=now + 60)
             made = tuple(
                 Job(id=job_id + i, run_id=run_id, pipeline="history", step="a", index=i, count=100,
@@ -121,7 +132,6 @@ def seed_history(url: str, jobs: int, first_run_id: int) -> int:
                 batch = []
         if batch:
             writes.write(store, batch)
-        return run_id
     finally:
         store.close()
 
@@ -252,44 +262,69 @@ async def start_up(config_path: Path, url: str, pipeline: str, jobs: int) -> flo
 def bench_database(name: str, url: str, root: Path, args: argparse.Namespace, sizes: list[int]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     config = write_config(root, url, args.max_jobs, sizes)
-    began = time.perf_counter()
-    seed_history(url, args.history, 1_000_000)
-    print(f"{name}: {args.history:,} finished jobs seeded in {time.perf_counter() - began:.1f} s; "
-          f"{CRON_PIPELINES} cron pipelines loaded")
     clock = CoreClock()
-    per_event = {}
-    with clock.installed():
-        for size in sizes:
+    seeded = 0
+    # (history, method) -> (p50, p99, calls): the levels side by side at the end
+    probed: dict[tuple[int, str], tuple[float, float, int]] = {}
+    for history in args.history:
+        began = time.perf_counter()
+        seed_history(url, history - seeded)
+        seeded = history
+        print(f"{name}: {history:,} finished jobs of history (seeded in {time.perf_counter() - began:.1f} s); "
+              f"{CRON_PIPELINES} cron pipelines loaded; load average {os.getloadavg()[0]:.1f}", flush=True)
+        per_event = {}
+        with clock.installed():
+            for size in sizes:
+                for shape in ("fan", "each"):
+                    probe = shape == "fan" and size == max(sizes)
+                    figures = trio.run(one_run, config, f"{shape}{size}", size, clock, probe)
+                    per_event[(shape, size)] = figures["core_per_event"]
+                    print(f"  {shape:4s} {size:>6,} jobs: {figures['elapsed']:7.1f} s  {figures['rate']:6.1f} jobs/s  "
+                          f"core {figures['core_per_event'] * 1e6:6.1f} us/event  peak RSS {figures['rss']:6.1f} MB",
+                          flush=True)
+                    if probe:
+                        for method, values in figures["latencies"].items():
+                            if values:
+                                p50, p99 = statistics.median(values), percentile(values, 0.99)
+                                probed[(history, method)] = (p50, p99, len(values))
+                                print(f"    {method:14s} while it ran: p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  "
+                                      f"({len(values)} calls)", flush=True)
             for shape in ("fan", "each"):
-                probe = shape == "fan" and size == max(sizes)
-                figures = trio.run(one_run, config, f"{shape}{size}", size, clock, probe)
-                per_event[(shape, size)] = figures["core_per_event"]
-                print(f"  {shape:4s} {size:>6,} jobs: {figures['elapsed']:7.1f} s  {figures['rate']:6.1f} jobs/s  "
-                      f"core {figures['core_per_event'] * 1e6:6.1f} us/event  peak RSS {figures['rss']:6.1f} MB")
-                if probe:
-                    for method, values in figures["latencies"].items():
-                        if values:
-                            print(f"    {method:14s} while it ran: p50 {statistics.median(values):6.1f} ms  "
-                                  f"p99 {percentile(values, 0.99):6.1f} ms  ({len(values)} calls)")
-        for shape in ("fan", "each"):
-            low, high = per_event[(shape, min(sizes))], per_event[(shape, max(sizes))]
-            print(f"  {shape}: core CPU per event at {max(sizes):,} jobs is {high / low:.2f}x that at "
-                  f"{min(sizes):,} (target: within 2x)")
+                low, high = per_event[(shape, min(sizes))], per_event[(shape, max(sizes))]
+                print(f"  {shape}: core CPU per event at {max(sizes):,} jobs is {high / low:.2f}x that at "
+                      f"{min(sizes):,} (target: within 2x)")
+    if len(args.history) > 1:
+        # the same run, the history growing between the levels: does it
+        # move the API's latencies? (docs/performance.md)
+        first = args.history[0]
+        print(f"  API latency while the {max(sizes):,}-job fan-out ran, by jobs of history "
+              f"(p50 / p99 ms; ratio to {first:,}):")
+        for method in ("daemon.status", "runs.list", "jobs.list"):
+            cells = []
+            for history in args.history:
+                if (history, method) in probed and (first, method) in probed:
+                    p50, p99, _ = probed[(history, method)]
+                    base50, base99, _ = probed[(first, method)]
+                    cells.append(f"{history:,}: {p50:.1f} / {p99:.1f} ({p50 / base50:.2f}x / {p99 / base99:.2f}x)")
+            print(f"    {method:14s} " + "   ".join(cells))
     seconds = trio.run(start_up, config, url, f"fan{max(sizes)}", max(sizes))
-    print(f"  start-up with {max(sizes):,} unfinished jobs: {seconds:.2f} s (target: under 5 s); "
-          f"peak RSS {rss_mb():.1f} MB")
+    print(f"  start-up with {max(sizes):,} unfinished jobs and {seeded:,} of history: {seconds:.2f} s "
+          f"(target: under 5 s); peak RSS {rss_mb():.1f} MB")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,50000", help="jobs per run, comma-separated")
-    parser.add_argument("--history", type=int, default=100_000, help="finished jobs in the database first")
+    parser.add_argument("--history", default="100000",
+                        help="finished jobs in the database first; several, comma-separated (100000,1000000),"
+                             " are measured in turn in the same run, the history grown between them")
     parser.add_argument("--max-jobs", type=int, default=16, help="the local executor's max_jobs")
     parser.add_argument("--postgres", action="store_true", help="also on a PostgreSQL 15 started here")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
+    args.history = sorted(int(h) for h in args.history.split(","))
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; sizes {sizes}, "
-          f"history {args.history:,} jobs, max_jobs {args.max_jobs}")
+          f"history {', '.join(f'{h:,}' for h in args.history)} jobs, max_jobs {args.max_jobs}")
     with tempfile.TemporaryDirectory(prefix="muppet-scale-") as tmp:
         bench_database("sqlite", f"sqlite:///{tmp}/sqlite/muppet.db", Path(tmp) / "sqlite", args, sizes)
         if args.postgres:
