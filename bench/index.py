@@ -15,6 +15,9 @@ For each database (SQLite, PostgreSQL 15):
      "files.list {instance_id: I, backend: lustre-a}" over random I among the
      newest 8 complete instances of each product (half and half by default,
      --files-share), batched and unbatched;
+   - compact: the mix with files.list's ``fields`` (COMPACT_FIELDS: what
+     a consumer needs to fetch a file), batched and unbatched: the same
+     queries with smaller answers, printed beside the whole ones;
    - latest, files: each of the two alone, batched;
    - echo: daemon.echo {data: ~200 bytes} through the same daemon (its
      JSON-RPC ceiling), batched and unbatched;
@@ -32,10 +35,15 @@ which the event stream keeps current).
 Prints the load time, the cold pass, the CPU split of each run (daemon,
 clients, echo server, interrupts, other programs on the box), and the table
 of queries per second with their share of the ceilings. Targets: >= 10,000
-queries/s and >= 50% of the echo ceiling.
+queries/s and >= 60% of the echo ceiling (the batched mix, whole files and compact).
 
     .venv/bin/python bench/index.py [--backends sqlite,postgres] [--seconds 10]
-        [--batch 20] [--quick] [--files-share 0.5] [--profile]
+        [--batch 20] [--rounds 1] [--quick] [--files-share 0.5] [--profile]
+
+--rounds N: the batched mix, the compact mix and the batched echo N times
+in turn; each round's share is of its own echo, and the targets are judged
+on the median round (on a machine shared with other work the load moves by
+tens of percent between runs).
 
 --quick: 5 products x 2 days, 2-second runs, only mix (batched and not),
 echo, plain and bulk batched: checks the script in under a minute.
@@ -51,6 +59,7 @@ import os
 import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,6 +84,8 @@ BACKEND = "lustre-a"
 FORMAT = "netcdf"
 FILE_COUNT = 60
 RECENT = 8  # instances per product the files.list queries pick from
+#: files.list's fields in the compact mix (docs/api.md, "Reads")
+COMPACT_FIELDS = ["id", "url", "size", "hash"]
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -284,6 +295,8 @@ async def cold_pass(url: str, targets: dict, connections: int = 10) -> tuple[int
     these go to the database and fill the cache."""
     calls = [("instances.latest", {"product": p, "complete": True}) for p in targets["products"]]
     calls += [("files.list", {"instance_id": i, "backend": BACKEND}) for i, _ in targets["instances"]]
+    calls += [("files.list", {"instance_id": i, "backend": BACKEND, "fields": COMPACT_FIELDS})
+              for i, _ in targets["instances"]]
     queue = list(enumerate(calls))
     failures = []
 
@@ -306,7 +319,7 @@ async def cold_pass(url: str, targets: dict, connections: int = 10) -> tuple[int
 
 
 def measure(
-    args, root: Path, url: str, mix: str, batch: int, share: float, bulk_bytes: int,
+    args, root: Path, url: str, label: str, mix: str, batch: int, share: float, bulk_bytes: int,
     targets: dict, watch: dict[str, int],
 ) -> dict:
     """One run: the clients in ``args.procs`` processes for ``args.seconds``."""
@@ -319,6 +332,7 @@ def measure(
             "start_at": start_at, "products": targets["products"], "instances": targets["instances"],
             "backend": BACKEND, "file_count": FILE_COUNT, "files_share": share, "bulk_bytes": bulk_bytes,
             "echo": args.echo_data, "seed": p + 1, "sample_every": 20,
+            "fields": COMPACT_FIELDS if label == "compact" else None,
         }
         path = root / f"spec-{p}.json"
         path.write_text(json.dumps(spec))
@@ -383,16 +397,22 @@ def run_backend(args, name: str, database: str, root: Path, echo_pid: int, echo_
         print(f"cold pass: {count} distinct queries, one call per message over 10 connections, "
               f"{seconds:.2f} s ({count / seconds:,.0f} queries/s, from the database)", flush=True)
         # (label, client mix, batch, share of files.list)
-        runs = [("mix", "query", args.batch, args.files_share)]
+        # the batched mix, whole and compact, beside the batched echo, in
+        # --rounds rounds one after the other: on a shared machine the load
+        # moves between runs, and each round's ratio is of runs seconds apart
+        runs = [("mix", "query", args.batch, args.files_share), ("compact", "query", args.batch, args.files_share)]
+        if not args.profile:
+            runs.append(("echo", "echo", args.batch, 0.0))
+        runs *= args.rounds
         if args.quick:
-            runs += [("mix", "query", 1, args.files_share), ("echo", "echo", args.batch, 0.0),
+            runs += [("mix", "query", 1, args.files_share),
                      ("plain", "plain", args.batch, 0.0), ("bulk", "bulk", args.batch, 0.0)]
         elif not args.profile:
             runs += [
                 ("mix", "query", 1, args.files_share),
+                ("compact", "query", 1, args.files_share),
                 ("latest", "query", args.batch, 0.0),
                 ("files", "query", args.batch, 1.0),
-                ("echo", "echo", args.batch, 0.0),
                 ("echo", "echo", 1, 0.0),
                 ("plain", "plain", args.batch, 0.0),
                 ("plain", "plain", 1, 0.0),
@@ -400,17 +420,20 @@ def run_backend(args, name: str, database: str, root: Path, echo_pid: int, echo_
                 ("bulk", "bulk", 1, 0.0),
             ]
         answer_bytes: dict[int, int] = {}
+        seen: dict[tuple[str, int], int] = {}
         for label, mix, batch, share in runs:
+            round_ = seen[(label, batch)] = seen.get((label, batch), -1) + 1
             target = echo_url if mix in ("plain", "bulk") else url
-            result = measure(args, root, target, mix, batch, share, answer_bytes.get(batch, 0), targets,
+            result = measure(args, root, target, label, mix, batch, share, answer_bytes.get(batch, 0), targets,
                              {"daemon": daemon.pid, "echo-server": echo_pid})
-            result.update(backend=name, mix=label, batch=batch)
+            result.update(backend=name, mix=label, batch=batch, round=round_)
             if label == "mix":
                 answer_bytes[batch] = int(result["mb_in"] * 1e6 / max(1, result["messages"]))
             rows.append(result)
             cpu = result["cpu"]
             print(
-                f"  {label:6} batch {batch:3}: {result['qps']:>9,.0f} q/s  ({result['messages']:,} messages, "
+                f"  {label:7} batch {batch:3}{f' round {round_ + 1}' if args.rounds > 1 and batch > 1 else ''}: "
+                f"{result['qps']:>9,.0f} q/s  ({result['messages']:,} messages, "
                 f"{result['mb_in'] * 1e6 / max(1, result['messages']) / 1000:,.1f} kB per answer, "
                 f"{result['connected']} clients, {result['mb_in']:,.0f} MB received, "
                 f"{result['checked']:,} answers checked, {result['bad']} wrong)  CPU: daemon "
@@ -433,16 +456,21 @@ def run_backend(args, name: str, database: str, root: Path, echo_pid: int, echo_
 
 def table(rows: list[dict]) -> None:
     def ceiling(row: dict, mix: str) -> float | None:
-        for other in rows:
-            if (other["backend"], other["mix"], other["batch"]) == (row["backend"], mix, row["batch"]):
+        """The ceiling ``mix`` at the row's batch: of the row's round when
+        it was measured in rounds, else the first."""
+        same = [other for other in rows
+                if (other["backend"], other["mix"], other["batch"]) == (row["backend"], mix, row["batch"])]
+        for other in same:
+            if other["round"] == row["round"]:
                 return other["qps"]
-        return None
+        return same[0]["qps"] if same else None
 
     print("\n| backend | query mix | batch | queries/s | % of daemon.echo | % of plain echo "
           "| % of plain, same answer bytes |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     names = {
-        "mix": "latest + files.list", "latest": "instances.latest only", "files": "files.list only",
+        "mix": "latest + files.list", "compact": f"latest + files.list fields={','.join(COMPACT_FIELDS)}",
+        "latest": "instances.latest only", "files": "files.list only",
         "echo": "daemon.echo", "plain": "plain ws echo", "bulk": "plain ws, answers as big as mix",
     }
     for row in rows:
@@ -452,12 +480,20 @@ def table(rows: list[dict]) -> None:
             cells.append(f"{100 * row['qps'] / top:.0f}%" if top and (mix != "bulk" or row["mix"] == "mix") else "-")
         print(f"| {row['backend']} | {names[row['mix']]} | {row['batch']} | {row['qps']:,.0f} | "
               f"{cells[0]} | {cells[1]} | {cells[2]} |")
+    targets: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for row in rows:
-        if row["mix"] in ("mix", "latest", "files") and row["batch"] > 1:
+        if row["mix"] in ("mix", "compact", "latest", "files") and row["batch"] > 1:
             top = ceiling(row, "echo")
-            ok = row["qps"] >= 10_000 and top and row["qps"] >= 0.5 * top
-            print(f"target (>= 10,000 q/s and >= 50% of daemon.echo) on {row['backend']}, {names[row['mix']]}: "
-                  f"{'met' if ok else 'NOT met'}")
+            targets.setdefault((row["backend"], row["mix"]), []).append((row["qps"], row["qps"] / top if top else 0))
+    for (backend, mix), measured in targets.items():
+        # the median round's: neither the luckiest nor the unluckiest
+        qps = statistics.median(q for q, _ in measured)
+        share = statistics.median(r for _, r in measured)
+        ok = qps >= 10_000 and share >= 0.6
+        rounds = f" (median of {len(measured)} rounds: {', '.join(f'{r:.0%}' for _, r in measured)})" \
+            if len(measured) > 1 else ""
+        print(f"target (>= 10,000 q/s and >= 60% of daemon.echo) on {backend}, {names[mix]}: {qps:,.0f} q/s, "
+              f"{share:.0%} of daemon.echo{rounds}: {'met' if ok else 'NOT met'}")
 
 
 def main() -> None:
@@ -469,6 +505,8 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=2, help="client processes")
     parser.add_argument("--files-share", type=float, default=0.5,
                         help="share of files.list calls in the query mix (the rest: instances.latest)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of the batched mix, compact mix and echo, one after the other")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()

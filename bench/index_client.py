@@ -8,7 +8,8 @@ as its own process (the 2-core box is shared by them and the daemon).
 ``batch``, ``mix`` ("query", "echo", "plain" or "bulk"), ``start_at`` (wall clock:
 every process connects first, then all start together), ``products``
 ({slug: latest complete reference time}), ``instances`` ([[id, slug], ...]),
-``files_share`` (the share of files.list calls in the query mix), ``echo``
+``files_share`` (the share of files.list calls in the query mix), ``fields``
+(files.list's ``fields``, for the compact answer, or null for whole files), ``echo``
 (the ~200-byte string of daemon.echo), ``bulk_bytes``, ``seed``, ``sample_every``.
 
 "plain" sends the daemon.echo messages to the plain echo server, which sends
@@ -61,11 +62,14 @@ def _calls(spec: dict) -> tuple[list[str], list[tuple]]:
                                  "params": {"product": slug, "complete": True}, "id": len(texts)},
                                 separators=(",", ":")))
         expect.append(("latest", slug, reference_time))
+    fields = spec.get("fields")
     for instance_id, slug in spec["instances"]:
-        texts.append(json.dumps({"jsonrpc": "2.0", "method": "files.list",
-                                 "params": {"instance_id": instance_id, "backend": spec["backend"]},
-                                 "id": len(texts)}, separators=(",", ":")))
-        expect.append(("files", instance_id, slug, spec["backend"], spec["file_count"]))
+        params = {"instance_id": instance_id, "backend": spec["backend"]}
+        if fields is not None:
+            params["fields"] = fields
+        texts.append(json.dumps({"jsonrpc": "2.0", "method": "files.list", "params": params, "id": len(texts)},
+                                separators=(",", ":")))
+        expect.append(("files", instance_id, slug, spec["backend"], spec["file_count"], fields))
     return texts, expect
 
 
@@ -83,10 +87,16 @@ def _check(entry: dict, want: tuple) -> str | None:
         if result.get("reference_time") != reference_time or result.get("completed_at") is None:
             return f"latest complete of {slug}: want {reference_time}, got {str(result)[:200]}"
         return None
-    _, instance_id, slug, backend, file_count = want
+    _, instance_id, slug, backend, file_count, fields = want
     items = result.get("items") if isinstance(result, dict) else None
     if not isinstance(items, list) or len(items) != file_count or result.get("next") is not None:
         return f"files of instance {instance_id}: {len(items or [])} files, want {file_count}"
+    if fields is not None:
+        # the compact answer: exactly the fields asked for, of this product's files
+        for item in items:
+            if sorted(item) != sorted(fields) or f"/{slug}/{slug}_" not in item.get("url", ""):
+                return f"compact files of instance {instance_id}: {str(item)[:200]}"
+        return None
     for item in items:
         if (item.get("instance_id"), item.get("product"), item.get("backend")) != (instance_id, slug, backend):
             return f"files of instance {instance_id}: a file of another instance: {str(item)[:200]}"
