@@ -465,9 +465,15 @@ def table(rows: list[dict]) -> None:
                 return other["qps"]
         return same[0]["qps"] if same else None
 
+    def per_cpu(row: dict) -> float:
+        """Queries per CPU second of the daemon: what a query costs it,
+        whatever share of the machine it got (another program's load
+        moves queries/s, not this)."""
+        return row["qps"] / row["cpu"]["daemon"] if row["cpu"]["daemon"] else 0.0
+
     print("\n| backend | query mix | batch | queries/s | % of daemon.echo | % of plain echo "
-          "| % of plain, same answer bytes |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "| % of plain, same answer bytes | queries per daemon CPU second | % of daemon.echo's |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     names = {
         "mix": "latest + files.list", "compact": f"latest + files.list fields={','.join(COMPACT_FIELDS)}",
         "latest": "instances.latest only", "files": "files.list only",
@@ -478,8 +484,15 @@ def table(rows: list[dict]) -> None:
         for mix in ("echo", "plain", "bulk"):
             top = ceiling(row, mix)
             cells.append(f"{100 * row['qps'] / top:.0f}%" if top and (mix != "bulk" or row["mix"] == "mix") else "-")
+        echo = [other for other in rows if (other["backend"], other["mix"], other["batch"], other["round"])
+                == (row["backend"], "echo", row["batch"], row["round"])] or \
+            [other for other in rows if (other["backend"], other["mix"], other["batch"])
+             == (row["backend"], "echo", row["batch"])]
+        own = per_cpu(row)
+        cpu_share = f"{100 * own / per_cpu(echo[0]):.0f}%" if echo and per_cpu(echo[0]) and row["mix"] not in (
+            "plain", "bulk") else "-"
         print(f"| {row['backend']} | {names[row['mix']]} | {row['batch']} | {row['qps']:,.0f} | "
-              f"{cells[0]} | {cells[1]} | {cells[2]} |")
+              f"{cells[0]} | {cells[1]} | {cells[2]} | {f'{own:,.0f}' if own else '-'} | {cpu_share} |")
     targets: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for row in rows:
         if row["mix"] in ("mix", "compact", "latest", "files") and row["batch"] > 1:
@@ -489,11 +502,11 @@ def table(rows: list[dict]) -> None:
         # the median round's: neither the luckiest nor the unluckiest
         qps = statistics.median(q for q, _ in measured)
         share = statistics.median(r for _, r in measured)
-        ok = qps >= 10_000 and share >= 0.6
         rounds = f" (median of {len(measured)} rounds: {', '.join(f'{r:.0%}' for _, r in measured)})" \
             if len(measured) > 1 else ""
-        print(f"target (>= 10,000 q/s and >= 60% of daemon.echo) on {backend}, {names[mix]}: {qps:,.0f} q/s, "
-              f"{share:.0%} of daemon.echo{rounds}: {'met' if ok else 'NOT met'}")
+        print(f"targets on {backend}, {names[mix]}: >= 60% of daemon.echo in the same run: {share:.0%}{rounds}, "
+              f"{'met' if share >= 0.6 else 'NOT met'}; >= 10,000 q/s: {qps:,.0f}, "
+              f"{'met' if qps >= 10_000 else 'NOT met'}")
 
 
 def main() -> None:
