@@ -54,8 +54,9 @@ PASS = 600.0
 #: seconds from the start to the first pass, so that a restart's own work
 #: (re-attaching jobs, catching up cron) goes first
 FIRST = 60.0
-#: rows per chunk, each its own transaction: tens of milliseconds on SQLite
-#: and PostgreSQL on the developers' machines (docs/performance.md)
+#: rows per chunk, each its own transaction: at the median 18-43 ms on
+#: SQLite and 62 ms on PostgreSQL on a machine at load 15-24 (bench/prune.py,
+#: docs/performance.md)
 CHUNK = 2000
 #: job ids whose files are looked up in the database at once
 LOOKUP = 500

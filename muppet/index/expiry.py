@@ -36,9 +36,11 @@ from ..running import RunningConfig
 
 log = logging.getLogger("muppet.index")
 
-#: expired instances per transaction: about 60 ms of the writer's time on
-#: SQLite on the developers' machines (docs/performance.md)
-CHUNK = 2000
+#: expired instances per transaction: each is an UPDATE and an event of
+#: the whole file, so a chunk costs the writer far more per row than
+#: pruning's; on a machine at load 20, chunks of 2,000 held it 355 ms at
+#: the median, of 500 130 ms (bench/prune.py, docs/performance.md)
+CHUNK = 500
 
 
 async def run(
