@@ -491,8 +491,9 @@ def table(rows: list[dict]) -> None:
         own = per_cpu(row)
         cpu_share = f"{100 * own / per_cpu(echo[0]):.0f}%" if echo and per_cpu(echo[0]) and row["mix"] not in (
             "plain", "bulk") else "-"
+        own_text = "-" if row["mix"] in ("plain", "bulk") else f"{own:,.0f}"  # the daemon did nothing
         print(f"| {row['backend']} | {names[row['mix']]} | {row['batch']} | {row['qps']:,.0f} | "
-              f"{cells[0]} | {cells[1]} | {cells[2]} | {f'{own:,.0f}' if own else '-'} | {cpu_share} |")
+              f"{cells[0]} | {cells[1]} | {cells[2]} | {own_text} | {cpu_share} |")
     targets: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for row in rows:
         if row["mix"] in ("mix", "compact", "latest", "files") and row["batch"] > 1:
