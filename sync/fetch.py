@@ -54,8 +54,8 @@ __all__ = ["COPIES_INTERVAL", "BackendMissing", "Fetcher"]
 log = logging.getLogger("muppet.sync.fetch")
 
 #: while a file downloads, its copies are asked of the index this often, and
-#: the peers of new ones dialled (Fetcher._watch_copies; docs/sync.md, "How a
-#: fetch finds its peers")
+#: the peers of new ones dialled (Fetcher._watch_copies;
+#: docs/sync.md, "How a fetch finds its peers")
 COPIES_INTERVAL = 10.0
 
 
