@@ -115,3 +115,36 @@ async def test_task_does_not_catch_up_a_pipeline_never_fired(autojump_clock):
         first = await receive.receive()
         assert first.reference_time == datetime(2026, 11, 28, 18, 15, tzinfo=UTC)
         nursery.cancel_scope.cancel()
+
+
+def test_the_firing_cache_answers_as_croniter_at_every_moment(monkeypatch):
+    """summary.FiringCache keeps an answer until its first firing passes:
+    walked minute by minute across firings, a DST change, a clock set back
+    and a changed expression, it answers as computing afresh does."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from muppet.summary import FiringCache
+
+    pipelines = [timed("*/7 * * * *"), timed("30 2 * * *", tz="Europe/Oslo"), timed("0 */6 * * *", "15 1 * * *")]
+    start = datetime(2026, 10, 24, 23, 0, tzinfo=UTC)  # the day before Oslo's clocks go back
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 4 * 24 * 60), st.integers(1, 3)), max_size=40))
+    def check(asks: list[tuple[int, int, int]]) -> None:
+        cache = FiringCache()
+        for which, minutes, count in asks:
+            pipeline, now = pipelines[which], start + timedelta(minutes=minutes, seconds=minutes % 7)
+            assert cache.next_firings(pipeline, now, count) == firings(pipeline, now, count)
+
+    check()
+    # minute by minute, one pipeline: each answer right, computed once per firing passed
+    cache, pipeline = FiringCache(), pipelines[0]
+    expected = {minute: firings(pipeline, start + timedelta(minutes=minute, seconds=30), 1) for minute in range(180)}
+    computed = []
+    original = cron.next_firing
+    monkeypatch.setattr(cron, "next_firing", lambda p, after: computed.append(after) or original(p, after))
+    for minute in range(180):
+        assert cache.next_firings(pipeline, start + timedelta(minutes=minute, seconds=30)) == expected[minute]
+    assert len(computed) == len({tuple(f) for f in expected.values()})  # one per distinct answer
+    assert cache.next_firings(timed(), start) == []
