@@ -276,6 +276,14 @@ class World:
     # --- properties -------------------------------------------------------------------------
 
     def check_waiting(self) -> None:
+        # the core's incremental account of what keeps each run from ending
+        # is what a scan of every slot finds
+        for run_id in self.core.runs:
+            scanned = {
+                job_id for job_id in self.core.current.get(run_id, {}).values()
+                if job_id in self.core.pending_jobs or not self.core.jobs[job_id].state.finished
+            }
+            assert self.core.unsettled.get(run_id, set()) == scanned, f"run {run_id}"
         for job_id in sorted(self.core.waiting):
             why = self.core.why_waiting(job_id, self.now)
             assert why, f"job {job_id} waits without a reason"

@@ -202,6 +202,13 @@ class Scheduler:
         self.jobs: dict[int, Job] = {}
         # per run, the newest job of each (step, index) slot
         self.current: dict[int, dict[tuple[str, int], int]] = {}
+        # per run, its current jobs (``current``) that keep it from ending:
+        # not finished, or with a copy not yet back from the database. Kept
+        # by ``_settle`` wherever a job, a slot or a pending copy changes, so
+        # that deciding whether a run ends costs nothing per job: scanning
+        # every slot on every batch made a fan-out of N jobs cost N**2
+        # (bench/scale.py)
+        self.unsettled: dict[int, set[int]] = {}
         # proposed copies not yet back from the database
         self.pending_jobs: dict[int, Job] = {}
         self.pending_runs: dict[int, Run] = {}
@@ -934,16 +941,9 @@ class Scheduler:
         """A run ends when every slot's current job has ended: succeeded when all
         of them succeeded, failed otherwise (docs/states.md)."""
         run = self.runs.get(run_id)
-        if run is None or run.state.finished or run_id in self.pending_runs:
+        if run is None or run.state.finished or run_id in self.pending_runs or self.unsettled.get(run_id):
             return
-        states_seen = set()
-        for job_id in self.current.get(run_id, {}).values():
-            if job_id in self.pending_jobs:
-                return
-            state = self.jobs[job_id].state
-            if not state.finished:
-                return
-            states_seen.add(state)
+        states_seen = {self.jobs[job_id].state for job_id in self.current.get(run_id, {}).values()}
         if states_seen <= DONE:
             outcome = RunState.SUCCEEDED
         elif states_seen <= DONE | {JobState.EXPIRED}:
@@ -1181,6 +1181,7 @@ class Scheduler:
     def _propose(self, job: Job, changes: list[Change]) -> None:
         """Send a new job, or a copy that came from ``_move``, to be persisted."""
         self.pending_jobs[job.id] = job
+        self._settle(job.id)
         if job.state.active:
             self.active.add(job.id)
         changes.append(job)
@@ -1193,8 +1194,11 @@ class Scheduler:
         """Keep a persisted copy and the indexes derived from it."""
         self.jobs[job.id] = job
         slots = self.current.setdefault(job.run_id, {})
-        if slots.get(job.slot, 0) < job.id:
+        replaced = slots.get(job.slot, 0)
+        if replaced < job.id:
             slots[job.slot] = job.id
+            self._settle(replaced)
+        self._settle(job.id)
         if job.state is JobState.WAITING:
             self.waiting.add(job.id)
         else:
@@ -1217,9 +1221,24 @@ class Scheduler:
         else:
             self.active.discard(job.id)
 
+    def _settle(self, job_id: int) -> None:
+        """Keep ``unsettled`` right for the stored job ``job_id`` (nothing for
+        a job not stored yet: it is no slot's current job)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        current = self.current.get(job.run_id, {}).get(job.slot) == job_id
+        if current and (job_id in self.pending_jobs or not job.state.finished):
+            self.unsettled.setdefault(job.run_id, set()).add(job_id)
+        else:
+            unsettled = self.unsettled.get(job.run_id)
+            if unsettled is not None:
+                unsettled.discard(job_id)
+
     def _forget_run(self, run_id: int) -> None:
         run = self.runs.pop(run_id, None)
         slots = self.current.pop(run_id, {})
+        self.unsettled.pop(run_id, None)
         if run is not None:
             self.run_at.pop((run.pipeline, run.reference_time), None)
             pipeline = self.run_pipeline(run)
