@@ -54,7 +54,7 @@ from muppet.messages import (
     Trigger,
 )
 from muppet.model import Depends, ExecutorConfig, Job, JobState, Pipeline, RetryPolicy, Run, RunState, Step
-from muppet.scheduler.core import Answer, Scheduler
+from muppet.scheduler.core import DONE, Answer, Scheduler
 
 T0 = datetime(2026, 11, 28, 6, tzinfo=UTC)
 MAX_JOBS = 3
@@ -200,6 +200,11 @@ class World:
         committed: list[Any] = []
         rejected: list[NewRun] = []
         acks: list[int] = []
+        newly_submitted = [
+            change for change in persist.changes
+            if isinstance(change, Job) and change.state is JobState.SUBMITTED
+            and (change.id not in self.jobs or self.jobs[change.id].state is not JobState.SUBMITTED)
+        ]
         for change in persist.changes:
             if isinstance(change, (OperatorEvent, Control, LateNotice)):
                 continue  # events and standing orders: nothing the core reads back
@@ -219,7 +224,25 @@ class World:
             elif isinstance(change, Job):
                 self.jobs[change.id] = change
             committed.append(change)
+        self._check_submitted_after_parents(newly_submitted)
         self.feed(Persisted(tuple(committed), tuple(rejected), acks=tuple(acks)))
+
+    def _check_submitted_after_parents(self, submitted: list[Job]) -> None:
+        """No committed state has a job submitted before its parents' success
+        is committed too (the core may decide on a success in flight: it
+        goes in the same transaction or an earlier one)."""
+        newest: dict[tuple[int, str, int], Job] = {}
+        for job in self.jobs.values():
+            key = (job.run_id, job.step, job.index)
+            if key not in newest or newest[key].id < job.id:
+                newest[key] = job
+        for job in submitted:
+            for step, index in self.core._parent_slots(job, self.pipeline):
+                parent = newest.get((job.run_id, step, index))
+                assert parent is not None and parent.state in DONE, (
+                    f"job {job.id} submitted with parent {step}[{index}] "
+                    f"{parent.state.value if parent else 'missing'} in the database"
+                )
 
     def deliver(self) -> None:
         report = self.reports.popleft()

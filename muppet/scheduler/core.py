@@ -745,9 +745,16 @@ class Scheduler:
         return "ready: starts in the next scheduling pass"
 
     def _dependencies_met(self, job: Job, pipeline: Pipeline) -> bool:
+        # A parent's success still on its way to the database counts: the
+        # child's submission is written in the same transaction or a later
+        # one, and the database task commits them in order and never drops
+        # one (docs/database.md), so no committed state has the child
+        # submitted without its parent's success, and the child is handed to
+        # the executor only once both are committed. It saves a chain one
+        # commit per link (docs/architecture.md, "Only persisted state moves on").
         for slot in self._parent_slots(job, pipeline):
             current = self.current[job.run_id].get(slot)
-            if current is None or self.jobs[current].state not in DONE:
+            if current is None or self._current_copy(current).state not in DONE:
                 return False
         return all(state in DONE for _, _, _, state in self._earlier_parents(job, pipeline))
 
