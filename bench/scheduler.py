@@ -5,7 +5,18 @@ API tasks as `muppet daemon` has them) on SQLite and on PostgreSQL:
 - fan-out: one step with ``jobs = N``, command ``true``;
 - chain: ``C`` steps in a line, command ``true``;
 and in the same run N plain spawns of ``true`` with the same parallelism as
-the executor's ``max_jobs``. Prints jobs per second and the ratio.
+the executor's ``max_jobs``. Prints jobs per second and the ratio, the
+machine's load average, and where the CPU of a fan-out job goes:
+
+- wrapper: the CPU of the job's processes (its wrapper and what that runs),
+  from ``getrusage(RUSAGE_CHILDREN)``: the daemon runs in this process, so
+  its jobs are this process's children; beside it, a plain spawn's;
+- files: the job directory's work in the daemon's worker threads
+  (``JobDir.prepare``, ``read_status``, ``read_tails``, ``remove_scratch``),
+  their thread CPU time;
+- daemon: the rest of this process's CPU (``RUSAGE_SELF``) while the run
+  runs: the scheduler, the database, the executor's and the API's tasks;
+- per link of the chain, the same three.
 
     .venv/bin/python bench/scheduler.py [--jobs 1000] [--chain 100] [--max-jobs 16]
 """
@@ -14,10 +25,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -29,6 +45,7 @@ from pgserver import PostgresServer  # noqa: E402
 from muppet import daemon  # noqa: E402
 from muppet.api.client import connect  # noqa: E402
 from muppet.config import load_config  # noqa: E402
+from muppet.executor.jobdir import JobDir  # noqa: E402
 
 
 def pipelines(jobs: int, chain: int) -> dict[str, str]:
@@ -48,42 +65,107 @@ def write_config(root: Path, database: str, max_jobs: int, jobs: int, chain: int
     path.write_text(
         f'[daemon]\ndatabase = "{database}"\nstate_dir = "{root / "state"}"\n'
         f'output_dir = "{root / "out"}"\npipelines = ["pipelines/*.toml"]\n'
-        f'[api]\nlisten = "127.0.0.1:0"\n'
+        f'[api]\nlisten = "127.0.0.1:0"\n[web]\nlisten = ""\n'
         f'[executors.local]\ntype = "local"\nmax_jobs = {max_jobs}\n'
     )
     return path
 
 
-async def through_daemon(config_path: Path, pipeline: str, count: int) -> float:
+class FileClock:
+    """Thread CPU time spent in the job directory's file work, in whichever
+    worker thread does it (an outer call's time only: ``prepare`` reads the
+    status file itself)."""
+
+    METHODS = ("prepare", "read_status", "read_tails", "remove_scratch")
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+        self._depth = threading.local()
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        originals = {name: getattr(JobDir, name) for name in self.METHODS}
+
+        def timed(method: Callable[..., Any]) -> Callable[..., Any]:
+            def wrapper(job_dir: JobDir, *args: Any, **kwargs: Any) -> Any:
+                depth = getattr(self._depth, "n", 0)
+                self._depth.n = depth + 1
+                began = time.thread_time()
+                try:
+                    return method(job_dir, *args, **kwargs)
+                finally:
+                    self._depth.n = depth
+                    if depth == 0:
+                        with self._lock:
+                            self.seconds += time.thread_time() - began
+            return wrapper
+
+        for name, method in originals.items():
+            setattr(JobDir, name, timed(method))
+        try:
+            yield
+        finally:
+            for name, method in originals.items():
+                setattr(JobDir, name, method)
+
+
+def cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Figures:
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.rate = 0.0
+        self.wrapper = self.files = self.daemon = 0.0  # CPU seconds per job
+
+    def breakdown(self) -> str:
+        return (f"CPU per job: wrapper {self.wrapper * 1e3:5.2f} ms, files {self.files * 1e3:5.2f} ms, "
+                f"daemon {self.daemon * 1e3:5.2f} ms")
+
+
+async def through_daemon(config_path: Path, pipeline: str, count: int) -> Figures:
     config = load_config(config_path)
+    figures = Figures(count)
+    files = FileClock()
     async with trio.open_nursery() as nursery:
         port = await nursery.start(daemon.serve, config)
         async with connect(f"ws://127.0.0.1:{port}") as client:
+            children, own = cpu(resource.RUSAGE_CHILDREN), cpu(resource.RUSAGE_SELF)
             begin = time.perf_counter()
-            run_id = (await client.call("runs.trigger", {"pipeline": pipeline}))["run_id"]
-            while True:
-                run = await client.call("runs.list", {"limit": 1})
-                if run and run[0]["id"] == run_id and run[0]["state"] != "running":
-                    break
-                await trio.sleep(0.05)
+            with files.installed():
+                run_id = (await client.call("runs.trigger", {"pipeline": pipeline}))["run_id"]
+                while True:
+                    run = await client.call("runs.list", {"limit": 1})
+                    if run and run[0]["id"] == run_id and run[0]["state"] != "running":
+                        break
+                    await trio.sleep(0.05)
             elapsed = time.perf_counter() - begin
+            figures.wrapper = (cpu(resource.RUSAGE_CHILDREN) - children) / count
+            figures.files = files.seconds / count
+            figures.daemon = (cpu(resource.RUSAGE_SELF) - own) / count - figures.files
             assert run[0]["state"] == "succeeded", run
         nursery.cancel_scope.cancel()
-    return count / elapsed
+    figures.rate = count / elapsed
+    return figures
 
 
-async def plain_spawns(count: int, parallel: int) -> float:
+async def plain_spawns(count: int, parallel: int) -> tuple[float, float]:
+    """Spawns per second, and the CPU of each spawned process."""
     limiter = trio.CapacityLimiter(parallel)
 
     async def one() -> None:
         async with limiter:
             await trio.run_process(["true"])
 
+    children = cpu(resource.RUSAGE_CHILDREN)
     begin = time.perf_counter()
     async with trio.open_nursery() as nursery:
         for _ in range(count):
             nursery.start_soon(one)
-    return count / (time.perf_counter() - begin)
+    return count / (time.perf_counter() - begin), (cpu(resource.RUSAGE_CHILDREN) - children) / count
 
 
 def main() -> None:
@@ -92,9 +174,10 @@ def main() -> None:
     parser.add_argument("--chain", type=int, default=100, help="steps of the chain (default 100)")
     parser.add_argument("--max-jobs", type=int, default=16, help="the local executor's max_jobs (default 16)")
     args = parser.parse_args()
-    print(f"machine: {os.cpu_count()} cores; fan-out N={args.jobs}, chain C={args.chain}, max_jobs={args.max_jobs}")
-    plain = trio.run(plain_spawns, args.jobs, args.max_jobs)
-    print(f"plain spawns of true ({args.max_jobs} at a time): {plain:8.1f} /s")
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; fan-out N={args.jobs}, "
+          f"chain C={args.chain}, max_jobs={args.max_jobs}")
+    plain, spawn_cpu = trio.run(plain_spawns, args.jobs, args.max_jobs)
+    print(f"plain spawns of true ({args.max_jobs} at a time): {plain:8.1f} /s, {spawn_cpu * 1e3:.2f} ms CPU each")
     with tempfile.TemporaryDirectory(prefix="muppet-bench-") as tmp, PostgresServer() as pg:
         databases = {
             "sqlite": f"sqlite:///{tmp}/sqlite/muppet.db",
@@ -107,9 +190,12 @@ def main() -> None:
             fan = trio.run(through_daemon, config, "fan", args.jobs)
             chain = trio.run(through_daemon, config, "chain", args.chain)
             print(
-                f"{name:9s} fan-out: {fan:8.1f} jobs/s ({fan / plain:5.1%} of plain)   "
-                f"chain: {chain:7.1f} jobs/s"
+                f"{name:9s} fan-out: {fan.rate:8.1f} jobs/s ({fan.rate / plain:5.1%} of plain)   "
+                f"chain: {chain.rate:7.1f} jobs/s ({1e3 / chain.rate:5.1f} ms per link)   "
+                f"load average {os.getloadavg()[0]:.1f}"
             )
+            print(f"          fan-out {fan.breakdown()}")
+            print(f"          chain   {chain.breakdown()}")
 
 
 if __name__ == "__main__":
