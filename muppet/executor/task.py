@@ -338,7 +338,11 @@ class _Job:
                 nursery.cancel_scope.cancel()
             if lost is not None:
                 return await self._conclude(lost=lost, batch_id=batch_id)
-            status = await trio.to_thread.run_sync(self.job_dir.read_status)
+            # the status and, for a job that has ended (the common case), its
+            # tails and outputs in the same worker thread: one hop, not two
+            status, finished = await trio.to_thread.run_sync(self._status_and_files)
+            if finished is not None:
+                return await self._conclude(batch_id=batch_id, finished=finished)
             if _claimed_by_another(batch_id, status, exit_status):
                 assert status is not None
                 claimant = await self._retrying("find", self.backend.find, self.job_dir, status)
@@ -408,10 +412,18 @@ class _Job:
                     f"({self.executor.host}): a local job cannot be re-attached from another host")
         return f"lost: wrapper pid {status.pid} on {status.host} ended without writing an end record"
 
-    async def _conclude(self, lost: str | None = None, batch_id: str | None = None) -> JobFinished:
+    async def _conclude(
+        self,
+        lost: str | None = None,
+        batch_id: str | None = None,
+        finished: tuple[Status | None, tuple[str, str], str | None] | None = None,
+    ) -> JobFinished:
         """Read the status and the tails, move the outputs of a success, build
-        the report (all the file work in one worker thread)."""
-        status, tails, problem = await self._finish_files_retrying(lost is None)
+        the report (all the file work in one worker thread; done already when
+        ``finished`` is given, ``_status_and_files``)."""
+        if finished is None:
+            finished = await self._finish_files_retrying(lost is None)
+        status, tails, problem = finished
         if status is not None and status.started is not None and self.reported_start is None:
             # a job that ran while no daemon watched: let its host and start be known
             batch_id = status.batch_id or batch_id or self.spec.job.batch_id or str(status.pid)
@@ -446,8 +458,25 @@ class _Job:
                                 "until it works", self.id, error)
                 await trio.sleep(delay)
 
-    def _finish_files(self, may_move: bool) -> tuple[Status | None, tuple[str, str], str | None]:
+    def _status_and_files(self) -> tuple[Status | None, tuple[Status | None, tuple[str, str], str | None] | None]:
+        """The status file; and when it has an end record, ``_finish_files``
+        done with it, or None when the file systems failed there
+        (``MACHINE_ERRORS``: ``_finish_files_retrying`` tries again)."""
         status = self.job_dir.read_status()
+        if status is None or not status.has_ended:
+            return status, None
+        try:
+            return status, self._finish_files(True, status)
+        except OSError as error:
+            if error.errno not in MACHINE_ERRORS:
+                raise
+            return status, None
+
+    def _finish_files(
+        self, may_move: bool, status: Status | None = None
+    ) -> tuple[Status | None, tuple[str, str], str | None]:
+        if status is None or not status.has_ended:
+            status = self.job_dir.read_status()
         tails = self.job_dir.read_tails()
         succeeded = status is not None and status.has_ended and status.exit_code == 0
         if not (may_move and succeeded) or self.kill_requested:
