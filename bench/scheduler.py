@@ -24,8 +24,10 @@ machine's load average, and where the CPU of a fan-out job goes:
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import threading
@@ -42,7 +44,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from pgserver import PostgresServer  # noqa: E402
 
-from muppet import daemon  # noqa: E402
+from muppet import codec, daemon  # noqa: E402
 from muppet.api.client import connect  # noqa: E402
 from muppet.config import load_config  # noqa: E402
 from muppet.executor.jobdir import JobDir  # noqa: E402
@@ -110,6 +112,11 @@ class FileClock:
                 setattr(JobDir, name, method)
 
 
+def stamp(text: str) -> float:
+    """The API's time (milliseconds, UTC) as seconds since the epoch."""
+    return codec.parse_time(text).timestamp()
+
+
 def cpu(who: int) -> float:
     usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
@@ -120,6 +127,9 @@ class Figures:
         self.count = count
         self.rate = 0.0
         self.wrapper = self.files = self.daemon = 0.0  # CPU seconds per job
+        #: seconds from each job's end (its wrapper's end record) to the
+        #: next one's start (its start record), in id order: a chain's links
+        self.gaps: list[float] = []
 
     def breakdown(self) -> str:
         return (f"CPU per job: wrapper {self.wrapper * 1e3:5.2f} ms, files {self.files * 1e3:5.2f} ms, "
@@ -147,6 +157,9 @@ async def through_daemon(config_path: Path, pipeline: str, count: int) -> Figure
             figures.files = files.seconds / count
             figures.daemon = (cpu(resource.RUSAGE_SELF) - own) / count - figures.files
             assert run[0]["state"] == "succeeded", run
+            jobs = await client.call("jobs.list", {"run_id": run_id, "limit": count})
+            times = sorted((job["id"], stamp(job["started_at"]), stamp(job["ended_at"])) for job in jobs)
+            figures.gaps = sorted(after[1] - before[2] for before, after in itertools.pairwise(times))
         nursery.cancel_scope.cancel()
     figures.rate = count / elapsed
     return figures
@@ -196,6 +209,9 @@ def main() -> None:
             )
             print(f"          fan-out {fan.breakdown()}")
             print(f"          chain   {chain.breakdown()}")
+            gaps = chain.gaps
+            print(f"          chain   from a job's end to the next one's start: median "
+                  f"{statistics.median(gaps) * 1e3:5.1f} ms, 90th percentile {gaps[len(gaps) * 9 // 10] * 1e3:5.1f} ms")
 
 
 if __name__ == "__main__":
