@@ -173,7 +173,9 @@ class EventHub:
         """Apply events in order: cache first, then subscribers, then waiters."""
         for event in events:
             self.cache.apply(event)
-        texts = [(e["id"], encode_event(e), e) for e in events]
+        # encoded only for subscribers: without any (a daemon nobody
+        # watches) it was a JSON encoding per job event for nothing
+        texts = [(e["id"], encode_event(e), e) for e in events] if self.subscriptions else []
         for subscription in list(self.subscriptions.values()):
             wanted = [(i, t) for i, t, e in texts if i > subscription.position and subscription.wants(e)]
             if not wanted:
