@@ -307,6 +307,7 @@ class World:
                 if job_id in self.core.pending_jobs or not self.core.jobs[job_id].state.finished
             }
             assert self.core.unsettled.get(run_id, set()) == scanned, f"run {run_id}"
+        assert self.core.waiting_order == sorted(self.core.waiting)
         for job_id in sorted(self.core.waiting):
             why = self.core.why_waiting(job_id, self.now)
             assert why, f"job {job_id} waits without a reason"

@@ -30,6 +30,7 @@ It holds no channels: the scheduler task keeps who waits for which number.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 from collections import defaultdict
@@ -219,6 +220,10 @@ class Scheduler:
         self.start_failures: dict[int, int] = {}
         # persisted WAITING jobs: the candidates of every scheduling pass
         self.waiting: set[int] = set()
+        # the same ids in order (``_wait``, ``_unwait``): the pass takes the
+        # oldest first and stops once every executor is full, so sorting
+        # the whole set on each batch made a fan-out of N cost N**2 log N
+        self.waiting_order: list[int] = []
         # jobs holding a slot (submitted or running in either copy)
         self.active: set[int] = set()
         # replies owed (by request number) once a run / job write comes back
@@ -640,7 +645,7 @@ class Scheduler:
         # each run's definition and its conflicts, looked up once a pass
         # (the pass looks at every waiting job)
         of_run: dict[int, tuple[Pipeline | None, Mapping[str, frozenset[str]]]] = {}
-        for job_id in sorted(self.waiting):
+        for job_id in self.waiting_order:  # nothing below changes it
             if job_id in self.pending_jobs:
                 continue
             job = self.jobs[job_id]
@@ -1207,9 +1212,9 @@ class Scheduler:
             self._settle(replaced)
         self._settle(job.id)
         if job.state is JobState.WAITING:
-            self.waiting.add(job.id)
+            self._wait(job.id)
         else:
-            self.waiting.discard(job.id)
+            self._unwait(job.id)
         if job.state.finished:
             self.handed.discard(job.id)
             self.start_failures.pop(job.id, None)
@@ -1242,6 +1247,16 @@ class Scheduler:
             if unsettled is not None:
                 unsettled.discard(job_id)
 
+    def _wait(self, job_id: int) -> None:
+        if job_id not in self.waiting:
+            self.waiting.add(job_id)
+            bisect.insort(self.waiting_order, job_id)
+
+    def _unwait(self, job_id: int) -> None:
+        if job_id in self.waiting:
+            self.waiting.discard(job_id)
+            del self.waiting_order[bisect.bisect_left(self.waiting_order, job_id)]
+
     def _forget_run(self, run_id: int) -> None:
         run = self.runs.pop(run_id, None)
         slots = self.current.pop(run_id, {})
@@ -1262,7 +1277,7 @@ class Scheduler:
             del self.deadlines[key]
         for job_id in [j for j, job in self.jobs.items() if job.run_id == run_id]:
             del self.jobs[job_id]
-            self.waiting.discard(job_id)
+            self._unwait(job_id)
             self.active.discard(job_id)
             self.handed.discard(job_id)
             self.start_failures.pop(job_id, None)
