@@ -756,7 +756,7 @@ class Scheduler:
         # one (docs/database.md), so no committed state has the child
         # submitted without its parent's success, and the child is handed to
         # the executor only once both are committed. It saves a chain one
-        # commit per link (docs/architecture.md, "Only persisted state moves on").
+        # commit per link (docs/architecture.md, "The rules they keep").
         for slot in self._parent_slots(job, pipeline):
             current = self.current[job.run_id].get(slot)
             if current is None or self._current_copy(current).state not in DONE:
