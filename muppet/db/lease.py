@@ -616,8 +616,11 @@ async def keep(lease: Lease, fence: Fence, *, interval: float = RENEW_INTERVAL) 
         began = fence.clock()
         try:
             # abandoned on cancel: a renewal hung on a dead network must not
-            # keep the daemon from stopping (the connection has its timeouts)
-            await trio.to_thread.run_sync(lease.renew, abandon_on_cancel=True)
+            # keep the daemon from stopping (the connection has its timeouts).
+            # Not on SQLite, a local file: the daemon closes the lease's
+            # connection as it stops, and an abandoned renewal still inside
+            # libsqlite3 on it crashed the process (segfault, bench/scale.py)
+            await trio.to_thread.run_sync(lease.renew, abandon_on_cancel=lease.kind != "sqlite")
         except LeaseLost as exc:
             fence.revoke(str(exc))
             raise
