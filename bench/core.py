@@ -1,0 +1,77 @@
+"""The scheduler core alone, without I/O: CPU per job event through runs of N jobs.
+
+The core is driven as the daemon's tasks drive it, by plain calls (the
+harness of tests/test_scheduler_core.py stands in for the database, which
+commits each write at once): a run is triggered, and each job the core
+starts is reported running and then succeeded, one event per batch (the
+worst case for what a batch costs), with the executor's ``max_jobs`` 16.
+Shapes: a fan-out (one step, ``jobs = N``) and ``each`` chains of 5 steps
+(N/5 jobs per step). Prints the core's CPU (``time.process_time``) per job
+event for each N, and the ratio of the largest N to the smallest: a core
+without a term that grows faster than the run keeps it near 1.
+
+    .venv/bin/python bench/core.py [--sizes 1000,10000,50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from test_scheduler_core import T0, Harness  # noqa: E402
+
+from muppet.messages import JobFinished, JobStarted, Trigger  # noqa: E402
+from muppet.model import Depends, Pipeline, Step  # noqa: E402
+
+
+def shape(name: str, size: int) -> Pipeline:
+    if name == "fan":
+        return Pipeline(name=name, owner="b", steps={"a": Step("a", "true", jobs=size)})
+    each = max(size // 5, 1)
+    steps = {
+        f"s{n}": Step(f"s{n}", "true", jobs=each, parents=(f"s{n - 1}",) if n else (), depends=Depends.EACH)
+        for n in range(5)
+    }
+    return Pipeline(name=name, owner="b", steps=steps)
+
+
+def per_event(pipeline: Pipeline) -> float:
+    """CPU seconds of the core per job event through one run of ``pipeline``."""
+    harness = Harness(pipeline, max_jobs=16)
+    harness.feed(Trigger(pipeline.name, T0, "manual"))
+    harness.commit()
+    began, events = time.process_time(), 0
+    while harness.starts or harness.unsent:
+        if harness.unsent:
+            harness.commit()
+            continue
+        job = harness.starts.pop(0).job
+        for event in (JobStarted(job.id, str(job.id), "host", harness.now),
+                      JobFinished(job.id, "succeeded", 0, "", harness.now, harness.now)):
+            harness.feed(event)
+            harness.commit()
+            events += 1
+    return (time.process_time() - began) / max(events, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,10000,50000", help="jobs per run, comma-separated")
+    args = parser.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; sizes {sizes}")
+    for name in ("fan", "each"):
+        figures = {size: per_event(shape(name, size)) for size in sizes}
+        for size, seconds in figures.items():
+            print(f"  {name:4s} {size:>6,} jobs: core {seconds * 1e6:6.1f} us/event")
+        print(f"  {name}: {figures[sizes[-1]] / figures[sizes[0]]:.2f}x from {sizes[0]:,} to {sizes[-1]:,} jobs")
+
+
+if __name__ == "__main__":
+    main()
