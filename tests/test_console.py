@@ -299,3 +299,42 @@ def test_the_overview_reads_each_pipelines_newest_run_by_the_indexes(database_ur
             assert "runs_pipeline_id" in plan, plan
     finally:
         store.close()
+
+
+def test_daemon_status_counts_the_running_runs_jobs_from_the_index(database_url):
+    """daemon.status's job counts (summary.jobs_by_pipeline_and_state) on
+    SQLite and PostgreSQL: the jobs of running runs only, added up by
+    pipeline over its runs; on SQLite from the index of schema migration 9
+    alone, without a temporary b-tree."""
+    from muppet.db import writes
+    from muppet.db.store import open_store
+    from muppet.messages import NewRun
+
+    store = open_store(database_url)
+    try:
+        made, job_id = [], 1
+        for run_id, (pipeline, state, job_states) in enumerate([
+            ("a", "running", ["waiting", "running", "succeeded"]),
+            ("a", "running", ["succeeded", "succeeded"]),
+            ("b", "running", ["failed"]),
+            ("b", "succeeded", ["succeeded", "succeeded"]),
+        ], start=1):
+            run = model.Run(run_id, pipeline, datetime(2026, 11, 28, run_id, tzinfo=UTC),
+                            state=model.RunState(state), cause=model.RunCause.CRON, created_at=1.7e9)
+            jobs = []
+            for index, job_state in enumerate(job_states):
+                jobs.append(model.Job(id=job_id, run_id=run_id, pipeline=pipeline, step="s", index=index,
+                                      count=len(job_states), executor="local", state=model.JobState(job_state),
+                                      created_at=1.7e9))
+                job_id += 1
+            made.append(NewRun(run, tuple(jobs)))
+        writes.write(store, made)
+        assert summary.jobs_by_pipeline_and_state(store) == {
+            ("a", "waiting"): 1, ("a", "running"): 1, ("a", "succeeded"): 3, ("b", "failed"): 1}
+        if database_url.startswith("sqlite"):
+            plan = " ".join(str(row) for row in store.query(
+                "EXPLAIN QUERY PLAN SELECT runs.pipeline, jobs.state, COUNT(*) FROM runs JOIN jobs"
+                " ON jobs.run_id = runs.id WHERE runs.state = ? GROUP BY runs.id, jobs.state", ["running"]))
+            assert "COVERING INDEX jobs_run_state" in plan and "TEMP B-TREE" not in plan, plan
+    finally:
+        store.close()

