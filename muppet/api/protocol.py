@@ -601,18 +601,24 @@ class Raw(str):
 def encode(reply: dict[str, Any]) -> str:
     """One reply as JSON text; a result that is not JSON-able becomes a -32603
     for the same id rather than an exception out of the server."""
+    return "".join(_parts(reply))
+
+
+def _parts(reply: dict[str, Any]) -> list[str]:
+    """One reply's text in pieces: a cached answer (``Raw``) is one of them,
+    not copied into a new string, so that a batch of answers of tens of kB
+    each is joined once (``encode_replies``)."""
     result = reply.get("result")
     if isinstance(result, Raw):
-        # a cached answer, the hot path of a batch: an integer id (the usual
-        # one) is written as it is, without json.dumps
+        # an integer id (the usual one) is written as it is, without json.dumps
         request_id = reply["id"]
         text_id = str(request_id) if type(request_id) is int else json.dumps(request_id)
-        return '{"jsonrpc":"2.0","result":' + result + ',"id":' + text_id + "}"
+        return ['{"jsonrpc":"2.0","result":', result, ',"id":', text_id, "}"]
     try:
-        return json.dumps(reply, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return [json.dumps(reply, ensure_ascii=False, allow_nan=False, separators=(",", ":"))]
     except (TypeError, ValueError, RecursionError) as exc:
-        return json.dumps(error_reply(reply.get("id"), RpcError(
-            INTERNAL_ERROR, f"internal error: result is not JSON: {exc}")))
+        return [json.dumps(error_reply(reply.get("id"), RpcError(
+            INTERNAL_ERROR, f"internal error: result is not JSON: {exc}")))]
 
 
 def encode_replies(incoming: Incoming, replies: Sequence[dict[str, Any] | None]) -> str | None:
@@ -623,12 +629,19 @@ def encode_replies(incoming: Incoming, replies: Sequence[dict[str, Any] | None])
     replies (in any order; MUPPET keeps the request order), and when every
     entry was a notification nothing at all is sent back, not an empty array.
     """
-    texts = [encode(r) for r in replies if r is not None]
-    if not texts:
+    parts: list[str] = []
+    for reply in replies:
+        if reply is not None:
+            parts.append(",")
+            parts += _parts(reply)
+    if not parts:
         return None
     if incoming.batch:
-        return "[" + ",".join(texts) + "]"
-    return texts[0]
+        parts[0] = "["  # the first comma
+        parts.append("]")
+    else:
+        del parts[0]
+    return "".join(parts)
 
 
 def request(method: str, params: Mapping[str, Any] | Sequence[Any] | None, id: Any) -> str:
