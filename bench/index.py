@@ -439,7 +439,7 @@ def run_backend(args, name: str, database: str, root: Path, echo_pid: int, echo_
                 f"{result['checked']:,} answers checked, {result['bad']} wrong)  CPU: daemon "
                 f"{cpu['daemon']:.2f}, clients {cpu['clients']:.2f}, echo server {cpu['echo-server']:.2f}, "
                 f"interrupts {result['interrupts']:.2f}, other programs {result['others']:.2f}, "
-                f"machine {result['machine']:.2f} of {os.cpu_count()}",
+                f"machine {result['machine']:.2f} of {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
             if result["bad"]:
