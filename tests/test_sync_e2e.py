@@ -259,6 +259,13 @@ async def cluster(tmp_path):
         await cluster.stop_all()
 
 
+async def _lines_of(path: Path, count: int) -> list[str] | None:
+    """The lines of ``path`` once it has ``count`` of them."""
+    file = trio.Path(path)
+    lines = (await file.read_text()).split() if await file.exists() else []
+    return lines if len(lines) >= count else None
+
+
 async def sha256(path: Path) -> str:
     data = await trio.Path(path).read_bytes()
     return hashlib.sha256(data).hexdigest()
@@ -293,9 +300,11 @@ async def test_step_outputs_reach_every_consumer_and_expire_everywhere(cluster):
                 assert copy["peer"].startswith("127.0.0.1:") and copy["hash"] == original["hash"]
                 placed = cluster.tmp / name / "data" / placed_dir / Path(original["name"]).name
                 assert copy["url"] == f"file://{placed}"
-        # on_complete ran once per placed file
+        # on_complete ran once per placed file; it runs after the copy is
+        # registered (sync/fetch.py), so a registered copy may not have run it yet
         for name in CONSUMERS:
-            lines = (await trio.Path(cluster.tmp / name / "placed.log").read_text()).split()
+            lines = await cluster.wait(partial(_lines_of, cluster.tmp / name / "placed.log", 2),
+                                       f"on_complete run for both files on {name}")
             assert sorted(Path(line).name for line in lines) == ["f0.nc", "f1.nc"]
         # the operator's view (the running process writes it every second)
         async def seeding_view():
