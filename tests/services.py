@@ -1,9 +1,13 @@
-"""What a test does when a service it needs (PostgreSQL, Grid Engine, Slurm)
-is not there."""
+"""What a test does when a service it needs (PostgreSQL, Grid Engine, Slurm,
+the host's name resolver) is not there."""
 
 import os
+import socket
 
 import pytest
+
+#: a host name that never resolves (RFC 6761: the .invalid domain)
+MISSING_HOST = "nosuchhost.invalid"
 
 
 def service_missing(reason: str) -> None:
@@ -12,3 +16,17 @@ def service_missing(reason: str) -> None:
     if os.environ.get("MUPPET_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{reason} (MUPPET_REQUIRE_SERVICES=1)", pytrace=False)
     pytest.skip(reason)
+
+
+def no_such_name() -> str:
+    """getaddrinfo's words for a name that does not exist, which the start-up
+    errors quote. Skipped where they cannot be had: a resolver that does not
+    answer at all (a host with no DNS) gives another error, and one that
+    answers for every name (a captive resolver) resolves even .invalid."""
+    try:
+        socket.getaddrinfo(MISSING_HOST, None)
+    except socket.gaierror as e:
+        if e.errno != socket.EAI_NONAME:
+            pytest.skip(f"the resolver does not answer here: {e}")
+        return str(e.strerror)
+    pytest.skip(f"{MISSING_HOST} resolves here (a resolver that answers for every name)")

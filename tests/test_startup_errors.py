@@ -21,11 +21,10 @@ from pathlib import Path
 import pytest
 import trio
 from click.testing import CliRunner
-from services import service_missing  # tests/ is on sys.path
+from services import MISSING_HOST, no_such_name, service_missing  # tests/ is on sys.path
 
 from muppet import cli
 
-MISSING_HOST = "nosuchhost.invalid"  # RFC 6761: .invalid never resolves
 #: a log line: the daemon logs its start before it fails
 LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")
 
@@ -84,17 +83,6 @@ def tokens(tmp_path):
 
 # --- the database ---------------------------------------------------------------------
 
-
-def no_such_name() -> str:
-    """getaddrinfo's words for a name that does not exist, or a skip when
-    this host's resolver does not answer at all."""
-    try:
-        socket.getaddrinfo(MISSING_HOST, None)
-    except socket.gaierror as e:
-        if e.errno != socket.EAI_NONAME:
-            pytest.skip(f"the resolver does not answer here: {e}")
-        return str(e.strerror)
-    pytest.skip(f"{MISSING_HOST} resolves here")
 
 
 def test_a_postgresql_host_that_does_not_resolve(tmp_path):

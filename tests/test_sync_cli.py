@@ -18,12 +18,10 @@ from pathlib import Path
 import pytest
 import trio
 from click.testing import CliRunner
-from services import service_missing  # tests/ is on sys.path
+from services import MISSING_HOST, no_such_name, service_missing  # tests/ is on sys.path
 from waiting import wait_until
 
 from sync import cli, preflight
-
-MISSING_HOST = "nosuchhost.invalid"  # RFC 6761: .invalid never resolves
 
 
 def run(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -63,17 +61,6 @@ def closed_port() -> int:
         port: int = sock.getsockname()[1]
         return port
 
-
-def no_such_name() -> str:
-    """getaddrinfo's words for a name that does not exist, or a skip when
-    this host's resolver does not answer at all."""
-    try:
-        socket.getaddrinfo(MISSING_HOST, None)
-    except socket.gaierror as e:
-        if e.errno != socket.EAI_NONAME:
-            pytest.skip(f"the resolver does not answer here: {e}")
-        return str(e.strerror)
-    pytest.skip(f"{MISSING_HOST} resolves here")
 
 
 @pytest.fixture
