@@ -28,8 +28,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import trio
 
@@ -45,66 +47,52 @@ from muppet.config import load_config  # noqa: E402
 from muppet.db import open_store, reads  # noqa: E402
 from muppet.db import task as db_task  # noqa: E402
 from muppet.index import expiry  # noqa: E402
-from muppet.messages import IndexWrite, IndexWritten, Pruned, PruneWrite  # noqa: E402
+from muppet.messages import Pruned  # noqa: E402
+
+T = TypeVar("T")
+
+
+async def timed_writes(url: str, work: Callable[[trio.MemorySendChannel[Any]], Awaitable[T]]
+                       ) -> tuple[list[float], T, float]:
+    """``work``, given the channel to the database task (a ``PruneWrite`` or
+    ``IndexWrite`` on it is one chunk), against a real database task: each
+    chunk's seconds from its sending to its answer, what ``work`` returned,
+    the wall time."""
+    seconds: list[float] = []
+    with open_store(url) as store:
+        to_db, inbox = trio.open_memory_channel[object](10)
+        to_scheduler, _ = trio.open_memory_channel[object](math.inf)
+        asked, asks = trio.open_memory_channel[Any](10)
+
+        async def relay() -> None:
+            async for message in asks:
+                reply, replies = trio.open_memory_channel[object](1)
+                began = time.perf_counter()
+                await to_db.send(type(message)(message.change, reply))
+                answer = await replies.receive()
+                seconds.append(time.perf_counter() - began)
+                assert message.reply is not None
+                message.reply.send_nowait(answer)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(db_task.run, store, inbox, to_scheduler)
+            nursery.start_soon(relay)
+            began = time.perf_counter()
+            result = await work(asked)
+            wall = time.perf_counter() - began
+            nursery.cancel_scope.cancel()
+    return seconds, result, wall
 
 
 async def prune_timed(url: str, before: float, chunk: int) -> tuple[list[float], Pruned, float]:
-    """``history.prune`` against a real database task: each chunk's seconds,
-    the total, the wall time."""
-    seconds: list[float] = []
-    with open_store(url) as store:
-        to_db, inbox = trio.open_memory_channel[object](10)
-        to_scheduler, _ = trio.open_memory_channel[object](math.inf)
-        asked, asks = trio.open_memory_channel[PruneWrite](10)
-
-        async def relay() -> None:
-            async for message in asks:
-                reply, replies = trio.open_memory_channel[Pruned](1)
-                began = time.perf_counter()
-                await to_db.send(PruneWrite(message.change, reply))
-                answer = await replies.receive()
-                seconds.append(time.perf_counter() - began)
-                assert message.reply is not None
-                message.reply.send_nowait(answer)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(db_task.run, store, inbox, to_scheduler)
-            nursery.start_soon(relay)
-            began = time.perf_counter()
-            total = await history.prune(asked, before, limit=chunk)
-            wall = time.perf_counter() - began
-            nursery.cancel_scope.cancel()
-    return seconds, total, wall
+    """``history.prune``, each chunk timed (``timed_writes``)."""
+    return await timed_writes(url, lambda asked: history.prune(asked, before, limit=chunk))
 
 
 async def expire_timed(url: str, config_path: Path, now: datetime) -> tuple[list[float], list[int], float]:
-    """One pass of ``expiry.expire_once`` against a real database task: each
-    chunk's seconds, the ids expired, the wall time."""
-    seconds: list[float] = []
+    """One pass of ``expiry.expire_once``, each chunk timed (``timed_writes``)."""
     config = load_config(config_path)
-    with open_store(url) as store:
-        to_db, inbox = trio.open_memory_channel[object](10)
-        to_scheduler, _ = trio.open_memory_channel[object](math.inf)
-        asked, asks = trio.open_memory_channel[IndexWrite](10)
-
-        async def relay() -> None:
-            async for message in asks:
-                reply, replies = trio.open_memory_channel[IndexWritten](1)
-                began = time.perf_counter()
-                await to_db.send(IndexWrite(message.change, reply))
-                answer = await replies.receive()
-                seconds.append(time.perf_counter() - began)
-                assert message.reply is not None
-                message.reply.send_nowait(answer)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(db_task.run, store, inbox, to_scheduler)
-            nursery.start_soon(relay)
-            began = time.perf_counter()
-            deleted = await expiry.expire_once(config.index, asked, now)
-            wall = time.perf_counter() - began
-            nursery.cancel_scope.cancel()
-    return seconds, deleted, wall
+    return await timed_writes(url, lambda asked: expiry.expire_once(config.index, asked, now))
 
 
 def chunk_figures(seconds: list[float]) -> str:
