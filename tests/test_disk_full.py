@@ -21,7 +21,7 @@ import pytest
 import trio
 from executor_harness import fill  # tests/ is on sys.path
 from test_outages import free_port
-from waiting import wait_until_async
+from waiting import daemon_answers, wait_until_async
 
 from muppet.api.client import connect
 
@@ -64,15 +64,6 @@ def write_config(tmp_path: Path, state_dir: Path, port: int) -> Path:
     return config
 
 
-async def _answers(url: str) -> bool:
-    try:
-        async with connect(url) as client:
-            await client.call("daemon.status")
-            return True
-    except Exception:
-        return False
-
-
 def _lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
@@ -94,7 +85,7 @@ async def test_a_full_state_dir_fails_no_job(tmp_path, small_tmpfs):
         return words in await trio.Path(log).read_text(errors="replace")
 
     try:
-        await wait_until_async(lambda: _answers(url), 60, "the daemon to answer", detail=log_text)
+        await wait_until_async(lambda: daemon_answers(url), 60, "the daemon to answer", detail=log_text)
         async with connect(url) as client:
             run_id = (await client.call("runs.trigger", {"pipeline": "many"}))["run_id"]
 

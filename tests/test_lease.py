@@ -17,7 +17,7 @@ import psycopg
 import pytest
 import trio
 import trio.testing
-from waiting import wait_until, wait_until_async  # tests/ is on sys.path
+from waiting import daemon_answers, wait_until, wait_until_async  # tests/ is on sys.path
 
 from muppet.api.client import connect
 from muppet.db import reads, writes
@@ -50,15 +50,6 @@ def write_config(path: Path, database_url: str, port: int) -> Path:
     return config
 
 
-async def _answers(url: str) -> bool:
-    try:
-        async with connect(url) as client:
-            await client.call("daemon.status")
-            return True
-    except Exception:
-        return False
-
-
 async def start_daemon(config: Path, log: Path) -> trio.Process:
     with await trio.to_thread.run_sync(log.open, "wb") as stderr:
         return await trio.lowlevel.open_process([*MUPPET, "daemon", "--config", str(config)], stderr=stderr)
@@ -78,7 +69,7 @@ async def test_a_second_daemon_on_the_same_database_exits_2_naming_the_holder(tm
     first_port, second_port = free_port(), free_port()
     first = await start_daemon(write_config(tmp_path / "a", database_url, first_port), tmp_path / "a.log")
     try:
-        await wait_until_async(lambda: _answers(f"ws://127.0.0.1:{first_port}"), 60, "the first daemon")
+        await wait_until_async(lambda: daemon_answers(f"ws://127.0.0.1:{first_port}"), 60, "the first daemon")
         store = await trio.to_thread.run_sync(open_store, database_url)
         try:
             events_before = await trio.to_thread.run_sync(reads.last_event_id, store)
@@ -107,13 +98,13 @@ async def test_a_holder_killed_with_9_frees_the_database(tmp_path, database_url)
     port = free_port()
     config = write_config(tmp_path / "a", database_url, port)
     first = await start_daemon(config, tmp_path / "a.log")
-    await wait_until_async(lambda: _answers(f"ws://127.0.0.1:{port}"), 60, "the first daemon")
+    await wait_until_async(lambda: daemon_answers(f"ws://127.0.0.1:{port}"), 60, "the first daemon")
     os.kill(first.pid, signal.SIGKILL)
     await first.wait()
     second = await start_daemon(config, tmp_path / "b.log")
     try:
         await wait_until_async(
-            lambda: _answers(f"ws://127.0.0.1:{port}"), 60, "the second daemon",
+            lambda: daemon_answers(f"ws://127.0.0.1:{port}"), 60, "the second daemon",
             detail=lambda: (tmp_path / "b.log").read_text(),
         )
         async with connect(f"ws://127.0.0.1:{port}") as client:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from waiting import wait_until_async  # tests/ is on sys.path
+from waiting import daemon_answers, wait_until_async  # tests/ is on sys.path
 
 from muppet.api.client import connect
 from muppet.api.protocol import DATABASE_UNAVAILABLE, RpcError
@@ -60,17 +60,6 @@ def free_port() -> int:
         return port
 
 
-async def _answers(url: str) -> bool:
-    try:
-        async with connect(url) as client:
-            await client.call("daemon.status")
-            return True
-    except OSError:
-        return False
-    except Exception:
-        return False
-
-
 @pytest.mark.postgres
 @pytest.mark.slow
 @pytest.mark.parametrize("outage", [1.0, 30.0], ids=["1s", "30s"])
@@ -84,7 +73,7 @@ async def test_a_postgres_outage_loses_nothing(tmp_path, postgres_server, postgr
     ledger = tmp_path / "ledger"
     answers: list[str] = []
     try:
-        await wait_until_async(lambda: _answers(url), 60, "the daemon to answer")
+        await wait_until_async(lambda: daemon_answers(url), 60, "the daemon to answer")
         async with connect(url) as client, connect(url) as subscriber_client, connect(url) as querier:
             events = await subscriber_client.subscribe(kinds=["run", "job"])
             seen: list[int] = []

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import trio
 from services import service_missing  # tests/ is on sys.path
-from waiting import wait_until_async
+from waiting import daemon_answers, wait_until_async
 
 from muppet.api.client import connect
 from muppet.api.protocol import STANDBY, RpcError
@@ -265,18 +265,9 @@ class _StandbyCluster:
                 await trio.to_thread.run_sync(self.write_daemon_config)
                 for name, url, extra in (("a", self.urls[0], []), ("b", self.urls[1], ["--standby"])):
                     await self.start(name, [*MUPPET, "daemon", "--config", str(tmp_path / f"{name}.toml"), *extra])
-                    await self.wait(partial(_answers, url), f"daemon {name} answering")
+                    await self.wait(partial(daemon_answers, url), f"daemon {name} answering")
 
         return StandbyCluster()
-
-
-async def _answers(url: str) -> bool:
-    try:
-        async with connect(url) as client:
-            await client.call("daemon.status")
-            return True
-    except Exception:
-        return False
 
 
 @pytest.mark.postgres

@@ -84,3 +84,16 @@ async def wait_until_async(
                 return value  # type: ignore[return-value]
             await trio.sleep(interval)
     raise _failure(what, timeout, value, detail)
+
+
+async def daemon_answers(url: str) -> bool:
+    """Does a daemon at ``url`` answer ``daemon.status``? (A predicate for
+    ``wait_until_async``: any failure to connect or call is "not yet".)"""
+    from muppet.api.client import connect
+
+    try:
+        async with connect(url) as client:
+            await client.call("daemon.status")
+            return True
+    except Exception:
+        return False
