@@ -524,26 +524,31 @@ async def open_engine(settings: EngineSettings) -> AsyncIterator[Engine]:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(engine._alert_loop)
                 nursery.start_soon(engine._resume_writer.run)
-                with trio.move_on_after(LISTEN_TIMEOUT):
-                    await engine._alerts.listening.wait()
-                if engine._alerts.listen_error or not engine._alerts.listening.is_set():
-                    engine._stop_loops()
-                    raise ListenError(
-                        f"cannot listen on {settings.listen}: "
-                        f"{engine._alerts.listen_error or 'no answer from libtorrent'}"
-                    )
+                # The alert loop is shielded (it must outlive a cancelled
+                # body to save resume data), so every way out of this block,
+                # a cancellation while waiting to listen included, stops the
+                # loops here or the nursery would wait for them for ever.
                 try:
-                    await engine._restore()
-                    yield engine
+                    with trio.move_on_after(LISTEN_TIMEOUT):
+                        await engine._alerts.listening.wait()
+                    if engine._alerts.listen_error or not engine._alerts.listening.is_set():
+                        raise ListenError(
+                            f"cannot listen on {settings.listen}: "
+                            f"{engine._alerts.listen_error or 'no answer from libtorrent'}"
+                        )
+                    try:
+                        await engine._restore()
+                        yield engine
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            with trio.move_on_after(CLOSE_RESUME_TIMEOUT) as timeout:
+                                await engine._save_all()
+                            if timeout.cancelled_caught:
+                                log.warning("closing: resume data not saved within %ss", CLOSE_RESUME_TIMEOUT)
+                            engine._closing = True
+                            engine._resume_writer.close()
+                            await engine._resume_writer.done.wait()
                 finally:
-                    with trio.CancelScope(shield=True):
-                        with trio.move_on_after(CLOSE_RESUME_TIMEOUT) as timeout:
-                            await engine._save_all()
-                        if timeout.cancelled_caught:
-                            log.warning("closing: resume data not saved within %ss", CLOSE_RESUME_TIMEOUT)
-                        engine._closing = True
-                        engine._resume_writer.close()
-                        await engine._resume_writer.done.wait()
                     engine._stop_loops()
     finally:
         with trio.CancelScope(shield=True):

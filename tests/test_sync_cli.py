@@ -403,16 +403,8 @@ def test_a_state_dir_held_by_another_process(tmp_path, role):
         assert line.endswith("): one seed or fetch per state_dir; stop that one first, or give this one "
                              "another state_dir"), line
     finally:
-        # What this test holds is the refusal above. A seed that never reached
-        # its index sometimes outlives SIGTERM after another process was
-        # refused its state_dir (not understood yet): kill it rather than
-        # leave it behind or fail the refusal's test on it.
         first.terminate()
-        try:
-            first.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            first.kill()
-            first.wait(timeout=30)
+        first.wait(timeout=30)
     # gone with its process: a new one takes it
     again = subprocess.Popen([sys.executable, "-m", "sync.cli", role, "--config", str(path)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)

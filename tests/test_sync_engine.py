@@ -184,6 +184,27 @@ async def test_listen_failure_is_an_engine_error(tmp_path):
                 pass
 
 
+async def test_cancelled_while_waiting_to_listen_it_closes(tmp_path, monkeypatch):
+    """SIGTERM cancels everything above the engine, and it can land while the
+    engine waits for libtorrent to say it listens: the engine still closes
+    (its shielded alert loop stopped), it does not wait for ever."""
+    from sync.engine import Engine
+
+    start = Engine._start
+    outer = trio.CancelScope()
+
+    async def start_then_cancel(engine):
+        await start(engine)
+        outer.cancel()  # the next checkpoint is the wait for the listen alert
+
+    monkeypatch.setattr(Engine, "_start", start_then_cancel)
+    with trio.fail_after(SAFETY):
+        with outer:
+            async with open_engine(settings(tmp_path / "a")):
+                pytest.fail("the body ran although the opening was cancelled")
+    assert outer.cancelled_caught
+
+
 async def test_corrupted_seed_copy_never_yields_a_wrong_file(tmp_path):
     original = tmp_path / "origin" / "f.nc"
     digest = make_file(original, 3 * 1024 * 1024)
