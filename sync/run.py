@@ -87,6 +87,9 @@ class SyncRun(Generic[ConfigT]):
         self._work: dict[int, tuple[trio.CancelScope, trio.Event]] = {}
         self._dirty = False
         self._cleaned = False
+        #: the torrents libtorrent restored from resume data at start: the
+        #: only ones the first catch-up may find unwanted (run, _on_caught_up)
+        self._restored: frozenset[str] = frozenset()
         self._saving = trio.Lock()
         self._nursery: trio.Nursery | None = None
         #: called with each status as it is written, e.g. progress bars
@@ -95,6 +98,7 @@ class SyncRun(Generic[ConfigT]):
     # --- the run ------------------------------------------------------------
 
     async def run(self) -> None:
+        self._restored = frozenset(status.info_hash for status in await self.engine.status())
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for data_id, record in list(self.state.held.items()):
@@ -122,13 +126,23 @@ class SyncRun(Generic[ConfigT]):
     async def _on_caught_up(self) -> None:
         # Torrents libtorrent restored from resume data that neither the state
         # nor the catch-up wants any more: files released while we were down.
+        # Only restored ones: a torrent the catch-up's own work has just handed
+        # to the engine is not in its row yet (a seeder still publishing it),
+        # and removing it would leave a file that looks seeded and is not.
+        # For the same reason a restored torrent of the same name as a file
+        # still being taken is left: that work may be taking it back.
         if self._cleaned:
             return
         self._cleaned = True
         wanted = {r.get("info_hash") for r in self.state.held.values()}
         wanted |= {row.info_hash for data_id, row in self.rows.items() if data_id in self._work}
+        taking = {
+            os.path.basename(row.name) for data_id, row in self.rows.items()
+            if data_id in self._work and not row.info_hash
+        }
         for status in await self.engine.status():
-            if status.info_hash not in wanted:
+            unwanted = status.info_hash in self._restored and status.info_hash not in wanted
+            if unwanted and os.path.basename(status.name) not in taking:
                 log.info("%s (%s): not wanted any more, removing it", status.name, status.info_hash)
                 await self.forget_torrent(status.info_hash)
 
