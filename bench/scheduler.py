@@ -18,7 +18,13 @@ machine's load average, and where the CPU of a fan-out job goes:
   runs: the scheduler, the database, the executor's and the API's tasks;
 - per link of the chain, the same three.
 
-    .venv/bin/python bench/scheduler.py [--jobs 1000] [--chain 100] [--max-jobs 16]
+A job creates six files and directories (its directory, scratch, wrapper,
+status, stdout and stderr), which a plain spawn does not; the benchmark
+prints what one creation costs in the CPU where the state_dir is, and
+``--state-dir-under /dev/shm`` puts the job directories on tmpfs to show the
+rate without that cost (the databases stay where they were).
+
+    .venv/bin/python bench/scheduler.py [--jobs 1000] [--chain 100] [--max-jobs 16] [--state-dir-under DIR]
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import argparse
 import itertools
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -59,13 +66,39 @@ def pipelines(jobs: int, chain: int) -> dict[str, str]:
     return {"fan": fan, "chain": line}
 
 
-def write_config(root: Path, database: str, max_jobs: int, jobs: int, chain: int) -> Path:
+def file_system(path: Path) -> str:
+    """The type of the file system ``path`` is on, from /proc/mounts (the
+    longest mount point that contains it)."""
+    best, kind = "", "unknown"
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            point = fields[1]
+            if (str(path.resolve()) + "/").startswith(point.rstrip("/") + "/") and len(point) > len(best):
+                best, kind = point, fields[2]
+    return kind
+
+
+def creation_cpu(directory: Path, count: int = 500) -> float:
+    """CPU seconds to create one empty file in ``directory`` (in a
+    subdirectory removed afterwards)."""
+    where = directory / "creations"
+    where.mkdir()
+    begin = time.process_time()
+    for i in range(count):
+        os.close(os.open(where / str(i), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    spent = time.process_time() - begin
+    shutil.rmtree(where)
+    return spent / count
+
+
+def write_config(root: Path, database: str, max_jobs: int, jobs: int, chain: int, state_dir: Path) -> Path:
     (root / "pipelines").mkdir(parents=True)
     for name, text in pipelines(jobs, chain).items():
         (root / "pipelines" / f"{name}.toml").write_text(text)
     path = root / "muppet.toml"
     path.write_text(
-        f'[daemon]\ndatabase = "{database}"\nstate_dir = "{root / "state"}"\n'
+        f'[daemon]\ndatabase = "{database}"\nstate_dir = "{state_dir}"\n'
         f'output_dir = "{root / "out"}"\npipelines = ["pipelines/*.toml"]\n'
         f'[api]\nlisten = "127.0.0.1:0"\n[web]\nlisten = ""\n'
         f'[executors.local]\ntype = "local"\nmax_jobs = {max_jobs}\n'
@@ -186,12 +219,23 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000, help="jobs of the fan-out step (default 1000)")
     parser.add_argument("--chain", type=int, default=100, help="steps of the chain (default 100)")
     parser.add_argument("--max-jobs", type=int, default=16, help="the local executor's max_jobs (default 16)")
+    parser.add_argument(
+        "--state-dir-under", type=Path, metavar="DIR",
+        help="put the daemon's state_dir (job directories and scratch) under DIR, for example /dev/shm, to "
+             "see what the file system's file creations cost; the databases stay in the temporary directory",
+    )
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; fan-out N={args.jobs}, "
           f"chain C={args.chain}, max_jobs={args.max_jobs}")
     plain, spawn_cpu = trio.run(plain_spawns, args.jobs, args.max_jobs)
     print(f"plain spawns of true ({args.max_jobs} at a time): {plain:8.1f} /s, {spawn_cpu * 1e3:.2f} ms CPU each")
-    with tempfile.TemporaryDirectory(prefix="muppet-bench-") as tmp, PostgresServer() as pg:
+    with (
+        tempfile.TemporaryDirectory(prefix="muppet-bench-") as tmp,
+        tempfile.TemporaryDirectory(prefix="muppet-bench-state-", dir=args.state_dir_under) as states,
+        PostgresServer() as pg,
+    ):
+        print(f"state_dir under {states} ({file_system(Path(states))}): a file's creation costs "
+              f"{creation_cpu(Path(states)) * 1e3:.2f} ms CPU")
         databases = {
             "sqlite": f"sqlite:///{tmp}/sqlite/muppet.db",
             "postgres": pg.create_database("bench"),
@@ -199,7 +243,7 @@ def main() -> None:
         for name, url in databases.items():
             root = Path(tmp) / name
             root.mkdir(exist_ok=True)
-            config = write_config(root, url, args.max_jobs, args.jobs, args.chain)
+            config = write_config(root, url, args.max_jobs, args.jobs, args.chain, Path(states) / name)
             fan = trio.run(through_daemon, config, "fan", args.jobs)
             chain = trio.run(through_daemon, config, "chain", args.chain)
             print(
