@@ -54,7 +54,12 @@ from pgserver import PostgresServer  # noqa: E402
 from muppet import codec, daemon  # noqa: E402
 from muppet.api.client import connect  # noqa: E402
 from muppet.config import load_config  # noqa: E402
+from muppet.db import writes  # noqa: E402
+from muppet.executor import local  # noqa: E402
+from muppet.executor import task as executor_task  # noqa: E402
 from muppet.executor.jobdir import JobDir  # noqa: E402
+from muppet.messages import JobFinished, Persisted  # noqa: E402
+from muppet.scheduler.core import Scheduler  # noqa: E402
 
 
 def pipelines(jobs: int, chain: int) -> dict[str, str]:
@@ -145,6 +150,106 @@ class FileClock:
                 setattr(JobDir, name, method)
 
 
+class HopClock:
+    """When each hop of a chain's link happens (wall clock, the clock of
+    the wrapper's records): the wrapper's pid reaped, its status file read
+    (a worker thread), the scheduler given JobFinished, the database's
+    commit (a worker thread), the scheduler given Persisted, the executor's
+    launch begun, the wrapper spawned (a worker thread). With the wrapper's
+    own end and start records, ``hops`` says where a link's time goes."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[float, str]] = []
+
+    def _mark(self, label: str) -> None:
+        self.marks.append((time.time(), label))  # list.append is atomic: threads mark too
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        mark = self._mark
+        wait_child, status_and_files = local._wait_child, executor_task._Job._status_and_files
+        write, handle = writes.write, Scheduler.handle
+        launch, prepare_and_spawn = executor_task._Job._launch, local.LocalBackend._prepare_and_spawn
+
+        async def timed_wait_child(*args: Any) -> None:
+            await wait_child(*args)
+            mark("reaped")
+
+        def timed_status_and_files(job: Any) -> Any:
+            result = status_and_files(job)
+            mark("status read")
+            return result
+
+        def timed_write(*args: Any, **kwargs: Any) -> Any:
+            mark("commit begins")
+            result = write(*args, **kwargs)
+            mark("committed")
+            return result
+
+        def timed_handle(scheduler: Scheduler, events: Any, now: float) -> Any:
+            events = list(events)
+            for event in events:
+                if isinstance(event, JobFinished | Persisted):
+                    mark(type(event).__name__)
+            return handle(scheduler, events, now)
+
+        async def timed_launch(job: Any) -> str:
+            mark("launch begins")
+            return await launch(job)
+
+        def timed_prepare_and_spawn(*args: Any) -> Any:
+            result = prepare_and_spawn(*args)
+            mark("spawned")
+            return result
+
+        patches: list[tuple[Any, str, Any]] = [
+            (local, "_wait_child", timed_wait_child),
+            (executor_task._Job, "_status_and_files", timed_status_and_files),
+            (writes, "write", timed_write),
+            (Scheduler, "handle", timed_handle),
+            (executor_task._Job, "_launch", timed_launch),
+            (local.LocalBackend, "_prepare_and_spawn", staticmethod(timed_prepare_and_spawn)),
+        ]
+        originals = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
+        for owner, name, replacement in patches:
+            setattr(owner, name, replacement)
+        try:
+            yield
+        finally:
+            for owner, name, original in originals:
+                setattr(owner, name, original)
+
+    def hops(self, state_dir: Path, job_ids: list[int]) -> str:
+        """The median time from a job's end record to each hop before the
+        next job's start record, over the chain's links. The commit is the
+        one that carries the job's end (a commit of the job's start may
+        still run when it ends)."""
+        marks = sorted(self.marks)
+        records = [JobDir(str(state_dir), job_id).read_status() for job_id in job_ids]
+        offsets: dict[str, list[float]] = {}
+        for before, after in itertools.pairwise(records):
+            if before is None or after is None or before.ended is None or after.started is None:
+                continue
+            ended, started = before.ended, after.started
+            link = [(t, label) for t, label in marks if ended <= t <= started]
+            seen: dict[str, float] = {}
+            for t, label in link:
+                seen.setdefault(label, t)
+            # the commit that let the next job start: the last one before its
+            # launch (one of the job's start record may still run as it ends)
+            launched = seen.get("launch begins", started)
+            for label in ("Persisted", "committed", "commit begins"):
+                times = [t for t, name in link if name == label and t <= launched]
+                if times:
+                    seen[label] = launched = times[-1]
+            seen["next start"] = started
+            for label, t in seen.items():
+                offsets.setdefault(label, []).append((t - ended) * 1e3)
+        order = ["reaped", "status read", "JobFinished", "commit begins", "committed", "Persisted",
+                 "launch begins", "spawned", "next start"]
+        return ", ".join(f"{label} {statistics.median(offsets[label]):.1f}" for label in order if label in offsets)
+
+
 def stamp(text: str) -> float:
     """The API's time (milliseconds, UTC) as seconds since the epoch."""
     return codec.parse_time(text).timestamp()
@@ -163,6 +268,8 @@ class Figures:
         #: seconds from each job's end (its wrapper's end record) to the
         #: next one's start (its start record), in id order: a chain's links
         self.gaps: list[float] = []
+        #: where a link's time goes (HopClock.hops)
+        self.hops = ""
 
     def breakdown(self) -> str:
         return (f"CPU per job: wrapper {self.wrapper * 1e3:5.2f} ms, files {self.files * 1e3:5.2f} ms, "
@@ -172,13 +279,13 @@ class Figures:
 async def through_daemon(config_path: Path, pipeline: str, count: int) -> Figures:
     config = load_config(config_path)
     figures = Figures(count)
-    files = FileClock()
+    files, hops = FileClock(), HopClock()
     async with trio.open_nursery() as nursery:
         port = await nursery.start(daemon.serve, config)
         async with connect(f"ws://127.0.0.1:{port}") as client:
             children, own = cpu(resource.RUSAGE_CHILDREN), cpu(resource.RUSAGE_SELF)
             begin = time.perf_counter()
-            with files.installed():
+            with files.installed(), hops.installed():
                 run_id = (await client.call("runs.trigger", {"pipeline": pipeline}))["run_id"]
                 while True:
                     run = await client.call("runs.list", {"limit": 1})
@@ -193,6 +300,9 @@ async def through_daemon(config_path: Path, pipeline: str, count: int) -> Figure
             jobs = await client.call("jobs.list", {"run_id": run_id, "limit": count})
             times = sorted((job["id"], stamp(job["started_at"]), stamp(job["ended_at"])) for job in jobs)
             figures.gaps = sorted(after[1] - before[2] for before, after in itertools.pairwise(times))
+            figures.hops = await trio.to_thread.run_sync(
+                hops.hops, Path(config.daemon.state_dir), [job_id for job_id, _, _ in times]
+            )
         nursery.cancel_scope.cancel()
     figures.rate = count / elapsed
     return figures
@@ -256,6 +366,7 @@ def main() -> None:
             gaps = chain.gaps
             print(f"          chain   from a job's end to the next one's start: median "
                   f"{statistics.median(gaps) * 1e3:5.1f} ms, 90th percentile {gaps[len(gaps) * 9 // 10] * 1e3:5.1f} ms")
+            print(f"          chain   where a link goes, median ms after a job's end record: {chain.hops}")
 
 
 if __name__ == "__main__":
