@@ -297,14 +297,17 @@ async def test_incidents_open_once_reach_their_stakeholders_and_resolve(tmp_path
                 text = mailbox.text("ops@example.org")
                 return all(f"{w}: {k}" in text for w, k in (
                     ("OPENED", "job_failed"), ("OPENED", "run_failed"), ("OPENED", "late"),
-                    ("OPENED", "run_expired"), ("RESOLVED", "late")))
+                    ("OPENED", "run_expired"), ("RESOLVED", "late"), ("OPENED", "product_late")))
 
             await wait_until_async(told, DEADLINE, "ops to be told of everything", detail=lambda: mailbox.text(
                 "ops@example.org"))
             ops = mailbox.text("ops@example.org")
             assert ops.count("OPENED: job_failed") == 1  # the retry did not alert, the failure for good did once
-            # the product's lateness: its producer's owner and default_to hear of it too
-            assert "OPENED: product_late" in ops and "OPENED: product_late" in mailbox.text("desk@example.org")
+            # the product's lateness: its producer's owner and default_to hear
+            # of it too (each recipient's mail goes on its own)
+            for recipient in ("desk@example.org", "arome@example.org"):
+                await wait_until_async(lambda r=recipient: "OPENED: product_late" in mailbox.text(r), DEADLINE,
+                                       f"{recipient} to be told of the late product")
             arome = mailbox.text("arome@example.org")
             assert "OPENED: product_late" in arome and "job_failed" not in arome  # its notify
             failure = next(m for m in mailbox.to("ops@example.org") if "OPENED: job_failed" in m.body)
@@ -340,6 +343,7 @@ async def test_incidents_open_once_reach_their_stakeholders_and_resolve(tmp_path
             assert (trigger["event_action"], resolve["event_action"]) == ("trigger", "resolve")
             assert trigger["dedup_key"] == resolve["dedup_key"]
             assert trigger["payload"]["custom_details"]["job_id"] == failed_job
+            await wait_until_async(lambda: hooks.events("/arome"), DEADLINE, "the product's contact's webhook")
             assert {e["payload"]["class"] for e in hooks.events("/arome")} == {"product_late"}
             # the operator's view
             listed = await muppet(url, "alerts", "--open")
