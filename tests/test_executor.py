@@ -15,6 +15,7 @@ import trio
 from executor_harness import SAFETY, fill, free_pages, make_dirs, running_executor
 from waiting import wait_until_async
 
+from muppet.executor import task as executor_task
 from muppet.executor.backend import BACKEND_TYPES, backend_factory, make_backends
 from muppet.executor.jobdir import CANNOT_START_EXIT, CLAIMED_EXIT, JobDir, Status, parse_status, render_wrapper
 from muppet.executor.local import _cmdline, _is_wrapper, group_members
@@ -89,6 +90,29 @@ async def test_success_sets_the_environment(dirs):
     status = job_dir.read_status()
     assert status.has_ended and status.exit_code == 0 and str(status.pid) == started.batch_id
     assert not await trio.Path(job_dir.scratch).exists(), "scratch stays after a success"
+
+
+async def test_a_local_job_reports_its_start_with_its_end_when_it_ends_at_once(dirs, monkeypatch):
+    """A local job that ends within LOCAL_START_REPORT_DELAY has JobStarted
+    sent right before its JobFinished (one scheduler batch, one commit), with
+    its start record's time; one that runs longer has it sent while it runs.
+    (The delay is set long, then short, so that the machine's speed cannot
+    decide which case a job is.)"""
+    state, out = dirs
+    marker = state / "go"
+    async with executor(state, out) as ex:
+        monkeypatch.setattr(executor_task, "LOCAL_START_REPORT_DELAY", SAFETY)
+        await ex.send.send(make_spec(14, "true"))
+        started, finished = await ex.until_finished(14)
+        assert started is not None and finished.state == "succeeded"
+        assert ex.messages[-2:] == [started, finished], "the start sent just before the end"
+        assert started.started_at == JobDir(str(state), 14).read_status().started
+        monkeypatch.setattr(executor_task, "LOCAL_START_REPORT_DELAY", 0.0)
+        await ex.send.send(make_spec(15, f"while [ ! -e {marker} ]; do sleep 0.01; done"))
+        await ex.until_started(15)  # while it runs: until_started fails on its end
+        await trio.Path(marker).touch()
+        _, finished = await ex.until_finished(15)
+        assert finished.state == "succeeded"
 
 
 async def test_failure_reports_exit_code_and_tails(dirs):

@@ -43,6 +43,11 @@ log = logging.getLogger("muppet.executor")
 RETRY_INTERVAL = 5.0
 #: seconds between looks at a queued batch job's status file for its start record
 START_POLL_INTERVAL = 1.0
+#: seconds a local job's start waits before it is reported: a job that ends
+#: sooner has its start reported with its end, in one scheduler batch and so
+#: one commit, instead of a commit of its start that the commit of its end
+#: would wait behind (a chain of short steps; docs/performance.md)
+LOCAL_START_REPORT_DELAY = 0.02
 #: seconds before the first and the longest between two attempts of file work
 #: that the machinery failed (moving a succeeded job's outputs; starting a
 #: job that was reported started already): as the scheduler's backoff for a
@@ -324,12 +329,12 @@ class _Job:
                 self.executor.nursery.start_soon(self._kill, batch_id)
             if status is not None and status.started is not None:
                 await self._report_start(status.batch_id or batch_id, status.host, status.started)
-            elif self.reported_start is None and self.backend.runs_at_launch:
-                await self._report_start(batch_id, self.executor.host, time.time())
             lost = None
             exit_status = None
             async with trio.open_nursery() as nursery:
-                if self.reported_start is None:
+                if self.reported_start is None and self.backend.runs_at_launch:
+                    nursery.start_soon(self._report_start_soon, batch_id, time.time())
+                elif self.reported_start is None:
                     nursery.start_soon(self._watch_for_start, batch_id)
                 try:
                     exit_status = await self._retrying("wait", self.backend.wait, self.job_dir, batch_id)
@@ -353,7 +358,7 @@ class _Job:
             if _never_ran(status, exit_status):
                 await trio.to_thread.run_sync(self.job_dir.forget_batch_id)
                 raise NotStarted(await self._never_ran_words(batch_id, exit_status))
-            return await self._conclude(batch_id=batch_id)
+            return await self._conclude(batch_id=batch_id, known=status)
 
     async def _never_ran_words(self, batch_id: str, exit_status: int | None) -> str:
         if exit_status == CLAIMED_EXIT:
@@ -367,6 +372,13 @@ class _Job:
             f"the status file in {self.job_dir.root} (exit {CANNOT_START_EXIT})" + (f": {trouble}" if trouble else "")
         )
 
+    async def _report_start_soon(self, batch_id: str, started: float) -> None:
+        """A local job: report its start LOCAL_START_REPORT_DELAY from now,
+        unless its end comes first (cancelled then: ``_conclude`` reports the
+        start, from the start record, just before the end)."""
+        await trio.sleep(LOCAL_START_REPORT_DELAY)
+        await self._report_start(batch_id, self.executor.host, started)
+
     async def _watch_for_start(self, batch_id: str) -> None:
         """A queued batch job: report JobStarted when its start record shows."""
         while True:
@@ -378,11 +390,22 @@ class _Job:
                 await self._report_start(status.batch_id or batch_id, status.host, status.started)
                 return
 
-    async def _report_start(self, batch_id: str, host: str, started: float) -> None:
+    async def _report_start(self, batch_id: str, host: str, started: float, *, with_end: bool = False) -> None:
         if self.reported_start == batch_id:
             return
+        message = JobStarted(self.id, batch_id, host, started)
+        # noted once sent: a send cancelled (the job's end came first) sent
+        # nothing, and _conclude must still report the start
+        if with_end:
+            # no checkpoint between this and the JobFinished that follows, so
+            # that the scheduler finds both in one batch (one commit)
+            try:
+                self.executor.send.send_nowait(message)
+            except trio.WouldBlock:
+                await self.executor.send.send(message)
+        else:
+            await self.executor.send.send(message)
         self.reported_start = batch_id
-        await self.executor.send.send(JobStarted(self.id, batch_id, host, started))
 
     async def _retrying(self, what: str, method: Callable[..., Awaitable[_T]], *args: object) -> _T:
         """A backend call, again every RETRY_INTERVAL while it cannot tell."""
@@ -417,18 +440,19 @@ class _Job:
         lost: str | None = None,
         batch_id: str | None = None,
         finished: tuple[Status | None, tuple[str, str], str | None] | None = None,
+        known: Status | None = None,
     ) -> JobFinished:
         """Read the status and the tails, move the outputs of a success, build
         the report (all the file work in one worker thread; done already when
-        ``finished`` is given, ``_status_and_files``)."""
+        ``finished`` is given, ``_status_and_files``). ``known``: the status
+        as last read, if any."""
         if finished is None:
+            # the start first: the file work may wait long for space
+            # (_finish_files_retrying), and the job has run
+            await self._report_recorded_start(known, batch_id)
             finished = await self._finish_files_retrying(lost is None)
         status, tails, problem = finished
-        if status is not None and status.started is not None and self.reported_start is None:
-            # a job that ran while no daemon watched: let its host and start be known
-            batch_id = status.batch_id or batch_id or self.spec.job.batch_id or str(status.pid)
-            if self.spec.job.state is not JobState.RUNNING or self.spec.job.batch_id != batch_id:
-                await self._report_start(batch_id, status.host, status.started)
+        await self._report_recorded_start(status, batch_id)
         if self.kill_requested:
             return self._finished(status, "killed", KILLED_REASON, tails)
         if lost is not None or status is None or not status.has_ended:
@@ -438,6 +462,16 @@ class _Job:
         if problem is not None:
             return self._finished(status, "failed", problem, tails)
         return attrs.evolve(self._finished(status, "succeeded", "", tails), outputs=self.moved)
+
+    async def _report_recorded_start(self, status: Status | None, batch_id: str | None) -> None:
+        """Report the start the status file records, if not reported yet: a
+        job that ran while no daemon watched, or a local one that ended
+        before its start was reported (LOCAL_START_REPORT_DELAY)."""
+        if status is None or status.started is None or self.reported_start is not None:
+            return
+        batch_id = status.batch_id or batch_id or self.spec.job.batch_id or str(status.pid)
+        if self.spec.job.state is not JobState.RUNNING or self.spec.job.batch_id != batch_id:
+            await self._report_start(batch_id, status.host, status.started, with_end=status.has_ended)
 
     async def _finish_files_retrying(self, may_move: bool) -> tuple[Status | None, tuple[str, str], str | None]:
         """``_finish_files`` in a worker thread, again after a backoff while
