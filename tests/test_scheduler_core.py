@@ -488,6 +488,29 @@ def test_rerun_of_a_finished_run_reopens_it_and_revives_skipped_jobs():
     assert h.run().state is RunState.SUCCEEDED
 
 
+def test_a_child_released_while_a_rerun_of_its_parent_is_in_flight_waits_for_the_rerun():
+    """The release of a held child commits before the rerun of its parent
+    that the operator asked after it: the child waits for the rerun (the
+    slot's newest job), not for the parent's first success."""
+    h = Harness(pipeline("p", Step("a", "true"), Step("b", "true", parents=("a",))))
+    h.trigger("p")
+    b = h.job("b").id
+    h.ask(Command("hold", b), ReplyBox())
+    h.settle()
+    h.run_job(1)
+    run = h.run()
+    jobs = tuple(j for j in h.db_jobs.values() if j.run_id == run.id)
+    h.ask(Command("release", b), ReplyBox())
+    h.ask(Command("rerun", 1, run=run, jobs=jobs), ReplyBox())
+    h.settle()  # the release's commit first, then the rerun's
+    rerun = h.job("a").id
+    assert rerun != 1 and h.started_ids() == [1, rerun]
+    assert h.db_jobs[b].state is JobState.WAITING
+    h.drain()
+    assert h.started_ids() == [1, rerun, b]
+    assert h.run().state is RunState.SUCCEEDED
+
+
 def test_rerun_refuses_a_job_that_has_not_ended():
     h = Harness(pipeline("p", Step("a", "true")))
     h.trigger("p")

@@ -718,8 +718,7 @@ class Scheduler:
             return f"clock: not before {format_time(datetime.fromtimestamp(clock, UTC))}"
         unmet = []
         for slot in self._parent_slots(job, pipeline):
-            current = self.current[job.run_id].get(slot)
-            parent = None if current is None else self._current_copy(current)
+            parent = self._newest_in_slot(job.run_id, slot)
             if parent is None or parent.state not in DONE:
                 unmet.append(f"{slot[0]}[{slot[1]}] {parent.state.value if parent else 'missing'}")
         for name, moment, run_id, state in self._earlier_parents(job, pipeline):
@@ -757,9 +756,12 @@ class Scheduler:
         # submitted without its parent's success, and the child is handed to
         # the executor only once both are committed. It saves a chain one
         # commit per link (docs/architecture.md, "The rules they keep").
+        # A rerun of the parent's slot on its way counts the same way: the
+        # slot's newest job, the rerun, is the parent the child waits for
+        # (once committed, it is the slot's current job).
         for slot in self._parent_slots(job, pipeline):
-            current = self.current[job.run_id].get(slot)
-            if current is None or self._current_copy(current).state not in DONE:
+            parent = self._newest_in_slot(job.run_id, slot)
+            if parent is None or parent.state not in DONE:
                 return False
         return all(state in DONE for _, _, _, state in self._earlier_parents(job, pipeline))
 
