@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from services import free_port  # tests/ is on sys.path
+
 CHROMIUM = "/usr/bin/chromium"
 #: headless, no sandbox (root), and none of the browser's own traffic to
 #: the internet (updates, sync, safe browsing): the page must work without it
@@ -37,13 +38,6 @@ CHROMIUM_ARGS = [
     "--metrics-recording-only", "--disable-domain-reliability",
 ]
 MUPPET = [sys.executable, "-m", "muppet.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def chromium_missing() -> str | None:

@@ -6,20 +6,14 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 import psycopg
+from services import free_port  # tests/ is on sys.path
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PostgresServer:
@@ -41,7 +35,7 @@ class PostgresServer:
         self.root = Path(tempfile.mkdtemp(prefix="muppet-pg-"))
         os.chown(self.root, account.pw_uid, account.pw_gid)
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.host = "127.0.0.1"
         self._log = self.root / "server.log"
 

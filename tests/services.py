@@ -2,7 +2,9 @@
 the host's name resolver) is not there."""
 
 import os
+import random
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +32,21 @@ def no_such_name() -> str:
             pytest.skip(f"the resolver does not answer here: {e}")
         return str(e.strerror)
     pytest.skip(f"{MISSING_HOST} resolves here (a resolver that answers for every name)")
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing uses now, for a server a test
+    starts later. Picked below the kernel's ephemeral range
+    (/proc/sys/net/ipv4/ip_local_port_range): a port that bind(0) gave is
+    one the kernel may give again, to any outgoing connection or bind(0),
+    before the server binds it (a CI run lost a daemon's web port so)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 10000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port of 127.0.0.1 found below {low}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 from datetime import UTC, datetime
 from functools import partial
 
@@ -20,6 +19,7 @@ import attrs
 import pytest
 import trio
 import trio_websocket
+from services import free_port  # tests/ is on sys.path
 
 from muppet import codec, messages, model
 from muppet.api import client as api_client
@@ -500,12 +500,6 @@ async def test_client_errors_come_out_bare(api):
     with pytest.raises(KeyError):
         async with api_client.connect(api.url) as client:
             raise KeyError("mine")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_client_daemon_unreachable():

@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import trio
+from services import free_port  # tests/ is on sys.path
 from waiting import wait_until, wait_until_async  # tests/ is on sys.path
 
 from muppet import daemon
@@ -232,7 +233,6 @@ async def test_48_cycles_keep_their_order_and_the_runahead(nursery, tmp_path, da
     ) <= RUNAHEAD
 
 
-
 async def test_asking_why_jobs_wait_repeats_nothing(nursery, tmp_path, database_url):
     """Operators ask why jobs wait all the time (`muppet jobs`, the web page:
     docs/states.md, "Why a job waits"); the scheduler answers at once, and
@@ -365,9 +365,6 @@ async def test_an_oslo_pipeline_finds_every_parent_across_both_changes_of_the_cl
                     assert when(jobs[n]["b"]["started_at"]) >= when(jobs[n - 4]["b"]["ended_at"]), (name, n)
         watching.cancel()
     assert not [r for r in reasons if "no run for" in r], reasons
-
-
-
 
 
 # Hourly in Oslo: on 29 March 2026 the firing after 01:00 CET is 03:00 CEST
@@ -569,13 +566,6 @@ command = '''
 echo "$MUPPET_REFERENCE_TIME b $MUPPET_JOB_ID start" >> {ledger}
 echo "$MUPPET_REFERENCE_TIME b $MUPPET_JOB_ID end" >> {ledger}'''
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class DaemonProcess:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from services import free_port  # tests/ is on sys.path
 from waiting import wait_until, wait_until_async  # tests/ is on sys.path
 
 from muppet import daemon
@@ -146,12 +147,6 @@ async def test_retries_are_linked_jobs(nursery, tmp_path, database_url):
         assert tries[0]["successor"] == tries[1]["id"] and tries[1]["predecessor"] == tries[0]["id"]
         assert tries[1]["successor"] == tries[2]["id"] and tries[2]["predecessor"] == tries[1]["id"]
     assert marker.read_text() == "3\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cli(*args: str, api: str) -> str:

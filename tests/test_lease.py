@@ -17,6 +17,7 @@ import psycopg
 import pytest
 import trio
 import trio.testing
+from services import free_port  # tests/ is on sys.path
 from waiting import daemon_answers, wait_until, wait_until_async  # tests/ is on sys.path
 
 from muppet.api.client import connect
@@ -26,13 +27,6 @@ from muppet.db.store import Store, open_store
 from muppet.messages import Operator, OperatorEvent
 
 MUPPET = [sys.executable, "-m", "muppet.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def write_config(path: Path, database_url: str, port: int) -> Path:

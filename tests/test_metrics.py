@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
+from services import free_port  # tests/ is on sys.path
 from waiting import wait_until_async  # tests/ is on sys.path
 
 from muppet import daemon
@@ -39,13 +40,6 @@ jobs = 2
 command = '[ "$MUPPET_JOB_INDEX" = 0 ] || exit 3'
 retry = { tries = 2 }
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def write_config(folder: Path, database: str, api_port: int, web_port: int) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from services import free_port  # tests/ is on sys.path
 from waiting import daemon_answers, wait_until_async  # tests/ is on sys.path
 
 from muppet.api.client import connect
@@ -49,15 +50,6 @@ def write_config(tmp_path: Path, database_url: str, port: int) -> Path:
         max_jobs = 4
         """))
     return config
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.mark.postgres

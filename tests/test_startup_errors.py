@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 from click.testing import CliRunner
-from services import MISSING_HOST, no_such_name, service_missing  # tests/ is on sys.path
+from services import MISSING_HOST, free_port, no_such_name, service_missing  # tests/ is on sys.path
 
 from muppet import cli
 
@@ -51,13 +51,6 @@ def start(tmp_path: Path, database: str | None = None, *, api: str = "", **daemo
     return path, said[0]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def read_only(tmp_path):
     """A read-only file system (a tmpfs mounted ro: root ignores modes)."""
@@ -82,7 +75,6 @@ def tokens(tmp_path):
 
 
 # --- the database ---------------------------------------------------------------------
-
 
 
 def test_a_postgresql_host_that_does_not_resolve(tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 from click.testing import CliRunner
-from services import MISSING_HOST, no_such_name, service_missing  # tests/ is on sys.path
+from services import MISSING_HOST, free_port, no_such_name, service_missing  # tests/ is on sys.path
 from waiting import wait_until
 
 from sync import cli, preflight
@@ -47,20 +47,12 @@ def write(path: Path, text: str) -> Path:
 def config(tmp_path: Path, role: str = "seed", **keys: str) -> Path:
     """A seed or fetch file that works but for ``keys`` (TOML values), at an
     API nobody listens on (the daemon need not run for these checks)."""
-    values = {"api": f'"ws://127.0.0.1:{closed_port()}"', "state_dir": '"state"', "listen": '"127.0.0.1:0"'}
+    values = {"api": f'"ws://127.0.0.1:{free_port()}"', "state_dir": '"state"', "listen": '"127.0.0.1:0"'}
     if role == "fetch":
         values |= {"data_dir": '"data"', "backend": '"thredds-1"'}
     values |= keys
     text = "".join(f"{key} = {value}\n" for key, value in values.items())
     return write(tmp_path / f"{role}.toml", text + '[[select]]\nproducts = ["arome-pp"]\nrecent = 2\n')
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
 
 
 @pytest.fixture
@@ -313,7 +305,7 @@ def test_torrent_names_the_environment_variable_it_read(tmp_path):
 
 
 def test_torrent_with_no_daemon(tmp_path):
-    port = closed_port()
+    port = free_port()
     result = run("torrent", "1", "-o", str(tmp_path / "f.torrent"), "--api", f"ws://127.0.0.1:{port}", cwd=tmp_path)
     assert one_line(result) == f"muppet-sync: error: cannot reach the MUPPET daemon at ws://127.0.0.1:{port}: " \
         "connection refused"

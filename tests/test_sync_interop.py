@@ -15,14 +15,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
-from services import service_missing
+from services import free_port, service_missing
 from waiting import wait_until_async
 
 from sync.engine import open_engine
@@ -53,12 +52,6 @@ def need(program: str, package: str) -> str:
     if path is None:
         service_missing(f"{program} is not installed (apt-get install {package})")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def wait_listening(port: int, process: trio.Process, what: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from test_sync_cli import closed_port
+from services import free_port
 from waiting import wait_until_async
 
 from sync.config import load_seed_config
@@ -31,7 +31,7 @@ async def test_first_catch_up_removes_only_restored_unwanted_torrents(tmp_path: 
         path.write_bytes(os.urandom(300_000))
     config_path = tmp_path / "seed.toml"
     config_path.write_text(
-        f'api = "ws://127.0.0.1:{closed_port()}"\nstate_dir = "state"\nlisten = "127.0.0.1:0"\n'
+        f'api = "ws://127.0.0.1:{free_port()}"\nstate_dir = "state"\nlisten = "127.0.0.1:0"\n'
         '[[select]]\nproducts = ["arome"]\nrecent = 2\n'
     )
     config = load_seed_config(config_path)
