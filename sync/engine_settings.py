@@ -28,9 +28,10 @@ halved one consumer's rate, -1 made the seeder send more), the seeder's
 ``seed_choking_algorithm`` round_robin (``anti_leech``, which "prioritizes
 peers who have just started or are just about to finish the download",
 and ``fastest_upload`` changed nothing), ``send_buffer_watermark`` and
-``send_socket_buffer_size``, and no super seeding (BEP 16: each piece
-leaves the seeder about once, but one piece at a time, and one consumer
-alone fetched at 1.6 MB/s instead of 2.4).
+``send_socket_buffer_size``, the consumers' ``predictive_piece_announce``
+(announcing a piece before it is complete changed nothing), and no super
+seeding (BEP 16: each piece leaves the seeder about once, but one piece
+at a time, and one consumer alone fetched at 1.6 MB/s instead of 2.4).
 """
 
 from __future__ import annotations
