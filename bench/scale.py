@@ -12,9 +12,11 @@ this process (its tasks as `muppet daemon` has them):
   job event (time in ``Scheduler.handle`` and ``load``, on the Trio thread;
   a job has three events: submitted, running, ended) and the daemon
   process's peak RSS;
-- while the largest fan-out runs, a client asks ``daemon.status``,
+- while the largest fan-out runs, a client in a process of its own
+  (``--probe-here``: in the daemon's Trio loop) asks ``daemon.status``,
   ``runs.list`` and ``jobs.list`` (100 jobs of the run) in a loop: p50 and
-  p99 of each, in ms;
+  p99 of each, in ms; and what the daemon's Trio thread did meanwhile
+  (``LoopWatch``);
 - the start-up time with the largest run's jobs all unfinished (waiting):
   from ``daemon.serve`` to the API answering ``daemon.status``, with the
   run drained first so that the load is the daemon's alone.
@@ -31,15 +33,17 @@ smallest and largest size; RSS under 300 MB at 50k active jobs; API p99
 under 50 ms; start-up under 5 s with 50k unfinished jobs.
 
     .venv/bin/python bench/scale.py [--sizes 1000,10000,50000] [--history 100000[,1000000]] [--postgres]
-        [--max-jobs 16]
+        [--max-jobs 16] [--probe-here]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -167,6 +171,61 @@ class CoreClock:
             Scheduler.handle, Scheduler.load = originals  # type: ignore[method-assign]
 
 
+class LoopWatch(trio.abc.Instrument):
+    """The Trio thread while the API is probed: its passes over the
+    runnable tasks (from one wait for I/O to the next), how much of the time
+    it spent in them and how much CPU it got meanwhile, and the task steps
+    longer than ``threshold`` seconds. A call answered over the API waits
+    for the passes before its own: a loop busy far longer than its CPU says
+    the thread was waiting for a core or for the GIL, not working."""
+
+    def __init__(self, threshold: float = 0.010) -> None:
+        self.threshold = threshold
+        self.steps: list[tuple[float, str]] = []
+        self._began: float | None = None
+        #: the loop's time between two waits for I/O: its passes over the
+        #: runnable tasks, and the thread CPU they took
+        self.passes: list[float] = []
+        self._woke: float | None = None
+        self._woke_cpu = 0.0
+        self.busy_cpu = 0.0
+        self.installed = time.perf_counter()
+
+    def after_io_wait(self, timeout: float) -> None:
+        self._woke = time.perf_counter()
+        self._woke_cpu = time.thread_time()
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self._woke is not None:
+            self.passes.append(time.perf_counter() - self._woke)
+            self.busy_cpu += time.thread_time() - self._woke_cpu
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._began = time.perf_counter()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self._began is None:  # the step that installed this instrument
+            return
+        took = time.perf_counter() - self._began
+        if took > self.threshold:
+            self.steps.append((took, task.name))
+
+    def report(self) -> str:
+        wall = time.perf_counter() - self.installed
+        passes = (f"{len(self.passes)} passes of the run loop, p50 {statistics.median(self.passes) * 1000:.2f} ms, "
+                  f"p99 {percentile(self.passes, 0.99) * 1000:.1f} ms, busy {sum(self.passes) / wall:.0%} of the "
+                  f"time, its CPU {self.busy_cpu / wall:.0%}; ") if self.passes else ""
+        if not self.steps:
+            return passes + f"no task step over {self.threshold * 1000:.0f} ms"
+        by_task: dict[str, list[float]] = {}
+        for took, name in self.steps:
+            by_task.setdefault(name.removeprefix("muppet."), []).append(took)
+        worst = sorted(by_task.items(), key=lambda item: -sum(item[1]))[:5]
+        return passes + (f"{len(self.steps)} task steps over {self.threshold * 1000:.0f} ms, longest "
+                f"{max(self.steps)[0] * 1000:.0f} ms; by task: " + ", ".join(
+                    f"{name} {len(times)} (max {max(times) * 1000:.0f} ms)" for name, times in worst))
+
+
 def rss_mb() -> float:
     """The process's peak resident set so far (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -186,8 +245,11 @@ async def wait_ended(client: Any, run_id: int) -> dict[str, Any]:
 
 
 async def one_run(config_path: Path, pipeline: str, jobs: int, clock: CoreClock,
-                  probe: bool) -> dict[str, Any]:
-    """Trigger ``pipeline`` and wait for its end; the figures."""
+                  probe: bool, probe_here: bool = False) -> dict[str, Any]:
+    """Trigger ``pipeline`` and wait for its end; the figures. With
+    ``probe``, the API is probed meanwhile from a process of its own, as an
+    operator's client is (``probe_here``: from this one, in the daemon's
+    own Trio loop)."""
     config = load_config(config_path)
     latencies: dict[str, list[float]] = {"daemon.status": [], "runs.list": [], "jobs.list": []}
     async with trio.open_nursery() as nursery:
@@ -197,15 +259,27 @@ async def one_run(config_path: Path, pipeline: str, jobs: int, clock: CoreClock,
             core_before = clock.seconds
             began = time.perf_counter()
             run_id = (await client.call("runs.trigger", {"pipeline": pipeline}))["run_id"]
-            if probe:
+            stalls = LoopWatch()
+            prober = None
+            if probe and probe_here:
                 nursery.start_soon(_probe, url, run_id, latencies)
+            elif probe:
+                prober = await trio.lowlevel.open_process(
+                    [sys.executable, __file__, "--probe", url, str(run_id)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            if probe:
+                trio.lowlevel.add_instrument(stalls)
             run = await wait_ended(client, run_id)
+            if probe:
+                trio.lowlevel.remove_instrument(stalls)
+            if prober is not None:
+                latencies.update(await _probe_results(prober))
             elapsed = time.perf_counter() - began
             core = clock.seconds - core_before
         nursery.cancel_scope.cancel()
     assert run["state"] == "succeeded", run
     return {"elapsed": elapsed, "rate": jobs / elapsed, "core_per_event": core / (3 * jobs),
-            "rss": rss_mb(), "latencies": latencies}
+            "rss": rss_mb(), "latencies": latencies, "stalls": stalls.report()}
 
 
 async def _probe(url: str, run_id: int, latencies: dict[str, list[float]]) -> None:
@@ -221,6 +295,32 @@ async def _probe(url: str, run_id: int, latencies: dict[str, list[float]]) -> No
                 await client.call(method, params)
                 latencies[method].append((time.perf_counter() - began) * 1000)
             await trio.sleep(0.05)
+
+
+async def _probe_results(prober: trio.Process) -> dict[str, list[float]]:
+    """Tell the probe process to stop (its stdin closes); its latencies."""
+    assert prober.stdin is not None and prober.stdout is not None
+    await prober.stdin.aclose()
+    said = b""
+    async for chunk in prober.stdout:
+        said += chunk
+    if await prober.wait() != 0:
+        raise RuntimeError(f"the probe process exited with {prober.returncode}")
+    results: dict[str, list[float]] = json.loads(said)
+    return results
+
+
+async def probe_until_stdin_closes(url: str, run_id: int) -> None:
+    """The probe process (``--probe URL RUN_ID``): ``_probe`` until its
+    stdin closes, then the latencies as JSON on stdout."""
+    latencies: dict[str, list[float]] = {"daemon.status": [], "runs.list": [], "jobs.list": []}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_probe, url, run_id, latencies)
+        async with trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())) as stdin:
+            while await stdin.receive_some():
+                pass
+        nursery.cancel_scope.cancel()
+    print(json.dumps(latencies))
 
 
 async def start_up(config_path: Path, url: str, pipeline: str, jobs: int) -> float:
@@ -277,7 +377,7 @@ def bench_database(name: str, url: str, root: Path, args: argparse.Namespace, si
             for size in sizes:
                 for shape in ("fan", "each"):
                     probe = shape == "fan" and size == max(sizes)
-                    figures = trio.run(one_run, config, f"{shape}{size}", size, clock, probe)
+                    figures = trio.run(one_run, config, f"{shape}{size}", size, clock, probe, args.probe_here)
                     per_event[(shape, size)] = figures["core_per_event"]
                     print(f"  {shape:4s} {size:>6,} jobs: {figures['elapsed']:7.1f} s  {figures['rate']:6.1f} jobs/s  "
                           f"core {figures['core_per_event'] * 1e6:6.1f} us/event  peak RSS {figures['rss']:6.1f} MB",
@@ -289,6 +389,7 @@ def bench_database(name: str, url: str, root: Path, args: argparse.Namespace, si
                                 probed[(history, method)] = (p50, p99, len(values))
                                 print(f"    {method:14s} while it ran: p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  "
                                       f"({len(values)} calls)", flush=True)
+                        print(f"    on the Trio thread meanwhile: {figures['stalls']}", flush=True)
             for shape in ("fan", "each"):
                 low, high = per_event[(shape, min(sizes))], per_event[(shape, max(sizes))]
                 print(f"  {shape}: core CPU per event at {max(sizes):,} jobs is {high / low:.2f}x that at "
@@ -320,7 +421,13 @@ def main() -> None:
                              " are measured in turn in the same run, the history grown between them")
     parser.add_argument("--max-jobs", type=int, default=16, help="the local executor's max_jobs")
     parser.add_argument("--postgres", action="store_true", help="also on a PostgreSQL 15 started here")
+    parser.add_argument("--probe-here", action="store_true",
+                        help="probe the API from the daemon's own process and Trio loop, not from a process of its own")
+    parser.add_argument("--probe", nargs=2, metavar=("URL", "RUN_ID"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.probe:
+        trio.run(probe_until_stdin_closes, args.probe[0], int(args.probe[1]))
+        return
     sizes = sorted(int(s) for s in args.sizes.split(","))
     args.history = sorted(int(h) for h in args.history.split(","))
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; sizes {sizes}, "
