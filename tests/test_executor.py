@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ from waiting import wait_until_async
 from muppet.executor import task as executor_task
 from muppet.executor.backend import BACKEND_TYPES, backend_factory, make_backends
 from muppet.executor.jobdir import CANNOT_START_EXIT, CLAIMED_EXIT, JobDir, Status, parse_status, render_wrapper
-from muppet.executor.local import _cmdline, _is_wrapper, group_members
+from muppet.executor.local import SPAWN_THREADS, LocalBackend, _cmdline, _is_wrapper, group_members
 from muppet.executor.outputs import (
     MissingOutput,
     OutputError,
@@ -113,6 +114,45 @@ async def test_a_local_job_reports_its_start_with_its_end_when_it_ends_at_once(d
         await trio.Path(marker).touch()
         _, finished = await ex.until_finished(15)
         assert finished.state == "succeeded"
+
+
+async def test_local_wrappers_are_spawned_from_a_few_threads_at_once(dirs, monkeypatch):
+    """Most of a spawn holds the GIL: the local backend spawns from at most
+    SPAWN_THREADS worker threads at once, so that the Trio thread keeps
+    getting the GIL (the API's latency, docs/performance.md); the jobs
+    beyond them wait their turn, and all run."""
+    state, out = dirs
+    inside, most = 0, 0
+    changed = threading.Condition()
+    spawn = LocalBackend._prepare_and_spawn
+
+    def counted(job_dir, spec):
+        nonlocal inside, most
+        with changed:
+            inside += 1
+            most = max(most, inside)
+            changed.notify_all()
+            # held until more spawns than the limit are under way at once
+            # (which the limit forbids), or for a moment
+            changed.wait_for(lambda: inside > SPAWN_THREADS, timeout=0.2)
+        try:
+            return spawn(job_dir, spec)
+        finally:
+            with changed:
+                inside -= 1
+
+    monkeypatch.setattr(LocalBackend, "_prepare_and_spawn", staticmethod(counted))
+    async with executor(state, out) as ex:
+        for job_id in range(20, 28):
+            await ex.send.send(make_spec(job_id, "true"))
+        finished = {}
+        while len(finished) < 8:
+            message = await ex.next()
+            if isinstance(message, JobFinished):
+                finished[message.job_id] = message
+    assert sorted(finished) == list(range(20, 28))
+    assert all(report.state == "succeeded" for report in finished.values()), finished
+    assert 1 <= most <= SPAWN_THREADS
 
 
 async def test_failure_reports_exit_code_and_tails(dirs):

@@ -40,6 +40,14 @@ log = logging.getLogger("muppet.executor.local")
 
 BASH = "/bin/bash"
 
+#: wrappers spawned at once, each from a worker thread: most of a spawn
+#: (Popen's own work, the fork) holds the GIL, so more threads spawn no
+#: faster, and one per job took the GIL from the Trio thread that answers
+#: the API: during a 10,000-job fan-out at ``max_jobs = 16``, the API's p99
+#: was 44-75 ms with a thread per spawn and 27-33 ms with two, at the same
+#: rate of jobs (bench/scale.py; docs/performance.md)
+SPAWN_THREADS = 2
+
 #: children whose watcher was cancelled (the executor stopped, the daemon goes
 #: on, as in tests or an in-process restart): they must outlive the backend,
 #: and dropping the Popen would warn "still running". They are reaped here, by
@@ -88,6 +96,7 @@ class LocalBackend:
         #: orphans of a previous daemon (built once; see ``_orphan``)
         self._orphans: dict[str, int] | None = None
         self._orphans_lock = trio.Lock()
+        self._spawning = trio.CapacityLimiter(SPAWN_THREADS)
 
     async def launch(self, job_dir: JobDir, spec: StartJob) -> str:
         """The wrapper's pid once it has claimed the job (or found it claimed
@@ -96,7 +105,9 @@ class LocalBackend:
         up, or could not be spawned; OSError when the job directory cannot be
         prepared. Cancelling it leaves the wrapper running."""
         _sweep()
-        process, said = await trio.to_thread.run_sync(self._prepare_and_spawn, job_dir, spec)
+        process, said = await trio.to_thread.run_sync(
+            self._prepare_and_spawn, job_dir, spec, limiter=self._spawning
+        )
         batch_id = str(process.pid)
         self._children[batch_id] = process
         self._by_wrapper[job_dir.wrapper] = batch_id
