@@ -44,7 +44,7 @@ BASH = "/bin/bash"
 #: (Popen's own work, the fork) holds the GIL, so more threads spawn no
 #: faster, and one per job took the GIL from the Trio thread that answers
 #: the API: during a 10,000-job fan-out at ``max_jobs = 16``, the API's p99
-#: was 44-75 ms with a thread per spawn and 27-42 ms with two, the rate of
+#: was 44-75 ms with a thread per spawn and 27-33 ms with two, the rate of
 #: jobs within the spread of the hour (bench/scale.py, bench/scheduler.py;
 #: docs/performance.md)
 SPAWN_THREADS = 2
