@@ -117,10 +117,10 @@ async def test_a_local_job_reports_its_start_with_its_end_when_it_ends_at_once(d
 
 
 async def test_local_wrappers_are_spawned_from_a_few_threads_at_once(dirs, monkeypatch):
-    """Most of a spawn holds the GIL: the local backend spawns from at most
-    SPAWN_THREADS worker threads at once, so that the Trio thread keeps
-    getting the GIL (the API's latency, docs/performance.md); the jobs
-    beyond them wait their turn, and all run."""
+    """The local backend spawns from at most SPAWN_THREADS worker threads at
+    once, so that the threads answering the API are not held up behind a
+    spawn per job (docs/performance.md); the jobs beyond them wait their
+    turn, and all run."""
     state, out = dirs
     inside, most = 0, 0
     changed = threading.Condition()

@@ -40,13 +40,14 @@ log = logging.getLogger("muppet.executor.local")
 
 BASH = "/bin/bash"
 
-#: wrappers spawned at once, each from a worker thread: most of a spawn
-#: (Popen's own work, the fork) holds the GIL, so more threads spawn no
-#: faster, and one per job took the GIL from the Trio thread that answers
-#: the API: during a 10,000-job fan-out at ``max_jobs = 16``, the API's p99
-#: was 44-75 ms with a thread per spawn and 27-33 ms with two, the rate of
-#: jobs within the spread of the hour (bench/scale.py, bench/scheduler.py;
-#: docs/performance.md)
+#: wrappers prepared and spawned at once, each from a worker thread: a
+#: spawn is CPU work on the daemon's own cores (the job directory's files,
+#: the fork), so more threads spawn no faster, and one per job held up the
+#: threads that answer the API (the Trio thread, and the worker threads of
+#: its reads): during a 10,000-job fan-out at ``max_jobs = 16``, the API's
+#: p99 was 44-75 ms with a thread per spawn and 27-33 ms with two, the rate
+#: of jobs within the spread of the hour (bench/scale.py,
+#: bench/scheduler.py; docs/performance.md)
 SPAWN_THREADS = 2
 
 #: children whose watcher was cancelled (the executor stopped, the daemon goes
