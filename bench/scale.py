@@ -259,7 +259,7 @@ async def one_run(config_path: Path, pipeline: str, jobs: int, clock: CoreClock,
             core_before = clock.seconds
             began = time.perf_counter()
             run_id = (await client.call("runs.trigger", {"pipeline": pipeline}))["run_id"]
-            stalls = LoopWatch()
+            loop_watch = LoopWatch()
             prober = None
             if probe and probe_here:
                 nursery.start_soon(_probe, url, run_id, latencies)
@@ -268,10 +268,10 @@ async def one_run(config_path: Path, pipeline: str, jobs: int, clock: CoreClock,
                     [sys.executable, __file__, "--probe", url, str(run_id)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             if probe:
-                trio.lowlevel.add_instrument(stalls)
+                trio.lowlevel.add_instrument(loop_watch)
             run = await wait_ended(client, run_id)
             if probe:
-                trio.lowlevel.remove_instrument(stalls)
+                trio.lowlevel.remove_instrument(loop_watch)
             if prober is not None:
                 latencies.update(await _probe_results(prober))
             elapsed = time.perf_counter() - began
@@ -279,7 +279,7 @@ async def one_run(config_path: Path, pipeline: str, jobs: int, clock: CoreClock,
         nursery.cancel_scope.cancel()
     assert run["state"] == "succeeded", run
     return {"elapsed": elapsed, "rate": jobs / elapsed, "core_per_event": core / (3 * jobs),
-            "rss": rss_mb(), "latencies": latencies, "stalls": stalls.report()}
+            "rss": rss_mb(), "latencies": latencies, "loop": loop_watch.report()}
 
 
 async def _probe(url: str, run_id: int, latencies: dict[str, list[float]]) -> None:
@@ -389,7 +389,7 @@ def bench_database(name: str, url: str, root: Path, args: argparse.Namespace, si
                                 probed[(history, method)] = (p50, p99, len(values))
                                 print(f"    {method:14s} while it ran: p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  "
                                       f"({len(values)} calls)", flush=True)
-                        print(f"    on the Trio thread meanwhile: {figures['stalls']}", flush=True)
+                        print(f"    on the Trio thread meanwhile: {figures['loop']}", flush=True)
             for shape in ("fan", "each"):
                 low, high = per_event[(shape, min(sizes))], per_event[(shape, max(sizes))]
                 print(f"  {shape}: core CPU per event at {max(sizes):,} jobs is {high / low:.2f}x that at "
