@@ -251,7 +251,7 @@ async def one_run(config_path: Path, pipeline: str, jobs: int, clock: CoreClock,
     operator's client is (``probe_here``: from this one, in the daemon's
     own Trio loop)."""
     config = load_config(config_path)
-    latencies: dict[str, list[float]] = {"daemon.status": [], "runs.list": [], "jobs.list": []}
+    latencies: dict[str, list[float]] = {}
     async with trio.open_nursery() as nursery:
         port = await nursery.start(daemon.serve, config)
         url = f"ws://127.0.0.1:{port}"
@@ -259,18 +259,18 @@ async def one_run(config_path: Path, pipeline: str, jobs: int, clock: CoreClock,
             core_before = clock.seconds
             began = time.perf_counter()
             run_id = (await client.call("runs.trigger", {"pipeline": pipeline}))["run_id"]
-            loop_watch = LoopWatch()
-            prober = None
-            if probe and probe_here:
-                nursery.start_soon(_probe, url, run_id, latencies)
-            elif probe:
-                prober = await trio.lowlevel.open_process(
-                    [sys.executable, __file__, "--probe", url, str(run_id)],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            loop_watch, prober = None, None
             if probe:
+                if probe_here:
+                    nursery.start_soon(_probe, url, run_id, latencies)
+                else:
+                    prober = await trio.lowlevel.open_process(
+                        [sys.executable, __file__, "--probe", url, str(run_id)],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                loop_watch = LoopWatch()
                 trio.lowlevel.add_instrument(loop_watch)
             run = await wait_ended(client, run_id)
-            if probe:
+            if loop_watch is not None:
                 trio.lowlevel.remove_instrument(loop_watch)
             if prober is not None:
                 latencies.update(await _probe_results(prober))
@@ -279,7 +279,7 @@ async def one_run(config_path: Path, pipeline: str, jobs: int, clock: CoreClock,
         nursery.cancel_scope.cancel()
     assert run["state"] == "succeeded", run
     return {"elapsed": elapsed, "rate": jobs / elapsed, "core_per_event": core / (3 * jobs),
-            "rss": rss_mb(), "latencies": latencies, "loop": loop_watch.report()}
+            "rss": rss_mb(), "latencies": latencies, "loop": loop_watch.report() if loop_watch else ""}
 
 
 async def _probe(url: str, run_id: int, latencies: dict[str, list[float]]) -> None:
@@ -293,7 +293,7 @@ async def _probe(url: str, run_id: int, latencies: dict[str, list[float]]) -> No
             for method, params in calls.items():
                 began = time.perf_counter()
                 await client.call(method, params)
-                latencies[method].append((time.perf_counter() - began) * 1000)
+                latencies.setdefault(method, []).append((time.perf_counter() - began) * 1000)
             await trio.sleep(0.05)
 
 
@@ -313,7 +313,7 @@ async def _probe_results(prober: trio.Process) -> dict[str, list[float]]:
 async def probe_until_stdin_closes(url: str, run_id: int) -> None:
     """The probe process (``--probe URL RUN_ID``): ``_probe`` until its
     stdin closes, then the latencies as JSON on stdout."""
-    latencies: dict[str, list[float]] = {"daemon.status": [], "runs.list": [], "jobs.list": []}
+    latencies: dict[str, list[float]] = {}
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_probe, url, run_id, latencies)
         async with trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())) as stdin:
