@@ -210,6 +210,32 @@ def test_list_runs_and_jobs(store):
     assert len(reads.list_jobs(store)) == 12
 
 
+def test_a_runs_first_jobs_come_in_the_order_of_an_index(store):
+    """jobs.list of a run (reads.list_jobs) reads its first jobs in the
+    order of the index jobs_run_id (run_id, id), schema migration 10, rather
+    than reading and sorting every job of the run: on PostgreSQL that was
+    2.4-3.7 ms for a run of 10,000 (docs/database.md)."""
+    writes.write(store, [new_run(r, list(range(100 * r, 100 * r + 60)), hour=r) for r in range(1, 4)])
+    assert [j.id for j in reads.list_jobs(store, run_id=2, limit=10)] == list(range(200, 210))
+    sql = store.sql("SELECT id FROM jobs WHERE run_id = ? ORDER BY id LIMIT ?")
+    if store.kind == "sqlite":
+        plan = " ".join(str(row) for row in store.query("EXPLAIN QUERY PLAN " + sql, (2, 10)))
+        assert "jobs_run_id" in plan and "TEMP B-TREE" not in plan, plan
+        return
+
+    def explain(cursor):
+        # A table this small makes reading all of it the cheapest plan;
+        # without whole-table and bitmap scans the planner shows whether an
+        # index gives the run's jobs in id order
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_bitmapscan = off")
+        cursor.execute("EXPLAIN " + sql, (2, 10))
+        return " ".join(row[0] for row in cursor.fetchall())
+
+    plan = store.transaction(explain, write=False)
+    assert "jobs_run_id" in plan and "Sort" not in plan, plan
+
+
 def test_a_duplicate_new_run_is_rejected_and_nothing_of_it_written(store):
     first = new_run(1, [1, 2])
     writes.write(store, [first])

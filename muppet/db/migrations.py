@@ -342,6 +342,20 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX jobs_run_state ON jobs (run_id, state)
         """,
     ),
+    (
+        10,
+        """
+        -- jobs.list of a run gives its first jobs by id (muppet/db/reads.py):
+        -- PostgreSQL read all of a run's rows through jobs_run_id (run_id) and
+        -- sorted them for the first 100 (EXPLAIN ANALYZE, a run of 10,000
+        -- jobs while its fan-out is written: 2.4-3.7 ms); in this order it
+        -- reads those 100 alone (0.07 ms). SQLite's index had them in this
+        -- order already (it ends with the rowid, which is id); the same
+        -- index, with the id named, serves both
+        DROP INDEX jobs_run_id;
+        CREATE INDEX jobs_run_id ON jobs (run_id, id)
+        """,
+    ),
 )
 
 

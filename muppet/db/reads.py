@@ -166,14 +166,9 @@ def list_jobs(
         ("state = ?", None if state is None else _value(JobState, state)),
     )
     if run_id is not None:
-        # PostgreSQL takes a run's first jobs by walking the primary key and
-        # filtering, through every older job (9 ms over 100,000 jobs of
-        # history, 100 ms while a big run is written, bench/scale.py);
-        # ``id + 0`` makes it read the run's rows by jobs_run_id and keep the
-        # first ones (1.5 ms for a run of 10,000). SQLite's jobs_run_id index
-        # has them in id order already.
-        order = "id + 0" if store.kind == "postgresql" else "id"
-        sql = f"SELECT {JOB_COLUMNS} FROM jobs{where} ORDER BY {order} LIMIT ?"
+        # a run's first jobs straight from the index jobs_run_id (run_id, id),
+        # in its order (schema migration 10)
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs{where} ORDER BY id LIMIT ?"
     else:
         sql = (
             f"SELECT * FROM (SELECT {JOB_COLUMNS} FROM jobs{where}"
