@@ -338,3 +338,32 @@ def test_daemon_status_counts_the_running_runs_jobs_from_the_index(database_url)
             assert "COVERING INDEX jobs_run_state" in plan and "TEMP B-TREE" not in plan, plan
     finally:
         store.close()
+
+
+async def test_daemon_status_reads_the_count_beside_the_other_reads():
+    """daemon.status counts the running runs' jobs while its other reads go
+    on (console._side_by_side): each side here waits for the other to have
+    begun, which only reads at once get past; and an error of either comes
+    out as itself, for the handler to answer, not in an exception group."""
+    from muppet.api.console import _side_by_side
+
+    began = [trio.Event(), trio.Event()]
+
+    def side(mine: int, value: str):
+        async def read():
+            began[mine].set()
+            await began[1 - mine].wait()
+            return value
+        return read
+
+    with trio.fail_after(5):
+        assert await _side_by_side(side(0, "counts"), side(1, "others")) == ("counts", "others")
+
+    async def refused():
+        raise RpcError(UNAUTHORIZED, "no")
+
+    async def fine():
+        return 1
+
+    with pytest.raises(RpcError, match="no"):
+        await _side_by_side(fine, refused)
