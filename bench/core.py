@@ -10,6 +10,11 @@ Shapes: a fan-out (one step, ``jobs = N``) and ``each`` chains of 5 steps
 event for each N, and the ratio of the largest N to the smallest: a core
 without a term that grows faster than the run keeps it near 1.
 
+Then the work beside a big run that waits: a run whose second step (N
+jobs) waits for its first, which runs on, and one-job runs of another
+pipeline started and finished meanwhile; it prints the core's CPU per
+one-job run for each N, which should not grow with N.
+
     .venv/bin/python bench/core.py [--sizes 1000,10000,50000]
 """
 
@@ -19,6 +24,7 @@ import argparse
 import os
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +66,27 @@ def per_event(pipeline: Pipeline) -> float:
     return (time.process_time() - began) / max(events, 1)
 
 
+def beside_a_waiting_step(size: int, runs: int = 100) -> float:
+    """CPU seconds of the core per one-job run started and finished while a
+    step of ``size`` jobs waits for its parent, which runs on."""
+    big = Pipeline(name="big", owner="b", steps={
+        "a": Step("a", "true"), "b": Step("b", "true", jobs=size, parents=("a",)),
+    })
+    small = Pipeline(name="small", owner="b", steps={"a": Step("a", "true")})
+    harness = Harness(big, small, max_jobs=16)
+    harness.feed(Trigger("big", T0, "manual"))
+    harness.settle()
+    (first,) = harness.starts
+    harness.feed(JobStarted(first.job.id, "1", "host", harness.now))
+    harness.settle()
+    began = time.process_time()
+    for hour in range(1, runs + 1):
+        harness.feed(Trigger("small", T0 + timedelta(hours=hour), "manual"))
+        harness.settle()
+        harness.run_job(harness.starts[-1].job.id)
+    return (time.process_time() - began) / runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,50000", help="jobs per run, comma-separated")
@@ -71,6 +98,11 @@ def main() -> None:
         for size, seconds in figures.items():
             print(f"  {name:4s} {size:>6,} jobs: core {seconds * 1e6:6.1f} us/event")
         print(f"  {name}: {figures[sizes[-1]] / figures[sizes[0]]:.2f}x from {sizes[0]:,} to {sizes[-1]:,} jobs")
+    beside = {size: beside_a_waiting_step(size) for size in sizes}
+    for size, seconds in beside.items():
+        print(f"  one-job runs beside a step of {size:>6,} jobs waiting for its parent: "
+              f"core {seconds * 1e3:6.2f} ms/run")
+    print(f"  beside: {beside[sizes[-1]] / beside[sizes[0]]:.2f}x from {sizes[0]:,} to {sizes[-1]:,} jobs")
 
 
 if __name__ == "__main__":

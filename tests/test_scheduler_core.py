@@ -313,6 +313,65 @@ def test_executor_max_jobs():
     assert h.run().state is RunState.SUCCEEDED
 
 
+def _count_calls(monkeypatch, core: Scheduler, name: str) -> list[int]:
+    """How many times ``core.<name>`` is called from now on (a list of one count)."""
+    calls = [0]
+    method = getattr(core, name)
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return method(*args, **kwargs)
+
+    monkeypatch.setattr(core, name, counted)
+    return calls
+
+
+def test_a_step_waiting_for_its_parents_is_left_whole_by_the_scheduling_pass(monkeypatch):
+    """A step of 2,000 jobs that waits for its parent is looked at once a
+    pass, not job by job: one-job runs beside it cost the same as without
+    it (a pass that looked at every waiting job made each of them cost 0.9 s
+    of CPU beside 50,000 such jobs, bench/core.py)."""
+    big = pipeline("big", Step("a", "true"), Step("b", "true", jobs=2000, parents=("a",)))
+    small = pipeline("small", Step("a", "true"))
+    h = Harness(big, small, max_jobs=16)
+    h.trigger("big")
+    (first,) = h.starts
+    h.feed(JobStarted(first.job.id, "1", "host", h.now))  # the parent runs on
+    h.settle()
+    checked = _count_calls(monkeypatch, h.core, "_dependencies_met")
+    for hour in range(1, 11):
+        h.trigger("small", T0 + timedelta(hours=hour))
+        h.run_job(h.starts[-1].job.id)
+    assert [r.state for r in h.db_runs.values() if r.pipeline == "small"] == [RunState.SUCCEEDED] * 10
+    assert checked[0] <= 10 * 10, checked[0]
+    # once the parent has succeeded, the whole step starts as before
+    h.run_job(first.job.id)
+    h.drain(limit=3000)
+    assert h.run(1).state is RunState.SUCCEEDED
+
+
+def test_a_full_executor_holds_back_its_waiting_jobs_together(monkeypatch):
+    """Jobs waiting for a full executor are left together by the pass while
+    another executor's jobs start, each in its turn: oldest first."""
+    busy = pipeline("busy", Step("a", "true", jobs=500, executor="batch"))
+    small = pipeline("small", Step("a", "true"))
+    h = Harness(busy, small, max_jobs=16)
+    h.core.configure(h.pipelines, {"local": ExecutorConfig("local", "local", max_jobs=16),
+                                   "batch": ExecutorConfig("batch", "local", max_jobs=2)})
+    h.trigger("busy")
+    assert len(h.starts) == 2
+    clocked = _count_calls(monkeypatch, h.core, "_deadlines")
+    for hour in range(1, 6):
+        h.trigger("small", T0 + timedelta(hours=hour))
+        h.run_job(h.starts[-1].job.id)
+    assert len([s for s in h.starts if s.job.pipeline == "small"]) == 5
+    assert clocked[0] <= 5 * 30, clocked[0]
+    # the batch executor's jobs go on in order as its slots free up
+    h.run_job(h.starts[0].job.id)
+    busy_started = [s.job.index for s in h.starts if s.job.pipeline == "busy"]
+    assert busy_started == [0, 1, 2]
+
+
 def test_conflicts_hold_both_ways():
     # only "a" declares the conflict; "b" must still wait for "a"
     h = Harness(pipeline("p", Step("a", "true", conflicts=("b",)), Step("b", "true")))

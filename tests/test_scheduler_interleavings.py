@@ -307,7 +307,17 @@ class World:
                 if job_id in self.core.pending_jobs or not self.core.jobs[job_id].state.finished
             }
             assert self.core.unsettled.get(run_id, set()) == scanned, f"run {run_id}"
-        assert self.core.waiting_order == sorted(self.core.waiting)
+        # the waiting jobs by group, as the scheduling pass merges them: each
+        # group's ids in order, every waiting job in its own group once
+        for group, ids in self.core.waiting_groups.items():
+            assert ids and ids == sorted(ids), group
+            for job_id in ids:
+                job = self.core.jobs[job_id]
+                assert self.core.waiting[job_id] == group == (job.run_id, job.step, job.executor)
+        assert sum(len(ids) for ids in self.core.waiting_groups.values()) == len(self.core.waiting)
+        # every job in memory under its own run, for forgetting the run
+        assert {(job.run_id, job.id) for job in self.core.jobs.values()} == {
+            (run_id, job_id) for run_id, ids in self.core.run_jobs.items() for job_id in ids}
         for job_id in sorted(self.core.waiting):
             why = self.core.why_waiting(job_id, self.now)
             assert why, f"job {job_id} waits without a reason"

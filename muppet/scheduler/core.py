@@ -201,6 +201,10 @@ class Scheduler:
         self.waiting_requests: dict[int, UpdateRequest] = {}
         self.requests_asked: dict[int, requests.Asked] = {}
         self.jobs: dict[int, Job] = {}
+        # the ids of ``jobs`` by run, so that forgetting an ended run looks
+        # at its own jobs, not at every job in memory (a one-job run beside
+        # a run of 50,000 cost 2 ms to forget, bench/core.py)
+        self.run_jobs: dict[int, set[int]] = {}
         # per run, the newest job of each (step, index) slot
         self.current: dict[int, dict[tuple[str, int], int]] = {}
         # per run, its current jobs (``current``) that keep it from ending:
@@ -218,12 +222,19 @@ class Scheduler:
         self.handed: set[int] = set()
         # failed starts so far, per job, for the backoff of the next try
         self.start_failures: dict[int, int] = {}
-        # persisted WAITING jobs: the candidates of every scheduling pass
-        self.waiting: set[int] = set()
-        # the same ids in order (``_wait``, ``_unwait``): the pass takes the
-        # oldest first and stops once every executor is full, so sorting
-        # the whole set on each batch made a fan-out of N cost N**2 log N
-        self.waiting_order: list[int] = []
+        # persisted WAITING jobs, the candidates of every scheduling pass,
+        # each with its group: (run, step, executor)
+        self.waiting: dict[int, WaitingGroup] = {}
+        # the same ids by group, each group's in order (``_wait``,
+        # ``_unwait``). The pass takes the oldest first, merging the groups,
+        # and stops once every executor is full: sorting the whole set on
+        # each batch made a fan-out of N cost N**2 log N. Whatever holds
+        # back one job of a group, but for its own backoff or its own parent
+        # of an ``each`` step, holds back them all (``_consider``), so the
+        # pass leaves the group there: a step of 50,000 jobs waiting for its
+        # parent cost each pass a look at every one of them (0.9 s of CPU
+        # per one-job run beside it, bench/core.py)
+        self.waiting_groups: dict[WaitingGroup, list[int]] = {}
         # jobs holding a slot (submitted or running in either copy)
         self.active: set[int] = set()
         # replies owed (by request number) once a run / job write comes back
@@ -643,42 +654,74 @@ class Scheduler:
         if all_full():
             return
         # each run's definition and its conflicts, looked up once a pass
-        # (the pass looks at every waiting job)
         of_run: dict[int, tuple[Pipeline | None, Mapping[str, frozenset[str]]]] = {}
-        for job_id in self.waiting_order:  # nothing below changes it
-            if job_id in self.pending_jobs:
+        # the groups' next jobs, oldest first; nothing below changes a group
+        heads = [(ids[0], 0, group) for group, ids in self.waiting_groups.items()]
+        heapq.heapify(heads)
+        while heads:
+            job_id, position, group = heads[0]
+            verdict = self._consider(job_id, of_run, per_step, per_executor, now)
+            if verdict is _LEAVE_GROUP:
+                # nothing within this pass starts a later job of the group:
+                # a submission only fills slots, and satisfies no parent
+                heapq.heappop(heads)
                 continue
-            job = self.jobs[job_id]
-            run = self.runs[job.run_id]
-            if job.not_before > now or run.state is not RunState.RUNNING:
-                continue  # a backoff, or a queued run
-            found = of_run.get(run.id)
-            if found is None:
-                defined = self.run_pipeline(run)
-                found = of_run[run.id] = (defined, {} if defined is None else self._conflict_table(defined))
-            pipeline, conflicts = found
-            if pipeline is None or job.step not in pipeline.steps:
-                continue  # made fail in _start_job when it was configured away
-            if paused_key(pipeline.name) in self.controls:
-                continue
-            step = pipeline.steps[job.step]
-            clock = self._deadlines(job).not_before
-            if clock is not None and clock > now:
-                continue
-            executor = self.executors.get(job.executor)
-            if executor is not None and per_executor[job.executor] >= executor.max_jobs:
-                continue
-            if step.concurrency is not None and per_step[(job.pipeline, job.step)] >= step.concurrency:
-                continue
-            if any(per_step[(job.pipeline, other)] for other in conflicts.get(job.step, _NO_CONFLICTS)):
-                continue
-            if not self._dependencies_met(job, pipeline):
-                continue
-            self._move(job, JobState.SUBMITTED, changes, submitted_at=now)
-            per_step[(job.pipeline, job.step)] += 1
-            per_executor[job.executor] += 1
-            if executor is not None and per_executor[job.executor] >= executor.max_jobs and all_full():
-                break
+            ids = self.waiting_groups[group]
+            if position + 1 < len(ids):
+                heapq.heapreplace(heads, (ids[position + 1], position + 1, group))
+            else:
+                heapq.heappop(heads)
+            if verdict is _START:
+                job = self.jobs[job_id]
+                self._move(job, JobState.SUBMITTED, changes, submitted_at=now)
+                per_step[(job.pipeline, job.step)] += 1
+                per_executor[job.executor] += 1
+                executor = self.executors.get(job.executor)
+                if executor is not None and per_executor[job.executor] >= executor.max_jobs and all_full():
+                    break
+
+    def _consider(
+        self, job_id: int, of_run: dict[int, tuple[Pipeline | None, Mapping[str, frozenset[str]]]],
+        per_step: Mapping[tuple[str, str], int], per_executor: Mapping[str, int], now: float,
+    ) -> object:
+        """Whether the scheduling pass starts the waiting job ``job_id``:
+        ``_START``; ``_SKIP_JOB``, held back by what is its own (a write on
+        its way, its backoff, its parent of an ``each`` step); or
+        ``_LEAVE_GROUP``, held back by what its whole group shares (its run
+        queued, its step configured away, a pause, the step's clock, its
+        executor full, the step's concurrency, a conflict, the parents of an
+        ``all`` step). ``why_waiting`` puts the same checks into words."""
+        if job_id in self.pending_jobs:
+            return _SKIP_JOB
+        job = self.jobs[job_id]
+        run = self.runs[job.run_id]
+        if job.not_before > now:
+            return _SKIP_JOB  # a backoff
+        if run.state is not RunState.RUNNING:
+            return _LEAVE_GROUP  # a queued run
+        found = of_run.get(run.id)
+        if found is None:
+            defined = self.run_pipeline(run)
+            found = of_run[run.id] = (defined, {} if defined is None else self._conflict_table(defined))
+        pipeline, conflicts = found
+        if pipeline is None or job.step not in pipeline.steps:
+            return _LEAVE_GROUP  # made fail in _start_job when it was configured away
+        if paused_key(pipeline.name) in self.controls:
+            return _LEAVE_GROUP
+        step = pipeline.steps[job.step]
+        clock = self._deadlines(job).not_before  # the step's, in its run
+        if clock is not None and clock > now:
+            return _LEAVE_GROUP
+        executor = self.executors.get(job.executor)
+        if executor is not None and per_executor[job.executor] >= executor.max_jobs:
+            return _LEAVE_GROUP
+        if step.concurrency is not None and per_step[(job.pipeline, job.step)] >= step.concurrency:
+            return _LEAVE_GROUP
+        if any(per_step[(job.pipeline, other)] for other in conflicts.get(job.step, _NO_CONFLICTS)):
+            return _LEAVE_GROUP
+        if not self._dependencies_met(job, pipeline):
+            return _SKIP_JOB if step.depends is Depends.EACH else _LEAVE_GROUP
+        return _START
 
     def why_waiting(self, job_id: int, now: float) -> str:
         """Why a waiting or held job has not started, in words an operator
@@ -1207,6 +1250,7 @@ class Scheduler:
     def _store_job(self, job: Job) -> None:
         """Keep a persisted copy and the indexes derived from it."""
         self.jobs[job.id] = job
+        self.run_jobs.setdefault(job.run_id, set()).add(job.id)
         slots = self.current.setdefault(job.run_id, {})
         replaced = slots.get(job.slot, 0)
         if replaced < job.id:
@@ -1250,14 +1294,19 @@ class Scheduler:
                 unsettled.discard(job_id)
 
     def _wait(self, job_id: int) -> None:
+        """Make the stored job ``job_id`` a candidate of the scheduling pass."""
         if job_id not in self.waiting:
-            self.waiting.add(job_id)
-            bisect.insort(self.waiting_order, job_id)
+            job = self.jobs[job_id]
+            group = self.waiting[job_id] = (job.run_id, job.step, job.executor)
+            bisect.insort(self.waiting_groups.setdefault(group, []), job_id)
 
     def _unwait(self, job_id: int) -> None:
-        if job_id in self.waiting:
-            self.waiting.discard(job_id)
-            del self.waiting_order[bisect.bisect_left(self.waiting_order, job_id)]
+        group = self.waiting.pop(job_id, None)
+        if group is not None:
+            ids = self.waiting_groups[group]
+            del ids[bisect.bisect_left(ids, job_id)]
+            if not ids:
+                del self.waiting_groups[group]
 
     def _forget_run(self, run_id: int) -> None:
         run = self.runs.pop(run_id, None)
@@ -1277,7 +1326,7 @@ class Scheduler:
                 self._prune_ended(pipeline)
         for key in [k for k in self.deadlines if k[0] == run_id]:
             del self.deadlines[key]
-        for job_id in [j for j, job in self.jobs.items() if job.run_id == run_id]:
+        for job_id in self.run_jobs.pop(run_id, ()):
             del self.jobs[job_id]
             self._unwait(job_id)
             self.active.discard(job_id)
@@ -1315,6 +1364,11 @@ def _order_text(order: Mapping[str, Any]) -> str:
     text = f"by {order['by']} since {order['since']}"
     return text + (f": {order['reason']}" if order.get("reason") else "")
 _NO_CONFLICTS: frozenset[str] = frozenset()
+
+#: the waiting jobs the scheduling pass can leave together: (run id, step, executor)
+WaitingGroup = tuple[int, str, str]
+#: the scheduling pass's verdicts on a waiting job (Scheduler._consider)
+_START, _SKIP_JOB, _LEAVE_GROUP = object(), object(), object()
 #: the states in which a job has not started: it can still expire
 _UNSTARTED = frozenset({JobState.WAITING, JobState.HELD})
 #: a rerun brings back the downstream slots that ended so because of it
