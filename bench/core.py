@@ -5,8 +5,9 @@ harness of tests/test_scheduler_core.py stands in for the database, which
 commits each write at once): a run is triggered, and each job the core
 starts is reported running and then succeeded, one event per batch (the
 worst case for what a batch costs), with the executor's ``max_jobs`` 16.
-Shapes: a fan-out (one step, ``jobs = N``) and ``each`` chains of 5 steps
-(N/5 jobs per step). Prints the core's CPU (``time.process_time``) per job
+Shapes: a fan-out (one step, ``jobs = N``), ``each`` chains of 5 steps
+(N/5 jobs per step), and a fan-out whose step has ``late_after`` and
+``expire_after`` ("late"). Prints the core's CPU (``time.process_time``) per job
 event for each N, and the ratio of the largest N to the smallest: a core
 without a term that grows faster than the run keeps it near 1.
 
@@ -39,6 +40,12 @@ from muppet.model import Depends, Pipeline, Step  # noqa: E402
 def shape(name: str, size: int) -> Pipeline:
     if name == "fan":
         return Pipeline(name=name, owner="b", steps={"a": Step("a", "true", jobs=size)})
+    if name == "late":
+        # a fan-out whose step has deadlines (docs/configuration.md): a few
+        # timers per job, which the core keeps while the run goes on
+        return Pipeline(name=name, owner="b", steps={
+            "a": Step("a", "true", jobs=size, late_after="PT6H", expire_after="PT12H"),
+        })
     each = max(size // 5, 1)
     steps = {
         f"s{n}": Step(f"s{n}", "true", jobs=each, parents=(f"s{n - 1}",) if n else (), depends=Depends.EACH)
@@ -93,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; sizes {sizes}")
-    for name in ("fan", "each"):
+    for name in ("fan", "each", "late"):
         figures = {size: per_event(shape(name, size)) for size in sizes}
         for size, seconds in figures.items():
             print(f"  {name:4s} {size:>6,} jobs: core {seconds * 1e6:6.1f} us/event")

@@ -181,6 +181,40 @@ def test_late_jobs_and_runs_are_flagged_once_with_an_event():
     assert h.db_runs[1].state is RunState.SUCCEEDED and h.db_runs[1].late
 
 
+class _NotWalked(list):
+    """A timer heap that must not be walked entry by entry: a batch of the
+    core takes what is due from the heap's top (heapq reads the list
+    directly, not through ``__iter__``)."""
+
+    def __iter__(self):
+        raise AssertionError("a batch looked at every timer")
+
+
+def test_deadlines_of_a_big_step_cost_a_batch_only_what_is_due():
+    """A step with deadlines keeps one timer per job and deadline, however
+    often its jobs are stored, and a batch looks only at those due: a
+    fan-out of 10,000 jobs with expire_after and late_after cost 4 ms per
+    event when every batch scanned all of them (bench/core.py)."""
+    pipeline = cycling(Step("a", "x", jobs=50, late_after="PT10M"), expire_after="PT1H")
+    h = Harness(pipeline, max_jobs=10, now=at(T0))
+    h.core.timers = _NotWalked()
+    h.trigger("p", T0)
+    for start in list(h.starts[:5]):
+        h.feed(JobStarted(start.job.id, start.job.batch_id or "1", "host", h.now))
+        h.settle()
+    # waiting, submitted, running: stored up to three times each, one entry
+    # per (moment, deadline, job): expire and late for each of the 50
+    assert len(h.core.timers) == 50 * 2, sorted(h.core.timers)[:6]
+    h.now = at(T0 + timedelta(minutes=10))
+    h.feed()
+    h.settle()
+    assert sorted(n.id for n in h.late_notices) == list(range(1, 51))
+    h.now = at(T0 + HOUR)
+    h.feed()
+    h.settle()
+    assert {h.db_jobs[j].state for j in range(11, 51)} == {JobState.EXPIRED}
+
+
 def test_a_restart_derives_the_timers_again():
     """After a restart, an expiry that passed while no daemon ran is carried
     out at once, and the next clock trigger is the next wake-up."""
