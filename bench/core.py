@@ -6,8 +6,10 @@ commits each write at once): a run is triggered, and each job the core
 starts is reported running and then succeeded, one event per batch (the
 worst case for what a batch costs), with the executor's ``max_jobs`` 16.
 Shapes: a fan-out (one step, ``jobs = N``), ``each`` chains of 5 steps
-(N/5 jobs per step), and a fan-out whose step has ``late_after`` and
-``expire_after`` ("late"). Prints the core's CPU (``time.process_time``) per job
+(N/5 jobs per step), a fan-out whose step has ``late_after`` and
+``expire_after`` ("late"), and an ``each`` step of N/2 jobs behind N/2
+parents on a second executor, "batch", whose 16 slots they fill while
+the local executor has room ("behind"). Prints the core's CPU (``time.process_time``) per job
 event for each N, and the ratio of the largest N to the smallest: a core
 without a term that grows faster than the run keeps it near 1.
 
@@ -34,12 +36,20 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from test_scheduler_core import T0, Harness  # noqa: E402
 
 from muppet.messages import JobFinished, JobStarted, Trigger  # noqa: E402
-from muppet.model import Depends, Pipeline, Step  # noqa: E402
+from muppet.model import Depends, ExecutorConfig, Pipeline, Step  # noqa: E402
 
 
 def shape(name: str, size: int) -> Pipeline:
     if name == "fan":
         return Pipeline(name=name, owner="b", steps={"a": Step("a", "true", jobs=size)})
+    if name == "behind":
+        # ``each`` jobs behind parents on a batch executor that is full, while
+        # the local executor has room for them (per_event's "batch")
+        half = max(size // 2, 1)
+        return Pipeline(name=name, owner="b", steps={
+            "s0": Step("s0", "true", jobs=half, executor="batch"),
+            "s1": Step("s1", "true", jobs=half, parents=("s0",), depends=Depends.EACH),
+        })
     if name == "late":
         # a fan-out whose step has deadlines (docs/configuration.md): a few
         # timers per job, which the core keeps while the run goes on
@@ -57,6 +67,9 @@ def shape(name: str, size: int) -> Pipeline:
 def per_event(pipeline: Pipeline) -> float:
     """CPU seconds of the core per job event through one run of ``pipeline``."""
     harness = Harness(pipeline, max_jobs=16)
+    harness.core.configure(harness.pipelines, {
+        "local": ExecutorConfig("local", "local", max_jobs=16), "batch": ExecutorConfig("batch", "local", max_jobs=16),
+    })
     harness.feed(Trigger(pipeline.name, T0, "manual"))
     harness.commit()
     began, events = time.process_time(), 0
@@ -100,7 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; sizes {sizes}")
-    for name in ("fan", "each", "late"):
+    for name in ("fan", "each", "late", "behind"):
         figures = {size: per_event(shape(name, size)) for size in sizes}
         for size, seconds in figures.items():
             print(f"  {name:4s} {size:>6,} jobs: core {seconds * 1e6:6.1f} us/event")

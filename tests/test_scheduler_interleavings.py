@@ -314,7 +314,14 @@ class World:
             for job_id in ids:
                 job = self.core.jobs[job_id]
                 assert self.core.waiting[job_id] == group == (job.run_id, job.step, job.executor)
-        assert sum(len(ids) for ids in self.core.waiting_groups.values()) == len(self.core.waiting)
+        # parked jobs (an ``each`` parent not done) are out of their groups
+        assert not self.core.parked & {j for ids in self.core.waiting_groups.values() for j in ids}
+        assert self.core.parked <= set(self.core.waiting)
+        assert sum(len(ids) for ids in self.core.waiting_groups.values()) + len(self.core.parked) == len(
+            self.core.waiting)
+        for job_id in self.core.parked:
+            job = self.core.jobs[job_id]
+            assert not self.core._dependencies_met(job, self.pipeline), f"job {job_id} parked, its parent done"
         # every job in memory under its own run, for forgetting the run
         assert {(job.run_id, job.id) for job in self.core.jobs.values()} == {
             (run_id, job_id) for run_id, ids in self.core.run_jobs.items() for job_id in ids}
