@@ -322,6 +322,14 @@ class World:
         for job_id in self.core.parked:
             job = self.core.jobs[job_id]
             assert not self.core._dependencies_met(job, self.pipeline), f"job {job_id} parked, its parent done"
+        # the jobs holding slots, counted as the scheduling pass counts them
+        by_step: dict = {}
+        by_executor: dict = {}
+        for job_id in self.core.active:
+            job = self.core._current_copy(job_id)
+            by_step[(job.pipeline, job.step)] = by_step.get((job.pipeline, job.step), 0) + 1
+            by_executor[job.executor] = by_executor.get(job.executor, 0) + 1
+        assert (self.core.active_by_step, self.core.active_by_executor) == (by_step, by_executor)
         # every job in memory under its own run, for forgetting the run
         assert {(job.run_id, job.id) for job in self.core.jobs.values()} == {
             (run_id, job_id) for run_id, ids in self.core.run_jobs.items() for job_id in ids}

@@ -250,6 +250,13 @@ class Scheduler:
         self.parked: set[int] = set()
         # jobs holding a slot (submitted or running in either copy)
         self.active: set[int] = set()
+        # the same jobs counted by (pipeline, step) and by executor, kept with
+        # ``active`` (``_activate``, ``_deactivate``) for the scheduling pass,
+        # which counted them on each batch: at 16 slots, 800,000 look-ups in
+        # a fan-out of 10,000, and a batch system's 1,000 slots cost 1,000
+        # on every batch
+        self.active_by_step: dict[tuple[str, str], int] = {}
+        self.active_by_executor: dict[str, int] = {}
         # replies owed (by request number) once a run / job write comes back
         self.owed_run: dict[int, list[tuple[int, Reply]]] = defaultdict(list)
         self.owed_job: dict[int, list[tuple[int, Reply]]] = defaultdict(list)
@@ -652,12 +659,8 @@ class Scheduler:
         conflicts and executor slots allow it, oldest first."""
         if not self.waiting or DRAINING in self.controls:
             return
-        per_step: dict[tuple[str, str], int] = defaultdict(int)
-        per_executor: dict[str, int] = defaultdict(int)
-        for job_id in self.active:
-            job = self._current_copy(job_id)
-            per_step[(job.pipeline, job.step)] += 1
-            per_executor[job.executor] += 1
+        per_step: dict[tuple[str, str], int] = defaultdict(int, self.active_by_step)
+        per_executor: dict[str, int] = defaultdict(int, self.active_by_executor)
 
         def all_full() -> bool:
             return all(per_executor[name] >= e.max_jobs for name, e in self.executors.items())
@@ -675,7 +678,10 @@ class Scheduler:
         parking: list[int] = []
         while heads:
             job_id, position, group = heads[0]
-            verdict = self._consider(job_id, of_run, per_step, per_executor, now)
+            # a write on its way: the commonest case in a fan-out, kept out
+            # of the call
+            verdict = _SKIP_JOB if job_id in self.pending_jobs else self._consider(
+                job_id, of_run, per_step, per_executor, now)
             if verdict is _PARK:
                 parking.append(job_id)
             if verdict is _LEAVE_GROUP:
@@ -710,9 +716,8 @@ class Scheduler:
         ``_LEAVE_GROUP``, held back by what its whole group shares (its run
         queued, its step configured away, a pause, the step's clock, its
         executor full, the step's concurrency, a conflict, the parents of an
-        ``all`` step). ``why_waiting`` puts the same checks into words."""
-        if job_id in self.pending_jobs:
-            return _SKIP_JOB
+        ``all`` step). ``why_waiting`` puts the same checks into words. The
+        caller has checked the write on its way."""
         job = self.jobs[job_id]
         run = self.runs[job.run_id]
         if job.not_before > now:
@@ -1269,8 +1274,9 @@ class Scheduler:
         self.pending_jobs[job.id] = job
         self._settle(job.id)
         if job.state.active:
-            self.active.add(job.id)
-        self._wake_children(job)
+            self._activate(job)
+        if self.parked:
+            self._wake_children(job)
         changes.append(job)
 
     def _propose_run(self, run: Run, changes: list[Change]) -> None:
@@ -1279,8 +1285,9 @@ class Scheduler:
 
     def _store_job(self, job: Job) -> None:
         """Keep a persisted copy and the indexes derived from it."""
+        if job.id not in self.jobs:
+            self.run_jobs.setdefault(job.run_id, set()).add(job.id)
         self.jobs[job.id] = job
-        self.run_jobs.setdefault(job.run_id, set()).add(job.id)
         slots = self.current.setdefault(job.run_id, {})
         replaced = slots.get(job.slot, 0)
         if replaced < job.id:
@@ -1305,10 +1312,31 @@ class Scheduler:
                 self._timer(deadlines.late, "late", job.id)
         pending = self.pending_jobs.get(job.id)
         if job.state.active or (pending is not None and pending.state.active):
-            self.active.add(job.id)
+            self._activate(job)
         else:
+            self._deactivate(job)
+        if self.parked:
+            self._wake_children(job)
+
+    def _activate(self, job: Job) -> None:
+        """``job`` holds a slot (its pipeline, step and executor are the same
+        in every copy)."""
+        if job.id not in self.active:
+            self.active.add(job.id)
+            step = (job.pipeline, job.step)
+            self.active_by_step[step] = self.active_by_step.get(step, 0) + 1
+            self.active_by_executor[job.executor] = self.active_by_executor.get(job.executor, 0) + 1
+
+    def _deactivate(self, job: Job) -> None:
+        if job.id in self.active:
             self.active.discard(job.id)
-        self._wake_children(job)
+            step = (job.pipeline, job.step)
+            self.active_by_step[step] -= 1
+            if not self.active_by_step[step]:
+                del self.active_by_step[step]
+            self.active_by_executor[job.executor] -= 1
+            if not self.active_by_executor[job.executor]:
+                del self.active_by_executor[job.executor]
 
     def _settle(self, job_id: int) -> None:
         """Keep ``unsettled`` right for the stored job ``job_id`` (nothing for
@@ -1329,7 +1357,11 @@ class Scheduler:
         if job_id not in self.waiting:
             job = self.jobs[job_id]
             group = self.waiting[job_id] = (job.run_id, job.step, job.executor)
-            bisect.insort(self.waiting_groups.setdefault(group, []), job_id)
+            ids = self.waiting_groups.get(group)
+            if ids is None:
+                self.waiting_groups[group] = [job_id]
+            else:
+                bisect.insort(ids, job_id)
 
     def _unwait(self, job_id: int) -> None:
         group = self.waiting.pop(job_id, None)
@@ -1361,7 +1393,7 @@ class Scheduler:
     def _wake_children(self, job: Job) -> None:
         """``job`` succeeded (or was bypassed), proposed or committed: its
         children of ``each`` steps in the run, with its index, may start."""
-        if job.state not in DONE or not self.parked:
+        if job.state not in DONE:
             return
         run = self.runs.get(job.run_id)
         pipeline = None if run is None else self.run_pipeline(run)
@@ -1393,9 +1425,8 @@ class Scheduler:
         for key in [k for k in self.deadlines if k[0] == run_id]:
             del self.deadlines[key]
         for job_id in self.run_jobs.pop(run_id, ()):
-            del self.jobs[job_id]
+            self._deactivate(self.jobs.pop(job_id))
             self._unwait(job_id)
-            self.active.discard(job_id)
             self.handed.discard(job_id)
             self.start_failures.pop(job_id, None)
             self.pending_jobs.pop(job_id, None)
