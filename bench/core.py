@@ -9,9 +9,10 @@ Shapes: a fan-out (one step, ``jobs = N``), ``each`` chains of 5 steps
 (N/5 jobs per step), a fan-out whose step has ``late_after`` and
 ``expire_after`` ("late"), and an ``each`` step of N/2 jobs behind N/2
 parents on a second executor, "batch", whose 16 slots they fill while
-the local executor has room ("behind"). Prints the core's CPU (``time.process_time``) per job
-event for each N, and the ratio of the largest N to the smallest: a core
-without a term that grows faster than the run keeps it near 1.
+the local executor has room ("behind"). Prints the core's CPU
+(``time.process_time``) per job event for each N, and the ratio of the
+largest N to the smallest: a core without a term that grows faster than
+the run keeps it near 1.
 
 Then the work beside a big run that waits: a run whose second step (N
 jobs) waits for its first, which runs on, and one-job runs of another

@@ -200,7 +200,7 @@ def test_deadlines_of_a_big_step_cost_a_batch_only_what_is_due():
     h.core.timers = _NotWalked()
     h.trigger("p", T0)
     for start in list(h.starts[:5]):
-        h.feed(JobStarted(start.job.id, start.job.batch_id or "1", "host", h.now))
+        h.feed(JobStarted(start.job.id, str(start.job.id), "host", h.now))
         h.settle()
     # waiting, submitted, running: stored up to three times each, one entry
     # per (moment, deadline, job): expire and late for each of the 50
