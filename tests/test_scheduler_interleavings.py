@@ -313,7 +313,7 @@ class World:
             assert ids and ids == sorted(ids), group
             for job_id in ids:
                 job = self.core.jobs[job_id]
-                assert self.core.waiting[job_id] == group == (job.run_id, job.step, job.executor)
+                assert job_id in self.core.waiting and group == (job.run_id, job.step, job.executor)
         # parked jobs (an ``each`` parent not done) are out of their groups
         assert not self.core.parked & {j for ids in self.core.waiting_groups.values() for j in ids}
         assert self.core.parked <= set(self.core.waiting)

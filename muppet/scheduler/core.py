@@ -228,11 +228,10 @@ class Scheduler:
         self.handed: set[int] = set()
         # failed starts so far, per job, for the backoff of the next try
         self.start_failures: dict[int, int] = {}
-        # persisted WAITING jobs, the candidates of every scheduling pass,
-        # each with its group: (run, step, executor)
-        self.waiting: dict[int, WaitingGroup] = {}
-        # the same ids by group, each group's in order (``_wait``,
-        # ``_unwait``). The pass takes the oldest first, merging the groups,
+        # persisted WAITING jobs: the candidates of every scheduling pass
+        self.waiting: set[int] = set()
+        # the same ids by group (``_group``), each group's in order
+        # (``_wait``, ``_unwait``). The pass takes the oldest first, merging the groups,
         # and stops once every executor is full: sorting the whole set on
         # each batch made a fan-out of N cost N**2 log N. Whatever holds
         # back one job of a group, but for its own backoff or its own parent
@@ -1355,8 +1354,8 @@ class Scheduler:
     def _wait(self, job_id: int) -> None:
         """Make the stored job ``job_id`` a candidate of the scheduling pass."""
         if job_id not in self.waiting:
-            job = self.jobs[job_id]
-            group = self.waiting[job_id] = (job.run_id, job.step, job.executor)
+            self.waiting.add(job_id)
+            group = self._group(job_id)
             ids = self.waiting_groups.get(group)
             if ids is None:
                 self.waiting_groups[group] = [job_id]
@@ -1364,13 +1363,19 @@ class Scheduler:
                 bisect.insort(ids, job_id)
 
     def _unwait(self, job_id: int) -> None:
-        group = self.waiting.pop(job_id, None)
-        if group is None:
+        """No more a candidate of the pass (the job is still stored)."""
+        if job_id not in self.waiting:
             return
+        self.waiting.discard(job_id)
         if job_id in self.parked:
             self.parked.discard(job_id)
         else:
-            self._take_out(group, job_id)
+            self._take_out(self._group(job_id), job_id)
+
+    def _group(self, job_id: int) -> WaitingGroup:
+        """The stored job's group of waiting jobs."""
+        job = self.jobs[job_id]
+        return job.run_id, job.step, job.executor
 
     def _take_out(self, group: WaitingGroup, job_id: int) -> None:
         ids = self.waiting_groups[group]
@@ -1383,12 +1388,12 @@ class Scheduler:
         its parent succeeds."""
         if job_id in self.waiting and job_id not in self.parked:
             self.parked.add(job_id)
-            self._take_out(self.waiting[job_id], job_id)
+            self._take_out(self._group(job_id), job_id)
 
     def _unpark(self, job_id: int) -> None:
         if job_id in self.parked:
             self.parked.discard(job_id)
-            bisect.insort(self.waiting_groups.setdefault(self.waiting[job_id], []), job_id)
+            bisect.insort(self.waiting_groups.setdefault(self._group(job_id), []), job_id)
 
     def _wake_children(self, job: Job) -> None:
         """``job`` succeeded (or was bypassed), proposed or committed: its
@@ -1425,8 +1430,8 @@ class Scheduler:
         for key in [k for k in self.deadlines if k[0] == run_id]:
             del self.deadlines[key]
         for job_id in self.run_jobs.pop(run_id, ()):
-            self._deactivate(self.jobs.pop(job_id))
             self._unwait(job_id)
+            self._deactivate(self.jobs.pop(job_id))
             self.handed.discard(job_id)
             self.start_failures.pop(job_id, None)
             self.pending_jobs.pop(job_id, None)
