@@ -297,7 +297,8 @@ async def through_daemon(config_path: Path, pipeline: str, count: int) -> Figure
             figures.files = files.seconds / count
             figures.daemon = (cpu(resource.RUSAGE_SELF) - own) / count - figures.files
             assert run[0]["state"] == "succeeded", run
-            jobs = await client.call("jobs.list", {"run_id": run_id, "limit": count})
+            # runs.get: every job of the run (jobs.list stops at 1,000)
+            jobs = (await client.call("runs.get", {"run_id": run_id}))["jobs"]
             times = sorted((job["id"], stamp(job["started_at"]), stamp(job["ended_at"])) for job in jobs)
             figures.gaps = sorted(after[1] - before[2] for before, after in itertools.pairwise(times))
             figures.hops = await trio.to_thread.run_sync(
