@@ -51,14 +51,15 @@ The seeder and consumers: ``muppet-sync seed`` / ``fetch`` when the installed
 muppet-sync has them (``--driver commands``), else bench/sync_node.py, which
 drives the same engine (sync/engine.py) through the same index calls
 (``--driver engine``; the default ``auto`` picks). The experiment options
-(``--setting``, ``--super-seed``) run the same commands with libtorrent
-settings patched in by bench/sync_node.py; sync/engine.py is not changed.
+(``--setting``, ``--super-seed``, ``--piece-size``) run the same commands
+with libtorrent settings, or the seeder's piece size, patched in by
+bench/sync_node.py; sync/engine.py is not changed.
 
     .venv/bin/python bench/sync.py [--size-mb 200] [--rate-mbit 100]
         [--consumers 4] [--quick] [--repeat 1] [--only hash,bt,http]
         [--driver auto|engine|commands] [--setting NAME=VALUE]...
         [--seeder-setting NAME=VALUE]... [--consumer-setting NAME=VALUE]...
-        [--super-seed] [--log-pieces] [--keep]
+        [--super-seed] [--piece-size BYTES] [--log-pieces] [--keep]
 
 --log-pieces: every host logs each block it sends and each piece it
 completes (bench/sync_node.py); each run then says how often the seeder sent
@@ -726,6 +727,7 @@ class Bench:
 
     def sync_argv(self, role: str, config: Path) -> list[str]:
         extra = (self.settings_of(role) + (["--super-seed"] if self.args.super_seed and role == "seed" else [])
+                 + ([f"--piece-size={self.args.piece_size}"] if self.args.piece_size and role == "seed" else [])
                  + (["--log-alerts"] if self.args.log_alerts else [])
                  + (["--log-pieces"] if self.args.log_pieces else []))
         if extra:  # experiments: the same command, with libtorrent settings patched in (bench/sync_node.py)
@@ -743,6 +745,8 @@ class Bench:
                 "--advertise", seeder_addr, "--state", str(run_dir / "seeder" / "state")]
         if self.args.super_seed:
             argv.append("--super-seed")
+        if self.args.piece_size:
+            argv.append(f"--piece-size={self.args.piece_size}")
         if self.args.verify_seed:
             argv.append("--verify")
         seeder = Proc(f"seeder [{label}]", in_ns(self.network.ns("seeder"), argv), logs / f"{label}-seeder.log",
@@ -931,6 +935,9 @@ def main() -> None:
                         help=f"comma-separated parts to run, of {', '.join(PARTS)} (default: all)")
     parser.add_argument("--super-seed", action="store_true",
                         help="experiment: libtorrent super-seeding on the seeder")
+    parser.add_argument("--piece-size", type=int, default=0, metavar="BYTES",
+                        help="experiment: the seeder's torrents have pieces of this size, a power of two of at "
+                        "least 16384 (default: libtorrent's choice, 128 KiB for 50 MB)")
     parser.add_argument("--verify-seed", action="store_true",
                         help="experiment: the seeder checks the file up front instead of seed mode (engine driver)")
     parser.add_argument("--seeder-setting", action="append", default=[], metavar="NAME=VALUE",
@@ -1019,6 +1026,7 @@ def main() -> None:
             print(f"seeder and consumers: "
                   f"{'bench/sync_node.py on sync.engine' if driver == 'engine' else 'muppet-sync seed / fetch'}"
                   + "".join(f"; {x}" for x in (["super-seeding"] if args.super_seed else [])
+                            + ([f"pieces of {args.piece_size} bytes"] if args.piece_size else [])
                             + (["seeder checks up front"] if args.verify_seed else []) + args.setting
                             + [f"seeder {x}" for x in args.seeder_setting]
                             + [f"consumers {x}" for x in args.consumer_setting]), flush=True)

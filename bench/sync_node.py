@@ -109,7 +109,7 @@ async def seed_files(args, engine, client, events) -> None:
             continue
         path = file_path(item["url"])
         started = time.time()
-        torrent = await trio.to_thread.run_sync(make_torrent, path)
+        torrent = await trio.to_thread.run_sync(make_torrent, path, (), args.piece_size)
         made = time.time()
         ih = await engine.seed(path, torrent, verify=args.verify)
         if args.super_seed:
@@ -232,12 +232,13 @@ async def main_async(args) -> None:
 
 
 def command(argv: list[str]) -> None:
-    """``sync_node.py command [--setting N=V]... [--super-seed] -- ARGS``:
+    """``sync_node.py command [--setting N=V]... [--super-seed] [--piece-size B] -- ARGS``:
     ``muppet-sync ARGS`` in this process, with bench-only libtorrent settings
     on top of the engine's (experiments on the real commands)."""
     parser = argparse.ArgumentParser(prog="sync_node.py command")
     parser.add_argument("--setting", action="append", default=[])
     parser.add_argument("--super-seed", action="store_true")
+    parser.add_argument("--piece-size", type=int, default=0)
     parser.add_argument("--log-alerts", action="store_true")
     parser.add_argument("--log-pieces", action="store_true")
     parser.add_argument("rest", nargs=argparse.REMAINDER)
@@ -249,6 +250,11 @@ def command(argv: list[str]) -> None:
         patch_alert_log()
     if args.log_pieces:
         patch_piece_log()
+    if args.piece_size:
+        import sync.seed
+
+        make = sync.seed.make_torrent
+        sync.seed.make_torrent = lambda path, trackers=(): make(path, trackers, args.piece_size)
     if args.super_seed:
         import sync.engine
 
@@ -334,6 +340,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, help="consumer: where placed files go")
     parser.add_argument("--peers", nargs="*", default=[], help="consumer: other peers to dial, HOST:PORT")
     parser.add_argument("--super-seed", action="store_true", help="seeder: libtorrent super-seeding")
+    parser.add_argument("--piece-size", type=int, default=0,
+                        help="seeder: the torrent's piece size in bytes (default: libtorrent's choice)")
     parser.add_argument("--verify", action="store_true", help="seeder: check the file up front (no seed mode)")
     parser.add_argument("--log-alerts", action="store_true", help="every libtorrent alert on stderr")
     parser.add_argument("--log-pieces", action="store_true",

@@ -26,11 +26,14 @@ __all__ = ["CREATOR", "info_hash_hex", "make_torrent", "torrent_info"]
 CREATOR = "muppet-sync"
 
 
-def make_torrent(path: str | os.PathLike[str], trackers: Iterable[str] = ()) -> bytes:
+def make_torrent(path: str | os.PathLike[str], trackers: Iterable[str] = (), piece_size: int = 0) -> bytes:
     """The bencoded v1 torrent of one file.
 
     The name inside the torrent is the file's basename; the piece size is
-    libtorrent's choice for the size. ``trackers`` go in as one tier each,
+    libtorrent's choice for the size (its piece list grows as the square
+    root of the size: 128 KiB pieces for 50 MB), or ``piece_size`` bytes, a
+    power of two of at least 16 KiB (``bench/sync.py --piece-size``; docs/sync.md,
+    "Sixteen consumers", has what other sizes did). ``trackers`` go in as one tier each,
     in order (``announce`` is the first). No creation date, so that the same
     file and trackers give the same bytes (the info-hash depends only on the
     file's name, size and content either way). Blocks while hashing.
@@ -41,8 +44,10 @@ def make_torrent(path: str | os.PathLike[str], trackers: Iterable[str] = ()) -> 
     if path.stat().st_size == 0:
         # libtorrent refuses a torrent without pieces.
         raise TorrentError(f"{path}: empty file, BitTorrent cannot carry it")
+    if piece_size and (piece_size < 16 * 1024 or piece_size & (piece_size - 1)):
+        raise TorrentError(f"piece size {piece_size}: not a power of two of at least 16 KiB")
     files = lt.list_files(str(path))
-    creator = lt.create_torrent(files, 0, lt.create_torrent.v1_only)
+    creator = lt.create_torrent(files, piece_size, lt.create_torrent.v1_only)
     for tier, url in enumerate(trackers):
         creator.add_tracker(url, tier)
     creator.set_creator(CREATOR)

@@ -62,6 +62,17 @@ def test_stable_info_hash_and_bytes(data_file, tmp_path):
     assert info_hash_hex(make_torrent(renamed)) != info_hash_hex(first)
 
 
+def test_piece_size_chosen_or_given(data_file):
+    chosen = lt.bdecode(make_torrent(data_file))[b"info"][b"piece length"]
+    given = make_torrent(data_file, piece_size=65536)
+    info = lt.bdecode(given)[b"info"]
+    assert chosen != 65536 and info[b"piece length"] == 65536
+    assert torrent_info(given).num_pieces() == 16  # 1,000,003 bytes in 64 KiB pieces
+    for wrong in (8192, 24576):
+        with pytest.raises(TorrentError, match=f"piece size {wrong}: not a power of two of at least 16 KiB"):
+            make_torrent(data_file, piece_size=wrong)
+
+
 def test_refuses_what_is_not_a_file(tmp_path):
     with pytest.raises(TorrentError, match="not a regular file"):
         make_torrent(tmp_path)
