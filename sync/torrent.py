@@ -30,7 +30,7 @@ def make_torrent(path: str | os.PathLike[str], trackers: Iterable[str] = (), pie
     """The bencoded v1 torrent of one file.
 
     The name inside the torrent is the file's basename; the piece size is
-    libtorrent's choice for the size (its piece list grows as the square
+    libtorrent's choice for the size (its piece list grows roughly as the square
     root of the size: 128 KiB pieces for 50 MB), or ``piece_size`` bytes, a
     power of two of at least 16 KiB (``bench/sync.py --piece-size``; docs/sync.md,
     "Sixteen consumers", has what other sizes did). ``trackers`` go in as one tier each,
