@@ -30,13 +30,14 @@ def make_torrent(path: str | os.PathLike[str], trackers: Iterable[str] = (), pie
     """The bencoded v1 torrent of one file.
 
     The name inside the torrent is the file's basename; the piece size is
-    libtorrent's choice for the size (its piece list grows roughly as the square
-    root of the size: 128 KiB pieces for 50 MB), or ``piece_size`` bytes, a
-    power of two of at least 16 KiB (``bench/sync.py --piece-size``; docs/sync.md,
-    "Sixteen consumers", has what other sizes did). ``trackers`` go in as one tier each,
-    in order (``announce`` is the first). No creation date, so that the same
-    file and trackers give the same bytes (the info-hash depends only on the
-    file's name, size and content either way). Blocks while hashing.
+    libtorrent's choice for the size (its piece list grows roughly as the
+    square root of the size: 128 KiB pieces for 50 MB), or ``piece_size``
+    bytes, a power of two of at least 16 KiB (``bench/sync.py
+    --piece-size``; docs/sync.md, "Sixteen consumers", has what other sizes
+    did). ``trackers`` go in as one tier each, in order (``announce`` is
+    the first). No creation date, so that the same file and trackers give
+    the same bytes (the info-hash depends only on the file's name, size and
+    content either way). Blocks while hashing.
     """
     path = Path(path).absolute()
     if not path.is_file():

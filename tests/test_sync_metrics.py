@@ -140,6 +140,7 @@ async def test_the_figures_move_with_a_transfer_and_healthz_follows_the_daemon(t
 
             after = await cluster.wait(refused, "the consumer counting a verification failure and the file in error")
             assert await documented_names() == scraped_names(await trio.to_thread.run_sync(get_text, fetch))
+            assert one(after, "muppet_sync_files", state="error") == 1
             assert one(after, "muppet_sync_files_placed_total") == 1
             assert not await trio.Path(tmp_path / "c1" / "data" / "arome" / "20261201T00" / "bad.nc").exists()
 
