@@ -910,6 +910,8 @@ def summary(args, size: int, n: int, results: dict) -> None:
         rows += [
             ("delay, commit to first byte, worst", f"{max(delays):.3f} s", "< 1 s", "yes" if max(delays) < 1 else "NO"),
             ("delay, commit to first byte, median", f"{statistics.median(delays):.3f} s", "", ""),
+            ("delay, commit to first byte, one consumer alone",
+             f"{statistics.median(d for r in alones for d in r['delays']):.3f} s", "", ""),
             ("delay, `muppet register` start to first byte, worst", f"{max(from_command):.3f} s", "", ""),
         ]
     header = ("figure", "value", "target", "met / note")
