@@ -184,14 +184,34 @@ class Engine:
         info = torrent_info(torrent_bytes)
         ih = str(info.info_hashes().v1)
         torrent = self._torrents.get(ih)
+        added_here = torrent is None
         if torrent is None:
             params = lt.add_torrent_params()
             params.ti = info
             params.save_path = await trio.to_thread.run_sync(os.path.abspath, save_dir)
-            params.flags = self._flags(params.flags, seed_mode=False)
+            # Added paused, and resumed once checked with its peers listed:
+            # libtorrent dials a torrent's listed peers as it resumes if its
+            # files are checked by then (torrent::do_resume, want_peers), and
+            # otherwise, like a peer given to connect_peer on a running
+            # torrent, at its session's next tick, up to a second later
+            # (docs/sync.md, "Where a consumer's first second goes"). Resumed
+            # however the wait ends, so nothing is left paused; resume data
+            # never restores a torrent paused either (``_flags``).
+            params.flags = self._flags(params.flags, seed_mode=False) | lt.torrent_flags.paused
             torrent = await self._add(ih, info.name(), params)
+            added = torrent.handle
+            assert added is not None  # _add returns the torrent with its handle
+            try:
+                torrent.peers.update((host, int(port)) for host, port in peers)
+                _dial(torrent.name, added, sorted(torrent.peers))
+                while not (torrent.checked or torrent.error or torrent.removed):
+                    await torrent.changed.wait()
+            finally:
+                if not torrent.removed and added.is_valid():
+                    added.resume()
             self._request_resume(torrent)
         handle = await self._handle_of(torrent)
+        torrent.peers.update((host, int(port)) for host, port in peers)
         for url in trackers:  # this side's trackers, beside the torrent's own
             handle.add_tracker({"url": url})
         if torrent.error:
@@ -203,10 +223,10 @@ class Engine:
             handle.clear_error()
             handle.resume()
         log.info("fetching %s (%s) from %s", info.name(), ih, ", ".join(f"{h}:{p}" for h, p in peers) or "trackers")
-        torrent.peers.update((host, int(port)) for host, port in peers)
         torrent.fetching = True
         try:
-            next_dial = 0.0
+            # a torrent added here dialled its peers as it resumed
+            next_dial = trio.current_time() + RECONNECT_INTERVAL if added_here else 0.0
             while not torrent.finished:
                 self._raise_if_failed(torrent)
                 if trio.current_time() >= next_dial:

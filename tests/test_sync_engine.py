@@ -1,6 +1,7 @@
 """The libtorrent engine on loopback, with real sessions: a seeder and two
 fetchers move a file; a fetcher process killed with -9 resumes from its resume
-data; a corrupted seed copy never yields a wrong file; the peer filter blocks.
+data; a fetch cancelled while its torrent is checked leaves it running; a
+corrupted seed copy never yields a wrong file; the peer filter blocks.
 
 Run as a script, this file is the fetcher process of the kill test (see
 ``child_main``): one JSON object a line on stdout.
@@ -203,6 +204,42 @@ async def test_cancelled_while_waiting_to_listen_it_closes(tmp_path, monkeypatch
             async with open_engine(settings(tmp_path / "a")):
                 pytest.fail("the body ran although the opening was cancelled")
     assert outer.cancelled_caught
+
+
+async def test_a_fetch_cancelled_while_its_torrent_is_checked_leaves_it_running(tmp_path, monkeypatch):
+    """A fetch adds its torrent paused, dials its peers, and resumes it once
+    libtorrent has checked it (sync.engine). Cancelled just after the dial,
+    while libtorrent checks the 64 MB already in the save directory, the
+    torrent is resumed all the same: it seeds, and the next fetch of it
+    returns the file."""
+    import sync.engine
+
+    original = tmp_path / "origin" / "big.nc"
+    original.parent.mkdir()
+    with original.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)  # sparse: zeros, quick to write
+    torrent = await trio.to_thread.run_sync(make_torrent, original)
+    save = tmp_path / "incoming"
+    save.mkdir()
+    with (save / "big.nc").open("wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    dial = sync.engine._dial
+    fetch_scope = trio.CancelScope()
+
+    def dial_then_cancel(name, handle, peers):
+        dial(name, handle, peers)
+        fetch_scope.cancel()  # the next checkpoint: the wait for the check
+
+    monkeypatch.setattr(sync.engine, "_dial", dial_then_cancel)
+    async with open_engine(settings(tmp_path / "state")) as engine:
+        with fetch_scope:
+            await engine.fetch(torrent, save, [("127.0.0.1", 9)])
+            pytest.fail("the fetch was not cancelled")
+        monkeypatch.setattr(sync.engine, "_dial", dial)
+        (status,) = await wait_for(engine, lambda s: s and s[0].state not in ("checking", "queued"), "resumed")
+        assert status.state == "seeding"
+        with trio.fail_after(SAFETY):
+            assert await engine.fetch(torrent, save) == save / "big.nc"
 
 
 async def test_corrupted_seed_copy_never_yields_a_wrong_file(tmp_path):
