@@ -69,6 +69,9 @@ class TorrentRecord:
         self.handle: lt.torrent_handle | None = None
         self.finished = False
         self.checked = False
+        #: libtorrent found files of it to check piece by piece (its
+        #: checking_files state), which it does only while the torrent runs
+        self.full_check = False
         self.removed = False
         self.error: str | None = None
         self.error_errno = 0
@@ -230,6 +233,8 @@ class AlertHandler:
         elif isinstance(alert, lt.state_changed_alert):
             if alert.state in SEEDING_STATES:
                 torrent.finished = True
+            elif alert.state == lt.torrent_status.states.checking_files:
+                torrent.full_check = True
         elif isinstance(alert, lt.torrent_checked_alert):
             torrent.checked = True
         elif isinstance(alert, lt.cache_flushed_alert):

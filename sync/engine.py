@@ -65,6 +65,12 @@ log = logging.getLogger("muppet.sync.engine")
 #: are dialled again every few seconds")
 RECONNECT_INTERVAL = 5.0
 
+#: how long a fetch keeps its new torrent paused waiting for libtorrent's
+#: first check of it (:meth:`Engine.fetch`): it comes within milliseconds;
+#: past this the torrent is resumed unchecked, and libtorrent dials its
+#: peers at its next tick, as it would have without the wait
+PAUSED_CHECK_TIMEOUT = 1.0
+
 #: how long closing the engine waits for the last resume data
 CLOSE_RESUME_TIMEOUT = 10.0
 
@@ -189,14 +195,18 @@ class Engine:
             params = lt.add_torrent_params()
             params.ti = info
             params.save_path = await trio.to_thread.run_sync(os.path.abspath, save_dir)
-            # Added paused, and resumed once checked with its peers listed:
+            # Added paused, and resumed with its peers listed once checked:
             # libtorrent dials a torrent's listed peers as it resumes if its
             # files are checked by then (torrent::do_resume, want_peers), and
             # otherwise, like a peer given to connect_peer on a running
             # torrent, at its session's next tick, up to a second later
-            # (docs/sync.md, "Where a consumer's first second goes"). Resumed
-            # however the wait ends, so nothing is left paused; resume data
-            # never restores a torrent paused either (``_flags``).
+            # (docs/sync.md, "Where a consumer's first second goes"). The
+            # quick check (no file yet, or nothing to verify) is done while
+            # paused; a file already in the save directory is checked piece
+            # by piece only once the torrent runs (torrent::should_check_files),
+            # so that one is resumed at once. Resumed however the wait ends,
+            # so nothing is left paused; resume data never restores a torrent
+            # paused either (``_flags``).
             params.flags = self._flags(params.flags, seed_mode=False) | lt.torrent_flags.paused
             torrent = await self._add(ih, info.name(), params)
             added = torrent.handle
@@ -204,8 +214,9 @@ class Engine:
             try:
                 torrent.peers.update((host, int(port)) for host, port in peers)
                 _dial(torrent.name, added, sorted(torrent.peers))
-                while not (torrent.checked or torrent.error or torrent.removed):
-                    await torrent.changed.wait()
+                with trio.move_on_after(PAUSED_CHECK_TIMEOUT):
+                    while not (torrent.checked or torrent.full_check or torrent.error or torrent.removed):
+                        await torrent.changed.wait()
             finally:
                 if not torrent.removed and added.is_valid():
                     added.resume()
@@ -214,9 +225,10 @@ class Engine:
         torrent.peers.update((host, int(port)) for host, port in peers)
         for url in trackers:  # this side's trackers, beside the torrent's own
             handle.add_tracker({"url": url})
-        if torrent.error:
+        if torrent.error and not added_here:
             # An earlier attempt stopped on an error (a full disk puts the
-            # torrent in upload mode): this call is the retry.
+            # torrent in upload mode): this call is the retry. An error of
+            # the check above is this attempt's own, raised below.
             log.info("%s (%s): retrying after: %s", torrent.name, ih, torrent.error)
             torrent.error, torrent.error_errno = None, 0
             handle.unset_flags(lt.torrent_flags.upload_mode)

@@ -1,7 +1,9 @@
 """The libtorrent engine on loopback, with real sessions: a seeder and two
 fetchers move a file; a fetcher process killed with -9 resumes from its resume
-data; a fetch cancelled while its torrent is checked leaves it running; a
-corrupted seed copy never yields a wrong file; the peer filter blocks.
+data; a fetch cancelled while its torrent is checked leaves it running, one
+over a partial file checks it and completes, and a file error in that first
+check is raised; a corrupted seed copy never yields a wrong file; the peer
+filter blocks.
 
 Run as a script, this file is the fetcher process of the kill test (see
 ``child_main``): one JSON object a line on stdout.
@@ -240,6 +242,42 @@ async def test_a_fetch_cancelled_while_its_torrent_is_checked_leaves_it_running(
         assert status.state == "seeding"
         with trio.fail_after(SAFETY):
             assert await engine.fetch(torrent, save) == save / "big.nc"
+
+
+async def test_a_fetch_over_a_partial_file_checks_it_and_completes(tmp_path):
+    """A file already in the save directory without resume data (a copy
+    interrupted before the engine saved any) is checked piece by piece, which
+    libtorrent does only while the torrent runs: the fetch resumes it rather
+    than wait for a check that cannot come, and completes the file."""
+    original = tmp_path / "origin" / "f.nc"
+    digest = make_file(original, 3 * 1024 * 1024)
+    torrent = make_torrent(original)
+    save = tmp_path / "incoming"
+    save.mkdir()
+    (save / "f.nc").write_bytes(original.read_bytes()[: 1024 * 1024])
+    async with (
+        open_engine(settings(tmp_path / "seed-state")) as seeder,
+        open_engine(settings(tmp_path / "state")) as fetcher,
+    ):
+        await seeder.seed(original, torrent)
+        with trio.fail_after(SAFETY):
+            path = await fetcher.fetch(torrent, save, [("127.0.0.1", seeder.listen_port)])
+        assert sha256_file(path) == digest
+        # the record of libtorrent's full check that let the fetch go on
+        assert fetcher._torrents[info_hash_hex(torrent)].full_check
+
+
+async def test_a_file_error_in_the_first_check_is_raised(tmp_path):
+    """A directory where the file should be: libtorrent's first check of the
+    new torrent fails, and the fetch raises it at once (naming the error)
+    instead of taking it for an earlier attempt's error to retry."""
+    original = tmp_path / "origin" / "f.nc"
+    make_file(original, 300_000)
+    torrent = make_torrent(original)
+    (tmp_path / "incoming" / "f.nc").mkdir(parents=True)
+    async with open_engine(settings(tmp_path / "state")) as engine:
+        with trio.fail_after(SAFETY), pytest.raises(TorrentError, match="Is a directory"):
+            await engine.fetch(torrent, tmp_path / "incoming", [("127.0.0.1", 9)])
 
 
 async def test_corrupted_seed_copy_never_yields_a_wrong_file(tmp_path):
