@@ -189,6 +189,7 @@ class Engine:
         """
         info = torrent_info(torrent_bytes)
         ih = str(info.info_hashes().v1)
+        wanted = [(host, int(port)) for host, port in peers]
         torrent = self._torrents.get(ih)
         added_here = torrent is None
         if torrent is None:
@@ -211,8 +212,8 @@ class Engine:
             torrent = await self._add(ih, info.name(), params)
             added = torrent.handle
             assert added is not None  # _add returns the torrent with its handle
+            torrent.peers.update(wanted)
             try:
-                torrent.peers.update((host, int(port)) for host, port in peers)
                 _dial(torrent.name, added, sorted(torrent.peers))
                 with trio.move_on_after(PAUSED_CHECK_TIMEOUT):
                     while not (torrent.checked or torrent.full_check or torrent.error or torrent.removed):
@@ -221,8 +222,9 @@ class Engine:
                 if not torrent.removed and added.is_valid():
                     added.resume()
             self._request_resume(torrent)
+        else:
+            torrent.peers.update(wanted)
         handle = await self._handle_of(torrent)
-        torrent.peers.update((host, int(port)) for host, port in peers)
         for url in trackers:  # this side's trackers, beside the torrent's own
             handle.add_tracker({"url": url})
         if torrent.error and not added_here:
