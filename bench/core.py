@@ -9,7 +9,10 @@ Shapes: a fan-out (one step, ``jobs = N``), ``each`` chains of 5 steps
 (N/5 jobs per step), a fan-out whose step has ``late_after`` and
 ``expire_after`` ("late"), and an ``each`` step of N/2 jobs behind N/2
 parents on a second executor, "batch", whose 16 slots they fill while
-the local executor has room ("behind"). Prints the core's CPU
+the local executor has room ("behind"), a line of N/10 one-job steps
+("chain"), and one job on the local executor gathering N-1 jobs of a step
+on "batch" ("gather": a step of ``depends = "all"`` whose executor has room
+while its parents run). Prints the core's CPU
 (``time.process_time``) per job event for each N, and the ratio of the
 largest N to the smallest: a core without a term that grows faster than
 the run keeps it near 1.
@@ -56,6 +59,15 @@ def shape(name: str, size: int) -> Pipeline:
         # timers per job, which the core keeps while the run goes on
         return Pipeline(name=name, owner="b", steps={
             "a": Step("a", "true", jobs=size, late_after="PT6H", expire_after="PT12H"),
+        })
+    if name == "chain":
+        return Pipeline(name=name, owner="b", steps={
+            f"s{n}": Step(f"s{n}", "true", parents=(f"s{n - 1}",) if n else ()) for n in range(max(size // 10, 1))
+        })
+    if name == "gather":
+        return Pipeline(name=name, owner="b", steps={
+            "s0": Step("s0", "true", jobs=max(size - 1, 1), executor="batch"),
+            "s1": Step("s1", "true", parents=("s0",)),
         })
     each = max(size // 5, 1)
     steps = {
@@ -114,7 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; sizes {sizes}")
-    for name in ("fan", "each", "late", "behind"):
+    for name in ("fan", "each", "late", "behind", "chain", "gather"):
         figures = {size: per_event(shape(name, size)) for size in sizes}
         for size, seconds in figures.items():
             print(f"  {name:4s} {size:>6,} jobs: core {seconds * 1e6:6.1f} us/event")

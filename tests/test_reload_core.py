@@ -442,6 +442,21 @@ def test_a_run_made_before_definitions_were_kept_runs_under_the_current_one():
     assert h.commands(1)[-1] == ("b", "echo v2")
 
 
+def test_a_step_put_aside_for_its_parent_is_looked_at_again_after_a_reload():
+    """A run made before definitions were kept takes its pipeline's new one
+    at a reload: a step the pass put aside until its parent succeeds starts
+    once the new one no longer gives it that parent."""
+    h = Reloads(chain("v1"))
+    h.trigger("p")
+    h.db_runs[1] = attrs.evolve(h.run(1), definition="")
+    h.restart()
+    h.settle()
+    assert h.core.parked_group_slot == {(1, "b", "local"): (1, "a", 0)}  # a was handed over again, running
+    h.reload(pipeline("p", Step("a", "echo v2"), Step("b", "echo v2")))
+    assert h.commands(1)[-1] == ("b", "echo v2")
+    assert not h.core.parked_groups
+
+
 def test_a_run_whose_definition_the_database_lacks_says_so_and_runs_under_the_current_one():
     core = Scheduler({"p": chain("v2")}, {"local": ExecutorConfig("local", "local")})
     run = Run(1, "p", T0, definition="f" * 64)

@@ -309,19 +309,30 @@ class World:
             assert self.core.unsettled.get(run_id, set()) == scanned, f"run {run_id}"
         # the waiting jobs by group, as the scheduling pass merges them: each
         # group's ids in order, every waiting job in its own group once
-        for group, ids in self.core.waiting_groups.items():
+        # (parked groups, of ``all`` steps, out of the pass, alike)
+        groups = {**self.core.waiting_groups, **self.core.parked_groups}
+        assert len(groups) == len(self.core.waiting_groups) + len(self.core.parked_groups)
+        for group, ids in groups.items():
             assert ids and ids == sorted(ids), group
             for job_id in ids:
                 job = self.core.jobs[job_id]
                 assert job_id in self.core.waiting and group == (job.run_id, job.step, job.executor)
         # parked jobs (an ``each`` parent not done) are out of their groups
-        assert not self.core.parked & {j for ids in self.core.waiting_groups.values() for j in ids}
+        assert not self.core.parked & {j for ids in groups.values() for j in ids}
         assert self.core.parked <= set(self.core.waiting)
-        assert sum(len(ids) for ids in self.core.waiting_groups.values()) + len(self.core.parked) == len(
-            self.core.waiting)
+        assert sum(len(ids) for ids in groups.values()) + len(self.core.parked) == len(self.core.waiting)
         for job_id in self.core.parked:
             job = self.core.jobs[job_id]
             assert not self.core._dependencies_met(job, self.pipeline), f"job {job_id} parked, its parent done"
+        # a parked group waits on a parent slot of its run that is not done,
+        # and that slot's record names it
+        assert set(self.core.parked_group_slot) == set(self.core.parked_groups)
+        assert {(slot, group) for slot, parked in self.core.parked_on.items() for group in parked} == {
+            (slot, group) for group, slot in self.core.parked_group_slot.items()}
+        for group, (run_id, step, index) in self.core.parked_group_slot.items():
+            assert run_id == group[0]
+            parent = self.core._newest_in_slot(run_id, (step, index))
+            assert parent is None or parent.state not in DONE, f"group {group} parked, its parent {parent} done"
         # the jobs holding slots, counted as the scheduling pass counts them
         by_step: dict = {}
         by_executor: dict = {}
