@@ -5,10 +5,14 @@ API tasks as `muppet daemon` has them) on SQLite and on PostgreSQL:
 - fan-out: one step with ``jobs = N``, command ``true``;
 - chain: ``C`` steps in a line, command ``true``;
 and in the same run N plain spawns of ``true``, and N of ``bash -c true``,
-with the same parallelism as the executor's ``max_jobs``. Prints jobs per
-second and the ratio to each (``bash -c true`` is the reference of the scale
-targets in docs/performance.md: a job's command runs under bash), the
-machine's load average, and where the CPU of a fan-out job goes:
+with the same parallelism as the executor's ``max_jobs``. Prints the
+fan-out's jobs per second (from the trigger to the run's end, seen by a
+look every 50 ms) and the ratio to each (``bash -c true`` is the reference
+of the scale targets in docs/performance.md: a job's command runs under
+bash); the chain's time per link, from one job's start record to the next
+one's (the wrappers' own clock, to the microsecond: the 50 ms looks would
+add up to 0.5 ms a link); the machine's load average, and where the CPU of
+a fan-out job goes:
 
 - wrapper: the CPU of the job's processes (its wrapper and what that runs),
   from ``getrusage(RUSAGE_CHILDREN)``: the daemon runs in this process, so
@@ -53,7 +57,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from pgserver import PostgresServer  # noqa: E402
 
-from muppet import codec, daemon  # noqa: E402
+from muppet import daemon  # noqa: E402
 from muppet.api.client import connect  # noqa: E402
 from muppet.config import load_config  # noqa: E402
 from muppet.db import writes  # noqa: E402
@@ -157,7 +161,7 @@ class HopClock:
     the wrapper's records): the wrapper's pid reaped, its status file read
     (a worker thread), the scheduler given JobFinished, the database's
     commit (a worker thread), the scheduler given Persisted, the executor's
-    launch begun, the wrapper spawned (a worker thread). With the wrapper's
+    launch begun, the wrapper handed to a spare (a worker thread). With the wrapper's
     own end and start records, ``hops`` says where a link's time goes."""
 
     def __init__(self) -> None:
@@ -171,7 +175,7 @@ class HopClock:
         mark = self._mark
         wait_child, status_and_files = local._wait_child, executor_task._Job._status_and_files
         write, handle = writes.write, Scheduler.handle
-        launch, prepare_and_spawn = executor_task._Job._launch, local.LocalBackend._prepare_and_spawn
+        launch, hand = executor_task._Job._launch, local._Spare.hand
 
         async def timed_wait_child(*args: Any) -> None:
             await wait_child(*args)
@@ -199,9 +203,9 @@ class HopClock:
             mark("launch begins")
             return await launch(job)
 
-        def timed_prepare_and_spawn(*args: Any) -> Any:
-            result = prepare_and_spawn(*args)
-            mark("spawned")
+        def timed_hand(spare: Any, *args: Any) -> Any:
+            result = hand(spare, *args)
+            mark("handed")
             return result
 
         patches: list[tuple[Any, str, Any]] = [
@@ -210,7 +214,7 @@ class HopClock:
             (writes, "write", timed_write),
             (Scheduler, "handle", timed_handle),
             (executor_task._Job, "_launch", timed_launch),
-            (local.LocalBackend, "_prepare_and_spawn", staticmethod(timed_prepare_and_spawn)),
+            (local._Spare, "hand", timed_hand),
         ]
         originals = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
         for owner, name, replacement in patches:
@@ -248,13 +252,18 @@ class HopClock:
             for label, t in seen.items():
                 offsets.setdefault(label, []).append((t - ended) * 1e3)
         order = ["reaped", "status read", "JobFinished", "commit begins", "committed", "Persisted",
-                 "launch begins", "spawned", "next start"]
+                 "launch begins", "handed", "next start"]
         return ", ".join(f"{label} {statistics.median(offsets[label]):.1f}" for label in order if label in offsets)
 
 
-def stamp(text: str) -> float:
-    """The API's time (milliseconds, UTC) as seconds since the epoch."""
-    return codec.parse_time(text).timestamp()
+def records(state_dir: Path, job_ids: list[int]) -> list[tuple[float, float]]:
+    """(started, ended) of each job, from its wrapper's status records."""
+    found = []
+    for job_id in job_ids:
+        status = JobDir(str(state_dir), job_id).read_status()
+        assert status is not None and status.started is not None and status.ended is not None, (job_id, status)
+        found.append((status.started, status.ended))
+    return found
 
 
 def cpu(who: int) -> float:
@@ -268,8 +277,12 @@ class Figures:
         self.rate = 0.0
         self.wrapper = self.files = self.daemon = 0.0  # CPU seconds per job
         #: seconds from each job's end (its wrapper's end record) to the
-        #: next one's start (its start record), in id order: a chain's links
+        #: next one's start (its start record), in id order
         self.gaps: list[float] = []
+        #: seconds from each job's start record to the next one's, in id
+        #: order: a chain's links (the records' microseconds, where the
+        #: run's end is seen only at the next look, every 50 ms)
+        self.links: list[float] = []
         #: where a link's time goes (HopClock.hops)
         self.hops = ""
 
@@ -300,12 +313,12 @@ async def through_daemon(config_path: Path, pipeline: str, count: int) -> Figure
             figures.daemon = (cpu(resource.RUSAGE_SELF) - own) / count - figures.files
             assert run[0]["state"] == "succeeded", run
             # runs.get: every job of the run (jobs.list stops at 1,000)
-            jobs = (await client.call("runs.get", {"run_id": run_id}))["jobs"]
-            times = sorted((job["id"], stamp(job["started_at"]), stamp(job["ended_at"])) for job in jobs)
-            figures.gaps = sorted(after[1] - before[2] for before, after in itertools.pairwise(times))
-            figures.hops = await trio.to_thread.run_sync(
-                hops.hops, Path(config.daemon.state_dir), [job_id for job_id, _, _ in times]
-            )
+            job_ids = sorted(job["id"] for job in (await client.call("runs.get", {"run_id": run_id}))["jobs"])
+            state_dir = Path(config.daemon.state_dir)
+            times = await trio.to_thread.run_sync(records, state_dir, job_ids)
+            figures.gaps = sorted(after[0] - before[1] for before, after in itertools.pairwise(times))
+            figures.links = [after[0] - before[0] for before, after in itertools.pairwise(times)]
+            figures.hops = await trio.to_thread.run_sync(hops.hops, state_dir, job_ids)
         nursery.cancel_scope.cancel()
     figures.rate = count / elapsed
     return figures
@@ -365,14 +378,15 @@ def main() -> None:
             print(
                 f"{name:9s} fan-out: {fan.rate:8.1f} jobs/s ({fan.rate / plain:5.1%} of plain true, "
                 f"{fan.rate / plain_bash:5.1%} of plain bash -c true)   "
-                f"chain: {chain.rate:7.1f} jobs/s ({1e3 / chain.rate:5.1f} ms per link)   "
+                f"chain: {statistics.fmean(chain.links) * 1e3:4.2f} ms per link (median "
+                f"{statistics.median(chain.links) * 1e3:4.2f})   "
                 f"load average {os.getloadavg()[0]:.1f}"
             )
             print(f"          fan-out {fan.breakdown()}")
             print(f"          chain   {chain.breakdown()}")
             gaps = chain.gaps
             print(f"          chain   from a job's end to the next one's start: median "
-                  f"{statistics.median(gaps) * 1e3:5.1f} ms, 90th percentile {gaps[len(gaps) * 9 // 10] * 1e3:5.1f} ms")
+                  f"{statistics.median(gaps) * 1e3:5.2f} ms, 90th percentile {gaps[len(gaps) * 9 // 10] * 1e3:5.2f} ms")
             print(f"          chain   where a link goes, median ms after a job's end record: {chain.hops}")
 
 

@@ -4,6 +4,7 @@ outputs. Timeouts here are safety nets, never what a test measures."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -19,7 +20,17 @@ from waiting import wait_until_async
 from muppet.executor import task as executor_task
 from muppet.executor.backend import BACKEND_TYPES, backend_factory, make_backends
 from muppet.executor.jobdir import CANNOT_START_EXIT, CLAIMED_EXIT, JobDir, Status, parse_status, render_wrapper
-from muppet.executor.local import SPAWN_THREADS, LocalBackend, _cmdline, _is_wrapper, group_members
+from muppet.executor.local import (
+    _SPARE_SCRIPT,
+    SPARE_NAME,
+    SPARES,
+    SPAWN_THREADS,
+    LocalBackend,
+    _cmdline,
+    _is_wrapper,
+    group_members,
+    scan_wrappers,
+)
 from muppet.executor.outputs import (
     MissingOutput,
     OutputError,
@@ -126,7 +137,7 @@ async def test_local_wrappers_are_spawned_from_a_few_threads_at_once(dirs, monke
     changed = threading.Condition()
     spawn = LocalBackend._prepare_and_spawn
 
-    def counted(job_dir, spec):
+    def counted(backend, job_dir, spec):
         nonlocal inside, most
         with changed:
             inside += 1
@@ -136,12 +147,12 @@ async def test_local_wrappers_are_spawned_from_a_few_threads_at_once(dirs, monke
             # (which the limit forbids), or for a moment
             changed.wait_for(lambda: inside > SPAWN_THREADS, timeout=0.2)
         try:
-            return spawn(job_dir, spec)
+            return spawn(backend, job_dir, spec)
         finally:
             with changed:
                 inside -= 1
 
-    monkeypatch.setattr(LocalBackend, "_prepare_and_spawn", staticmethod(counted))
+    monkeypatch.setattr(LocalBackend, "_prepare_and_spawn", counted)
     async with executor(state, out) as ex:
         for job_id in range(20, 28):
             await ex.send.send(make_spec(job_id, "true"))
@@ -153,6 +164,57 @@ async def test_local_wrappers_are_spawned_from_a_few_threads_at_once(dirs, monke
     assert sorted(finished) == list(range(20, 28))
     assert all(report.state == "succeeded" for report in finished.values()), finished
     assert 1 <= most <= SPAWN_THREADS
+
+
+def our_spares() -> set[int]:
+    """The pids of this process's live spares."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _cmdline(int(entry))[3:4] == [SPARE_NAME]:
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == os.getuid() and _parent(int(entry)) == os.getpid():
+                    found.add(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as file:
+        stat = file.read()
+    return int(stat[stat.rfind(")") + 2:].split()[1])
+
+
+async def test_a_local_job_runs_in_a_spare_made_before_it_came(dirs):
+    """The wrapper of a local job runs in a spare bash made ahead of need
+    (docs/executor.md, "Spares"): the job's command sees the wrapper's path
+    as ``$0``, and not the descriptor on which the spare holds it. The
+    spares go once the executor stops."""
+    state, out = dirs
+    async with executor(state, out) as ex:
+        await ex.run_job(make_spec(16, "true"))
+        await wait_until(lambda: len(our_spares()) == SPARES, f"{SPARES} spares")
+        ready = our_spares()
+        spec = make_spec(17, 'echo "$$ $0"; [ -e /dev/fd/7 ] && echo fd-7-open || echo fd-7-closed')
+        started, finished = await ex.run_job(spec)
+        assert finished.state == "succeeded", finished
+        pid, zero = finished.stdout_tail.splitlines()[0].split()
+        assert int(pid) in ready and started is not None and started.batch_id == pid
+        assert zero == JobDir(str(state), 17).wrapper
+        assert finished.stdout_tail.splitlines()[1] == "fd-7-closed"
+        await wait_until(lambda: len(our_spares()) == SPARES, "the spare taken made again")
+    await wait_until(lambda: not our_spares(), "the spares to exit once the executor stopped")
+
+
+async def test_a_spare_that_died_while_it_waited_is_replaced(dirs):
+    state, out = dirs
+    async with executor(state, out) as ex:
+        await ex.run_job(make_spec(18, "true"))
+        await wait_until(lambda: len(our_spares()) == SPARES, f"{SPARES} spares")
+        for pid in our_spares():
+            os.kill(pid, signal.SIGKILL)
+        _, finished = await ex.run_job(make_spec(19, "echo ran"))
+        assert (finished.state, finished.stdout_tail) == ("succeeded", "ran\n")
 
 
 async def test_failure_reports_exit_code_and_tails(dirs):
@@ -457,6 +519,42 @@ async def test_spawned_wrapper_without_status_is_found(dirs, tmp_path):
         # its new image, a moment after the exec that open_process waits for:
         # a daemon restarted seconds after a spawn never sees that moment.
         await wait_until(lambda: _is_wrapper(orphan.pid, job_dir.wrapper), "the wrapper's command line")
+        async with executor(state, out) as ex:
+            await ex.send.send(spec)
+            started = await ex.next(JobStarted)
+            assert started.batch_id == str(orphan.pid)
+            gate.touch()
+            finished = await ex.next(JobFinished)
+        assert (finished.state, finished.exit_code) == ("failed", 4)
+        assert counter.read_text() == "once\n"
+    finally:
+        gate.touch()
+        with trio.fail_after(SAFETY):
+            await orphan.wait()
+
+
+async def test_a_spare_running_a_wrapper_without_status_is_found(dirs, tmp_path):
+    """The same window for a wrapper that a previous daemon's spare runs: its
+    command line names no job, the wrapper it holds open does."""
+    state, out = dirs
+    counter = tmp_path / "ran"
+    gate = tmp_path / "gate"
+    spec = make_spec(46, f"echo once >> {counter}; exit 4")
+    job_dir = JobDir(str(state), 46)
+    job_dir.prepare(spec)
+    wrapper = trio.Path(job_dir.wrapper)
+    script = await wrapper.read_text()
+    await wrapper.write_text(
+        script.replace("#!/bin/bash\n", f"#!/bin/bash\nwhile [ ! -e {gate} ]; do read -t 0.05 <> <(:) || :; done\n", 1)
+    )
+    orphan = await trio.lowlevel.open_process(
+        ["/bin/bash", "-c", _SPARE_SCRIPT, SPARE_NAME], start_new_session=True, stdin=subprocess.PIPE
+    )
+    try:
+        assert orphan.stdin is not None
+        await orphan.stdin.send_all(job_dir.wrapper.encode() + b"\n")
+        await wait_until(lambda: _is_wrapper(orphan.pid, job_dir.wrapper), "the spare to hold the wrapper")
+        assert scan_wrappers(str(state)) == {job_dir.wrapper: orphan.pid}
         async with executor(state, out) as ex:
             await ex.send.send(spec)
             started = await ex.next(JobStarted)

@@ -470,8 +470,9 @@ trap '_muppet_exit=${{_muppet_exit:-130}}' INT
 trap '_muppet_exit=${{_muppet_exit:-129}}' HUP
 exec </dev/null >&5 2>&6 5>&- 6>&-
 if [ -z "$_muppet_exit" ]; then
-    # a subshell, so that the command's own exit, exec or traps leave the wrapper alone
-    ( eval {shlex.quote(spec.step.command)} )
+    # a subshell, so that the command's own exit, exec or traps leave the wrapper
+    # alone; without the descriptor on which a spare holds this file (docs/executor.md)
+    ( eval {shlex.quote(spec.step.command)} ) 7<&-
     _muppet_exit=$?
 fi
 _muppet_ended=${{EPOCHREALTIME/,/.}}

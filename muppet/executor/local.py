@@ -3,8 +3,18 @@
 The wrapper runs under ``setsid`` (``start_new_session``): its own session and
 process group, no controlling terminal, so that neither a Ctrl-C nor the
 daemon's death reaches it. It outlives the daemon; the next daemon finds it by
-the pid in its status file (checked against ``/proc/PID/cmdline``, since pids
-are reused) and watches it through a pidfd.
+the pid in its status file (checked against ``/proc/PID/fd/7`` or
+``/proc/PID/cmdline``, since pids are reused) and watches it through a pidfd.
+
+A wrapper runs in a spare: a bash started ahead of need, in its own session,
+that waits on its stdin for a wrapper's path and then runs that wrapper in
+itself (``.``), so that a job starts without waiting for a process to be
+made and for bash to start (about 1.1 ms of each link of a chain;
+docs/executor.md, "Spares"). The backend keeps ``SPARES`` ready, and makes
+one on the spot when none is. A spare's command line names no job: it opens
+the wrapper on file descriptor ``SPARE_FD`` before it runs it and keeps it
+open (the wrapper closes it for the command), and ``/proc/PID/fd/7`` names the
+job. A spare whose stdin closes (the daemon stopped or died) exits.
 
 ``launch`` returns once the wrapper holds the claim: the wrapper's stdout and
 stderr are a pipe until it has claimed the job, and it prints
@@ -27,6 +37,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 from collections.abc import Mapping
 
 import trio
@@ -50,6 +61,23 @@ BASH = "/bin/bash"
 #: bench/scheduler.py; docs/performance.md)
 SPAWN_THREADS = 2
 
+#: spares kept ready: one for each spawning thread
+SPARES = SPAWN_THREADS
+#: the name a spare runs under (its ``$0`` until it runs a wrapper, then the
+#: wrapper's path: ``BASH_ARGV0``), which ``ps`` shows
+SPARE_NAME = "muppet-spare"
+#: the descriptor on which a spare holds the wrapper it runs open
+SPARE_FD = 7
+#: what a spare runs: ``bash -c _SPARE_SCRIPT muppet-spare``. A path that
+#: cannot be opened claims nothing (CANNOT_START_EXIT)
+_SPARE_SCRIPT = (
+    "IFS= read -r _muppet_wrapper || exit 0\n"
+    f'exec {SPARE_FD}<"$_muppet_wrapper" || exit {CANNOT_START_EXIT}\n'
+    'BASH_ARGV0=$_muppet_wrapper\n'
+    '. "$_muppet_wrapper"\n'
+    f"exit {CANNOT_START_EXIT}\n"
+)
+
 #: children whose watcher was cancelled (the executor stopped, the daemon goes
 #: on, as in tests or an in-process restart): they must outlive the backend,
 #: and dropping the Popen would warn "still running". They are reaped here, by
@@ -70,6 +98,55 @@ def _sweep() -> None:
     for process in list(_abandoned):
         if process.poll() is not None:  # reaps it
             _abandoned.discard(process)
+
+
+class _Spare:
+    """A spare bash waiting on its stdin for a wrapper's path, and the read
+    end of the pipe on which what it runs says whether it claimed the job.
+    Blocking (a fork): made in a worker thread. OSError when no process can
+    be made (the machine's limits)."""
+
+    def __init__(self, cwd: str) -> None:
+        stdin, self._to_spare = os.pipe2(os.O_CLOEXEC)
+        said, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            self.process = subprocess.Popen(
+                [BASH, "-c", _SPARE_SCRIPT, SPARE_NAME],
+                start_new_session=True,
+                stdin=stdin,
+                # until a wrapper it runs holds the claim; then it redirects
+                # to the job directory
+                stdout=write_end,
+                stderr=write_end,
+                cwd=cwd,
+            )
+        except OSError:
+            # no process (EAGAIN, ENOMEM, EMFILE: the machine's limits)
+            for descriptor in (self._to_spare, said):
+                os.close(descriptor)
+            raise
+        finally:
+            os.close(stdin)
+            os.close(write_end)
+        self.said = said
+
+    def hand(self, wrapper: str) -> bool:
+        """Give the spare ``wrapper`` to run (one ``write``, whole: a path is
+        shorter than PIPE_BUF). False, and the spare discarded, when it is
+        gone (it died while it waited)."""
+        try:
+            os.write(self._to_spare, wrapper.encode() + b"\n")
+        except OSError:  # EPIPE: nobody reads
+            self.discard()
+            return False
+        os.close(self._to_spare)
+        return True
+
+    def discard(self) -> None:
+        """Close its stdin (it exits), and leave it to ``_sweep``."""
+        os.close(self._to_spare)
+        os.close(self.said)
+        _abandoned.add(self.process)
 
 
 class LocalBackend:
@@ -99,6 +176,12 @@ class LocalBackend:
         self._orphans: dict[str, int] | None = None
         self._orphans_lock = trio.Lock()
         self._spawning = trio.CapacityLimiter(SPAWN_THREADS)
+        #: spares ready, and how many are being made; taken and made in the
+        #: spawning threads, dropped by ``close`` in the Trio thread
+        self._spares: list[_Spare] = []
+        self._spares_made = 0
+        self._spares_lock = threading.Lock()
+        self._closed = False
 
     async def launch(self, job_dir: JobDir, spec: StartJob) -> str:
         """The wrapper's pid once it has claimed the job (or found it claimed
@@ -136,29 +219,56 @@ class LocalBackend:
         if self._by_wrapper.get(job_dir.wrapper) == batch_id:
             del self._by_wrapper[job_dir.wrapper]
 
-    @staticmethod
-    def _prepare_and_spawn(job_dir: JobDir, spec: StartJob) -> tuple[subprocess.Popen[bytes], int]:
-        """The wrapper, and the read end of the pipe on which it says whether
-        it claimed the job."""
+    def close(self) -> None:
+        """Let the spares go (they exit once their stdin closes); none is
+        made after this. The jobs running are left alone."""
+        with self._spares_lock:
+            self._closed = True
+            spares, self._spares = self._spares, []
+        for spare in spares:
+            spare.discard()
+
+    def _prepare_and_spawn(self, job_dir: JobDir, spec: StartJob) -> tuple[subprocess.Popen[bytes], int]:
+        """The process that runs the wrapper (a spare), and the read end of
+        the pipe on which it says whether it claimed the job; then spares
+        made up to ``SPARES``, for the next launches."""
+        if "\n" in job_dir.wrapper:  # a spare reads one line
+            raise NotStarted(f"the path {job_dir.wrapper!r} holds a newline: a spare cannot read it")
         job_dir.prepare(spec)  # raises AlreadyStarted when the status file exists
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        try:
-            process = subprocess.Popen(
-                [BASH, job_dir.wrapper],
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                # until it holds the claim; then it redirects to the job directory
-                stdout=write_end,
-                stderr=write_end,
-                cwd=job_dir.root,
-            )
-        except OSError as error:
-            # no process (EAGAIN, ENOMEM, EMFILE: the machine's limits): not the job's failure
-            os.close(read_end)
-            raise NotStarted(f"cannot start {BASH} {job_dir.wrapper}: {error}") from None
-        finally:
-            os.close(write_end)
-        return process, read_end
+        with self._spares_lock:
+            spare = self._spares.pop() if self._spares else None
+        if spare is None or not spare.hand(job_dir.wrapper):
+            try:
+                spare = _Spare(os.path.dirname(job_dir.root))
+            except OSError as error:
+                # not the job's failure: the machine's limits (EAGAIN, ENOMEM, EMFILE)
+                raise NotStarted(f"cannot start {BASH} for {job_dir.wrapper}: {error}") from None
+            if not spare.hand(job_dir.wrapper):
+                raise NotStarted(f"{BASH} exited before it was given {job_dir.wrapper}")
+        self._make_spares(os.path.dirname(job_dir.root))
+        return spare.process, spare.said
+
+    def _make_spares(self, cwd: str) -> None:
+        """Spares up to ``SPARES``; a failure to make one (the machine's
+        limits) is the next launch's, which makes its own."""
+        while True:
+            with self._spares_lock:
+                if self._closed or len(self._spares) + self._spares_made >= SPARES:
+                    return
+                self._spares_made += 1
+            try:
+                spare: _Spare | None = _Spare(cwd)
+            except OSError as error:
+                log.debug("executor %s: no spare made: %s", self.config.name, error)
+                spare = None
+            with self._spares_lock:
+                self._spares_made -= 1
+                if spare is not None and not self._closed:
+                    self._spares.append(spare)
+                    continue
+            if spare is not None:
+                spare.discard()
+            return
 
     async def wait(self, job_dir: JobDir, batch_id: str) -> int | None:
         """The wrapper's exit status (None for a previous daemon's wrapper,
@@ -291,7 +401,21 @@ def _is_wrapper(pid: int, wrapper: str) -> bool:
     """Is ``pid`` alive and running this wrapper? (A zombie's cmdline is
     empty, so a zombie is not.) The wrapper leads its session: its forks (the
     subshell that runs the command) show the same command line but are not."""
-    return pid > 0 and wrapper in _cmdline(pid)[1:2] and _leads_session(pid)
+    return pid > 0 and _wrapper_of(pid) == wrapper and _leads_session(pid)
+
+
+def _wrapper_of(pid: int) -> str | None:
+    """The wrapper that process ``pid`` runs, if it runs one: a spare's, on
+    ``SPARE_FD``; ``bash WRAPPER``'s (a daemon before spares), on its
+    command line."""
+    arguments = _cmdline(pid)
+    if arguments[3:4] == [SPARE_NAME]:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{SPARE_FD}")
+        except OSError:
+            return None  # gone, or a spare that has not opened one yet
+        return target.removesuffix(" (deleted)")
+    return arguments[1] if len(arguments) > 1 and arguments[1].endswith("/wrapper.sh") else None
 
 
 def _leads_session(pid: int) -> bool:
@@ -308,14 +432,9 @@ def scan_wrappers(state_dir: str) -> dict[str, int]:
     found: dict[str, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            arguments = _cmdline(int(entry))
-            if (
-                len(arguments) > 1
-                and arguments[1].startswith(prefix)
-                and arguments[1].endswith("/wrapper.sh")
-                and _leads_session(int(entry))
-            ):
-                found[arguments[1]] = int(entry)
+            wrapper = _wrapper_of(int(entry))
+            if wrapper is not None and wrapper.startswith(prefix) and _leads_session(int(entry)):
+                found[wrapper] = int(entry)
     return found
 
 

@@ -109,22 +109,34 @@ async def run(
     """
     backends = make_backends(executors, state_dir)
     executor = _Executor(backends, send, state_dir, output_dir, fence or _unfenced)
-    async with trio.open_nursery() as nursery:
-        executor.nursery = nursery
-        async for message in receive:
-            if isinstance(message, StartJob):
-                executor.start(message)
-            elif isinstance(message, KillJob):
-                executor.kill(message.job_id)
-            elif isinstance(message, ExecutorSettings):
-                executor.reconfigure(message.executors)
-            else:
-                log.error("executor: unexpected message %r", message)
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            executor.nursery = nursery
+            async for message in receive:
+                if isinstance(message, StartJob):
+                    executor.start(message)
+                elif isinstance(message, KillJob):
+                    executor.kill(message.job_id)
+                elif isinstance(message, ExecutorSettings):
+                    executor.reconfigure(message.executors)
+                else:
+                    log.error("executor: unexpected message %r", message)
+            nursery.cancel_scope.cancel()
+    finally:
+        for backend in executor.backends.values():
+            _close(backend)
 
 
 async def _unfenced() -> None:
     """No lease to check (an executor outside a daemon: the tests)."""
+
+
+def _close(backend: Backend) -> None:
+    """A backend's ``close``, for those that hold something between jobs
+    (local: its spares); not part of the protocol."""
+    close = getattr(backend, "close", None)
+    if close is not None:
+        close()
 
 
 class _Executor:
@@ -181,6 +193,9 @@ class _Executor:
                 # muppet validate checks the same: not expected after a reload
                 log.error("executor %s: kept as it was: %s", name, error)
                 continue
+            if old is not None:
+                # its jobs in hand keep it; what it keeps for new jobs goes
+                _close(old)
             log.info("executor %s: %s", name, "changed" if old is not None else "added")
 
     def start(self, spec: StartJob) -> None:
