@@ -3,6 +3,7 @@ outputs. Timeouts here are safety nets, never what a test measures."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -125,6 +126,37 @@ async def test_a_local_job_reports_its_start_with_its_end_when_it_ends_at_once(d
         await trio.Path(marker).touch()
         _, finished = await ex.until_finished(15)
         assert finished.state == "succeeded"
+
+
+async def test_local_starts_wait_for_room_on_a_full_report_channel(dirs, tmp_path, monkeypatch):
+    """The starts of local jobs are reported by one task of the executor
+    (docs/performance.md); a start that finds the report channel full is
+    sent once there is room, none lost, none twice."""
+    state, out = dirs
+    marker = tmp_path / "go"
+    monkeypatch.setattr(executor_task, "LOCAL_START_REPORT_DELAY", 0.0)
+    to_executor, inbox = trio.open_memory_channel(10)
+    reports, from_executor = trio.open_memory_channel(1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(
+            executor_task.run, inbox, reports, executors=EXECUTORS, state_dir=str(state), output_dir=str(out)))
+        for job_id in (60, 61, 62):
+            await to_executor.send(make_spec(job_id, f"while [ ! -e {marker} ]; do sleep 0.01; done"))
+        await wait_until(
+            lambda: all((JobDir(str(state), j).read_status() or Status("x")).started for j in (60, 61, 62)),
+            "all three running",
+        )
+        started = []
+        with trio.fail_after(SAFETY):
+            while len(started) < 3:
+                started.append(await from_executor.receive())
+        assert sorted(m.job_id for m in started) == [60, 61, 62]
+        assert all(isinstance(m, JobStarted) for m in started)
+        marker.touch()
+        with trio.fail_after(SAFETY):
+            ended = [await from_executor.receive() for _ in range(3)]
+        assert sorted((m.job_id, type(m).__name__) for m in ended) == [(j, "JobFinished") for j in (60, 61, 62)]
+        nursery.cancel_scope.cancel()
 
 
 async def test_local_wrappers_are_spawned_from_a_few_threads_at_once(dirs, monkeypatch):

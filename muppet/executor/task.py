@@ -22,6 +22,7 @@ they start again (docs/operations.md, "When the disk is full").
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -48,6 +49,8 @@ START_POLL_INTERVAL = 1.0
 #: one commit, instead of a commit of its start that the commit of its end
 #: would wait behind (a chain of short steps; docs/performance.md)
 LOCAL_START_REPORT_DELAY = 0.02
+#: seconds before a start that found the report channel full is sent again
+START_RETRY_INTERVAL = 0.05
 #: seconds before the first and the longest between two attempts of file work
 #: that the machinery failed (moving a succeeded job's outputs; starting a
 #: job that was reported started already): as the scheduler's backoff for a
@@ -112,6 +115,7 @@ async def run(
     try:
         async with trio.open_nursery() as nursery:
             executor.nursery = nursery
+            nursery.start_soon(executor.report_starts)
             async for message in receive:
                 if isinstance(message, StartJob):
                     executor.start(message)
@@ -155,6 +159,12 @@ class _Executor:
         self.output_dir = output_dir
         self.host = socket.gethostname()
         self.jobs: dict[int, _Job] = {}
+        #: local jobs whose start is to be reported, in the order they were
+        #: launched: job id -> (job, batch id, start time, when it is due
+        #: by the trio clock); and what wakes ``report_starts`` once one is
+        #: added to none
+        self.starts_due: dict[int, tuple[_Job, str, float, float]] = {}
+        self.starts_added = trio.Event()
         self.nursery: trio.Nursery
         #: executor name -> when (trio clock) its jobs began failing to start
         self.start_trouble: dict[str, float] = {}
@@ -197,6 +207,37 @@ class _Executor:
                 # its jobs in hand keep it; what it keeps for new jobs goes
                 _close(old)
             log.info("executor %s: %s", name, "changed" if old is not None else "added")
+
+    def report_start_later(self, job: _Job, batch_id: str, started: float) -> None:
+        """Have ``report_starts`` report the start of the local job ``job``
+        LOCAL_START_REPORT_DELAY from now, unless its end comes first: its
+        task takes it out of ``starts_due`` once the wrapper has ended, and
+        ``_conclude`` reports the start just before the end."""
+        if not self.starts_due:
+            self.starts_added.set()  # the task waits without a deadline
+        self.starts_due[job.id] = (job, batch_id, started, trio.current_time() + LOCAL_START_REPORT_DELAY)
+
+    async def report_starts(self) -> None:
+        """Report the starts of ``starts_due`` as they fall due: one task
+        for every local job, where a task and a timer for each cost the
+        daemon about 80 us of CPU per job (docs/performance.md)."""
+        while True:
+            self.starts_added = trio.Event()
+            now = trio.current_time()
+            wake = math.inf
+            for job, batch_id, started, due in list(self.starts_due.values()):
+                if due > now:
+                    wake = due  # the rest fall due later: added in order
+                    break
+                if job.report_start_now(batch_id, started):
+                    del self.starts_due[job.id]
+                else:
+                    # the channel is full (the daemon's is not: the tests'
+                    # may be): a moment later
+                    wake = now + START_RETRY_INTERVAL
+                    break
+            with trio.move_on_at(wake):
+                await self.starts_added.wait()
 
     def start(self, spec: StartJob) -> None:
         if spec.job.id in self.jobs:
@@ -344,18 +385,21 @@ class _Job:
                 self.executor.nursery.start_soon(self._kill, batch_id)
             if status is not None and status.started is not None:
                 await self._report_start(status.batch_id or batch_id, status.host, status.started)
-            lost = None
-            exit_status = None
-            async with trio.open_nursery() as nursery:
-                if self.reported_start is None and self.backend.runs_at_launch:
-                    nursery.start_soon(self._report_start_soon, batch_id, time.time())
-                elif self.reported_start is None:
-                    nursery.start_soon(self._watch_for_start, batch_id)
+            if self.reported_start is not None:
+                exit_status, lost = await self._wait(batch_id)
+            elif self.backend.runs_at_launch:
+                # reported soon by the executor's one task for all of them,
+                # unless its end comes first (``report_starts``)
+                self.executor.report_start_later(self, batch_id, time.time())
                 try:
-                    exit_status = await self._retrying("wait", self.backend.wait, self.job_dir, batch_id)
-                except Lost as error:
-                    lost = str(error) if isinstance(error, Ended) else f"lost: {error}"
-                nursery.cancel_scope.cancel()
+                    exit_status, lost = await self._wait(batch_id)
+                finally:
+                    self.executor.starts_due.pop(self.id, None)
+            else:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watch_for_start, batch_id)
+                    exit_status, lost = await self._wait(batch_id)
+                    nursery.cancel_scope.cancel()
             if lost is not None:
                 return await self._conclude(lost=lost, batch_id=batch_id)
             # the status and, for a job that has ended (the common case), its
@@ -387,12 +431,27 @@ class _Job:
             f"the status file in {self.job_dir.root} (exit {CANNOT_START_EXIT})" + (f": {trouble}" if trouble else "")
         )
 
-    async def _report_start_soon(self, batch_id: str, started: float) -> None:
-        """A local job: report its start LOCAL_START_REPORT_DELAY from now,
-        unless its end comes first (cancelled then: ``_conclude`` reports the
-        start, from the start record, just before the end)."""
-        await trio.sleep(LOCAL_START_REPORT_DELAY)
-        await self._report_start(batch_id, self.executor.host, started)
+    async def _wait(self, batch_id: str) -> tuple[int | None, str | None]:
+        """The backend's ``wait``: the wrapper's exit status if known, and
+        the reason when the job was lost."""
+        assert self.backend is not None
+        try:
+            return await self._retrying("wait", self.backend.wait, self.job_dir, batch_id), None
+        except Lost as error:
+            return None, str(error) if isinstance(error, Ended) else f"lost: {error}"
+
+    def report_start_now(self, batch_id: str, started: float) -> bool:
+        """Send the start of a local job that runs still (``report_starts``),
+        without a checkpoint, so that its end cannot come in between. False
+        when the channel is full (tried again later)."""
+        if self.reported_start is not None:
+            return True
+        try:
+            self.executor.send.send_nowait(JobStarted(self.id, batch_id, self.executor.host, started))
+        except trio.WouldBlock:
+            return False
+        self.reported_start = batch_id
+        return True
 
     async def _watch_for_start(self, batch_id: str) -> None:
         """A queued batch job: report JobStarted when its start record shows."""
