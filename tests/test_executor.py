@@ -527,65 +527,42 @@ async def test_claimed_without_start_record_is_lost(dirs, tmp_path):
     assert not marker.exists()
 
 
-async def test_spawned_wrapper_without_status_is_found(dirs, tmp_path):
-    """The window between spawn and the wrapper's first write: a previous
-    daemon's wrapper that has not written its status yet is found by its
-    command line and watched, not started again."""
+@pytest.mark.parametrize("runner", ["spare", "bash"])
+async def test_a_wrapper_without_status_is_found(dirs, tmp_path, runner):
+    """The window between the hand-over and the wrapper's first write: a
+    previous daemon's wrapper that has not written its status yet is found
+    and watched, not started again. A spare's command line names no job: the
+    wrapper it holds open does; a wrapper a daemon before spares started
+    shows its path on its command line."""
     state, out = dirs
     counter = tmp_path / "ran"
     gate = tmp_path / "gate"
-    spec = make_spec(45, f"echo once >> {counter}; exit 4")
-    job_dir = JobDir(str(state), 45)
+    job_id = 45 if runner == "spare" else 46
+    spec = make_spec(job_id, f"echo once >> {counter}; exit 4")
+    job_dir = JobDir(str(state), job_id)
     job_dir.prepare(spec)
-    # hold the wrapper before its first line, as if caught right after the spawn
+    # hold the wrapper before its first line, as if caught right after the hand-over
     wrapper = trio.Path(job_dir.wrapper)
     script = await wrapper.read_text()
     await wrapper.write_text(
         script.replace("#!/bin/bash\n", f"#!/bin/bash\nwhile [ ! -e {gate} ]; do read -t 0.05 <> <(:) || :; done\n", 1)
     )
-    orphan = await trio.lowlevel.open_process(
-        ["/bin/bash", job_dir.wrapper], start_new_session=True, stdin=subprocess.DEVNULL
-    )
-    try:
-        # A process's command line is in /proc only once the kernel has set up
-        # its new image, a moment after the exec that open_process waits for:
-        # a daemon restarted seconds after a spawn never sees that moment.
-        await wait_until(lambda: _is_wrapper(orphan.pid, job_dir.wrapper), "the wrapper's command line")
-        async with executor(state, out) as ex:
-            await ex.send.send(spec)
-            started = await ex.next(JobStarted)
-            assert started.batch_id == str(orphan.pid)
-            gate.touch()
-            finished = await ex.next(JobFinished)
-        assert (finished.state, finished.exit_code) == ("failed", 4)
-        assert counter.read_text() == "once\n"
-    finally:
-        gate.touch()
-        with trio.fail_after(SAFETY):
-            await orphan.wait()
-
-
-async def test_a_spare_running_a_wrapper_without_status_is_found(dirs, tmp_path):
-    """The same window for a wrapper that a previous daemon's spare runs: its
-    command line names no job, the wrapper it holds open does."""
-    state, out = dirs
-    counter = tmp_path / "ran"
-    gate = tmp_path / "gate"
-    spec = make_spec(46, f"echo once >> {counter}; exit 4")
-    job_dir = JobDir(str(state), 46)
-    job_dir.prepare(spec)
-    wrapper = trio.Path(job_dir.wrapper)
-    script = await wrapper.read_text()
-    await wrapper.write_text(
-        script.replace("#!/bin/bash\n", f"#!/bin/bash\nwhile [ ! -e {gate} ]; do read -t 0.05 <> <(:) || :; done\n", 1)
-    )
-    orphan = await trio.lowlevel.open_process(
-        ["/bin/bash", "-c", _SPARE_SCRIPT, SPARE_NAME], start_new_session=True, stdin=subprocess.PIPE
-    )
-    try:
+    if runner == "spare":
+        orphan = await trio.lowlevel.open_process(
+            ["/bin/bash", "-c", _SPARE_SCRIPT, SPARE_NAME], start_new_session=True, stdin=subprocess.PIPE
+        )
         assert orphan.stdin is not None
         await orphan.stdin.send_all(job_dir.wrapper.encode() + b"\n")
-        await wait_until(lambda: _is_wrapper(orphan.pid, job_dir.wrapper), "the spare to hold the wrapper")
+    else:
+        orphan = await trio.lowlevel.open_process(
+            ["/bin/bash", job_dir.wrapper], start_new_session=True, stdin=subprocess.DEVNULL
+        )
+    try:
+        # A process's command line is in /proc only once the kernel has set up
+        # its new image, a moment after the exec that open_process waits for
+        # (and a spare opens the wrapper a moment after it reads its path): a
+        # daemon restarted seconds after a hand-over never sees that moment.
+        await wait_until(lambda: _is_wrapper(orphan.pid, job_dir.wrapper), "the wrapper to show")
         assert scan_wrappers(str(state)) == {job_dir.wrapper: orphan.pid}
         async with executor(state, out) as ex:
             await ex.send.send(spec)
