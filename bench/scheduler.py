@@ -161,8 +161,9 @@ class HopClock:
     the wrapper's records): the wrapper's pid reaped, its status file read
     (a worker thread), the scheduler given JobFinished, the database's
     commit (a worker thread), the scheduler given Persisted, the executor's
-    launch begun, the wrapper handed to a spare (a worker thread). With the wrapper's
-    own end and start records, ``hops`` says where a link's time goes."""
+    launch begun, the wrapper handed to a spare (a worker thread). With the
+    wrapper's own end and start records, ``hops`` says where a link's time
+    goes."""
 
     def __init__(self) -> None:
         self.marks: list[tuple[float, str]] = []
