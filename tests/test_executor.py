@@ -121,9 +121,11 @@ async def test_a_local_job_reports_its_start_with_its_end_when_it_ends_at_once(d
         assert ex.messages[-2:] == [started, finished], "the start sent just before the end"
         assert started.started_at == JobDir(str(state), 14).read_status().started
         monkeypatch.setattr(executor_task, "LOCAL_START_REPORT_DELAY", 0.0)
-        await ex.send.send(make_spec(15, f"while [ ! -e {marker} ]; do sleep 0.01; done"))
-        await ex.until_started(15)  # while it runs: until_started fails on its end
-        await trio.Path(marker).touch()
+        try:
+            await ex.send.send(make_spec(15, f"while [ ! -e {marker} ] && [ -d {state} ]; do sleep 0.01; done"))
+            await ex.until_started(15)  # while it runs: until_started fails on its end
+        finally:
+            await trio.Path(marker).touch()
         _, finished = await ex.until_finished(15)
         assert finished.state == "succeeded"
 
@@ -137,26 +139,31 @@ async def test_local_starts_wait_for_room_on_a_full_report_channel(dirs, tmp_pat
     monkeypatch.setattr(executor_task, "LOCAL_START_REPORT_DELAY", 0.0)
     to_executor, inbox = trio.open_memory_channel(10)
     reports, from_executor = trio.open_memory_channel(1)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(functools.partial(
-            executor_task.run, inbox, reports, executors=EXECUTORS, state_dir=str(state), output_dir=str(out)))
-        for job_id in (60, 61, 62):
-            await to_executor.send(make_spec(job_id, f"while [ ! -e {marker} ]; do sleep 0.01; done"))
-        await wait_until(
-            lambda: all((JobDir(str(state), j).read_status() or Status("x")).started for j in (60, 61, 62)),
-            "all three running",
-        )
-        started = []
-        with trio.fail_after(SAFETY):
-            while len(started) < 3:
-                started.append(await from_executor.receive())
-        assert sorted(m.job_id for m in started) == [60, 61, 62]
-        assert all(isinstance(m, JobStarted) for m in started)
+    # the jobs end once let go, or once the test's directory is gone
+    waiting = f"while [ ! -e {marker} ] && [ -d {tmp_path} ]; do sleep 0.01; done"
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(
+                executor_task.run, inbox, reports, executors=EXECUTORS, state_dir=str(state), output_dir=str(out)))
+            for job_id in (60, 61, 62):
+                await to_executor.send(make_spec(job_id, waiting))
+            await wait_until(
+                lambda: all((JobDir(str(state), j).read_status() or Status("x")).started for j in (60, 61, 62)),
+                "all three running",
+            )
+            started = []
+            with trio.fail_after(SAFETY):
+                while len(started) < 3:
+                    started.append(await from_executor.receive())
+            assert sorted(m.job_id for m in started) == [60, 61, 62]
+            assert all(isinstance(m, JobStarted) for m in started)
+            marker.touch()
+            with trio.fail_after(SAFETY):
+                ended = [await from_executor.receive() for _ in range(3)]
+            assert sorted((m.job_id, type(m).__name__) for m in ended) == [(j, "JobFinished") for j in (60, 61, 62)]
+            nursery.cancel_scope.cancel()
+    finally:
         marker.touch()
-        with trio.fail_after(SAFETY):
-            ended = [await from_executor.receive() for _ in range(3)]
-        assert sorted((m.job_id, type(m).__name__) for m in ended) == [(j, "JobFinished") for j in (60, 61, 62)]
-        nursery.cancel_scope.cancel()
 
 
 async def test_local_wrappers_are_spawned_from_a_few_threads_at_once(dirs, monkeypatch):
