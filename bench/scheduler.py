@@ -226,18 +226,15 @@ class HopClock:
             for owner, name, original in originals:
                 setattr(owner, name, original)
 
-    def hops(self, state_dir: Path, job_ids: list[int]) -> str:
+    def hops(self, times: list[tuple[float, float]]) -> str:
         """The median time from a job's end record to each hop before the
-        next job's start record, over the chain's links. The commit is the
-        one that carries the job's end (a commit of the job's start may
-        still run when it ends)."""
+        next job's start record, over the chain's links (``times``: each
+        job's (started, ended), ``records``). The commit is the one that
+        carries the job's end (a commit of the job's start may still run
+        when it ends)."""
         marks = sorted(self.marks)
-        records = [JobDir(str(state_dir), job_id).read_status() for job_id in job_ids]
         offsets: dict[str, list[float]] = {}
-        for before, after in itertools.pairwise(records):
-            if before is None or after is None or before.ended is None or after.started is None:
-                continue
-            ended, started = before.ended, after.started
+        for (_, ended), (started, _) in itertools.pairwise(times):
             link = [(t, label) for t, label in marks if ended <= t <= started]
             seen: dict[str, float] = {}
             for t, label in link:
@@ -246,9 +243,9 @@ class HopClock:
             # launch (one of the job's start record may still run as it ends)
             launched = seen.get("launch begins", started)
             for label in ("Persisted", "committed", "commit begins"):
-                times = [t for t, name in link if name == label and t <= launched]
-                if times:
-                    seen[label] = launched = times[-1]
+                found = [t for t, name in link if name == label and t <= launched]
+                if found:
+                    seen[label] = launched = found[-1]
             seen["next start"] = started
             for label, t in seen.items():
                 offsets.setdefault(label, []).append((t - ended) * 1e3)
@@ -319,7 +316,7 @@ async def through_daemon(config_path: Path, pipeline: str, count: int) -> Figure
             times = await trio.to_thread.run_sync(records, state_dir, job_ids)
             figures.gaps = sorted(after[0] - before[1] for before, after in itertools.pairwise(times))
             figures.links = [after[0] - before[0] for before, after in itertools.pairwise(times)]
-            figures.hops = await trio.to_thread.run_sync(hops.hops, state_dir, job_ids)
+            figures.hops = await trio.to_thread.run_sync(hops.hops, times)
         nursery.cancel_scope.cancel()
     figures.rate = count / elapsed
     return figures

@@ -212,9 +212,8 @@ class Engine:
             torrent = await self._add(ih, info.name(), params)
             added = torrent.handle
             assert added is not None  # _add returns the torrent with its handle
-            torrent.peers.update(wanted)
             try:
-                _dial(torrent.name, added, sorted(torrent.peers))
+                _dial(torrent.name, added, sorted(set(wanted)))
                 with trio.move_on_after(PAUSED_CHECK_TIMEOUT):
                     while not (torrent.checked or torrent.full_check or torrent.error or torrent.removed):
                         await torrent.changed.wait()
@@ -222,8 +221,7 @@ class Engine:
                 if not torrent.removed and added.is_valid():
                     added.resume()
             self._request_resume(torrent)
-        else:
-            torrent.peers.update(wanted)
+        torrent.peers.update(wanted)
         handle = await self._handle_of(torrent)
         for url in trackers:  # this side's trackers, beside the torrent's own
             handle.add_tracker({"url": url})

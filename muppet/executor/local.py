@@ -182,6 +182,9 @@ class LocalBackend:
         self._spares_made = 0
         self._spares_lock = threading.Lock()
         self._closed = False
+        #: where spares wait (the job directories' parent: a wrapper cds
+        #: into its own scratch directory at once)
+        self._spares_cwd = os.path.join(state_dir, "jobs")
 
     async def launch(self, job_dir: JobDir, spec: StartJob) -> str:
         """The wrapper's pid once it has claimed the job (or found it claimed
@@ -239,16 +242,16 @@ class LocalBackend:
             spare = self._spares.pop() if self._spares else None
         if spare is None or not spare.hand(job_dir.wrapper):
             try:
-                spare = _Spare(os.path.dirname(job_dir.root))
+                spare = _Spare(self._spares_cwd)
             except OSError as error:
                 # not the job's failure: the machine's limits (EAGAIN, ENOMEM, EMFILE)
                 raise NotStarted(f"cannot start {BASH} for {job_dir.wrapper}: {error}") from None
             if not spare.hand(job_dir.wrapper):
                 raise NotStarted(f"{BASH} exited before it was given {job_dir.wrapper}")
-        self._make_spares(os.path.dirname(job_dir.root))
+        self._make_spares()
         return spare.process, spare.said
 
-    def _make_spares(self, cwd: str) -> None:
+    def _make_spares(self) -> None:
         """Spares up to ``SPARES``; a failure to make one (the machine's
         limits) is the next launch's, which makes its own."""
         while True:
@@ -257,7 +260,7 @@ class LocalBackend:
                     return
                 self._spares_made += 1
             try:
-                spare: _Spare | None = _Spare(cwd)
+                spare: _Spare | None = _Spare(self._spares_cwd)
             except OSError as error:
                 log.debug("executor %s: no spare made: %s", self.config.name, error)
                 spare = None

@@ -1414,7 +1414,7 @@ class Scheduler:
         if job_id not in self.waiting:
             self.waiting.add(job_id)
             group = self._group(job_id)
-            groups = self.parked_groups if group in self.parked_groups else self.waiting_groups
+            groups = self._groups_holding(group)
             ids = groups.get(group)
             if ids is None:
                 groups[group] = [job_id]
@@ -1436,9 +1436,12 @@ class Scheduler:
         job = self.jobs[job_id]
         return job.run_id, job.step, job.executor
 
+    def _groups_holding(self, group: WaitingGroup) -> dict[WaitingGroup, list[int]]:
+        """Where ``group``'s ids are (or go): parked, or in the pass."""
+        return self.parked_groups if group in self.parked_groups else self.waiting_groups
+
     def _take_out(self, group: WaitingGroup, job_id: int) -> None:
-        groups = self.parked_groups if group in self.parked_groups else self.waiting_groups
-        ids = groups[group]
+        ids = self._groups_holding(group)[group]
         del ids[bisect.bisect_left(ids, job_id)]
         if not ids:
             self._unpark_group(group)  # the slot's record of it goes too
