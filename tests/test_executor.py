@@ -245,6 +245,35 @@ async def test_a_local_job_runs_in_a_spare_made_before_it_came(dirs):
     await wait_until(lambda: not our_spares(), "the spares to exit once the executor stopped")
 
 
+def idle_spares() -> set[int]:
+    """Our spares that wait for a job: those that have not opened a wrapper."""
+    return {pid for pid in our_spares() if not os.path.lexists(f"/proc/{pid}/fd/7")}
+
+
+async def test_a_spare_is_made_once_a_job_is_reported_not_beside_one_that_starts(dirs, monkeypatch):
+    """The spare a launch takes is made again once a job has been reported
+    ended (while the database commits that end), not as the job starts,
+    where its bash would take the cores the job needs (docs/executor.md,
+    "Spares")."""
+    state, out = dirs
+    marker = state / "go"
+    monkeypatch.setattr(executor_task, "LOCAL_START_REPORT_DELAY", 0.0)
+    async with executor(state, out) as ex:
+        await ex.run_job(make_spec(22, "true"))
+        await wait_until(lambda: len(idle_spares()) == SPARES, f"{SPARES} spares waiting")
+        try:
+            await ex.send.send(make_spec(23, f"while [ ! -e {marker} ] && [ -d {state} ]; do sleep 0.01; done"))
+            await ex.until_started(23)
+            # the launch returned and its start was reported: a spare made
+            # at the launch would be there by now
+            assert len(idle_spares()) == SPARES - 1
+        finally:
+            await trio.Path(marker).touch()
+        _, finished = await ex.until_finished(23)
+        assert finished.state == "succeeded"
+        await wait_until(lambda: len(idle_spares()) == SPARES, "the spare taken made again")
+
+
 async def test_a_spare_that_died_while_it_waited_is_replaced(dirs):
     state, out = dirs
     async with executor(state, out) as ex:

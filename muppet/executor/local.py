@@ -182,6 +182,8 @@ class LocalBackend:
         self._spares_made = 0
         self._spares_lock = threading.Lock()
         self._closed = False
+        #: set when spares are to be made (``maintain``)
+        self._spares_wanted = trio.Event()
         #: where spares wait (the job directories' parent: a wrapper cds
         #: into its own scratch directory at once)
         self._spares_cwd = os.path.join(state_dir, "jobs")
@@ -196,6 +198,8 @@ class LocalBackend:
         process, said = await trio.to_thread.run_sync(
             self._prepare_and_spawn, job_dir, spec, limiter=self._spawning
         )
+        if not self._spares:
+            self._spares_wanted.set()  # the first launch, or spares that died
         batch_id = str(process.pid)
         self._children[batch_id] = process
         self._by_wrapper[job_dir.wrapper] = batch_id
@@ -224,17 +228,40 @@ class LocalBackend:
 
     def close(self) -> None:
         """Let the spares go (they exit once their stdin closes); none is
-        made after this. The jobs running are left alone."""
+        made after this, and ``maintain`` returns. The jobs running are left
+        alone."""
         with self._spares_lock:
             self._closed = True
             spares, self._spares = self._spares, []
         for spare in spares:
             spare.discard()
+        self._spares_wanted.set()
+
+    def job_reported(self) -> None:
+        """A job of this backend has been reported ended: spares up to
+        ``SPARES`` (``maintain``), made while the database commits that end
+        rather than beside a job that starts."""
+        if len(self._spares) < SPARES:
+            self._spares_wanted.set()
+
+    async def maintain(self) -> None:
+        """Make spares up to ``SPARES`` each time they are wanted: after a
+        launch that found none ready, and once a job has been reported ended
+        (``job_reported``). Made right after each launch instead, a spare's
+        bash started beside the job on the same two cores, and a chain of
+        short steps took 0.28 ms a link more (docs/executor.md, "Spares").
+        Runs until ``close``; without it, each launch makes its own spare."""
+        while True:
+            await self._spares_wanted.wait()
+            if self._closed:
+                return
+            self._spares_wanted = trio.Event()
+            await trio.to_thread.run_sync(self._make_spares)
 
     def _prepare_and_spawn(self, job_dir: JobDir, spec: StartJob) -> tuple[subprocess.Popen[bytes], int]:
-        """The process that runs the wrapper (a spare), and the read end of
-        the pipe on which it says whether it claimed the job; then spares
-        made up to ``SPARES``, for the next launches."""
+        """The process that runs the wrapper (a spare, made here when none
+        is ready: ``maintain`` makes them ahead), and the read end of the
+        pipe on which it says whether it claimed the job."""
         if "\n" in job_dir.wrapper:  # a spare reads one line
             raise NotStarted(f"the path {job_dir.wrapper!r} holds a newline: a spare cannot read it")
         job_dir.prepare(spec)  # raises AlreadyStarted when the status file exists
@@ -248,7 +275,6 @@ class LocalBackend:
                 raise NotStarted(f"cannot start {BASH} for {job_dir.wrapper}: {error}") from None
             if not spare.hand(job_dir.wrapper):
                 raise NotStarted(f"{BASH} exited before it was given {job_dir.wrapper}")
-        self._make_spares()
         return spare.process, spare.said
 
     def _make_spares(self) -> None:

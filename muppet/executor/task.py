@@ -116,6 +116,8 @@ async def run(
         async with trio.open_nursery() as nursery:
             executor.nursery = nursery
             nursery.start_soon(executor.report_starts)
+            for backend in executor.backends.values():
+                executor.maintain(backend)
             async for message in receive:
                 if isinstance(message, StartJob):
                     executor.start(message)
@@ -133,6 +135,15 @@ async def run(
 
 async def _unfenced() -> None:
     """No lease to check (an executor outside a daemon: the tests)."""
+
+
+def _job_reported(backend: Backend | None) -> None:
+    """A backend's ``job_reported``, for those that make something ready for
+    the next job once one has ended (local: a spare); not part of the
+    protocol."""
+    job_reported = getattr(backend, "job_reported", None)
+    if job_reported is not None:
+        job_reported()
 
 
 def _close(backend: Backend) -> None:
@@ -203,10 +214,19 @@ class _Executor:
                 # muppet validate checks the same: not expected after a reload
                 log.error("executor %s: kept as it was: %s", name, error)
                 continue
+            self.maintain(self.backends[name])
             if old is not None:
                 # its jobs in hand keep it; what it keeps for new jobs goes
                 _close(old)
             log.info("executor %s: %s", name, "changed" if old is not None else "added")
+
+    def maintain(self, backend: Backend) -> None:
+        """Run a backend's ``maintain`` task, for those that keep something
+        ready between jobs (local: its spares); it returns once the backend
+        is closed. Not part of the protocol."""
+        maintain = getattr(backend, "maintain", None)
+        if maintain is not None:
+            self.nursery.start_soon(maintain)
 
     def report_start_later(self, job: _Job, batch_id: str, started: float) -> None:
         """Have ``report_starts`` report the start of the local job ``job``
@@ -291,6 +311,7 @@ class _Job:
     async def run(self) -> None:
         try:
             await self.executor.send.send(await self._report())
+            _job_reported(self.backend)
         finally:
             self.executor.jobs.pop(self.id, None)
 
