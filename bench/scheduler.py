@@ -36,6 +36,7 @@ rate without that cost (the databases stay where they were).
 from __future__ import annotations
 
 import argparse
+import bisect
 import itertools
 import os
 import resource
@@ -233,9 +234,12 @@ class HopClock:
         carries the job's end (a commit of the job's start may still run
         when it ends)."""
         marks = sorted(self.marks)
+        stamps = [t for t, _ in marks]
         offsets: dict[str, list[float]] = {}
         for (_, ended), (started, _) in itertools.pairwise(times):
-            link = [(t, label) for t, label in marks if ended <= t <= started]
+            # the marks between the two records (bisected: a fan-out has
+            # thousands of links and marks)
+            link = marks[bisect.bisect_left(stamps, ended):bisect.bisect_right(stamps, started)]
             seen: dict[str, float] = {}
             for t, label in link:
                 seen.setdefault(label, t)

@@ -350,12 +350,14 @@ class LocalBackend:
         _signal_group(pgid, signal.SIGKILL)
 
     async def _orphan(self, wrapper: str) -> int | None:
-        async with self._orphans_lock:
-            if self._orphans is None:
-                # One scan serves every job re-attached after a restart: a
-                # wrapper that is not in it was started by nobody but us, and
-                # ours are in ``_children``.
-                self._orphans = await trio.to_thread.run_sync(scan_wrappers, self.state_dir)
+        if self._orphans is None:
+            async with self._orphans_lock:
+                if self._orphans is None:
+                    # One scan serves every job re-attached after a restart: a
+                    # wrapper that is not in it was started by nobody but us,
+                    # and ours are in ``_children``.
+                    self._orphans = await trio.to_thread.run_sync(scan_wrappers, self.state_dir)
+        # once scanned, a look-up without a checkpoint: every new job asks
         pid = self._orphans.get(wrapper)
         if pid is not None and _is_wrapper(pid, wrapper):
             return pid
