@@ -152,7 +152,7 @@ def hooks():
 
 
 def gate(tmp_path: Path, name: str) -> str:
-    return f"while [ ! -e {tmp_path}/{name} ]; do sleep 0.05; done"
+    return f"until [ -e {tmp_path}/{name} ] || [ $SECONDS -ge 300 ]; do sleep 0.05; done"
 
 
 DAEMON = """
@@ -371,7 +371,7 @@ async def test_a_storm_of_200_failures_makes_one_message_per_stakeholder(tmp_pat
             owner = "ops"
             cron = ["0 0 1 1 *"]  # yearly: no firing of its own during the test
             [steps.a]
-            command = 'while [ ! -e {tmp_path}/go ]; do sleep 0.5; done; exit 1'
+            command = 'until [ -e {tmp_path}/go ] || [ $SECONDS -ge 300 ]; do sleep 0.5; done; exit 1'
             """,
     }, digest=6, max_jobs=200)
     first = datetime(1826, 1, 1, tzinfo=UTC)

@@ -368,7 +368,7 @@ async def test_a_duplicate_that_finds_the_job_claimed_follows_the_claimant(kind,
     state, out = dirs
     job_id = new_id()
     runs, release = tmp_path / "runs", tmp_path / "release"
-    command = f"echo run >> {runs}; while [ ! -e {release} ]; do sleep 0.1; done; echo finished"
+    command = f"echo run >> {runs}; until [ -e {release} ] || [ $SECONDS -ge 300 ]; do sleep 0.1; done; echo finished"
     hold = ["-h"] if kind == "gridengine" else ["--hold"]
     # the executor's copy is submitted held, so that the other one claims first
     spec = make_spec(job_id, command, resources={"submit_options": hold})
@@ -445,7 +445,7 @@ async def test_kill_9_of_the_daemon_then_reattach(kind, dirs, tmp_path, when):
     runs = tmp_path / "runs"
     # the job waits for the test to let it end (so that it is still running
     # when the daemon dies), and counts its runs outside its scratch
-    command = f"echo run >> {runs}; while [ ! -e {release} ]; do sleep 0.1; done; echo finished"
+    command = f"echo run >> {runs}; until [ -e {release} ] || [ $SECONDS -ge 300 ]; do sleep 0.1; done; echo finished"
     # queued: submitted held, so that it is surely still queued at the kill
     hold = "" if when == "running" else ("-h" if kind == "gridengine" else "--hold")
     # its stderr goes where pytest captures the test's

@@ -373,7 +373,7 @@ GATED = STAKEHOLDER + """
 name = "gated"
 owner = "ops"
 [steps.a]
-command = "while [ ! -e $GATE ]; do sleep 0.05; done"
+command = "until [ -e $GATE ] || [ $SECONDS -ge 300 ]; do sleep 0.05; done"
 env = {{ GATE = "{gate}" }}
 [steps.b]
 parents = ["a"]

@@ -580,9 +580,8 @@ async def test_a_wrapper_without_status_is_found(dirs, tmp_path, runner):
     # hold the wrapper before its first line, as if caught right after the hand-over
     wrapper = trio.Path(job_dir.wrapper)
     script = await wrapper.read_text()
-    await wrapper.write_text(
-        script.replace("#!/bin/bash\n", f"#!/bin/bash\nwhile [ ! -e {gate} ]; do read -t 0.05 <> <(:) || :; done\n", 1)
-    )
+    hold = f"until [ -e {gate} ] || [ $SECONDS -ge 300 ]; do read -t 0.05 <> <(:) || :; done\n"
+    await wrapper.write_text(script.replace("#!/bin/bash\n", "#!/bin/bash\n" + hold, 1))
     if runner == "spare":
         orphan = await trio.lowlevel.open_process(
             ["/bin/bash", "-c", _SPARE_SCRIPT, SPARE_NAME], start_new_session=True, stdin=subprocess.PIPE

@@ -205,7 +205,7 @@ PIPELINES = {
     "quick": '[pipeline]\nname = "quick"\nowner = "ops"\n[steps.a]\ncommand = "true"\n',
     # runs until the test makes the gate file
     "gated": ('[pipeline]\nname = "gated"\nowner = "ops"\n[steps.a]\n'
-              'command = "while [ ! -e {tmp}/gate ]; do sleep 0.05; done"\n'),
+              'command = "until [ -e {tmp}/gate ] || [ $SECONDS -ge 300 ]; do sleep 0.05; done"\n'),
 }
 
 

@@ -36,7 +36,7 @@ DEADLINE = 60
 
 def gated(tmp_path: Path) -> str:
     """A shell line that waits until the test opens this run's gate."""
-    return f'while [ ! -e {tmp_path}/open-$MUPPET_RUN_ID ]; do sleep 0.05; done'
+    return f'until [ -e {tmp_path}/open-$MUPPET_RUN_ID ] || [ $SECONDS -ge 300 ]; do sleep 0.05; done'
 
 
 def pipelines(tmp_path: Path) -> dict[str, str]:

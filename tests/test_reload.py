@@ -101,7 +101,7 @@ class Setup:
             owner = "ops"
             cron = ["0 0 1 1 *"]
             [steps.gate]
-            command = 'while [ ! -e {self.tmp}/open-$MUPPET_RUN_ID ]; do sleep 0.05; done'
+            command = 'until [ -e {self.tmp}/open-$MUPPET_RUN_ID ] || [ $SECONDS -ge 300 ]; do sleep 0.05; done'
             [steps.convert]
             parents = ["gate"]
             command = 'echo "{version} $MUPPET_RUN_ID" >> {self.ledger}'
@@ -255,7 +255,7 @@ async def test_executor_max_jobs_raised_and_lowered_applies_at_once(nursery, tmp
         owner = "ops"
         [steps.work]
         jobs = 4
-        command = 'while [ ! -e {tmp_path}/open-job-$MUPPET_JOB_ID ]; do sleep 0.05; done'
+        command = 'until [ -e {tmp_path}/open-job-$MUPPET_JOB_ID ] || [ $SECONDS -ge 300 ]; do sleep 0.05; done'
         """)
     url = await start(nursery, setup)
     async with connect(url) as client:
