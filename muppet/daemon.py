@@ -9,8 +9,8 @@ This is the whole flow-based network, drawn once::
     database ─Persisted────────────────┘                 │          ExecutorSettings
                                                          Persist
                                                          v
-    api ──────IndexWrite──────────────────────────────> database ──newest event number──> api
-    expiry ───IndexWrite──────────────────────────────>    │         (its event hub reads
+    api ──────IndexWrite──────────────────────────────> database ──EventsCommitted──> api
+    expiry ───IndexWrite──────────────────────────────>    │         (its event hub takes
                                                             │          the new events)
     api: its own read connections to the database <─────────┘
     api, SIGHUP ──Reload──> reload ──replaces──> RunningConfig <──reads── api, cron, expiry
@@ -69,7 +69,7 @@ from .db.reads import Snapshot
 from .db.store import CONNECTION_TAG, DatabaseUnavailable, Store
 from .executor import task as executor_task
 from .index import expiry
-from .messages import Operator, Persisted, Reload, ToDatabase, ToExecutor, ToScheduler
+from .messages import EventsCommitted, Operator, Persisted, Reload, ToDatabase, ToExecutor, ToScheduler
 from .model import Config
 from .running import Role, RunningConfig
 from .scheduler import task as scheduler_task
@@ -104,8 +104,8 @@ class _Wiring:
     scheduler_inbox: trio.MemoryReceiveChannel[ToScheduler]
     to_database: trio.MemorySendChannel[ToDatabase]
     database_inbox: trio.MemoryReceiveChannel[ToDatabase]
-    to_api: trio.MemorySendChannel[int]
-    committed: trio.MemoryReceiveChannel[int]
+    to_api: trio.MemorySendChannel[EventsCommitted]
+    committed: trio.MemoryReceiveChannel[EventsCommitted]
 
     @classmethod
     def make(cls, config: Config, role: Role) -> _Wiring:
@@ -114,7 +114,7 @@ class _Wiring:
         to_database, database_inbox = trio.open_memory_channel[ToDatabase](QUEUE)
         # one slot: while a number waits, a newer one is dropped; the hub
         # reads up to the newest event whatever number woke it
-        to_api, committed = trio.open_memory_channel[int](1)
+        to_api, committed = trio.open_memory_channel[EventsCommitted](1)
         return cls(
             config, DatabaseHealth(describe_url(config.daemon.database)), metrics.Metrics(),
             # the configuration as the daemon runs it now: the reload task

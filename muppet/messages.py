@@ -381,6 +381,22 @@ class Persisted:
     requests: tuple[UpdateRequest, ...] = ()
 
 
+#: one row of the event log as the database holds it: (id, at, kind,
+#: product, subject_id, payload)
+EventLogRow = tuple[int, float, str, "str | None", int, str]
+
+
+@attrs.frozen
+class EventsCommitted:
+    """From the database task to the API's event hub after each commit: the
+    newest event number, and the events that commit appended, in order, as
+    the log's rows; None when the commit cannot tell them (a retried batch,
+    one that pruned), and the hub reads the log instead."""
+
+    newest: int
+    rows: tuple[EventLogRow, ...] | None = None
+
+
 @attrs.frozen
 class Trigger:
     """Make a run of ``pipeline`` for ``reference_time`` (UTC, aware)."""

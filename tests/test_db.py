@@ -21,6 +21,7 @@ from muppet.db import DatabaseUnavailable, Snapshot, StoreError, open_store, rea
 from muppet.db import task as db_task
 from muppet.db.migrations import MIGRATIONS, latest_version
 from muppet.db.writes import Committed
+from muppet.index import queries
 from muppet.messages import (
     NOT_FOUND,
     DefineIndex,
@@ -286,6 +287,31 @@ def test_events_are_appended_in_order_in_the_same_transaction(store, database_ur
     # and the store goes on working
     writes.write(store, [attrs.evolve(running, state=JobState.SUCCEEDED)])
     assert reads.get_job(store, 2).state is JobState.SUCCEEDED
+
+
+def test_a_commit_tells_the_events_it_appended_as_the_log_holds_them(store):
+    """``Committed.events`` is what the API's event hub delivers without
+    reading the log back (muppet/index/events.py): the same rows, the same
+    numbers, the product of an index event included."""
+    index = DefineIndex(
+        products=(Product("arome", "AROME", file_count=2),),
+        formats=(DataFormat("netcdf", "NetCDF"),),
+        backends=(ServiceBackend("lustre-a", "Lustre A", "file:///lustre/a"),),
+    )
+    writes.write(store, [new_run(1, [1]), index])
+    before = reads.last_event_id(store)
+    batch = [new_run(2, [2, 3], hour=12), attrs.evolve(make_job(1, 1), state=JobState.RUNNING),
+             RegisterFiles((_new_file("1.nc"),))]
+    done = writes.write(store, batch, token="batch-a")
+    logged = queries.events_since(store, before, pruned=False)
+    assert len(logged) == 6 and {e["kind"] for e in logged} == {"run", "job", "file", "instance"}
+    assert done.events is not None and [queries.event_from_row(row) for row in done.events] == logged
+    assert done.events[-1][0] == done.last_event_id == reads.last_event_id(store)
+    assert [row[3] for row in done.events if row[2] == "file"] == ["arome"]
+    # a batch that appended nothing says so; a retry of a committed batch
+    # cannot tell what that commit appended
+    assert writes.write(store, [JobLog(job_id=1, stdout="x", stderr="")]).events == ()
+    assert writes.write(store, batch, token="batch-a").events is None
 
 
 def test_a_batch_token_makes_a_retry_write_nothing_twice(store):

@@ -521,7 +521,7 @@ async def run(
     scheduler: trio.MemorySendChannel[messages.Asked],
     database: trio.MemorySendChannel[messages.ToDatabase],
     *,
-    committed: trio.MemoryReceiveChannel[int] | None = None,
+    committed: trio.MemoryReceiveChannel[messages.EventsCommitted] | None = None,
     health: DatabaseHealth | None = None,
     listeners: Listeners | None = None,
     reply_timeout: float = REPLY_TIMEOUT,
@@ -533,8 +533,9 @@ async def run(
     """The API task: serve JSON-RPC 2.0 over websocket on ``config.api.listen``
     (wss:// with ``tls_cert`` and ``tls_key``).
 
-    Receives: on ``committed``, the newest event number after each commit of
-    the database task (without it, the event hub looks every second);
+    Receives: on ``committed``, the newest event number and the events
+    appended after each commit of the database task (without it, the event
+    hub looks every second);
     requests from websocket clients. Answers from ``running``, the
     configuration the daemon runs now (a reload replaces it; without it,
     ``config`` for good), and sends ``daemon.reload`` to ``reloads``.
@@ -597,7 +598,7 @@ async def run(
             role=role or Role(True),
         )
         if committed is None:
-            _never, committed = trio.open_memory_channel[int](0)
+            _never, committed = trio.open_memory_channel[messages.EventsCommitted](0)
             poll = 1.0
         else:
             poll = 5.0

@@ -28,7 +28,17 @@ from .. import metrics
 from ..alerts.changes import AlertWrite
 from ..executor.jobdir import highest_job_id
 from ..fileio import usable_directory
-from ..messages import Change, DefineIndex, IndexWritten, Persist, Persisted, Pruned, PruneWrite, ToDatabase
+from ..messages import (
+    Change,
+    DefineIndex,
+    EventsCommitted,
+    IndexWritten,
+    Persist,
+    Persisted,
+    Pruned,
+    PruneWrite,
+    ToDatabase,
+)
 from ..model import Config
 from ..scheduler import cycling
 from . import reads, writes
@@ -114,7 +124,7 @@ async def run(
     *,
     retry_initial: float = 0.1,
     retry_max: float = 5.0,
-    committed: trio.MemorySendChannel[int] | None = None,
+    committed: trio.MemorySendChannel[EventsCommitted] | None = None,
     health: DatabaseHealth | None = None,
     lease: Mark | None = None,
 ) -> None:
@@ -136,11 +146,12 @@ async def run(
     committed copies of its changes in the order they arrived, the NewRuns
     refused as duplicates, and the instances any write completed; a batch of
     index writes that completed nothing is not the scheduler's business. On
-    ``committed``, if given, the newest event number after the commit,
-    without waiting: it is a hint for the API's event hub, which reads
-    everything new when it wakes; while an earlier hint still waits in the
+    ``committed``, if given, ``EventsCommitted``: the newest event number
+    after the commit and the events it appended, without waiting. The API's
+    event hub delivers those when they follow the last event it delivered,
+    and reads the log otherwise; while an earlier message still waits in the
     one-slot channel the newer one is dropped, which loses nothing, because
-    the hub reads up to the newest event whatever number woke it.
+    the hub then reads up to the newest event.
 
     Failures: a commit that fails for a transient reason (database locked,
     full, PostgreSQL down or restarting, connection lost) was rolled back; it
@@ -204,7 +215,7 @@ async def run(
             done = await _commit(store, changes, health, retry_initial, retry_max, lease)
             if committed is not None:
                 try:
-                    committed.send_nowait(done.last_event_id)
+                    committed.send_nowait(EventsCommitted(done.last_event_id, done.events))
                 except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
             _answer(replies, done)

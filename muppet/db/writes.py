@@ -30,6 +30,7 @@ from ..messages import (
     DefineIndex,
     DeleteFiles,
     EndedRun,
+    EventLogRow,
     IndexWritten,
     LateNotice,
     NewRun,
@@ -70,6 +71,9 @@ class Committed:
     #: the number of the newest event once the batch committed (not part of
     #: equality: two writes of the same changes are the same commit)
     last_event_id: int = attrs.field(default=0, eq=False)
+    #: the events the batch appended, as the log's rows, when it can tell
+    #: (``_appended``); None otherwise
+    events: tuple[EventLogRow, ...] | None = attrs.field(default=None, eq=False)
 
     @property
     def completed(self) -> tuple[CompletedInstance, ...]:
@@ -225,6 +229,10 @@ def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | 
             raise TypeError(f"change {position}: cannot persist a {type(change).__name__}")
     if definitions:
         cursor.executemany(store.sql(_INSERT_DEFINITION), list(definitions.values()))
+    before: int | None = None
+    if events and not prunes:
+        cursor.execute("SELECT MAX(id) FROM events")
+        before = cursor.fetchone()[0] or 0
     for sql, rows in (
         (_UPSERT_RUN, runs), (_UPSERT_JOB, jobs), (_UPSERT_LOG, logs), (_INSERT_EVENT, events),
     ):
@@ -251,7 +259,23 @@ def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | 
     last_event_id = newest
     committed = _committed(changes, rejected, written, last_event_id)
     return attrs.evolve(committed, ended=_ended_needed(store, cursor, changes, rejected),
-                        requests=_requests_written(store, cursor, changes), pruned=pruned)
+                        requests=_requests_written(store, cursor, changes), pruned=pruned,
+                        events=() if not events and not prunes else _appended(events, before, newest))
+
+
+def _appended(events: list[index_write.EventRow], before: int | None, newest: int) -> tuple[EventLogRow, ...] | None:
+    """The log's rows of ``events``, inserted in this order after event
+    ``before``, now that ``newest`` is the newest: numbered ``before + 1``
+    on when exactly their count was added, as the one writer's inserts are
+    (SQLite's rowids; PostgreSQL's identity, drawn in order); None when the
+    numbers say otherwise (a log emptied by pruning restarts at no lower
+    number), so that nobody is told a wrong one."""
+    if before is None or newest - before != len(events):
+        return None
+    return tuple(
+        (before + offset, at, kind, product, subject_id, payload)
+        for offset, (at, kind, subject_id, payload, product) in enumerate(events, start=1)
+    )
 
 
 def _write_request(store: Store, cursor: Any, change: UpdateRequest) -> None:
