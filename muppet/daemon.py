@@ -112,8 +112,8 @@ class _Wiring:
         to_reloader, reload_inbox = trio.open_memory_channel[Reload](RELOADS)
         to_scheduler, scheduler_inbox = trio.open_memory_channel[ToScheduler](math.inf)
         to_database, database_inbox = trio.open_memory_channel[ToDatabase](QUEUE)
-        # one slot: while a number waits, a newer one is dropped; the hub
-        # reads up to the newest event whatever number woke it
+        # one slot: while a commit's events wait, a newer commit's are
+        # dropped; the hub then reads the log up to the newest event
         to_api, committed = trio.open_memory_channel[EventsCommitted](1)
         return cls(
             config, DatabaseHealth(describe_url(config.daemon.database)), metrics.Metrics(),
