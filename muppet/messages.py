@@ -391,7 +391,8 @@ class EventsCommitted:
     """From the database task to the API's event hub after each commit: the
     newest event number, and the events that commit appended, in order, as
     the log's rows; None when the commit cannot tell them (a retried batch,
-    one that pruned), and the hub reads the log instead."""
+    one that pruned, numbers not the ones its inserts would draw), and the
+    hub reads the log instead."""
 
     newest: int
     rows: tuple[EventLogRow, ...] | None = None
