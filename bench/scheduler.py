@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
+import functools
 import itertools
 import os
 import resource
@@ -293,7 +295,10 @@ class Figures:
                 f"daemon {self.daemon * 1e3:5.2f} ms")
 
 
-async def through_daemon(config_path: Path, pipeline: str, count: int) -> Figures:
+async def through_daemon(config_path: Path, pipeline: str, count: int, *, links: bool = False) -> Figures:
+    """The run of ``pipeline`` through a daemon; with ``links`` (a chain),
+    also each link's time and where it goes, from the wrappers' records and
+    ``HopClock``, whose marks are then taken during the run."""
     config = load_config(config_path)
     figures = Figures(count)
     files, hops = FileClock(), HopClock()
@@ -302,7 +307,7 @@ async def through_daemon(config_path: Path, pipeline: str, count: int) -> Figure
         async with connect(f"ws://127.0.0.1:{port}") as client:
             children, own = cpu(resource.RUSAGE_CHILDREN), cpu(resource.RUSAGE_SELF)
             begin = time.perf_counter()
-            with files.installed(), hops.installed():
+            with files.installed(), hops.installed() if links else contextlib.nullcontext():
                 run_id = (await client.call("runs.trigger", {"pipeline": pipeline}))["run_id"]
                 while True:
                     run = await client.call("runs.list", {"limit": 1})
@@ -314,13 +319,14 @@ async def through_daemon(config_path: Path, pipeline: str, count: int) -> Figure
             figures.files = files.seconds / count
             figures.daemon = (cpu(resource.RUSAGE_SELF) - own) / count - figures.files
             assert run[0]["state"] == "succeeded", run
-            # runs.get: every job of the run (jobs.list stops at 1,000)
-            job_ids = sorted(job["id"] for job in (await client.call("runs.get", {"run_id": run_id}))["jobs"])
-            state_dir = Path(config.daemon.state_dir)
-            times = await trio.to_thread.run_sync(records, state_dir, job_ids)
-            figures.gaps = sorted(after[0] - before[1] for before, after in itertools.pairwise(times))
-            figures.links = [after[0] - before[0] for before, after in itertools.pairwise(times)]
-            figures.hops = await trio.to_thread.run_sync(hops.hops, times)
+            if links:
+                # runs.get: every job of the run (jobs.list stops at 1,000)
+                job_ids = sorted(job["id"] for job in (await client.call("runs.get", {"run_id": run_id}))["jobs"])
+                state_dir = Path(config.daemon.state_dir)
+                times = await trio.to_thread.run_sync(records, state_dir, job_ids)
+                figures.gaps = sorted(after[0] - before[1] for before, after in itertools.pairwise(times))
+                figures.links = [after[0] - before[0] for before, after in itertools.pairwise(times)]
+                figures.hops = await trio.to_thread.run_sync(hops.hops, times)
         nursery.cancel_scope.cancel()
     figures.rate = count / elapsed
     return figures
@@ -376,7 +382,7 @@ def main() -> None:
             root.mkdir(exist_ok=True)
             config = write_config(root, url, args.max_jobs, args.jobs, args.chain, Path(states) / name)
             fan = trio.run(through_daemon, config, "fan", args.jobs)
-            chain = trio.run(through_daemon, config, "chain", args.chain)
+            chain = trio.run(functools.partial(through_daemon, config, "chain", args.chain, links=True))
             print(
                 f"{name:9s} fan-out: {fan.rate:8.1f} jobs/s ({fan.rate / plain:5.1%} of plain true, "
                 f"{fan.rate / plain_bash:5.1%} of plain bash -c true)   "

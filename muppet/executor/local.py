@@ -176,10 +176,9 @@ class LocalBackend:
         self._orphans: dict[str, int] | None = None
         self._orphans_lock = trio.Lock()
         self._spawning = trio.CapacityLimiter(SPAWN_THREADS)
-        #: spares ready, and how many are being made; taken and made in the
-        #: spawning threads, dropped by ``close`` in the Trio thread
+        #: spares ready: taken in the spawning threads, made in
+        #: ``maintain``'s, dropped by ``close`` in the Trio thread
         self._spares: list[_Spare] = []
-        self._spares_made = 0
         self._spares_lock = threading.Lock()
         self._closed = False
         #: set when spares are to be made (``maintain``)
@@ -278,25 +277,23 @@ class LocalBackend:
         return spare.process, spare.said
 
     def _make_spares(self) -> None:
-        """Spares up to ``SPARES``; a failure to make one (the machine's
-        limits) is the next launch's, which makes its own."""
+        """Spares up to ``SPARES`` (``maintain`` alone makes them, one call
+        at a time); a failure to make one (the machine's limits) is the next
+        launch's, which makes its own."""
         while True:
             with self._spares_lock:
-                if self._closed or len(self._spares) + self._spares_made >= SPARES:
+                if self._closed or len(self._spares) >= SPARES:
                     return
-                self._spares_made += 1
             try:
-                spare: _Spare | None = _Spare(self._spares_cwd)
+                spare = _Spare(self._spares_cwd)
             except OSError as error:
                 log.debug("executor %s: no spare made: %s", self.config.name, error)
-                spare = None
+                return
             with self._spares_lock:
-                self._spares_made -= 1
-                if spare is not None and not self._closed:
+                if not self._closed:
                     self._spares.append(spare)
                     continue
-            if spare is not None:
-                spare.discard()
+            spare.discard()
             return
 
     async def wait(self, job_dir: JobDir, batch_id: str) -> int | None:

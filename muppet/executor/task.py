@@ -26,7 +26,7 @@ import math
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -137,19 +137,16 @@ async def _unfenced() -> None:
     """No lease to check (an executor outside a daemon: the tests)."""
 
 
-def _job_reported(backend: Backend | None) -> None:
-    """A backend's ``job_reported``, for those that make something ready for
-    the next job once one has ended (local: a spare); not part of the
-    protocol."""
-    job_reported = getattr(backend, "job_reported", None)
-    if job_reported is not None:
-        job_reported()
+def _optional(backend: Backend | None, name: str) -> Callable[[], Any] | None:
+    """A backend's optional method ``name`` (``close``, ``job_reported``,
+    ``maintain``: for those that keep something ready between jobs, local
+    its spares; backend.py), or None: not part of the protocol."""
+    method: Callable[[], Any] | None = getattr(backend, name, None)
+    return method
 
 
 def _close(backend: Backend) -> None:
-    """A backend's ``close``, for those that hold something between jobs
-    (local: its spares); not part of the protocol."""
-    close = getattr(backend, "close", None)
+    close = _optional(backend, "close")
     if close is not None:
         close()
 
@@ -221,10 +218,9 @@ class _Executor:
             log.info("executor %s: %s", name, "changed" if old is not None else "added")
 
     def maintain(self, backend: Backend) -> None:
-        """Run a backend's ``maintain`` task, for those that keep something
-        ready between jobs (local: its spares); it returns once the backend
-        is closed. Not part of the protocol."""
-        maintain = getattr(backend, "maintain", None)
+        """Run a backend's ``maintain`` task, if it has one; it returns once
+        the backend is closed."""
+        maintain = _optional(backend, "maintain")
         if maintain is not None:
             self.nursery.start_soon(maintain)
 
@@ -311,7 +307,9 @@ class _Job:
     async def run(self) -> None:
         try:
             await self.executor.send.send(await self._report())
-            _job_reported(self.backend)
+            job_reported = _optional(self.backend, "job_reported")
+            if job_reported is not None:
+                job_reported()
         finally:
             self.executor.jobs.pop(self.id, None)
 
