@@ -5,14 +5,15 @@ API tasks as `muppet daemon` has them) on SQLite and on PostgreSQL:
 - fan-out: one step with ``jobs = N``, command ``true``;
 - chain: ``C`` steps in a line, command ``true``;
 and in the same run N plain spawns of ``true``, and N of ``bash -c true``,
-with the same parallelism as the executor's ``max_jobs``. Prints the
-fan-out's jobs per second (from the trigger to the run's end, seen by a
-look every 50 ms) and the ratio to each (``bash -c true`` is the reference
-of the scale targets in docs/performance.md: a job's command runs under
-bash); the chain's time per link, from one job's start record to the next
-one's (the wrappers' own clock, to the microsecond: the 50 ms looks would
-add up to 0.5 ms a link); the machine's load average, and where the CPU of
-a fan-out job goes:
+with the same parallelism as the executor's ``max_jobs`` (and N of the
+executor's own bash, ``bash-static -c true``, where that is installed:
+docs/executor.md, "Which bash runs a job"). Prints the fan-out's jobs per
+second (from the trigger to the run's end, seen by a look every 50 ms) and
+the ratio to each (``bash -c true`` is the reference of the scale targets in
+docs/performance.md: a job's command runs under bash); the chain's time per
+link, from one job's start record to the next one's (the wrappers' own clock,
+to the microsecond: the 50 ms looks would add up to 0.5 ms a link); the
+machine's load average, and where the CPU of a fan-out job goes:
 
 - wrapper: the CPU of the job's processes (its wrapper and what that runs),
   from ``getrusage(RUSAGE_CHILDREN)``: the daemon runs in this process, so
@@ -366,6 +367,13 @@ def main() -> None:
     plain_bash, bash_cpu = trio.run(plain_spawns, args.jobs, args.max_jobs, ["bash", "-c", "true"])
     print(f"plain spawns of bash -c true ({args.max_jobs} at a time): {plain_bash:8.1f} /s, "
           f"{bash_cpu * 1e3:.2f} ms CPU each")
+    jobs_bash = local.default_bash()
+    plain_jobs_bash, of_jobs_bash = plain_bash, ""
+    if jobs_bash != local.BASH:
+        plain_jobs_bash, jobs_bash_cpu = trio.run(plain_spawns, args.jobs, args.max_jobs, [jobs_bash, "-c", "true"])
+        print(f"plain spawns of {jobs_bash} -c true, the bash the jobs run under ({args.max_jobs} at a time): "
+              f"{plain_jobs_bash:8.1f} /s, {jobs_bash_cpu * 1e3:.2f} ms CPU each")
+        of_jobs_bash = f", {{:5.1%}} of plain {jobs_bash} -c true"
     with (
         tempfile.TemporaryDirectory(prefix="muppet-bench-") as tmp,
         tempfile.TemporaryDirectory(prefix="muppet-bench-state-", dir=args.state_dir_under) as states,
@@ -385,7 +393,8 @@ def main() -> None:
             chain = trio.run(functools.partial(through_daemon, config, "chain", args.chain, links=True))
             print(
                 f"{name:9s} fan-out: {fan.rate:8.1f} jobs/s ({fan.rate / plain:5.1%} of plain true, "
-                f"{fan.rate / plain_bash:5.1%} of plain bash -c true)   "
+                f"{fan.rate / plain_bash:5.1%} of plain bash -c true"
+                f"{of_jobs_bash.format(fan.rate / plain_jobs_bash)})   "
                 f"chain: {statistics.fmean(chain.links) * 1e3:4.2f} ms per link (median "
                 f"{statistics.median(chain.links) * 1e3:4.2f})   "
                 f"load average {os.getloadavg()[0]:.1f}"

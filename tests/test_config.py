@@ -286,6 +286,11 @@ def test_local_executor_can_be_redefined(tmp_path):
     assert load_config(conf).executors == {"local": ExecutorConfig("local", "local", max_jobs=3)}
 
 
+def test_a_local_executor_names_the_bash_its_jobs_run_under(tmp_path):
+    conf = setup(tmp_path, None, '[executors.local]\ntype = "local"\nbash = "/bin/bash"\n')
+    assert load_config(conf).executors["local"].options == {"bash": "/bin/bash"}
+
+
 def test_step_resources_and_other_executor(tmp_path):
     conf = setup(
         tmp_path,
@@ -748,6 +753,11 @@ def test_cron_aliases_and_time_zones_accepted(tmp_path):
         ('[executors.x]\ntype = "slurm"\nsubmit_options = [1]', "executors.x", "submit_options", ("list of",)),
         ('[executors.x]\ntype = "gridengine"\nslots = "2"', "executors.x", "slots", ("an integer",)),
         ('[executors."a b"]\ntype = "local"', "executors.a b", "", ("may only contain",)),
+        ('[executors.x]\ntype = "local"\nbash = "bash"', "executors.x", "bash", ("an absolute path", '"bash"')),
+        ('[executors.x]\ntype = "local"\nbash = "/no/such/bash"', "executors.x", "bash",
+         ("/no/such/bash is not an executable file here",)),
+        ('[executors.x]\ntype = "local"\nbash = "/tmp"', "executors.x", "bash", ("/tmp is not an executable file",)),
+        ('[executors.x]\ntype = "slurm"\nbash = "/bin/bash"', "executors.x", "bash", ("unknown key",)),
         ("[executors]\nx = 1", "executors", "x", ("must be a table",)),
         ("[stakeholders]\nx = 1", "stakeholders", "x", ("must be a table",)),
         ('[stakeholders.x]\nemail = "nobody"', "stakeholders.x", "email", ("not an e-mail address",)),

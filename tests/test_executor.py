@@ -16,6 +16,7 @@ import attrs
 import pytest
 import trio
 from executor_harness import SAFETY, fill, free_pages, make_dirs, running_executor
+from services import service_missing
 from waiting import wait_until_async
 
 from muppet.executor import task as executor_task
@@ -29,6 +30,7 @@ from muppet.executor.local import (
     LocalBackend,
     _cmdline,
     _is_wrapper,
+    default_bash,
     group_members,
     scan_wrappers,
 )
@@ -283,6 +285,35 @@ async def test_a_spare_that_died_while_it_waited_is_replaced(dirs):
             os.kill(pid, signal.SIGKILL)
         _, finished = await ex.run_job(make_spec(19, "echo ran"))
         assert (finished.state, finished.stdout_tail) == ("succeeded", "ran\n")
+
+
+async def test_a_local_job_runs_under_the_bash_its_executor_names(dirs):
+    """The ``bash`` option chooses what the spares run, and with it the
+    wrapper and the command (docs/executor.md, "Which bash runs a job")."""
+    state, out = dirs
+    executors = {"local": attrs.evolve(EXECUTORS["local"], options={"kill_grace": 5, "bash": "/bin/bash"})}
+    async with running_executor(executors, state, out) as ex:
+        _, finished = await ex.run_job(make_spec(24, 'echo "$BASH"'))
+    assert (finished.state, finished.stdout_tail) == ("succeeded", "/bin/bash\n")
+
+
+async def test_a_local_job_runs_under_bash_static_where_it_is_installed(dirs):
+    """Without the option, a local job runs under Debian's bash-static,
+    which starts in less CPU than /bin/bash (docs/executor.md, "Which bash
+    runs a job")."""
+    if not os.access("/bin/bash-static", os.X_OK):
+        service_missing("bash-static is not installed (apt-get install bash-static)")
+    assert default_bash() == "/bin/bash-static"
+    state, out = dirs
+    async with executor(state, out) as ex:
+        _, finished = await ex.run_job(make_spec(25, 'echo "$BASH ${BASH_VERSINFO[0]}"'))
+    assert (finished.state, finished.stdout_tail) == ("succeeded", "/bin/bash-static 5\n")
+
+
+def test_a_local_executor_refuses_a_bash_it_cannot_run(tmp_path):
+    config = ExecutorConfig(name="quick", type="local", options={"bash": str(tmp_path / "bash")})
+    with pytest.raises(ValueError, match=rf"\[executors.quick\] bash: {tmp_path}/bash is not an executable file"):
+        LocalBackend(config, str(tmp_path))
 
 
 async def test_failure_reports_exit_code_and_tails(dirs):

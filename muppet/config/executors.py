@@ -15,13 +15,14 @@ from typing import Any
 
 from ..model import ExecutorConfig
 from ..resources import BATCH_SETTINGS, RESOURCE_KEYS, check_option
-from ..tomlcheck import MISSING, TomlFile, integer, show
+from ..tomlcheck import MISSING, Bad, TomlFile, integer, show, string
 from .checks import NAME, NAME_RULE, choice
 
 __all__ = [
     "BATCH_EXECUTOR_KEYS",
     "BATCH_MAX_JOBS",
     "EXECUTOR_TYPES",
+    "LOCAL_EXECUTOR_KEYS",
     "default_executors",
     "executor_tables",
     "resource_options",
@@ -32,6 +33,9 @@ EXECUTOR_TYPES = ("local", "gridengine", "slurm")
 #: what a batch executor's table takes beside ``type`` and ``max_jobs``: the
 #: resources its jobs get unless a step says otherwise, and its own settings
 BATCH_EXECUTOR_KEYS = RESOURCE_KEYS + BATCH_SETTINGS
+
+#: what a local executor's table takes beside ``type`` and ``max_jobs``
+LOCAL_EXECUTOR_KEYS = ("bash",)
 
 #: jobs submitted at once to a batch system when max_jobs is not given; the
 #: batch system queues, so this bounds MUPPET's share, not the machine's load
@@ -45,6 +49,17 @@ def _default_max_jobs() -> int:
 def default_executors() -> dict[str, ExecutorConfig]:
     """The embedded ``local`` executor: as many jobs at once as CPUs."""
     return {"local": ExecutorConfig("local", "local", max_jobs=_default_max_jobs())}
+
+
+def bash_path(value: Any) -> str:
+    """A local executor's ``bash``: an absolute path to an executable file
+    of this host (muppet.executor.local runs its spares with it)."""
+    text = string(value)
+    if not os.path.isabs(text):
+        raise Bad(f"must be an absolute path, got {show(value)}")
+    if not (os.path.isfile(text) and os.access(text, os.X_OK)):
+        raise Bad(f"{text} is not an executable file here")
+    return text
 
 
 def resource_options(
@@ -82,10 +97,14 @@ def executor_tables(f: TomlFile, data: Mapping[str, Any]) -> dict[str, ExecutorC
             # add an "unknown executor" for each of them.
             executors[name] = ExecutorConfig(name, "local")
             continue
-        option_keys = BATCH_EXECUTOR_KEYS if kind != "local" else ()
+        option_keys = BATCH_EXECUTOR_KEYS if kind != "local" else LOCAL_EXECUTOR_KEYS
         f.unknown(body, table, ("type", "max_jobs", *option_keys))
         default_max = _default_max_jobs() if kind == "local" else BATCH_MAX_JOBS
         max_jobs = f.get(body, table, "max_jobs", integer(1), default_max)
-        options = resource_options(f, body, table, "", option_keys)
+        if kind == "local":
+            bash = f.get(body, table, "bash", bash_path)
+            options = {} if bash is None else {"bash": bash}
+        else:
+            options = resource_options(f, body, table, "", option_keys)
         executors[name] = ExecutorConfig(name, kind, max_jobs=max_jobs, options=options)
     return executors
