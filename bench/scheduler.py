@@ -29,9 +29,12 @@ A job creates six files and directories (its directory, scratch, wrapper,
 status, stdout and stderr), which a plain spawn does not; the benchmark
 prints what one creation costs in the CPU where the state_dir is, and
 ``--state-dir-under /dev/shm`` puts the job directories on tmpfs to show the
-rate without that cost (the databases stay where they were).
+rate without that cost (the databases stay where they were). ``--bash
+/bin/bash`` runs the jobs under that bash instead of the executor's default
+(the local executor's ``bash`` key), to compare the two.
 
     .venv/bin/python bench/scheduler.py [--jobs 1000] [--chain 100] [--max-jobs 16] [--state-dir-under DIR]
+        [--bash PATH]
 """
 
 from __future__ import annotations
@@ -107,7 +110,9 @@ def creation_cpu(directory: Path, count: int = 500) -> float:
     return spent / count
 
 
-def write_config(root: Path, database: str, max_jobs: int, jobs: int, chain: int, state_dir: Path) -> Path:
+def write_config(
+    root: Path, database: str, max_jobs: int, jobs: int, chain: int, state_dir: Path, bash: str | None = None,
+) -> Path:
     (root / "pipelines").mkdir(parents=True)
     for name, text in pipelines(jobs, chain).items():
         (root / "pipelines" / f"{name}.toml").write_text(text)
@@ -117,6 +122,7 @@ def write_config(root: Path, database: str, max_jobs: int, jobs: int, chain: int
         f'output_dir = "{root / "out"}"\npipelines = ["pipelines/*.toml"]\n'
         f'[api]\nlisten = "127.0.0.1:0"\n[web]\nlisten = ""\n'
         f'[executors.local]\ntype = "local"\nmax_jobs = {max_jobs}\n'
+        + ("" if bash is None else f'bash = "{bash}"\n')
     )
     return path
 
@@ -359,6 +365,11 @@ def main() -> None:
         help="put the daemon's state_dir (job directories and scratch) under DIR, for example /dev/shm, to "
              "see what the file system's file creations cost; the databases stay in the temporary directory",
     )
+    parser.add_argument(
+        "--bash", metavar="PATH",
+        help="run the jobs under this bash (the local executor's bash key; default: the executor's default, "
+             "/bin/bash-static where it is installed)",
+    )
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; fan-out N={args.jobs}, "
           f"chain C={args.chain}, max_jobs={args.max_jobs}")
@@ -367,7 +378,7 @@ def main() -> None:
     plain_bash, bash_cpu = trio.run(plain_spawns, args.jobs, args.max_jobs, ["bash", "-c", "true"])
     print(f"plain spawns of bash -c true ({args.max_jobs} at a time): {plain_bash:8.1f} /s, "
           f"{bash_cpu * 1e3:.2f} ms CPU each")
-    jobs_bash = local.default_bash()
+    jobs_bash = args.bash or local.default_bash()
     plain_jobs_bash, of_jobs_bash = plain_bash, ""
     if jobs_bash != local.BASH:
         plain_jobs_bash, jobs_bash_cpu = trio.run(plain_spawns, args.jobs, args.max_jobs, [jobs_bash, "-c", "true"])
@@ -388,7 +399,7 @@ def main() -> None:
         for name, url in databases.items():
             root = Path(tmp) / name
             root.mkdir(exist_ok=True)
-            config = write_config(root, url, args.max_jobs, args.jobs, args.chain, Path(states) / name)
+            config = write_config(root, url, args.max_jobs, args.jobs, args.chain, Path(states) / name, args.bash)
             fan = trio.run(through_daemon, config, "fan", args.jobs)
             chain = trio.run(functools.partial(through_daemon, config, "chain", args.chain, links=True))
             print(
