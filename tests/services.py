@@ -1,5 +1,5 @@
 """What a test does when a service it needs (PostgreSQL, Grid Engine, Slurm,
-the host's name resolver) is not there."""
+the host's name resolver, Debian's bash-static) is not there."""
 
 import os
 import random

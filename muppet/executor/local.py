@@ -183,7 +183,7 @@ class LocalBackend:
         bash = config.options.get("bash")
         #: what the spares run (``bash`` option, else ``default_bash``)
         self.bash = bash if isinstance(bash, str) else default_bash()
-        if not os.access(self.bash, os.X_OK):
+        if not (os.path.isfile(self.bash) and os.access(self.bash, os.X_OK)):
             raise ValueError(f"[executors.{config.name}] bash: {self.bash} is not an executable file here")
         log.info("executor %s: jobs run under %s", config.name, self.bash)
         #: wrappers this backend spawned, by pid: our children, reaped by ``wait``
