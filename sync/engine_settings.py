@@ -30,8 +30,9 @@ peers who have just started or are just about to finish the download",
 and ``fastest_upload`` changed nothing), ``send_buffer_watermark`` and
 ``send_socket_buffer_size``, the consumers' ``predictive_piece_announce``
 (announcing a piece before it is complete changed nothing), and no super
-seeding (BEP 16: each piece leaves the seeder about once, but one piece
-at a time, and one consumer alone fetched at 1.6 MB/s instead of 2.4).
+seeding (BEP 16: each piece leaves the seeder about once, but libtorrent
+2.1.1 reveals a consumer's first piece only 10 s after it connects, and
+one consumer alone fetched at 1.6 MB/s instead of 2.4).
 """
 
 from __future__ import annotations
