@@ -379,12 +379,11 @@ def main() -> None:
     print(f"plain spawns of bash -c true ({args.max_jobs} at a time): {plain_bash:8.1f} /s, "
           f"{bash_cpu * 1e3:.2f} ms CPU each")
     jobs_bash = args.bash or local.default_bash()
-    plain_jobs_bash, of_jobs_bash = plain_bash, ""
+    plain_jobs_bash = None  # when the jobs run under another bash than bash -c true's
     if jobs_bash != local.BASH:
         plain_jobs_bash, jobs_bash_cpu = trio.run(plain_spawns, args.jobs, args.max_jobs, [jobs_bash, "-c", "true"])
         print(f"plain spawns of {jobs_bash} -c true, the bash the jobs run under ({args.max_jobs} at a time): "
               f"{plain_jobs_bash:8.1f} /s, {jobs_bash_cpu * 1e3:.2f} ms CPU each")
-        of_jobs_bash = f", {{:5.1%}} of plain {jobs_bash} -c true"
     with (
         tempfile.TemporaryDirectory(prefix="muppet-bench-") as tmp,
         tempfile.TemporaryDirectory(prefix="muppet-bench-state-", dir=args.state_dir_under) as states,
@@ -402,10 +401,12 @@ def main() -> None:
             config = write_config(root, url, args.max_jobs, args.jobs, args.chain, Path(states) / name, args.bash)
             fan = trio.run(through_daemon, config, "fan", args.jobs)
             chain = trio.run(functools.partial(through_daemon, config, "chain", args.chain, links=True))
+            of_jobs_bash = "" if plain_jobs_bash is None else (
+                f", {fan.rate / plain_jobs_bash:5.1%} of plain {jobs_bash} -c true"
+            )
             print(
                 f"{name:9s} fan-out: {fan.rate:8.1f} jobs/s ({fan.rate / plain:5.1%} of plain true, "
-                f"{fan.rate / plain_bash:5.1%} of plain bash -c true"
-                f"{of_jobs_bash.format(fan.rate / plain_jobs_bash)})   "
+                f"{fan.rate / plain_bash:5.1%} of plain bash -c true{of_jobs_bash})   "
                 f"chain: {statistics.fmean(chain.links) * 1e3:4.2f} ms per link (median "
                 f"{statistics.median(chain.links) * 1e3:4.2f})   "
                 f"load average {os.getloadavg()[0]:.1f}"

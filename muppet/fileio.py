@@ -36,6 +36,11 @@ def usable_directory(path: str | os.PathLike[str]) -> None:
     os.remove(probe)
 
 
+def executable_file(path: str) -> bool:
+    """Is ``path`` a file this process may run (not a directory)?"""
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
 def write_atomically(path: str | os.PathLike[str], data: bytes) -> None:
     """Replace the file at ``path`` with ``data``, durably (see the module
     docstring). The file gets the usual mode (0o666 less the umask).

@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..fileio import executable_file
 from ..model import ExecutorConfig
 from ..resources import BATCH_SETTINGS, RESOURCE_KEYS, check_option
 from ..tomlcheck import MISSING, Bad, TomlFile, integer, show, string
@@ -57,7 +58,7 @@ def bash_path(value: Any) -> str:
     text = string(value)
     if not os.path.isabs(text):
         raise Bad(f"must be an absolute path, got {show(value)}")
-    if not (os.path.isfile(text) and os.access(text, os.X_OK)):
+    if not executable_file(text):
         raise Bad(f"{text} is not an executable file here")
     return text
 

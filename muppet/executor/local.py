@@ -44,6 +44,7 @@ from collections.abc import Mapping
 
 import trio
 
+from ..fileio import executable_file
 from ..messages import StartJob
 from ..model import ExecutorConfig
 from .backend import NotStarted
@@ -61,7 +62,7 @@ BASH_STATIC = "/bin/bash-static"
 def default_bash() -> str:
     """The bash a local executor's jobs run under when its ``bash`` option
     is not set: ``BASH_STATIC`` where it is installed, else ``BASH``."""
-    return BASH_STATIC if os.access(BASH_STATIC, os.X_OK) else BASH
+    return BASH_STATIC if executable_file(BASH_STATIC) else BASH
 
 
 #: wrappers prepared and spawned at once, each from a worker thread: a
@@ -183,7 +184,7 @@ class LocalBackend:
         bash = config.options.get("bash")
         #: what the spares run (``bash`` option, else ``default_bash``)
         self.bash = bash if isinstance(bash, str) else default_bash()
-        if not (os.path.isfile(self.bash) and os.access(self.bash, os.X_OK)):
+        if not executable_file(self.bash):
             raise ValueError(f"[executors.{config.name}] bash: {self.bash} is not an executable file here")
         log.info("executor %s: jobs run under %s", config.name, self.bash)
         #: wrappers this backend spawned, by pid: our children, reaped by ``wait``
