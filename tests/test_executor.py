@@ -4,6 +4,7 @@ outputs. Timeouts here are safety nets, never what a test measures."""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 import subprocess
@@ -23,13 +24,16 @@ from muppet.executor import task as executor_task
 from muppet.executor.backend import BACKEND_TYPES, backend_factory, make_backends
 from muppet.executor.jobdir import CANNOT_START_EXIT, CLAIMED_EXIT, JobDir, Status, parse_status, render_wrapper
 from muppet.executor.local import (
+    _LAUNCHER_SCRIPT,
     _SPARE_SCRIPT,
+    LAUNCHER_NAME,
     SPARE_NAME,
-    SPARES,
     SPAWN_THREADS,
+    LauncherOutput,
     LocalBackend,
     _cmdline,
     _is_wrapper,
+    _Launcher,
     default_bash,
     group_members,
     scan_wrappers,
@@ -176,9 +180,9 @@ async def test_local_wrappers_are_spawned_from_a_few_threads_at_once(dirs, monke
     state, out = dirs
     inside, most = 0, 0
     changed = threading.Condition()
-    spawn = LocalBackend._prepare_and_spawn
+    spawn = LocalBackend._prepare_and_start
 
-    def counted(backend, job_dir, spec):
+    def counted(backend, job_dir, spec, launcher):
         nonlocal inside, most
         with changed:
             inside += 1
@@ -188,12 +192,12 @@ async def test_local_wrappers_are_spawned_from_a_few_threads_at_once(dirs, monke
             # (which the limit forbids), or for a moment
             changed.wait_for(lambda: inside > SPAWN_THREADS, timeout=0.2)
         try:
-            return spawn(backend, job_dir, spec)
+            return spawn(backend, job_dir, spec, launcher)
         finally:
             with changed:
                 inside -= 1
 
-    monkeypatch.setattr(LocalBackend, "_prepare_and_spawn", counted)
+    monkeypatch.setattr(LocalBackend, "_prepare_and_start", counted)
     async with executor(state, out) as ex:
         for job_id in range(20, 28):
             await ex.send.send(make_spec(job_id, "true"))
@@ -207,11 +211,11 @@ async def test_local_wrappers_are_spawned_from_a_few_threads_at_once(dirs, monke
     assert 1 <= most <= SPAWN_THREADS
 
 
-def our_spares() -> set[int]:
-    """The pids of this process's live spares."""
+def our_launchers() -> set[int]:
+    """The pids of this process's live launchers."""
     found = set()
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and _cmdline(int(entry))[3:4] == [SPARE_NAME]:
+        if entry.isdigit() and _cmdline(int(entry))[3:4] == [LAUNCHER_NAME]:
             try:
                 if _parent(int(entry)) == os.getpid():
                     found.add(int(entry))
@@ -226,65 +230,75 @@ def _parent(pid: int) -> int:
     return int(stat[stat.rfind(")") + 2:].split()[1])
 
 
-async def test_a_local_job_runs_in_a_spare_made_before_it_came(dirs):
-    """The wrapper of a local job runs in a spare bash made ahead of need
-    (docs/executor.md, "Spares"): the job's command sees the wrapper's path
-    as ``$0``, and not the descriptor on which the spare holds it. The
-    spares go once the executor stops."""
+async def test_a_local_job_runs_in_a_fork_of_the_launcher(dirs):
+    """A local executor keeps a launcher, a bash that runs each wrapper in a
+    fork of itself (docs/executor.md, "The launcher"): the wrapper is the
+    launcher's child, leads a process group of its own, and is a new shell
+    to the job (its own ``$$``, ``$0`` the wrapper's path, neither the
+    descriptor that holds the wrapper nor the launcher's pipe open for the
+    command). Two jobs at once have two pids. The launcher goes once the
+    executor stops."""
     state, out = dirs
+    command = (
+        'echo "$$ $PPID $0 $(ps -o pgid= -p $$)"; '
+        "for fd in 7 8; do [ -e /dev/fd/$fd ] && echo $fd-open || echo $fd-closed; done; sleep 0.3"
+    )
     async with executor(state, out) as ex:
         await ex.run_job(make_spec(16, "true"))
-        await wait_until(lambda: len(our_spares()) == SPARES, f"{SPARES} spares")
-        ready = our_spares()
-        spec = make_spec(17, 'echo "$$ $0"; [ -e /dev/fd/7 ] && echo fd-7-open || echo fd-7-closed')
-        started, finished = await ex.run_job(spec)
-        assert finished.state == "succeeded", finished
-        pid, zero = finished.stdout_tail.splitlines()[0].split()
-        assert int(pid) in ready and started is not None and started.batch_id == pid
-        assert zero == JobDir(str(state), 17).wrapper
-        assert finished.stdout_tail.splitlines()[1] == "fd-7-closed"
-        await wait_until(lambda: len(our_spares()) == SPARES, "the spare taken made again")
-    await wait_until(lambda: not our_spares(), "the spares to exit once the executor stopped")
+        await wait_until(lambda: len(our_launchers()) == 1, "a launcher")
+        (launcher,) = our_launchers()
+        for job_id in (17, 18):
+            await ex.send.send(make_spec(job_id, command))
+        finished = {}
+        started = {}
+        while len(finished) < 2:
+            message = await ex.next()
+            if isinstance(message, JobStarted):
+                started[message.job_id] = message
+            elif isinstance(message, JobFinished):
+                finished[message.job_id] = message
+        for job_id in (17, 18):
+            assert finished[job_id].state == "succeeded", finished[job_id]
+            first, *fds = finished[job_id].stdout_tail.splitlines()
+            pid, parent, zero, group = first.split()
+            assert pid == started[job_id].batch_id == group and parent == str(launcher), first
+            assert zero == JobDir(str(state), job_id).wrapper
+            assert fds == ["7-closed", "8-closed"]
+        assert started[17].batch_id != started[18].batch_id
+        assert our_launchers() == {launcher}
+    await wait_until(lambda: not our_launchers(), "the launcher to exit once the executor stopped")
 
 
-def idle_spares() -> set[int]:
-    """Our spares that wait for a job: those that have not opened a wrapper."""
-    return {pid for pid in our_spares() if not os.path.lexists(f"/proc/{pid}/fd/7")}
-
-
-async def test_a_spare_is_made_once_a_job_is_reported_not_beside_one_that_starts(dirs, monkeypatch):
-    """The spare a launch takes is made again once a job has been reported
-    ended (while the database commits that end), not as the job starts,
-    where its bash would take the cores the job needs (docs/executor.md,
-    "Spares")."""
-    state, out = dirs
-    marker = state / "go"
-    monkeypatch.setattr(executor_task, "LOCAL_START_REPORT_DELAY", 0.0)
-    async with executor(state, out) as ex:
-        await ex.run_job(make_spec(22, "true"))
-        await wait_until(lambda: len(idle_spares()) == SPARES, f"{SPARES} spares waiting")
-        try:
-            await ex.send.send(make_spec(23, f"while [ ! -e {marker} ] && [ -d {state} ]; do sleep 0.01; done"))
-            await ex.until_started(23)
-            # the launch returned and its start was reported: a spare made
-            # at the launch would be there by now
-            assert len(idle_spares()) == SPARES - 1
-        finally:
-            await trio.Path(marker).touch()
-        _, finished = await ex.until_finished(23)
-        assert finished.state == "succeeded"
-        await wait_until(lambda: len(idle_spares()) == SPARES, "the spare taken made again")
-
-
-async def test_a_spare_that_died_while_it_waited_is_replaced(dirs):
+async def test_a_launcher_that_died_is_replaced(dirs, caplog):
+    """A launcher killed is started again (its end logged), and jobs run all
+    the while: without a launcher, in a bash of their own."""
     state, out = dirs
     async with executor(state, out) as ex:
         await ex.run_job(make_spec(18, "true"))
-        await wait_until(lambda: len(our_spares()) == SPARES, f"{SPARES} spares")
-        for pid in our_spares():
-            os.kill(pid, signal.SIGKILL)
+        await wait_until(lambda: len(our_launchers()) == 1, "a launcher")
+        (first,) = our_launchers()
+        os.kill(first, signal.SIGKILL)
         _, finished = await ex.run_job(make_spec(19, "echo ran"))
         assert (finished.state, finished.stdout_tail) == ("succeeded", "ran\n")
+        await wait_until(lambda: len(our_launchers()) == 1 and first not in our_launchers(), "another launcher")
+        _, finished = await ex.run_job(make_spec(20, "echo again"))
+        assert (finished.state, finished.stdout_tail) == ("succeeded", "again\n")
+    assert any(f"the launcher (pid {first}) ended" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_job_whose_state_dir_is_mounted_noexec_runs_in_a_bash_of_its_own(small_tmpfs, tmp_path, caplog):
+    """A launcher runs each wrapper as a command, which a file system mounted
+    noexec refuses: there, the executor starts no launcher, says so, and
+    each job runs in a bash of its own."""
+    caplog.set_level(logging.INFO, logger="muppet.executor.local")
+    await trio.run_process(["mount", "-o", "remount,noexec", str(small_tmpfs)])
+    out = tmp_path / "out"
+    out.mkdir()
+    async with executor(small_tmpfs, out) as ex:
+        _, finished = await ex.run_job(make_spec(21, "echo ran"))
+        assert (finished.state, finished.stdout_tail) == ("succeeded", "ran\n")
+        assert not our_launchers()
+    assert any("mounted noexec: each job starts a bash of its own" in record.getMessage() for record in caplog.records)
 
 
 async def test_a_local_job_runs_under_the_bash_its_executor_names(dirs):
@@ -594,46 +608,55 @@ async def test_claimed_without_start_record_is_lost(dirs, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("runner", ["spare", "bash"])
+@pytest.mark.parametrize("runner", ["launcher", "spare", "bash"])
 async def test_a_wrapper_without_status_is_found(dirs, tmp_path, runner):
     """The window between the hand-over and the wrapper's first write: a
     previous daemon's wrapper that has not written its status yet is found
-    and watched, not started again. A spare's command line names no job: the
-    wrapper it holds open does; a wrapper a daemon before spares started
-    shows its path on its command line."""
+    and watched, not started again. A launcher's wrapper and a spare's show
+    no job on their command line: the wrapper they hold open does; a wrapper
+    a daemon before spares started shows its path on its command line."""
     state, out = dirs
     counter = tmp_path / "ran"
     gate = tmp_path / "gate"
-    job_id = 45 if runner == "spare" else 46
+    job_id = {"launcher": 44, "spare": 45, "bash": 46}[runner]
     spec = make_spec(job_id, f"echo once >> {counter}; exit 4")
     job_dir = JobDir(str(state), job_id)
-    job_dir.prepare(spec)
-    # hold the wrapper before its first line, as if caught right after the hand-over
+    job_dir.prepare(spec, interpreter_line=runner != "launcher")
+    # hold the wrapper before its first command, as if caught right after the hand-over
     wrapper = trio.Path(job_dir.wrapper)
-    script = await wrapper.read_text()
+    first_line, rest = (await wrapper.read_text()).split("\n", 1)
     hold = f"until [ -e {gate} ] || [ $SECONDS -ge 300 ]; do read -t 0.05 <> <(:) || :; done\n"
-    await wrapper.write_text(script.replace("#!/bin/bash\n", "#!/bin/bash\n" + hold, 1))
-    if runner == "spare":
-        orphan = await trio.lowlevel.open_process(
+    await wrapper.write_text(first_line + "\n" + hold + rest)
+    if runner == "launcher":
+        starter = await trio.lowlevel.open_process(
+            ["/bin/bash", "-c", _LAUNCHER_SCRIPT, LAUNCHER_NAME], start_new_session=True, stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+        )
+    elif runner == "spare":
+        starter = await trio.lowlevel.open_process(
             ["/bin/bash", "-c", _SPARE_SCRIPT, SPARE_NAME], start_new_session=True, stdin=subprocess.PIPE
         )
-        assert orphan.stdin is not None
-        await orphan.stdin.send_all(job_dir.wrapper.encode() + b"\n")
     else:
-        orphan = await trio.lowlevel.open_process(
+        starter = await trio.lowlevel.open_process(
             ["/bin/bash", job_dir.wrapper], start_new_session=True, stdin=subprocess.DEVNULL
         )
+    if starter.stdin is not None:
+        await starter.stdin.send_all(job_dir.wrapper.encode() + b"\n")
     try:
         # A process's command line is in /proc only once the kernel has set up
         # its new image, a moment after the exec that open_process waits for
-        # (and a spare opens the wrapper a moment after it reads its path): a
-        # daemon restarted seconds after a hand-over never sees that moment.
-        await wait_until(lambda: _is_wrapper(orphan.pid, job_dir.wrapper), "the wrapper to show")
-        assert scan_wrappers(str(state)) == {job_dir.wrapper: orphan.pid}
+        # (and a spare or a launcher opens the wrapper a moment after it reads
+        # its path): a daemon restarted seconds after a hand-over never sees
+        # that moment.
+        await wait_until(lambda: job_dir.wrapper in scan_wrappers(str(state)), "the wrapper to show")
+        orphan = scan_wrappers(str(state))[job_dir.wrapper]
+        assert (orphan == starter.pid) == (runner != "launcher")
+        if starter.stdin is not None:
+            await starter.stdin.aclose()  # the previous daemon is gone
         async with executor(state, out) as ex:
             await ex.send.send(spec)
             started = await ex.next(JobStarted)
-            assert started.batch_id == str(orphan.pid)
+            assert started.batch_id == str(orphan)
             gate.touch()
             finished = await ex.next(JobFinished)
         assert (finished.state, finished.exit_code) == ("failed", 4)
@@ -641,7 +664,7 @@ async def test_a_wrapper_without_status_is_found(dirs, tmp_path, runner):
     finally:
         gate.touch()
         with trio.fail_after(SAFETY):
-            await orphan.wait()
+            await starter.wait()
 
 
 def test_wrapper_claims_the_job_once(dirs, tmp_path):
@@ -676,7 +699,7 @@ def test_wrapper_that_cannot_write_its_claim_exits_74_and_claims_nothing(small_t
     (small_tmpfs / "fill").unlink()
     job_dir.prepare(spec)  # again: nothing was claimed
     again = subprocess.run(["/bin/bash", job_dir.wrapper], stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    assert again.returncode == 0 and again.stdout == "muppet: claimed\n"
+    assert again.returncode == 0 and again.stdout == f"muppet: claimed {job_dir.read_status().pid}\n"
     assert marker.read_text() == "once\n"
     assert job_dir.read_status().exit_code == 0
 
@@ -858,3 +881,80 @@ def test_backend_registry():
         backend_factory("pbs")
     with pytest.raises(ValueError, match=r"\[executors.big\] type"):
         make_backends({"big": ExecutorConfig(name="big", type="pbs")}, "/tmp")
+
+
+def test_what_a_launcher_and_its_wrappers_say_is_told_apart():
+    """``LauncherOutput``: the lines on a launcher's one pipe, in pieces as
+    a pipe gives them, each to the wrapper or the pid it is of; what a
+    wrapper says before its claim is kept only for the launches that
+    expect it, and forgotten with them."""
+    said = LauncherOutput()
+    said.expect("/s/jobs/7/wrapper.sh", 7)
+    said.expect("/s/jobs/8/wrapper.sh", 8)
+    stream = (
+        b"muppet: pid 101 /s/jobs/7/wrapper.sh\n"
+        b"muppet: pid 102 /s/jobs/8/wrapper.sh\n"
+        b"/s/jobs/8/wrapper.sh: line 9: /s/jobs/8/stdout: No space left on device\n"
+        b"muppet: claimed 101\n"
+        b"muppet: job 8: cannot open the output files in /s/jobs/8 or enter /s/scratch/8; not started\n"
+        b"muppet: exit 102 74\n"
+        b"muppet: cannot start /s/jobs/9/wrapper.sh: cannot open it\n"
+        b"/s/jobs/3/wrapper.sh: line 1: a job nobody waits for\n"
+        b"muppet: job 3: not expected either\n"
+        b"muppet: exit 101 0\n"
+    )
+    news = set()
+    for start in range(0, len(stream), 7):  # a line cut anywhere
+        news |= said.feed(stream[start:start + 7])
+    assert news == {"/s/jobs/7/wrapper.sh", "/s/jobs/8/wrapper.sh", "/s/jobs/9/wrapper.sh"}
+    assert said.pids == {"/s/jobs/7/wrapper.sh": 101, "/s/jobs/8/wrapper.sh": 102}
+    assert said.claimed == {101} and said.exits == {102: 74, 101: 0}
+    assert said.refused == {"/s/jobs/9/wrapper.sh": "cannot open it"}
+    assert said.words == {"/s/jobs/8/wrapper.sh": (
+        "/s/jobs/8/wrapper.sh: line 9: /s/jobs/8/stdout: No space left on device\n"
+        "muppet: job 8: cannot open the output files in /s/jobs/8 or enter /s/scratch/8; not started\n"
+    )}
+    said.forget("/s/jobs/8/wrapper.sh")
+    said.forget("/s/jobs/7/wrapper.sh")
+    assert not (said.pids or said.claimed or said.words or said.expected)
+    assert said.exits == {102: 74, 101: 0}, "the exit statuses are ``wait``'s to take"
+    said.feed(b"x" * 10000)
+    assert not said.feed(b"\nmuppet: claimed 103\n"), "of no wrapper it knows"
+    assert said.claimed == {103}, "an endless line is dropped, the next one heard"
+
+
+def test_a_local_wrapper_is_an_executable_script_without_an_interpreter_line(dirs):
+    """The local executor's wrappers begin without ``#!`` (a launcher runs
+    them in a fork of itself), a batch system's with it; both are
+    executable, whatever an earlier attempt left."""
+    state, _ = dirs
+    spec = make_spec(49, "true")
+    job_dir = JobDir(str(state), 49)
+    Path(job_dir.root).mkdir(parents=True)
+    Path(job_dir.wrapper).write_text("an earlier attempt's, not executable\n")
+    job_dir.prepare(spec, interpreter_line=False)
+    assert not Path(job_dir.wrapper).read_text().startswith("#!")
+    assert os.access(job_dir.wrapper, os.X_OK)
+    job_dir.prepare(spec, "SLURM_JOB_ID")
+    assert Path(job_dir.wrapper).read_text().startswith("#!/bin/bash\n")
+    assert os.access(job_dir.wrapper, os.X_OK)
+
+
+async def test_a_launcher_says_which_wrapper_it_cannot_open(tmp_path):
+    """The launcher's own refusal, heard by the path it was given, and the
+    wrapper after it started as usual."""
+    launcher = await trio.to_thread.run_sync(_Launcher, default_bash(), str(tmp_path))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(launcher.read)
+        missing = str(tmp_path / "gone" / "wrapper.sh")
+        assert await trio.to_thread.run_sync(launcher.run, missing)
+        with trio.fail_after(SAFETY):
+            while missing not in launcher.said.refused:
+                await launcher.news(missing)
+        assert launcher.said.refused[missing] == "cannot open it"
+        launcher.close()
+        with trio.fail_after(SAFETY):
+            await trio.to_thread.run_sync(launcher.process.wait)
+            while not launcher.ended:
+                await launcher.news(missing)
+    assert not launcher.run(missing), "a closed launcher takes nothing"

@@ -54,7 +54,7 @@ def default_executors() -> dict[str, ExecutorConfig]:
 
 def bash_path(value: Any) -> str:
     """A local executor's ``bash``: an absolute path to an executable file
-    of this host (muppet.executor.local runs its spares with it)."""
+    of this host (muppet.executor.local runs its launcher and spares with it)."""
     text = string(value)
     if not os.path.isabs(text):
         raise Bad(f"must be an absolute path, got {show(value)}")

@@ -104,12 +104,10 @@ class Backend(Protocol):
     # ``job_dir.prepare(spec)`` (in the worker thread that does its own
     # blocking work, letting AlreadyStarted propagate): local does, to save a
     # thread hop per job. Without it the executor prepares before ``launch``.
-    # Three optional methods serve a backend that keeps something ready
-    # between jobs (local: its spares, docs/executor.md): ``async def
-    # maintain()``, a task the executor runs beside its jobs until
-    # ``close()``, which the executor calls when it stops or a reload
-    # replaces the backend; and ``job_reported()``, called once each of its
-    # jobs has been reported ended.
+    # Two optional methods serve a backend that keeps something ready between
+    # jobs (local: its launcher, docs/executor.md): ``async def maintain()``,
+    # a task the executor runs beside its jobs until ``close()``, which the
+    # executor calls when it stops or a reload replaces the backend.
 
     async def launch(self, job_dir: JobDir, spec: StartJob) -> str:
         """Start (or submit) ``job_dir.wrapper`` and return its batch id: the

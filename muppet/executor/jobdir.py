@@ -72,9 +72,16 @@ CLAIMED_EXIT = 75
 #: file (EX_IOERR from sysexits.h). It claimed nothing (a status file it made
 #: but could not write is removed again) and the command did not run.
 CANNOT_START_EXIT = 74
-#: the line the wrapper prints on its own stdout once it holds the claim; the
-#: local backend reads it from a pipe (a batch system discards it)
+#: the line the wrapper prints on its own stdout once it holds the claim,
+#: followed by its pid; the local backend reads it from a pipe (a batch system
+#: discards it)
 CLAIMED_LINE = "muppet: claimed"
+#: the line a wrapper run by a local executor's launcher prints as it exits,
+#: followed by its pid and its exit status, on ``LAUNCHED_EXIT_FD``
+EXIT_LINE = "muppet: exit"
+#: the launcher's pipe, which a wrapper it runs keeps after its claim sends
+#: its stdout to the job directory (closed for the step's command)
+LAUNCHED_EXIT_FD = 8
 
 #: errors of a file system or of the machine, never of a job: no space, no
 #: quota left, an I/O error, a read-only file system, no file descriptors or
@@ -249,7 +256,9 @@ class JobDir:
             return None
         return parse_status(data.decode("utf-8", errors="replace"))
 
-    def prepare(self, spec: StartJob, batch_id_variable: str | None = None) -> None:
+    def prepare(
+        self, spec: StartJob, batch_id_variable: str | None = None, *, interpreter_line: bool = True
+    ) -> None:
         """Write the wrapper, make the scratch directory fresh.
 
         Only for a job without a status file: its command has never run, so
@@ -258,7 +267,9 @@ class JobDir:
         system that did not take the job) can go, and preparing the same job
         again is always safe. ``batch_id_variable`` names the variable in
         which a batch system gives the wrapper its job id (``SLURM_JOB_ID``,
-        ``JOB_ID``), for the status records (see the module docstring).
+        ``JOB_ID``), for the status records (see the module docstring);
+        ``interpreter_line``, whether the wrapper begins with ``#!``
+        (``render_wrapper``). The wrapper is executable.
 
         Raises AlreadyStarted when there is a status file; ValueError when
         the job itself is wrong (an environment variable's name, a command
@@ -266,7 +277,7 @@ class JobDir:
         system fails (full, read-only, an I/O error), naming the file, with a
         wrapper written only in part removed again.
         """
-        script = render_wrapper(self, spec, batch_id_variable).encode("utf-8")
+        script = render_wrapper(self, spec, batch_id_variable, interpreter_line=interpreter_line).encode("utf-8")
         status = self.read_status()
         if status is not None:
             raise AlreadyStarted(status)
@@ -275,7 +286,7 @@ class JobDir:
             shutil.rmtree(self.scratch)
         _make_directory(self.scratch)
         try:
-            with open(self.wrapper, "wb") as file:
+            with open(_create_executable(self.wrapper), "wb") as file:
                 file.write(script)
         except OSError as error:
             # a wrapper in part must not pass for a prepared job: a batch
@@ -397,7 +408,20 @@ def job_environment(job_dir: JobDir, spec: StartJob) -> dict[str, str]:
     return environment
 
 
-def render_wrapper(job_dir: JobDir, spec: StartJob, batch_id_variable: str | None = None) -> str:
+def _create_executable(path: str) -> int:
+    """A descriptor on ``path`` made anew, executable as the umask allows (an
+    earlier attempt's file goes, whatever its mode)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o755)
+    except FileExistsError:
+        os.unlink(path)
+        return os.open(path, flags, 0o755)
+
+
+def render_wrapper(
+    job_dir: JobDir, spec: StartJob, batch_id_variable: str | None = None, *, interpreter_line: bool = True
+) -> str:
     """The bash script that runs one job, self-contained so that a batch node
     can run a copy of it: everything the job needs is inside.
 
@@ -409,6 +433,12 @@ def render_wrapper(job_dir: JobDir, spec: StartJob, batch_id_variable: str | Non
 
     ``batch_id_variable`` (``SLURM_JOB_ID``, ``JOB_ID``) is read before the
     step's ``env`` is exported, so that the step cannot change it.
+
+    Without ``interpreter_line`` the script does not begin with ``#!``: a
+    local executor's launcher runs it as a command, and bash runs a file
+    without one in a fork of itself (a script ``execve`` refuses with
+    ENOEXEC) instead of starting a new bash (docs/executor.md, "The
+    launcher"). Run by hand, it wants ``bash wrapper.sh``.
     """
     if batch_id_variable is not None and not _NAME.match(batch_id_variable):
         raise ValueError(f"batch_id_variable: {batch_id_variable!r} is not a variable name")
@@ -423,9 +453,13 @@ def render_wrapper(job_dir: JobDir, spec: StartJob, batch_id_variable: str | Non
             f'[ -n "${{{batch_id_variable}-}}" ] && printf -v _muppet_batch_id \',"batch_id":"%s"\' '
             f'"${{{batch_id_variable}//[^0-9A-Za-z._-]/}}"\n'
         )
-    return f"""#!/bin/bash
+    first_line = "#!/bin/bash" if interpreter_line else "# bash script: run it by hand with bash wrapper.sh"
+    return f"""{first_line}
 # MUPPET job {job_id}: {spec.job.pipeline}.{spec.job.step}[{spec.job.index}], run {spec.job.run_id}
 # Written by the daemon; the status file is its record of the run (see docs/executor.md).
+# Run by a local executor's launcher (argument "launched"), it says how it exits on
+# descriptor {LAUNCHED_EXIT_FD}: the daemon is not its parent (docs/executor.md, "The launcher").
+[ "${{1-}}" = launched ] && trap 'echo "{EXIT_LINE} $$ $?" >&{LAUNCHED_EXIT_FD}' EXIT
 _muppet_batch_id=
 {batch_id}{exports}
 _muppet_started=${{EPOCHREALTIME/,/.}}
@@ -457,10 +491,11 @@ if ! printf '{_START_RECORD}' $$ "$HOSTNAME" "$_muppet_started" "$_muppet_batch_
     exit {CANNOT_START_EXIT}
 fi
 exec 3>&-
-# Tell a local executor reading our stdout that the job is claimed; SIGPIPE is
-# ignored meanwhile, so that a daemon that has died since cannot kill the job.
+# Tell a local executor reading our stdout that the job is claimed (by this
+# process: a launcher's wrappers share one pipe); SIGPIPE is ignored meanwhile,
+# so that a daemon that has died since cannot kill the job.
 trap '' PIPE
-echo '{CLAIMED_LINE}' 2>/dev/null
+echo "{CLAIMED_LINE} $$" 2>/dev/null
 trap - PIPE
 # A signal to the wrapper waits for the command to end (bash runs a trap only
 # then), so the end record is still written; the command gets the default action.
@@ -471,8 +506,9 @@ trap '_muppet_exit=${{_muppet_exit:-129}}' HUP
 exec </dev/null >&5 2>&6 5>&- 6>&-
 if [ -z "$_muppet_exit" ]; then
     # a subshell, so that the command's own exit, exec or traps leave the wrapper
-    # alone; without the descriptor on which a spare holds this file (docs/executor.md)
-    ( eval {shlex.quote(spec.step.command)} ) 7<&-
+    # alone; without the descriptors on which a local executor holds this file
+    # and hears how it exits (docs/executor.md)
+    ( eval {shlex.quote(spec.step.command)} ) 7<&- {LAUNCHED_EXIT_FD}>&-
     _muppet_exit=$?
 fi
 _muppet_ended=${{EPOCHREALTIME/,/.}}

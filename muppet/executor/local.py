@@ -1,20 +1,27 @@
-"""The local backend: each job's wrapper is a process of its own session.
+"""The local backend: each job's wrapper is a process group of its own.
 
-The wrapper runs under ``setsid`` (``start_new_session``): its own session and
-process group, no controlling terminal, so that neither a Ctrl-C nor the
-daemon's death reaches it. It outlives the daemon; the next daemon finds it by
-the pid in its status file (checked against ``/proc/PID/fd/7`` or
-``/proc/PID/cmdline``, since pids are reused) and watches it through a pidfd.
+A wrapper leads its own process group, away from the daemon's session and
+with no controlling terminal, so that neither a Ctrl-C nor the daemon's
+death reaches it. It outlives the daemon; the next daemon finds it by the
+pid in its status file (checked against ``/proc/PID/fd/7`` or
+``/proc/PID/cmdline``, since pids are reused) and watches it through a
+pidfd.
 
-A wrapper runs in a spare: a bash started ahead of need, in its own session,
-that waits on its stdin for a wrapper's path and then runs that wrapper in
-itself (``.``), so that a job starts without waiting for a process to be
-made and for bash to start (its start record 0.13 ms after the hand-over
-instead of 1.24; docs/executor.md, "Spares"). The backend keeps ``SPARES``
-ready, and makes one on the spot when none is. A spare's command line names no job: it opens
-the wrapper on file descriptor ``SPARE_FD`` before it runs it and keeps it
-open (the wrapper closes it for the command), and ``/proc/PID/fd/7`` names the
-job. A spare whose stdin closes (the daemon stopped or died) exits.
+A wrapper runs in a fork of the launcher (``_Launcher``): a bash in a
+session of its own that reads wrapper paths and runs each as a command in
+the background. A local wrapper has no ``#!`` line, so bash runs it in the
+fork it made for it instead of starting a new bash: a job takes about
+0.5 ms less CPU (docs/executor.md, "The launcher"). ``set -m`` gives each
+fork a process group of its own. The daemon is not its parent: the
+launcher says each wrapper's pid on its pipe, and the wrapper, told it was
+``launched``, says there how it exits (``LauncherOutput``). ``maintain``
+keeps a launcher and reads that pipe; until a launcher is ready, and where
+the ``state_dir`` is mounted noexec, a job starts in a spare (``_Spare``):
+a bash of its own, in its own session, that reads the wrapper's path on
+its stdin and runs the wrapper in itself (``.``). A launcher's wrapper and
+a spare name no job on their command line: they hold the wrapper open on
+file descriptor ``SPARE_FD`` (the wrapper closes it for the command), and
+``/proc/PID/fd/7`` names the job.
 
 ``launch`` returns once the wrapper holds the claim: the wrapper's stdout and
 stderr are a pipe until it has claimed the job, and it prints
@@ -24,11 +31,11 @@ could not set the job up (a full disk, an I/O error: its exit code is
 and the job was never reported started. Reading a pipe costs no thread and
 no polling (Trio waits for the file descriptor).
 
-Options (``[executors.NAME]``): ``bash`` (the bash that spares run, and with
-it the wrappers and the steps' commands: ``default_bash``), ``kill_grace``
-(seconds between SIGTERM and SIGKILL, default 10), ``poll_interval``
-(seconds between liveness checks when pidfds are not available, default
-0.25).
+Options (``[executors.NAME]``): ``bash`` (the bash that the launcher and
+the spares run, and with them the wrappers and the steps' commands:
+``default_bash``), ``kill_grace`` (seconds between SIGTERM and SIGKILL,
+default 10), ``poll_interval`` (seconds between liveness checks when
+pidfds are not available, default 0.25).
 """
 
 from __future__ import annotations
@@ -37,25 +44,28 @@ import errno
 import logging
 import os
 import re
+import select
 import signal
 import subprocess
 import threading
 from collections.abc import Mapping
 
+import attrs
 import trio
 
 from ..fileio import executable_file
 from ..messages import StartJob
 from ..model import ExecutorConfig
 from .backend import NotStarted
-from .jobdir import CANNOT_START_EXIT, CLAIMED_LINE, JobDir, Status
+from .jobdir import CANNOT_START_EXIT, CLAIMED_LINE, EXIT_LINE, LAUNCHED_EXIT_FD, JobDir, Status
 
 log = logging.getLogger("muppet.executor.local")
 
 BASH = "/bin/bash"
 #: Debian's bash-static: the same bash, linked statically. It starts in about
-#: 0.3 ms less CPU (no dynamic loader, no shared libraries to map), which a
-#: spare pays once per job (docs/executor.md, "Which bash runs a job")
+#: 0.3 ms less CPU (no dynamic loader, no shared libraries to map), which the
+#: launcher pays once, and a spare once per job
+#: (docs/executor.md, "Which bash runs a job")
 BASH_STATIC = "/bin/bash-static"
 
 
@@ -65,22 +75,24 @@ def default_bash() -> str:
     return BASH_STATIC if executable_file(BASH_STATIC) else BASH
 
 
-#: wrappers prepared and spawned at once, each from a worker thread: a
-#: spawn is CPU work on the daemon's own cores (the job directory's files,
-#: the fork), so more threads spawn no faster, and one per job held up the
-#: threads that answer the API (the Trio thread, and the worker threads of
-#: its reads): during a 10,000-job fan-out at ``max_jobs = 16``, the API's
-#: p99 was 44-75 ms with a thread per spawn and 27-33 ms with two, the rate
-#: of jobs within the spread of the hour (bench/scale.py,
+#: wrappers prepared and handed over at once, each from a worker thread: it
+#: is CPU work on the daemon's own cores (the job directory's files, the
+#: launcher's fork), so more threads start jobs no faster, and one per job
+#: held up the threads that answer the API (the Trio thread, and the worker
+#: threads of its reads): during a 10,000-job fan-out at ``max_jobs = 16``,
+#: the API's p99 was 44-75 ms with a thread per spawn and 27-33 ms with two,
+#: the rate of jobs within the spread of the hour (bench/scale.py,
 #: bench/scheduler.py; docs/performance.md)
 SPAWN_THREADS = 2
 
-#: spares kept ready: one for each spawning thread
-SPARES = SPAWN_THREADS
 #: the name a spare runs under (its ``$0`` until it runs a wrapper, then the
 #: wrapper's path: ``BASH_ARGV0``), which ``ps`` shows
 SPARE_NAME = "muppet-spare"
-#: the descriptor on which a spare holds the wrapper it runs open
+#: the name the launcher runs under, which ``ps`` shows for it and for each
+#: wrapper it started (a fork shows its parent's command line)
+LAUNCHER_NAME = "muppet-launcher"
+#: the descriptor on which a launcher's wrapper, or a spare, holds the
+#: wrapper it runs open
 SPARE_FD = 7
 #: what a spare runs: ``bash -c _SPARE_SCRIPT muppet-spare``. A path that
 #: cannot be opened claims nothing (CANNOT_START_EXIT)
@@ -91,6 +103,41 @@ _SPARE_SCRIPT = (
     '. "$_muppet_wrapper"\n'
     f"exit {CANNOT_START_EXIT}\n"
 )
+#: what a launcher says once it started a wrapper: its pid, and the path
+PID_LINE = "muppet: pid"
+#: what a launcher says of a wrapper it cannot start, then the path and why
+REFUSED_LINE = "muppet: cannot start"
+#: what a launcher runs: ``bash -c _LAUNCHER_SCRIPT muppet-launcher``. Each
+#: path it reads, it runs as a command in the background: bash forks, the
+#: fork's ``execve`` refuses a script without ``#!`` (ENOEXEC), and the fork
+#: runs it itself, a new shell for it as far as the script can tell (its own
+#: ``$$``) without starting a bash (docs/executor.md, "The launcher"). The
+#: wrapper holds itself open on ``SPARE_FD``, as in a spare, and the
+#: launcher's pipe on ``LAUNCHED_EXIT_FD``; ``set -m`` gives it a process
+#: group of its own. ``disown`` forgets it: bash would keep every job it
+#: started, and each start would cost more than the last.
+_LAUNCHER_SCRIPT = (
+    "set -m\n"
+    "while IFS= read -r _muppet_wrapper; do\n"
+    f'    if ! exec {SPARE_FD}<"$_muppet_wrapper"; then\n'
+    f'        echo "{REFUSED_LINE} $_muppet_wrapper: cannot open it"\n'
+    "        continue\n"
+    "    fi\n"
+    "    _muppet_last=$!\n"
+    f'    "$_muppet_wrapper" launched {LAUNCHED_EXIT_FD}>&1 </dev/null &\n'
+    # $! stays as it was when bash could not fork (EAGAIN, ENOMEM)
+    '    if [ "$!" != "$_muppet_last" ]; then\n'
+    f'        echo "{PID_LINE} $! $_muppet_wrapper"\n'
+    "        disown\n"
+    "    else\n"
+    f'        echo "{REFUSED_LINE} $_muppet_wrapper: cannot fork"\n'
+    "    fi\n"
+    f"    exec {SPARE_FD}<&-\n"
+    "done\n"
+)
+#: a launcher that ends sooner than this after its start is started again
+#: only this long after (a bash that cannot run: not a loop of forks)
+LAUNCHER_RESTART_DELAY = 1.0
 
 #: children whose watcher was cancelled (the executor stopped, the daemon goes
 #: on, as in tests or an in-process restart): they must outlive the backend,
@@ -115,10 +162,11 @@ def _sweep() -> None:
 
 
 class _Spare:
-    """A spare bash waiting on its stdin for a wrapper's path, and the read
-    end of the pipe on which what it runs says whether it claimed the job.
-    Blocking (a fork): made in a worker thread. OSError when no process can
-    be made (the machine's limits)."""
+    """A bash waiting on its stdin for a wrapper's path, and the read end of
+    the pipe on which what it runs says whether it claimed the job: a job's
+    own process, for a launch that finds no launcher ready. Blocking (a
+    fork): made in a worker thread. OSError when no process can be made
+    (the machine's limits)."""
 
     def __init__(self, bash: str, cwd: str) -> None:
         stdin, self._to_spare = os.pipe2(os.O_CLOEXEC)
@@ -163,12 +211,311 @@ class _Spare:
         _abandoned.add(self.process)
 
 
+@attrs.define
+class LauncherOutput:
+    """What a launcher and the wrappers it started say on its one pipe, line
+    by line (sans-I/O: ``feed`` it the bytes read). Each line is one
+    ``write`` of one process, shorter than PIPE_BUF, so lines never mix: the
+    launcher's ``PID_LINE`` (or ``REFUSED_LINE``), the wrapper's
+    ``CLAIMED_LINE`` and, as it exits, ``EXIT_LINE``; and, before a claim,
+    what a wrapper that cannot set its job up says (``muppet: job ID ...``,
+    and bash's errors, which start with the wrapper's path): kept for the
+    launches that ``expect`` it, to say why."""
+
+    #: wrapper path -> job id, of the launches waiting on this launcher
+    expected: dict[str, int] = attrs.Factory(dict)
+    #: wrapper path -> the pid of the process that runs it
+    pids: dict[str, int] = attrs.Factory(dict)
+    #: pid -> wrapper path, the other way round
+    wrappers: dict[int, str] = attrs.Factory(dict)
+    #: wrapper path -> why the launcher could not start it
+    refused: dict[str, str] = attrs.Factory(dict)
+    #: pids whose wrapper holds its job's claim
+    claimed: set[int] = attrs.Factory(set)
+    #: pid -> exit status
+    exits: dict[int, int] = attrs.Factory(dict)
+    #: wrapper path -> what was said of it besides the lines above
+    words: dict[str, str] = attrs.Factory(dict)
+    _partial: bytes = b""
+    _by_job: dict[str, str] = attrs.Factory(dict)
+
+    def expect(self, wrapper: str, job_id: int) -> None:
+        self.expected[wrapper] = job_id
+        self._by_job[str(job_id)] = wrapper
+
+    def forget(self, wrapper: str) -> None:
+        """Drop what is known of ``wrapper`` and its process, but its exit
+        status (``wait`` takes that)."""
+        job_id = self.expected.pop(wrapper, None)
+        if job_id is not None:
+            self._by_job.pop(str(job_id), None)
+        pid = self.pids.pop(wrapper, None)
+        if pid is not None:
+            self.wrappers.pop(pid, None)
+            self.claimed.discard(pid)
+        self.refused.pop(wrapper, None)
+        self.words.pop(wrapper, None)
+
+    def feed(self, data: bytes) -> set[str]:
+        """Take ``data``; the wrappers of which something was said."""
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        if len(self._partial) > _CLAIM_TEXT_LIMIT:
+            self._partial = b""  # no line of ours is that long
+        news = set()
+        for line in lines:
+            wrapper = self._line(line.decode("utf-8", errors="replace"))
+            if wrapper is not None:
+                news.add(wrapper)
+        return news
+
+    def _line(self, line: str) -> str | None:
+        if line.startswith(PID_LINE + " "):
+            pid, _, wrapper = line.removeprefix(PID_LINE + " ").partition(" ")
+            if not pid.isdigit():
+                return None
+            self.pids[wrapper] = int(pid)
+            self.wrappers[int(pid)] = wrapper
+            return wrapper
+        if line.startswith(REFUSED_LINE + " "):
+            wrapper, _, why = line.removeprefix(REFUSED_LINE + " ").rpartition(": ")
+            self.refused[wrapper] = why
+            return wrapper
+        if line.startswith(CLAIMED_LINE + " "):
+            pid = line.removeprefix(CLAIMED_LINE + " ")
+            if not pid.isdigit():
+                return None
+            self.claimed.add(int(pid))
+            return self.wrappers.get(int(pid))
+        if line.startswith(EXIT_LINE + " "):
+            pid, _, status = line.removeprefix(EXIT_LINE + " ").partition(" ")
+            if not (pid.isdigit() and status.isdigit()):
+                return None
+            self.exits[int(pid)] = int(status)
+            return self.wrappers.get(int(pid))
+        # before the claim: the wrapper's own words, by job, or bash's, by path
+        if line.startswith("muppet: job "):
+            of = self._by_job.get(line.split(" ", 3)[2].rstrip(":"))
+        else:
+            of = line.split(": ", 1)[0]
+        if of is None or of not in self.expected:
+            return None
+        self.words[of] = (self.words.get(of, "") + line + "\n")[-_CLAIM_TEXT_LIMIT:]
+        return of
+
+
+class _Launcher:
+    """A bash that starts each wrapper written to it in a fork of itself
+    (``_LAUNCHER_SCRIPT``), and the pipe on which it and those wrappers
+    speak (``LauncherOutput``). A fork costs about 0.5 ms less CPU than a
+    bash's start, which each job paid in its spare (docs/executor.md, "The
+    launcher"). Made in a worker thread (a fork); OSError when no process
+    can be made. ``run`` is called from worker threads, everything else
+    from the Trio thread."""
+
+    def __init__(self, bash: str, cwd: str) -> None:
+        stdin, self._to_launcher = os.pipe2(os.O_CLOEXEC)
+        self.output, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            self.process = subprocess.Popen(
+                [bash, "-c", _LAUNCHER_SCRIPT, LAUNCHER_NAME],
+                start_new_session=True,
+                stdin=stdin,
+                stdout=write_end,
+                stderr=write_end,
+                cwd=cwd,
+            )
+        except OSError:
+            for descriptor in (self._to_launcher, self.output):
+                os.close(descriptor)
+            raise
+        finally:
+            os.close(stdin)
+            os.close(write_end)
+        self.said = LauncherOutput()
+        #: wrapper path -> the event of a launch waiting for news of it
+        self._waiting: dict[str, trio.Event] = {}
+        #: every writer of the pipe is gone: the launcher, and each wrapper
+        self.ended = False
+        #: the launcher itself has exited (``maintain`` saw it)
+        self.exited = False
+        self._lock = threading.Lock()
+        self._open = True
+
+    def run(self, wrapper: str) -> bool:
+        """Have the launcher start ``wrapper`` (one ``write``, whole:
+        a path is shorter than PIPE_BUF). False when the launcher is gone,
+        or closed. Blocking (a full pipe: a launcher that does not read)."""
+        with self._lock:
+            if not self._open:
+                return False
+            try:
+                os.write(self._to_launcher, wrapper.encode() + b"\n")
+            except OSError:  # EPIPE: the launcher is gone
+                return False
+        return True
+
+    def close(self) -> None:
+        """Close the launcher's stdin: it exits, the wrappers it started run
+        on."""
+        with self._lock:
+            if self._open:
+                self._open = False
+                os.close(self._to_launcher)
+
+    async def news(self, wrapper: str) -> None:
+        """Return once something is said of ``wrapper``, the launcher has
+        exited, or everyone has closed the pipe (one waiter per wrapper: its
+        launch). Those last two are for the caller to look at."""
+        if self.ended:
+            await trio.lowlevel.checkpoint()
+            return
+        event = self._waiting[wrapper] = trio.Event()
+        try:
+            await event.wait()
+        finally:
+            if self._waiting.get(wrapper) is event:
+                del self._waiting[wrapper]
+
+    def _tell(self, wrappers: set[str] | None = None) -> None:
+        """Wake the launches waiting for ``wrappers`` (all of them: None)."""
+        for wrapper in list(self._waiting) if wrappers is None else wrappers:
+            event = self._waiting.pop(wrapper, None)
+            if event is not None:
+                event.set()
+
+    def drain(self) -> None:
+        """Read what the pipe holds now, without waiting."""
+        if self.ended:
+            return
+        news: set[str] = set()
+        while True:
+            try:
+                data = os.read(self.output, 65536)
+            except BlockingIOError:
+                break
+            if not data:
+                self.ended = True
+                self._tell()
+                break
+            news |= self.said.feed(data)
+        self._tell(news)
+
+    def has_exited(self) -> None:
+        """The launcher has exited: a launch still waiting for its
+        wrapper's pid will not get it once the pipe is drained."""
+        self.exited = True
+        self.drain()
+        self._tell()
+
+    async def read(self) -> None:
+        """Read the pipe until every writer of it is gone, then close it."""
+        try:
+            while not self.ended:
+                await trio.lowlevel.wait_readable(self.output)
+                self.drain()
+        finally:
+            self.ended = True
+            self._tell()
+            os.close(self.output)
+
+
+def _start_launcher(bash: str, cwd: str) -> _Launcher:
+    os.makedirs(cwd, exist_ok=True)
+    return _Launcher(bash, cwd)
+
+
+def _pidfds_work() -> bool:
+    """Whether this kernel has pidfds (Linux 5.3 and later), without which
+    the end of a launcher's wrapper, not our child, could only be polled."""
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
+def _on_noexec_mount(path: str) -> bool:
+    """Whether ``path`` (or, while it does not exist, its nearest ancestor
+    that does) is on a file system mounted noexec, where a launcher cannot
+    run a wrapper as a command (``execve`` says EACCES, not ENOEXEC)."""
+    while True:
+        try:
+            return bool(os.statvfs(path).f_flag & os.ST_NOEXEC)
+        except FileNotFoundError:
+            parent = os.path.dirname(path)
+            if parent == path:
+                return False
+            path = parent
+
+
+class _Forked:
+    """A wrapper that a launcher started: not our child, so watched through
+    a pidfd, and its exit status is what it said (``LauncherOutput.exits``).
+    The pidfd is opened once the launcher has said its pid, and checked then
+    to be that wrapper's process, so a reused pid cannot fool it. Without a
+    pidfd (no descriptor left: EMFILE) it is looked at every
+    ``poll_interval``, as a previous daemon's wrapper is."""
+
+    def __init__(self, launcher: _Launcher, wrapper: str, pid: int, poll_interval: float) -> None:
+        self.launcher = launcher
+        self.wrapper = wrapper
+        self.pid = pid
+        self.poll_interval = poll_interval
+        self.pidfd: int | None = None
+        self._ended = False
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._ended = True  # reaped by the launcher already
+            return
+        except OSError as error:
+            log.warning("wrapper %d (%s): no pidfd (%s): looked at every %.2f s", pid, wrapper, error, poll_interval)
+        if not _is_wrapper(pid, wrapper):
+            # ended (a zombie's command line is empty) before we looked
+            self._ended = True
+            self._close_pidfd()
+
+    def running(self) -> bool:
+        if self._ended:
+            return False
+        if self.pidfd is None:
+            return _is_wrapper(self.pid, self.wrapper)
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return not poller.poll(0)
+
+    async def wait(self) -> int | None:
+        """Its exit status once it has ended; None when it said none (killed
+        by a signal bash cannot trap, or ended before its wrapper ran)."""
+        try:
+            if self.pidfd is not None:
+                await trio.lowlevel.wait_readable(self.pidfd)
+            else:
+                while self.running():  # noqa: ASYNC110 (nothing signals the end of a process not our child)
+                    await trio.sleep(self.poll_interval)
+        finally:
+            self.close()
+        # it said how it exited before it did: in the pipe by now
+        self.launcher.drain()
+        return self.launcher.said.exits.pop(self.pid, None)
+
+    def _close_pidfd(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+    def close(self) -> None:
+        self._ended = True
+        self._close_pidfd()
+        self.launcher.said.forget(self.wrapper)
+
+
 class LocalBackend:
     """Runs wrappers as processes of this host. See ``backend.Backend``."""
 
     runs_at_launch = True
     #: ``launch`` prepares the job directory itself, in the worker thread that
-    #: spawns the wrapper: one thread hop per job instead of two
+    #: hands it over: one thread hop per job instead of two
     launch_prepares = True
     #: a local wrapper's id is its pid, which its records hold already
     batch_id_variable = None
@@ -182,13 +529,15 @@ class LocalBackend:
         except (TypeError, ValueError) as error:
             raise ValueError(f"[executors.{config.name}] options: {error}") from None
         bash = config.options.get("bash")
-        #: what the spares run (``bash`` option, else ``default_bash``)
+        #: what the launcher and the spares run (``bash`` option, else
+        #: ``default_bash``)
         self.bash = bash if isinstance(bash, str) else default_bash()
         if not executable_file(self.bash):
             raise ValueError(f"[executors.{config.name}] bash: {self.bash} is not an executable file here")
         log.info("executor %s: jobs run under %s", config.name, self.bash)
-        #: wrappers this backend spawned, by pid: our children, reaped by ``wait``
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        #: the wrappers this backend started, by batch id (pid): its spares
+        #: (our children, reaped by ``wait``) and its launcher's forks
+        self._children: dict[str, subprocess.Popen[bytes] | _Forked] = {}
         #: wrapper path -> batch id of our children
         self._by_wrapper: dict[str, str] = {}
         #: wrapper path -> pid of every wrapper alive when first needed: the
@@ -196,29 +545,37 @@ class LocalBackend:
         self._orphans: dict[str, int] | None = None
         self._orphans_lock = trio.Lock()
         self._spawning = trio.CapacityLimiter(SPAWN_THREADS)
-        #: spares ready: taken in the spawning threads, made in
-        #: ``maintain``'s, dropped by ``close`` in the Trio thread
-        self._spares: list[_Spare] = []
-        self._spares_lock = threading.Lock()
+        #: the launcher that takes new jobs (``maintain`` keeps one), if any
+        self._launcher: _Launcher | None = None
         self._closed = False
-        #: set when spares are to be made (``maintain``)
-        self._spares_wanted = trio.Event()
-        #: where spares wait (the job directories' parent: a wrapper cds
-        #: into its own scratch directory at once)
-        self._spares_cwd = os.path.join(state_dir, "jobs")
+        #: where the launcher and the spares run (the job directories'
+        #: parent: a wrapper cds into its own scratch directory at once)
+        self._cwd = os.path.join(state_dir, "jobs")
 
     async def launch(self, job_dir: JobDir, spec: StartJob) -> str:
         """The wrapper's pid once it has claimed the job (or found it claimed
         by another wrapper: the executor's ``wait`` and the status file tell
         the rest). Raises NotStarted when the wrapper could not set the job
-        up, or could not be spawned; OSError when the job directory cannot be
+        up, or could not be started; OSError when the job directory cannot be
         prepared. Cancelling it leaves the wrapper running."""
         _sweep()
-        process, said = await trio.to_thread.run_sync(
-            self._prepare_and_spawn, job_dir, spec, limiter=self._spawning
-        )
-        if not self._spares:
-            self._spares_wanted.set()  # the first launch, or spares that died
+        launcher = self._launcher
+        if launcher is not None:
+            # before it can say anything of it
+            launcher.said.expect(job_dir.wrapper, job_dir.job_id)
+        try:
+            started = await trio.to_thread.run_sync(
+                self._prepare_and_start, job_dir, spec, launcher, limiter=self._spawning
+            )
+        except BaseException:
+            if launcher is not None:
+                launcher.said.forget(job_dir.wrapper)
+            raise
+        if isinstance(started, _Launcher):
+            return await self._launched(job_dir, started)
+        if launcher is not None:
+            launcher.said.forget(job_dir.wrapper)
+        process, said = started
         batch_id = str(process.pid)
         self._children[batch_id] = process
         self._by_wrapper[job_dir.wrapper] = batch_id
@@ -240,82 +597,141 @@ class LocalBackend:
         # claim: ``wait`` returns at once, and the status file decides
         return batch_id
 
+    async def _launched(self, job_dir: JobDir, launcher: _Launcher) -> str:
+        """``launch`` of a wrapper handed to ``launcher``: its pid once it
+        has claimed the job, or has ended without (as ``launch``)."""
+        said = launcher.said
+        wrapper = job_dir.wrapper
+        try:
+            while wrapper not in said.pids:
+                if wrapper in said.refused:
+                    raise NotStarted(
+                        f"the launcher (pid {launcher.process.pid}) could not start {wrapper}: {said.refused[wrapper]}"
+                    )
+                if launcher.exited or launcher.ended:
+                    # drained since it exited: it ended before it started
+                    # the wrapper (which it says at once)
+                    raise NotStarted(f"the launcher (pid {launcher.process.pid}) ended before it started {wrapper}")
+                await launcher.news(wrapper)
+            forked = _Forked(launcher, wrapper, said.pids[wrapper], self.poll_interval)
+        except BaseException:
+            said.forget(wrapper)
+            raise
+        batch_id = str(forked.pid)
+        self._children[batch_id] = forked
+        self._by_wrapper[wrapper] = batch_id
+        try:
+            while forked.pid not in said.claimed and forked.pid not in said.exits:
+                if not forked.running():
+                    launcher.drain()  # what it said before it ended
+                    break
+                # the claim comes in a millisecond or two; a wrapper killed
+                # before it by a signal bash cannot trap says nothing more,
+                # which a look at its pidfd every poll_interval finds
+                with trio.move_on_after(self.poll_interval):
+                    await launcher.news(wrapper)
+        except BaseException:
+            self._forget(job_dir, batch_id)
+            raise
+        if forked.pid in said.claimed:
+            return batch_id
+        words = said.words.get(wrapper, "")
+        if said.exits.get(forked.pid) == CANNOT_START_EXIT:
+            said.exits.pop(forked.pid)
+            self._forget(job_dir, batch_id)
+            raise NotStarted(_cannot_start_words(job_dir, words))
+        # CLAIMED_EXIT (another wrapper has the job), or killed before its
+        # claim: ``wait`` returns at once, and the status file decides
+        return batch_id
+
     def _forget(self, job_dir: JobDir, batch_id: str) -> None:
-        self._children.pop(batch_id, None)
+        child = self._children.pop(batch_id, None)
+        if isinstance(child, _Forked):
+            child.close()
         if self._by_wrapper.get(job_dir.wrapper) == batch_id:
             del self._by_wrapper[job_dir.wrapper]
 
     def close(self) -> None:
-        """Let the spares go (they exit once their stdin closes); none is
-        made after this, and ``maintain`` returns. The jobs running are left
-        alone."""
-        with self._spares_lock:
-            self._closed = True
-            spares, self._spares = self._spares, []
-        for spare in spares:
-            spare.discard()
-        self._spares_wanted.set()
-
-    def job_reported(self) -> None:
-        """A job of this backend has been reported ended: spares up to
-        ``SPARES`` (``maintain``), made while the database commits that end
-        rather than beside a job that starts."""
-        if len(self._spares) < SPARES:
-            self._spares_wanted.set()
+        """No job is started through the launcher after this: it exits (its
+        forks, the jobs, run on) and ``maintain`` returns once they have
+        said all they will."""
+        self._closed = True
+        if self._launcher is not None:
+            self._launcher.close()
+            self._launcher = None
 
     async def maintain(self) -> None:
-        """Make spares up to ``SPARES`` each time they are wanted: after a
-        launch that found none ready, and once a job has been reported ended
-        (``job_reported``). Made right after each launch instead, a spare's
-        bash started beside the job on the same two cores, and a chain of
-        short steps took 0.28 ms a link more (docs/executor.md, "Spares").
-        Runs until ``close``; without it, each launch makes its own spare."""
-        while True:
-            await self._spares_wanted.wait()
-            if self._closed:
-                return
-            self._spares_wanted = trio.Event()
-            await trio.to_thread.run_sync(self._make_spares)
-
-    def _prepare_and_spawn(self, job_dir: JobDir, spec: StartJob) -> tuple[subprocess.Popen[bytes], int]:
-        """The process that runs the wrapper (a spare, made here when none
-        is ready: ``maintain`` makes them ahead), and the read end of the
-        pipe on which it says whether it claimed the job."""
-        if "\n" in job_dir.wrapper:  # a spare reads one line
-            raise NotStarted(f"the path {job_dir.wrapper!r} holds a newline: a spare cannot read it")
-        job_dir.prepare(spec)  # raises AlreadyStarted when the status file exists
-        with self._spares_lock:
-            spare = self._spares.pop() if self._spares else None
-        if spare is None or not spare.hand(job_dir.wrapper):
-            try:
-                spare = _Spare(self.bash, self._spares_cwd)
-            except OSError as error:
-                # not the job's failure: the machine's limits (EAGAIN, ENOMEM,
-                # EMFILE), or a ``bash`` that is gone since the start
-                raise NotStarted(f"cannot start {self.bash} for {job_dir.wrapper}: {error}") from None
-            if not spare.hand(job_dir.wrapper):
-                raise NotStarted(f"{self.bash} exited before it was given {job_dir.wrapper}")
-        return spare.process, spare.said
-
-    def _make_spares(self) -> None:
-        """Spares up to ``SPARES`` (``maintain`` alone makes them, one call
-        at a time); a failure to make one (the machine's limits) is the next
-        launch's, which makes its own."""
-        while True:
-            with self._spares_lock:
-                if self._closed or len(self._spares) >= SPARES:
-                    return
-            try:
-                spare = _Spare(self.bash, self._spares_cwd)
-            except OSError as error:
-                log.debug("executor %s: no spare made: %s", self.config.name, error)
-                return
-            with self._spares_lock:
-                if not self._closed:
-                    self._spares.append(spare)
-                    continue
-            spare.discard()
+        """Keep a launcher ready (``_Launcher``) until ``close``, and read
+        what its forks say; a launcher that ends (killed, or a ``bash`` gone)
+        is started again, after ``LAUNCHER_RESTART_DELAY`` when it lasted
+        less than that. Until one is ready, each launch starts a bash of its
+        own (``_Spare``). Returns once closed and each launcher's forks have
+        said all they will (the jobs they run have ended)."""
+        if not _pidfds_work():
+            log.info("executor %s: this kernel has no pidfds: each job starts a bash of its own", self.config.name)
             return
+        if await trio.to_thread.run_sync(_on_noexec_mount, self._cwd):
+            log.info(
+                "executor %s: %s is on a file system mounted noexec: each job starts a bash of its own",
+                self.config.name, self._cwd,
+            )
+            return
+        async with trio.open_nursery() as nursery:
+            while not self._closed:
+                began = trio.current_time()
+                try:
+                    launcher = await trio.to_thread.run_sync(_start_launcher, self.bash, self._cwd)
+                except OSError as error:
+                    log.warning("executor %s: cannot start a launcher: %s", self.config.name, error)
+                    await trio.sleep(LAUNCHER_RESTART_DELAY)
+                    continue
+                nursery.start_soon(launcher.read)
+                self._launcher = launcher
+                if self._closed:  # closed while it started
+                    self._launcher = None
+                    launcher.close()
+                try:
+                    # ``close`` closes its stdin: it exits then
+                    await _wait_child(launcher.process, self.poll_interval)
+                finally:
+                    if self._launcher is launcher:
+                        self._launcher = None
+                    launcher.close()
+                    if launcher.process.poll() is None:
+                        _abandoned.add(launcher.process)
+                launcher.has_exited()
+                if self._closed:
+                    break
+                log.warning(
+                    "executor %s: the launcher (pid %d) ended (exit %s); starting another",
+                    self.config.name, launcher.process.pid, launcher.process.returncode,
+                )
+                if trio.current_time() - began < LAUNCHER_RESTART_DELAY:
+                    await trio.sleep(LAUNCHER_RESTART_DELAY)
+
+    def _prepare_and_start(
+        self, job_dir: JobDir, spec: StartJob, launcher: _Launcher | None
+    ) -> _Launcher | tuple[subprocess.Popen[bytes], int]:
+        """Prepare the job directory and hand the wrapper over: to
+        ``launcher`` (returned) when there is one and it takes it, else to
+        a spare made here (its process, and the read end of the pipe on
+        which it says whether it claimed the job)."""
+        if "\n" in job_dir.wrapper:  # a spare and a launcher read one line
+            raise NotStarted(f"the path {job_dir.wrapper!r} holds a newline: a spare cannot read it")
+        # raises AlreadyStarted when the status file exists; no ``#!``, so
+        # that a launcher runs the wrapper in a fork of itself
+        job_dir.prepare(spec, interpreter_line=False)
+        if launcher is not None and launcher.run(job_dir.wrapper):
+            return launcher
+        try:
+            spare = _Spare(self.bash, self._cwd)
+        except OSError as error:
+            # not the job's failure: the machine's limits (EAGAIN, ENOMEM,
+            # EMFILE), or a ``bash`` that is gone since the start
+            raise NotStarted(f"cannot start {self.bash} for {job_dir.wrapper}: {error}") from None
+        if not spare.hand(job_dir.wrapper):
+            raise NotStarted(f"{self.bash} exited before it was given {job_dir.wrapper}")
+        return spare.process, spare.said
 
     async def wait(self, job_dir: JobDir, batch_id: str) -> int | None:
         """The wrapper's exit status (None for a previous daemon's wrapper,
@@ -326,6 +742,11 @@ class LocalBackend:
             await _wait_foreign(int(batch_id), job_dir.wrapper, self.poll_interval)
             _sweep()
             return None
+        if isinstance(process, _Forked):
+            try:
+                return await process.wait()
+            finally:
+                self._forget(job_dir, batch_id)
         try:
             await _wait_child(process, self.poll_interval)
         except BaseException:
@@ -338,7 +759,7 @@ class LocalBackend:
 
     async def find(self, job_dir: JobDir, status: Status | None) -> str | None:
         batch_id = self._by_wrapper.get(job_dir.wrapper)
-        if batch_id is not None and self._children[batch_id].poll() is None:
+        if batch_id is not None and _running(self._children[batch_id]):
             return batch_id
         if status is not None and status.pid is not None:
             return str(status.pid) if _is_wrapper(status.pid, job_dir.wrapper) else None
@@ -351,8 +772,8 @@ class LocalBackend:
         seconds to what is left of it."""
         pgid = int(batch_id)
         if not (batch_id in self._children or _is_wrapper(pgid, job_dir.wrapper)):
-            # the wrapper is gone: signal the group only while it has members of
-            # the wrapper's session, so a reused pid is never hit
+            # the wrapper is gone: signal the group only while it has members
+            # (the command's processes), so a reused pid is never hit
             if not await trio.to_thread.run_sync(group_members, pgid):
                 return
         if not _signal_group(pgid, signal.SIGTERM):
@@ -388,10 +809,11 @@ _CLAIM_TEXT_LIMIT = 8192
 
 
 async def _read_claim(descriptor: int) -> tuple[bool, str]:
-    """Read the wrapper's pipe until it says it claimed the job (True) or
-    closes it without (False); what it said, as text. Owns ``descriptor``."""
+    """Read a spare's pipe until its wrapper says it claimed the job (True)
+    or closes it without (False); what it said, as text. Owns
+    ``descriptor``."""
     said = b""
-    marker = CLAIMED_LINE.encode() + b"\n"
+    marker = CLAIMED_LINE.encode() + b" "
     async with trio.lowlevel.FdStream(descriptor) as stream:
         while True:
             chunk = await stream.receive_some(4096)
@@ -400,6 +822,12 @@ async def _read_claim(descriptor: int) -> tuple[bool, str]:
             said = (said + chunk)[-_CLAIM_TEXT_LIMIT:]
             if said.startswith(marker) or b"\n" + marker in said:
                 return True, ""
+
+
+def _running(child: subprocess.Popen[bytes] | _Forked) -> bool:
+    if isinstance(child, _Forked):
+        return child.running()
+    return child.poll() is None
 
 
 _BASH_PREFIX = re.compile(r"^\S*wrapper\.sh: line \d+: ")
@@ -448,17 +876,18 @@ def _cmdline(pid: int) -> list[str]:
 
 def _is_wrapper(pid: int, wrapper: str) -> bool:
     """Is ``pid`` alive and running this wrapper? (A zombie's cmdline is
-    empty, so a zombie is not.) The wrapper leads its session: its forks (the
-    subshell that runs the command) show the same command line but are not."""
-    return pid > 0 and _wrapper_of(pid) == wrapper and _leads_session(pid)
+    empty, so a zombie is not.) The wrapper leads its process group: its
+    forks (the subshell that runs the command) show the same command line
+    but do not."""
+    return pid > 0 and _wrapper_of(pid) == wrapper and _leads_group(pid)
 
 
 def _wrapper_of(pid: int) -> str | None:
-    """The wrapper that process ``pid`` runs, if it runs one: a spare's, on
-    ``SPARE_FD``; ``bash WRAPPER``'s (a daemon before spares), on its
-    command line."""
+    """The wrapper that process ``pid`` runs, if it runs one: a spare's or a
+    launcher's fork's, on ``SPARE_FD``; ``bash WRAPPER``'s (a daemon before
+    spares), on its command line."""
     arguments = _cmdline(pid)
-    if arguments[3:4] == [SPARE_NAME]:
+    if arguments[3:4] in ([SPARE_NAME], [LAUNCHER_NAME]):
         try:
             target = os.readlink(f"/proc/{pid}/fd/{SPARE_FD}")
         except OSError:
@@ -467,9 +896,11 @@ def _wrapper_of(pid: int) -> str | None:
     return arguments[1] if len(arguments) > 1 and arguments[1].endswith("/wrapper.sh") else None
 
 
-def _leads_session(pid: int) -> bool:
+def _leads_group(pid: int) -> bool:
+    """A spare leads its session, and with it its process group; a
+    launcher's fork leads a process group of its own (``set -m``)."""
     try:
-        return os.getsid(pid) == pid
+        return os.getpgid(pid) == pid
     except OSError:
         return False
 
@@ -482,7 +913,7 @@ def scan_wrappers(state_dir: str) -> dict[str, int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             wrapper = _wrapper_of(int(entry))
-            if wrapper is not None and wrapper.startswith(prefix) and _leads_session(int(entry)):
+            if wrapper is not None and wrapper.startswith(prefix) and _leads_group(int(entry)):
                 found[wrapper] = int(entry)
     return found
 

@@ -138,9 +138,9 @@ async def _unfenced() -> None:
 
 
 def _optional(backend: Backend | None, name: str) -> Callable[[], Any] | None:
-    """A backend's optional method ``name`` (``close``, ``job_reported``,
-    ``maintain``: for those that keep something ready between jobs, local
-    its spares; backend.py), or None: not part of the protocol."""
+    """A backend's optional method ``name`` (``close``, ``maintain``: for
+    those that keep something ready between jobs, local its launcher;
+    backend.py), or None: not part of the protocol."""
     method: Callable[[], Any] | None = getattr(backend, name, None)
     return method
 
@@ -307,9 +307,6 @@ class _Job:
     async def run(self) -> None:
         try:
             await self.executor.send.send(await self._report())
-            job_reported = _optional(self.backend, "job_reported")
-            if job_reported is not None:
-                job_reported()
         finally:
             self.executor.jobs.pop(self.id, None)
 
