@@ -15,9 +15,11 @@ link, from one job's start record to the next one's (the wrappers' own clock,
 to the microsecond: the 50 ms looks would add up to 0.5 ms a link); the
 machine's load average, and where the CPU of a fan-out job goes:
 
-- wrapper: the CPU of the job's processes (its wrapper and what that runs),
-  from ``getrusage(RUSAGE_CHILDREN)``: the daemon runs in this process, so
-  its jobs are this process's children; beside it, a plain spawn's;
+- wrapper: the CPU of the job's processes (its wrapper and what that runs):
+  the daemon runs in this process, so its jobs are the children of its
+  launcher, a child of this process, whose ``/proc`` counts what it reaped,
+  or this process's own children (spares: ``getrusage(RUSAGE_CHILDREN)``);
+  beside it, a plain spawn's;
 - files: the job directory's work in the daemon's worker threads
   (``JobDir.prepare``, ``read_status``, ``read_tails``, ``remove_scratch``),
   their thread CPU time;

@@ -4,6 +4,7 @@ outputs. Timeouts here are safety nets, never what a test measures."""
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from executor_harness import SAFETY, fill, free_pages, make_dirs, running_execut
 from services import service_missing
 from waiting import wait_until_async
 
+from muppet.executor import local as local_module
 from muppet.executor import task as executor_task
 from muppet.executor.backend import BACKEND_TYPES, backend_factory, make_backends
 from muppet.executor.jobdir import CANNOT_START_EXIT, CLAIMED_EXIT, JobDir, Status, parse_status, render_wrapper
@@ -244,8 +246,7 @@ async def test_a_local_job_runs_in_a_fork_of_the_launcher(dirs):
         "for fd in 7 8; do [ -e /dev/fd/$fd ] && echo $fd-open || echo $fd-closed; done; sleep 0.3"
     )
     async with executor(state, out) as ex:
-        await ex.run_job(make_spec(16, "true"))
-        await wait_until(lambda: len(our_launchers()) == 1, "a launcher")
+        await until_the_launcher_runs_jobs(ex, 100)
         (launcher,) = our_launchers()
         for job_id in (17, 18):
             await ex.send.send(make_spec(job_id, command))
@@ -267,6 +268,17 @@ async def test_a_local_job_runs_in_a_fork_of_the_launcher(dirs):
         assert started[17].batch_id != started[18].batch_id
         assert our_launchers() == {launcher}
     await wait_until(lambda: not our_launchers(), "the launcher to exit once the executor stopped")
+
+
+async def until_the_launcher_runs_jobs(ex, first_job_id: int) -> None:
+    """Run jobs from ``first_job_id`` on until one runs in a fork of the
+    launcher (before it is ready, a job starts in a spare): the next one
+    will too."""
+    with trio.fail_after(SAFETY):
+        for job_id in itertools.count(first_job_id):
+            _, finished = await ex.run_job(make_spec(job_id, 'echo "$PPID"'))
+            if int(finished.stdout_tail) in our_launchers():
+                return
 
 
 async def test_a_launcher_that_died_is_replaced(dirs, caplog):
@@ -307,8 +319,9 @@ async def test_a_local_job_runs_under_the_bash_its_executor_names(dirs):
     state, out = dirs
     executors = {"local": attrs.evolve(EXECUTORS["local"], options={"kill_grace": 5, "bash": "/bin/bash"})}
     async with running_executor(executors, state, out) as ex:
-        _, finished = await ex.run_job(make_spec(24, 'echo "$BASH"'))
-    assert (finished.state, finished.stdout_tail) == ("succeeded", "/bin/bash\n")
+        await until_the_launcher_runs_jobs(ex, 120)
+        _, finished = await ex.run_job(make_spec(24, 'echo "$BASH"; [ /proc/$$/exe -ef /bin/bash ] && echo it-is'))
+    assert (finished.state, finished.stdout_tail) == ("succeeded", "/bin/bash\nit-is\n")
 
 
 async def test_a_local_job_runs_under_bash_static_where_it_is_installed(dirs):
@@ -320,8 +333,11 @@ async def test_a_local_job_runs_under_bash_static_where_it_is_installed(dirs):
     assert default_bash() == "/bin/bash-static"
     state, out = dirs
     async with executor(state, out) as ex:
-        _, finished = await ex.run_job(make_spec(25, 'echo "$BASH ${BASH_VERSINFO[0]}"'))
-    assert (finished.state, finished.stdout_tail) == ("succeeded", "/bin/bash-static 5\n")
+        # a launcher's wrapper, as every job once the launcher is ready
+        await until_the_launcher_runs_jobs(ex, 110)
+        command = 'echo "$BASH ${BASH_VERSINFO[0]} $#"; [ /proc/$$/exe -ef /bin/bash-static ] && echo it-is'
+        _, finished = await ex.run_job(make_spec(25, command))
+    assert (finished.state, finished.stdout_tail) == ("succeeded", "/bin/bash-static 5 0\nit-is\n")
 
 
 def test_a_local_executor_refuses_a_bash_it_cannot_run(tmp_path):
@@ -766,10 +782,18 @@ async def test_full_disk_at_prepare_is_not_started_and_starts_once_emptied(small
     assert len(_warnings(caplog, "jobs start again after")) == 1
 
 
-async def test_a_claim_the_wrapper_cannot_write_is_not_started(small_tmpfs, tmp_path, caplog):
+@pytest.mark.parametrize("runner", ["launcher", "spare"])
+async def test_a_claim_the_wrapper_cannot_write_is_not_started(small_tmpfs, tmp_path, caplog, monkeypatch, runner):
     """Room for the wrapper but not for its status file: the wrapper exits
     74 and the executor reports JobNotStarted with what the wrapper said, never
-    JobStarted; the next StartJob runs the command once."""
+    JobStarted; the next StartJob runs the command once. The same whether
+    the wrapper ran in a launcher's fork, which says it on the launcher's
+    pipe among the others', or in a spare."""
+    if runner == "spare":
+        async def no_launcher(backend):
+            pass
+
+        monkeypatch.setattr(LocalBackend, "maintain", no_launcher)
     out, marker = tmp_path / "out", tmp_path / "ran"
     out.mkdir()
     for directory in ("jobs", "scratch"):
@@ -777,14 +801,20 @@ async def test_a_claim_the_wrapper_cannot_write_is_not_started(small_tmpfs, tmp_
     spec = make_spec(53, f"echo once >> {marker}")
     job_dir = JobDir(str(small_tmpfs), 53)
     wrapper_pages = -(-len(render_wrapper(job_dir, spec).encode()) // 4096)
-    await trio.to_thread.run_sync(fill, small_tmpfs / "fill")
-    await trio.to_thread.run_sync(free_pages, small_tmpfs / "fill", wrapper_pages)  # room for the wrapper only
     async with executor(small_tmpfs, out) as ex:
+        if runner == "launcher":
+            await until_the_launcher_runs_jobs(ex, 60)
+            spares = []
+            monkeypatch.setattr(local_module._Spare, "__init__", lambda *args: spares.append(args) or None)
+        await trio.to_thread.run_sync(fill, small_tmpfs / "fill")
+        await trio.to_thread.run_sync(free_pages, small_tmpfs / "fill", wrapper_pages)  # room for the wrapper only
         await ex.send.send(spec)
         report = await ex.until_not_started(53)
+        if runner == "launcher":
+            assert not spares, "the launcher ran it"
         assert report.reason.startswith(f"cannot write the status file {job_dir.status}: ")
         assert "No space left on device" in report.reason and f"(exit {CANNOT_START_EXIT})" in report.reason
-        assert not any(isinstance(m, JobStarted) for m in ex.messages)
+        assert not any(isinstance(m, JobStarted) and m.job_id == 53 for m in ex.messages)
         assert job_dir.read_status() is None and not marker.exists()
         await trio.Path(small_tmpfs / "fill").unlink()
         started, finished = await ex.run_job(spec)
@@ -958,3 +988,22 @@ async def test_a_launcher_says_which_wrapper_it_cannot_open(tmp_path):
             while not launcher.ended:
                 await launcher.news(missing)
     assert not launcher.run(missing), "a closed launcher takes nothing"
+
+
+async def test_a_launched_wrapper_says_its_exit_status(dirs):
+    """The daemon is not the parent of a launcher's wrapper, so ``wait``
+    has its exit status from what the wrapper said as it exited."""
+    state, _ = dirs
+    backend = LocalBackend(EXECUTORS["local"], str(state))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(backend.maintain)
+        await wait_until(lambda: backend._launcher is not None, "a launcher")
+        job_dir = JobDir(str(state), 70)
+        gate = state / "gate"
+        batch_id = await backend.launch(job_dir, make_spec(70, f"until [ -e {gate} ]; do sleep 0.01; done; exit 3"))
+        assert _parent(int(batch_id)) in our_launchers()
+        await trio.Path(gate).touch()
+        with trio.fail_after(SAFETY):
+            assert await backend.wait(job_dir, batch_id) == 3
+        backend.close()
+    assert not our_launchers()

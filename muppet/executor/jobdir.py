@@ -457,9 +457,14 @@ def render_wrapper(
     return f"""{first_line}
 # MUPPET job {job_id}: {spec.job.pipeline}.{spec.job.step}[{spec.job.index}], run {spec.job.run_id}
 # Written by the daemon; the status file is its record of the run (see docs/executor.md).
-# Run by a local executor's launcher (argument "launched"), it says how it exits on
-# descriptor {LAUNCHED_EXIT_FD}: the daemon is not its parent (docs/executor.md, "The launcher").
-[ "${{1-}}" = launched ] && trap 'echo "{EXIT_LINE} $$ $?" >&{LAUNCHED_EXIT_FD}' EXIT
+# Run by a local executor's launcher (arguments "launched" and the launcher's bash),
+# it says how it exits on descriptor {LAUNCHED_EXIT_FD}: the daemon is not its parent; and it
+# takes the launcher's $BASH, which bash set anew for it (docs/executor.md, "The launcher").
+if [ "${{1-}}" = launched ]; then
+    BASH=$2
+    trap 'echo "{EXIT_LINE} $$ $?" >&{LAUNCHED_EXIT_FD}' EXIT
+fi
+set --
 _muppet_batch_id=
 {batch_id}{exports}
 _muppet_started=${{EPOCHREALTIME/,/.}}

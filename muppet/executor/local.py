@@ -113,7 +113,9 @@ REFUSED_LINE = "muppet: cannot start"
 #: runs it itself, a new shell for it as far as the script can tell (its own
 #: ``$$``) without starting a bash (docs/executor.md, "The launcher"). The
 #: wrapper holds itself open on ``SPARE_FD``, as in a spare, and the
-#: launcher's pipe on ``LAUNCHED_EXIT_FD``; ``set -m`` gives it a process
+#: launcher's pipe on ``LAUNCHED_EXIT_FD``; its arguments say it was
+#: launched, and by which bash (the new shell's ``$BASH`` would be the
+#: user's login shell); ``set -m`` gives it a process
 #: group of its own. ``disown`` forgets it: bash would keep every job it
 #: started, and each start would cost more than the last.
 _LAUNCHER_SCRIPT = (
@@ -124,7 +126,7 @@ _LAUNCHER_SCRIPT = (
     "        continue\n"
     "    fi\n"
     "    _muppet_last=$!\n"
-    f'    "$_muppet_wrapper" launched {LAUNCHED_EXIT_FD}>&1 </dev/null &\n'
+    f'    "$_muppet_wrapper" launched "$BASH" {LAUNCHED_EXIT_FD}>&1 </dev/null &\n'
     # $! stays as it was when bash could not fork (EAGAIN, ENOMEM)
     '    if [ "$!" != "$_muppet_last" ]; then\n'
     f'        echo "{PID_LINE} $! $_muppet_wrapper"\n'
