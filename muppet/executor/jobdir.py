@@ -462,7 +462,7 @@ def render_wrapper(
 # takes the launcher's $BASH, which bash set anew for it (docs/executor.md, "The launcher").
 if [ "${{1-}}" = launched ]; then
     BASH=$2
-    trap 'echo "{EXIT_LINE} $$ $?" >&{LAUNCHED_EXIT_FD}' EXIT
+    trap 'echo "{EXIT_LINE} $$ $?" >&{LAUNCHED_EXIT_FD} 2>/dev/null' EXIT
 fi
 set --
 _muppet_batch_id=
