@@ -238,12 +238,12 @@ async def test_a_local_job_runs_in_a_fork_of_the_launcher(dirs):
     launcher's child, leads a process group of its own, and is a new shell
     to the job (its own ``$$``, ``$0`` the wrapper's path, neither the
     descriptor that holds the wrapper nor the launcher's pipe open for the
-    command). Two jobs at once have two pids. The launcher goes once the
+    command), so that two jobs have two ``$$``. The launcher goes once the
     executor stops."""
     state, out = dirs
     command = (
         'echo "$$ $PPID $0 $(ps -o pgid= -p $$)"; '
-        "for fd in 7 8; do [ -e /dev/fd/$fd ] && echo $fd-open || echo $fd-closed; done; sleep 0.3"
+        "for fd in 7 8; do [ -e /dev/fd/$fd ] && echo $fd-open || echo $fd-closed; done"
     )
     async with executor(state, out) as ex:
         await until_the_launcher_runs_jobs(ex, 100)

@@ -163,6 +163,35 @@ def _sweep() -> None:
             _abandoned.discard(process)
 
 
+def _start_bash(
+    bash: str, script: str, name: str, cwd: str, *, output_flags: int = 0
+) -> tuple[subprocess.Popen[bytes], int, int]:
+    """``bash -c script name`` in a session of its own, with a pipe for its
+    stdin and one for its stdout and stderr: the process, the write end of
+    the first and the read end of the second. Blocking (a fork). OSError
+    when no process can be made (EAGAIN, ENOMEM, EMFILE: the machine's
+    limits)."""
+    stdin, to_bash = os.pipe2(os.O_CLOEXEC)
+    output, write_end = os.pipe2(os.O_CLOEXEC | output_flags)
+    try:
+        process = subprocess.Popen(
+            [bash, "-c", script, name],
+            start_new_session=True,
+            stdin=stdin,
+            stdout=write_end,
+            stderr=write_end,
+            cwd=cwd,
+        )
+    except OSError:
+        for descriptor in (to_bash, output):
+            os.close(descriptor)
+        raise
+    finally:
+        os.close(stdin)
+        os.close(write_end)
+    return process, to_bash, output
+
+
 class _Spare:
     """A bash waiting on its stdin for a wrapper's path, and the read end of
     the pipe on which what it runs says whether it claimed the job: a job's
@@ -171,28 +200,9 @@ class _Spare:
     (the machine's limits)."""
 
     def __init__(self, bash: str, cwd: str) -> None:
-        stdin, self._to_spare = os.pipe2(os.O_CLOEXEC)
-        said, write_end = os.pipe2(os.O_CLOEXEC)
-        try:
-            self.process = subprocess.Popen(
-                [bash, "-c", _SPARE_SCRIPT, SPARE_NAME],
-                start_new_session=True,
-                stdin=stdin,
-                # until a wrapper it runs holds the claim; then it redirects
-                # to the job directory
-                stdout=write_end,
-                stderr=write_end,
-                cwd=cwd,
-            )
-        except OSError:
-            # no process (EAGAIN, ENOMEM, EMFILE: the machine's limits)
-            for descriptor in (self._to_spare, said):
-                os.close(descriptor)
-            raise
-        finally:
-            os.close(stdin)
-            os.close(write_end)
-        self.said = said
+        # its output is the pipe until a wrapper it runs holds the claim;
+        # then the wrapper sends it to the job directory
+        self.process, self._to_spare, self.said = _start_bash(bash, _SPARE_SCRIPT, SPARE_NAME, cwd)
 
     def hand(self, wrapper: str) -> bool:
         """Give the spare ``wrapper`` to run (one ``write``, whole: a path is
@@ -315,24 +325,9 @@ class _Launcher:
     from the Trio thread."""
 
     def __init__(self, bash: str, cwd: str) -> None:
-        stdin, self._to_launcher = os.pipe2(os.O_CLOEXEC)
-        self.output, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        try:
-            self.process = subprocess.Popen(
-                [bash, "-c", _LAUNCHER_SCRIPT, LAUNCHER_NAME],
-                start_new_session=True,
-                stdin=stdin,
-                stdout=write_end,
-                stderr=write_end,
-                cwd=cwd,
-            )
-        except OSError:
-            for descriptor in (self._to_launcher, self.output):
-                os.close(descriptor)
-            raise
-        finally:
-            os.close(stdin)
-            os.close(write_end)
+        self.process, self._to_launcher, self.output = _start_bash(
+            bash, _LAUNCHER_SCRIPT, LAUNCHER_NAME, cwd, output_flags=os.O_NONBLOCK
+        )
         self.said = LauncherOutput()
         #: wrapper path -> the event of a launch waiting for news of it
         self._waiting: dict[str, trio.Event] = {}
