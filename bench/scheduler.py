@@ -305,12 +305,9 @@ def jobs_cpu() -> float:
     theirs, not ours)."""
     total = cpu(resource.RUSAGE_CHILDREN)
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if not entry.isdigit() or local._cmdline(int(entry))[3:4] != [local.LAUNCHER_NAME]:
             continue
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as file:
-                if file.read().split(b"\0")[3:4] != [local.LAUNCHER_NAME.encode()]:
-                    continue
             with open(f"/proc/{entry}/stat") as file:
                 fields = file.read().rsplit(")", 1)[1].split()
         except OSError:

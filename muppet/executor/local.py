@@ -445,6 +445,28 @@ def _on_noexec_mount(path: str) -> bool:
             path = parent
 
 
+class _SpareChild:
+    """A wrapper that runs in a spare: our child, whose exit status ``wait``
+    reaps. Watched as a launcher's wrapper is (``_Forked``): ``running``,
+    ``wait``, and ``close`` once no one watches it (then, still running, it
+    is left to ``_sweep``, as it must outlive us)."""
+
+    def __init__(self, process: subprocess.Popen[bytes], poll_interval: float) -> None:
+        self.process = process
+        self.poll_interval = poll_interval
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    async def wait(self) -> int | None:
+        await _wait_child(self.process, self.poll_interval)
+        return self.process.returncode
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            _abandoned.add(self.process)
+
+
 class _Forked:
     """A wrapper that a launcher started: not our child, so watched through
     a pidfd, and its exit status is what it said (``LauncherOutput.exits``).
@@ -532,9 +554,9 @@ class LocalBackend:
         if not executable_file(self.bash):
             raise ValueError(f"[executors.{config.name}] bash: {self.bash} is not an executable file here")
         log.info("executor %s: jobs run under %s", config.name, self.bash)
-        #: the wrappers this backend started, by batch id (pid): its spares
-        #: (our children, reaped by ``wait``) and its launcher's forks
-        self._children: dict[str, subprocess.Popen[bytes] | _Forked] = {}
+        #: the wrappers this backend started, by batch id (pid): in spares
+        #: (our children) and in its launcher's forks
+        self._children: dict[str, _SpareChild | _Forked] = {}
         #: wrapper path -> batch id of our children
         self._by_wrapper: dict[str, str] = {}
         #: wrapper path -> pid of every wrapper alive when first needed: the
@@ -573,21 +595,20 @@ class LocalBackend:
         if launcher is not None:
             launcher.said.forget(job_dir.wrapper)
         process, said = started
+        child = _SpareChild(process, self.poll_interval)
         batch_id = str(process.pid)
-        self._children[batch_id] = process
+        self._children[batch_id] = child
         self._by_wrapper[job_dir.wrapper] = batch_id
         try:
             claimed, text = await _read_claim(said)
             if claimed:
                 return batch_id
             # no claim: the wrapper exits (or has), and its exit code says why
-            await _wait_child(process, self.poll_interval)
+            status = await child.wait()
         except BaseException:
-            if process.poll() is None:
-                _abandoned.add(process)
             self._forget(job_dir, batch_id)
             raise
-        if process.returncode == CANNOT_START_EXIT:
+        if status == CANNOT_START_EXIT:
             self._forget(job_dir, batch_id)
             raise NotStarted(_cannot_start_words(job_dir, text))
         # CLAIMED_EXIT (another wrapper has the job), or killed before its
@@ -643,7 +664,7 @@ class LocalBackend:
 
     def _forget(self, job_dir: JobDir, batch_id: str) -> None:
         child = self._children.pop(batch_id, None)
-        if isinstance(child, _Forked):
+        if child is not None:
             child.close()
         if self._by_wrapper.get(job_dir.wrapper) == batch_id:
             del self._by_wrapper[job_dir.wrapper]
@@ -734,29 +755,19 @@ class LocalBackend:
         """The wrapper's exit status (None for a previous daemon's wrapper,
         which is not our child). Cancelling it leaves the process running
         (it must outlive us)."""
-        process = self._children.get(batch_id)
-        if process is None:
+        child = self._children.get(batch_id)
+        if child is None:
             await _wait_foreign(int(batch_id), job_dir.wrapper, self.poll_interval)
             _sweep()
             return None
-        if isinstance(process, _Forked):
-            try:
-                return await process.wait()
-            finally:
-                self._forget(job_dir, batch_id)
         try:
-            await _wait_child(process, self.poll_interval)
-        except BaseException:
-            if process.poll() is None:
-                _abandoned.add(process)
-            raise
+            return await child.wait()
         finally:
             self._forget(job_dir, batch_id)
-        return process.returncode
 
     async def find(self, job_dir: JobDir, status: Status | None) -> str | None:
         batch_id = self._by_wrapper.get(job_dir.wrapper)
-        if batch_id is not None and _running(self._children[batch_id]):
+        if batch_id is not None and self._children[batch_id].running():
             return batch_id
         if status is not None and status.pid is not None:
             return str(status.pid) if _is_wrapper(status.pid, job_dir.wrapper) else None
@@ -819,12 +830,6 @@ async def _read_claim(descriptor: int) -> tuple[bool, str]:
             said = (said + chunk)[-_CLAIM_TEXT_LIMIT:]
             if said.startswith(marker) or b"\n" + marker in said:
                 return True, ""
-
-
-def _running(child: subprocess.Popen[bytes] | _Forked) -> bool:
-    if isinstance(child, _Forked):
-        return child.running()
-    return child.poll() is None
 
 
 _BASH_PREFIX = re.compile(r"^\S*wrapper\.sh: line \d+: ")
