@@ -26,9 +26,11 @@ from muppet.executor import task as executor_task
 from muppet.executor.backend import BACKEND_TYPES, backend_factory, make_backends
 from muppet.executor.jobdir import CANNOT_START_EXIT, CLAIMED_EXIT, JobDir, Status, parse_status, render_wrapper
 from muppet.executor.local import (
-    _LAUNCHER_SCRIPT,
     _SPARE_SCRIPT,
     LAUNCHER_NAME,
+    LAUNCHER_READERS,
+    LAUNCHER_RECORD,
+    SPARE_FD,
     SPARE_NAME,
     SPAWN_THREADS,
     LauncherOutput,
@@ -267,7 +269,28 @@ async def test_a_local_job_runs_in_a_fork_of_the_launcher(dirs):
             assert fds == ["7-closed", "8-closed"]
         assert started[17].batch_id != started[18].batch_id
         assert our_launchers() == {launcher}
+        await wait_until(lambda: len(readers_of(launcher)) == LAUNCHER_READERS, "the launcher's readers")
+        readers = readers_of(launcher)
     await wait_until(lambda: not our_launchers(), "the launcher to exit once the executor stopped")
+    await wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in readers), "its readers to exit")
+
+
+def readers_of(launcher: int) -> set[int]:
+    """The launcher's forks that wait for a path: its live children (a
+    zombie has no descriptors) that hold no wrapper open (``SPARE_FD``)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            if (
+                entry.isdigit()
+                and _parent(int(entry)) == launcher
+                and os.path.exists(f"/proc/{entry}/fd/0")
+                and not os.path.exists(f"/proc/{entry}/fd/{SPARE_FD}")
+            ):
+                found.add(int(entry))
+        except OSError:
+            continue
+    return found
 
 
 async def until_the_launcher_runs_jobs(ex, first_job_id: int) -> None:
@@ -643,11 +666,11 @@ async def test_a_wrapper_without_status_is_found(dirs, tmp_path, runner):
     first_line, rest = (await wrapper.read_text()).split("\n", 1)
     hold = f"until [ -e {gate} ] || [ $SECONDS -ge 300 ]; do read -t 0.05 <> <(:) || :; done\n"
     await wrapper.write_text(first_line + "\n" + hold + rest)
+    launcher = None
     if runner == "launcher":
-        starter = await trio.lowlevel.open_process(
-            ["/bin/bash", "-c", _LAUNCHER_SCRIPT, LAUNCHER_NAME], start_new_session=True, stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-        )
+        launcher = await trio.to_thread.run_sync(_Launcher, "/bin/bash", str(state / "jobs"))
+        starter = launcher.process
+        assert await trio.to_thread.run_sync(launcher.run, job_dir.wrapper)
     elif runner == "spare":
         starter = await trio.lowlevel.open_process(
             ["/bin/bash", "-c", _SPARE_SCRIPT, SPARE_NAME], start_new_session=True, stdin=subprocess.PIPE
@@ -656,7 +679,7 @@ async def test_a_wrapper_without_status_is_found(dirs, tmp_path, runner):
         starter = await trio.lowlevel.open_process(
             ["/bin/bash", job_dir.wrapper], start_new_session=True, stdin=subprocess.DEVNULL
         )
-    if starter.stdin is not None:
+    if isinstance(starter, trio.Process) and starter.stdin is not None:
         await starter.stdin.send_all(job_dir.wrapper.encode() + b"\n")
     try:
         # A process's command line is in /proc only once the kernel has set up
@@ -667,8 +690,14 @@ async def test_a_wrapper_without_status_is_found(dirs, tmp_path, runner):
         await wait_until(lambda: job_dir.wrapper in scan_wrappers(str(state)), "the wrapper to show")
         orphan = scan_wrappers(str(state))[job_dir.wrapper]
         assert (orphan == starter.pid) == (runner != "launcher")
-        if starter.stdin is not None:
-            await starter.stdin.aclose()  # the previous daemon is gone
+        # the previous daemon is gone
+        if launcher is not None:
+            launcher.close()
+            await trio.to_thread.run_sync(launcher.process.wait)
+            launcher.has_exited()
+            os.close(launcher.output)
+        elif starter.stdin is not None:
+            await starter.stdin.aclose()
         async with executor(state, out) as ex:
             await ex.send.send(spec)
             started = await ex.next(JobStarted)
@@ -680,7 +709,10 @@ async def test_a_wrapper_without_status_is_found(dirs, tmp_path, runner):
     finally:
         gate.touch()
         with trio.fail_after(SAFETY):
-            await starter.wait()
+            if isinstance(starter, trio.Process):
+                await starter.wait()
+            else:
+                await trio.to_thread.run_sync(starter.wait)
 
 
 def test_wrapper_claims_the_job_once(dirs, tmp_path):
@@ -985,9 +1017,33 @@ async def test_a_launcher_says_which_wrapper_it_cannot_open(tmp_path):
         launcher.close()
         with trio.fail_after(SAFETY):
             await trio.to_thread.run_sync(launcher.process.wait)
+            launcher.has_exited()
             while not launcher.ended:
                 await launcher.news(missing)
     assert not launcher.run(missing), "a closed launcher takes nothing"
+
+
+async def test_a_path_no_reader_took_is_refused_once_the_launcher_ended(tmp_path):
+    """A launcher killed with its readers leaves the paths handed to it in
+    its pipe: they are read back and refused, so that no launch waits for a
+    reader that will not come."""
+    launcher = await trio.to_thread.run_sync(_Launcher, default_bash(), str(tmp_path))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(launcher.read)
+        pid = launcher.process.pid
+        await wait_until(lambda: len(readers_of(pid)) == LAUNCHER_READERS, "the launcher's readers")
+        for process in readers_of(pid) | {pid}:
+            os.kill(process, signal.SIGKILL)
+        with trio.fail_after(SAFETY):
+            await trio.to_thread.run_sync(launcher.process.wait)
+        orphan = str(tmp_path / "1" / "wrapper.sh")
+        assert await trio.to_thread.run_sync(launcher.run, orphan), "the pipe of paths is still open"
+        launcher.close()
+        launcher.has_exited()
+        assert launcher.said.refused == {orphan: "the launcher ended before a reader took it"}
+        with trio.fail_after(SAFETY):
+            while not launcher.ended:
+                await launcher.news(orphan)
 
 
 async def test_a_launched_wrapper_says_its_exit_status(dirs):
@@ -1007,3 +1063,22 @@ async def test_a_launched_wrapper_says_its_exit_status(dirs):
             assert await backend.wait(job_dir, batch_id) == 3
         backend.close()
     assert not our_launchers()
+
+
+async def test_a_wrapper_whose_path_does_not_fit_a_launcher_record_starts_in_a_spare(tmp_path):
+    """A launcher's readers take paths in records of ``LAUNCHER_RECORD``
+    bytes: a longer path is not cut, its job starts in a bash of its own."""
+    state = tmp_path
+    while len(str(state)) < LAUNCHER_RECORD:
+        state = state / ("d" * 200)
+    backend = LocalBackend(EXECUTORS["local"], str(state))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(backend.maintain)
+        await wait_until(lambda: backend._launcher is not None, "a launcher")
+        job_dir = JobDir(str(state), 71)
+        batch_id = await backend.launch(job_dir, make_spec(71, "true"))
+        assert _parent(int(batch_id)) == os.getpid(), "a spare, this process's child"
+        with trio.fail_after(SAFETY):
+            assert await backend.wait(job_dir, batch_id) == 0
+        assert (await trio.to_thread.run_sync(job_dir.read_status)).exit_code == 0
+        backend.close()

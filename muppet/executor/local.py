@@ -8,10 +8,11 @@ pid in its status file (checked against ``/proc/PID/fd/7`` or
 pidfd.
 
 A wrapper runs in a fork of the launcher (``_Launcher``): a bash in a
-session of its own that reads wrapper paths and runs each as a command in
-the background. A local wrapper has no ``#!`` line, so bash runs it in the
-fork it made for it instead of starting a new bash: a job takes about
-0.5 ms less CPU (docs/executor.md, "The launcher"). ``set -m`` gives each
+session of its own that keeps forks of itself (readers) waiting for
+wrapper paths; a reader runs the path it takes in itself, with ``exec``. A
+local wrapper has no ``#!`` line, so bash runs it in that process instead
+of starting a new bash: a job takes about 0.5 ms less CPU
+(docs/executor.md, "The launcher"). ``set -m`` gives each
 fork a process group of its own. The daemon is not its parent: the
 launcher says each wrapper's pid on its pipe, and the wrapper, told it was
 ``launched``, says there how it exits (``LauncherOutput``). ``maintain``
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import re
 import select
@@ -107,36 +109,62 @@ _SPARE_SCRIPT = (
 PID_LINE = "muppet: pid"
 #: what a launcher says of a wrapper it cannot start, then the path and why
 REFUSED_LINE = "muppet: cannot start"
-#: what a launcher runs: ``bash -c _LAUNCHER_SCRIPT muppet-launcher``. Each
-#: path it reads, it runs as a command in the background: bash forks, the
-#: fork's ``execve`` refuses a script without ``#!`` (ENOEXEC), and the fork
-#: runs it itself, a new shell for it as far as the script can tell (its own
-#: ``$$``) without starting a bash (docs/executor.md, "The launcher"). The
-#: wrapper holds itself open on ``SPARE_FD``, as in a spare, and the
-#: launcher's pipe on ``LAUNCHED_EXIT_FD``; its arguments say it was
-#: launched, and by which bash (the new shell's ``$BASH`` would be the
-#: user's login shell); ``set -m`` gives it a process
-#: group of its own. ``disown`` forgets it: bash would keep every job it
-#: started, and each start would cost more than the last.
+#: the bytes of one record on a launcher's pipe of paths: a wrapper's path,
+#: padded with newlines. Records of one size let its readers share the pipe:
+#: bash's ``read -N`` takes a record with one ``read``, and a ``write`` of
+#: one is whole (shorter than PIPE_BUF), so two readers never split one. A
+#: wrapper with a longer path starts in a spare.
+LAUNCHER_RECORD = 512
+#: readers a launcher keeps ready, each a fork of it waiting for a path
+LAUNCHER_READERS = 2
+#: what a launcher runs: ``bash -c _LAUNCHER_SCRIPT muppet-launcher FD``.
+#: It keeps ``LAUNCHER_READERS`` forks of itself (readers) waiting on its
+#: stdin, the pipe of paths, and forks one more for each line on descriptor
+#: FD, which the daemon writes once per path. A reader that takes a path
+#: runs it in itself with ``exec``: the kernel refuses a script without
+#: ``#!`` (ENOEXEC), and bash runs it then in the same process, a new shell
+#: for it as far as the script can tell (its own ``$$``), without starting
+#: a bash (docs/executor.md, "The launcher"). The fork was made before the
+#: path came, so the job does not wait for it. The wrapper holds itself open
+#: on ``SPARE_FD``, as in a spare, and the launcher's pipe on
+#: ``LAUNCHED_EXIT_FD``; its arguments say it was launched, and by which
+#: bash (the new shell's ``$BASH`` would be the user's login shell). ``set
+#: -m`` gives each reader a process group of its own; ``disown`` forgets it:
+#: bash would keep every job it started, and each start would cost more
+#: than the last. ``LC_ALL=C``: ``read -N`` counts characters, and a record
+#: is bytes. When bash cannot fork, the launcher takes a path itself and
+#: says it cannot start it, so that no launch waits for a reader that never
+#: comes.
 _LAUNCHER_SCRIPT = (
     "set -m\n"
-    "while IFS= read -r _muppet_wrapper; do\n"
+    "_muppet_control=$1\n"
+    "_muppet_take() {\n"
+    f"    LC_ALL=C IFS= read -r -N {LAUNCHER_RECORD} _muppet_wrapper || exit 0\n"
+    "    _muppet_wrapper=${_muppet_wrapper%%$'\\n'*}\n"
     f'    if ! exec {SPARE_FD}<"$_muppet_wrapper"; then\n'
     f'        echo "{REFUSED_LINE} $_muppet_wrapper: cannot open it"\n'
-    "        continue\n"
+    "        exit 0\n"
     "    fi\n"
+    f'    echo "{PID_LINE} $BASHPID $_muppet_wrapper"\n'
+    f'    exec "$_muppet_wrapper" launched "$BASH" {LAUNCHED_EXIT_FD}>&1 </dev/null {{_muppet_control}}<&-\n'
+    "}\n"
+    "_muppet_fork() {\n"
     "    _muppet_last=$!\n"
-    f'    "$_muppet_wrapper" launched "$BASH" {LAUNCHED_EXIT_FD}>&1 </dev/null &\n'
+    "    _muppet_take &\n"
     # $! stays as it was when bash could not fork (EAGAIN, ENOMEM)
-    '    if [ "$!" != "$_muppet_last" ]; then\n'
-    f'        echo "{PID_LINE} $! $_muppet_wrapper"\n'
-    "        disown\n"
-    "    else\n"
-    f'        echo "{REFUSED_LINE} $_muppet_wrapper: cannot fork"\n'
-    "    fi\n"
-    f"    exec {SPARE_FD}<&-\n"
+    '    [ "$!" != "$_muppet_last" ] && disown\n'
+    "}\n"
+    f"for _ in {' '.join(['_'] * LAUNCHER_READERS)}; do _muppet_fork; done\n"
+    'while IFS= read -r -u "$_muppet_control" _; do\n'
+    "    _muppet_fork && continue\n"
+    f"    LC_ALL=C IFS= read -r -N {LAUNCHER_RECORD} _muppet_wrapper &&\n"
+    f'        echo "{REFUSED_LINE} ${{_muppet_wrapper%%$\'\\n\'*}}: cannot fork"\n'
     "done\n"
 )
+#: seconds a launch waits, once its launcher has ended, for the pid of the
+#: reader that took its path: a reader says it at once, unless it was
+#: killed too
+READER_GRACE = 1.0
 #: a launcher that ends sooner than this after its start is started again
 #: only this long after (a bash that cannot run: not a loop of forks)
 LAUNCHER_RESTART_DELAY = 1.0
@@ -164,32 +192,34 @@ def _sweep() -> None:
 
 
 def _start_bash(
-    bash: str, script: str, name: str, cwd: str, *, output_flags: int = 0
-) -> tuple[subprocess.Popen[bytes], int, int]:
+    bash: str, script: str, name: str, cwd: str, *, output_flags: int = 0, control: int | None = None
+) -> tuple[subprocess.Popen[bytes], int, int, int]:
     """``bash -c script name`` in a session of its own, with a pipe for its
-    stdin and one for its stdout and stderr: the process, the write end of
-    the first and the read end of the second. Blocking (a fork). OSError
-    when no process can be made (EAGAIN, ENOMEM, EMFILE: the machine's
-    limits)."""
+    stdin and one for its stdout and stderr: the process, the write end and
+    the read end of the first, and the read end of the second (the caller
+    closes the first's read end, or keeps it to take back what bash left
+    unread). ``control``, a descriptor it inherits, whose number is its
+    ``$1``. Blocking (a fork). OSError when no process can be made (EAGAIN,
+    ENOMEM, EMFILE: the machine's limits)."""
     stdin, to_bash = os.pipe2(os.O_CLOEXEC)
     output, write_end = os.pipe2(os.O_CLOEXEC | output_flags)
     try:
         process = subprocess.Popen(
-            [bash, "-c", script, name],
+            [bash, "-c", script, name] + ([] if control is None else [str(control)]),
             start_new_session=True,
             stdin=stdin,
             stdout=write_end,
             stderr=write_end,
             cwd=cwd,
+            pass_fds=() if control is None else (control,),
         )
     except OSError:
-        for descriptor in (to_bash, output):
+        for descriptor in (stdin, to_bash, output):
             os.close(descriptor)
         raise
     finally:
-        os.close(stdin)
         os.close(write_end)
-    return process, to_bash, output
+    return process, to_bash, stdin, output
 
 
 class _Spare:
@@ -202,7 +232,8 @@ class _Spare:
     def __init__(self, bash: str, cwd: str) -> None:
         # its output is the pipe until a wrapper it runs holds the claim;
         # then the wrapper sends it to the job directory
-        self.process, self._to_spare, self.said = _start_bash(bash, _SPARE_SCRIPT, SPARE_NAME, cwd)
+        self.process, self._to_spare, stdin, self.said = _start_bash(bash, _SPARE_SCRIPT, SPARE_NAME, cwd)
+        os.close(stdin)
 
     def hand(self, wrapper: str) -> bool:
         """Give the spare ``wrapper`` to run (one ``write``, whole: a path is
@@ -320,14 +351,26 @@ class _Launcher:
     (``_LAUNCHER_SCRIPT``), and the pipe on which it and those wrappers
     speak (``LauncherOutput``). A fork costs about 0.5 ms less CPU than a
     bash's start, which each job paid in its spare (docs/executor.md, "The
-    launcher"). Made in a worker thread (a fork); OSError when no process
-    can be made. ``run`` is called from worker threads, everything else
-    from the Trio thread."""
+    launcher"). Its pipes: the paths, which its readers read; the control
+    lines, one a path, on each of which it forks a reader; and its output.
+    Made in a worker thread (a fork); OSError when no process can be made.
+    ``run`` is called from worker threads, everything else from the Trio
+    thread."""
 
     def __init__(self, bash: str, cwd: str) -> None:
-        self.process, self._to_launcher, self.output = _start_bash(
-            bash, _LAUNCHER_SCRIPT, LAUNCHER_NAME, cwd, output_flags=os.O_NONBLOCK
-        )
+        control, self._to_control = os.pipe2(os.O_CLOEXEC)
+        try:
+            # the read end of the paths kept: what no reader took when the
+            # launcher ended is read back (``has_exited``)
+            self.process, self._to_launcher, paths, self.output = _start_bash(
+                bash, _LAUNCHER_SCRIPT, LAUNCHER_NAME, cwd, output_flags=os.O_NONBLOCK, control=control
+            )
+        except OSError:
+            os.close(self._to_control)
+            raise
+        finally:
+            os.close(control)
+        self._paths: int | None = paths
         self.said = LauncherOutput()
         #: wrapper path -> the event of a launch waiting for news of it
         self._waiting: dict[str, trio.Event] = {}
@@ -339,25 +382,37 @@ class _Launcher:
         self._open = True
 
     def run(self, wrapper: str) -> bool:
-        """Have the launcher start ``wrapper`` (one ``write``, whole:
-        a path is shorter than PIPE_BUF). False when the launcher is gone,
-        or closed. Blocking (a full pipe: a launcher that does not read)."""
+        """Have the launcher start ``wrapper``: its path as one record for a
+        reader, then a line that has the launcher fork another. False when
+        the launcher and its readers are gone, or it is closed, or the path
+        does not fit a record (``LAUNCHER_RECORD``). Blocking (a full pipe:
+        a launcher that does not fork)."""
+        path = wrapper.encode()
+        if len(path) > LAUNCHER_RECORD:
+            return False
         with self._lock:
             if not self._open:
                 return False
             try:
-                os.write(self._to_launcher, wrapper.encode() + b"\n")
-            except OSError:  # EPIPE: the launcher is gone
+                os.write(self._to_launcher, path.ljust(LAUNCHER_RECORD, b"\n"))
+            except OSError:  # EPIPE: no reader, and no launcher, is left
                 return False
+            try:
+                os.write(self._to_control, b"\n")
+            except OSError:
+                # the launcher is gone (``maintain`` starts another): a
+                # reader it left takes the path
+                pass
         return True
 
     def close(self) -> None:
-        """Close the launcher's stdin: it exits, the wrappers it started run
-        on."""
+        """Close the launcher's pipes: it and its readers exit, the wrappers
+        they started run on."""
         with self._lock:
             if self._open:
                 self._open = False
                 os.close(self._to_launcher)
+                os.close(self._to_control)
 
     async def news(self, wrapper: str) -> None:
         """Return once something is said of ``wrapper``, the launcher has
@@ -398,10 +453,23 @@ class _Launcher:
         self._tell(news)
 
     def has_exited(self) -> None:
-        """The launcher has exited: a launch still waiting for its
-        wrapper's pid will not get it once the pipe is drained."""
+        """The launcher has exited (and is closed): the paths that no reader
+        took are read back and refused, so that no launch waits for a
+        reader that will not come. A reader that took its path says its pid
+        at once (``READER_GRACE``). With the pipe of paths empty and closed,
+        the readers left exit."""
         self.exited = True
         self.drain()
+        if self._paths is not None:
+            news = set()
+            # no ``read`` waits: nobody can write to the pipe any more
+            while record := os.read(self._paths, LAUNCHER_RECORD):
+                wrapper = record.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+                self.said.refused[wrapper] = "the launcher ended before a reader took it"
+                news.add(wrapper)
+            os.close(self._paths)
+            self._paths = None
+            self._tell(news)
         self._tell()
 
     async def read(self) -> None:
@@ -621,16 +689,22 @@ class LocalBackend:
         said = launcher.said
         wrapper = job_dir.wrapper
         try:
+            deadline = math.inf
             while wrapper not in said.pids:
                 if wrapper in said.refused:
                     raise NotStarted(
                         f"the launcher (pid {launcher.process.pid}) could not start {wrapper}: {said.refused[wrapper]}"
                     )
-                if launcher.exited or launcher.ended:
-                    # drained since it exited: it ended before it started
-                    # the wrapper (which it says at once)
+                if launcher.ended or trio.current_time() > deadline:
+                    # a reader took the path, and was killed before it said
+                    # its pid (with the launcher, say), or nobody is left
                     raise NotStarted(f"the launcher (pid {launcher.process.pid}) ended before it started {wrapper}")
-                await launcher.news(wrapper)
+                if launcher.exited and deadline == math.inf:
+                    # the paths no reader took are refused already; a
+                    # reader that took this one says its pid at once
+                    deadline = trio.current_time() + READER_GRACE
+                with trio.move_on_at(deadline):
+                    await launcher.news(wrapper)
             forked = _Forked(launcher, wrapper, said.pids[wrapper], self.poll_interval)
         except BaseException:
             said.forget(wrapper)
