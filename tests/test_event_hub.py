@@ -70,3 +70,31 @@ async def test_the_hub_delivers_what_a_commit_hands_it_and_reads_the_log_for_wha
             nursery.cancel_scope.cancel()
         ids = [e["id"] for e in queries.events_since(store, 0, pruned=False)]
         assert hub.position == ids[-1] and ids == list(range(ids[0], ids[0] + 8))
+
+
+def test_the_hub_makes_only_the_events_someone_needs():
+    """Events that neither the query cache nor a subscriber wants are not
+    made from their rows (no timestamp formatted, no JSON parsed: a job's
+    events in a fan-out nobody watches), and the hub still moves past them.
+    The rows those events come from hold data that is not JSON: making one
+    would raise."""
+
+    async def read_events(after: int, limit: int) -> list[dict]:
+        raise AssertionError("the commit handed its rows over")
+
+    hub = EventHub(read_events, 10)
+    hub.cache.put("product ecmwf", "[]", ("product:ecmwf",), hub.cache.generation(("product:ecmwf",)))
+    assert hub.cache.get("product ecmwf") == "[]"
+    file_data = json.dumps({"instance_id": 3, "product": "ecmwf"})
+    rows = (
+        (11, 1_700_000_000.0, "job", "ecmwf", 1, "not JSON"),
+        (12, 1_700_000_000.0, "file", "ecmwf", 5, file_data),
+    )
+    assert hub._take(EventsCommitted(12, rows))
+    assert hub.position == 12
+    assert hub.cache.get("product ecmwf") is None, "the file's event was made, and made the answer stale"
+    runs = hub.subscribe(["run"], None)
+    rows = ((13, 1_700_000_000.0, "job", "ecmwf", 1, "not JSON"), (14, 1_700_000_000.0, "run", "ecmwf", 2, "{}"))
+    assert hub._take(EventsCommitted(14, rows))
+    assert hub.position == 14
+    assert [json.loads(text)["subject_id"] for _, text in runs.receive.receive_nowait()] == [2]

@@ -63,12 +63,16 @@ class Subscription:
     queued: int = 0
     overflowed: trio.Event = attrs.field(factory=trio.Event)
 
-    def wants(self, event: dict[str, Any]) -> bool:
-        if self.kinds is not None and event["kind"] not in self.kinds:
+    def wants(self, kind: str, product: str | None) -> bool:
+        if self.kinds is not None and kind not in self.kinds:
             return False
-        if self.products is not None and event["product"] not in self.products:
+        if self.products is not None and product not in self.products:
             return False
         return True
+
+
+#: the kinds of event that make cached answers stale (``QueryCache.apply``)
+CACHE_KINDS = frozenset({"file", "instance", "product", "format", "backend"})
 
 
 class QueryCache:
@@ -128,7 +132,8 @@ class QueryCache:
         self.keys_of.clear()
 
     def apply(self, event: dict[str, Any]) -> None:
-        """Drop what ``event`` makes stale."""
+        """Drop what ``event`` makes stale (an event of ``CACHE_KINDS``; the
+        others change no answer it keeps)."""
         kind = event["kind"]
         data = event["data"]
         if kind == "file":
@@ -177,7 +182,15 @@ class EventHub:
         rows = [row for row in message.rows or () if row[0] > self.position]
         if not rows or rows[0][0] != self.position + 1 or rows[-1][0] != message.newest:
             return False
-        self.deliver([event_from_row(row) for row in rows])
+        # only the events someone needs are made (a timestamp formatted,
+        # JSON parsed): in a fan-out nobody watches, a job's events are
+        # neither the cache's nor a subscriber's (docs/performance.md)
+        subscriptions = list(self.subscriptions.values())
+        needed = [
+            row for row in rows
+            if row[2] in CACHE_KINDS or any(subscription.wants(row[2], row[3]) for subscription in subscriptions)
+        ]
+        self.deliver([event_from_row(row) for row in needed], newest=message.newest)
         return True
 
     async def catch_up(self) -> None:
@@ -189,19 +202,23 @@ class EventHub:
             if len(events) < PAGE:
                 return
 
-    def deliver(self, events: Sequence[dict[str, Any]]) -> None:
-        """Apply events in order: cache first, then subscribers, then waiters."""
+    def deliver(self, events: Sequence[dict[str, Any]], newest: int | None = None) -> None:
+        """Apply events in order: cache first, then subscribers, then waiters.
+        ``newest``: the last event number they cover, when that is not the
+        last one's (events nobody needs were left out)."""
         for event in events:
             self.cache.apply(event)
         # encoded only for subscribers: without any (a daemon nobody
         # watches) it was a JSON encoding per job event for nothing
         texts = [(e["id"], encode_event(e), e) for e in events] if self.subscriptions else []
         for subscription in list(self.subscriptions.values()):
-            wanted = [(i, t) for i, t, e in texts if i > subscription.position and subscription.wants(e)]
+            wanted = [
+                (i, t) for i, t, e in texts if i > subscription.position and subscription.wants(e["kind"], e["product"])
+            ]
             if not wanted:
                 continue
             self._offer(subscription, wanted)
-        self.position = events[-1]["id"]
+        self.position = newest if newest is not None else events[-1]["id"]
         self._advanced.set()
         self._advanced = trio.Event()
 
