@@ -1065,11 +1065,13 @@ async def test_a_launched_wrapper_says_its_exit_status(dirs):
     assert not our_launchers()
 
 
-async def test_a_wrapper_whose_path_does_not_fit_a_launcher_record_starts_in_a_spare(tmp_path):
-    """A launcher's readers take paths in records of ``LAUNCHER_RECORD``
-    bytes: a longer path is not cut, its job starts in a bash of its own."""
-    state = tmp_path
-    while len(str(state)) < LAUNCHER_RECORD:
+@pytest.mark.parametrize("path", ["long", "not ASCII"])
+async def test_a_wrapper_whose_path_does_not_fit_a_launcher_record_starts_in_a_spare(tmp_path, path):
+    """A launcher's readers take paths in ASCII records of
+    ``LAUNCHER_RECORD`` bytes: a longer path is not cut, nor one that is
+    not ASCII split; its job starts in a bash of its own."""
+    state = tmp_path / ("état" if path == "not ASCII" else "state")
+    while path == "long" and len(str(state)) < LAUNCHER_RECORD:
         state = state / ("d" * 200)
     backend = LocalBackend(EXECUTORS["local"], str(state))
     async with trio.open_nursery() as nursery:

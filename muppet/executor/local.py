@@ -112,53 +112,56 @@ REFUSED_LINE = "muppet: cannot start"
 #: the bytes of one record on a launcher's pipe of paths: a wrapper's path,
 #: padded with newlines. Records of one size let its readers share the pipe:
 #: bash's ``read -N`` takes a record with one ``read``, and a ``write`` of
-#: one is whole (shorter than PIPE_BUF), so two readers never split one. A
-#: wrapper with a longer path starts in a spare.
-LAUNCHER_RECORD = 512
+#: one is whole (shorter than PIPE_BUF), so two readers never split one.
+#: ``read -N`` counts characters, so a record is ASCII, where a character
+#: is a byte in any locale (``LC_ALL=C`` on each read cost more than the
+#: read). A wrapper whose path is longer, or not ASCII, starts in a spare.
+LAUNCHER_RECORD = 256
 #: readers a launcher keeps ready, each a fork of it waiting for a path
 LAUNCHER_READERS = 2
 #: what a launcher runs: ``bash -c _LAUNCHER_SCRIPT muppet-launcher FD``.
-#: It keeps ``LAUNCHER_READERS`` forks of itself (readers) waiting on its
-#: stdin, the pipe of paths, and forks one more for each line on descriptor
-#: FD, which the daemon writes once per path. A reader that takes a path
-#: runs it in itself with ``exec``: the kernel refuses a script without
-#: ``#!`` (ENOEXEC), and bash runs it then in the same process, a new shell
-#: for it as far as the script can tell (its own ``$$``), without starting
-#: a bash (docs/executor.md, "The launcher"). The fork was made before the
-#: path came, so the job does not wait for it. The wrapper holds itself open
-#: on ``SPARE_FD``, as in a spare, and the launcher's pipe on
+#: It forks ``LAUNCHER_READERS`` subshells (readers) that wait on its stdin,
+#: the pipe of paths, and one more for each line on descriptor FD, which the
+#: daemon writes once per path. A reader that takes a path runs it in itself
+#: with ``exec``: the kernel refuses a script without ``#!`` (ENOEXEC), and
+#: bash runs it then in the same process, a new shell for it as far as the
+#: script can tell (its own ``$$``), without starting a bash
+#: (docs/executor.md, "The launcher"). The fork was made before the path
+#: came, so the job does not wait for it. The wrapper holds itself open on
+#: ``SPARE_FD``, as in a spare, and the launcher's pipe on
 #: ``LAUNCHED_EXIT_FD``; its arguments say it was launched, and by which
 #: bash (the new shell's ``$BASH`` would be the user's login shell). ``set
 #: -m`` gives each reader a process group of its own; ``disown`` forgets it:
 #: bash would keep every job it started, and each start would cost more
-#: than the last. ``LC_ALL=C``: ``read -N`` counts characters, and a record
-#: is bytes. When bash cannot fork, the launcher takes a path itself and
-#: says it cannot start it, so that no launch waits for a reader that never
-#: comes.
+#: than the last. When bash cannot fork, the launcher takes a path itself
+#: and says it cannot start it, so that no launch waits for a reader that
+#: never comes.
 _LAUNCHER_SCRIPT = (
     "set -m\n"
     "_muppet_control=$1\n"
-    "_muppet_take() {\n"
-    f"    LC_ALL=C IFS= read -r -N {LAUNCHER_RECORD} _muppet_wrapper || exit 0\n"
-    "    _muppet_wrapper=${_muppet_wrapper%%$'\\n'*}\n"
-    f'    if ! exec {SPARE_FD}<"$_muppet_wrapper"; then\n'
-    f'        echo "{REFUSED_LINE} $_muppet_wrapper: cannot open it"\n'
-    "        exit 0\n"
-    "    fi\n"
-    f'    echo "{PID_LINE} $BASHPID $_muppet_wrapper"\n'
-    f'    exec "$_muppet_wrapper" launched "$BASH" {LAUNCHED_EXIT_FD}>&1 </dev/null {{_muppet_control}}<&-\n'
-    "}\n"
-    "_muppet_fork() {\n"
+    f"_muppet_ahead={LAUNCHER_READERS}\n"
+    # a reader for each of the first LAUNCHER_READERS turns, then one a line
+    'while if [ "$_muppet_ahead" -gt 0 ]; then _muppet_ahead=$((_muppet_ahead - 1)); '
+    'else IFS= read -r -u "$_muppet_control" _; fi; do\n'
     "    _muppet_last=$!\n"
-    "    _muppet_take &\n"
+    # a subshell, not a function run in the background: that cost a job
+    # 0.1 ms more CPU (docs/executor.md, "The launcher")
+    "    (\n"
+    f"        IFS= read -r -N {LAUNCHER_RECORD} _muppet_wrapper || exit 0\n"
+    "        _muppet_wrapper=${_muppet_wrapper%%$'\\n'*}\n"
+    f'        if ! exec {SPARE_FD}<"$_muppet_wrapper"; then\n'
+    f'            echo "{REFUSED_LINE} $_muppet_wrapper: cannot open it"\n'
+    "            exit 0\n"
+    "        fi\n"
+    f'        echo "{PID_LINE} $BASHPID $_muppet_wrapper"\n'
+    f'        exec "$_muppet_wrapper" launched "$BASH" {LAUNCHED_EXIT_FD}>&1 </dev/null {{_muppet_control}}<&-\n'
+    "    ) &\n"
     # $! stays as it was when bash could not fork (EAGAIN, ENOMEM)
-    '    [ "$!" != "$_muppet_last" ] && disown\n'
-    "}\n"
-    f"for _ in {' '.join(['_'] * LAUNCHER_READERS)}; do _muppet_fork; done\n"
-    'while IFS= read -r -u "$_muppet_control" _; do\n'
-    "    _muppet_fork && continue\n"
-    f"    LC_ALL=C IFS= read -r -N {LAUNCHER_RECORD} _muppet_wrapper &&\n"
+    '    if [ "$!" != "$_muppet_last" ]; then\n'
+    "        disown\n"
+    f"    elif IFS= read -r -N {LAUNCHER_RECORD} _muppet_wrapper; then\n"
     f'        echo "{REFUSED_LINE} ${{_muppet_wrapper%%$\'\\n\'*}}: cannot fork"\n'
+    "    fi\n"
     "done\n"
 )
 #: seconds a launch waits, once its launcher has ended, for the pid of the
@@ -385,11 +388,11 @@ class _Launcher:
         """Have the launcher start ``wrapper``: its path as one record for a
         reader, then a line that has the launcher fork another. False when
         the launcher and its readers are gone, or it is closed, or the path
-        does not fit a record (``LAUNCHER_RECORD``). Blocking (a full pipe:
-        a launcher that does not fork)."""
-        path = wrapper.encode()
-        if len(path) > LAUNCHER_RECORD:
+        does not fit a record (``LAUNCHER_RECORD``: longer, or not ASCII).
+        Blocking (a full pipe: a launcher that does not fork)."""
+        if len(wrapper) > LAUNCHER_RECORD or not wrapper.isascii():
             return False
+        path = wrapper.encode()
         with self._lock:
             if not self._open:
                 return False
@@ -539,7 +542,8 @@ class _Forked:
     """A wrapper that a launcher started: not our child, so watched through
     a pidfd, and its exit status is what it said (``LauncherOutput.exits``).
     The pidfd is opened once the launcher has said its pid, and checked then
-    to be that wrapper's process, so a reused pid cannot fool it. Without a
+    to be that wrapper's process (``_holds_wrapper``), so a reused pid
+    cannot fool it. Without a
     pidfd (no descriptor left: EMFILE) it is looked at every
     ``poll_interval``, as a previous daemon's wrapper is."""
 
@@ -557,8 +561,8 @@ class _Forked:
             return
         except OSError as error:
             log.warning("wrapper %d (%s): no pidfd (%s): looked at every %.2f s", pid, wrapper, error, poll_interval)
-        if not _is_wrapper(pid, wrapper):
-            # ended (a zombie's command line is empty) before we looked
+        if not _holds_wrapper(pid, wrapper):
+            # ended (a zombie holds no descriptors) before we looked
             self._ended = True
             self._close_pidfd()
 
@@ -566,7 +570,7 @@ class _Forked:
         if self._ended:
             return False
         if self.pidfd is None:
-            return _is_wrapper(self.pid, self.wrapper)
+            return _holds_wrapper(self.pid, self.wrapper)
         poller = select.poll()
         poller.register(self.pidfd, select.POLLIN)
         return not poller.poll(0)
@@ -958,17 +962,33 @@ def _is_wrapper(pid: int, wrapper: str) -> bool:
     return pid > 0 and _wrapper_of(pid) == wrapper and _leads_group(pid)
 
 
+def _holds_wrapper(pid: int, wrapper: str) -> bool:
+    """Does ``pid`` hold ``wrapper`` open on ``SPARE_FD``, and lead its
+    process group? ``_is_wrapper`` without the command line: the check of a
+    launcher's wrapper whose pid the launcher's pipe has just said. Reading
+    a command line waits for the process's memory map, which it holds
+    while it forks (the wrapper forks the subshell of the command): that
+    read was the Trio thread's largest single cost in a fan-out
+    (docs/performance.md)."""
+    return pid > 0 and _held_wrapper(pid) == wrapper and _leads_group(pid)
+
+
+def _held_wrapper(pid: int) -> str | None:
+    """The file open on ``pid``'s ``SPARE_FD``, if any."""
+    try:
+        target = os.readlink(f"/proc/{pid}/fd/{SPARE_FD}")
+    except OSError:
+        return None  # gone, or a spare that has not opened one yet
+    return target.removesuffix(" (deleted)")
+
+
 def _wrapper_of(pid: int) -> str | None:
     """The wrapper that process ``pid`` runs, if it runs one: a spare's or a
     launcher's fork's, on ``SPARE_FD``; ``bash WRAPPER``'s (a daemon before
     spares), on its command line."""
     arguments = _cmdline(pid)
     if arguments[3:4] in ([SPARE_NAME], [LAUNCHER_NAME]):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{SPARE_FD}")
-        except OSError:
-            return None  # gone, or a spare that has not opened one yet
-        return target.removesuffix(" (deleted)")
+        return _held_wrapper(pid)
     return arguments[1] if len(arguments) > 1 and arguments[1].endswith("/wrapper.sh") else None
 
 
