@@ -435,10 +435,10 @@ def render_wrapper(
     step's ``env`` is exported, so that the step cannot change it.
 
     Without ``interpreter_line`` the script does not begin with ``#!``: a
-    local executor's launcher runs it as a command, and bash runs a file
-    without one in a fork of itself (a script ``execve`` refuses with
-    ENOEXEC) instead of starting a new bash (docs/executor.md, "The
-    launcher"). Run by hand, it wants ``bash wrapper.sh``.
+    local executor's launcher runs it with ``exec`` in a fork of itself, and
+    bash runs a file without one (a script ``execve`` refuses with ENOEXEC)
+    in that same process instead of starting a new bash (docs/executor.md,
+    "The launcher"). Run by hand, it wants ``bash wrapper.sh``.
     """
     if batch_id_variable is not None and not _NAME.match(batch_id_variable):
         raise ValueError(f"batch_id_variable: {batch_id_variable!r} is not a variable name")

@@ -458,8 +458,9 @@ class _Launcher:
         self._tell(news)
 
     def has_exited(self) -> None:
-        """The launcher has exited: it is closed, and the paths that no
-        reader took are read back and refused, so that no launch waits for a
+        """The launcher has exited, or is left running (its executor goes):
+        it is closed, and the paths that no reader took are read back and
+        refused, so that no launch waits for a
         reader that will not come. A reader that took its path says its pid
         at once (``READER_GRACE``). With the pipe of paths empty and closed,
         the readers left exit."""
@@ -790,15 +791,16 @@ class LocalBackend:
                     self._launcher = None
                     launcher.close()
                 try:
-                    # ``close`` closes its stdin: it exits then
+                    # ``close`` closes its pipes: it exits then
                     await _wait_child(launcher.process, self.poll_interval)
                 finally:
                     if self._launcher is launcher:
                         self._launcher = None
-                    launcher.close()
                     if launcher.process.poll() is None:
                         _abandoned.add(launcher.process)
-                launcher.has_exited()
+                    # also when cancelled (the executor goes): what no reader
+                    # took is refused, and the pipe of paths closed
+                    launcher.has_exited()
                 if self._closed:
                     break
                 log.warning(
@@ -815,10 +817,10 @@ class LocalBackend:
         ``launcher`` (returned) when there is one and it takes it, else to
         a spare made here (its process, and the read end of the pipe on
         which it says whether it claimed the job)."""
-        if "\n" in job_dir.wrapper:  # a spare and a launcher read one line
+        if "\n" in job_dir.wrapper:  # a spare reads one line; a launcher's record ends at one
             raise NotStarted(f"the path {job_dir.wrapper!r} holds a newline: a spare cannot read it")
         # raises AlreadyStarted when the status file exists; no ``#!``, so
-        # that a launcher runs the wrapper in a fork of itself
+        # that a launcher's reader runs the wrapper in itself
         job_dir.prepare(spec, interpreter_line=False)
         if launcher is not None and launcher.run(job_dir.wrapper):
             return launcher
