@@ -1155,11 +1155,14 @@ class Scheduler:
         never run at the same time as it, made symmetric."""
         found = self.conflict_sets.get(id(pipeline))
         if found is None:
-            table = {}
+            # one pass over the declared pairs, not every step against every
+            # other: a pipeline of thousands of steps is built at once
+            sets: dict[str, set[str]] = {name: set() for name in pipeline.steps}
             for one in pipeline.steps.values():
-                others = set(one.conflicts)
-                others.update(s.name for s in pipeline.steps.values() if one.name in s.conflicts)
-                table[one.name] = frozenset(others)
+                for other in one.conflicts:
+                    sets[one.name].add(other)
+                    sets.setdefault(other, set()).add(one.name)
+            table = {name: frozenset(others) for name, others in sets.items()}
             found = self.conflict_sets[id(pipeline)] = (pipeline, table)
         return found[1]
 
