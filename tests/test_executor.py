@@ -24,7 +24,16 @@ from waiting import wait_until_async
 from muppet.executor import local as local_module
 from muppet.executor import task as executor_task
 from muppet.executor.backend import BACKEND_TYPES, backend_factory, make_backends
-from muppet.executor.jobdir import CANNOT_START_EXIT, CLAIMED_EXIT, JobDir, Status, parse_status, render_wrapper
+from muppet.executor.jobdir import (
+    CANNOT_START_EXIT,
+    CLAIMED_EXIT,
+    JobDir,
+    SaidEnd,
+    Status,
+    parse_exit_line,
+    parse_status,
+    render_wrapper,
+)
 from muppet.executor.local import (
     _SPARE_SCRIPT,
     LAUNCHER_NAME,
@@ -79,6 +88,19 @@ async def wait_until(predicate, what: str):
     await wait_until_async(predicate, SAFETY, what, interval=0.05)
 
 
+def made_backends(monkeypatch) -> list[LocalBackend]:
+    """The local backends made from now on, in the order made."""
+    made = []
+    init = LocalBackend.__init__
+
+    def recorded(backend, *args):
+        init(backend, *args)
+        made.append(backend)
+
+    monkeypatch.setattr(LocalBackend, "__init__", recorded)
+    return made
+
+
 # --- a job from start to end ------------------------------------------------------
 
 
@@ -113,6 +135,82 @@ async def test_success_sets_the_environment(dirs):
     status = job_dir.read_status()
     assert status.has_ended and status.exit_code == 0 and str(status.pid) == started.batch_id
     assert not await trio.Path(job_dir.scratch).exists(), "scratch stays after a success"
+
+
+async def test_a_quiet_job_is_reported_from_what_its_wrapper_said_as_it_exited(dirs, monkeypatch):
+    """A launcher's wrapper says its end record as it exits, and that its
+    command left stdout and stderr empty: the executor reports such a job,
+    without outputs, with no file of it read (its scratch directory goes a
+    moment later); a job that failed keeps its scratch."""
+    state, out = dirs
+    reads = []
+
+    def counted(method):
+        def read(job_dir, *args):
+            reads.append((method.__name__, job_dir.job_id))
+            return method(job_dir, *args)
+        return read
+
+    for name in ("read_status", "read_tails"):
+        monkeypatch.setattr(JobDir, name, counted(getattr(JobDir, name)))
+    backends = made_backends(monkeypatch)
+    async with executor(state, out) as ex:
+        await wait_until(lambda: backends and backends[0]._launcher is not None, "a launcher")
+        _, succeeded = await ex.run_job(make_spec(12, "touch made-in-scratch; rm made-in-scratch"))
+        _, failed = await ex.run_job(make_spec(13, "exit 3"))
+        await wait_until(lambda: not os.path.exists(JobDir(str(state), 12).scratch), "the scratch removed")
+    assert [r for r in reads if r[1] in (12, 13)] == [("read_status", 12), ("read_status", 13)], (
+        "only prepare's look for a status file"
+    )
+    for job_id, finished, exit_code in ((12, succeeded, 0), (13, failed, 3)):
+        recorded = JobDir(str(state), job_id).read_status()
+        assert recorded.has_ended and recorded.exit_code == exit_code
+        assert (finished.exit_code, finished.started_at, finished.ended_at) == (
+            exit_code, recorded.started, recorded.ended,
+        )
+        assert finished.stdout_tail == finished.stderr_tail == ""
+    assert succeeded.state == "succeeded" and succeeded.reason == ""
+    assert failed.state == "failed" and failed.reason == "exit code 3"
+    assert await trio.Path(JobDir(str(state), 13).scratch).is_dir(), "a failed job's scratch stays, to look into"
+
+
+async def test_a_job_that_wrote_its_logs_is_reported_with_their_tails(dirs, monkeypatch):
+    """Said ended but not quiet: the tails are read."""
+    state, out = dirs
+    backends = made_backends(monkeypatch)
+    async with executor(state, out) as ex:
+        await wait_until(lambda: backends and backends[0]._launcher is not None, "a launcher")
+        _, finished = await ex.run_job(make_spec(14, "echo to stderr >&2"))
+    assert finished.state == "succeeded" and finished.stderr_tail == "to stderr\n"
+    assert not await trio.Path(JobDir(str(state), 14).scratch).exists()
+
+
+async def test_what_a_launched_process_said_of_its_end_comes_with_its_exit_status(dirs, tmp_path):
+    """``_Forked.wait``: the exit status and the end said on the exit line,
+    taken from the pipe once the process has ended."""
+    state, _ = dirs
+    backend = LocalBackend(EXECUTORS["local"], str(state))
+    record = '{"state":"ended","pid":%d,"host":"h","started":1.5,"ended":2.5,"exit_code":0}'
+    # not a wrapper of ours: one that says only that line
+    saying = tmp_path / "saying.sh"
+    saying.write_text(f"echo \"muppet: exit $$ 0 quiet $(printf '{record}' $$)\" >&8\n")
+    saying.chmod(0o755)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(backend.maintain)
+        await wait_until(lambda: backend._launcher is not None, "a launcher")
+        launcher = backend._launcher
+        launcher.said.expect(str(saying), 1)
+        assert await trio.to_thread.run_sync(launcher.run, str(saying))
+        with trio.fail_after(SAFETY):
+            while str(saying) not in launcher.said.pids:
+                await launcher.news(str(saying))
+        pid = launcher.said.pids[str(saying)]
+        forked = local_module._Forked(launcher, str(saying), pid, 0.25)
+        with trio.fail_after(SAFETY):
+            assert await forked.wait() == 0
+        assert forked.end == SaidEnd(Status("ended", pid, "h", 1.5, 2.5, 0), quiet=True)
+        assert not launcher.said.ends, "taken"
+        backend.close()
 
 
 async def test_a_local_job_reports_its_start_with_its_end_when_it_ends_at_once(dirs, monkeypatch):
@@ -987,6 +1085,26 @@ def test_what_a_launcher_and_its_wrappers_say_is_told_apart():
     said.feed(b"x" * 10000)
     assert not said.feed(b"\nmuppet: claimed 103\n"), "of no wrapper it knows"
     assert said.claimed == {103}, "an endless line is dropped, the next one heard"
+
+
+def test_an_exit_line_says_the_end_record_only_when_it_is_whole():
+    """``parse_exit_line``: the end a wrapper said, kept only when the
+    record is an end record of that pid with that exit status."""
+    record = '{"state":"ended","pid":7,"host":"h","started":1.5,"ended":2.5,"exit_code":%d}'
+    ended = Status("ended", 7, "h", 1.5, 2.5, 0)
+    assert parse_exit_line("7 74") == (7, 74, None), "an exit before any record"
+    assert parse_exit_line("7 0 quiet " + record % 0) == (7, 0, SaidEnd(ended, quiet=True))
+    assert parse_exit_line("7 1 spoke " + record % 1) == (
+        7, 1, SaidEnd(attrs.evolve(ended, exit_code=1), quiet=False),
+    )
+    assert parse_exit_line("7 1 quiet " + record % 0) == (7, 1, None), "another exit status"
+    assert parse_exit_line("8 0 quiet " + record % 0) == (8, 0, None), "another pid"
+    assert parse_exit_line("7 0 quiet " + record[:-5]) == (7, 0, None), "a record cut short"
+    assert parse_exit_line("7 0 loud " + record % 0) == (7, 0, None)
+    assert parse_exit_line("7 x") is None and parse_exit_line("seven 0") is None
+    said = LauncherOutput()
+    said.feed(b"muppet: exit 7 0 quiet " + (record % 0).encode() + b"\n")
+    assert said.exits == {7: 0} and said.ends == {7: SaidEnd(ended, quiet=True)}
 
 
 def test_a_local_wrapper_is_an_executable_script_without_an_interpreter_line(dirs):

@@ -104,6 +104,11 @@ class Backend(Protocol):
     # ``job_dir.prepare(spec)`` (in the worker thread that does its own
     # blocking work, letting AlreadyStarted propagate): local does, to save a
     # thread hop per job. Without it the executor prepares before ``launch``.
+    # Optional too: ``said_end(batch_id)``, right after ``wait``, the end
+    # record the wrapper said as it exited, and whether its logs are empty
+    # (``jobdir.SaidEnd``; local: what a launcher's wrapper says on its
+    # pipe), or None: with it, a job with nothing to read or move is
+    # reported without reading its files (docs/executor.md).
     # Two optional methods serve a backend that keeps something ready between
     # jobs (local: its launcher, docs/executor.md): ``async def maintain()``,
     # a task the executor runs beside its jobs until ``close()``, which the

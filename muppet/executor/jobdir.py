@@ -77,8 +77,12 @@ CANNOT_START_EXIT = 74
 #: discards it)
 CLAIMED_LINE = "muppet: claimed"
 #: the line a wrapper run by a local executor's launcher prints as it exits,
-#: followed by its pid and its exit status, on ``LAUNCHED_EXIT_FD``
+#: followed by its pid and its exit status, on ``LAUNCHED_EXIT_FD``; and, once
+#: it has written its end record, by ``QUIET`` or ``SPOKE`` (whether its
+#: command left stdout and stderr empty) and that record: ``SaidEnd``
 EXIT_LINE = "muppet: exit"
+QUIET = "quiet"
+SPOKE = "spoke"
 #: the launcher's pipe, which a wrapper it runs keeps after its claim sends
 #: its stdout to the job directory (closed for the step's command)
 LAUNCHED_EXIT_FD = 8
@@ -181,6 +185,34 @@ def _as_int(value: object) -> int | None:
 
 def _as_number(value: object) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@attrs.frozen
+class SaidEnd:
+    """The end of a job as its wrapper said it on exit (``EXIT_LINE``): the
+    end record it had written to its status file, and whether stdout and
+    stderr were left empty. With it the executor needs to read none of the
+    three files (docs/executor.md, "The launcher")."""
+
+    status: Status
+    quiet: bool
+
+
+def parse_exit_line(words: str) -> tuple[int, int, SaidEnd | None] | None:
+    """The pid, the exit status and the said end, if any, of an
+    ``EXIT_LINE``'s ``words`` after the prefix; None when they are not
+    that."""
+    pid, _, rest = words.partition(" ")
+    status, _, end = rest.partition(" ")
+    if not (pid.isdigit() and status.isdigit()):
+        return None
+    said = None
+    logs, _, record = end.partition(" ")
+    if logs in (QUIET, SPOKE):
+        recorded = parse_status(record + "\n")
+        if recorded.has_ended and recorded.pid == int(pid) and recorded.exit_code == int(status):
+            said = SaidEnd(recorded, logs == QUIET)
+    return int(pid), int(status), said
 
 
 def highest_job_id(state_dir: str) -> int:
@@ -460,9 +492,10 @@ def render_wrapper(
 # Run by a local executor's launcher (arguments "launched" and the launcher's bash),
 # it says how it exits on descriptor {LAUNCHED_EXIT_FD}: the daemon is not its parent; and it
 # takes the launcher's $BASH, which bash set anew for it (docs/executor.md, "The launcher").
+_muppet_said_end=
 if [ "${{1-}}" = launched ]; then
     BASH=$2
-    trap 'echo "{EXIT_LINE} $$ $?" >&{LAUNCHED_EXIT_FD} 2>/dev/null' EXIT
+    trap 'echo "{EXIT_LINE} $$ $?$_muppet_said_end" >&{LAUNCHED_EXIT_FD} 2>/dev/null' EXIT
 fi
 set --
 _muppet_batch_id=
@@ -521,13 +554,19 @@ _muppet_ended=${{EPOCHREALTIME/,/.}}
 # fails (a full disk, an I/O error) is tried again until it succeeds, each
 # retry on a new line so that a record written in part stays apart. A job
 # directory that is gone has no reader left (state_dir removed), so it stops.
+printf -v _muppet_record '{_END_RECORD}' "" $$ "$HOSTNAME" "$_muppet_started" "$_muppet_ended" "$_muppet_exit" \\
+    "$_muppet_batch_id"
 _muppet_line= _muppet_delay=1
-until printf '{_END_RECORD}' "$_muppet_line" $$ "$HOSTNAME" "$_muppet_started" "$_muppet_ended" "$_muppet_exit" \\
-        "$_muppet_batch_id" >>{status} 2>/dev/null; do
+until printf '%s%s' "$_muppet_line" "$_muppet_record" >>{status} 2>/dev/null; do
     [ -d {shlex.quote(job_dir.root)} ] || exit $_muppet_exit
     _muppet_line=$'\\n'
     /bin/sleep $_muppet_delay
     _muppet_delay=$(( _muppet_delay < 30 ? _muppet_delay * 2 : 60 ))
 done
+# Recorded: a launcher's wrapper says the record as it exits, and whether the
+# command left its logs empty, so that the daemon need read no file of it.
+_muppet_logs={QUIET}
+[ -s {shlex.quote(job_dir.stdout)} ] || [ -s {shlex.quote(job_dir.stderr)} ] && _muppet_logs={SPOKE}
+_muppet_said_end=" $_muppet_logs ${{_muppet_record%$'\\n'}}"
 exit $_muppet_exit
 """

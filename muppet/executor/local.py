@@ -59,7 +59,16 @@ from ..fileio import executable_file
 from ..messages import StartJob
 from ..model import ExecutorConfig
 from .backend import NotStarted
-from .jobdir import CANNOT_START_EXIT, CLAIMED_LINE, EXIT_LINE, LAUNCHED_EXIT_FD, JobDir, Status
+from .jobdir import (
+    CANNOT_START_EXIT,
+    CLAIMED_LINE,
+    EXIT_LINE,
+    LAUNCHED_EXIT_FD,
+    JobDir,
+    SaidEnd,
+    Status,
+    parse_exit_line,
+)
 
 log = logging.getLogger("muppet.executor.local")
 
@@ -282,6 +291,9 @@ class LauncherOutput:
     claimed: set[int] = attrs.Factory(set)
     #: pid -> exit status
     exits: dict[int, int] = attrs.Factory(dict)
+    #: pid -> the end the wrapper said with its exit status, if it had
+    #: written its end record
+    ends: dict[int, SaidEnd] = attrs.Factory(dict)
     #: wrapper path -> what was said of it besides the lines above
     words: dict[str, str] = attrs.Factory(dict)
     _partial: bytes = b""
@@ -335,11 +347,14 @@ class LauncherOutput:
             self.claimed.add(int(pid))
             return self.wrappers.get(int(pid))
         if line.startswith(EXIT_LINE + " "):
-            pid, _, status = line.removeprefix(EXIT_LINE + " ").partition(" ")
-            if not (pid.isdigit() and status.isdigit()):
+            parsed = parse_exit_line(line.removeprefix(EXIT_LINE + " "))
+            if parsed is None:
                 return None
-            self.exits[int(pid)] = int(status)
-            return self.wrappers.get(int(pid))
+            exited, status, said = parsed
+            self.exits[exited] = status
+            if said is not None:
+                self.ends[exited] = said
+            return self.wrappers.get(exited)
         # before the claim: the wrapper's own words, by job, or bash's, by path
         if line.startswith("muppet: job "):
             of = self._by_job.get(line.split(" ", 3)[2].rstrip(":"))
@@ -558,6 +573,8 @@ class _Forked:
         self.poll_interval = poll_interval
         self.pidfd: int | None = None
         self._ended = False
+        #: what it said of its end as it exited (``wait``), if anything
+        self.end: SaidEnd | None = None
         try:
             self.pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
@@ -592,6 +609,7 @@ class _Forked:
             self.close()
         # it said how it exited before it did: in the pipe by now
         self.launcher.drain()
+        self.end = self.launcher.said.ends.pop(self.pid, None)
         return self.launcher.said.exits.pop(self.pid, None)
 
     def _close_pidfd(self) -> None:
@@ -635,6 +653,8 @@ class LocalBackend:
         self._children: dict[str, _SpareChild | _Forked] = {}
         #: wrapper path -> batch id of our children
         self._by_wrapper: dict[str, str] = {}
+        #: batch id -> what the wrapper said of its end (``said_end``)
+        self._said_ends: dict[str, SaidEnd] = {}
         #: wrapper path -> pid of every wrapper alive when first needed: the
         #: orphans of a previous daemon (built once; see ``_orphan``)
         self._orphans: dict[str, int] | None = None
@@ -844,9 +864,18 @@ class LocalBackend:
             _sweep()
             return None
         try:
-            return await child.wait()
+            exit_status = await child.wait()
         finally:
             self._forget(job_dir, batch_id)
+        if isinstance(child, _Forked) and child.end is not None:
+            self._said_ends[batch_id] = child.end
+        return exit_status
+
+    def said_end(self, batch_id: str) -> SaidEnd | None:
+        """The end that the wrapper ``batch_id``, which ``wait`` saw end,
+        said as it exited (its end record, and whether its logs are empty),
+        if it said one; asked once, right after ``wait``."""
+        return self._said_ends.pop(batch_id, None)
 
     async def find(self, job_dir: JobDir, status: Status | None) -> str | None:
         batch_id = self._by_wrapper.get(job_dir.wrapper)

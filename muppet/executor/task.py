@@ -35,7 +35,16 @@ from ..db.lease import LeaseLost
 from ..messages import ExecutorSettings, JobFinished, JobNotStarted, JobStarted, KillJob, MovedOutput, StartJob
 from ..model import ExecutorConfig, JobState
 from .backend import Backend, BackendError, Ended, Lost, NotStarted, backend_factory, make_backends
-from .jobdir import CANNOT_START_EXIT, CLAIMED_EXIT, MACHINE_ERRORS, AlreadyStarted, JobDir, Status, disk_trouble
+from .jobdir import (
+    CANNOT_START_EXIT,
+    CLAIMED_EXIT,
+    MACHINE_ERRORS,
+    AlreadyStarted,
+    JobDir,
+    SaidEnd,
+    Status,
+    disk_trouble,
+)
 from .outputs import OutputError, describe_output, move_outputs
 
 log = logging.getLogger("muppet.executor")
@@ -51,6 +60,10 @@ START_POLL_INTERVAL = 1.0
 LOCAL_START_REPORT_DELAY = 0.02
 #: seconds before a start that found the report channel full is sent again
 START_RETRY_INTERVAL = 0.05
+#: seconds the scratch directories of succeeded jobs whose end their wrapper
+#: said (``SaidEnd``) wait to be removed, together, in one worker thread:
+#: after the job is reported, off the way from one job to the next
+SCRATCH_REMOVAL_DELAY = 0.05
 #: seconds before the first and the longest between two attempts of file work
 #: that the machinery failed (moving a succeeded job's outputs; starting a
 #: job that was reported started already): as the scheduler's backoff for a
@@ -116,6 +129,7 @@ async def run(
         async with trio.open_nursery() as nursery:
             executor.nursery = nursery
             nursery.start_soon(executor.report_starts)
+            nursery.start_soon(executor.remove_scratch)
             for backend in executor.backends.values():
                 executor.maintain(backend)
             async for message in receive:
@@ -176,6 +190,10 @@ class _Executor:
         self.nursery: trio.Nursery
         #: executor name -> when (trio clock) its jobs began failing to start
         self.start_trouble: dict[str, float] = {}
+        #: the job directories whose scratch ``remove_scratch`` is to remove,
+        #: and what wakes it once one is added to none
+        self.scratch_due: list[JobDir] = []
+        self.scratch_added = trio.Event()
 
     def start_failed(self, executor: str, reason: str) -> None:
         """A job of ``executor`` could not start: log it if this begins an
@@ -255,6 +273,25 @@ class _Executor:
             with trio.move_on_at(wake):
                 await self.starts_added.wait()
 
+    def remove_scratch_soon(self, job_dir: JobDir) -> None:
+        """Have ``remove_scratch`` remove the scratch directory of the
+        reported success ``job_dir``."""
+        if not self.scratch_due:
+            self.scratch_added.set()
+        self.scratch_due.append(job_dir)
+
+    async def remove_scratch(self) -> None:
+        """Remove the scratch directories of ``remove_scratch_soon``, those
+        that came within SCRATCH_REMOVAL_DELAY in one worker thread. One
+        left when the daemon stops goes with its job directory
+        (``keep_job_dirs``, docs/operations.md)."""
+        while True:
+            await self.scratch_added.wait()
+            await trio.sleep(SCRATCH_REMOVAL_DELAY)
+            due, self.scratch_due = self.scratch_due, []
+            self.scratch_added = trio.Event()
+            await trio.to_thread.run_sync(_remove_scratch, due)
+
     def start(self, spec: StartJob) -> None:
         if spec.job.id in self.jobs:
             return
@@ -282,6 +319,9 @@ class _Job:
         self.reported_start: str | None = None
         #: the outputs moved into place, once the job succeeded
         self.moved: tuple[MovedOutput, ...] = ()
+        #: what the wrapper said of its end as it exited, if anything
+        #: (``_wait``; local jobs: ``LocalBackend.said_end``)
+        self.said_end: SaidEnd | None = None
 
     @property
     def id(self) -> int:
@@ -418,6 +458,13 @@ class _Job:
                     nursery.cancel_scope.cancel()
             if lost is not None:
                 return await self._conclude(lost=lost, batch_id=batch_id)
+            said = self.said_end
+            if said is not None and said.quiet and not self.spec.step.outputs and not self.kill_requested:
+                # its end record, as the wrapper said it, and no log to read
+                # or output to move: nothing to read in a worker thread
+                if said.status.exit_code == 0:
+                    self.executor.remove_scratch_soon(self.job_dir)
+                return await self._conclude(batch_id=batch_id, finished=(said.status, ("", ""), None))
             # the status and, for a job that has ended (the common case), its
             # tails and outputs in the same worker thread: one hop, not two
             status, finished = await trio.to_thread.run_sync(self._status_and_files)
@@ -452,9 +499,12 @@ class _Job:
         the reason when the job was lost."""
         assert self.backend is not None
         try:
-            return await self._retrying("wait", self.backend.wait, self.job_dir, batch_id), None
+            exit_status = await self._retrying("wait", self.backend.wait, self.job_dir, batch_id)
         except Lost as error:
             return None, str(error) if isinstance(error, Ended) else f"lost: {error}"
+        said_end = getattr(self.backend, "said_end", None)
+        self.said_end = said_end(batch_id) if said_end is not None else None
+        return exit_status, None
 
     def report_start_now(self, batch_id: str, started: float) -> bool:
         """Send the start of a local job that runs still (``report_starts``),
@@ -635,6 +685,11 @@ class _Job:
             stderr_tail=tails[1],
         )
 
+
+
+def _remove_scratch(job_dirs: list[JobDir]) -> None:
+    for job_dir in job_dirs:
+        job_dir.remove_scratch()
 
 
 def _claimed_by_another(batch_id: str, status: Status | None, exit_status: int | None) -> bool:
