@@ -192,7 +192,7 @@ class SaidEnd:
     """The end of a job as its wrapper said it on exit (``EXIT_LINE``): the
     end record it had written to its status file, and whether stdout and
     stderr were left empty. With it the executor needs to read none of the
-    three files (docs/executor.md, "The launcher")."""
+    three files (docs/executor.md, "Ends said on exit")."""
 
     status: Status
     quiet: bool
