@@ -229,5 +229,14 @@ async def test_our_fetcher_drops_bad_pieces_from_a_lying_peer(tmp_path):
                 async with open_engine(engine_settings(tmp_path / "seed-state")) as good:
                     await good.seed(original, torrent)
                     await fetcher.add_peers(ih, [("127.0.0.1", good.listen_port)])
-                    await wait_until_async(lambda: fetched, SAFETY, "the fetch to complete")
+                    seen: list[object] = []
+
+                    async def complete() -> bool:
+                        # what both sides report, for the message should it not complete
+                        seen[:] = [await fetcher.status(), await good.status(), fetcher.hash_failures(ih)]
+                        return bool(fetched)
+
+                    await wait_until_async(complete, SAFETY, "the fetch to complete", detail=lambda: (
+                        f"fetcher, seeder, hash failures: {seen}"
+                    ))
     assert sha256_file(fetched[0]) == digest
