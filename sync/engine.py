@@ -65,6 +65,12 @@ log = logging.getLogger("muppet.sync.engine")
 #: are dialled again every few seconds")
 RECONNECT_INTERVAL = 5.0
 
+#: looks (one each RECONNECT_INTERVAL) without a byte more of a download
+#: that had a piece fail its hash check, with peers connected, after which
+#: the fetch has libtorrent check its file again: libtorrent may leave such
+#: a piece out of its picks for good (docs/sync.md, "A piece that failed")
+STALLED_LOOKS = 3
+
 #: how long a fetch keeps its new torrent paused waiting for libtorrent's
 #: first check of it (:meth:`Engine.fetch`): it comes within milliseconds;
 #: past this the torrent is resumed unchecked, and libtorrent dials its
@@ -239,6 +245,7 @@ class Engine:
         try:
             # a torrent added here dialled its peers as it resumed
             next_dial = trio.current_time() + RECONNECT_INTERVAL if added_here else 0.0
+            stalled = _Stall()
             while not torrent.finished:
                 self._raise_if_failed(torrent)
                 if trio.current_time() >= next_dial:
@@ -251,6 +258,13 @@ class Engine:
                     if status is not None and status.is_seeding:
                         torrent.finished = True
                         break
+                    if status is not None and stalled.look(status, torrent.hash_failures):
+                        log.warning(
+                            "%s (%s): no byte more for %.0f s after %d pieces failed their hash check, with %d "
+                            "peers connected: checking the file again", torrent.name, ih,
+                            stalled.needed // 2 * RECONNECT_INTERVAL, torrent.hash_failures, status.num_peers,
+                        )
+                        handle.force_recheck()
                 with trio.move_on_at(next_dial):
                     await torrent.changed.wait()
         finally:
@@ -528,6 +542,38 @@ def _absolute_file_size(path: Path) -> tuple[Path, int | None]:
         return path, path.stat().st_size if path.is_file() else None
     except OSError:
         return path, None
+
+
+class _Stall:
+    """Whether a download that had a piece fail its hash check has stalled:
+    STALLED_LOOKS looks in a row with peers connected and no byte more.
+    libtorrent puts a failed piece back among those to fetch once its disk
+    thread has cleared it; a download whose other pieces all came meanwhile
+    was seen to ask nobody for it again, the piece's bytes still counted as
+    done (docs/sync.md, "A piece that failed"). A check of the file rebuilds
+    what libtorrent knows of it from the disk."""
+
+    def __init__(self) -> None:
+        self.done = -1
+        self.looks = 0
+        #: looks needed: STALLED_LOOKS, twice as many after each check, so
+        #: that a download stuck for another reason (every peer choking it)
+        #: does not have a big file read again every few seconds
+        self.needed = STALLED_LOOKS
+
+    def look(self, status: lt.torrent_status, hash_failures: int) -> bool:
+        """Take one look; True when the download has stalled (once, then
+        the count starts again)."""
+        if status.total_done != self.done or not hash_failures or not status.num_peers \
+                or status.state == lt.torrent_status.states.checking_files:
+            self.done, self.looks = status.total_done, 0
+            return False
+        self.looks += 1
+        if self.looks < self.needed:
+            return False
+        self.looks = 0
+        self.needed *= 2
+        return True
 
 
 def _dial(name: str, handle: lt.torrent_handle, peers: Sequence[tuple[str, int]]) -> None:
