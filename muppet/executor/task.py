@@ -319,9 +319,6 @@ class _Job:
         self.reported_start: str | None = None
         #: the outputs moved into place, once the job succeeded
         self.moved: tuple[MovedOutput, ...] = ()
-        #: what the wrapper said of its end as it exited, if anything
-        #: (``_wait``; local jobs: ``LocalBackend.said_end``)
-        self.said_end: SaidEnd | None = None
 
     @property
     def id(self) -> int:
@@ -442,23 +439,22 @@ class _Job:
             if status is not None and status.started is not None:
                 await self._report_start(status.batch_id or batch_id, status.host, status.started)
             if self.reported_start is not None:
-                exit_status, lost = await self._wait(batch_id)
+                exit_status, lost, said = await self._wait(batch_id)
             elif self.backend.runs_at_launch:
                 # reported soon by the executor's one task for all of them,
                 # unless its end comes first (``report_starts``)
                 self.executor.report_start_later(self, batch_id, time.time())
                 try:
-                    exit_status, lost = await self._wait(batch_id)
+                    exit_status, lost, said = await self._wait(batch_id)
                 finally:
                     self.executor.starts_due.pop(self.id, None)
             else:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._watch_for_start, batch_id)
-                    exit_status, lost = await self._wait(batch_id)
+                    exit_status, lost, said = await self._wait(batch_id)
                     nursery.cancel_scope.cancel()
             if lost is not None:
                 return await self._conclude(lost=lost, batch_id=batch_id)
-            said = self.said_end
             if said is not None and said.quiet and not self.spec.step.outputs and not self.kill_requested:
                 # its end record, as the wrapper said it, and no log to read
                 # or output to move: nothing to read in a worker thread
@@ -494,17 +490,17 @@ class _Job:
             f"the status file in {self.job_dir.root} (exit {CANNOT_START_EXIT})" + (f": {trouble}" if trouble else "")
         )
 
-    async def _wait(self, batch_id: str) -> tuple[int | None, str | None]:
-        """The backend's ``wait``: the wrapper's exit status if known, and
-        the reason when the job was lost."""
+    async def _wait(self, batch_id: str) -> tuple[int | None, str | None, SaidEnd | None]:
+        """The backend's ``wait``: the wrapper's exit status if known, the
+        reason when the job was lost, and what the wrapper said of its end
+        as it exited, if anything (local jobs: ``LocalBackend.said_end``)."""
         assert self.backend is not None
         try:
             exit_status = await self._retrying("wait", self.backend.wait, self.job_dir, batch_id)
         except Lost as error:
-            return None, str(error) if isinstance(error, Ended) else f"lost: {error}"
+            return None, str(error) if isinstance(error, Ended) else f"lost: {error}", None
         said_end = getattr(self.backend, "said_end", None)
-        self.said_end = said_end(batch_id) if said_end is not None else None
-        return exit_status, None
+        return exit_status, None, said_end(batch_id) if said_end is not None else None
 
     def report_start_now(self, batch_id: str, started: float) -> bool:
         """Send the start of a local job that runs still (``report_starts``),
