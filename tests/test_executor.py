@@ -332,18 +332,28 @@ def _parent(pid: int) -> int:
     return int(stat[stat.rfind(")") + 2:].split()[1])
 
 
-async def test_a_local_job_runs_in_a_fork_of_the_launcher(dirs):
+@pytest.mark.parametrize("reader", ["reader script", "none"])
+async def test_a_local_job_runs_in_a_fork_of_the_launcher(dirs, tmp_path, monkeypatch, reader):
     """A local executor keeps a launcher, a bash that runs each wrapper in a
     fork of itself (docs/executor.md, "The launcher"): the wrapper is the
     launcher's child, leads a process group of its own, and is a new shell
     to the job (its own ``$$``, ``$0`` the wrapper's path, neither the
-    descriptor that holds the wrapper nor the launcher's pipe open for the
-    command), so that two jobs have two ``$$``. The launcher goes once the
+    descriptor that holds the wrapper, nor the launcher's pipe, nor its
+    reader script open for the command), so that two jobs have two ``$$``.
+    So too where the launcher cannot run its reader script (a kernel that
+    refuses to run a file in memory; here a file it may not run): its
+    readers then run each wrapper themselves. The launcher goes once the
     executor stops."""
     state, out = dirs
+    if reader == "none":
+        refused = tmp_path / "not-executable"
+        refused.write_text(local_module._READER_SCRIPT)
+        refused.chmod(0o644)
+        monkeypatch.setattr(local_module, "_reader_script", lambda: os.open(refused, os.O_RDONLY | os.O_CLOEXEC))
     command = (
         'echo "$$ $PPID $0 $(ps -o pgid= -p $$)"; '
-        "for fd in 7 8; do [ -e /dev/fd/$fd ] && echo $fd-open || echo $fd-closed; done"
+        "for fd in 7 8; do [ -e /dev/fd/$fd ] && echo $fd-open || echo $fd-closed; done; "
+        "for fd in /proc/self/fd/*; do readlink $fd; done | grep -c -e launcher-reader -e not-executable || :"
     )
     async with executor(state, out) as ex:
         await until_the_launcher_runs_jobs(ex, 100)
@@ -364,7 +374,7 @@ async def test_a_local_job_runs_in_a_fork_of_the_launcher(dirs):
             pid, parent, zero, group = first.split()
             assert pid == started[job_id].batch_id == group and parent == str(launcher), first
             assert zero == JobDir(str(state), job_id).wrapper
-            assert fds == ["7-closed", "8-closed"]
+            assert fds == ["7-closed", "8-closed", "0"]
         assert started[17].batch_id != started[18].batch_id
         assert our_launchers() == {launcher}
         await wait_until(lambda: len(readers_of(launcher)) == LAUNCHER_READERS, "the launcher's readers")

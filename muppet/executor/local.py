@@ -130,26 +130,55 @@ REFUSED_LINE = "muppet: cannot start"
 LAUNCHER_RECORD = 256
 #: readers a launcher keeps ready, each a fork of it waiting for a path
 LAUNCHER_READERS = 2
-#: what a launcher runs: ``bash -c _LAUNCHER_SCRIPT muppet-launcher FD``.
-#: It forks ``LAUNCHER_READERS`` subshells (readers) that wait on its stdin,
-#: the pipe of paths, and one more for each line on descriptor FD, which the
-#: daemon writes once per path. A reader that takes a path runs it in itself
-#: with ``exec``: the kernel refuses a script without ``#!`` (ENOEXEC), and
-#: bash runs it then in the same process, a new shell for it as far as the
-#: script can tell (its own ``$$``), without starting a bash
-#: (docs/executor.md, "The launcher"). The fork was made before the path
-#: came, so the job does not wait for it. The wrapper holds itself open on
-#: ``SPARE_FD``, as in a spare, and the launcher's pipe on
-#: ``LAUNCHED_EXIT_FD``; its arguments say it was launched, and by which
-#: bash (the new shell's ``$BASH`` would be the user's login shell). ``set
-#: -m`` gives each reader a process group of its own; ``disown`` forgets it:
-#: bash would keep every job it started, and each start would cost more
-#: than the last. When bash cannot fork, the launcher takes a path itself
-#: and says it cannot start it, so that no launch waits for a reader that
-#: never comes.
+#: what a launcher's reader runs as a new shell: it waits for a path, holds
+#: the wrapper open on ``SPARE_FD``, says its pid and sources the wrapper, as
+#: a spare does. Its arguments: the launcher's bash, for the wrapper's
+#: ``$BASH`` (a new shell would set it to the user's login shell), and the
+#: descriptor on this script, which it closes so that the job does not
+#: inherit it.
+_READER_SCRIPT = (
+    "# MUPPET: what a local executor's launcher runs in each fork of itself that\n"
+    "# waits for a job's wrapper (docs/executor.md, \"The launcher\")\n"
+    "_muppet_script=$2\n"
+    "exec {_muppet_script}<&-\n"
+    f"IFS= read -r -N {LAUNCHER_RECORD} _muppet_wrapper || exit 0\n"
+    "_muppet_wrapper=${_muppet_wrapper%%$'\\n'*}\n"
+    f'if ! exec {SPARE_FD}<"$_muppet_wrapper"; then\n'
+    f'    echo "{REFUSED_LINE} $_muppet_wrapper: cannot open it"\n'
+    "    exit 0\n"
+    "fi\n"
+    f'echo "{PID_LINE} $$ $_muppet_wrapper"\n'
+    "exec </dev/null\n"
+    "BASH_ARGV0=$_muppet_wrapper\n"
+    '. "$_muppet_wrapper" launched "$1"\n'
+    f"exit {CANNOT_START_EXIT}\n"
+)
+#: what a launcher runs: ``bash -c _LAUNCHER_SCRIPT muppet-launcher CONTROL
+#: READER``, CONTROL and READER descriptors it inherits. It forks
+#: ``LAUNCHER_READERS`` subshells (readers) that wait on its stdin, the pipe
+#: of paths, and one more for each line on CONTROL, which the daemon writes
+#: once per path. A reader runs ``_READER_SCRIPT`` (on READER, a file in
+#: memory) with ``exec``: a script without ``#!``, which the kernel refuses
+#: (ENOEXEC), so that bash runs it in the same process as a new shell (its
+#: own ``$$``, none of the launcher's variables) without starting a bash.
+#: The fork and the new shell are made before the path comes, so the job
+#: waits for neither: bash reads its environment again for a new shell,
+#: which is most of what a wrapper's start costs after the path came
+#: (docs/executor.md, "The launcher"). A subshell whose ``exec`` fails
+#: exits, so a launcher that cannot run READER (a kernel that refuses to
+#: run files in memory) has its readers take the paths themselves and run
+#: each wrapper, without ``#!`` too, with ``exec`` as the new shell.
+#: ``set -m`` gives each reader a process group of its own; ``disown``
+#: forgets it: bash would keep every job it started, and each start would
+#: cost more than the last. When bash cannot fork, the launcher takes a path
+#: itself and says it cannot start it, so that no launch waits for a reader
+#: that never comes.
 _LAUNCHER_SCRIPT = (
     "set -m\n"
     "_muppet_control=$1\n"
+    "_muppet_script=$2\n"
+    "_muppet_reader=/proc/self/fd/$2\n"
+    '[ -x "$_muppet_reader" ] || _muppet_reader=\n'
     f"_muppet_ahead={LAUNCHER_READERS}\n"
     # a reader for each of the first LAUNCHER_READERS turns, then one a line
     'while if [ "$_muppet_ahead" -gt 0 ]; then _muppet_ahead=$((_muppet_ahead - 1)); '
@@ -158,6 +187,8 @@ _LAUNCHER_SCRIPT = (
     # a subshell, not a function run in the background: that cost a job
     # 0.1 ms more CPU (docs/executor.md, "The launcher")
     "    (\n"
+    '        [ -n "$_muppet_reader" ] &&\n'
+    f'            exec "$_muppet_reader" "$BASH" "$_muppet_script" {LAUNCHED_EXIT_FD}>&1 {{_muppet_control}}<&-\n'
     f"        IFS= read -r -N {LAUNCHER_RECORD} _muppet_wrapper || exit 0\n"
     "        _muppet_wrapper=${_muppet_wrapper%%$'\\n'*}\n"
     f'        if ! exec {SPARE_FD}<"$_muppet_wrapper"; then\n'
@@ -165,7 +196,8 @@ _LAUNCHER_SCRIPT = (
     "            exit 0\n"
     "        fi\n"
     f'        echo "{PID_LINE} $BASHPID $_muppet_wrapper"\n'
-    f'        exec "$_muppet_wrapper" launched "$BASH" {LAUNCHED_EXIT_FD}>&1 </dev/null {{_muppet_control}}<&-\n'
+    f'        exec "$_muppet_wrapper" launched "$BASH" {LAUNCHED_EXIT_FD}>&1 </dev/null {{_muppet_control}}<&- \\\n'
+    "            {_muppet_script}<&-\n"
     "    ) &\n"
     # $! stays as it was when bash could not fork (EAGAIN, ENOMEM)
     '    if [ "$!" != "$_muppet_last" ]; then\n'
@@ -206,26 +238,26 @@ def _sweep() -> None:
 
 
 def _start_bash(
-    bash: str, script: str, name: str, cwd: str, *, output_flags: int = 0, control: int | None = None
+    bash: str, script: str, name: str, cwd: str, *, output_flags: int = 0, descriptors: tuple[int, ...] = ()
 ) -> tuple[subprocess.Popen[bytes], int, int, int]:
     """``bash -c script name`` in a session of its own, with a pipe for its
     stdin and one for its stdout and stderr: the process, the write end and
     the read end of the first, and the read end of the second (the caller
     closes the first's read end, or keeps it to take back what bash left
-    unread). ``control``, a descriptor it inherits, whose number is its
-    ``$1``. Blocking (a fork). OSError when no process can be made (EAGAIN,
+    unread). ``descriptors``: ones it inherits, whose numbers are its
+    arguments (``$1`` on). Blocking (a fork). OSError when no process can be made (EAGAIN,
     ENOMEM, EMFILE: the machine's limits)."""
     stdin, to_bash = os.pipe2(os.O_CLOEXEC)
     output, write_end = os.pipe2(os.O_CLOEXEC | output_flags)
     try:
         process = subprocess.Popen(
-            [bash, "-c", script, name] + ([] if control is None else [str(control)]),
+            [bash, "-c", script, name, *map(str, descriptors)],
             start_new_session=True,
             stdin=stdin,
             stdout=write_end,
             stderr=write_end,
             cwd=cwd,
-            pass_fds=() if control is None else (control,),
+            pass_fds=descriptors,
         )
     except OSError:
         for descriptor in (stdin, to_bash, output):
@@ -378,18 +410,24 @@ class _Launcher:
     thread."""
 
     def __init__(self, bash: str, cwd: str) -> None:
-        control, self._to_control = os.pipe2(os.O_CLOEXEC)
+        reader = _reader_script()
+        try:
+            control, self._to_control = os.pipe2(os.O_CLOEXEC)
+        except OSError:
+            os.close(reader)
+            raise
         try:
             # the read end of the paths kept: what no reader took when the
             # launcher ended is read back (``has_exited``)
             self.process, self._to_launcher, paths, self.output = _start_bash(
-                bash, _LAUNCHER_SCRIPT, LAUNCHER_NAME, cwd, output_flags=os.O_NONBLOCK, control=control
+                bash, _LAUNCHER_SCRIPT, LAUNCHER_NAME, cwd, output_flags=os.O_NONBLOCK, descriptors=(control, reader)
             )
         except OSError:
             os.close(self._to_control)
             raise
         finally:
             os.close(control)
+            os.close(reader)
         self._paths: int | None = paths
         self.said = LauncherOutput()
         #: wrapper path -> the event of a launch waiting for news of it
@@ -504,6 +542,21 @@ class _Launcher:
             self.ended = True
             self._tell()
             os.close(self.output)
+
+
+def _reader_script() -> int:
+    """A descriptor on a file in memory that holds ``_READER_SCRIPT``, for
+    a launcher to inherit: nothing on disk that could be removed or be on a
+    file system mounted ``noexec``. Blocking; OSError (EMFILE, ENOMEM)."""
+    descriptor = os.memfd_create("muppet-launcher-reader", os.MFD_CLOEXEC)
+    try:
+        data = _READER_SCRIPT.encode()
+        while data:
+            data = data[os.write(descriptor, data):]
+    except OSError:
+        os.close(descriptor)
+        raise
+    return descriptor
 
 
 def _start_launcher(bash: str, cwd: str) -> _Launcher:
