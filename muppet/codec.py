@@ -8,6 +8,7 @@ a reference time keeps whole seconds, other timestamps keep milliseconds.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -34,9 +35,22 @@ def format_time(moment: datetime | float | None) -> str | None:
     if moment is None:
         return None
     if isinstance(moment, (int, float)):
-        moment = datetime.fromtimestamp(moment, UTC)
-        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return _format_timestamp(moment)
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@functools.lru_cache(maxsize=8192)
+def _format_timestamp(moment: float) -> str:
+    # remembered: a job's event carries its creation, submission, start and
+    # end times, and each next event of it the same ones again
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+#: compact JSON text, as the event log and the API write it: ``json.dumps``
+#: given any option builds an encoder on each call, these are built once
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
+#: the same with characters beyond ASCII as they are
+compact_json_text = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def parse_time(text: str) -> datetime:

@@ -24,6 +24,7 @@ from typing import Any
 
 import attrs
 
+from ..codec import compact_json_text
 from ..messages import CONFLICT, INVALID_CONFIGURATION, NOT_FOUND
 from ..model import JobState, RunState
 
@@ -604,6 +605,11 @@ def encode(reply: dict[str, Any]) -> str:
     return "".join(_parts(reply))
 
 
+#: a reply's JSON: NaN and infinities refused (not JSON), built once
+#: (``codec.compact_json``)
+_reply_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
 def _parts(reply: dict[str, Any]) -> list[str]:
     """One reply's text in pieces: a cached answer (``Raw``) is one of them,
     not copied into a new string, so that a batch of answers of tens of kB
@@ -615,7 +621,7 @@ def _parts(reply: dict[str, Any]) -> list[str]:
         text_id = str(request_id) if type(request_id) is int else json.dumps(request_id)
         return ['{"jsonrpc":"2.0","result":', result, ',"id":', text_id, "}"]
     try:
-        return [json.dumps(reply, ensure_ascii=False, allow_nan=False, separators=(",", ":"))]
+        return [_reply_json(reply)]
     except (TypeError, ValueError, RecursionError) as exc:
         return [json.dumps(error_reply(reply.get("id"), RpcError(
             INTERNAL_ERROR, f"internal error: result is not JSON: {exc}")))]
@@ -651,14 +657,14 @@ def request(method: str, params: Mapping[str, Any] | Sequence[Any] | None, id: A
     if params is not None:
         message["params"] = params
     message["id"] = id
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    return compact_json_text(message)
 
 
 def notification(method: str, params: Mapping[str, Any] | Sequence[Any] | None = None) -> str:
     message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
     if params is not None:
         message["params"] = params
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    return compact_json_text(message)
 
 
 @attrs.frozen

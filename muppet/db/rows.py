@@ -80,4 +80,4 @@ def job_from_row(row: Sequence[Any]) -> Job:
 def event_payload(thing: Run | Job) -> str:
     """The JSON of a run or job event: what ``codec`` makes of it."""
     data = codec.run_to_dict(thing) if isinstance(thing, Run) else codec.job_to_dict(thing)
-    return json.dumps(data, separators=(",", ":"))
+    return codec.compact_json(data)

@@ -20,7 +20,6 @@ task, so events commit one batch after the other.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -29,6 +28,7 @@ from typing import Any
 import attrs
 import trio
 
+from ..codec import compact_json_text
 from ..messages import EventsCommitted
 from .queries import event_from_row
 
@@ -43,7 +43,7 @@ ReadEvents = Callable[[int, int], Awaitable[list[dict[str, Any]]]]
 
 
 def encode_event(event: dict[str, Any]) -> str:
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    return compact_json_text(event)
 
 
 @attrs.define(eq=False)

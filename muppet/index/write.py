@@ -13,7 +13,6 @@ what the checks read cannot change before the writes.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -60,7 +59,7 @@ class Refused(Exception):
 
 
 def _json(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"))
+    return codec.compact_json(data)
 
 
 class _Writer:
