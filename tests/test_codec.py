@@ -29,4 +29,3 @@ def test_timestamps_keep_milliseconds_and_reference_times_whole_seconds():
 def test_compact_json_is_what_json_dumps_writes(value):
     assert codec.compact_json(value) == json.dumps(value, separators=(",", ":"))
     assert codec.compact_json_text(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-

@@ -162,12 +162,13 @@ _READER_SCRIPT = (
 #: (ENOEXEC), so that bash runs it in the same process as a new shell (its
 #: own ``$$``, none of the launcher's variables) without starting a bash.
 #: The fork and the new shell are made before the path comes, so the job
-#: waits for neither: bash reads its environment again for a new shell,
-#: which is most of what a wrapper's start costs after the path came
-#: (docs/executor.md, "The launcher"). A subshell whose ``exec`` fails
-#: exits, so a launcher that cannot run READER (a kernel that refuses to
-#: run files in memory) has its readers take the paths themselves and run
-#: each wrapper, without ``#!`` too, with ``exec`` as the new shell.
+#: waits for neither: bash starts over for a new shell (its environment
+#: read again), which is most of what a wrapper's start costs after the
+#: path came (docs/executor.md, "The launcher"). A launcher that cannot run
+#: READER (a kernel that refuses to run files in memory) has its readers
+#: take the paths themselves and run each wrapper, without ``#!`` too, with
+#: ``exec`` as the new shell; it looks once, as it starts, since a reader
+#: whose ``exec`` fails exits without taking a path.
 #: ``set -m`` gives each reader a process group of its own; ``disown``
 #: forgets it: bash would keep every job it started, and each start would
 #: cost more than the last. When bash cannot fork, the launcher takes a path
@@ -245,8 +246,8 @@ def _start_bash(
     the read end of the first, and the read end of the second (the caller
     closes the first's read end, or keeps it to take back what bash left
     unread). ``descriptors``: ones it inherits, whose numbers are its
-    arguments (``$1`` on). Blocking (a fork). OSError when no process can be made (EAGAIN,
-    ENOMEM, EMFILE: the machine's limits)."""
+    arguments (``$1`` on). Blocking (a fork). OSError when no process can
+    be made (EAGAIN, ENOMEM, EMFILE: the machine's limits)."""
     stdin, to_bash = os.pipe2(os.O_CLOEXEC)
     output, write_end = os.pipe2(os.O_CLOEXEC | output_flags)
     try:
