@@ -19,13 +19,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import libtorrent as lt
 import pytest
 import trio
 from waiting import wait_until_async
 
-from sync.engine import open_engine
+from sync.engine import STALLED_LOOKS, _Stall, open_engine
 from sync.engine_settings import EngineSettings, build_ip_filter
 from sync.errors import DiskFull, EngineError, TorrentError
 from sync.place import sha256_file, verify_and_place
@@ -381,6 +382,28 @@ async def test_disk_full_stops_the_download_with_a_clear_error_and_a_retry_resum
         assert status.state == "seeding" and status.error is None
 
 
+def test_a_download_that_had_a_piece_fail_is_checked_again_once_it_stalls():
+    """``_Stall``: STALLED_LOOKS looks in a row with peers and no byte more,
+    after a piece failed its hash check, call for a check of the file; twice
+    as many the next time. Progress, no failed piece, no peer or a check
+    under way start the count again."""
+    downloading = lt.torrent_status.states.downloading
+
+    def status(done, peers=1, state=downloading):
+        return SimpleNamespace(total_done=done, num_peers=peers, state=state)
+
+    stall = _Stall()
+    assert not stall.look(status(100), hash_failures=0)
+    assert not any(stall.look(status(100), hash_failures=0) for _ in range(10)), "no piece failed"
+    assert not any(stall.look(status(100, peers=0), hash_failures=2) for _ in range(10)), "nobody to ask"
+    looks = [stall.look(status(100), hash_failures=2) for _ in range(STALLED_LOOKS)]
+    assert looks == [False] * (STALLED_LOOKS - 1) + [True]
+    assert not stall.look(status(100, state=lt.torrent_status.states.checking_files), hash_failures=2)
+    assert not stall.look(status(200), hash_failures=2), "a byte more"
+    looks = [stall.look(status(200), hash_failures=2) for _ in range(2 * STALLED_LOOKS)]
+    assert looks == [False] * (2 * STALLED_LOOKS - 1) + [True], "twice as many the second time"
+
+
 # --- a fetcher process killed with -9 -------------------------------------------
 
 
@@ -483,29 +506,3 @@ async def child_main(torrent_file: str, save_dir: str, state_dir: str, seeder_po
 
 if __name__ == "__main__":
     trio.run(child_main, *sys.argv[1:])
-
-
-def test_a_download_that_had_a_piece_fail_is_checked_again_once_it_stalls():
-    """``_Stall``: STALLED_LOOKS looks in a row with peers and no byte more,
-    after a piece failed its hash check, call for a check of the file; twice
-    as many the next time. Progress, no failed piece, no peer or a check
-    under way start the count again."""
-    from types import SimpleNamespace
-
-    from sync.engine import STALLED_LOOKS, _Stall
-
-    downloading = lt.torrent_status.states.downloading
-
-    def status(done, peers=1, state=downloading):
-        return SimpleNamespace(total_done=done, num_peers=peers, state=state)
-
-    stall = _Stall()
-    assert not stall.look(status(100), hash_failures=0)
-    assert not any(stall.look(status(100), hash_failures=0) for _ in range(10)), "no piece failed"
-    assert not any(stall.look(status(100, peers=0), hash_failures=2) for _ in range(10)), "nobody to ask"
-    looks = [stall.look(status(100), hash_failures=2) for _ in range(STALLED_LOOKS)]
-    assert looks == [False] * (STALLED_LOOKS - 1) + [True]
-    assert not stall.look(status(100, state=lt.torrent_status.states.checking_files), hash_failures=2)
-    assert not stall.look(status(200), hash_failures=2), "a byte more"
-    looks = [stall.look(status(200), hash_failures=2) for _ in range(2 * STALLED_LOOKS)]
-    assert looks == [False] * (2 * STALLED_LOOKS - 1) + [True], "twice as many the second time"

@@ -130,25 +130,30 @@ REFUSED_LINE = "muppet: cannot start"
 LAUNCHER_RECORD = 256
 #: readers a launcher keeps ready, each a fork of it waiting for a path
 LAUNCHER_READERS = 2
-#: what a launcher's reader runs as a new shell: it waits for a path, holds
-#: the wrapper open on ``SPARE_FD``, says its pid and sources the wrapper, as
-#: a spare does. Its arguments: the launcher's bash, for the wrapper's
-#: ``$BASH`` (a new shell would set it to the user's login shell), and the
-#: descriptor on this script, which it closes so that the job does not
-#: inherit it.
-_READER_SCRIPT = (
-    "# MUPPET: what a local executor's launcher runs in each fork of itself that\n"
-    "# waits for a job's wrapper (docs/executor.md, \"The launcher\")\n"
-    "_muppet_script=$2\n"
-    "exec {_muppet_script}<&-\n"
+#: how a launcher's reader takes a path: one record of the pipe of paths,
+#: the wrapper held open on ``SPARE_FD`` (or refused, naming it), and its pid
+#: said, which is the wrapper's from then on
+_TAKE_PATH = (
     f"IFS= read -r -N {LAUNCHER_RECORD} _muppet_wrapper || exit 0\n"
     "_muppet_wrapper=${_muppet_wrapper%%$'\\n'*}\n"
     f'if ! exec {SPARE_FD}<"$_muppet_wrapper"; then\n'
     f'    echo "{REFUSED_LINE} $_muppet_wrapper: cannot open it"\n'
     "    exit 0\n"
     "fi\n"
-    f'echo "{PID_LINE} $$ $_muppet_wrapper"\n'
-    "exec </dev/null\n"
+    f'echo "{PID_LINE} $BASHPID $_muppet_wrapper"\n'
+)
+#: what a launcher's reader runs as a new shell: it takes a path and
+#: sources the wrapper, as a spare does. Its arguments: the launcher's
+#: bash, for the wrapper's ``$BASH`` (a new shell would set it to the
+#: user's login shell), and the descriptor on this script, which it closes
+#: so that the job does not inherit it.
+_READER_SCRIPT = (
+    "# MUPPET: what a local executor's launcher runs in each fork of itself that\n"
+    "# waits for a job's wrapper (docs/executor.md, \"The launcher\")\n"
+    "_muppet_script=$2\n"
+    "exec {_muppet_script}<&-\n"
+    + _TAKE_PATH
+    + "exec </dev/null\n"
     "BASH_ARGV0=$_muppet_wrapper\n"
     '. "$_muppet_wrapper" launched "$1"\n'
     f"exit {CANNOT_START_EXIT}\n"
@@ -190,14 +195,8 @@ _LAUNCHER_SCRIPT = (
     "    (\n"
     '        [ -n "$_muppet_reader" ] &&\n'
     f'            exec "$_muppet_reader" "$BASH" "$_muppet_script" {LAUNCHED_EXIT_FD}>&1 {{_muppet_control}}<&-\n'
-    f"        IFS= read -r -N {LAUNCHER_RECORD} _muppet_wrapper || exit 0\n"
-    "        _muppet_wrapper=${_muppet_wrapper%%$'\\n'*}\n"
-    f'        if ! exec {SPARE_FD}<"$_muppet_wrapper"; then\n'
-    f'            echo "{REFUSED_LINE} $_muppet_wrapper: cannot open it"\n'
-    "            exit 0\n"
-    "        fi\n"
-    f'        echo "{PID_LINE} $BASHPID $_muppet_wrapper"\n'
-    f'        exec "$_muppet_wrapper" launched "$BASH" {LAUNCHED_EXIT_FD}>&1 </dev/null {{_muppet_control}}<&- \\\n'
+    + _TAKE_PATH
+    + f'        exec "$_muppet_wrapper" launched "$BASH" {LAUNCHED_EXIT_FD}>&1 </dev/null {{_muppet_control}}<&- \\\n'
     "            {_muppet_script}<&-\n"
     "    ) &\n"
     # $! stays as it was when bash could not fork (EAGAIN, ENOMEM)

@@ -58,10 +58,6 @@ class Refused(Exception):
         self.code = code
 
 
-def _json(data: Any) -> str:
-    return codec.compact_json(data)
-
-
 class _Writer:
     """One change's work on the batch's cursor; ``sql`` translates SQLite's
     words for the store's dialect."""
@@ -100,7 +96,7 @@ class _Writer:
         return new_id
 
     def event(self, kind: str, subject_id: Any, data: dict[str, Any], product: str | None) -> None:
-        self.events.append((self.now, kind, subject_id, _json(data), product))
+        self.events.append((self.now, kind, subject_id, codec.compact_json(data), product))
 
     # --- definitions ---------------------------------------------------------------
 
@@ -113,9 +109,9 @@ class _Writer:
             if row is not None and product_from_row(row) == product:
                 continue
             values = (
-                product.slug, product.name, product.contact, _json(list(product.parents)),
+                product.slug, product.name, product.contact, codec.compact_json(list(product.parents)),
                 product.file_count, int(product.operational), product.lifetime_hours,
-                _json(dict(product.metadata)), self.now,
+                codec.compact_json(dict(product.metadata)), self.now,
             )
             self.cursor.execute(self.sql(
                 "INSERT INTO products (slug, name, contact, parents, file_count, operational,"
@@ -320,7 +316,7 @@ class _Writer:
             " VALUES (?, ?, ?, ?, ?, ?)",
             (
                 instance_id, name, codec.format_time(new.time_begin), codec.format_time(new.time_end),
-                _json(list(new.variables)), self.now,
+                codec.compact_json(list(new.variables)), self.now,
             ),
         )
 
