@@ -19,7 +19,8 @@ machine's load average, and where the CPU of a fan-out job goes:
   the daemon runs in this process, so its jobs are the children of its
   launcher, a child of this process, whose ``/proc`` counts what it reaped,
   or this process's own children (spares: ``getrusage(RUSAGE_CHILDREN)``);
-  beside it, a plain spawn's;
+  beside it, a plain spawn's; and their page faults (most of that CPU on a
+  virtual machine: a fork's copies of the pages it writes);
 - files: the job directory's work in the daemon's worker threads
   (``JobDir.prepare``, ``read_status``, ``read_tails``, ``remove_scratch``),
   their thread CPU time;
@@ -307,12 +308,21 @@ def cpu(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def jobs_cpu() -> float:
-    """The CPU of this process's jobs so far: of its children that it has
-    reaped (the spares), and of its live launchers with the wrappers they
-    reaped (docs/executor.md, "The launcher": the wrappers they start are
-    theirs, not ours)."""
-    total = cpu(resource.RUSAGE_CHILDREN)
+def children_usage() -> tuple[float, int]:
+    """The CPU and the page faults of this process's children that it has
+    reaped."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime, usage.ru_minflt + usage.ru_majflt
+
+
+def jobs_usage() -> tuple[float, int]:
+    """The CPU and the page faults of this process's jobs so far: of its
+    children that it has reaped (the spares), and of its live launchers
+    with the wrappers they reaped (docs/executor.md, "The launcher": the
+    wrappers they start are theirs, not ours). A fork's page faults are
+    most of a wrapper's CPU on a virtual machine (docs/performance.md,
+    "Fan-out of 1,000 `true` jobs")."""
+    seconds, faults = children_usage()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or local._cmdline(int(entry))[3:4] != [local.LAUNCHER_NAME]:
             continue
@@ -321,10 +331,12 @@ def jobs_cpu() -> float:
                 fields = file.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        # after the command: state, ppid, ..., utime, stime, cutime, cstime
+        # after the command: state, ppid, pgrp, session, tty_nr, tpgid, flags,
+        # minflt, cminflt, majflt, cmajflt, utime, stime, cutime, cstime (proc(5))
         if int(fields[1]) == os.getpid():
-            total += sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-    return total
+            seconds += sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+            faults += sum(int(field) for field in fields[7:11])
+    return seconds, faults
 
 
 class Figures:
@@ -332,6 +344,8 @@ class Figures:
         self.count = count
         self.rate = 0.0
         self.wrapper = self.files = self.daemon = 0.0  # CPU seconds per job
+        #: page faults of the job's processes per job
+        self.wrapper_faults = 0.0
         #: seconds from each job's end (its wrapper's end record) to the
         #: next one's start (its start record), in id order
         self.gaps: list[float] = []
@@ -343,8 +357,8 @@ class Figures:
         self.hops = ""
 
     def breakdown(self) -> str:
-        return (f"CPU per job: wrapper {self.wrapper * 1e3:5.2f} ms, files {self.files * 1e3:5.2f} ms, "
-                f"daemon {self.daemon * 1e3:5.2f} ms")
+        return (f"CPU per job: wrapper {self.wrapper * 1e3:5.2f} ms ({self.wrapper_faults:.0f} page faults), "
+                f"files {self.files * 1e3:5.2f} ms, daemon {self.daemon * 1e3:5.2f} ms")
 
 
 async def through_daemon(config_path: Path, pipeline: str, count: int, *, links: bool = False) -> Figures:
@@ -355,7 +369,7 @@ async def through_daemon(config_path: Path, pipeline: str, count: int, *, links:
     figures = Figures(count)
     files, hops = FileClock(), HopClock()
     # the launchers of the daemons before this one: reaped now, so that the
-    # CPU of all they ran is not counted in this run (``jobs_cpu``)
+    # CPU of all they ran is not counted in this run (``jobs_usage``)
     with trio.fail_after(10):
         while local._abandoned:
             local._sweep()
@@ -363,7 +377,7 @@ async def through_daemon(config_path: Path, pipeline: str, count: int, *, links:
     async with trio.open_nursery() as nursery:
         port = await nursery.start(daemon.serve, config)
         async with connect(f"ws://127.0.0.1:{port}") as client:
-            children, own = jobs_cpu(), cpu(resource.RUSAGE_SELF)
+            children, own = jobs_usage(), cpu(resource.RUSAGE_SELF)
             begin = time.perf_counter()
             with files.installed(), hops.installed() if links else contextlib.nullcontext():
                 run_id = (await client.call("runs.trigger", {"pipeline": pipeline}))["run_id"]
@@ -373,7 +387,9 @@ async def through_daemon(config_path: Path, pipeline: str, count: int, *, links:
                         break
                     await trio.sleep(0.05)
             elapsed = time.perf_counter() - begin
-            figures.wrapper = (jobs_cpu() - children) / count
+            after = jobs_usage()
+            figures.wrapper = (after[0] - children[0]) / count
+            figures.wrapper_faults = (after[1] - children[1]) / count
             figures.files = files.seconds / count
             figures.daemon = (cpu(resource.RUSAGE_SELF) - own) / count - figures.files
             assert run[0]["state"] == "succeeded", run
@@ -390,20 +406,23 @@ async def through_daemon(config_path: Path, pipeline: str, count: int, *, links:
     return figures
 
 
-async def plain_spawns(count: int, parallel: int, command: list[str]) -> tuple[float, float]:
-    """Spawns of ``command`` per second, and the CPU of each spawned process."""
+async def plain_spawns(count: int, parallel: int, command: list[str]) -> tuple[float, float, float]:
+    """Spawns of ``command`` per second, and the CPU and the page faults of
+    each spawned process."""
     limiter = trio.CapacityLimiter(parallel)
 
     async def one() -> None:
         async with limiter:
             await trio.run_process(command)
 
-    children = cpu(resource.RUSAGE_CHILDREN)
+    children = children_usage()
     begin = time.perf_counter()
     async with trio.open_nursery() as nursery:
         for _ in range(count):
             nursery.start_soon(one)
-    return count / (time.perf_counter() - begin), (cpu(resource.RUSAGE_CHILDREN) - children) / count
+    rate = count / (time.perf_counter() - begin)
+    after = children_usage()
+    return rate, (after[0] - children[0]) / count, (after[1] - children[1]) / count
 
 
 def main() -> None:
@@ -424,17 +443,21 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; fan-out N={args.jobs}, "
           f"chain C={args.chain}, max_jobs={args.max_jobs}")
-    plain, spawn_cpu = trio.run(plain_spawns, args.jobs, args.max_jobs, ["true"])
-    print(f"plain spawns of true ({args.max_jobs} at a time): {plain:8.1f} /s, {spawn_cpu * 1e3:.2f} ms CPU each")
-    plain_bash, bash_cpu = trio.run(plain_spawns, args.jobs, args.max_jobs, ["bash", "-c", "true"])
+    plain, spawn_cpu, spawn_faults = trio.run(plain_spawns, args.jobs, args.max_jobs, ["true"])
+    print(f"plain spawns of true ({args.max_jobs} at a time): {plain:8.1f} /s, {spawn_cpu * 1e3:.2f} ms CPU "
+          f"and {spawn_faults:.0f} page faults each")
+    plain_bash, bash_cpu, bash_faults = trio.run(plain_spawns, args.jobs, args.max_jobs, ["bash", "-c", "true"])
     print(f"plain spawns of bash -c true ({args.max_jobs} at a time): {plain_bash:8.1f} /s, "
-          f"{bash_cpu * 1e3:.2f} ms CPU each")
+          f"{bash_cpu * 1e3:.2f} ms CPU and {bash_faults:.0f} page faults each")
     jobs_bash = args.bash or local.default_bash()
     plain_jobs_bash = None  # when the jobs run under another bash than bash -c true's
     if jobs_bash != local.BASH:
-        plain_jobs_bash, jobs_bash_cpu = trio.run(plain_spawns, args.jobs, args.max_jobs, [jobs_bash, "-c", "true"])
+        plain_jobs_bash, jobs_bash_cpu, jobs_bash_faults = trio.run(
+            plain_spawns, args.jobs, args.max_jobs, [jobs_bash, "-c", "true"]
+        )
         print(f"plain spawns of {jobs_bash} -c true, the bash the jobs run under ({args.max_jobs} at a time): "
-              f"{plain_jobs_bash:8.1f} /s, {jobs_bash_cpu * 1e3:.2f} ms CPU each")
+              f"{plain_jobs_bash:8.1f} /s, {jobs_bash_cpu * 1e3:.2f} ms CPU and {jobs_bash_faults:.0f} page faults "
+              "each")
     with (
         tempfile.TemporaryDirectory(prefix="muppet-bench-") as tmp,
         tempfile.TemporaryDirectory(prefix="muppet-bench-state-", dir=args.state_dir_under) as states,
