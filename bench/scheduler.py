@@ -19,8 +19,10 @@ machine's load average, and where the CPU of a fan-out job goes:
   the daemon runs in this process, so its jobs are the children of its
   launcher, a child of this process, whose ``/proc`` counts what it reaped,
   or this process's own children (spares: ``getrusage(RUSAGE_CHILDREN)``);
-  beside it, a plain spawn's; and their page faults (most of that CPU on a
-  virtual machine: a fork's copies of the pages it writes);
+  beside it, a plain spawn's; and their page faults (a new process's
+  copies of the pages it writes, and its program's pages mapped again: a
+  quarter of that CPU on the 2-core machine of
+  docs/performance.md);
 - files: the job directory's work in the daemon's worker threads
   (``JobDir.prepare``, ``read_status``, ``read_tails``, ``remove_scratch``),
   their thread CPU time;
@@ -319,9 +321,8 @@ def jobs_usage() -> tuple[float, int]:
     """The CPU and the page faults of this process's jobs so far: of its
     children that it has reaped (the spares), and of its live launchers
     with the wrappers they reaped (docs/executor.md, "The launcher": the
-    wrappers they start are theirs, not ours). A fork's page faults are
-    most of a wrapper's CPU on a virtual machine (docs/performance.md,
-    "Fan-out of 1,000 `true` jobs")."""
+    wrappers they start are theirs, not ours); docs/performance.md,
+    "Fan-out of 1,000 `true` jobs", says what the page faults are."""
     seconds, faults = children_usage()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or local._cmdline(int(entry))[3:4] != [local.LAUNCHER_NAME]:
