@@ -4,9 +4,9 @@ daemon (docs/executor.md, "The launcher").
 Prepares N job directories (the real wrapper, command ``true``, on tmpfs
 unless told otherwise), hands the wrappers to a real launcher, 16 at a time
 as the local executor's ``max_jobs`` default lets it, and waits for each to
-say how it exited: it prints the wrappers a second and the CPU of the
-launcher and of the wrappers it ran per job (what the launcher reaped,
-counted once it has exited). Then it hands ``--alone`` more over one at a
+say how it exited: it prints the wrappers a second, and the CPU and the
+page faults of the launcher and of the wrappers it ran per job (what the
+launcher reaped, counted once it has exited). Then it hands ``--alone`` more over one at a
 time, each once the one before has exited, as a chain does, and prints the
 median and 90th percentile from the hand-over (the launcher's ``run``
 returned) to the wrapper's start record. Several rounds show the spread of
@@ -47,9 +47,10 @@ def spec(job_id: int) -> StartJob:
     return StartJob(job=job, step=Step(name="true", command="true"), reference_time=REFERENCE_TIME)
 
 
-def one_round(state_dir: str, jobs: int, at_once: int) -> tuple[float, float, list[float]]:
-    """Wrappers a second, CPU seconds a job, and each job's time from its
-    hand-over to its start record, with ``at_once`` handed over at a time."""
+def one_round(state_dir: str, jobs: int, at_once: int) -> tuple[float, float, float, list[float]]:
+    """Wrappers a second, CPU seconds and page faults a job, and each
+    job's time from its hand-over to its start record, with ``at_once``
+    handed over at a time."""
     job_dirs = [JobDir(state_dir, job_id) for job_id in range(1, jobs + 1)]
     for job_dir in job_dirs:
         job_dir.prepare(spec(job_dir.job_id), interpreter_line=False)
@@ -77,12 +78,13 @@ def one_round(state_dir: str, jobs: int, at_once: int) -> tuple[float, float, li
     if failed:
         raise SystemExit(f"{len(failed)} wrappers failed")
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    faults = after.ru_minflt + after.ru_majflt - before.ru_minflt - before.ru_majflt
     latencies = []
     for job_dir, at in zip(job_dirs, handed, strict=True):
         status = job_dir.read_status()
         assert status is not None and status.started is not None, job_dir
         latencies.append(status.started - at)
-    return jobs / seconds, cpu / jobs, sorted(latencies)
+    return jobs / seconds, cpu / jobs, faults / jobs, sorted(latencies)
 
 
 def main() -> None:
@@ -103,10 +105,11 @@ def main() -> None:
                 figures.append(one_round(state_dir, jobs, at_once))
             finally:
                 shutil.rmtree(state_dir)
-        (rate, cpu, _), (_, _, latencies) = figures
-        print(f"round {number}: {rate:7.1f} jobs/s, {cpu * 1e3:.3f} ms CPU a job; one at a time, hand-over to "
-              f"start record: median {statistics.median(latencies) * 1e3:.2f} ms, 90th percentile "
-              f"{latencies[len(latencies) * 9 // 10] * 1e3:.2f} ms; load average {os.getloadavg()[0]:.1f}")
+        (rate, cpu, faults, _), (_, _, _, latencies) = figures
+        print(f"round {number}: {rate:7.1f} jobs/s, {cpu * 1e3:.3f} ms CPU and {faults:.0f} page faults a job; "
+              f"one at a time, hand-over to start record: median {statistics.median(latencies) * 1e3:.2f} ms, "
+              f"90th percentile {latencies[len(latencies) * 9 // 10] * 1e3:.2f} ms; "
+              f"load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
