@@ -6,10 +6,10 @@ unless told otherwise), hands the wrappers to a real launcher, 16 at a time
 as the local executor's ``max_jobs`` default lets it, and waits for each to
 say how it exited: it prints the wrappers a second, and the CPU and the
 page faults of the launcher and of the wrappers it ran per job (what the
-launcher reaped, counted once it has exited). Then it hands ``--alone`` more over one at a
-time, each once the one before has exited, as a chain does, and prints the
-median and 90th percentile from the hand-over (the launcher's ``run``
-returned) to the wrapper's start record. Several rounds show the spread of
+launcher reaped, counted once it has exited). Then it hands ``--alone``
+more over one at a time, each once the one before has exited, as a chain
+does, and prints the median and 90th percentile from the hand-over (the
+launcher's ``run`` returned) to the wrapper's start record. Several rounds show the spread of
 the machine.
 
     .venv/bin/python bench/launcher.py [--jobs 3000] [--alone 300] [--rounds 3] [--state-dir-under /dev/shm]
