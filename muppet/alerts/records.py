@@ -12,7 +12,6 @@ Blocking, like all of ``muppet/db``: called from worker threads.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -55,7 +54,7 @@ def apply(cursor: Any, sql: Sql, change: AlertChange, now: float, events: list[E
         if cursor.rowcount == 1:
             payload = {"action": "ack", "by": change.by, "reason": change.reason,
                        "target": {"incident_id": change.incident_id}}
-            events.append((now, "operator", 0, json.dumps(payload, separators=(",", ":")), None))
+            events.append((now, "operator", 0, codec.compact_json(payload), None))
             # a takeover has no end of its own: an operator who has looked
             # at it ends it (docs/alerts.md, "Kinds")
             cursor.execute(sql("UPDATE incidents SET resolved_at = ?, resolution = ? WHERE id = ? AND kind = ?"),

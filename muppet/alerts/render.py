@@ -17,7 +17,6 @@ per request.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -158,9 +157,9 @@ def webhook(notices: Sequence[Notice], stderr: Mapping[int, str], host: str, rou
     body: dict[str, Any] = {"schema": SCHEMA, "text": "\n".join(lines), "events": events}
     if len(events) == 1:
         body = {**events[0], **body}
-    return json.dumps(body, separators=(",", ":")).encode()
+    return codec.compact_json(body).encode()
 
 
 def pagerduty_event(notice: Notice, stderr: Mapping[int, str], host: str, routing_key: str) -> bytes:
     """One notice, posted alone to the Events API v2."""
-    return json.dumps(event(notice, stderr, host, routing_key), separators=(",", ":")).encode()
+    return codec.compact_json(event(notice, stderr, host, routing_key)).encode()

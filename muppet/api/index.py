@@ -10,7 +10,6 @@ the write's events, so that the writer's next read sees its own write.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from functools import partial
@@ -20,6 +19,7 @@ import trio
 import trio_websocket
 
 from .. import messages
+from ..codec import compact_json_text
 from ..db import reads
 from ..db.health import until_available
 from ..index import params as index_params
@@ -52,7 +52,7 @@ async def _cached(
         return Raw(text)
     generation = cache.generation(tags)
     result = await compute()
-    text = json.dumps(result, ensure_ascii=False, separators=(",", ":"))
+    text = compact_json_text(result)
     cache.put(key, text, tags, generation)
     return Raw(text)
 

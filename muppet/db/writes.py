@@ -84,7 +84,7 @@ class Committed:
 def _operator_payload(change: OperatorEvent) -> str:
     """An operator event as the log keeps it (docs/api.md, "Operator events")."""
     payload = {"action": change.action, "by": change.by.name, "reason": change.by.reason, "target": change.target}
-    return json.dumps(payload, separators=(",", ":"))
+    return codec.compact_json(payload)
 
 
 def _upsert(table: str, columns: str, key: str) -> str:
@@ -217,7 +217,7 @@ def _write(store: Store, cursor: Any, changes: tuple[Change, ...], token: str | 
                 cursor.execute(store.sql(
                     "INSERT INTO controls (key, value) VALUES (?, ?)"
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-                ), (change.key, json.dumps(change.value, separators=(",", ":"))))
+                ), (change.key, codec.compact_json(change.value)))
         elif isinstance(change, INDEX_CHANGES):
             written[position] = index_write.apply(cursor, store.sql, change, now, events)
         elif isinstance(change, ALERT_CHANGES):
@@ -318,11 +318,11 @@ def _ended_needed(
 
 
 def _late_payload(notice: LateNotice) -> str:
-    return json.dumps({
+    return codec.compact_json({
         "kind": notice.kind, "id": notice.id, "pipeline": notice.pipeline,
         "reference_time": codec.format_time(notice.reference_time), "step": notice.step,
         "index": notice.index, "late_after": codec.format_time(datetime.fromtimestamp(notice.deadline, UTC)),
-    }, separators=(",", ":"))
+    })
 
 
 def _written_to_json(written: dict[int, IndexWritten]) -> str:

@@ -27,7 +27,6 @@ import hashlib
 import html
 import importlib.metadata
 import importlib.resources
-import json
 import mimetypes
 from collections.abc import Callable
 from functools import partial
@@ -42,6 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import messages, summary
+from ..codec import compact_json
 from ..db.health import DatabaseHealth
 from ..db.store import DatabaseUnavailable, Store, StoreError, open_store
 from ..metrics import DatabaseCounts, Metrics
@@ -238,7 +238,7 @@ def _page(state: WebState, assets: dict[str, Asset]) -> Callable[[Request], Any]
     template = assets["index.html"]
 
     async def page(request: Request) -> Response:
-        info = json.dumps(_console_info(state), separators=(",", ":"))
+        info = compact_json(_console_info(state))
         meta = f'<meta name="muppet-console" content="{html.escape(info, quote=True)}">'
         body = template.body.decode().replace(META_MARK, meta, 1).encode()
         # the ETag covers the facts too: a reload that changes them is seen
