@@ -28,6 +28,9 @@ machine's load average, and where the CPU of a fan-out job goes:
   their thread CPU time;
 - daemon: the rest of this process's CPU (``RUSAGE_SELF``) while the run
   runs: the scheduler, the database, the executor's and the API's tasks;
+- server (PostgreSQL): the CPU of the database server's processes, its
+  postmaster with the backends it has reaped and those still running,
+  which take their share of the same 2 cores;
 - per link of the chain, the same three.
 
 A job creates six files and directories (its directory, scratch, wrapper,
@@ -305,6 +308,28 @@ def records(state_dir: Path, job_ids: list[int]) -> list[tuple[float, float]]:
     return found
 
 
+def server_usage(pid: int) -> float:
+    """The CPU of process ``pid`` with its children, those it has reaped
+    and those still running: PostgreSQL's postmaster and its backends (one
+    per connection, ended when the connection is closed)."""
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile: its parent has its CPU now
+        # after the command: ppid is the second field; utime, stime, cutime,
+        # cstime the twelfth to fifteenth (proc(5))
+        if int(entry) == pid:
+            ticks += sum(int(field) for field in fields[11:15])
+        elif int(fields[1]) == pid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def cpu(who: int) -> float:
     usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
@@ -345,6 +370,8 @@ class Figures:
         self.count = count
         self.rate = 0.0
         self.wrapper = self.files = self.daemon = 0.0  # CPU seconds per job
+        #: the database server's CPU seconds per job (None: SQLite, no server)
+        self.server: float | None = None
         #: page faults of the job's processes per job
         self.wrapper_faults = 0.0
         #: seconds from each job's end (its wrapper's end record) to the
@@ -358,14 +385,19 @@ class Figures:
         self.hops = ""
 
     def breakdown(self) -> str:
+        server = "" if self.server is None else f", database server {self.server * 1e3:5.2f} ms"
         return (f"CPU per job: wrapper {self.wrapper * 1e3:5.2f} ms ({self.wrapper_faults:.0f} page faults), "
-                f"files {self.files * 1e3:5.2f} ms, daemon {self.daemon * 1e3:5.2f} ms")
+                f"files {self.files * 1e3:5.2f} ms, daemon {self.daemon * 1e3:5.2f} ms{server}")
 
 
-async def through_daemon(config_path: Path, pipeline: str, count: int, *, links: bool = False) -> Figures:
+async def through_daemon(
+    config_path: Path, pipeline: str, count: int, *, links: bool = False, server: int | None = None
+) -> Figures:
     """The run of ``pipeline`` through a daemon; with ``links`` (a chain),
     also each link's time and where it goes, from the wrappers' records and
-    ``HopClock``, whose marks are then taken during the run."""
+    ``HopClock``, whose marks are then taken during the run; with ``server``
+    (the pid of PostgreSQL's postmaster), that server's CPU
+    (``server_usage``)."""
     config = load_config(config_path)
     figures = Figures(count)
     files, hops = FileClock(), HopClock()
@@ -379,6 +411,7 @@ async def through_daemon(config_path: Path, pipeline: str, count: int, *, links:
         port = await nursery.start(daemon.serve, config)
         async with connect(f"ws://127.0.0.1:{port}") as client:
             children, own = jobs_usage(), cpu(resource.RUSAGE_SELF)
+            served = server_usage(server) if server is not None else 0.0
             begin = time.perf_counter()
             with files.installed(), hops.installed() if links else contextlib.nullcontext():
                 run_id = (await client.call("runs.trigger", {"pipeline": pipeline}))["run_id"]
@@ -393,6 +426,8 @@ async def through_daemon(config_path: Path, pipeline: str, count: int, *, links:
             figures.wrapper_faults = (after[1] - children[1]) / count
             figures.files = files.seconds / count
             figures.daemon = (cpu(resource.RUSAGE_SELF) - own) / count - figures.files
+            if server is not None:
+                figures.server = (server_usage(server) - served) / count
             assert run[0]["state"] == "succeeded", run
             if links:
                 # runs.get: every job of the run (jobs.list stops at 1,000)
@@ -470,12 +505,14 @@ def main() -> None:
             "sqlite": f"sqlite:///{tmp}/sqlite/muppet.db",
             "postgres": pg.create_database("bench"),
         }
+        postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
         for name, url in databases.items():
+            server = postmaster if name == "postgres" else None
             root = Path(tmp) / name
             root.mkdir(exist_ok=True)
             config = write_config(root, url, args.max_jobs, args.jobs, args.chain, Path(states) / name, args.bash)
-            fan = trio.run(through_daemon, config, "fan", args.jobs)
-            chain = trio.run(functools.partial(through_daemon, config, "chain", args.chain, links=True))
+            fan = trio.run(functools.partial(through_daemon, config, "fan", args.jobs, server=server))
+            chain = trio.run(functools.partial(through_daemon, config, "chain", args.chain, links=True, server=server))
             of_jobs_bash = "" if plain_jobs_bash is None else (
                 f", {fan.rate / plain_jobs_bash:5.1%} of plain {jobs_bash} -c true"
             )
