@@ -31,7 +31,7 @@ machine's load average, and where the CPU of a fan-out job goes:
 - server (PostgreSQL): the CPU of the database server's processes, its
   postmaster with the backends it has reaped and those still running,
   which take their share of the same 2 cores;
-- per link of the chain, the same three.
+- per link of the chain, the same.
 
 A job creates six files and directories (its directory, scratch, wrapper,
 status, stdout and stderr), which a plain spawn does not; the benchmark
