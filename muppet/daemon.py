@@ -44,6 +44,7 @@ scheduler (and the index writers) down instead of piling up memory.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -330,14 +331,39 @@ async def _forward(receive: trio.MemoryReceiveChannel[Reload], send: trio.Memory
 RELOADS = 16
 
 
+def freeze_what_started() -> None:
+    """Collect the garbage there is, then move every object the daemon holds
+    now (its modules, its configuration, the unfinished work it loaded, its
+    tasks) into the garbage collector's permanent generation (``gc.freeze``),
+    so that each full pass of the cyclic collector looks only at what was
+    made since. A full pass holds the Trio thread: with 50,000 jobs active
+    the longest took 109 ms, 50 ms with this (docs/performance.md, "Runs of
+    1,000-50,000 jobs"). A frozen object that is dropped later is still
+    freed by reference counting; only garbage in a cycle of frozen objects
+    would stay, and a configuration, dropped at a reload, holds none."""
+    gc.collect()
+    gc.freeze()
+
+
+async def _serve_and_freeze(
+    config: Config, *, reloads: trio.MemoryReceiveChannel[Reload], standby: bool | None
+) -> None:
+    """``serve``, with ``freeze_what_started`` once it has started."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(serve, config, reloads=reloads, standby=standby))
+        freeze_what_started()
+
+
 async def serve_until_signal(config: Config, *, standby: bool | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then stop cleanly: local jobs go on
     running and are re-attached at the next start. SIGHUP reloads the
-    configuration (docs/operations.md, "Reload"). ``standby``: as ``serve``'s."""
+    configuration (docs/operations.md, "Reload"). ``standby``: as ``serve``'s.
+    Once it has started, what it holds is frozen (``freeze_what_started``)."""
     send, receive = trio.open_memory_channel[Reload](RELOADS)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(serve, config, reloads=receive, standby=standby))
+            # started in a task of its own, so that a signal is heard while it starts
+            nursery.start_soon(partial(_serve_and_freeze, config, reloads=receive, standby=standby))
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     try:

@@ -4,6 +4,7 @@ kill -9 and SIGTERM."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -407,3 +409,27 @@ async def test_a_waiting_job_says_why(nursery, tmp_path, database_url):
         run = await wait_run(client, run_id)
         assert run["state"] == "succeeded" and {j["reason"] for j in run["jobs"]} == {""}
 
+
+
+async def test_what_the_daemon_holds_once_started_is_frozen(nursery, tmp_path, database_url):
+    """docs/performance.md, "Runs of 1,000-50,000 jobs": once `muppet
+    daemon` has started, what it holds (its configuration among it) is in
+    the garbage collector's permanent generation, which its full passes
+    skip; what it makes after is not."""
+    gc.unfreeze()
+    port = free_port()
+    config = load_config(write_config(tmp_path, database_url, {"fan": FAN}, port=port))
+    try:
+        nursery.start_soon(partial(daemon.serve_until_signal, config))
+        await wait_until_async(gc.get_freeze_count, 30, "the daemon's objects frozen once it has started")
+        # a frozen object is in no generation that a collection looks at
+        assert not any(o is config for o in gc.get_objects())
+        async with connect(f"ws://127.0.0.1:{port}") as client:
+            run_id = (await client.call("runs.trigger", {"pipeline": "fan"}))["run_id"]
+            assert (await wait_run(client, run_id))["state"] == "succeeded"
+        made_since = load_config(tmp_path / "muppet.toml")
+        assert any(o is made_since for o in gc.get_objects())
+    finally:
+        nursery.cancel_scope.cancel()
+        # the rest of the test session is not the daemon's
+        gc.unfreeze()
