@@ -10,8 +10,9 @@ this process (its tasks as `muppet daemon` has them):
   and ``each`` chains of 5 steps (N/5 jobs per step), command ``true``;
   for each it prints the wall time, jobs/s, the scheduler core's CPU per
   job event (time in ``Scheduler.handle`` and ``load``, on the Trio thread;
-  a job has three events: submitted, running, ended) and the daemon
-  process's peak RSS;
+  a job has three events: submitted, running, ended), the daemon
+  process's peak RSS, and the full passes of Python's cyclic garbage
+  collector meanwhile (each holds the Trio thread: ``CollectorWatch``);
 - while the largest fan-out runs, a client in a process of its own
   (``--probe-here``: in the daemon's Trio loop) asks ``daemon.status``,
   ``runs.list`` and ``jobs.list`` (100 jobs of the run) in a loop: p50 and
@@ -20,6 +21,9 @@ this process (its tasks as `muppet daemon` has them):
 - the start-up time with the largest run's jobs all unfinished (waiting):
   from ``daemon.serve`` to the API answering ``daemon.status``, with the
   run drained first so that the load is the daemon's alone.
+
+Each daemon, once started, freezes what it holds as `muppet daemon` does
+(``daemon.freeze_what_started``).
 
 With several --history levels (``--history 100000,1000000``) all of this
 is measured at each level in turn in the same run, the history grown
@@ -39,6 +43,7 @@ under 50 ms; start-up under 5 s with 50k unfinished jobs.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -171,6 +176,38 @@ class CoreClock:
             Scheduler.handle, Scheduler.load = originals  # type: ignore[method-assign]
 
 
+class CollectorWatch:
+    """The full passes (generation 2) of Python's cyclic garbage collector
+    while installed, and how long each took: a pass holds the GIL, so the
+    Trio thread, and a call to the API waits for it."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._began = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.pauses.append(time.perf_counter() - self._began)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        gc.callbacks.append(self._callback)
+        try:
+            yield
+        finally:
+            gc.callbacks.remove(self._callback)
+
+    def report(self) -> str:
+        if not self.pauses:
+            return "no full garbage collection"
+        return (f"{len(self.pauses)} full garbage collections, longest {max(self.pauses) * 1e3:.0f} ms, "
+                f"{sum(self.pauses) * 1e3:.0f} ms in all")
+
+
 class LoopWatch(trio.abc.Instrument):
     """The Trio thread while the API is probed: its passes over the
     runnable tasks (from one wait for I/O to the next), how much of the time
@@ -252,34 +289,38 @@ async def one_run(config_path: Path, pipeline: str, jobs: int, clock: CoreClock,
     own Trio loop)."""
     config = load_config(config_path)
     latencies: dict[str, list[float]] = {}
+    collector = CollectorWatch()
     async with trio.open_nursery() as nursery:
         port = await nursery.start(daemon.serve, config)
+        daemon.freeze_what_started()
         url = f"ws://127.0.0.1:{port}"
         async with connect(url) as client:
-            core_before = clock.seconds
-            began = time.perf_counter()
-            run_id = (await client.call("runs.trigger", {"pipeline": pipeline}))["run_id"]
-            loop_watch, prober = None, None
-            if probe:
-                if probe_here:
-                    nursery.start_soon(_probe, url, run_id, latencies)
-                else:
-                    prober = await trio.lowlevel.open_process(
-                        [sys.executable, __file__, "--probe", url, str(run_id)],
-                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-                loop_watch = LoopWatch()
-                trio.lowlevel.add_instrument(loop_watch)
-            run = await wait_ended(client, run_id)
-            if loop_watch is not None:
-                trio.lowlevel.remove_instrument(loop_watch)
-            if prober is not None:
-                latencies.update(await _probe_results(prober))
-            elapsed = time.perf_counter() - began
-            core = clock.seconds - core_before
+            with collector.installed():
+                core_before = clock.seconds
+                began = time.perf_counter()
+                run_id = (await client.call("runs.trigger", {"pipeline": pipeline}))["run_id"]
+                loop_watch, prober = None, None
+                if probe:
+                    if probe_here:
+                        nursery.start_soon(_probe, url, run_id, latencies)
+                    else:
+                        prober = await trio.lowlevel.open_process(
+                            [sys.executable, __file__, "--probe", url, str(run_id)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                    loop_watch = LoopWatch()
+                    trio.lowlevel.add_instrument(loop_watch)
+                run = await wait_ended(client, run_id)
+                if loop_watch is not None:
+                    trio.lowlevel.remove_instrument(loop_watch)
+                if prober is not None:
+                    latencies.update(await _probe_results(prober))
+                elapsed = time.perf_counter() - began
+                core = clock.seconds - core_before
         nursery.cancel_scope.cancel()
     assert run["state"] == "succeeded", run
     return {"elapsed": elapsed, "rate": jobs / elapsed, "core_per_event": core / (3 * jobs),
-            "rss": rss_mb(), "latencies": latencies, "loop": loop_watch.report() if loop_watch else ""}
+            "rss": rss_mb(), "latencies": latencies, "loop": loop_watch.report() if loop_watch else "",
+            "collector": collector.report()}
 
 
 async def _probe(url: str, run_id: int, latencies: dict[str, list[float]]) -> None:
@@ -349,6 +390,7 @@ async def start_up(config_path: Path, url: str, pipeline: str, jobs: int) -> flo
     async with trio.open_nursery() as nursery:
         began = time.perf_counter()
         port = await nursery.start(daemon.serve, config)
+        daemon.freeze_what_started()
         async with connect(f"ws://127.0.0.1:{port}") as client:
             await client.call("daemon.status")
         elapsed = time.perf_counter() - began
@@ -380,8 +422,8 @@ def bench_database(name: str, url: str, root: Path, args: argparse.Namespace, si
                     figures = trio.run(one_run, config, f"{shape}{size}", size, clock, probe, args.probe_here)
                     per_event[(shape, size)] = figures["core_per_event"]
                     print(f"  {shape:4s} {size:>6,} jobs: {figures['elapsed']:7.1f} s  {figures['rate']:6.1f} jobs/s  "
-                          f"core {figures['core_per_event'] * 1e6:6.1f} us/event  peak RSS {figures['rss']:6.1f} MB",
-                          flush=True)
+                          f"core {figures['core_per_event'] * 1e6:6.1f} us/event  peak RSS {figures['rss']:6.1f} MB  "
+                          f"{figures['collector']}", flush=True)
                     if probe:
                         for method, values in figures["latencies"].items():
                             if values:
