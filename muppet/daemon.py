@@ -348,7 +348,8 @@ def freeze_what_started() -> None:
 async def _serve_and_freeze(
     config: Config, *, reloads: trio.MemoryReceiveChannel[Reload], standby: bool | None
 ) -> None:
-    """``serve``, with ``freeze_what_started`` once it has started."""
+    """``serve``, with ``freeze_what_started`` once it has started (a
+    standby: once its API listens, before it has loaded any work)."""
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(serve, config, reloads=reloads, standby=standby))
         freeze_what_started()
