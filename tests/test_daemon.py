@@ -410,7 +410,6 @@ async def test_a_waiting_job_says_why(nursery, tmp_path, database_url):
         assert run["state"] == "succeeded" and {j["reason"] for j in run["jobs"]} == {""}
 
 
-
 async def test_what_the_daemon_holds_once_started_is_frozen(nursery, tmp_path, database_url):
     """docs/performance.md, "Runs of 1,000-50,000 jobs": once `muppet
     daemon` has started, what it holds (its configuration among it) is in
