@@ -308,22 +308,29 @@ def records(state_dir: Path, job_ids: list[int]) -> list[tuple[float, float]]:
     return found
 
 
-def server_usage(pid: int) -> float:
-    """The CPU of process ``pid`` with its children, those it has reaped
-    and those still running: PostgreSQL's postmaster and its backends (one
-    per connection, ended when the connection is closed)."""
-    ticks = 0
+def processes() -> Iterator[tuple[int, list[str]]]:
+    """Each live process's pid and the fields of its ``/proc/PID/stat``
+    after the command: state, ppid, pgrp, session, tty_nr, tpgid, flags,
+    minflt, cminflt, majflt, cmajflt, utime, stime, cutime, cstime, ...
+    (proc(5)). One that ends meanwhile is left out: its parent has its
+    CPU and its page faults now."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as file:
-                fields = file.read().rsplit(")", 1)[1].split()
+                yield int(entry), file.read().rsplit(")", 1)[1].split()
         except OSError:
-            continue  # ended meanwhile: its parent has its CPU now
-        # after the command: ppid is the second field; utime, stime, cutime,
-        # cstime the twelfth to fifteenth (proc(5))
-        if int(entry) == pid:
+            continue
+
+
+def server_usage(pid: int) -> float:
+    """The CPU of process ``pid`` with its children, those it has reaped
+    and those still running: PostgreSQL's postmaster and its backends (one
+    per connection, ended when the connection is closed)."""
+    ticks = 0
+    for process, fields in processes():
+        if process == pid:
             ticks += sum(int(field) for field in fields[11:15])
         elif int(fields[1]) == pid:
             ticks += int(fields[11]) + int(fields[12])
@@ -349,17 +356,8 @@ def jobs_usage() -> tuple[float, int]:
     wrappers they start are theirs, not ours); docs/performance.md,
     "Fan-out of 1,000 `true` jobs", says what the page faults are."""
     seconds, faults = children_usage()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or local._cmdline(int(entry))[3:4] != [local.LAUNCHER_NAME]:
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as file:
-                fields = file.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # after the command: state, ppid, pgrp, session, tty_nr, tpgid, flags,
-        # minflt, cminflt, majflt, cmajflt, utime, stime, cutime, cstime (proc(5))
-        if int(fields[1]) == os.getpid():
+    for pid, fields in processes():
+        if int(fields[1]) == os.getpid() and local._cmdline(pid)[3:4] == [local.LAUNCHER_NAME]:
             seconds += sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")
             faults += sum(int(field) for field in fields[7:11])
     return seconds, faults
