@@ -7,7 +7,7 @@ on errors; leftovers of a killed run are removed at the start): a "switch"
 namespace holding a bridge, and one namespace per host, each joined to the
 bridge by a veth pair whose two ends are both limited by
 ``tc qdisc ... tbf rate RATEmbit burst 256kb latency 100ms`` (the host's upload
-and its download):
+and its download; the seeder's at ``--seeder-rate-mbit`` where that is given):
 
     seeder   10.77.0.1   the MUPPET daemon (the index, SQLite, API with tokens),
                          the origin backend's directory, the seeder, an HTTP server
@@ -225,9 +225,10 @@ class Proc:
 class Network:
     """The switch namespace, one namespace per host, veth pairs, tc limits."""
 
-    def __init__(self, consumers: int, rate_mbit: float) -> None:
-        self.rate = f"{rate_mbit:g}mbit"
+    def __init__(self, consumers: int, rate_mbit: float, seeder_rate_mbit: float) -> None:
         self.hosts = {"seeder": SEEDER_IP} | {f"c{i}": f"{SUBNET}.{10 + i}" for i in range(1, consumers + 1)}
+        #: each host's link, each way, as tc says it
+        self.rates = {host: f"{seeder_rate_mbit if host == 'seeder' else rate_mbit:g}mbit" for host in self.hosts}
 
     @staticmethod
     def ns(host: str) -> str:
@@ -277,8 +278,9 @@ class Network:
             run(["ip", "-n", SWITCH, "link", "set", host, "master", "br0"])
             run(["ip", "-n", SWITCH, "link", "set", host, "up"])
             # the host's upload, then its download
-            run(in_ns(ns, ["tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", self.rate, *TBF.split()]))
-            run(in_ns(SWITCH, ["tc", "qdisc", "add", "dev", host, "root", "tbf", "rate", self.rate, *TBF.split()]))
+            rate = self.rates[host]
+            run(in_ns(ns, ["tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate, *TBF.split()]))
+            run(in_ns(SWITCH, ["tc", "qdisc", "add", "dev", host, "root", "tbf", "rate", rate, *TBF.split()]))
 
     def down(self) -> None:
         for host in self.hosts:
@@ -592,7 +594,7 @@ class Bench:
         self.size = master.stat().st_size
         self.consumers = [h for h in network.hosts if h != "seeder"]
         self.reference_time = datetime(2026, 11, 28, tzinfo=UTC)
-        self.timeout = 60 + 10 * self.size * 8 / (args.rate_mbit * 1e6)
+        self.timeout = 60 + 10 * self.size * 8 / (min(args.rate_mbit, args.seeder_rate_mbit) * 1e6)
         if args.driver == "auto":
             self.driver = "commands" if sync_commands_exist() else "engine"
         else:
@@ -861,9 +863,16 @@ def show_bt(result: dict, size: int) -> None:
 PARTS = ("hash", "bt", "http")
 
 
+def links(args) -> str:
+    """The links' rates, as the run's lines say them."""
+    if args.seeder_rate_mbit == args.rate_mbit:
+        return f"every link {args.rate_mbit:g} Mbit/s each way"
+    return f"the seeder's link {args.seeder_rate_mbit:g} Mbit/s and each consumer's {args.rate_mbit:g} Mbit/s, each way"
+
+
 def summary(args, size: int, n: int, results: dict) -> None:
-    best = size * 8 / (args.rate_mbit * 1e6)
-    print(f"\nsummary ({size / 1e6:g} MB, {n} consumers, {args.rate_mbit:g} Mbit/s links each way; the wire's best "
+    best = size * 8 / (min(args.rate_mbit, args.seeder_rate_mbit) * 1e6)
+    print(f"\nsummary ({size / 1e6:g} MB, {n} consumers, {links(args)}; the wire's best "
           f"for one consumer is {best:.1f} s; load average now {os.getloadavg()[0]:.2f}):")
     rows = []
     if "bt" in results:
@@ -926,6 +935,10 @@ def main() -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=float, help="the file's size, MB (default 200; 20 with --quick)")
     parser.add_argument("--rate-mbit", type=float, default=100.0, help="each host's link, each way (default 100)")
+    parser.add_argument("--seeder-rate-mbit", type=float,
+                        help="the seeder's link, each way, where it differs from the consumers' (default: "
+                        "--rate-mbit): with the same link, the seeder's uplink bounds the time of N at once by "
+                        "the copies it sends (docs/sync.md, \"Sixteen consumers\")")
     parser.add_argument("--consumers", type=int, default=4, help="consumer hosts (default 4)")
     parser.add_argument("--quick", action="store_true", help="a 20 MB file: checks the script in under a minute")
     parser.add_argument("--driver", choices=["auto", "engine", "commands"], default="auto",
@@ -988,15 +1001,17 @@ def main() -> None:
         print(f"removed leftovers of an earlier run: {', '.join(removed)}")
     root = Path(tempfile.mkdtemp(prefix="muppet-bench-sync-"))
     note_in_lock(lock, root, args.keep)
-    network = Network(args.consumers, args.rate_mbit)
+    if args.seeder_rate_mbit is None:
+        args.seeder_rate_mbit = args.rate_mbit
+    network = Network(args.consumers, args.rate_mbit, args.seeder_rate_mbit)
     size = int(args.size_mb * 1e6)
     results: dict = {}
     try:
         for d in ("logs", "origin", "runs"):
             (root / d).mkdir()
         network.up()
-        print(f"{args.consumers} consumers and one seeder in network namespaces, every link {args.rate_mbit:g} Mbit/s "
-              f"each way (tc tbf {TBF}); a {size / 1e6:g} MB file; {os.cpu_count()} CPUs, load average "
+        print(f"{args.consumers} consumers and one seeder in network namespaces, {links(args)} "
+              f"(tc tbf {TBF}); a {size / 1e6:g} MB file; {os.cpu_count()} CPUs, load average "
               f"{os.getloadavg()[0]:.2f}; temporary directory {root}", flush=True)
         master = root / "origin" / f"{MASTER}.{FORMAT}"
         with open(master, "wb") as f:
