@@ -938,7 +938,7 @@ def main() -> None:
     parser.add_argument("--seeder-rate-mbit", type=float,
                         help="the seeder's link, each way, where it differs from the consumers' (default: "
                         "--rate-mbit): with the same link, the seeder's uplink bounds the time of N at once by "
-                        "the copies it sends (docs/sync.md, \"Sixteen consumers\")")
+                        "the copies it sends (docs/sync.md, \"A seeder with a faster link\")")
     parser.add_argument("--consumers", type=int, default=4, help="consumer hosts (default 4)")
     parser.add_argument("--quick", action="store_true", help="a 20 MB file: checks the script in under a minute")
     parser.add_argument("--driver", choices=["auto", "engine", "commands"], default="auto",
