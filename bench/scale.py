@@ -52,8 +52,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,7 @@ from muppet.config import load_config  # noqa: E402
 from muppet.db import writes  # noqa: E402
 from muppet.db.store import open_store  # noqa: E402
 from muppet.messages import NewRun  # noqa: E402
-from muppet.model import Job, JobState, Run, RunCause, RunState  # noqa: E402
+from muppet.model import Config, Job, JobState, Run, RunCause, RunState  # noqa: E402
 from muppet.scheduler.core import Scheduler  # noqa: E402
 
 CRON_PIPELINES = 200
@@ -208,6 +208,24 @@ class CollectorWatch:
                 f"{sum(self.pauses) * 1e3:.0f} ms in all")
 
 
+@asynccontextmanager
+async def started_daemon(config: Config) -> AsyncIterator[tuple[trio.Nursery, int]]:
+    """``daemon.serve`` in a nursery, started as `muppet daemon` starts it:
+    what it holds frozen once it has started (``daemon.freeze_what_started``);
+    yields the nursery and the API's port, and cancels the daemon at the
+    end. Then it unfreezes, so that the next daemon of this process starts
+    as a new process would, with the last one's leftovers collectable
+    instead of kept in the permanent generation."""
+    try:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(daemon.serve, config)
+            daemon.freeze_what_started()
+            yield nursery, port
+            nursery.cancel_scope.cancel()
+    finally:
+        gc.unfreeze()
+
+
 class LoopWatch(trio.abc.Instrument):
     """The Trio thread while the API is probed: its passes over the
     runnable tasks (from one wait for I/O to the next), how much of the time
@@ -290,9 +308,7 @@ async def one_run(config_path: Path, pipeline: str, jobs: int, clock: CoreClock,
     config = load_config(config_path)
     latencies: dict[str, list[float]] = {}
     collector = CollectorWatch()
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(daemon.serve, config)
-        daemon.freeze_what_started()
+    async with started_daemon(config) as (nursery, port):
         url = f"ws://127.0.0.1:{port}"
         async with connect(url) as client:
             with collector.installed():
@@ -316,7 +332,6 @@ async def one_run(config_path: Path, pipeline: str, jobs: int, clock: CoreClock,
                     latencies.update(await _probe_results(prober))
                 elapsed = time.perf_counter() - began
                 core = clock.seconds - core_before
-        nursery.cancel_scope.cancel()
     assert run["state"] == "succeeded", run
     return {"elapsed": elapsed, "rate": jobs / elapsed, "core_per_event": core / (3 * jobs),
             "rss": rss_mb(), "latencies": latencies, "loop": loop_watch.report() if loop_watch else "",
@@ -387,14 +402,11 @@ async def start_up(config_path: Path, url: str, pipeline: str, jobs: int) -> flo
     finally:
         store.close()
     config = load_config(config_path)
-    async with trio.open_nursery() as nursery:
-        began = time.perf_counter()
-        port = await nursery.start(daemon.serve, config)
-        daemon.freeze_what_started()
+    began = time.perf_counter()
+    async with started_daemon(config) as (_, port):
         async with connect(f"ws://127.0.0.1:{port}") as client:
             await client.call("daemon.status")
         elapsed = time.perf_counter() - began
-        nursery.cancel_scope.cancel()
     return elapsed
 
 
