@@ -23,7 +23,8 @@ this process (its tasks as `muppet daemon` has them):
   run drained first so that the load is the daemon's alone.
 
 Each daemon, once started, freezes what it holds as `muppet daemon` does
-(``daemon.freeze_what_started``).
+(``daemon.freeze_what_started``), and unfreezes it when it stops, as the
+end of a `muppet daemon` process would (``started_daemon``).
 
 With several --history levels (``--history 100000,1000000``) all of this
 is measured at each level in turn in the same run, the history grown
