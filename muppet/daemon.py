@@ -336,9 +336,9 @@ def freeze_what_started() -> None:
     now (its modules, its configuration, the unfinished work it loaded, its
     tasks) into the garbage collector's permanent generation (``gc.freeze``),
     so that each full pass of the cyclic collector looks only at what was
-    made since. A full pass holds the Trio thread: with 50,000 jobs active
-    the longest took 109 ms, 48-82 ms with this (docs/performance.md, "Runs
-    of 1,000-50,000 jobs"). A frozen object that is dropped later is still
+    made since. A full pass holds the Trio thread; at 50,000 active jobs
+    this shortens the longest (docs/performance.md, "Runs of 1,000-50,000
+    jobs", has the figures). A frozen object that is dropped later is still
     freed by reference counting; only garbage in a cycle of frozen objects
     would stay, and a configuration, dropped at a reload, holds none."""
     gc.collect()
